@@ -1,0 +1,50 @@
+"""`voxgate serve [--host H] [--port P]`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import uvicorn
+
+from server.app import create_app
+from server.errors import BackendUnavailable
+from server.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="voxgate", description="Voxgate voice server")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    args = parser.parse_args(argv)
+
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    settings = Settings(**overrides)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    from server.app import load_model, load_vad
+
+    try:
+        model = load_model(settings)
+        vad = load_vad(settings)
+    except BackendUnavailable as exc:
+        print(f"voxgate: cannot start: {exc}", file=sys.stderr)
+        return 2
+    app = create_app(settings, model=model, vad=vad)
+    print(
+        f"Voxgate listening on http://{settings.host}:{settings.port}/  "
+        f"(websocket ws://{settings.host}:{settings.port}/v1/realtime)",
+        flush=True,
+    )
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        ws_max_size=settings.max_message_bytes,
+    )
+    return 0

@@ -1,0 +1,35 @@
+"""The exception hierarchy. Close codes are chosen only in routes.py."""
+
+from __future__ import annotations
+
+
+class VoiceServerError(Exception):
+    """Base of every error Voxgate raises on purpose."""
+
+
+class ProtocolViolation(VoiceServerError):
+    """The client sent something the protocol does not allow.
+
+    `code` is the `error.code` of the protocol `error` event; `param` names the offending field.
+    """
+
+    def __init__(self, message: str, *, code: str = "invalid_request", param: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.param = param
+
+
+class BackendError(VoiceServerError):
+    """A model backend failed. `retryable` says whether the same call may succeed later."""
+
+    def __init__(self, message: str, *, retryable: bool = False):
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class BackendUnavailable(BackendError):
+    """A backend cannot be loaded or has no capacity (missing package or model file)."""
+
+
+class TurnStateError(VoiceServerError):
+    """The turn-taking state machine got an event it cannot be in: a bug, not bad input."""

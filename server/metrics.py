@@ -1,0 +1,84 @@
+"""Prometheus metrics: per-stage latency histograms and session counters.
+
+One `Metrics` per app (its own registry), so tests and embedded apps do not collide.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# Fine below one second, where a voice server lives; coarse above.
+LATENCY_BUCKETS_S = (
+    0.005,
+    0.01,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.125,
+    0.15,
+    0.175,
+    0.2,
+    0.225,
+    0.25,
+    0.275,
+    0.3,
+    0.35,
+    0.4,
+    0.45,
+    0.5,
+    0.6,
+    0.7,
+    0.8,
+    0.9,
+    1.0,
+    1.25,
+    1.5,
+    2.0,
+    3.0,
+    5.0,
+    10.0,
+)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+
+        def hist(name: str, doc: str) -> Histogram:
+            return Histogram(name, doc, buckets=LATENCY_BUCKETS_S, registry=self.registry)
+
+        self.voice_to_voice = hist(
+            "voxgate_voice_to_voice_seconds",
+            "End of user speech (as received) -> first reply audio sent",
+        )
+        self.asr_final = hist("voxgate_asr_final_seconds", "Turn commit -> final transcript")
+        self.llm_first_token = hist("voxgate_llm_first_token_seconds", "Language model request -> first text")
+        self.tts_first_audio = hist(
+            "voxgate_tts_first_audio_seconds", "First phrase to speech -> its first audio"
+        )
+        self.barge_in_reaction = hist(
+            "voxgate_barge_in_reaction_seconds",
+            "Barge-in detected (speech during a reply) -> reply audio stopped",
+        )
+        self.sessions_active = Gauge(
+            "voxgate_sessions_active", "Open realtime sessions", registry=self.registry
+        )
+        self.sessions = Counter("voxgate_sessions", "Sessions opened", registry=self.registry)
+        self.turns = Counter("voxgate_turns", "User turns committed", registry=self.registry)
+        self.responses = Counter(
+            "voxgate_responses", "Responses by final status", ["status"], registry=self.registry
+        )
+        self.interruptions = Counter(
+            "voxgate_interruptions", "Replies cut by barge-in", registry=self.registry
+        )
+        self.noise_ignored = Counter(
+            "voxgate_noise_ignored", "Voiced bursts too short to be a turn", registry=self.registry
+        )
+        self.errors = Counter(
+            "voxgate_errors", "Error events sent, by code", ["code"], registry=self.registry
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

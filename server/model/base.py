@@ -1,0 +1,209 @@
+"""The omni-model interface and the narrow backend Protocols the cascade is built from.
+
+Order of calls on an `OmniSession` (one per websocket connection):
+
+    session = await model.open(options)
+    session.push_audio(frame)            # user audio, any number of times (non-blocking)
+    async for t in session.commit_audio(): ...   # end of the user's turn: transcript events,
+                                                 # the last one final; the user message joins
+                                                 # the history
+    session.add_user_text("...")         # or a typed user message instead of audio
+    async for ev in session.respond(ResponseOptions(...)): ...
+                                         # the reply: TextDelta / AudioChunk events; leaving
+                                         # the loop early (cancel, aclose) stops generation
+    session.truncate_reply(heard_ms)     # barge-in: keep only what the user heard
+    await session.aclose()
+
+Backends are loaded once (by name, see registry.py) and shared by all sessions; each call
+(`open_stream`, `complete`, `synthesize`) gets its own state. Heavy inference runs off the
+event loop. A backend failure raises `BackendError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from server.errors import BackendError as BackendError  # re-exported for backends
+from server.streaming.audio import PcmFrame
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(slots=True)
+class Message:
+    """One conversation message. `interrupted` marks an assistant reply cut by barge-in."""
+
+    role: Role
+    text: str
+    interrupted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a model does by itself; the server branches on these flags, never on types.
+
+    handles_turn_taking: a full-duplex model listens while it speaks and decides turns
+        itself; the server then forwards all audio and runs no VAD or barge-in of its own.
+    can_truncate: the model can cut its last reply to what the user heard.
+    input_sample_rate_hz: the rate `push_audio` expects.
+    output_sample_rate_hz: the rate of `AudioChunk` frames.
+    """
+
+    handles_turn_taking: bool
+    can_truncate: bool
+    input_sample_rate_hz: int
+    output_sample_rate_hz: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOptions:
+    """Per-connection settings a model session reads when it is opened or updated."""
+
+    instructions: str = ""
+    voice: str = ""
+    temperature: float = 0.8
+    max_output_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseOptions:
+    with_audio: bool = True
+    instructions: str | None = None
+    voice: str | None = None
+    temperature: float | None = None
+    max_output_tokens: int | None = None
+
+
+# --- Events out of an omni session ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptDelta:
+    """User speech recognised so far; `is_final` marks the transcript of the whole turn."""
+
+    text: str
+    is_final: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """Reply text, in the order it will be spoken."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class AudioChunk:
+    """Reply audio at `Capabilities.output_sample_rate_hz`."""
+
+    frame: PcmFrame
+
+
+ReplyEvent = TextDelta | AudioChunk
+
+
+@dataclass(slots=True)
+class StageTimings:
+    """Latency of each stage of the last reply, for histograms (milliseconds, None if unknown).
+
+    asr_final_ms: commit -> final transcript; llm_first_token_ms: request -> first text;
+    tts_first_audio_ms: first phrase ready -> its first audio.
+    """
+
+    asr_final_ms: float | None = None
+    llm_first_token_ms: float | None = None
+    tts_first_audio_ms: float | None = None
+
+
+class OmniSession(Protocol):
+    capabilities: Capabilities
+    timings: StageTimings
+
+    def update(self, options: SessionOptions) -> None: ...
+
+    def push_audio(self, frame: PcmFrame) -> None:
+        """User audio at `capabilities.input_sample_rate_hz`; never blocks."""
+        ...
+
+    async def clear_audio(self) -> None:
+        """Drop the user audio pushed since the last commit."""
+        ...
+
+    def commit_audio(self) -> AsyncIterator[TranscriptDelta]:
+        """End the user's turn; yields transcript events, the last one final."""
+        ...
+
+    def add_user_text(self, text: str) -> None: ...
+
+    def respond(self, options: ResponseOptions) -> AsyncIterator[ReplyEvent]:
+        """Generate the reply to the history so far. Closing the iterator early stops it."""
+        ...
+
+    def truncate_reply(self, heard_ms: int) -> str:
+        """Cut the last reply in the history to its first `heard_ms` of audio; returns the
+        text that remains."""
+        ...
+
+    def history(self) -> Sequence[Message]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class OmniModel(Protocol):
+    capabilities: Capabilities
+
+    async def open(self, options: SessionOptions) -> OmniSession: ...
+
+
+# --- Backend Protocols the cascade composes ----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    text: str
+    is_final: bool
+
+
+class AsrStream(Protocol):
+    """One utterance. push_audio, then end_input; iterate for partials and one final."""
+
+    def push_audio(self, frame: PcmFrame) -> None: ...
+
+    def end_input(self) -> None: ...
+
+    def __aiter__(self) -> AsyncIterator[Transcript]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class AsrBackend(Protocol):
+    sample_rate_hz: int
+
+    def open_stream(self) -> AsrStream: ...
+
+
+class LlmBackend(Protocol):
+    def complete(self, history: Sequence[Message], options: SessionOptions) -> AsyncIterator[str]:
+        """Stream the assistant's next message as text pieces."""
+        ...
+
+
+class TtsBackend(Protocol):
+    sample_rate_hz: int
+
+    def synthesize(self, text: str, voice: str) -> AsyncIterator[PcmFrame]:
+        """Speak one phrase; frames at `sample_rate_hz`, streamed as they are ready."""
+        ...
+
+
+@dataclass(slots=True)
+class ConversationHistory:
+    """The messages of one session; the assistant's interrupted replies are cut to what was
+    heard."""
+
+    messages: list[Message] = field(default_factory=list)
+
+    def add(self, message: Message) -> None:
+        self.messages.append(message)

@@ -1,0 +1,133 @@
+"""Scripted fakes of every backend Protocol, for tests and the gateway-overhead benchmark.
+
+These are fakes: they recognise nothing and understand nothing. `FakeAsr` returns scripted
+transcripts, `FakeLlm` scripted replies, `FakeTts` a tone whose length follows the text, and
+`EnergyClassifier` calls a frame speech when it is loud.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from server.errors import BackendError
+from server.model.base import Message, SessionOptions, Transcript
+from server.streaming.audio import PcmFrame
+
+
+class FakeAsrStream:
+    def __init__(self, text: str, delay_s: float) -> None:
+        self._text = text
+        self._delay_s = delay_s
+        self._ended = asyncio.Event()
+        self.pushed_ms = 0.0
+
+    def push_audio(self, frame: PcmFrame) -> None:
+        self.pushed_ms += frame.duration_ms
+
+    def end_input(self) -> None:
+        self._ended.set()
+
+    async def _results(self) -> AsyncIterator[Transcript]:
+        await self._ended.wait()
+        if self._delay_s:
+            await asyncio.sleep(self._delay_s)
+        words = self._text.split()
+        if len(words) > 1:
+            yield Transcript(" ".join(words[: len(words) // 2]), is_final=False)
+        yield Transcript(self._text, is_final=True)
+
+    def __aiter__(self) -> AsyncIterator[Transcript]:
+        return self._results()
+
+    async def aclose(self) -> None:
+        self._ended.set()
+
+
+@dataclass
+class FakeAsr:
+    """Each stream's final transcript is the next of `script` (the last one repeats)."""
+
+    script: list[str] = field(default_factory=lambda: ["hello there"])
+    delay_s: float = 0.0
+    sample_rate_hz: int = 16_000
+    streams: list[FakeAsrStream] = field(default_factory=list)
+
+    def open_stream(self) -> FakeAsrStream:
+        index = min(len(self.streams), len(self.script) - 1)
+        stream = FakeAsrStream(self.script[index], self.delay_s)
+        self.streams.append(stream)
+        return stream
+
+
+@dataclass
+class FakeLlm:
+    """Replies with the next of `script`, word by word, `delay_s` apart.
+
+    `fail_after_words`: raise BackendError after that many words (a backend failing mid-reply).
+    """
+
+    script: list[str] = field(default_factory=lambda: ["Sure, I can help with that."])
+    delay_s: float = 0.0
+    fail_after_words: int | None = None
+    calls: list[list[Message]] = field(default_factory=list)
+
+    async def complete(self, history: Sequence[Message], options: SessionOptions) -> AsyncIterator[str]:
+        index = min(len(self.calls), len(self.script) - 1)
+        self.calls.append([Message(m.role, m.text, m.interrupted) for m in history])
+        for n, word in enumerate(self.script[index].split()):
+            if self.fail_after_words is not None and n >= self.fail_after_words:
+                raise BackendError("fake language model failure")
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            yield word + " "
+
+
+@dataclass
+class FakeTts:
+    """A 220 Hz tone, `ms_per_char` per character of text, in `frame_ms` frames."""
+
+    ms_per_char: float = 50.0
+    sample_rate_hz: int = 24_000
+    frame_ms: int = 40
+    delay_s: float = 0.0
+
+    async def synthesize(self, text: str, voice: str) -> AsyncIterator[PcmFrame]:
+        total = int(len(text) * self.ms_per_char * self.sample_rate_hz / 1000)
+        t = np.arange(total) / self.sample_rate_hz
+        samples = (np.sin(2 * np.pi * 220 * t) * 8000).astype(np.int16)
+        step = self.frame_ms * self.sample_rate_hz // 1000
+        for i in range(0, total, step):
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            yield PcmFrame(samples[i : i + step], self.sample_rate_hz)
+
+
+class EnergyClassifier:
+    """Speech when the frame's RMS exceeds `rms_threshold` (a fake VAD for tests)."""
+
+    def __init__(self, rms_threshold: float = 500.0, frame_ms: int = 20) -> None:
+        self.frame_ms = frame_ms
+        self.sample_rate_hz = 16_000
+        self.rms_threshold = rms_threshold
+
+    def speech_probability(self, frame: PcmFrame) -> float:
+        rms = float(np.sqrt(np.mean(frame.samples.astype(np.float64) ** 2))) if frame.sample_count else 0.0
+        return 1.0 if rms > self.rms_threshold else 0.0
+
+
+class EnergyClassifierFactory:
+    def __init__(self, rms_threshold: float = 500.0) -> None:
+        self.rms_threshold = rms_threshold
+
+    def open(self, threshold: float) -> EnergyClassifier:
+        return EnergyClassifier(self.rms_threshold)
+
+
+def tone(duration_ms: int, sample_rate_hz: int = 24_000, amplitude: int = 8000) -> PcmFrame:
+    """A loud 300 Hz tone: 'speech' to EnergyClassifier."""
+    t = np.arange(duration_ms * sample_rate_hz // 1000) / sample_rate_hz
+    return PcmFrame((np.sin(2 * np.pi * 300 * t) * amplitude).astype(np.int16), sample_rate_hz)

@@ -1,0 +1,92 @@
+"""HTTP and websocket routes. The only place that picks close codes."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Request, Response, WebSocket
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from server.streaming.conversation import Conversation, TransportClosed
+from server.wire import Dialect
+
+log = logging.getLogger(__name__)
+
+router = APIRouter()
+
+CLOSE_INTERNAL_ERROR = 1011
+
+
+class StarletteTransport:
+    """Adapts a Starlette WebSocket to the Conversation's Transport."""
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self._ws = websocket
+
+    async def receive(self) -> str | bytes:
+        try:
+            message = await self._ws.receive()
+        except (WebSocketDisconnect, RuntimeError) as exc:
+            raise TransportClosed from exc
+        if message["type"] == "websocket.disconnect":
+            raise TransportClosed
+        text = message.get("text")
+        if text is not None:
+            return str(text)
+        data = message.get("bytes")
+        return bytes(data) if data is not None else b""
+
+    async def send_text(self, text: str) -> None:
+        try:
+            await self._ws.send_text(text)
+        except (WebSocketDisconnect, RuntimeError, OSError) as exc:
+            raise TransportClosed from exc
+
+
+@router.get("/healthz")
+async def healthz(request: Request) -> dict[str, object]:
+    return {"status": "ok", "sessions": request.app.state.runtime.active_sessions()}
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(
+        request.app.state.runtime.metrics.render(),
+        media_type="text/plain; version=0.0.4; charset=utf-8",
+    )
+
+
+def _dialect(websocket: WebSocket) -> Dialect:
+    beta = websocket.headers.get("openai-beta", "")
+    return Dialect.BETA if "realtime=v1" in beta.replace(" ", "") else Dialect.GA
+
+
+def _subprotocol(websocket: WebSocket) -> str | None:
+    offered = websocket.scope.get("subprotocols") or []
+    return "realtime" if "realtime" in offered else None
+
+
+@router.websocket("/v1/realtime")
+async def realtime(websocket: WebSocket) -> None:
+    runtime = websocket.app.state.runtime
+    await websocket.accept(subprotocol=_subprotocol(websocket))
+    conversation = Conversation(
+        StarletteTransport(websocket),
+        runtime.model,
+        runtime.vad,
+        runtime.conversation_options(model=websocket.query_params.get("model")),
+        runtime.metrics,
+        _dialect(websocket),
+    )
+    try:
+        await conversation.run()
+    except Exception:
+        log.exception("session failed", extra={"session_id": conversation.config.id})
+        if websocket.application_state is WebSocketState.CONNECTED:
+            await websocket.close(CLOSE_INTERNAL_ERROR, "internal error; see server logs")
+        return
+    if (
+        websocket.application_state is WebSocketState.CONNECTED
+        and websocket.client_state is WebSocketState.CONNECTED
+    ):
+        await websocket.close(1000)

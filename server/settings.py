@@ -1,0 +1,45 @@
+"""Settings from VOXGATE_* environment variables, validated at startup.
+
+Components never see `Settings`; `app.py` turns it into small option objects.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VOXGATE_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # backends, by registry name
+    asr: str = "pocketsphinx"
+    llm: str = "rules"
+    tts: str = "espeak"
+    vad: Literal["webrtc", "silero"] = "webrtc"
+    model_name: str = "voxgate-cascade"
+
+    # session defaults (a client may change them with session.update)
+    instructions: str = ""
+    voice: str = "en-us"
+    vad_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    prefix_padding_ms: int = Field(default=300, ge=0, le=5000)
+    silence_duration_ms: int = Field(default=300, ge=0, le=10_000)
+
+    # turn-taking details that the protocol does not expose
+    min_speech_ms: int = Field(default=120, ge=0, le=5000)
+    barge_in_min_ms: int = Field(default=250, ge=0, le=5000)
+
+    # outbound pacing
+    playout_chunk_ms: int = Field(default=20, ge=10, le=100)
+    playout_lead_ms: int = Field(default=150, ge=0, le=200)
+
+    # limits
+    max_audio_ahead_ms: int = Field(default=10_000, ge=1000)
+    max_message_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)

@@ -1,0 +1,886 @@
+"""Conversation: one per websocket. Owns the tasks; executes TurnTaker actions.
+
+Tasks (one TaskGroup, all named, none fire-and-forget):
+- reader: client events -> session config, input audio -> VAD -> TurnTaker -> actions;
+- writer: paces reply audio out of the PlayoutBuffer at real time;
+- timer: advances the turn clock when the client stops sending audio (silence by absence);
+- the current reply (at most one): transcript of the committed turn, then the model's reply.
+
+Barge-in: the TurnTaker says CancelReply; we mark the reply cancelled (the writer drops any
+chunk tagged with it), clear the PlayoutBuffer (what the client holds is the estimate of what
+it has not heard), cancel the reply task with a bound, end the response `cancelled`, and cut
+the model's history to what was heard. A client `conversation.item.truncate` overrides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Protocol
+
+from server.errors import ProtocolViolation
+from server.metrics import Metrics
+from server.model.base import (
+    AudioChunk,
+    OmniModel,
+    OmniSession,
+    ResponseOptions,
+    SessionOptions,
+    TextDelta,
+)
+from server.streaming.aio import cancel_and_wait
+from server.streaming.audio import FrameChunker, PcmFrame, StreamResampler, ms_to_samples
+from server.streaming.playout import PlayoutBuffer, PlayoutOptions
+from server.streaming.turns import (
+    AnnounceSpeechStarted,
+    AnnounceSpeechStopped,
+    BeginCapture,
+    CancelReply,
+    CommitTurn,
+    DiscardNoise,
+    FrameClassified,
+    InputCleared,
+    ReplyFinished,
+    ReplyStarted,
+    ReportIdle,
+    StartReply,
+    Tick,
+    TurnAction,
+    TurnOptions,
+    TurnTaker,
+)
+from server.streaming.vad import ClassifierFactory, FrameClassifier
+from server.wire import (
+    Dialect,
+    EventWriter,
+    InputAudioAppend,
+    InputAudioClear,
+    InputAudioCommit,
+    ItemCreate,
+    ItemDelete,
+    ItemTruncate,
+    OutputAudioClear,
+    ResponseCancel,
+    ResponseCreate,
+    SessionConfig,
+    SessionUpdate,
+    TurnDetectionConfig,
+    apply_session_update,
+    decode_base64_audio,
+    is_beta_session_shape,
+    new_id,
+    parse_client_event,
+)
+
+log = logging.getLogger(__name__)
+
+CANCEL_TIMEOUT_S = 1.0
+SILENCE_BY_ABSENCE_MS = 200  # no audio for this long while a deadline waits: treat as silence
+
+
+class TransportClosed(Exception):
+    """The client went away."""
+
+
+class Transport(Protocol):
+    async def receive(self) -> str | bytes:
+        """The next message; raises TransportClosed when the client has gone."""
+        ...
+
+    async def send_text(self, text: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationOptions:
+    model_name: str = "voxgate-cascade"
+    instructions: str = ""
+    voice: str = "en-us"
+    turn: TurnOptions = field(default_factory=TurnOptions)
+    prefix_padding_ms: int = 300
+    playout: PlayoutOptions = field(default_factory=PlayoutOptions)
+    max_audio_ahead_ms: int = 10_000
+
+
+class ReplyPhase(Enum):
+    GENERATING = "generating"
+    DRAINING = "draining"  # response.done sent; the client is still playing its tail
+    FINISHED = "finished"
+
+
+@dataclass(slots=True)
+class _Reply:
+    reply_id: int
+    response_id: str
+    item_id: str
+    with_audio: bool
+    phase: ReplyPhase = ReplyPhase.GENERATING
+    cancelled: bool = False
+    transcript: str = ""
+    audio_sent_ms: float = 0.0
+    first_audio_sent_s: float | None = None
+    task: asyncio.Task[None] | None = None
+    all_sent: asyncio.Event = field(default_factory=asyncio.Event)
+    user_speech_end_s: float | None = None
+
+
+class _Closed(Exception):
+    pass
+
+
+class Conversation:
+    """Run with `await Conversation(...).run()`; returns when the client disconnects."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        model: OmniModel,
+        vad: ClassifierFactory,
+        options: ConversationOptions,
+        metrics: Metrics,
+        dialect: Dialect,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._transport = transport
+        self._model = model
+        self._vad_factory = vad
+        self._options = options
+        self._metrics = metrics
+        self._events = EventWriter(dialect)
+        self._dialect_fixed = dialect is Dialect.BETA
+        self._clock = clock
+        self.config = SessionConfig(
+            id=new_id("sess"),
+            model=options.model_name,
+            instructions=options.instructions,
+            voice=options.voice,
+            turn_detection=TurnDetectionConfig(
+                threshold=options.turn.threshold,
+                prefix_padding_ms=options.prefix_padding_ms,
+                silence_duration_ms=options.turn.silence_duration_ms,
+                create_response=options.turn.create_response,
+                interrupt_response=options.turn.interrupt_response,
+                idle_timeout_ms=options.turn.idle_timeout_ms,
+            ),
+        )
+        self._send_lock = asyncio.Lock()
+        self._session: OmniSession | None = None
+        self._classifier: FrameClassifier = vad.open(options.turn.threshold)
+        self._turns = TurnTaker(options.turn)
+        caps = model.capabilities
+        self._playout = PlayoutBuffer(options.playout, self.config.output_format.sample_rate_hz)
+        self._playout_wakeup = asyncio.Event()
+        self._input_resampler = StreamResampler(
+            self.config.input_format.sample_rate_hz, caps.input_sample_rate_hz
+        )
+        self._vad_resampler = StreamResampler(caps.input_sample_rate_hz, self._classifier.sample_rate_hz)
+        self._vad_chunker = FrameChunker(self._classifier.frame_ms, self._classifier.sample_rate_hz)
+        self._input_samples = 0  # at the model input rate: the input stream's clock
+        self._vad_samples = 0
+        self._preroll: deque[tuple[int, PcmFrame]] = deque()
+        self._capturing = False
+        self._captured_ms = 0
+        self._input_item_id: str | None = None
+        self._last_item_id: str | None = None
+        self._arrivals: deque[tuple[int, float]] = deque()  # (input ms at end of append, wall s)
+        self._last_append_s: float | None = None
+        self._session_start_s = clock()
+        self._reply: _Reply | None = None
+        self._reply_seq = 0
+        self._tasks: asyncio.TaskGroup | None = None
+        self._timer_wakeup = asyncio.Event()
+        self._transcription: asyncio.Task[None] | None = None
+        self._speech_end_s: float | None = None
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self._metrics.sessions.inc()
+        self._metrics.sessions_active.inc()
+        try:
+            self._session = await self._model.open(self._session_options())
+            await self._send(self._events.event("session.created", session=self._events.session(self.config)))
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    self._tasks = tg
+                    tg.create_task(self._read_loop(), name="conversation-reader")
+                    tg.create_task(self._write_loop(), name="conversation-writer")
+                    tg.create_task(self._timer_loop(), name="conversation-timer")
+            except* (_Closed, TransportClosed):
+                pass
+        finally:
+            self._tasks = None
+            reply = self._reply
+            if reply is not None:
+                reply.cancelled = True
+                await cancel_and_wait(reply.task, CANCEL_TIMEOUT_S)
+            if self._session is not None:
+                await self._session.aclose()
+            self._metrics.sessions_active.dec()
+
+    def _session_options(self) -> SessionOptions:
+        return SessionOptions(
+            instructions=self.config.instructions,
+            voice=self.config.voice,
+            temperature=self.config.temperature,
+            max_output_tokens=self.config.max_output_tokens,
+        )
+
+    async def _send(self, event: dict[str, Any]) -> None:
+        text = json.dumps(event)
+        async with self._send_lock:
+            await self._transport.send_text(text)
+
+    async def _send_error(self, exc: ProtocolViolation, event_id: str | None = None) -> None:
+        self._metrics.errors.labels(code=exc.code).inc()
+        await self._send(self._events.error(str(exc), code=exc.code, param=exc.param, event_id=event_id))
+
+    # --- reader ---------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        while True:
+            message = await self._transport.receive()
+            if isinstance(message, bytes):
+                await self._send_error(
+                    ProtocolViolation(
+                        "binary frames are not part of this protocol; send JSON text events",
+                        code="invalid_frame",
+                    )
+                )
+                continue
+            event_id: str | None = None
+            try:
+                event = parse_client_event(message)
+                event_id = event.event_id
+                await self._handle(event)
+            except ProtocolViolation as exc:
+                await self._send_error(exc, event_id)
+
+    async def _handle(self, event: Any) -> None:
+        match event:
+            case SessionUpdate():
+                await self._on_session_update(event)
+            case InputAudioAppend():
+                await self._on_append(event)
+            case InputAudioCommit():
+                await self._commit_input(from_vad=False)
+            case InputAudioClear():
+                await self._clear_input()
+                await self._send(self._events.event("input_audio_buffer.cleared"))
+            case ItemCreate():
+                await self._on_item_create(event)
+            case ItemTruncate():
+                await self._on_truncate(event)
+            case ItemDelete():
+                raise ProtocolViolation(
+                    "conversation.item.delete is not supported by this server",
+                    code="unsupported_event",
+                    param="type",
+                )
+            case ResponseCreate():
+                await self._on_response_create(event)
+            case ResponseCancel():
+                reply = self._reply
+                if reply is None or reply.phase is not ReplyPhase.GENERATING:
+                    raise ProtocolViolation("no response is in progress", code="response_cancel_not_active")
+                if event.response_id is not None and event.response_id != reply.response_id:
+                    raise ProtocolViolation(
+                        f"response {event.response_id!r} is not in progress",
+                        code="response_cancel_not_active",
+                        param="response_id",
+                    )
+                await self._cancel_reply(reason="client_cancelled")
+            case OutputAudioClear():
+                if self._reply is not None:
+                    await self._cancel_reply(reason="client_cancelled")
+                await self._send(self._events.event("output_audio_buffer.cleared"))
+
+    async def _on_session_update(self, event: SessionUpdate) -> None:
+        if not self._dialect_fixed:
+            if is_beta_session_shape(event.session):
+                self._events = EventWriter(Dialect.BETA)
+            self._dialect_fixed = True
+        old_in = self.config.input_format
+        old_out = self.config.output_format
+        apply_session_update(self.config, event.session)
+        if self.config.input_format != old_in:
+            self._input_resampler = StreamResampler(
+                self.config.input_format.sample_rate_hz, self._model.capabilities.input_sample_rate_hz
+            )
+        if self.config.output_format != old_out and self._reply is None:
+            self._playout = PlayoutBuffer(self._options.playout, self.config.output_format.sample_rate_hz)
+        td = self.config.turn_detection
+        if td is not None:
+            self._turns.configure(
+                TurnOptions(
+                    threshold=td.threshold,
+                    min_speech_ms=self._options.turn.min_speech_ms,
+                    barge_in_min_ms=self._options.turn.barge_in_min_ms,
+                    silence_duration_ms=td.silence_duration_ms,
+                    create_response=td.create_response,
+                    interrupt_response=td.interrupt_response,
+                    idle_timeout_ms=td.idle_timeout_ms,
+                    vad_hangover_ms=self._options.turn.vad_hangover_ms,
+                    vad_min_voiced_ms=self._options.turn.vad_min_voiced_ms,
+                )
+            )
+            if td.threshold != self._options.turn.threshold:
+                self._classifier = self._vad_factory.open(td.threshold)
+        assert self._session is not None
+        self._session.update(self._session_options())
+        await self._send(self._events.event("session.updated", session=self._events.session(self.config)))
+
+    # --- input audio ----------------------------------------------------------------
+
+    @property
+    def _input_ms(self) -> int:
+        return self._input_samples * 1000 // self._model.capabilities.input_sample_rate_hz
+
+    async def _on_append(self, event: InputAudioAppend) -> None:
+        fmt = self.config.input_format
+        audio = decode_base64_audio(event.audio, fmt)
+        if not audio:
+            return
+        now_s = self._clock()
+        frame = fmt.decode(audio)
+        elapsed_ms = (now_s - self._session_start_s) * 1000
+        ahead_ms = self._input_ms + frame.duration_ms - elapsed_ms
+        if ahead_ms > self._options.max_audio_ahead_ms:
+            raise ProtocolViolation(
+                f"audio is arriving faster than real time: {ahead_ms:.0f} ms ahead, more than the "
+                f"{self._options.max_audio_ahead_ms} ms allowed; this append was dropped",
+                code="audio_too_fast",
+                param="audio",
+            )
+        model_frame = self._input_resampler.push(frame)
+        if not model_frame.sample_count:
+            return
+        start_ms = self._input_ms
+        self._input_samples += model_frame.sample_count
+        self._last_append_s = now_s
+        self._arrivals.append((self._input_ms, now_s))
+        while len(self._arrivals) > 2000:
+            self._arrivals.popleft()
+        self._keep_preroll(start_ms, model_frame)
+        if self._capturing or self.config.turn_detection is None:
+            self._push_to_model(model_frame)
+        if self.config.turn_detection is not None:
+            await self._classify(model_frame)
+        self._timer_wakeup.set()
+
+    def _keep_preroll(self, start_ms: int, frame: PcmFrame) -> None:
+        self._preroll.append((start_ms, frame))
+        keep_ms = self.config.turn_detection.prefix_padding_ms if self.config.turn_detection else 0
+        keep_ms += 1000  # onsets are reported up to ~barge_in_min_ms after they happened
+        while (
+            self._preroll and self._preroll[0][0] + self._preroll[0][1].duration_ms < self._input_ms - keep_ms
+        ):
+            self._preroll.popleft()
+
+    def _push_to_model(self, frame: PcmFrame) -> None:
+        assert self._session is not None
+        self._session.push_audio(frame)
+        self._captured_ms += int(frame.duration_ms)
+
+    async def _classify(self, frame: PcmFrame) -> None:
+        vad_frame = self._vad_resampler.push(frame)
+        for chunk in self._vad_chunker.push(vad_frame):
+            start_ms = self._vad_samples * 1000 // chunk.sample_rate_hz
+            self._vad_samples += chunk.sample_count
+            probability = self._classifier.speech_probability(chunk)
+            self._turns.receive(
+                FrameClassified(start_ms, self._classifier.frame_ms, probability),
+                now_ms=start_ms + self._classifier.frame_ms,
+            )
+            await self._run_turn_actions()
+
+    async def _run_turn_actions(self) -> None:
+        for action in self._turns.actions():
+            await self._execute(action)
+
+    async def _execute(self, action: TurnAction) -> None:
+        match action:
+            case BeginCapture(from_ms=from_ms):
+                self._start_capture(
+                    from_ms
+                    - (self.config.turn_detection.prefix_padding_ms if self.config.turn_detection else 0)
+                )
+            case DiscardNoise():
+                self._metrics.noise_ignored.inc()
+                await self._drop_capture()
+            case CancelReply(reason=reason):
+                await self._cancel_reply(reason=reason)
+            case AnnounceSpeechStarted(audio_start_ms=start_ms):
+                self._input_item_id = new_id("item")
+                await self._send(
+                    self._events.event(
+                        "input_audio_buffer.speech_started",
+                        audio_start_ms=start_ms,
+                        item_id=self._input_item_id,
+                    )
+                )
+            case AnnounceSpeechStopped(audio_end_ms=end_ms):
+                await self._send(
+                    self._events.event(
+                        "input_audio_buffer.speech_stopped",
+                        audio_end_ms=end_ms,
+                        item_id=self._input_item_id,
+                    )
+                )
+            case CommitTurn(audio_end_ms=end_ms):
+                await self._commit_input(from_vad=True, speech_end_ms=end_ms)
+            case StartReply():
+                await self._start_reply(ResponseOptions(with_audio="audio" in self.config.output_modalities))
+            case ReportIdle(audio_ms=audio_ms):
+                await self._send(
+                    self._events.event(
+                        "input_audio_buffer.timeout_triggered",
+                        audio_start_ms=audio_ms,
+                        audio_end_ms=audio_ms,
+                        item_id=new_id("item"),
+                    )
+                )
+
+    def _start_capture(self, from_ms: int) -> None:
+        if self._capturing:
+            return
+        self._capturing = True
+        for start_ms, frame in self._preroll:
+            end_ms = start_ms + frame.duration_ms
+            if end_ms <= from_ms:
+                continue
+            if start_ms < from_ms:
+                skip = ms_to_samples(from_ms - start_ms, frame.sample_rate_hz)
+                frame = PcmFrame(frame.samples[skip:], frame.sample_rate_hz)
+            self._push_to_model(frame)
+
+    async def _drop_capture(self) -> None:
+        self._capturing = False
+        self._captured_ms = 0
+        assert self._session is not None
+        await self._session.clear_audio()
+
+    async def _clear_input(self) -> None:
+        await self._drop_capture()
+        self._preroll.clear()
+        self._input_item_id = None
+        self._turns.receive(InputCleared(), self._input_ms)
+
+    def _wall_time_of_input(self, input_ms: int) -> float | None:
+        for end_ms, wall_s in self._arrivals:
+            if end_ms >= input_ms:
+                return wall_s
+        return None
+
+    async def _commit_input(self, *, from_vad: bool, speech_end_ms: int | None = None) -> None:
+        if not from_vad:
+            if not self._capturing and self.config.turn_detection is not None:
+                self._start_capture(self._input_ms - 1000)
+            if self._captured_ms < 100:
+                raise ProtocolViolation(
+                    f"buffer too small: {self._captured_ms} ms of audio; commit needs at least 100 ms",
+                    code="input_audio_buffer_commit_empty",
+                )
+            self._turns.receive(InputCleared(), self._input_ms)
+        item_id = self._input_item_id or new_id("item")
+        self._input_item_id = None
+        self._capturing = False
+        self._captured_ms = 0
+        previous, self._last_item_id = self._last_item_id, item_id
+        self._metrics.turns.inc()
+        await self._send(
+            self._events.event("input_audio_buffer.committed", previous_item_id=previous, item_id=item_id)
+        )
+        for ev in self._events.item_added(self._events.user_audio_item(item_id, None), previous):
+            await self._send(ev)
+        self._speech_end_s = None if speech_end_ms is None else self._wall_time_of_input(speech_end_ms)
+        assert self._tasks is not None and self._session is not None
+        previous_task = self._transcription
+        self._transcription = self._tasks.create_task(
+            self._run_transcription(self._session, item_id, previous_task),
+            name=f"transcription-{item_id}",
+        )
+
+    # --- replies --------------------------------------------------------------------
+
+    async def _on_item_create(self, event: ItemCreate) -> None:
+        item = event.item
+        if item.type != "message" or item.role != "user":
+            raise ProtocolViolation(
+                f"conversation.item.create supports user messages; got {item.type}"
+                + (f"/{item.role}" if item.role else ""),
+                code="unsupported_item_type",
+                param="item.type",
+            )
+        texts = [p.text for p in item.content if p.type == "input_text" and p.text]
+        if not texts:
+            raise ProtocolViolation(
+                "user message needs an input_text content part",
+                code="missing_field",
+                param="item.content",
+            )
+        item_id = item.id or new_id("item")
+        text = " ".join(texts)
+        assert self._session is not None
+        self._session.add_user_text(text)
+        previous, self._last_item_id = self._last_item_id, item_id
+        for ev in self._events.item_added(self._events.user_text_item(item_id, text), previous):
+            await self._send(ev)
+
+    async def _on_response_create(self, event: ResponseCreate) -> None:
+        if self._reply is not None and self._reply.phase is ReplyPhase.GENERATING:
+            raise ProtocolViolation(
+                "a response is already in progress; cancel it first",
+                code="conversation_already_has_active_response",
+            )
+        body = event.response or {}
+        modalities = body.get("output_modalities") or body.get("modalities") or self.config.output_modalities
+        instructions = body.get("instructions")
+        voice = body.get("voice") or (body.get("audio") or {}).get("output", {}).get("voice")
+        if instructions is not None and not isinstance(instructions, str):
+            raise ProtocolViolation(
+                "response.instructions must be a string", code="invalid_value", param="response.instructions"
+            )
+        if voice is not None and not isinstance(voice, str):
+            raise ProtocolViolation(
+                "response voice must be a string", code="invalid_value", param="response.voice"
+            )
+        await self._start_reply(
+            ResponseOptions(with_audio="audio" in modalities, instructions=instructions, voice=voice)
+        )
+
+    async def _start_reply(self, options: ResponseOptions) -> None:
+        previous = self._reply
+        if previous is not None and previous.phase is not ReplyPhase.FINISHED:
+            # a reply still playing its tail (or one that may not be interrupted) is let finish
+            await self._finish_previous(previous)
+        self._reply_seq += 1
+        reply = _Reply(
+            reply_id=self._reply_seq,
+            response_id=new_id("resp"),
+            item_id=new_id("item"),
+            with_audio=options.with_audio,
+        )
+        reply.user_speech_end_s, self._speech_end_s = self._speech_end_s, None
+        self._reply = reply
+        self._playout.begin(reply.reply_id)
+        self._turns.receive(ReplyStarted(reply.reply_id), self._input_ms)
+        assert self._tasks is not None
+        reply.task = self._tasks.create_task(
+            self._run_reply(reply, options, self._transcription), name=f"reply-{reply.reply_id}"
+        )
+
+    async def _finish_previous(self, previous: _Reply) -> None:
+        if previous.phase is ReplyPhase.GENERATING and previous.task is not None:
+            await asyncio.wait({previous.task}, timeout=30)
+        if previous.task is not None and not previous.task.done():
+            await cancel_and_wait(previous.task, CANCEL_TIMEOUT_S)
+
+    async def _run_reply(
+        self, reply: _Reply, options: ResponseOptions, transcription: asyncio.Task[None] | None
+    ) -> None:
+        session = self._session
+        assert session is not None
+        if transcription is not None:
+            await asyncio.shield(transcription)  # the user's words count even if we are cut off
+        output_item = self._events.assistant_item(reply.item_id, "in_progress", None)
+        await self._send(
+            self._events.event(
+                "response.created",
+                response=self._events.response(reply.response_id, "in_progress", [], config=self.config),
+            )
+        )
+        await self._send(
+            self._events.event(
+                "response.output_item.added", response_id=reply.response_id, output_index=0, item=output_item
+            )
+        )
+        previous, self._last_item_id = self._last_item_id, reply.item_id
+        for ev in self._events.item_added(output_item, previous):
+            await self._send(ev)
+        await self._send(
+            self._events.event(
+                "response.content_part.added",
+                response_id=reply.response_id,
+                item_id=reply.item_id,
+                output_index=0,
+                content_index=0,
+                part=self._events.assistant_part("", reply.with_audio),
+            )
+        )
+        try:
+            out_rate = self.config.output_format.sample_rate_hz
+            resampler = StreamResampler(session.capabilities.output_sample_rate_hz, out_rate)
+            async for event in session.respond(options):
+                if isinstance(event, TextDelta):
+                    reply.transcript += event.text
+                    await self._send(
+                        self._events.event(
+                            self._events.transcript_delta if reply.with_audio else self._events.text_delta,
+                            response_id=reply.response_id,
+                            item_id=reply.item_id,
+                            output_index=0,
+                            content_index=0,
+                            delta=event.text,
+                        )
+                    )
+                elif isinstance(event, AudioChunk) and reply.with_audio:
+                    out = resampler.push(event.frame)
+                    if out.sample_count:
+                        self._playout.push(out)
+                        self._playout_wakeup.set()
+            if reply.with_audio:
+                tail = resampler.flush()
+                if tail.sample_count:
+                    self._playout.push(tail)
+            self._playout.end_input()
+            self._playout_wakeup.set()
+            self._record_stage_timings(session)
+            if reply.with_audio:
+                await reply.all_sent.wait()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a backend failed mid-reply: this response fails, the session lives
+            log.exception("reply failed", extra={"response_id": reply.response_id})
+            self._playout.clear(self._clock() * 1000)
+            reply.cancelled = True
+            await self._end_response(
+                reply,
+                "failed",
+                reason="error",
+                error={
+                    "type": "server_error",
+                    "code": "backend_error",
+                    "message": str(exc) or type(exc).__name__,
+                },
+            )
+            await self._send(
+                self._events.error(
+                    f"the response failed: {exc}" if str(exc) else "the response failed",
+                    code="backend_error",
+                    type_="server_error",
+                )
+            )
+            self._metrics.errors.labels(code="backend_error").inc()
+            self._reply_over(reply)
+            return
+        await self._end_response(reply, "completed")
+        reply.phase = ReplyPhase.DRAINING
+        played_out = self._playout.played_out_at_ms()
+        if played_out is not None:
+            await asyncio.sleep(max(0.0, played_out / 1000 - self._clock()))
+        self._reply_over(reply)
+
+    async def _run_transcription(
+        self, session: OmniSession, item_id: str, previous: asyncio.Task[None] | None
+    ) -> None:
+        if previous is not None:
+            await asyncio.shield(previous)  # transcripts join the history in turn order
+        final = ""
+        async for delta in session.commit_audio():
+            if delta.is_final:
+                final = delta.text
+                break
+            await self._send(
+                self._events.event(
+                    "conversation.item.input_audio_transcription.delta",
+                    item_id=item_id,
+                    content_index=0,
+                    delta=delta.text,
+                )
+            )
+        if session.timings.asr_final_ms is not None:
+            self._metrics.asr_final.observe(session.timings.asr_final_ms / 1000)
+        if self.config.transcription_model is not None:
+            await self._send(
+                self._events.event(
+                    "conversation.item.input_audio_transcription.completed",
+                    item_id=item_id,
+                    content_index=0,
+                    transcript=final,
+                )
+            )
+
+    def _record_stage_timings(self, session: OmniSession) -> None:
+        t = session.timings
+        if t.llm_first_token_ms is not None:
+            self._metrics.llm_first_token.observe(t.llm_first_token_ms / 1000)
+        if t.tts_first_audio_ms is not None:
+            self._metrics.tts_first_audio.observe(t.tts_first_audio_ms / 1000)
+
+    def _reply_over(self, reply: _Reply) -> None:
+        reply.phase = ReplyPhase.FINISHED
+        self._turns.receive(ReplyFinished(reply.reply_id), self._input_ms)
+
+    async def _end_response(
+        self,
+        reply: _Reply,
+        status: str,
+        reason: str | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> None:
+        """The closing events of a response, in protocol order. Sent once per reply."""
+        if reply.phase is not ReplyPhase.GENERATING:
+            return
+        reply.phase = ReplyPhase.DRAINING
+        item_status = "completed" if status == "completed" else "incomplete"
+        part = self._events.assistant_part(reply.transcript, reply.with_audio)
+        common = {"response_id": reply.response_id, "item_id": reply.item_id, "output_index": 0}
+        if reply.with_audio:
+            await self._send(self._events.event(self._events.audio_done, content_index=0, **common))
+            await self._send(
+                self._events.event(
+                    self._events.transcript_done, content_index=0, transcript=reply.transcript, **common
+                )
+            )
+        else:
+            await self._send(
+                self._events.event(self._events.text_done, content_index=0, text=reply.transcript, **common)
+            )
+        await self._send(
+            self._events.event("response.content_part.done", content_index=0, part=part, **common)
+        )
+        item = self._events.assistant_item(reply.item_id, item_status, part)
+        await self._send(
+            self._events.event(
+                "response.output_item.done", response_id=reply.response_id, output_index=0, item=item
+            )
+        )
+        await self._send(
+            self._events.event(
+                "response.done",
+                response=self._events.response(
+                    reply.response_id, status, [item], reason=reason, config=self.config, error=error
+                ),
+            )
+        )
+        self._metrics.responses.labels(status=status).inc()
+
+    async def _cancel_reply(self, *, reason: str) -> None:
+        reply = self._reply
+        if reply is None or reply.phase is ReplyPhase.FINISHED:
+            return
+        detected_s = self._clock()
+        reply.cancelled = True
+        heard_ms = self._playout.clear(detected_s * 1000)
+        self._playout_wakeup.set()
+        if reply.task is not None and reply.task is not asyncio.current_task():
+            await cancel_and_wait(reply.task, CANCEL_TIMEOUT_S)
+        self._metrics.barge_in_reaction.observe(self._clock() - detected_s)
+        if reason == "turn_detected":
+            self._metrics.interruptions.inc()
+        was_generating = reply.phase is ReplyPhase.GENERATING
+        if was_generating:
+            await self._end_response(reply, "cancelled", reason=reason)
+        self._reply_over(reply)
+        if reply.with_audio and reply.audio_sent_ms > 0:
+            await self._truncate(reply, heard_ms)
+
+    async def _truncate(self, reply: _Reply, audio_end_ms: int) -> None:
+        assert self._session is not None
+        kept = self._session.truncate_reply(audio_end_ms)
+        reply.transcript = kept
+        await self._send(
+            self._events.event(
+                "conversation.item.truncated",
+                item_id=reply.item_id,
+                content_index=0,
+                audio_end_ms=audio_end_ms,
+            )
+        )
+
+    async def _on_truncate(self, event: ItemTruncate) -> None:
+        reply = self._reply
+        if reply is None or reply.item_id != event.item_id:
+            raise ProtocolViolation(
+                f"item {event.item_id!r} is not the assistant's last audio item",
+                code="item_not_found",
+                param="item_id",
+            )
+        if event.content_index != 0:
+            raise ProtocolViolation("content_index must be 0", code="invalid_value", param="content_index")
+        if event.audio_end_ms > reply.audio_sent_ms + 1:
+            raise ProtocolViolation(
+                f"audio_end_ms {event.audio_end_ms} is beyond the {reply.audio_sent_ms:.0f} ms of audio sent",
+                code="invalid_value",
+                param="audio_end_ms",
+            )
+        if reply.phase is not ReplyPhase.FINISHED:
+            reply.cancelled = True
+            self._playout.clear(self._clock() * 1000)
+            if reply.task is not None:
+                await cancel_and_wait(reply.task, CANCEL_TIMEOUT_S)
+            await self._end_response(reply, "cancelled", reason="client_cancelled")
+            self._reply_over(reply)
+        await self._truncate(reply, event.audio_end_ms)
+
+    # --- writer: real-time pacing ---------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        while True:
+            now_ms = self._clock() * 1000
+            reply = self._reply
+            for chunk in self._playout.due(now_ms):
+                await self._send_chunk(chunk.reply_id, chunk.frame)
+            if reply is not None and self._playout.reply_id == reply.reply_id and self._playout.is_sent():
+                reply.all_sent.set()
+            next_ms = self._playout.next_due_ms(self._clock() * 1000)
+            self._playout_wakeup.clear()
+            timeout = None if next_ms is None else max(0.0, next_ms / 1000 - self._clock())
+            if timeout == 0.0:
+                continue
+            try:
+                await asyncio.wait_for(self._playout_wakeup.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    async def _send_chunk(self, reply_id: int, frame: PcmFrame) -> None:
+        payload = base64.b64encode(self.config.output_format.encode(frame)).decode("ascii")
+        async with self._send_lock:
+            reply = self._reply
+            if reply is None or reply.reply_id != reply_id or reply.cancelled:
+                return  # a stale chunk of an interrupted reply: never sent
+            event = self._events.event(
+                self._events.audio_delta,
+                response_id=reply.response_id,
+                item_id=reply.item_id,
+                output_index=0,
+                content_index=0,
+                delta=payload,
+            )
+            await self._transport.send_text(json.dumps(event))
+            reply.audio_sent_ms += frame.duration_ms
+        if reply.first_audio_sent_s is None:
+            reply.first_audio_sent_s = self._clock()
+            if reply.user_speech_end_s is not None:
+                self._metrics.voice_to_voice.observe(reply.first_audio_sent_s - reply.user_speech_end_s)
+
+    # --- timer: silence by absence of audio ----------------------------------------
+
+    async def _timer_loop(self) -> None:
+        while True:
+            deadline = self._turns.next_deadline()
+            if deadline is None or self._last_append_s is None:
+                self._timer_wakeup.clear()
+                await self._timer_wakeup.wait()
+                continue
+            idle_s = self._clock() - self._last_append_s
+            wait_s = SILENCE_BY_ABSENCE_MS / 1000 - idle_s
+            if wait_s <= 0:
+                virtual_now = self._input_ms + int(idle_s * 1000)
+                if virtual_now >= deadline:
+                    self._turns.receive(Tick(), virtual_now)
+                    await self._run_turn_actions()
+                    continue
+                wait_s = (deadline - virtual_now) / 1000
+            self._timer_wakeup.clear()
+            try:
+                await asyncio.wait_for(self._timer_wakeup.wait(), wait_s)
+            except TimeoutError:
+                pass

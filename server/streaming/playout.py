@@ -1,0 +1,142 @@
+"""PlayoutBuffer: real-time pacing of reply audio and what the listener has heard (sans-I/O).
+
+The loop pushes reply audio as the model produces it, and asks `due(now_ms)` for chunks it may
+send now. A chunk is due while the client holds less than `lead_ms` of unplayed audio, so the
+client's buffer stays shallow and an interruption throws away little: the rest stays here and
+`clear()` drops it.
+
+`now_ms` is a monotonic wall clock passed in by the caller; this module never reads one.
+
+Model of the client: it plays audio as soon as it arrives, back to back. So after sending a
+chunk of d ms at time t, the client will have played everything sent when
+`play_end_ms = max(play_end_ms, t) + d`, and at time `now` it has heard
+`sent_ms - max(0, play_end_ms - now)`. Any client jitter buffer is `client_buffer_ms`.
+
+Invariants:
+- Chunks come out in the order pushed, each `chunk_ms` long except the last of a reply.
+- After `clear()` or `begin()` no chunk of an earlier reply is ever returned.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from server.streaming.audio import FrameChunker, PcmFrame
+
+
+@dataclass(frozen=True, slots=True)
+class PlayoutOptions:
+    chunk_ms: int = 20
+    lead_ms: int = 150
+    client_buffer_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundChunk:
+    reply_id: int
+    frame: PcmFrame
+    offset_ms: float  # where this chunk starts within the reply's audio
+
+
+class PlayoutBuffer:
+    """One reply at a time. Call `begin(reply_id)` before pushing a reply's audio."""
+
+    def __init__(self, options: PlayoutOptions, sample_rate_hz: int) -> None:
+        self.options = options
+        self.sample_rate_hz = sample_rate_hz
+        self.reply_id: int | None = None
+        self._chunker = FrameChunker(options.chunk_ms, sample_rate_hz)
+        self._queue: deque[PcmFrame] = deque()
+        self._input_done = False
+        self._sent_ms = 0.0
+        self._play_end_ms: float | None = None
+
+    # -- input
+
+    def begin(self, reply_id: int) -> None:
+        """Start a new reply; anything left of the previous one is dropped."""
+        self.reply_id = reply_id
+        self._chunker = FrameChunker(self.options.chunk_ms, self.sample_rate_hz)
+        self._queue.clear()
+        self._input_done = False
+        self._sent_ms = 0.0
+        self._play_end_ms = None
+
+    def push(self, frame: PcmFrame) -> None:
+        self._queue.extend(self._chunker.push(frame))
+
+    def end_input(self) -> None:
+        """No more audio for this reply: release the last partial chunk."""
+        tail = self._chunker.flush()
+        if tail is not None:
+            self._queue.append(tail)
+        self._input_done = True
+
+    # -- output
+
+    @property
+    def queued_ms(self) -> float:
+        return sum(f.duration_ms for f in self._queue) + (
+            self._chunker.pending_samples * 1000.0 / self.sample_rate_hz
+        )
+
+    @property
+    def sent_ms(self) -> float:
+        return self._sent_ms
+
+    def next_due_ms(self, now_ms: float) -> float | None:
+        """When the next queued chunk may be sent (<= now_ms if already due); None if none."""
+        if not self._queue:
+            return None
+        if self._play_end_ms is None:
+            return now_ms
+        return self._play_end_ms - self.options.lead_ms
+
+    def due(self, now_ms: float) -> list[OutboundChunk]:
+        """Chunks to send now; they count as sent at `now_ms`."""
+        out: list[OutboundChunk] = []
+        assert self.reply_id is not None or not self._queue
+        while self._queue:
+            play_end = now_ms if self._play_end_ms is None else max(self._play_end_ms, now_ms)
+            if play_end - now_ms >= self.options.lead_ms:
+                break
+            frame = self._queue.popleft()
+            out.append(OutboundChunk(self.reply_id or 0, frame, self._sent_ms))
+            self._sent_ms += frame.duration_ms
+            self._play_end_ms = play_end + frame.duration_ms
+        return out
+
+    def heard_ms(self, now_ms: float) -> int:
+        """Estimate of the reply audio the client has played by `now_ms`."""
+        if self._play_end_ms is None:
+            return 0
+        unplayed = max(0.0, self._play_end_ms + self.options.client_buffer_ms - now_ms)
+        return int(max(0.0, self._sent_ms - unplayed))
+
+    def is_finished(self, now_ms: float) -> bool:
+        """All audio of the reply has been pushed, sent and played out."""
+        return (
+            self._input_done
+            and not self._queue
+            and self._chunker.pending_samples == 0
+            and (self._play_end_ms is None or now_ms >= self._play_end_ms)
+        )
+
+    def is_sent(self) -> bool:
+        """All audio of the reply has been pushed and sent."""
+        return self._input_done and not self._queue and self._chunker.pending_samples == 0
+
+    def played_out_at_ms(self) -> float | None:
+        """When the client will have played everything sent so far."""
+        return self._play_end_ms
+
+    def clear(self, now_ms: float) -> int:
+        """Drop every unsent chunk; returns `heard_ms(now_ms)` of the reply."""
+        heard = self.heard_ms(now_ms)
+        self._queue.clear()
+        self._chunker = FrameChunker(self.options.chunk_ms, self.sample_rate_hz)
+        self._input_done = True
+        self._play_end_ms = None if self._play_end_ms is None else min(self._play_end_ms, now_ms)
+        self._sent_ms = float(heard)
+        return heard

@@ -1,0 +1,276 @@
+"""TurnTaker: who has the floor, decided without I/O and without a clock.
+
+The conversation loop feeds it classified audio frames and reply lifecycle events, each with
+`now_ms` on the *input stream's* clock (sample count of audio received), drains `actions()`
+after every `receive()`, and executes them. Silence timeouts are deadlines: the loop asks
+`next_deadline()` and sends `Tick()` once its clock reaches it.
+
+User states (the assistant's reply is tracked separately, as the id of the active reply):
+
+    LISTENING --voice onset--> VOICE_PENDING --voiced >= required--> USER_SPEAKING
+        ^                         |  (announce speech_started;              |
+        |  voice ends too soon    |   cancel the active reply if allowed)   | voice offset
+        +---(noise, discarded)----+                                         v
+        +<--silence >= silence_duration_ms (speech_stopped, commit, reply)-- ENDPOINTING
+                                     voice resumes: back to USER_SPEAKING --+
+
+`required` is `min_speech_ms`, or `barge_in_min_ms` while a reply is active and may be
+interrupted: a cough during the reply does not cut the assistant off.
+
+Invariants:
+- Every AnnounceSpeechStopped follows an AnnounceSpeechStarted of the same turn.
+- CancelReply is issued at most once per reply, and only for the active reply.
+- All times are input-stream milliseconds; nothing here reads a clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from server.errors import TurnStateError
+from server.streaming.vad import DetectorOptions, SpeechDetector, VoiceStarted, VoiceStopped
+
+
+class UserState(Enum):
+    LISTENING = "listening"
+    VOICE_PENDING = "voice_pending"
+    USER_SPEAKING = "user_speaking"
+    ENDPOINTING = "endpointing"
+
+
+@dataclass(frozen=True, slots=True)
+class TurnOptions:
+    threshold: float = 0.5
+    min_speech_ms: int = 120
+    barge_in_min_ms: int = 250
+    silence_duration_ms: int = 300
+    create_response: bool = True
+    interrupt_response: bool = True
+    idle_timeout_ms: int | None = None
+    vad_hangover_ms: int = 90
+    vad_min_voiced_ms: int = 60
+
+    def detector_options(self) -> DetectorOptions:
+        return DetectorOptions(
+            threshold=self.threshold,
+            min_voiced_ms=self.vad_min_voiced_ms,
+            hangover_ms=min(self.vad_hangover_ms, self.silence_duration_ms),
+        )
+
+
+# --- inputs (past tense) -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FrameClassified:
+    """One VAD frame [start_ms, start_ms + duration_ms) with its speech probability."""
+
+    start_ms: int
+    duration_ms: int
+    probability: float
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """The clock reached `now_ms` (sent when a deadline is due)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyStarted:
+    reply_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyFinished:
+    """The reply ended (completed, failed or cancelled) and its audio has been played out."""
+
+    reply_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class InputCleared:
+    """The client cleared or committed the input buffer itself: forget the current turn."""
+
+
+TurnInput = FrameClassified | Tick | ReplyStarted | ReplyFinished | InputCleared
+
+
+# --- outputs (imperative) ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BeginCapture:
+    """A voice onset at `from_ms`: start feeding the model audio (it may yet be noise)."""
+
+    from_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class AnnounceSpeechStarted:
+    audio_start_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class AnnounceSpeechStopped:
+    audio_end_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class CommitTurn:
+    """Commit the input buffer as the user's turn (it ended at `audio_end_ms`)."""
+
+    audio_end_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class StartReply:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class CancelReply:
+    reply_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DiscardNoise:
+    """A voiced burst too short to be a turn (cough, click); nothing was announced."""
+
+    start_ms: int
+    end_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReportIdle:
+    """No speech for idle_timeout_ms after the assistant finished."""
+
+    audio_ms: int
+
+
+TurnAction = (
+    BeginCapture
+    | AnnounceSpeechStarted
+    | AnnounceSpeechStopped
+    | CommitTurn
+    | StartReply
+    | CancelReply
+    | DiscardNoise
+    | ReportIdle
+)
+
+
+class TurnTaker:
+    """Server-VAD turn-taking. See the module docstring for the state diagram."""
+
+    def __init__(self, options: TurnOptions) -> None:
+        self.options = options
+        self.state = UserState.LISTENING
+        self._detector = SpeechDetector(options.detector_options())
+        self._actions: list[TurnAction] = []
+        self._onset_ms = 0
+        self._voice_end_ms = 0
+        self._active_reply: int | None = None
+        self._idle_since_ms: int | None = None
+
+    # -- public API
+
+    @property
+    def active_reply(self) -> int | None:
+        return self._active_reply
+
+    def configure(self, options: TurnOptions) -> None:
+        """New options take effect from the next frame; the current state is kept."""
+        self.options = options
+        self._detector.options = options.detector_options()
+
+    def receive(self, event: TurnInput, now_ms: int) -> None:
+        match event:
+            case FrameClassified():
+                for voice in self._detector.push(event.probability, event.start_ms, event.duration_ms):
+                    self._on_voice(voice, now_ms)
+                self._check_pending(now_ms)
+                self._check_deadlines(now_ms)
+            case Tick():
+                self._check_deadlines(now_ms)
+            case ReplyStarted(reply_id=reply_id):
+                self._active_reply = reply_id
+                self._idle_since_ms = None
+            case ReplyFinished(reply_id=reply_id):
+                if self._active_reply == reply_id:
+                    self._active_reply = None
+                    self._idle_since_ms = now_ms
+            case InputCleared():
+                self.state = UserState.LISTENING
+            case _:
+                raise TurnStateError(f"unknown turn input {event!r}")
+
+    def actions(self) -> list[TurnAction]:
+        out, self._actions = self._actions, []
+        return out
+
+    def next_deadline(self) -> int | None:
+        if self.state is UserState.ENDPOINTING:
+            return self._voice_end_ms + self.options.silence_duration_ms
+        if (
+            self.state is UserState.LISTENING
+            and self._idle_since_ms is not None
+            and self.options.idle_timeout_ms is not None
+        ):
+            return self._idle_since_ms + self.options.idle_timeout_ms
+        return None
+
+    # -- transitions
+
+    def _required_voice_ms(self) -> int:
+        if self._active_reply is not None and self.options.interrupt_response:
+            return max(self.options.barge_in_min_ms, self.options.min_speech_ms)
+        return self.options.min_speech_ms
+
+    def _on_voice(self, voice: VoiceStarted | VoiceStopped, now_ms: int) -> None:
+        match (self.state, voice):
+            case (UserState.LISTENING, VoiceStarted(at_ms=at_ms)):
+                self._onset_ms = at_ms
+                self._idle_since_ms = None
+                self.state = UserState.VOICE_PENDING
+                self._actions.append(BeginCapture(from_ms=at_ms))
+            case (UserState.VOICE_PENDING, VoiceStopped(at_ms=at_ms)):
+                self._actions.append(DiscardNoise(start_ms=self._onset_ms, end_ms=at_ms))
+                self.state = UserState.LISTENING
+                if self._active_reply is None:
+                    self._idle_since_ms = now_ms
+            case (UserState.USER_SPEAKING, VoiceStopped(at_ms=at_ms)):
+                self._voice_end_ms = at_ms
+                self.state = UserState.ENDPOINTING
+            case (UserState.ENDPOINTING, VoiceStarted()):
+                self.state = UserState.USER_SPEAKING  # a pause inside the turn
+            case (UserState.LISTENING, VoiceStopped()):
+                pass  # the end of voice that began before the client cleared the buffer
+            case _:
+                raise TurnStateError(f"{voice!r} in state {self.state.value}")
+
+    def _check_pending(self, now_ms: int) -> None:
+        if self.state is not UserState.VOICE_PENDING:
+            return
+        if self._detector.voiced_run_ms < self._required_voice_ms():
+            return
+        if self._active_reply is not None and self.options.interrupt_response:
+            self._actions.append(CancelReply(self._active_reply, reason="turn_detected"))
+            self._active_reply = None
+        self._actions.append(AnnounceSpeechStarted(audio_start_ms=self._onset_ms))
+        self.state = UserState.USER_SPEAKING
+
+    def _check_deadlines(self, now_ms: int) -> None:
+        deadline = self.next_deadline()
+        if deadline is None or now_ms < deadline:
+            return
+        if self.state is UserState.ENDPOINTING:
+            self._actions.append(AnnounceSpeechStopped(audio_end_ms=self._voice_end_ms))
+            self._actions.append(CommitTurn(audio_end_ms=self._voice_end_ms))
+            if self.options.create_response:
+                self._actions.append(StartReply())
+            self.state = UserState.LISTENING
+        else:
+            self._actions.append(ReportIdle(audio_ms=now_ms))
+            self._idle_since_ms = None

@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from fastapi import FastAPI
+
+from server.app import create_app
+from server.model.cascade import CascadeModel
+from server.model.fakes import EnergyClassifierFactory, FakeAsr, FakeLlm, FakeTts
+from server.settings import Settings
+from tests.harness import running_server
+
+
+def fake_app(asr: FakeAsr | None = None, llm: FakeLlm | None = None, tts: FakeTts | None = None,
+             **settings: object) -> FastAPI:
+    model = CascadeModel(asr or FakeAsr(), llm or FakeLlm(), tts or FakeTts())
+    return create_app(Settings(**settings), model=model, vad=EnergyClassifierFactory())  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def fake_server() -> AsyncIterator[str]:
+    async with running_server(fake_app()) as url:
+        yield url

@@ -1,0 +1,32 @@
+"""The websocket protocol end to end over a real socket, with fake models (named as such)."""
+
+from __future__ import annotations
+
+from server.model.fakes import FakeAsr, FakeLlm, FakeTts, tone
+from server.streaming.audio import PcmFrame
+from tests.conftest import fake_app
+from tests.harness import decode_audio_deltas, realtime_client, running_server
+
+
+async def test_full_turn_ga_dialect() -> None:
+    app = fake_app(FakeAsr(["where is my order"]), FakeLlm(["It ships tomorrow, thanks for waiting."]))
+    async with running_server(app) as url, realtime_client(url) as client:
+        created = await client.wait_for("session.created")
+        assert created["session"]["type"] == "realtime"
+        await client.stream(PcmFrame.silence(200, 24_000))
+        await client.stream(tone(600))
+        await client.stream(PcmFrame.silence(600, 24_000))
+        started = await client.wait_for("input_audio_buffer.speech_started")
+        stopped = await client.wait_for("input_audio_buffer.speech_stopped")
+        assert 180 <= started["audio_start_ms"] <= 240
+        assert 780 <= stopped["audio_end_ms"] <= 820
+        committed = await client.wait_for("input_audio_buffer.committed")
+        assert committed["item_id"] == started["item_id"]
+        transcript = await client.wait_for("conversation.item.input_audio_transcription.completed")
+        assert transcript["transcript"] == "where is my order"
+        done = await client.wait_for("response.done")
+        assert done["response"]["status"] == "completed"
+        audio = decode_audio_deltas(client.of_type("response.output_audio.delta"))
+        assert len(audio) > 24_000  # the fake speaks 50 ms per character
+        final = client.of_type("response.output_audio_transcript.done")[0]
+        assert final["transcript"] == "It ships tomorrow, thanks for waiting."
