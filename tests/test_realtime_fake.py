@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.model.fakes import FakeAsr, FakeLlm, FakeTts, tone
+from server.model.fakes import FakeAsr, FakeLlm, tone
 from server.streaming.audio import PcmFrame
 from tests.conftest import fake_app
 from tests.harness import decode_audio_deltas, realtime_client, running_server

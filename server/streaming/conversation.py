@@ -832,9 +832,8 @@ class Conversation:
                 reply.all_sent.set()
             next_ms = self._playout.next_due_ms(self._clock() * 1000)
             self._playout_wakeup.clear()
-            timeout = None if next_ms is None else max(0.0, next_ms / 1000 - self._clock())
-            if timeout == 0.0:
-                continue
+            # a chunk becomes due just after the client's buffer drops below the lead
+            timeout = None if next_ms is None else max(0.001, next_ms / 1000 - self._clock() + 0.0005)
             try:
                 await asyncio.wait_for(self._playout_wakeup.wait(), timeout)
             except TimeoutError:

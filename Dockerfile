@@ -1,0 +1,10 @@
+# Voxgate server image. It runs the same `make setup` that CI exercises.
+FROM python:3.11-slim-bookworm
+RUN apt-get update && apt-get install -y --no-install-recommends make gcc g++ cmake git \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+COPY . .
+RUN make setup
+ENV VOXGATE_HOST=0.0.0.0
+EXPOSE 8000
+CMD ["make", "run", "HOST=0.0.0.0", "PORT=8000"]

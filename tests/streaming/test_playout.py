@@ -1,0 +1,74 @@
+"""PlayoutBuffer with an explicit clock: pacing, lead, heard estimate, clear."""
+
+from __future__ import annotations
+
+from server.streaming.audio import PcmFrame
+from server.streaming.playout import PlayoutBuffer, PlayoutOptions
+
+RATE = 24_000
+
+
+def buffer_with(ms: int, lead_ms: int = 100) -> PlayoutBuffer:
+    buf = PlayoutBuffer(PlayoutOptions(chunk_ms=20, lead_ms=lead_ms), RATE)
+    buf.begin(1)
+    buf.push(PcmFrame.silence(ms, RATE))
+    return buf
+
+
+def test_first_burst_is_the_lead_then_real_time() -> None:
+    buf = buffer_with(1000)
+    first = buf.due(0)
+    assert [c.frame.duration_ms for c in first] == [20.0] * 5  # 100 ms lead
+    assert buf.due(0) == []
+    assert buf.next_due_ms(0) == 0.0  # the next chunk is due when the client holds < 100 ms
+    assert len(buf.due(20)) == 1  # one chunk per 20 ms after the burst
+    assert len(buf.due(100)) == 4
+
+
+def test_heard_estimate_subtracts_what_the_client_still_holds() -> None:
+    buf = buffer_with(1000)
+    buf.due(0)
+    assert buf.heard_ms(0) == 0
+    assert buf.heard_ms(60) == 60
+    assert buf.heard_ms(500) == 100  # nothing more sent: it played all 100 ms and waits
+
+
+def test_underrun_delays_playback() -> None:
+    buf = PlayoutBuffer(PlayoutOptions(chunk_ms=20, lead_ms=100), RATE)
+    buf.begin(1)
+    buf.push(PcmFrame.silence(40, RATE))
+    buf.due(0)  # 40 ms sent at t=0, played by t=40
+    buf.push(PcmFrame.silence(40, RATE))
+    buf.due(200)  # arrives late: played 200..240
+    assert buf.heard_ms(220) == 60
+
+
+def test_clear_drops_unsent_and_reports_heard() -> None:
+    buf = buffer_with(1000)
+    for t in range(0, 201, 20):
+        buf.due(t)  # the writer wakes every 20 ms: 300 ms sent by t=200 (100 ms lead)
+    assert buf.sent_ms == 300
+    heard = buf.clear(200)
+    assert heard == 200
+    assert buf.due(10_000) == []
+    assert buf.next_due_ms(10_000) is None
+
+
+def test_begin_drops_previous_reply() -> None:
+    buf = buffer_with(1000)
+    buf.begin(2)
+    buf.push(PcmFrame.silence(40, RATE))
+    chunks = buf.due(0)
+    assert {c.reply_id for c in chunks} == {2}
+    assert sum(c.frame.duration_ms for c in chunks) == 40
+
+
+def test_finished_after_end_input_and_playout() -> None:
+    buf = buffer_with(30)
+    assert not buf.is_sent()
+    buf.end_input()
+    chunks = buf.due(0)
+    assert [c.frame.duration_ms for c in chunks] == [20.0, 10.0]
+    assert buf.is_sent()
+    assert not buf.is_finished(29)
+    assert buf.is_finished(30)
