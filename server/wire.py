@@ -167,16 +167,19 @@ def parse_client_event(text: str) -> ClientEvent:
 
 
 def decode_base64_audio(data: str, fmt: AudioFormat) -> bytes:
-    if len(data) > MAX_APPEND_AUDIO_BYTES * 4 // 3 + 4:
-        raise ProtocolViolation(
-            "input_audio_buffer.append carries more than 15 MiB of audio",
-            code="audio_too_large",
-            param="audio",
-        )
+    too_large = ProtocolViolation(
+        "input_audio_buffer.append carries more than 15 MiB of audio",
+        code="audio_too_large",
+        param="audio",
+    )
+    if len(data) > (MAX_APPEND_AUDIO_BYTES + 2) // 3 * 4 + 4:
+        raise too_large
     try:
         audio = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ProtocolViolation("audio is not valid base64", code="invalid_audio", param="audio") from exc
+    if len(audio) > MAX_APPEND_AUDIO_BYTES:
+        raise too_large
     if fmt.encoding is Encoding.PCM16 and len(audio) % 2:
         raise ProtocolViolation(
             "pcm16 audio must have an even number of bytes", code="invalid_audio", param="audio"

@@ -12,8 +12,9 @@ from server.settings import Settings
 from tests.harness import running_server
 
 
-def fake_app(asr: FakeAsr | None = None, llm: FakeLlm | None = None, tts: FakeTts | None = None,
-             **settings: object) -> FastAPI:
+def fake_app(
+    asr: FakeAsr | None = None, llm: FakeLlm | None = None, tts: FakeTts | None = None, **settings: object
+) -> FastAPI:
     model = CascadeModel(asr or FakeAsr(), llm or FakeLlm(), tts or FakeTts())
     return create_app(Settings(**settings), model=model, vad=EnergyClassifierFactory())  # type: ignore[arg-type]
 

@@ -20,8 +20,9 @@ from server.streaming.audio import PcmFrame
 @contextlib.asynccontextmanager
 async def running_server(app: FastAPI) -> AsyncIterator[str]:
     """Serve `app` on 127.0.0.1:<free port>; yields 'http://127.0.0.1:PORT'."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", ws_max_size=32 * 2**20,
-                            lifespan="on")
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, log_level="warning", ws_max_size=32 * 2**20, lifespan="on"
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(), name="test-uvicorn")
     try:
@@ -67,8 +68,9 @@ class RealtimeTestClient:
         await self.ws.send(json.dumps(event))
 
     async def append(self, frame: PcmFrame) -> None:
-        await self.send({"type": "input_audio_buffer.append",
-                         "audio": base64.b64encode(frame.to_bytes()).decode()})
+        await self.send(
+            {"type": "input_audio_buffer.append", "audio": base64.b64encode(frame.to_bytes()).decode()}
+        )
 
     async def stream(self, frame: PcmFrame, chunk_ms: int = 20, realtime: bool = True) -> None:
         step = frame.sample_rate_hz * chunk_ms // 1000
@@ -79,6 +81,7 @@ class RealtimeTestClient:
 
     async def wait_for(self, type_: str, timeout_s: float = 10.0, after: int = 0) -> dict[str, Any]:
         """The first event of `type_` at index >= after."""
+
         async def find() -> dict[str, Any]:
             async with self._new:
                 while True:
@@ -88,6 +91,7 @@ class RealtimeTestClient:
                     if self.closed is not None:
                         raise AssertionError(f"connection closed before {type_}: {self.closed}")
                     await self._new.wait()
+
         return await asyncio.wait_for(find(), timeout_s)
 
     def of_type(self, type_: str) -> list[dict[str, Any]]:
@@ -102,8 +106,9 @@ class RealtimeTestClient:
 
 
 @contextlib.asynccontextmanager
-async def realtime_client(base_url: str, headers: dict[str, str] | None = None,
-                          path: str = "/v1/realtime?model=test") -> AsyncIterator[RealtimeTestClient]:
+async def realtime_client(
+    base_url: str, headers: dict[str, str] | None = None, path: str = "/v1/realtime?model=test"
+) -> AsyncIterator[RealtimeTestClient]:
     url = base_url.replace("http://", "ws://") + path
     async with websockets.connect(url, additional_headers=headers or {}, max_size=None) as ws:
         client = RealtimeTestClient(ws)
