@@ -117,7 +117,7 @@ def alaw_encode(samples: Samples) -> bytes:
     exponent = np.clip(exponent, 0, 7)
     mantissa = np.where(exponent == 0, magnitude >> 1, magnitude >> exponent) & 0x0F
     code = (sign | (exponent << 4) | mantissa) ^ 0x55
-    return code.astype(np.uint8).tobytes()
+    return bytes(code.astype(np.uint8).tobytes())
 
 
 def alaw_decode(data: bytes) -> Samples:
