@@ -45,6 +45,7 @@ class Runtime:
                 min_speech_ms=s.min_speech_ms,
                 barge_in_min_ms=s.barge_in_min_ms,
                 silence_duration_ms=s.silence_duration_ms,
+                speculative_silence_ms=s.speculative_silence_ms if s.speculative_silence_ms >= 0 else None,
             ),
             prefix_padding_ms=s.prefix_padding_ms,
             playout=PlayoutOptions(chunk_ms=s.playout_chunk_ms, lead_ms=s.playout_lead_ms),

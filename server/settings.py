@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     # turn-taking details that the protocol does not expose
     min_speech_ms: int = Field(default=120, ge=0, le=5000)
     barge_in_min_ms: int = Field(default=250, ge=0, le=5000)
+    # start the reply this long into the end-of-turn silence, unheard until the turn ends;
+    # negative disables speculation
+    speculative_silence_ms: int = Field(default=100, le=10_000)
 
     # outbound pacing
     playout_chunk_ms: int = Field(default=20, ge=10, le=100)

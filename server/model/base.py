@@ -148,6 +148,14 @@ class OmniSession(Protocol):
 
     def history(self) -> Sequence[Message]: ...
 
+    def checkpoint(self) -> int:
+        """A mark of the conversation state, for `rollback` (speculative replies)."""
+        ...
+
+    def rollback(self, checkpoint: int) -> None:
+        """Forget everything added since `checkpoint` (a transcript, a reply never heard)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

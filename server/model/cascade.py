@@ -119,6 +119,14 @@ class CascadeSession:
     def history(self) -> Sequence[Message]:
         return tuple(self._history)
 
+    def checkpoint(self) -> int:
+        return len(self._history)
+
+    def rollback(self, checkpoint: int) -> None:
+        del self._history[checkpoint:]
+        if self._last_reply is not None and self._last_reply.message not in self._history:
+            self._last_reply = None
+
     # -- output
 
     async def respond(self, options: ResponseOptions) -> AsyncIterator[ReplyEvent]:

@@ -20,7 +20,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
@@ -39,6 +39,7 @@ from server.streaming.aio import cancel_and_wait
 from server.streaming.audio import FrameChunker, PcmFrame, StreamResampler, ms_to_samples
 from server.streaming.playout import PlayoutBuffer, PlayoutOptions
 from server.streaming.turns import (
+    AbandonPreparedReply,
     AnnounceSpeechStarted,
     AnnounceSpeechStopped,
     BeginCapture,
@@ -47,6 +48,7 @@ from server.streaming.turns import (
     DiscardNoise,
     FrameClassified,
     InputCleared,
+    PrepareReply,
     ReplyFinished,
     ReplyStarted,
     ReportIdle,
@@ -128,6 +130,12 @@ class _Reply:
     task: asyncio.Task[None] | None = None
     all_sent: asyncio.Event = field(default_factory=asyncio.Event)
     user_speech_end_s: float | None = None
+    # a prepared (speculative) reply holds its events and audio until it is adopted
+    released: bool = True
+    held_events: list[dict[str, Any]] = field(default_factory=list)
+    held_audio: list[PcmFrame] = field(default_factory=list)
+    checkpoint: int = 0
+    input_done: bool = False  # all of the reply's audio has been produced
 
 
 class _Closed(Exception):
@@ -185,7 +193,9 @@ class Conversation:
         self._vad_samples = 0
         self._preroll: deque[tuple[int, PcmFrame]] = deque()
         self._capturing = False
+        self._captured: list[PcmFrame] = []  # this turn's audio, replayed if a speculation is abandoned
         self._captured_ms = 0
+        self._prepared: _Reply | None = None
         self._input_item_id: str | None = None
         self._last_item_id: str | None = None
         self._arrivals: deque[tuple[int, float]] = deque()  # (input ms at end of append, wall s)
@@ -326,6 +336,7 @@ class Conversation:
                     create_response=td.create_response,
                     interrupt_response=td.interrupt_response,
                     idle_timeout_ms=td.idle_timeout_ms,
+                    speculative_silence_ms=self._options.turn.speculative_silence_ms,
                     vad_hangover_ms=self._options.turn.vad_hangover_ms,
                     vad_min_voiced_ms=self._options.turn.vad_min_voiced_ms,
                 )
@@ -385,8 +396,10 @@ class Conversation:
 
     def _push_to_model(self, frame: PcmFrame) -> None:
         assert self._session is not None
-        self._session.push_audio(frame)
+        self._captured.append(frame)
         self._captured_ms += int(frame.duration_ms)
+        if self._prepared is None:  # while a reply is prepared, its transcript is already final
+            self._session.push_audio(frame)
 
     async def _classify(self, frame: PcmFrame) -> None:
         vad_frame = self._vad_resampler.push(frame)
@@ -435,8 +448,12 @@ class Conversation:
                 )
             case CommitTurn(audio_end_ms=end_ms):
                 await self._commit_input(from_vad=True, speech_end_ms=end_ms)
+            case PrepareReply():
+                self._prepare_reply()
+            case AbandonPreparedReply():
+                await self._abandon_prepared()
             case StartReply():
-                await self._start_reply(ResponseOptions(with_audio="audio" in self.config.output_modalities))
+                await self._start_reply(self._default_response_options())
             case ReportIdle(audio_ms=audio_ms):
                 await self._send(
                     self._events.event(
@@ -462,15 +479,17 @@ class Conversation:
 
     async def _drop_capture(self) -> None:
         self._capturing = False
+        self._captured = []
         self._captured_ms = 0
         assert self._session is not None
         await self._session.clear_audio()
 
     async def _clear_input(self) -> None:
+        self._turns.receive(InputCleared(), self._input_ms)
+        await self._run_turn_actions()
         await self._drop_capture()
         self._preroll.clear()
         self._input_item_id = None
-        self._turns.receive(InputCleared(), self._input_ms)
 
     def _wall_time_of_input(self, input_ms: int) -> float | None:
         for end_ms, wall_s in self._arrivals:
@@ -488,9 +507,11 @@ class Conversation:
                     code="input_audio_buffer_commit_empty",
                 )
             self._turns.receive(InputCleared(), self._input_ms)
+            await self._run_turn_actions()
         item_id = self._input_item_id or new_id("item")
         self._input_item_id = None
         self._capturing = False
+        self._captured = []
         self._captured_ms = 0
         previous, self._last_item_id = self._last_item_id, item_id
         self._metrics.turns.inc()
@@ -501,9 +522,11 @@ class Conversation:
             await self._send(ev)
         self._speech_end_s = None if speech_end_ms is None else self._wall_time_of_input(speech_end_ms)
         assert self._tasks is not None and self._session is not None
+        if self._prepared is not None:
+            return  # the prepared reply is transcribing this turn already
         previous_task = self._transcription
         self._transcription = self._tasks.create_task(
-            self._run_transcription(self._session, item_id, previous_task),
+            self._run_transcription(self._session, item_id, previous_task, self._send),
             name=f"transcription-{item_id}",
         )
 
@@ -555,26 +578,111 @@ class Conversation:
             ResponseOptions(with_audio="audio" in modalities, instructions=instructions, voice=voice)
         )
 
-    async def _start_reply(self, options: ResponseOptions) -> None:
-        previous = self._reply
-        if previous is not None and previous.phase is not ReplyPhase.FINISHED:
-            # a reply still playing its tail (or one that may not be interrupted) is let finish
-            await self._finish_previous(previous)
+    def _default_response_options(self) -> ResponseOptions:
+        return ResponseOptions(with_audio="audio" in self.config.output_modalities)
+
+    def _new_reply(self, options: ResponseOptions) -> _Reply:
         self._reply_seq += 1
-        reply = _Reply(
+        return _Reply(
             reply_id=self._reply_seq,
             response_id=new_id("resp"),
             item_id=new_id("item"),
             with_audio=options.with_audio,
         )
+
+    async def _start_reply(self, options: ResponseOptions) -> None:
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None and options != self._default_response_options():
+            await self._discard_prepared(prepared)  # a client's response.create asked for another
+            prepared = None
+        previous = self._reply
+        if previous is not None and previous.phase is not ReplyPhase.FINISHED:
+            # a reply still playing its tail (or one that may not be interrupted) is let finish
+            await self._finish_previous(previous)
+        reply = prepared or self._new_reply(options)
         reply.user_speech_end_s, self._speech_end_s = self._speech_end_s, None
         self._reply = reply
         self._playout.begin(reply.reply_id)
         self._turns.receive(ReplyStarted(reply.reply_id), self._input_ms)
+        if prepared is not None:
+            await self._release(prepared)
+            return
         assert self._tasks is not None
         reply.task = self._tasks.create_task(
             self._run_reply(reply, options, self._transcription), name=f"reply-{reply.reply_id}"
         )
+
+    # --- speculative replies ----------------------------------------------------------
+
+    def _prepare_reply(self) -> None:
+        """Finish the transcript and start the reply during the end-of-turn silence, holding
+        everything it produces until StartReply adopts it."""
+        if self._prepared is not None or self._session is None or self._tasks is None:
+            return
+        options = self._default_response_options()
+        reply = self._new_reply(options)
+        reply.released = False
+        reply.checkpoint = self._session.checkpoint()
+        item_id = self._input_item_id or new_id("item")
+        self._input_item_id = item_id
+        previous = self._transcription
+        self._transcription = None
+        self._prepared = reply
+        reply.task = self._tasks.create_task(
+            self._run_prepared(reply, options, item_id, previous), name=f"prepared-reply-{reply.reply_id}"
+        )
+
+    async def _run_prepared(
+        self, reply: _Reply, options: ResponseOptions, item_id: str, previous: asyncio.Task[None] | None
+    ) -> None:
+        assert self._session is not None
+
+        async def hold(event: dict[str, Any]) -> None:
+            await self._emit(reply, event)
+
+        await self._run_transcription(self._session, item_id, previous, hold)
+        await self._run_reply(reply, options, None)
+
+    async def _abandon_prepared(self) -> None:
+        prepared, self._prepared = self._prepared, None
+        if prepared is None:
+            return
+        await self._discard_prepared(prepared)
+        assert self._session is not None
+        for frame in self._captured:  # the turn goes on: the recogniser hears it all again
+            self._session.push_audio(frame)
+
+    async def _discard_prepared(self, prepared: _Reply) -> None:
+        prepared.cancelled = True
+        await cancel_and_wait(prepared.task, CANCEL_TIMEOUT_S)
+        assert self._session is not None
+        self._session.rollback(prepared.checkpoint)
+
+    async def _release(self, reply: _Reply) -> None:
+        """Adopt a prepared reply: send what it held, in order, then let it run free."""
+        events, reply.held_events = reply.held_events, []
+        for event in events:
+            await self._send(event)
+        for frame in reply.held_audio:
+            self._playout.push(frame)
+        reply.held_audio = []
+        if reply.input_done:
+            self._playout.end_input()
+        reply.released = True
+        self._playout_wakeup.set()
+
+    async def _emit(self, reply: _Reply, event: dict[str, Any]) -> None:
+        if reply.released:
+            await self._send(event)
+        else:
+            reply.held_events.append(event)
+
+    def _queue_audio(self, reply: _Reply, frame: PcmFrame) -> None:
+        if reply.released:
+            self._playout.push(frame)
+            self._playout_wakeup.set()
+        else:
+            reply.held_audio.append(frame)
 
     async def _finish_previous(self, previous: _Reply) -> None:
         if previous.phase is ReplyPhase.GENERATING and previous.task is not None:
@@ -590,21 +698,24 @@ class Conversation:
         if transcription is not None:
             await asyncio.shield(transcription)  # the user's words count even if we are cut off
         output_item = self._events.assistant_item(reply.item_id, "in_progress", None)
-        await self._send(
+        await self._emit(
+            reply,
             self._events.event(
                 "response.created",
                 response=self._events.response(reply.response_id, "in_progress", [], config=self.config),
-            )
+            ),
         )
-        await self._send(
+        await self._emit(
+            reply,
             self._events.event(
                 "response.output_item.added", response_id=reply.response_id, output_index=0, item=output_item
-            )
+            ),
         )
         previous, self._last_item_id = self._last_item_id, reply.item_id
         for ev in self._events.item_added(output_item, previous):
-            await self._send(ev)
-        await self._send(
+            await self._emit(reply, ev)
+        await self._emit(
+            reply,
             self._events.event(
                 "response.content_part.added",
                 response_id=reply.response_id,
@@ -612,7 +723,7 @@ class Conversation:
                 output_index=0,
                 content_index=0,
                 part=self._events.assistant_part("", reply.with_audio),
-            )
+            ),
         )
         try:
             out_rate = self.config.output_format.sample_rate_hz
@@ -620,7 +731,8 @@ class Conversation:
             async for event in session.respond(options):
                 if isinstance(event, TextDelta):
                     reply.transcript += event.text
-                    await self._send(
+                    await self._emit(
+                        reply,
                         self._events.event(
                             self._events.transcript_delta if reply.with_audio else self._events.text_delta,
                             response_id=reply.response_id,
@@ -628,19 +740,20 @@ class Conversation:
                             output_index=0,
                             content_index=0,
                             delta=event.text,
-                        )
+                        ),
                     )
                 elif isinstance(event, AudioChunk) and reply.with_audio:
                     out = resampler.push(event.frame)
                     if out.sample_count:
-                        self._playout.push(out)
-                        self._playout_wakeup.set()
+                        self._queue_audio(reply, out)
             if reply.with_audio:
                 tail = resampler.flush()
                 if tail.sample_count:
-                    self._playout.push(tail)
-            self._playout.end_input()
-            self._playout_wakeup.set()
+                    self._queue_audio(reply, tail)
+            reply.input_done = True
+            if reply.released:
+                self._playout.end_input()
+                self._playout_wakeup.set()
             self._record_stage_timings(session)
             if reply.with_audio:
                 await reply.all_sent.wait()
@@ -648,7 +761,8 @@ class Conversation:
             raise
         except Exception as exc:  # a backend failed mid-reply: this response fails, the session lives
             log.exception("reply failed", extra={"response_id": reply.response_id})
-            self._playout.clear(self._clock() * 1000)
+            if reply.released:
+                self._playout.clear(self._clock() * 1000)
             reply.cancelled = True
             await self._end_response(
                 reply,
@@ -660,12 +774,13 @@ class Conversation:
                     "message": str(exc) or type(exc).__name__,
                 },
             )
-            await self._send(
+            await self._emit(
+                reply,
                 self._events.error(
                     f"the response failed: {exc}" if str(exc) else "the response failed",
                     code="backend_error",
                     type_="server_error",
-                )
+                ),
             )
             self._metrics.errors.labels(code="backend_error").inc()
             self._reply_over(reply)
@@ -678,7 +793,11 @@ class Conversation:
         self._reply_over(reply)
 
     async def _run_transcription(
-        self, session: OmniSession, item_id: str, previous: asyncio.Task[None] | None
+        self,
+        session: OmniSession,
+        item_id: str,
+        previous: asyncio.Task[None] | None,
+        emit: Callable[[dict[str, Any]], Awaitable[None]],
     ) -> None:
         if previous is not None:
             await asyncio.shield(previous)  # transcripts join the history in turn order
@@ -686,8 +805,8 @@ class Conversation:
         async for delta in session.commit_audio():
             if delta.is_final:
                 final = delta.text
-                break
-            await self._send(
+                continue
+            await emit(
                 self._events.event(
                     "conversation.item.input_audio_transcription.delta",
                     item_id=item_id,
@@ -698,7 +817,7 @@ class Conversation:
         if session.timings.asr_final_ms is not None:
             self._metrics.asr_final.observe(session.timings.asr_final_ms / 1000)
         if self.config.transcription_model is not None:
-            await self._send(
+            await emit(
                 self._events.event(
                     "conversation.item.input_audio_transcription.completed",
                     item_id=item_id,
@@ -733,32 +852,36 @@ class Conversation:
         part = self._events.assistant_part(reply.transcript, reply.with_audio)
         common = {"response_id": reply.response_id, "item_id": reply.item_id, "output_index": 0}
         if reply.with_audio:
-            await self._send(self._events.event(self._events.audio_done, content_index=0, **common))
-            await self._send(
+            await self._emit(reply, self._events.event(self._events.audio_done, content_index=0, **common))
+            await self._emit(
+                reply,
                 self._events.event(
                     self._events.transcript_done, content_index=0, transcript=reply.transcript, **common
-                )
+                ),
             )
         else:
-            await self._send(
-                self._events.event(self._events.text_done, content_index=0, text=reply.transcript, **common)
+            await self._emit(
+                reply,
+                self._events.event(self._events.text_done, content_index=0, text=reply.transcript, **common),
             )
-        await self._send(
-            self._events.event("response.content_part.done", content_index=0, part=part, **common)
+        await self._emit(
+            reply, self._events.event("response.content_part.done", content_index=0, part=part, **common)
         )
         item = self._events.assistant_item(reply.item_id, item_status, part)
-        await self._send(
+        await self._emit(
+            reply,
             self._events.event(
                 "response.output_item.done", response_id=reply.response_id, output_index=0, item=item
-            )
+            ),
         )
-        await self._send(
+        await self._emit(
+            reply,
             self._events.event(
                 "response.done",
                 response=self._events.response(
                     reply.response_id, status, [item], reason=reason, config=self.config, error=error
                 ),
-            )
+            ),
         )
         self._metrics.responses.labels(status=status).inc()
 

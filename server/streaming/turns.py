@@ -17,6 +17,11 @@ User states (the assistant's reply is tracked separately, as the id of the activ
 `required` is `min_speech_ms`, or `barge_in_min_ms` while a reply is active and may be
 interrupted: a cough during the reply does not cut the assistant off.
 
+Speculation: after `speculative_silence_ms` of ENDPOINTING silence (when no reply is active
+and one would be created), PrepareReply lets the loop finish the transcript and start the
+reply without sending anything; if the voice resumes, AbandonPreparedReply throws that work
+away unheard; at the end of the turn StartReply adopts it.
+
 Invariants:
 - Every AnnounceSpeechStopped follows an AnnounceSpeechStarted of the same turn.
 - CancelReply is issued at most once per reply, and only for the active reply.
@@ -37,6 +42,7 @@ class UserState(Enum):
     VOICE_PENDING = "voice_pending"
     USER_SPEAKING = "user_speaking"
     ENDPOINTING = "endpointing"
+    PREPARED = "prepared"  # still endpointing, and a reply is being prepared speculatively
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +54,7 @@ class TurnOptions:
     create_response: bool = True
     interrupt_response: bool = True
     idle_timeout_ms: int | None = None
+    speculative_silence_ms: int | None = None
     vad_hangover_ms: int = 90
     vad_min_voiced_ms: int = 60
 
@@ -129,6 +136,18 @@ class StartReply:
 
 
 @dataclass(frozen=True, slots=True)
+class PrepareReply:
+    """The turn has probably ended at `audio_end_ms`: start the reply, but send nothing yet."""
+
+    audio_end_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class AbandonPreparedReply:
+    """The user went on talking: discard the prepared reply without a sound."""
+
+
+@dataclass(frozen=True, slots=True)
 class CancelReply:
     reply_id: int
     reason: str
@@ -155,6 +174,8 @@ TurnAction = (
     | AnnounceSpeechStopped
     | CommitTurn
     | StartReply
+    | PrepareReply
+    | AbandonPreparedReply
     | CancelReply
     | DiscardNoise
     | ReportIdle
@@ -202,6 +223,8 @@ class TurnTaker:
                     self._active_reply = None
                     self._idle_since_ms = now_ms
             case InputCleared():
+                if self.state is UserState.PREPARED:
+                    self._actions.append(AbandonPreparedReply())
                 self.state = UserState.LISTENING
             case _:
                 raise TurnStateError(f"unknown turn input {event!r}")
@@ -210,9 +233,24 @@ class TurnTaker:
         out, self._actions = self._actions, []
         return out
 
+    def _speculation_deadline(self) -> int | None:
+        spec_ms = self.options.speculative_silence_ms
+        if (
+            spec_ms is None
+            or spec_ms >= self.options.silence_duration_ms
+            or not self.options.create_response
+            or self._active_reply is not None
+        ):
+            return None
+        return self._voice_end_ms + spec_ms
+
     def next_deadline(self) -> int | None:
+        end = self._voice_end_ms + self.options.silence_duration_ms
+        if self.state is UserState.PREPARED:
+            return end
         if self.state is UserState.ENDPOINTING:
-            return self._voice_end_ms + self.options.silence_duration_ms
+            spec = self._speculation_deadline()
+            return end if spec is None else min(spec, end)
         if (
             self.state is UserState.LISTENING
             and self._idle_since_ms is not None
@@ -245,6 +283,9 @@ class TurnTaker:
                 self.state = UserState.ENDPOINTING
             case (UserState.ENDPOINTING, VoiceStarted()):
                 self.state = UserState.USER_SPEAKING  # a pause inside the turn
+            case (UserState.PREPARED, VoiceStarted()):
+                self._actions.append(AbandonPreparedReply())
+                self.state = UserState.USER_SPEAKING
             case (UserState.LISTENING, VoiceStopped()):
                 pass  # the end of voice that began before the client cleared the buffer
             case _:
@@ -262,15 +303,19 @@ class TurnTaker:
         self.state = UserState.USER_SPEAKING
 
     def _check_deadlines(self, now_ms: int) -> None:
-        deadline = self.next_deadline()
-        if deadline is None or now_ms < deadline:
-            return
-        if self.state is UserState.ENDPOINTING:
-            self._actions.append(AnnounceSpeechStopped(audio_end_ms=self._voice_end_ms))
-            self._actions.append(CommitTurn(audio_end_ms=self._voice_end_ms))
-            if self.options.create_response:
-                self._actions.append(StartReply())
-            self.state = UserState.LISTENING
-        else:
-            self._actions.append(ReportIdle(audio_ms=now_ms))
-            self._idle_since_ms = None
+        while (deadline := self.next_deadline()) is not None and now_ms >= deadline:
+            match self.state:
+                case UserState.ENDPOINTING if (
+                    deadline < self._voice_end_ms + self.options.silence_duration_ms
+                ):
+                    self._actions.append(PrepareReply(audio_end_ms=self._voice_end_ms))
+                    self.state = UserState.PREPARED
+                case UserState.ENDPOINTING | UserState.PREPARED:
+                    self._actions.append(AnnounceSpeechStopped(audio_end_ms=self._voice_end_ms))
+                    self._actions.append(CommitTurn(audio_end_ms=self._voice_end_ms))
+                    if self.options.create_response:
+                        self._actions.append(StartReply())
+                    self.state = UserState.LISTENING
+                case _:
+                    self._actions.append(ReportIdle(audio_ms=now_ms))
+                    self._idle_since_ms = None

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from server.streaming.turns import (
+    AbandonPreparedReply,
     AnnounceSpeechStarted,
     AnnounceSpeechStopped,
     BeginCapture,
@@ -10,6 +13,7 @@ from server.streaming.turns import (
     CommitTurn,
     DiscardNoise,
     FrameClassified,
+    PrepareReply,
     ReplyFinished,
     ReplyStarted,
     ReportIdle,
@@ -143,3 +147,41 @@ def test_idle_timeout_after_reply() -> None:
     taker.receive(Tick(), 1500)
     assert taker.actions() == [ReportIdle(audio_ms=1500)]
     assert taker.next_deadline() is None
+
+
+SPECULATIVE = TurnOptions(min_speech_ms=120, silence_duration_ms=300, speculative_silence_ms=100,
+                          vad_hangover_ms=60, vad_min_voiced_ms=60)
+
+
+def test_speculation_prepares_during_the_silence_then_commits() -> None:
+    taker = TurnTaker(SPECULATIVE)
+    timeline = feed(taker, "S" * 20 + "." * 20)  # voice ends at 400
+    assert kinds(timeline) == [BeginCapture, AnnounceSpeechStarted, PrepareReply,
+                               AnnounceSpeechStopped, CommitTurn, StartReply]
+    times = {type(a): t for t, a in timeline}
+    assert times[PrepareReply] == 500  # voice end + speculative_silence_ms
+    assert times[CommitTurn] == 700  # voice end + silence_duration_ms
+
+
+def test_speculation_abandoned_when_the_user_goes_on() -> None:
+    taker = TurnTaker(SPECULATIVE)
+    timeline = feed(taker, "S" * 20 + "." * 8 + "S" * 20 + "." * 20)  # a 160 ms pause
+    assert kinds(timeline) == [BeginCapture, AnnounceSpeechStarted, PrepareReply, AbandonPreparedReply,
+                               PrepareReply, AnnounceSpeechStopped, CommitTurn, StartReply]
+
+
+def test_no_speculation_while_a_reply_plays_or_without_auto_response() -> None:
+    taker = TurnTaker(replace(SPECULATIVE, interrupt_response=False))
+    taker.receive(ReplyStarted(1), 0)
+    timeline = feed(taker, "S" * 20 + "." * 20)
+    assert PrepareReply not in kinds(timeline)  # the reply goes on playing: nothing to prepare
+    quiet = TurnTaker(TurnOptions(create_response=False, speculative_silence_ms=100))
+    assert PrepareReply not in kinds(feed(quiet, "S" * 20 + "." * 20))
+
+
+def test_one_tick_past_both_deadlines_prepares_and_commits() -> None:
+    taker = TurnTaker(SPECULATIVE)
+    feed(taker, "S" * 20 + "." * 3)  # voice ends at 400, hangover passes at 460
+    taker.receive(Tick(), 5000)
+    assert [type(a) for a in taker.actions()] == [PrepareReply, AnnounceSpeechStopped, CommitTurn,
+                                                  StartReply]
