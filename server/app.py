@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,8 +12,8 @@ from fastapi import FastAPI
 
 from server.metrics import Metrics
 from server.model.base import OmniModel
-from server.model.cascade import CascadeModel
-from server.model.registry import ASR_BACKENDS, LLM_BACKENDS, TTS_BACKENDS, VAD_BACKENDS, resolve
+from server.model.profiles import PROFILES, ModelCatalog, Profile, profile_for_model
+from server.model.registry import VAD_BACKENDS, resolve
 from server.settings import Settings
 from server.streaming.conversation import ConversationOptions
 from server.streaming.playout import PlayoutOptions
@@ -27,9 +28,18 @@ class Runtime:
     """What every session shares: loaded models, metrics, defaults."""
 
     settings: Settings
-    model: OmniModel
+    catalog: ModelCatalog | None  # None when one model was given for every session
+    fixed_model: OmniModel | None
     vad: ClassifierFactory
     metrics: Metrics
+
+    async def model_for(self, requested: str | None) -> OmniModel:
+        """The model a session asked for by name (a profile), loaded on first use."""
+        if self.catalog is None:
+            assert self.fixed_model is not None
+            return self.fixed_model
+        profile = profile_for_model(requested, self.catalog.default_profile)
+        return await self.catalog.model_async(profile)
 
     def active_sessions(self) -> int:
         return int(self.metrics.sessions_active._value.get())
@@ -53,11 +63,23 @@ class Runtime:
         )
 
 
-def load_model(settings: Settings) -> OmniModel:
-    asr = resolve(ASR_BACKENDS, settings.asr, "speech-to-text")(None)
-    llm = resolve(LLM_BACKENDS, settings.llm, "language model")(None)
-    tts = resolve(TTS_BACKENDS, settings.tts, "text-to-speech")(None)
-    return CascadeModel(asr, llm, tts)
+def build_catalog(settings: Settings) -> ModelCatalog:
+    """The profiles, with the default one's backends replaced by any set in settings."""
+    profiles = dict(PROFILES)
+    default = profiles[settings.profile]
+    profiles[settings.profile] = Profile(
+        default.name,
+        asr=settings.asr or default.asr,
+        llm=settings.llm or default.llm,
+        tts=settings.tts or default.tts,
+    )
+    return ModelCatalog(profiles, settings.profile, settings.backend_options)
+
+
+def preload(settings: Settings, catalog: ModelCatalog) -> None:
+    """Load the default profile (and any listed) now, so a missing model fails at startup."""
+    for name in [settings.profile, *settings.preload_profiles]:
+        catalog.model(name)
 
 
 def load_vad(settings: Settings) -> ClassifierFactory:
@@ -69,14 +91,23 @@ def create_app(
     settings: Settings,
     model: OmniModel | None = None,
     vad: ClassifierFactory | None = None,
+    catalog: ModelCatalog | None = None,
 ) -> FastAPI:
-    """The Voxgate app. `model`/`vad` override the backends named in settings (tests, embedding)."""
+    """The Voxgate app.
+
+    `model` serves every session with one given model (tests, embedding); otherwise `catalog`
+    (or one built from settings) serves the profiles, loading the default one at startup.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        models = None if model is not None else (catalog or build_catalog(settings))
+        if models is not None:
+            await asyncio.to_thread(preload, settings, models)
         app.state.runtime = Runtime(
             settings=settings,
-            model=model if model is not None else load_model(settings),
+            catalog=models,
+            fixed_model=model,
             vad=vad if vad is not None else load_vad(settings),
             metrics=Metrics(),
         )

@@ -26,15 +26,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    from server.app import load_model, load_vad
+    from server.app import build_catalog, load_vad, preload
 
     try:
-        model = load_model(settings)
+        catalog = build_catalog(settings)
+        preload(settings, catalog)
         vad = load_vad(settings)
     except BackendUnavailable as exc:
         print(f"voxgate: cannot start: {exc}", file=sys.stderr)
         return 2
-    app = create_app(settings, model=model, vad=vad)
+    app = create_app(settings, vad=vad, catalog=catalog)
     print(
         f"Voxgate listening on http://{settings.host}:{settings.port}/  "
         f"(websocket ws://{settings.host}:{settings.port}/v1/realtime)",

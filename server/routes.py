@@ -7,14 +7,16 @@ import logging
 from fastapi import APIRouter, Request, Response, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from server.errors import BackendUnavailable
 from server.streaming.conversation import Conversation, TransportClosed
-from server.wire import Dialect
+from server.wire import Dialect, new_id
 
 log = logging.getLogger(__name__)
 
 router = APIRouter()
 
 CLOSE_INTERNAL_ERROR = 1011
+CLOSE_TRY_AGAIN_LATER = 1013
 
 
 class StarletteTransport:
@@ -70,11 +72,21 @@ def _subprotocol(websocket: WebSocket) -> str | None:
 async def realtime(websocket: WebSocket) -> None:
     runtime = websocket.app.state.runtime
     await websocket.accept(subprotocol=_subprotocol(websocket))
+    requested = websocket.query_params.get("model")
+    try:
+        model = await runtime.model_for(requested)
+    except BackendUnavailable as exc:
+        log.error("model unavailable", extra={"model": requested, "reason": str(exc)})
+        await websocket.send_json({"type": "error", "event_id": new_id("event"), "error": {
+            "type": "server_error", "code": "model_unavailable", "message": str(exc),
+            "param": "model", "event_id": None}})
+        await websocket.close(CLOSE_TRY_AGAIN_LATER, "model unavailable")
+        return
     conversation = Conversation(
         StarletteTransport(websocket),
-        runtime.model,
+        model,
         runtime.vad,
-        runtime.conversation_options(model=websocket.query_params.get("model")),
+        runtime.conversation_options(model=requested),
         runtime.metrics,
         _dialect(websocket),
     )

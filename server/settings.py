@@ -5,7 +5,7 @@ Components never see `Settings`; `app.py` turns it into small option objects.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,12 +18,17 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    # backends, by registry name
-    asr: str = "pocketsphinx"
-    llm: str = "rules"
-    tts: str = "espeak"
+    # models: a profile names a set of backends (server/model/profiles.py); asr/llm/tts, when
+    # set, replace the default profile's choice (registry names)
+    profile: Literal["fast", "quality"] = "fast"
+    preload_profiles: list[str] = Field(default_factory=list)
+    asr: str | None = None
+    llm: str | None = None
+    tts: str | None = None
     vad: Literal["webrtc", "silero"] = "webrtc"
-    model_name: str = "voxgate-cascade"
+    model_name: str = "voxgate"
+    # per-backend options by backend name, as JSON: {"openai": {"base_url": "...", "model": "..."}}
+    backend_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     # session defaults (a client may change them with session.update)
     instructions: str = ""

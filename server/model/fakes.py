@@ -131,3 +131,15 @@ def tone(duration_ms: int, sample_rate_hz: int = 24_000, amplitude: int = 8000) 
     """A loud 300 Hz tone: 'speech' to EnergyClassifier."""
     t = np.arange(duration_ms * sample_rate_hz // 1000) / sample_rate_hz
     return PcmFrame((np.sin(2 * np.pi * 300 * t) * amplitude).astype(np.int16), sample_rate_hz)
+
+
+def load_fake_asr(options: object = None) -> FakeAsr:
+    return FakeAsr()
+
+
+def load_fake_llm(options: object = None) -> FakeLlm:
+    return FakeLlm()
+
+
+def load_fake_tts(options: object = None) -> FakeTts:
+    return FakeTts()

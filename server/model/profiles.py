@@ -1,0 +1,90 @@
+"""Profiles: named sets of backends, and the catalog that loads each backend once.
+
+- fast (default): pocketsphinx -> language model -> espeak-ng; the shortest path to first audio.
+- quality: Whisper -> language model -> Kokoro; more accurate and more natural, slower.
+
+A session picks a profile by the model name it connects with (`?model=voxgate-quality`, or just
+`quality`); any other model name gets the server's default profile. Backends are loaded on first
+use, once, and shared by every profile and session that names them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from server.model.base import AsrBackend, LlmBackend, OmniModel, TtsBackend
+from server.model.cascade import CascadeModel
+from server.model.registry import ASR_BACKENDS, LLM_BACKENDS, TTS_BACKENDS, resolve
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    name: str
+    asr: str
+    llm: str
+    tts: str
+
+
+PROFILES: dict[str, Profile] = {
+    "fast": Profile("fast", asr="pocketsphinx", llm="gemma", tts="espeak"),
+    "quality": Profile("quality", asr="whisper", llm="gemma", tts="kokoro"),
+}
+
+
+def profile_for_model(model_name: str | None, default: str) -> str:
+    """The profile a client's model name selects: 'voxgate-quality' or 'quality' -> quality."""
+    if model_name:
+        name = model_name.removeprefix("voxgate-")
+        if name in PROFILES:
+            return name
+    return default
+
+
+class ModelCatalog:
+    """Loads backends by name (once, thread-safe) and assembles a model per profile."""
+
+    def __init__(
+        self,
+        profiles: Mapping[str, Profile],
+        default_profile: str,
+        backend_options: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        if default_profile not in profiles:
+            raise ValueError(f"unknown profile {default_profile!r}; known: {', '.join(profiles)}")
+        self.profiles = dict(profiles)
+        self.default_profile = default_profile
+        self._options = {k: dict(v) for k, v in (backend_options or {}).items()}
+        self._backends: dict[tuple[str, str], Any] = {}
+        self._models: dict[str, OmniModel] = {}
+        self._lock = threading.Lock()
+
+    def _backend(self, table: Mapping[str, str], kind: str, name: str) -> Any:
+        key = (kind, name)
+        if key not in self._backends:
+            factory = resolve(table, name, kind)
+            self._backends[key] = factory(self._options.get(name))
+        return self._backends[key]
+
+    def model(self, profile_name: str) -> OmniModel:
+        """The profile's model, loading its backends now if needed (blocking: call off-loop)."""
+        with self._lock:
+            if profile_name not in self._models:
+                profile = self.profiles[profile_name]
+                asr: AsrBackend = self._backend(ASR_BACKENDS, "speech-to-text", profile.asr)
+                llm: LlmBackend = self._backend(LLM_BACKENDS, "language model", profile.llm)
+                tts: TtsBackend = self._backend(TTS_BACKENDS, "text-to-speech", profile.tts)
+                self._models[profile_name] = CascadeModel(asr, llm, tts)
+            return self._models[profile_name]
+
+    def loaded(self, profile_name: str) -> OmniModel | None:
+        return self._models.get(profile_name)
+
+    async def model_async(self, profile_name: str) -> OmniModel:
+        loaded = self._models.get(profile_name)
+        if loaded is not None:
+            return loaded
+        return await asyncio.to_thread(self.model, profile_name)
