@@ -621,3 +621,74 @@ class EventWriter:
                     "output": {"format": _ga_format_obj(config.output_format), "voice": config.voice}
                 }
         return body
+
+    # a response's lifecycle, in protocol order
+    def response_opening(
+        self,
+        response_id: str,
+        item_id: str,
+        with_audio: bool,
+        previous_item_id: str | None,
+        config: SessionConfig,
+    ) -> list[dict[str, Any]]:
+        item = self.assistant_item(item_id, "in_progress", None)
+        return [
+            self.event(
+                "response.created", response=self.response(response_id, "in_progress", [], config=config)
+            ),
+            self.event("response.output_item.added", response_id=response_id, output_index=0, item=item),
+            *self.item_added(item, previous_item_id),
+            self.event(
+                "response.content_part.added",
+                response_id=response_id,
+                item_id=item_id,
+                output_index=0,
+                content_index=0,
+                part=self.assistant_part("", with_audio),
+            ),
+        ]
+
+    def response_text_delta(
+        self, response_id: str, item_id: str, with_audio: bool, delta: str
+    ) -> dict[str, Any]:
+        return self.event(
+            self.transcript_delta if with_audio else self.text_delta,
+            response_id=response_id,
+            item_id=item_id,
+            output_index=0,
+            content_index=0,
+            delta=delta,
+        )
+
+    def response_closing(
+        self,
+        response_id: str,
+        item_id: str,
+        with_audio: bool,
+        transcript: str,
+        status: str,
+        config: SessionConfig,
+        reason: str | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        part = self.assistant_part(transcript, with_audio)
+        common: dict[str, Any] = {"response_id": response_id, "item_id": item_id, "output_index": 0}
+        if with_audio:
+            events = [
+                self.event(self.audio_done, content_index=0, **common),
+                self.event(self.transcript_done, content_index=0, transcript=transcript, **common),
+            ]
+        else:
+            events = [self.event(self.text_done, content_index=0, text=transcript, **common)]
+        item = self.assistant_item(item_id, "completed" if status == "completed" else "incomplete", part)
+        return [
+            *events,
+            self.event("response.content_part.done", content_index=0, part=part, **common),
+            self.event("response.output_item.done", response_id=response_id, output_index=0, item=item),
+            self.event(
+                "response.done",
+                response=self.response(
+                    response_id, status, [item], reason=reason, config=config, error=error
+                ),
+            ),
+        ]

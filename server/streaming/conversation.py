@@ -19,7 +19,6 @@ import base64
 import json
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -36,7 +35,8 @@ from server.model.base import (
     TextDelta,
 )
 from server.streaming.aio import cancel_and_wait
-from server.streaming.audio import FrameChunker, PcmFrame, StreamResampler, ms_to_samples
+from server.streaming.audio import PcmFrame, StreamResampler
+from server.streaming.capture import InputAudio
 from server.streaming.playout import PlayoutBuffer, PlayoutOptions
 from server.streaming.turns import (
     AbandonPreparedReply,
@@ -46,7 +46,6 @@ from server.streaming.turns import (
     CancelReply,
     CommitTurn,
     DiscardNoise,
-    FrameClassified,
     InputCleared,
     PrepareReply,
     ReplyFinished,
@@ -184,23 +183,20 @@ class Conversation:
         caps = model.capabilities
         self._playout = PlayoutBuffer(options.playout, self.config.output_format.sample_rate_hz)
         self._playout_wakeup = asyncio.Event()
-        self._input_resampler = StreamResampler(
-            self.config.input_format.sample_rate_hz, caps.input_sample_rate_hz
+        self._input = InputAudio(
+            self.config.input_format.sample_rate_hz,
+            caps.input_sample_rate_hz,
+            self._classifier,
+            # onsets are confirmed up to ~barge_in_min_ms after they happened
+            preroll_ms=options.prefix_padding_ms + 1000,
+            start_s=clock(),
         )
-        self._vad_resampler = StreamResampler(caps.input_sample_rate_hz, self._classifier.sample_rate_hz)
-        self._vad_chunker = FrameChunker(self._classifier.frame_ms, self._classifier.sample_rate_hz)
-        self._input_samples = 0  # at the model input rate: the input stream's clock
-        self._vad_samples = 0
-        self._preroll: deque[tuple[int, PcmFrame]] = deque()
         self._capturing = False
         self._captured: list[PcmFrame] = []  # this turn's audio, replayed if a speculation is abandoned
         self._captured_ms = 0
         self._prepared: _Reply | None = None
         self._input_item_id: str | None = None
         self._last_item_id: str | None = None
-        self._arrivals: deque[tuple[int, float]] = deque()  # (input ms at end of append, wall s)
-        self._last_append_s: float | None = None
-        self._session_start_s = clock()
         self._reply: _Reply | None = None
         self._reply_seq = 0
         self._tasks: asyncio.TaskGroup | None = None
@@ -320,9 +316,7 @@ class Conversation:
         old_out = self.config.output_format
         apply_session_update(self.config, event.session)
         if self.config.input_format != old_in:
-            self._input_resampler = StreamResampler(
-                self.config.input_format.sample_rate_hz, self._model.capabilities.input_sample_rate_hz
-            )
+            self._input.set_input_rate(self.config.input_format.sample_rate_hz)
         if self.config.output_format != old_out and self._reply is None:
             self._playout = PlayoutBuffer(self._options.playout, self.config.output_format.sample_rate_hz)
         td = self.config.turn_detection
@@ -343,6 +337,8 @@ class Conversation:
             )
             if td.threshold != self._options.turn.threshold:
                 self._classifier = self._vad_factory.open(td.threshold)
+                self._input.set_classifier(self._classifier)
+            self._input.preroll_ms = td.prefix_padding_ms + 1000
         assert self._session is not None
         self._session.update(self._session_options())
         await self._send(self._events.event("session.updated", session=self._events.session(self.config)))
@@ -351,7 +347,7 @@ class Conversation:
 
     @property
     def _input_ms(self) -> int:
-        return self._input_samples * 1000 // self._model.capabilities.input_sample_rate_hz
+        return self._input.input_ms
 
     async def _on_append(self, event: InputAudioAppend) -> None:
         fmt = self.config.input_format
@@ -360,8 +356,7 @@ class Conversation:
             return
         now_s = self._clock()
         frame = fmt.decode(audio)
-        elapsed_ms = (now_s - self._session_start_s) * 1000
-        ahead_ms = self._input_ms + frame.duration_ms - elapsed_ms
+        ahead_ms = self._input.ahead_ms(frame.duration_ms, now_s)
         if ahead_ms > self._options.max_audio_ahead_ms:
             raise ProtocolViolation(
                 f"audio is arriving faster than real time: {ahead_ms:.0f} ms ahead, more than the "
@@ -369,30 +364,16 @@ class Conversation:
                 code="audio_too_fast",
                 param="audio",
             )
-        model_frame = self._input_resampler.push(frame)
+        vad_on = self.config.turn_detection is not None
+        model_frame, classified = self._input.push(frame, now_s, classify=vad_on)
         if not model_frame.sample_count:
             return
-        start_ms = self._input_ms
-        self._input_samples += model_frame.sample_count
-        self._last_append_s = now_s
-        self._arrivals.append((self._input_ms, now_s))
-        while len(self._arrivals) > 2000:
-            self._arrivals.popleft()
-        self._keep_preroll(start_ms, model_frame)
-        if self._capturing or self.config.turn_detection is None:
+        if self._capturing or not vad_on:
             self._push_to_model(model_frame)
-        if self.config.turn_detection is not None:
-            await self._classify(model_frame)
+        for vad_frame in classified:
+            self._turns.receive(vad_frame, now_ms=vad_frame.start_ms + vad_frame.duration_ms)
+            await self._run_turn_actions()
         self._timer_wakeup.set()
-
-    def _keep_preroll(self, start_ms: int, frame: PcmFrame) -> None:
-        self._preroll.append((start_ms, frame))
-        keep_ms = self.config.turn_detection.prefix_padding_ms if self.config.turn_detection else 0
-        keep_ms += 1000  # onsets are reported up to ~barge_in_min_ms after they happened
-        while (
-            self._preroll and self._preroll[0][0] + self._preroll[0][1].duration_ms < self._input_ms - keep_ms
-        ):
-            self._preroll.popleft()
 
     def _push_to_model(self, frame: PcmFrame) -> None:
         assert self._session is not None
@@ -400,18 +381,6 @@ class Conversation:
         self._captured_ms += int(frame.duration_ms)
         if self._prepared is None:  # while a reply is prepared, its transcript is already final
             self._session.push_audio(frame)
-
-    async def _classify(self, frame: PcmFrame) -> None:
-        vad_frame = self._vad_resampler.push(frame)
-        for chunk in self._vad_chunker.push(vad_frame):
-            start_ms = self._vad_samples * 1000 // chunk.sample_rate_hz
-            self._vad_samples += chunk.sample_count
-            probability = self._classifier.speech_probability(chunk)
-            self._turns.receive(
-                FrameClassified(start_ms, self._classifier.frame_ms, probability),
-                now_ms=start_ms + self._classifier.frame_ms,
-            )
-            await self._run_turn_actions()
 
     async def _run_turn_actions(self) -> None:
         for action in self._turns.actions():
@@ -468,13 +437,7 @@ class Conversation:
         if self._capturing:
             return
         self._capturing = True
-        for start_ms, frame in self._preroll:
-            end_ms = start_ms + frame.duration_ms
-            if end_ms <= from_ms:
-                continue
-            if start_ms < from_ms:
-                skip = ms_to_samples(from_ms - start_ms, frame.sample_rate_hz)
-                frame = PcmFrame(frame.samples[skip:], frame.sample_rate_hz)
+        for frame in self._input.preroll_since(from_ms):
             self._push_to_model(frame)
 
     async def _drop_capture(self) -> None:
@@ -488,14 +451,8 @@ class Conversation:
         self._turns.receive(InputCleared(), self._input_ms)
         await self._run_turn_actions()
         await self._drop_capture()
-        self._preroll.clear()
+        self._input.clear_preroll()
         self._input_item_id = None
-
-    def _wall_time_of_input(self, input_ms: int) -> float | None:
-        for end_ms, wall_s in self._arrivals:
-            if end_ms >= input_ms:
-                return wall_s
-        return None
 
     async def _commit_input(self, *, from_vad: bool, speech_end_ms: int | None = None) -> None:
         if not from_vad:
@@ -520,7 +477,7 @@ class Conversation:
         )
         for ev in self._events.item_added(self._events.user_audio_item(item_id, None), previous):
             await self._send(ev)
-        self._speech_end_s = None if speech_end_ms is None else self._wall_time_of_input(speech_end_ms)
+        self._speech_end_s = None if speech_end_ms is None else self._input.arrival_of(speech_end_ms)
         assert self._tasks is not None and self._session is not None
         if self._prepared is not None:
             return  # the prepared reply is transcribing this turn already
@@ -697,34 +654,12 @@ class Conversation:
         assert session is not None
         if transcription is not None:
             await asyncio.shield(transcription)  # the user's words count even if we are cut off
-        output_item = self._events.assistant_item(reply.item_id, "in_progress", None)
-        await self._emit(
-            reply,
-            self._events.event(
-                "response.created",
-                response=self._events.response(reply.response_id, "in_progress", [], config=self.config),
-            ),
-        )
-        await self._emit(
-            reply,
-            self._events.event(
-                "response.output_item.added", response_id=reply.response_id, output_index=0, item=output_item
-            ),
-        )
         previous, self._last_item_id = self._last_item_id, reply.item_id
-        for ev in self._events.item_added(output_item, previous):
-            await self._emit(reply, ev)
-        await self._emit(
-            reply,
-            self._events.event(
-                "response.content_part.added",
-                response_id=reply.response_id,
-                item_id=reply.item_id,
-                output_index=0,
-                content_index=0,
-                part=self._events.assistant_part("", reply.with_audio),
-            ),
+        opening = self._events.response_opening(
+            reply.response_id, reply.item_id, reply.with_audio, previous, self.config
         )
+        for opening_event in opening:
+            await self._emit(reply, opening_event)
         try:
             out_rate = self.config.output_format.sample_rate_hz
             resampler = StreamResampler(session.capabilities.output_sample_rate_hz, out_rate)
@@ -733,13 +668,8 @@ class Conversation:
                     reply.transcript += event.text
                     await self._emit(
                         reply,
-                        self._events.event(
-                            self._events.transcript_delta if reply.with_audio else self._events.text_delta,
-                            response_id=reply.response_id,
-                            item_id=reply.item_id,
-                            output_index=0,
-                            content_index=0,
-                            delta=event.text,
+                        self._events.response_text_delta(
+                            reply.response_id, reply.item_id, reply.with_audio, event.text
                         ),
                     )
                 elif isinstance(event, AudioChunk) and reply.with_audio:
@@ -848,41 +778,18 @@ class Conversation:
         if reply.phase is not ReplyPhase.GENERATING:
             return
         reply.phase = ReplyPhase.DRAINING
-        item_status = "completed" if status == "completed" else "incomplete"
-        part = self._events.assistant_part(reply.transcript, reply.with_audio)
-        common = {"response_id": reply.response_id, "item_id": reply.item_id, "output_index": 0}
-        if reply.with_audio:
-            await self._emit(reply, self._events.event(self._events.audio_done, content_index=0, **common))
-            await self._emit(
-                reply,
-                self._events.event(
-                    self._events.transcript_done, content_index=0, transcript=reply.transcript, **common
-                ),
-            )
-        else:
-            await self._emit(
-                reply,
-                self._events.event(self._events.text_done, content_index=0, text=reply.transcript, **common),
-            )
-        await self._emit(
-            reply, self._events.event("response.content_part.done", content_index=0, part=part, **common)
+        closing = self._events.response_closing(
+            reply.response_id,
+            reply.item_id,
+            reply.with_audio,
+            reply.transcript,
+            status,
+            self.config,
+            reason=reason,
+            error=error,
         )
-        item = self._events.assistant_item(reply.item_id, item_status, part)
-        await self._emit(
-            reply,
-            self._events.event(
-                "response.output_item.done", response_id=reply.response_id, output_index=0, item=item
-            ),
-        )
-        await self._emit(
-            reply,
-            self._events.event(
-                "response.done",
-                response=self._events.response(
-                    reply.response_id, status, [item], reason=reason, config=self.config, error=error
-                ),
-            ),
-        )
+        for closing_event in closing:
+            await self._emit(reply, closing_event)
         self._metrics.responses.labels(status=status).inc()
 
     async def _cancel_reply(self, *, reason: str) -> None:
@@ -988,11 +895,11 @@ class Conversation:
     async def _timer_loop(self) -> None:
         while True:
             deadline = self._turns.next_deadline()
-            if deadline is None or self._last_append_s is None:
+            if deadline is None or self._input.last_push_s is None:
                 self._timer_wakeup.clear()
                 await self._timer_wakeup.wait()
                 continue
-            idle_s = self._clock() - self._last_append_s
+            idle_s = self._clock() - self._input.last_push_s
             wait_s = SILENCE_BY_ABSENCE_MS / 1000 - idle_s
             if wait_s <= 0:
                 virtual_now = self._input_ms + int(idle_s * 1000)

@@ -1,0 +1,106 @@
+"""InputAudio: the caller's audio on its own clock (no asyncio, no sockets).
+
+Converts appended audio to the model's rate, keeps the input stream's clock by sample count,
+classifies fixed VAD frames, keeps a short pre-roll (so a turn can start before its onset was
+confirmed) and remembers when each stretch of audio arrived (to time latency from the end of
+speech as the server received it).
+
+`now_s` values are passed in by the caller; nothing here reads a clock.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from server.streaming.audio import FrameChunker, PcmFrame, StreamResampler, ms_to_samples
+from server.streaming.turns import FrameClassified
+from server.streaming.vad import FrameClassifier
+
+_MAX_ARRIVALS = 2000
+
+
+class InputAudio:
+    def __init__(
+        self,
+        input_rate_hz: int,
+        model_rate_hz: int,
+        classifier: FrameClassifier,
+        preroll_ms: int,
+        start_s: float,
+    ) -> None:
+        self.model_rate_hz = model_rate_hz
+        self.preroll_ms = preroll_ms
+        self.start_s = start_s
+        self.last_push_s: float | None = None
+        self._resampler = StreamResampler(input_rate_hz, model_rate_hz)
+        self._samples = 0  # at the model rate: the input stream's clock
+        self._preroll: deque[tuple[int, PcmFrame]] = deque()
+        self._arrivals: deque[tuple[int, float]] = deque()  # (input ms at end of a push, when)
+        self.set_classifier(classifier)
+
+    @property
+    def input_ms(self) -> int:
+        return int(self._samples * 1000 // self.model_rate_hz)
+
+    def set_input_rate(self, input_rate_hz: int) -> None:
+        if input_rate_hz != self._resampler.in_rate_hz:
+            self._resampler = StreamResampler(input_rate_hz, self.model_rate_hz)
+
+    def set_classifier(self, classifier: FrameClassifier) -> None:
+        self._classifier = classifier
+        self._vad_resampler = StreamResampler(self.model_rate_hz, classifier.sample_rate_hz)
+        self._vad_chunker = FrameChunker(classifier.frame_ms, classifier.sample_rate_hz)
+        self._vad_samples = 0
+
+    def ahead_ms(self, extra_ms: float, now_s: float) -> float:
+        """How far the stream would run ahead of real time with `extra_ms` more audio."""
+        return self.input_ms + extra_ms - (now_s - self.start_s) * 1000
+
+    def push(self, frame: PcmFrame, now_s: float, classify: bool) -> tuple[PcmFrame, list[FrameClassified]]:
+        """Audio at the input rate in; the same at the model rate, and classified VAD frames."""
+        model_frame = self._resampler.push(frame)
+        if not model_frame.sample_count:
+            return model_frame, []
+        start_ms = self.input_ms
+        self._samples += model_frame.sample_count
+        self.last_push_s = now_s
+        self._arrivals.append((self.input_ms, now_s))
+        if len(self._arrivals) > _MAX_ARRIVALS:
+            self._arrivals.popleft()
+        self._preroll.append((start_ms, model_frame))
+        while self._preroll and self._preroll[0][0] + self._preroll[0][1].duration_ms < (
+            self.input_ms - self.preroll_ms
+        ):
+            self._preroll.popleft()
+        return model_frame, self._classify(model_frame) if classify else []
+
+    def _classify(self, frame: PcmFrame) -> list[FrameClassified]:
+        out: list[FrameClassified] = []
+        for chunk in self._vad_chunker.push(self._vad_resampler.push(frame)):
+            start_ms = self._vad_samples * 1000 // chunk.sample_rate_hz
+            self._vad_samples += chunk.sample_count
+            probability = self._classifier.speech_probability(chunk)
+            out.append(FrameClassified(start_ms, self._classifier.frame_ms, probability))
+        return out
+
+    def preroll_since(self, from_ms: int) -> list[PcmFrame]:
+        """The kept audio from `from_ms` on (cut inside a frame where needed)."""
+        out: list[PcmFrame] = []
+        for start_ms, frame in self._preroll:
+            if start_ms + frame.duration_ms <= from_ms:
+                continue
+            if start_ms < from_ms:
+                skip = ms_to_samples(from_ms - start_ms, frame.sample_rate_hz)
+                frame = PcmFrame(frame.samples[skip:], frame.sample_rate_hz)
+            out.append(frame)
+        return out
+
+    def clear_preroll(self) -> None:
+        self._preroll.clear()
+
+    def arrival_of(self, input_ms: int) -> float | None:
+        """When the audio at `input_ms` of the stream arrived (None if too old or not yet)."""
+        for end_ms, when_s in self._arrivals:
+            if end_ms >= input_ms:
+                return when_s
+        return None
