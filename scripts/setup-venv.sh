@@ -11,3 +11,5 @@ fi
 # silero-vad's wheel bundles the ONNX model we use; its declared torch dependency is only
 # needed for its own Python wrapper, which we do not import.
 "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps "silero-vad==6.2.3"
+# The embedded language model's runtime: compiled from source once, then kept in the venv.
+bash "$(dirname "$0")/install_llama_cpp.sh" "$venv"

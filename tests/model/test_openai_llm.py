@@ -1,0 +1,342 @@
+"""The OpenAI-compatible backend against a real HTTP server on 127.0.0.1.
+
+`ChatServer` is a small HTTP/1.1 server (asyncio streams, on the test's own loop) that records
+each request and answers `/v1/chat/completions` the way the scenario asks: a chunked
+`text/event-stream`, an error status, a stream that stalls, or one that breaks off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import aclosing, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from server.errors import BackendError
+from server.model.backends.openai_llm import (
+    DEFAULT_INSTRUCTIONS,
+    OpenAiLlm,
+    chat_messages,
+    load,
+)
+from server.model.base import Message, SessionOptions
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+Respond = Callable[[Request, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@dataclass
+class ChatServer:
+    respond: Respond
+    requests: list[Request] = field(default_factory=list)
+    disconnected: asyncio.Event = field(default_factory=asyncio.Event)
+    _handlers: set[asyncio.Task[None]] = field(default_factory=set)
+    _server: asyncio.Server | None = None
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None
+        port = self._server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}/v1"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+
+    async def aclose(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._handlers:
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            request_line, *header_lines = head.decode("latin-1").strip().split("\r\n")
+            method, path, _ = request_line.split(" ", 2)
+            headers = {}
+            for line in header_lines:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            raw = await reader.readexactly(int(headers.get("content-length", "0")))
+            request = Request(method, path, headers, json.loads(raw) if raw else None)
+            self.requests.append(request)
+            await self.respond(request, reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            self.disconnected.set()
+        finally:
+            writer.close()
+            self._handlers.discard(task)
+
+
+@asynccontextmanager
+async def chat_server(respond: Respond) -> AsyncIterator[ChatServer]:
+    server = ChatServer(respond)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.aclose()
+
+
+@asynccontextmanager
+async def backend(server_url: str, **options: object) -> AsyncIterator[OpenAiLlm]:
+    llm = load({"base_url": server_url, "model": "test-model", **options})
+    try:
+        yield llm
+    finally:
+        await llm.aclose()
+
+
+# --- what the server answers ---------------------------------------------------------------
+
+
+def chunk_event(content: str | None, finish_reason: str | None = None) -> str:
+    delta: dict[str, str] = {} if content is None else {"content": content}
+    chunk = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "model": "test-model",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+    }
+    return f"data: {json.dumps(chunk)}\n\n"
+
+
+async def start_event_stream(writer: asyncio.StreamWriter) -> None:
+    writer.write(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+        b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    await writer.drain()
+
+
+async def send_chunk(writer: asyncio.StreamWriter, text: str) -> None:
+    data = text.encode()
+    writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+    await writer.drain()
+
+
+async def end_chunks(writer: asyncio.StreamWriter) -> None:
+    writer.write(b"0\r\n\r\n")
+    await writer.drain()
+
+
+def streaming(events: Sequence[str], delay_s: float = 0.0) -> Respond:
+    async def respond(request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await start_event_stream(writer)
+        for event in events:
+            await send_chunk(writer, event)
+            await asyncio.sleep(delay_s)
+        await end_chunks(writer)
+
+    return respond
+
+
+def status(code: int, body: str) -> Respond:
+    async def respond(request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        data = body.encode()
+        writer.write(
+            f"HTTP/1.1 {code} Oops\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
+            + data
+        )
+        await writer.drain()
+
+    return respond
+
+
+def stalling(first_event: str) -> Respond:
+    async def respond(request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await start_event_stream(writer)
+        await send_chunk(writer, first_event)
+        await reader.read()  # returns b"" once the client gives up and closes
+        raise ConnectionResetError
+
+    return respond
+
+
+def endless(delay_s: float) -> Respond:
+    async def respond(request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await start_event_stream(writer)
+        for n in range(10_000):
+            await send_chunk(writer, chunk_event(f" word{n}"))
+            await asyncio.sleep(delay_s)
+
+    return respond
+
+
+async def collect(llm: OpenAiLlm, history: Sequence[Message], instructions: str = "") -> list[str]:
+    options = SessionOptions(instructions=instructions, temperature=0.2, max_output_tokens=40)
+    return [piece async for piece in llm.complete(history, options)]
+
+
+HISTORY = [
+    Message("user", "Hi, where is my order?"),
+    Message("assistant", "It shipped yesterday and should", interrupted=True),
+    Message("user", "Sorry, when will it arrive?"),
+]
+
+
+# --- tests ---------------------------------------------------------------------------------
+
+
+async def test_streams_pieces_and_sends_instructions_and_history() -> None:
+    events = [
+        chunk_event(None),  # role-only first chunk, as vLLM and OpenAI send
+        chunk_event("It should"),
+        chunk_event(" arrive on"),
+        chunk_event(" Friday."),
+        chunk_event(None, finish_reason="stop"),
+        "data: [DONE]\n\n",
+    ]
+    async with chat_server(streaming(events)) as server:
+        async with backend(server.base_url, api_key="sk-test") as llm:
+            pieces = await collect(llm, HISTORY, instructions="You are Ada from Acme.")
+
+    assert pieces == ["It should", " arrive on", " Friday."]
+    [request] = server.requests
+    assert (request.method, request.path) == ("POST", "/v1/chat/completions")
+    assert request.headers["authorization"] == "Bearer sk-test"
+    assert request.body["model"] == "test-model"
+    assert request.body["stream"] is True
+    assert request.body["max_tokens"] == 40
+    assert request.body["temperature"] == pytest.approx(0.2)
+    assert request.body["messages"] == [
+        {"role": "system", "content": "You are Ada from Acme."},
+        {"role": "user", "content": "Hi, where is my order?"},
+        {"role": "assistant", "content": "It shipped yesterday and should—"},
+        {"role": "user", "content": "Sorry, when will it arrive?"},
+    ]
+
+
+async def test_empty_instructions_send_the_default_system_prompt() -> None:
+    events = [chunk_event("Hello."), "data: [DONE]\n\n"]
+    async with chat_server(streaming(events)) as server:
+        async with backend(server.base_url) as llm:
+            assert await collect(llm, HISTORY[:1]) == ["Hello."]
+    [request] = server.requests
+    assert request.body["messages"][0] == {"role": "system", "content": DEFAULT_INSTRUCTIONS}
+    assert "authorization" not in request.headers
+
+
+async def test_http_500_is_a_retryable_backend_error_with_the_servers_message() -> None:
+    body = json.dumps({"error": {"message": "model is loading", "type": "server_error"}})
+    async with chat_server(status(500, body)) as server:
+        async with backend(server.base_url) as llm:
+            with pytest.raises(BackendError, match=r"HTTP 500: model is loading") as caught:
+                await collect(llm, HISTORY)
+    assert caught.value.retryable
+
+
+async def test_http_401_is_not_retryable() -> None:
+    async with chat_server(status(401, '{"error": "invalid api key"}')) as server:
+        async with backend(server.base_url) as llm:
+            with pytest.raises(BackendError, match=r"HTTP 401: invalid api key") as caught:
+                await collect(llm, HISTORY)
+    assert not caught.value.retryable
+
+
+async def test_connection_refused_is_a_retryable_backend_error() -> None:
+    with socket.socket() as probe:  # a port that was free a moment ago and has no listener
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with backend(f"http://127.0.0.1:{port}/v1") as llm:
+        with pytest.raises(BackendError, match="cannot connect") as caught:
+            await collect(llm, HISTORY)
+    assert caught.value.retryable
+
+
+async def test_a_stalled_stream_times_out() -> None:
+    async with chat_server(stalling(chunk_event("Let me"))) as server:
+        async with backend(server.base_url, timeout_s=0.3) as llm:
+            pieces: list[str] = []
+            started = time.monotonic()
+            with pytest.raises(BackendError, match="timeout") as caught:
+                async for piece in llm.complete(HISTORY, SessionOptions()):
+                    pieces.append(piece)
+            elapsed_s = time.monotonic() - started
+        await asyncio.wait_for(server.disconnected.wait(), timeout=2.0)
+    assert pieces == ["Let me"]
+    assert caught.value.retryable
+    assert 0.3 <= elapsed_s < 2.0
+
+
+async def test_a_stream_that_breaks_off_is_retryable() -> None:
+    async with chat_server(streaming([chunk_event("It should")])) as server:
+        async with backend(server.base_url) as llm:
+            with pytest.raises(BackendError, match="ended before") as caught:
+                await collect(llm, HISTORY)
+    assert caught.value.retryable
+
+
+async def test_a_malformed_chunk_is_not_retryable() -> None:
+    events = [chunk_event("Sure"), "data: {not json\n\n", "data: [DONE]\n\n"]
+    async with chat_server(streaming(events)) as server:
+        async with backend(server.base_url) as llm:
+            with pytest.raises(BackendError, match="malformed") as caught:
+                await collect(llm, HISTORY)
+    assert not caught.value.retryable
+
+
+async def test_an_error_event_in_the_stream_raises() -> None:
+    events = [chunk_event("Sure"), 'data: {"error": {"message": "context overflow"}}\n\n']
+    async with chat_server(streaming(events)) as server:
+        async with backend(server.base_url) as llm:
+            with pytest.raises(BackendError, match="context overflow"):
+                await collect(llm, HISTORY)
+
+
+async def test_a_stream_ending_with_finish_reason_but_no_done_is_accepted() -> None:
+    events = [chunk_event("Bye"), chunk_event(None, finish_reason="stop")]
+    async with chat_server(streaming(events)) as server:
+        async with backend(server.base_url) as llm:
+            assert await collect(llm, HISTORY) == ["Bye"]
+
+
+async def test_leaving_early_closes_the_connection() -> None:
+    async with chat_server(endless(delay_s=0.01)) as server:
+        async with backend(server.base_url) as llm:
+            async with aclosing(llm.complete(HISTORY, SessionOptions())) as pieces:
+                first = await anext(pieces)
+            # The server learns of it at its next write: generation stops there.
+            await asyncio.wait_for(server.disconnected.wait(), timeout=2.0)
+    assert first == " word0"
+
+
+def test_chat_messages_mark_only_interrupted_assistant_replies() -> None:
+    history = [
+        Message("system", "The caller is on the gold plan."),
+        Message("assistant", "Hello, how can I help?"),
+        Message("assistant", "Your refund was ", interrupted=True),
+    ]
+    assert chat_messages(history, "Be brief.") == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "system", "content": "The caller is on the gold plan."},
+        {"role": "assistant", "content": "Hello, how can I help?"},
+        {"role": "assistant", "content": "Your refund was—"},
+    ]
+
+
+def test_unknown_or_mistyped_options_are_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown"):
+        load({"base_uri": "http://x"})
+    with pytest.raises(ValueError, match="timeout_s"):
+        load({"timeout_s": "soon"})
