@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Debian packages the tests and benchmarks use (recorded speech, a second TTS voice, sox).
-# Installs only what is missing, and only where apt-get can run as root; otherwise says so.
+# Debian packages the tests and benchmarks use: recorded human speech (pocketsphinx-testdata),
+# voices to make test speech (flite, espeak-ng), sox, and the browsers and fonts the web-client
+# tests drive. Idempotent: installs only what is missing, and only as root where apt-get exists;
+# otherwise it says so and the tests that need a package skip with a reason.
 set -uo pipefail
 need=()
-[ -d /usr/share/pocketsphinx/model ] || [ -n "$(ls /usr/share/pocketsphinx* 2>/dev/null)" ] || true
-dpkg -s pocketsphinx-testdata >/dev/null 2>&1 || need+=(pocketsphinx-testdata)
-dpkg -s flite >/dev/null 2>&1 || need+=(flite)
-dpkg -s sox >/dev/null 2>&1 || need+=(sox)
+for pkg in pocketsphinx-testdata flite espeak-ng sox chromium chromium-driver fonts-liberation firefox-esr; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
   echo "note: missing Debian packages ${need[*]} (tests that need them will skip)" >&2

@@ -7,8 +7,10 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from server.metrics import Metrics
 from server.model.base import OmniModel
@@ -21,6 +23,8 @@ from server.streaming.turns import TurnOptions
 from server.streaming.vad import ClassifierFactory
 
 log = logging.getLogger(__name__)
+
+WEB_CLIENT_DIR = Path(__file__).resolve().parent.parent / "clients" / "web"  # the page served at /
 
 
 @dataclass(slots=True)
@@ -117,4 +121,6 @@ def create_app(
 
     app = FastAPI(title="Voxgate", lifespan=lifespan)
     app.include_router(router)
+    if WEB_CLIENT_DIR.is_dir():  # mounted last: the API routes above take precedence
+        app.mount("/", StaticFiles(directory=WEB_CLIENT_DIR, html=True), name="web-client")
     return app

@@ -1,0 +1,125 @@
+"""The benchmark's microphone: fixed frames at real time, on an absolute schedule.
+
+`Microphone.run()` sends one `input_audio_buffer.append` (pcm16, 24 kHz, base64) per frame,
+frame k at start + (k + 1) * frame_ms on the monotonic clock, the moment a live microphone
+would have captured it; it never stops, sending digital silence when nothing is queued.
+`say()` queues an utterance; its `Speech` records when the frames holding the first voiced
+sample, the last voiced sample and the clip's end were sent. Those send times are the origins
+of every latency the benchmark reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from websockets.exceptions import ConnectionClosed
+
+from loadtests.corpus import SAMPLE_RATE_HZ, Utterance
+
+
+@dataclass(slots=True, eq=False)
+class Speech:
+    """An utterance queued on the microphone, and when its landmarks were sent (monotonic s)."""
+
+    utterance: Utterance
+    voiced_sent_s: float | None = None  # the frame holding the first voiced sample
+    end_sent_s: float | None = None  # the frame holding the last voiced sample
+    done_sent_s: float | None = None  # the clip's last frame
+    next_frame: int = 0
+
+
+class Microphone:
+    """Streams fixed frames at real time on an absolute schedule: queued speech, else silence.
+
+    `run()` sends until cancelled; `say()` queues an utterance and returns its `Speech`, whose
+    send times fill in as its frames go out. If the event loop falls behind, frames go out
+    back to back until the schedule is met again (as a capture buffer would release them);
+    `late_frames` counts those sent more than a frame late.
+    """
+
+    def __init__(
+        self,
+        send: Callable[[str], Awaitable[None]],
+        frame_ms: int = 20,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._send = send
+        self._clock = clock
+        self.frame_ms = frame_ms
+        self._frame_samples = SAMPLE_RATE_HZ * frame_ms // 1000
+        self._silence = _append_event(np.zeros(self._frame_samples, dtype=np.int16))
+        self._queue: deque[Speech] = deque()
+        self.frames_sent = 0
+        self.late_frames = 0
+        self.max_lateness_s = 0.0
+
+    def say(self, utterance: Utterance) -> Speech:
+        speech = Speech(utterance)
+        self._queue.append(speech)
+        return speech
+
+    @property
+    def is_silent(self) -> bool:
+        return not self._queue
+
+    async def run(self) -> None:
+        frame_s = self.frame_ms / 1000
+        start = self._clock()
+        k = 0
+        while True:
+            due = start + (k + 1) * frame_s
+            delay = due - self._clock()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                self.max_lateness_s = max(self.max_lateness_s, -delay)
+                if -delay > frame_s:
+                    self.late_frames += 1
+            payload, speech, landmarks = self._next_frame()
+            try:
+                await self._send(payload)
+            except ConnectionClosed:
+                return  # the reader reports the close
+            sent = self._clock()
+            self.frames_sent += 1
+            k += 1
+            if speech is not None:
+                for landmark in landmarks:
+                    setattr(speech, landmark, sent)
+
+    def _next_frame(self) -> tuple[str, Speech | None, list[str]]:
+        if not self._queue:
+            return self._silence, None, []
+        speech = self._queue[0]
+        n = self._frame_samples
+        utterance = speech.utterance
+        index = speech.next_frame
+        speech.next_frame += 1
+        chunk = utterance.samples[index * n : (index + 1) * n]
+        if len(chunk) < n:
+            chunk = np.concatenate((chunk, np.zeros(n - len(chunk), dtype=np.int16)))
+        first_voiced = utterance.speech_start_ms * SAMPLE_RATE_HZ // 1000 // n
+        last_voiced = max(utterance.speech_end_ms * SAMPLE_RATE_HZ // 1000 - 1, 0) // n
+        last = max(-(-len(utterance.samples) // n) - 1, 0)
+        landmarks = []
+        if index == first_voiced:
+            landmarks.append("voiced_sent_s")
+        if index == last_voiced:
+            landmarks.append("end_sent_s")
+        if index >= last:
+            landmarks.append("done_sent_s")
+            self._queue.popleft()
+        return _append_event(chunk), speech, landmarks
+
+
+def _append_event(samples: np.ndarray[Any, np.dtype[np.int16]]) -> str:
+    audio = base64.b64encode(samples.astype("<i2").tobytes()).decode("ascii")
+    return json.dumps({"type": "input_audio_buffer.append", "audio": audio})

@@ -1,0 +1,262 @@
+"""Attributing server events to one turn, and computing its metrics (no I/O, no clock).
+
+The session feeds every event with its receive time to each active `TurnRecorder`; when the
+turn is over, `result()` gives the `TurnResult`. See `loadtests.session` for what each metric
+means.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from loadtests.corpus import SAMPLE_RATE_HZ
+from loadtests.microphone import Speech
+
+AUDIO_DELTA_EVENTS = frozenset(("response.output_audio.delta", "response.audio.delta"))
+REPLY_TRANSCRIPT_DELTA_EVENTS = frozenset(
+    ("response.output_audio_transcript.delta", "response.audio_transcript.delta")
+)
+REPLY_TRANSCRIPT_DONE_EVENTS = frozenset(
+    ("response.output_audio_transcript.done", "response.audio_transcript.done")
+)
+USER_TRANSCRIPT_EVENT = "conversation.item.input_audio_transcription.completed"
+STALL_TOLERANCE_MS = 5.0  # a player that runs dry for less than this is scheduling noise
+
+TurnRole = Literal["turn", "interruption"]
+
+
+@dataclass(slots=True)
+class BargeInResult:
+    """What happened to a reply we talked over (or meant to: `sent` is False if it ended first)."""
+
+    interrupter: str
+    planned_after_ms: int
+    sent: bool = False
+    started_after_ms: float | None = None  # reply heard when the interrupter's first voiced frame went
+    reaction_ms: float | None = None
+    audio_after_interrupt_ms: float | None = None
+    status: str | None = None  # the interrupted response's final status
+    reason: str | None = None
+
+    @property
+    def is_cancelled_by_turn(self) -> bool:
+        return self.status == "cancelled" and self.reason == "turn_detected"
+
+
+@dataclass(slots=True)
+class TurnResult:
+    """One utterance and the reply to it. Latencies in ms from the end of speech (see module doc)."""
+
+    index: int
+    role: TurnRole
+    utterance: str
+    source: str
+    reference: str
+    utterance_ms: int
+    speech_end_ms: int
+    voice_to_voice_ms: float | None = None
+    speech_started_ms: float | None = None  # from the first voiced frame sent, not the end
+    speech_stopped_ms: float | None = None
+    transcript_ms: float | None = None
+    response_created_ms: float | None = None
+    response_done_ms: float | None = None
+    user_transcript: str | None = None
+    reply_transcript: str = ""
+    reply_audio_ms: float = 0.0
+    audio_stalls: int = 0
+    audio_stall_ms: float = 0.0
+    max_audio_stall_ms: float = 0.0
+    response_status: str | None = None
+    response_reason: str | None = None
+    commits: int = 0
+    responses: int = 0
+    barge_in: BargeInResult | None = None
+    error: str | None = None
+
+
+class TurnRecorder:
+    """Collects the events of one turn. Feed every event with its receive time to `observe()`.
+
+    Until the turn's reply is chosen (the first `response.created` received after the end of
+    speech was sent), the recorder claims the input-side events (speech started/stopped,
+    commits); afterwards it only follows its own response id, so a reply and a barge-in over
+    it can be recorded side by side. `result()` computes the metrics.
+    """
+
+    def __init__(self, index: int, speech: Speech, role: TurnRole) -> None:
+        self.index = index
+        self.speech = speech
+        self.role = role
+        self.interrupter: Speech | None = None
+        self.barge_in_after_ms: int | None = None
+        self.response_id: str | None = None
+        self.created_s: float | None = None
+        self.done_s: float | None = None
+        self.status: str | None = None
+        self.reason: str | None = None
+        self.first_audio_s: float | None = None
+        self.audio: list[tuple[float, float]] = []  # (receive time s, duration ms) per delta
+        self._started_s: float | None = None
+        self._stopped_s: float | None = None
+        self._items: list[str] = []
+        self._transcripts: dict[str, tuple[float, str]] = {}
+        self._responses = 0
+        self._reply_deltas: list[str] = []
+        self._reply_transcript: str | None = None
+
+    @property
+    def is_done(self) -> bool:
+        return self.done_s is not None
+
+    @property
+    def is_missing_transcripts(self) -> bool:
+        return any(item not in self._transcripts for item in self._items)
+
+    def observe(self, event: dict[str, Any], t: float) -> None:
+        kind = event.get("type")
+        if kind == USER_TRANSCRIPT_EVENT:
+            item = event.get("item_id")
+            if item in self._items and item not in self._transcripts:
+                self._transcripts[item] = (t, str(event.get("transcript") or ""))
+            return
+        if self.response_id is None:
+            self._observe_input(kind, event, t)
+            return
+        response = event.get("response")
+        if kind == "response.done" and isinstance(response, dict) and response.get("id") == self.response_id:
+            if self.done_s is None:
+                self.done_s = t
+                self.status = str_or_none(response.get("status"))
+                details = response.get("status_details")
+                self.reason = str_or_none(details.get("reason")) if isinstance(details, dict) else None
+            return
+        if event.get("response_id") != self.response_id:
+            return
+        if kind in AUDIO_DELTA_EVENTS:
+            self.audio.append((t, _pcm16_duration_ms(event.get("delta"))))
+            if self.first_audio_s is None:
+                self.first_audio_s = t
+        elif kind in REPLY_TRANSCRIPT_DELTA_EVENTS:
+            self._reply_deltas.append(str(event.get("delta") or ""))
+        elif kind in REPLY_TRANSCRIPT_DONE_EVENTS:
+            self._reply_transcript = str(event.get("transcript") or "")
+
+    def _observe_input(self, kind: object, event: dict[str, Any], t: float) -> None:
+        if kind == "input_audio_buffer.speech_started":
+            if self._started_s is None:
+                self._started_s = t
+        elif kind == "input_audio_buffer.speech_stopped":
+            self._stopped_s = t
+        elif kind == "input_audio_buffer.committed":
+            item = event.get("item_id")
+            if isinstance(item, str):
+                self._items.append(item)
+        elif kind == "response.created":
+            response = event.get("response")
+            if not isinstance(response, dict):
+                return
+            self._responses += 1
+            end_sent = self.speech.end_sent_s
+            if end_sent is not None and t >= end_sent:
+                self.response_id = str_or_none(response.get("id"))
+                self.created_s = t
+
+    def result(self, error: str | None = None) -> TurnResult:
+        utterance = self.speech.utterance
+        origin = self.speech.end_sent_s
+
+        def since_origin(t: float | None) -> float | None:
+            return None if t is None or origin is None else (t - origin) * 1000
+
+        transcripts = [self._transcripts[item] for item in self._items if item in self._transcripts]
+        stalls = audio_stalls_ms(self.audio)
+        result = TurnResult(
+            index=self.index,
+            role=self.role,
+            utterance=utterance.name,
+            source=utterance.source,
+            reference=utterance.reference,
+            utterance_ms=utterance.duration_ms,
+            speech_end_ms=utterance.speech_end_ms,
+            voice_to_voice_ms=since_origin(self.first_audio_s),
+            speech_started_ms=(
+                None
+                if self._started_s is None or self.speech.voiced_sent_s is None
+                else (self._started_s - self.speech.voiced_sent_s) * 1000
+            ),
+            speech_stopped_ms=since_origin(self._stopped_s),
+            transcript_ms=since_origin(max(t for t, _ in transcripts)) if transcripts else None,
+            response_created_ms=since_origin(self.created_s),
+            response_done_ms=since_origin(self.done_s),
+            user_transcript=" ".join(text for _, text in transcripts) if transcripts else None,
+            reply_transcript=(
+                self._reply_transcript if self._reply_transcript is not None else "".join(self._reply_deltas)
+            ),
+            reply_audio_ms=sum(ms for _, ms in self.audio),
+            audio_stalls=len(stalls),
+            audio_stall_ms=sum(stalls),
+            max_audio_stall_ms=max(stalls, default=0.0),
+            response_status=self.status,
+            response_reason=self.reason,
+            commits=len(self._items),
+            responses=self._responses,
+            error=error,
+        )
+        if self.barge_in_after_ms is not None:
+            result.barge_in = self._barge_in_result()
+        return result
+
+    def _barge_in_result(self) -> BargeInResult:
+        assert self.barge_in_after_ms is not None
+        interrupter = self.interrupter
+        result = BargeInResult(
+            interrupter="" if interrupter is None else interrupter.utterance.name,
+            planned_after_ms=self.barge_in_after_ms,
+            status=self.status,
+            reason=self.reason,
+        )
+        if interrupter is None or interrupter.voiced_sent_s is None:
+            return result
+        start = interrupter.voiced_sent_s
+        result.sent = True
+        if self.first_audio_s is not None:
+            result.started_after_ms = (start - self.first_audio_s) * 1000
+        after = [(t, ms) for t, ms in self.audio if t >= start]
+        result.audio_after_interrupt_ms = sum(ms for _, ms in after)
+        result.reaction_ms = max(0.0, (after[-1][0] - start) * 1000) if after else 0.0
+        return result
+
+
+def audio_stalls_ms(arrivals: Sequence[tuple[float, float]]) -> list[float]:
+    """The stalls (ms) of a player fed by `arrivals` [(receive time s, duration ms), ...].
+
+    The player starts with the first chunk and plays at real time; a chunk that arrives after
+    everything before it has played leaves a stall of the difference. Stalls shorter than
+    STALL_TOLERANCE_MS are scheduling noise and are not reported.
+    """
+    stalls: list[float] = []
+    plays_until: float | None = None
+    for t, ms in arrivals:
+        if plays_until is None or t >= plays_until:
+            if plays_until is not None and (t - plays_until) * 1000 >= STALL_TOLERANCE_MS:
+                stalls.append((t - plays_until) * 1000)
+            plays_until = t
+        plays_until += ms / 1000
+    return stalls
+
+
+def _pcm16_duration_ms(delta: object) -> float:
+    if not isinstance(delta, str):
+        return 0.0
+    try:
+        return len(base64.b64decode(delta)) / 2 * 1000 / SAMPLE_RATE_HZ
+    except (binascii.Error, ValueError):
+        return 0.0
+
+
+def str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None

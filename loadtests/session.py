@@ -1,0 +1,376 @@
+"""One realtime session as a benchmark client: speak like a live microphone, time every turn.
+
+Call order: build `SessionOptions` and a list of `TurnPlan`s, then `await run_session(...)`;
+it returns a `SessionResult` whatever happens (refused connection, server error, stall,
+close): failures are counted in `SessionResult.errors`, never raised, and the call never
+outlives `SessionOptions.deadline_s`. Only bugs in this module raise.
+
+What the session does:
+1. connects to `ws://HOST:PORT/v1/realtime?model=...` and waits for `session.created`;
+   optionally sends `session.update` (server VAD with `silence_duration_ms`) and waits for
+   `session.updated`;
+2. starts the `Microphone`: 20 ms frames of pcm16 24 kHz (`input_audio_buffer.append`) sent on
+   an absolute schedule of the monotonic clock, frame k at start + (k + 1) * 20 ms, the moment
+   a live microphone would have captured it. It never stops: silence when nothing is spoken;
+3. for each turn: queues the utterance on the microphone and reads events until the reply to
+   it has ended (`response.done`), then streams `pause_ms` more silence. With a `BargeInPlan`,
+   once `after_ms` of reply audio has been heard (wall time since the reply's first audio
+   arrived, i.e. a listener that plays audio as it arrives), the interrupting utterance is
+   spoken over the reply; it is then a turn of its own, measured the same way.
+
+What is measured, all on `time.monotonic()` (receive times are taken as the reader gets each
+message; send times as soon as `websocket.send` returns):
+- the origin of a turn is the sending of the frame that holds the utterance's last voiced
+  sample (`Utterance.speech_end_ms`, found in the audio itself, not from any server event);
+  the 20 ms framing makes it up to 20 ms later than the true end of speech;
+- voice-to-voice: first reply audio delta (`response.output_audio.delta`, or the beta
+  `response.audio.delta`) received, minus that origin; likewise `speech_stopped`, the user
+  transcript (`conversation.item.input_audio_transcription.completed`), `response.created`
+  and `response.done`. `speech_started` is timed from the frame holding the first voiced
+  sample instead (for an interruption: how long the server took to accept the barge-in);
+- the reply of a turn is the first response created after the origin. A response created
+  while the utterance was still being spoken (the server cut the utterance at a pause) is
+  counted in `TurnResult.responses`, and each input item the server committed for the
+  utterance in `TurnResult.commits`; the user transcript joins the transcripts of all of them;
+- audio stalls: a player starts playing when the first reply chunk arrives and plays at real
+  time; whenever it runs dry before the next chunk arrives, that wait is a stall (reply audio
+  arriving slower than real time);
+- barge-in: reaction is the time from sending the interrupter's first voiced frame to
+  receiving the last audio delta of the interrupted response (0 when none arrived after it);
+  `audio_after_interrupt_ms` is the reply audio received after that frame; the interrupted
+  response's `response.done` should be `cancelled` with reason `turn_detected`.
+Reply audio is assumed to be pcm16 at 24 kHz, the session's default output format.
+
+The pacing lives in `loadtests.microphone`, the attribution of events to turns and the
+arithmetic in `loadtests.recorder` (no I/O there); this module does the I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from loadtests.corpus import SAMPLE_RATE_HZ, Utterance
+from loadtests.microphone import Microphone
+from loadtests.recorder import TurnRecorder, TurnResult, str_or_none
+
+ErrorKind = Literal["connect", "timeout", "closed", "server_error", "protocol", "deadline"]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOptions:
+    """How to reach the server and how patient to be. Every wait is bounded by one of these."""
+
+    url: str
+    model: str = "voxgate-cascade"  # sent as ?model= unless the url already has one
+    api_key: str | None = None  # sent as `Authorization: Bearer ...`
+    beta: bool = False  # speak the beta dialect (`OpenAI-Beta: realtime=v1`)
+    silence_duration_ms: int | None = None  # None: keep the server's turn detection as is
+    frame_ms: int = 20
+    lead_silence_ms: int = 500  # silence before the first turn
+    pause_ms: int = 1000  # silence after a reply ends, before the next turn
+    connect_timeout_s: float = 10.0  # TCP + websocket handshake
+    event_timeout_s: float = 10.0  # session.created, session.updated
+    reply_timeout_s: float = 30.0  # from the end of an utterance's audio to its response.done
+    transcript_grace_s: float = 2.0  # after response.done, wait this long for a user transcript
+    deadline_s: float = 600.0  # the whole session, connection to close
+
+
+@dataclass(frozen=True, slots=True)
+class BargeInPlan:
+    """Speak `utterance` over the reply once `after_ms` of it has been heard."""
+
+    utterance: Utterance
+    after_ms: int = 500
+
+
+@dataclass(frozen=True, slots=True)
+class TurnPlan:
+    utterance: Utterance
+    barge_in: BargeInPlan | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionError:
+    kind: ErrorKind
+    message: str
+    at_ms: float  # since the session began connecting
+    turn: int | None = None
+    code: str | None = None  # the server's error.code, for server_error
+
+
+@dataclass(slots=True)
+class SessionResult:
+    url: str
+    turns: list[TurnResult] = field(default_factory=list)
+    errors: list[SessionError] = field(default_factory=list)
+    connect_ms: float | None = None  # connecting to session.created
+    duration_s: float = 0.0
+    frames_sent: int = 0
+    late_frames: int = 0  # frames the microphone sent more than one frame late
+    max_frame_lateness_ms: float = 0.0  # > 20 ms means this client, not the server, lagged
+
+
+# --- the session --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Received:
+    t: float
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Closed:
+    t: float
+    code: int | None
+    reason: str
+
+
+class _Abort(Exception):
+    """The session cannot go on; the cause is already in SessionResult.errors."""
+
+
+async def run_session(options: SessionOptions, turns: Sequence[TurnPlan]) -> SessionResult:
+    """Run the turns in one session; see the module docstring. Never hangs, never raises on
+    server misbehaviour: failures end up in `SessionResult.errors`."""
+    runner = _SessionRunner(options)
+    await runner.run(turns)
+    return runner.result
+
+
+def session_url(url: str, model: str) -> str:
+    """`url` with `model=...` added to its query unless it already names one."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if not any(key == "model" for key, _ in query):
+        query.append(("model", model))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+class _SessionRunner:
+    def __init__(self, options: SessionOptions) -> None:
+        self._options = options
+        self._url = session_url(options.url, options.model)
+        self.result = SessionResult(url=self._url)
+        self._start = time.monotonic()
+        self._events: asyncio.Queue[_Received | _Closed] = asyncio.Queue()
+        self._active: list[TurnRecorder] = []
+        self._mic: Microphone | None = None
+        self._mic_task: asyncio.Task[None] | None = None
+
+    def _error(self, kind: ErrorKind, message: str, turn: int | None = None, code: str | None = None) -> None:
+        at_ms = (time.monotonic() - self._start) * 1000
+        self.result.errors.append(SessionError(kind, message, at_ms, turn, code))
+
+    def _finish_active(self, error: str | None) -> None:
+        for recorder in self._active:
+            self.result.turns.append(recorder.result(error=error))
+        self._active = []
+
+    async def run(self, turns: Sequence[TurnPlan]) -> None:
+        try:
+            async with asyncio.timeout(self._options.deadline_s) as deadline:
+                await self._connect_and_run(turns)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            self._error("deadline", f"the session ran past its {self._options.deadline_s:g} s deadline")
+            self._finish_active("deadline")
+        finally:
+            self.result.duration_s = time.monotonic() - self._start
+            if self._mic is not None:
+                self.result.frames_sent = self._mic.frames_sent
+                self.result.late_frames = self._mic.late_frames
+                self.result.max_frame_lateness_ms = self._mic.max_lateness_s * 1000
+
+    async def _connect_and_run(self, turns: Sequence[TurnPlan]) -> None:
+        options = self._options
+        headers = {}
+        if options.api_key:
+            headers["Authorization"] = f"Bearer {options.api_key}"
+        if options.beta:
+            headers["OpenAI-Beta"] = "realtime=v1"
+        try:
+            ws = await connect(
+                self._url,
+                additional_headers=headers,
+                open_timeout=options.connect_timeout_s,
+                close_timeout=2,
+                max_size=None,
+                compression=None,  # audio does not compress; deflate would only cost CPU on both ends
+                proxy=None,
+            )
+        except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+            self._error("connect", f"cannot connect to {self._url}: {exc!r}")
+            return
+        async with ws:
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    reader = tasks.create_task(self._read_loop(ws), name="bench-reader")
+                    try:
+                        await self._converse(ws, tasks, turns)
+                    finally:
+                        reader.cancel()
+                        if self._mic_task is not None:
+                            self._mic_task.cancel()
+            except* _Abort:
+                pass
+
+    async def _read_loop(self, ws: ClientConnection) -> None:
+        try:
+            async for message in ws:
+                t = time.monotonic()
+                try:
+                    event = json.loads(message)
+                except ValueError:
+                    event = None
+                if not isinstance(event, dict):
+                    self._error("protocol", "the server sent a message that is not a JSON object")
+                    continue
+                self._events.put_nowait(_Received(t, event))
+        except ConnectionClosed:
+            pass
+        self._events.put_nowait(_Closed(time.monotonic(), ws.close_code, ws.close_reason or ""))
+
+    async def _next_event(self, until_s: float, turn: int | None = None) -> _Received | None:
+        """The next event, or None once the monotonic time `until_s` has passed."""
+        if not self._events.empty():
+            item = self._events.get_nowait()
+        else:
+            timeout = until_s - time.monotonic()
+            if timeout <= 0:
+                return None
+            try:
+                item = await asyncio.wait_for(self._events.get(), timeout)
+            except TimeoutError:
+                return None
+        if isinstance(item, _Closed):
+            self._error(
+                "closed", f"the server closed the connection: {item.code} {item.reason}".strip(), turn
+            )
+            self._finish_active("closed")
+            raise _Abort
+        error = item.event.get("error") if item.event.get("type") == "error" else None
+        if isinstance(error, dict):
+            self._error(
+                "server_error", str(error.get("message") or ""), turn, code=str_or_none(error.get("code"))
+            )
+        return item
+
+    async def _expect(self, kind: str) -> _Received:
+        until = time.monotonic() + self._options.event_timeout_s
+        while True:
+            item = await self._next_event(until)
+            if item is None:
+                self._error("timeout", f"no {kind} within {self._options.event_timeout_s:g} s")
+                raise _Abort
+            if item.event.get("type") == kind:
+                return item
+
+    async def _converse(
+        self, ws: ClientConnection, tasks: asyncio.TaskGroup, turns: Sequence[TurnPlan]
+    ) -> None:
+        try:
+            await self._converse_open(ws, tasks, turns)
+        except ConnectionClosed as exc:  # a send of ours found the connection gone
+            self._error("closed", f"the connection closed: {exc}")
+            self._finish_active("closed")
+            raise _Abort from exc
+
+    async def _converse_open(
+        self, ws: ClientConnection, tasks: asyncio.TaskGroup, turns: Sequence[TurnPlan]
+    ) -> None:
+        options = self._options
+        created = await self._expect("session.created")
+        self.result.connect_ms = (created.t - self._start) * 1000
+        if options.silence_duration_ms is not None:
+            await ws.send(json.dumps(self._session_update(options.silence_duration_ms)))
+            await self._expect("session.updated")
+        self._mic = Microphone(ws.send, options.frame_ms)
+        self._mic_task = tasks.create_task(self._mic.run(), name="bench-microphone")
+        await self._listen(options.lead_silence_ms / 1000)
+        for index, plan in enumerate(turns):
+            await self._run_turn(index, plan, self._mic)
+            await self._listen(options.pause_ms / 1000)
+
+    def _session_update(self, silence_duration_ms: int) -> dict[str, Any]:
+        vad = {"type": "server_vad", "silence_duration_ms": silence_duration_ms}
+        if self._options.beta:
+            session: dict[str, Any] = {
+                "input_audio_format": "pcm16",
+                "output_audio_format": "pcm16",
+                "turn_detection": vad,
+            }
+        else:
+            pcm = {"type": "audio/pcm", "rate": SAMPLE_RATE_HZ}
+            session = {
+                "type": "realtime",
+                "audio": {"input": {"format": pcm, "turn_detection": vad}, "output": {"format": pcm}},
+            }
+        return {"type": "session.update", "session": session}
+
+    async def _listen(self, duration_s: float) -> None:
+        """Read (and drop) events for `duration_s`, so errors and closes are still seen."""
+        until = time.monotonic() + duration_s
+        while await self._next_event(until) is not None:
+            pass
+
+    async def _run_turn(self, index: int, plan: TurnPlan, mic: Microphone) -> None:
+        options = self._options
+        main = TurnRecorder(index, mic.say(plan.utterance), "turn")
+        if plan.barge_in is not None:
+            main.barge_in_after_ms = plan.barge_in.after_ms
+        self._active = [main]
+        deadline = time.monotonic() + plan.utterance.duration_ms / 1000 + options.reply_timeout_s
+        while True:
+            now = time.monotonic()
+            pending = [r for r in self._active if not self._is_finished(r, now)]
+            if not pending:
+                break
+            if now >= deadline:
+                waiting = "response.done" if any(not r.is_done for r in pending) else "user transcript"
+                self._error(
+                    "timeout",
+                    f"turn {index}: no {waiting} within {options.reply_timeout_s:g} s of the utterance",
+                    index,
+                )
+                self._finish_active("timeout")
+                raise _Abort
+            wake = deadline
+            for recorder in pending:
+                if recorder.done_s is not None:
+                    wake = min(wake, recorder.done_s + options.transcript_grace_s)
+            barge_in = plan.barge_in
+            if barge_in is not None and main.interrupter is None and main.first_audio_s is not None:
+                if main.is_done:
+                    pass  # the reply ended before the barge-in point: nothing to interrupt
+                elif now >= main.first_audio_s + barge_in.after_ms / 1000:
+                    main.interrupter = mic.say(barge_in.utterance)
+                    self._active.append(TurnRecorder(index, main.interrupter, "interruption"))
+                    deadline = max(
+                        deadline, now + barge_in.utterance.duration_ms / 1000 + options.reply_timeout_s
+                    )
+                    continue
+                else:
+                    wake = min(wake, main.first_audio_s + barge_in.after_ms / 1000)
+            item = await self._next_event(wake, index)
+            if item is not None:
+                for recorder in self._active:
+                    recorder.observe(item.event, item.t)
+        self._finish_active(None)
+
+    def _is_finished(self, recorder: TurnRecorder, now: float) -> bool:
+        if recorder.done_s is None:
+            return False
+        return (
+            not recorder.is_missing_transcripts or now >= recorder.done_s + self._options.transcript_grace_s
+        )
