@@ -61,7 +61,7 @@ REAL_MODELS = {"asr": "pocketsphinx", "llm": "rules", "tts": "espeak", "vad": "w
 def skip_reason() -> str | None:
     """Why browser tests cannot run here, or None."""
     if CHROMIUM is None:
-        return "Debian's chromium is not installed (scripts/browser-deps.sh installs it, as root)"
+        return "Debian's chromium is not installed (scripts/system-deps.sh installs it, as root)"
     if importlib.util.find_spec("playwright") is None:
         return "the playwright package is not installed in this environment"
     return None
