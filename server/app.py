@@ -115,7 +115,11 @@ def create_app(
             vad=vad if vad is not None else load_vad(settings),
             metrics=Metrics(),
         )
-        yield
+        try:
+            yield
+        finally:
+            if models is not None and catalog is None:  # we built it, we close it
+                await asyncio.to_thread(models.close)
 
     from server.routes import router
 

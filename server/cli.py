@@ -41,11 +41,14 @@ def main(argv: list[str] | None = None) -> int:
         f"(websocket ws://{settings.host}:{settings.port}/v1/realtime)",
         flush=True,
     )
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        ws_max_size=settings.max_message_bytes,
-    )
+    try:
+        uvicorn.run(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            ws_max_size=settings.max_message_bytes,
+        )
+    finally:
+        catalog.close()
     return 0

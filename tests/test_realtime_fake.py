@@ -30,3 +30,26 @@ async def test_full_turn_ga_dialect() -> None:
         assert len(audio) > 24_000  # the fake speaks 50 ms per character
         final = client.of_type("response.output_audio_transcript.done")[0]
         assert final["transcript"] == "It ships tomorrow, thanks for waiting."
+
+
+async def test_client_that_stops_sending_mid_turn_still_gets_a_reply() -> None:
+    app = fake_app(FakeAsr(["cancel my order"]), FakeLlm(["Done."]))
+    async with running_server(app) as url, realtime_client(url) as client:
+        await client.wait_for("session.created")
+        await client.stream(tone(600))  # then nothing: the microphone was switched off
+        stopped = await client.wait_for("input_audio_buffer.speech_stopped")
+        assert 580 <= stopped["audio_end_ms"] <= 620
+        done = await client.wait_for("response.done")
+        assert done["response"]["status"] == "completed"
+
+
+async def test_transcription_deltas_are_increments() -> None:
+    app = fake_app(FakeAsr(["please cancel my order today"]), FakeLlm(["Done."]))
+    async with running_server(app) as url, realtime_client(url) as client:
+        await client.wait_for("session.created")
+        await client.stream(tone(600))
+        await client.stream(PcmFrame.silence(500, 24_000))
+        completed = await client.wait_for("conversation.item.input_audio_transcription.completed")
+        deltas = client.of_type("conversation.item.input_audio_transcription.delta")
+        assert deltas and "".join(d["delta"] for d in deltas) == "please cancel"
+        assert completed["transcript"] == "please cancel my order today"

@@ -66,8 +66,22 @@ class ModelCatalog:
         key = (kind, name)
         if key not in self._backends:
             factory = resolve(table, name, kind)
-            self._backends[key] = factory(self._options.get(name))
+            backend = factory(self._options.get(name))
+            warm_up = getattr(backend, "warm_up", None)  # optional: pay first-call costs now
+            if callable(warm_up):
+                warm_up()
+            self._backends[key] = backend
         return self._backends[key]
+
+    def close(self) -> None:
+        """Release what backends hold outside this process's memory (worker processes)."""
+        with self._lock:
+            for backend in self._backends.values():
+                close = getattr(backend, "close", None)
+                if callable(close):
+                    close()
+            self._backends.clear()
+            self._models.clear()
 
     def model(self, profile_name: str) -> OmniModel:
         """The profile's model, loading its backends now if needed (blocking: call off-loop)."""

@@ -52,10 +52,10 @@ from server.streaming.turns import (
     ReplyStarted,
     ReportIdle,
     StartReply,
-    Tick,
     TurnAction,
     TurnOptions,
     TurnTaker,
+    UserState,
 )
 from server.streaming.vad import ClassifierFactory, FrameClassifier
 from server.wire import (
@@ -83,7 +83,7 @@ from server.wire import (
 log = logging.getLogger(__name__)
 
 CANCEL_TIMEOUT_S = 1.0
-SILENCE_BY_ABSENCE_MS = 200  # no audio for this long while a deadline waits: treat as silence
+SILENCE_BY_ABSENCE_MS = 250  # no audio for this long in the middle of a turn: treat as silence
 
 
 class TransportClosed(Exception):
@@ -364,6 +364,10 @@ class Conversation:
                 code="audio_too_fast",
                 param="audio",
             )
+        await self._ingest(frame, now_s)
+
+    async def _ingest(self, frame: PcmFrame, now_s: float) -> None:
+        """Audio at the input format's rate, as received at `now_s`."""
         vad_on = self.config.turn_detection is not None
         model_frame, classified = self._input.push(frame, now_s, classify=vad_on)
         if not model_frame.sample_count:
@@ -732,16 +736,20 @@ class Conversation:
         if previous is not None:
             await asyncio.shield(previous)  # transcripts join the history in turn order
         final = ""
+        sent = ""  # deltas are increments: a revised hypothesis waits for the final transcript
         async for delta in session.commit_audio():
             if delta.is_final:
                 final = delta.text
                 continue
+            if not delta.text.startswith(sent) or len(delta.text) == len(sent):
+                continue
+            increment, sent = delta.text[len(sent) :], delta.text
             await emit(
                 self._events.event(
                     "conversation.item.input_audio_transcription.delta",
                     item_id=item_id,
                     content_index=0,
-                    delta=delta.text,
+                    delta=increment,
                 )
             )
         if session.timings.asr_final_ms is not None:
@@ -893,23 +901,23 @@ class Conversation:
     # --- timer: silence by absence of audio ----------------------------------------
 
     async def _timer_loop(self) -> None:
+        """A client that stops sending audio in the middle of a turn has gone quiet: after
+        SILENCE_BY_ABSENCE_MS without audio, feed silence at real time so the turn can end."""
         while True:
-            deadline = self._turns.next_deadline()
-            if deadline is None or self._input.last_push_s is None:
+            last_push_s = self._input.last_push_s
+            waiting = self._turns.state is not UserState.LISTENING or self._turns.next_deadline() is not None
+            if not waiting or last_push_s is None or self.config.turn_detection is None:
                 self._timer_wakeup.clear()
                 await self._timer_wakeup.wait()
                 continue
-            idle_s = self._clock() - self._input.last_push_s
-            wait_s = SILENCE_BY_ABSENCE_MS / 1000 - idle_s
-            if wait_s <= 0:
-                virtual_now = self._input_ms + int(idle_s * 1000)
-                if virtual_now >= deadline:
-                    self._turns.receive(Tick(), virtual_now)
-                    await self._run_turn_actions()
-                    continue
-                wait_s = (deadline - virtual_now) / 1000
+            now_s = self._clock()
+            idle_ms = (now_s - last_push_s) * 1000
+            if idle_ms >= SILENCE_BY_ABSENCE_MS:
+                rate = self.config.input_format.sample_rate_hz
+                await self._ingest(PcmFrame.silence(min(int(idle_ms), 1000), rate), now_s)
+                continue
             self._timer_wakeup.clear()
             try:
-                await asyncio.wait_for(self._timer_wakeup.wait(), wait_s)
+                await asyncio.wait_for(self._timer_wakeup.wait(), (SILENCE_BY_ABSENCE_MS - idle_ms) / 1000)
             except TimeoutError:
                 pass
