@@ -77,9 +77,19 @@ async def realtime(websocket: WebSocket) -> None:
         model = await runtime.model_for(requested)
     except BackendUnavailable as exc:
         log.error("model unavailable", extra={"model": requested, "reason": str(exc)})
-        await websocket.send_json({"type": "error", "event_id": new_id("event"), "error": {
-            "type": "server_error", "code": "model_unavailable", "message": str(exc),
-            "param": "model", "event_id": None}})
+        await websocket.send_json(
+            {
+                "type": "error",
+                "event_id": new_id("event"),
+                "error": {
+                    "type": "server_error",
+                    "code": "model_unavailable",
+                    "message": str(exc),
+                    "param": "model",
+                    "event_id": None,
+                },
+            }
+        )
         await websocket.close(CLOSE_TRY_AGAIN_LATER, "model unavailable")
         return
     conversation = Conversation(
