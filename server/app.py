@@ -8,12 +8,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from server.events import EventHandler
 from server.metrics import Metrics
-from server.model.base import OmniModel
+from server.model.base import LlmBackend, OmniModel
 from server.model.profiles import PROFILES, ModelCatalog, Profile, profile_for_model
 from server.model.registry import VAD_BACKENDS, resolve
 from server.settings import Settings
@@ -21,6 +23,9 @@ from server.streaming.conversation import ConversationOptions
 from server.streaming.playout import PlayoutOptions
 from server.streaming.turns import TurnOptions
 from server.streaming.vad import ClassifierFactory
+
+if TYPE_CHECKING:
+    from server.agent import SessionSetupHook
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,8 @@ class Runtime:
     fixed_model: OmniModel | None
     vad: ClassifierFactory
     metrics: Metrics
+    on_event: EventHandler | None = None
+    session_setup: SessionSetupHook | None = None
 
     async def model_for(self, requested: str | None) -> OmniModel:
         """The model a session asked for by name (a profile), loaded on first use."""
@@ -48,12 +55,14 @@ class Runtime:
     def active_sessions(self) -> int:
         return int(self.metrics.sessions_active._value.get())
 
-    def conversation_options(self, model: str | None = None) -> ConversationOptions:
+    def conversation_options(
+        self, model: str | None = None, instructions: str | None = None, voice: str | None = None
+    ) -> ConversationOptions:
         s = self.settings
         return ConversationOptions(
             model_name=model or s.model_name,
-            instructions=s.instructions,
-            voice=s.voice,
+            instructions=s.instructions if instructions is None else instructions,
+            voice=s.voice if voice is None else voice,
             turn=TurnOptions(
                 threshold=s.vad_threshold,
                 min_speech_ms=s.min_speech_ms,
@@ -67,8 +76,12 @@ class Runtime:
         )
 
 
-def build_catalog(settings: Settings) -> ModelCatalog:
-    """The profiles, with the default one's backends replaced by any set in settings."""
+BRAIN_BACKEND = "embedded-brain"
+
+
+def build_catalog(settings: Settings, brain: LlmBackend | None = None) -> ModelCatalog:
+    """The profiles, with the default one's backends replaced by any set in settings; a
+    `brain` from embedding code replaces the language model of every profile."""
     profiles = dict(PROFILES)
     default = profiles[settings.profile]
     profiles[settings.profile] = Profile(
@@ -77,7 +90,11 @@ def build_catalog(settings: Settings) -> ModelCatalog:
         llm=settings.llm or default.llm,
         tts=settings.tts or default.tts,
     )
-    return ModelCatalog(profiles, settings.profile, settings.backend_options)
+    provided: dict[tuple[str, str], Any] = {}
+    if brain is not None:
+        profiles = {n: Profile(p.name, p.asr, BRAIN_BACKEND, p.tts) for n, p in profiles.items()}
+        provided[("language model", BRAIN_BACKEND)] = brain
+    return ModelCatalog(profiles, settings.profile, settings.backend_options, provided)
 
 
 def preload(settings: Settings, catalog: ModelCatalog) -> None:
@@ -96,6 +113,9 @@ def create_app(
     model: OmniModel | None = None,
     vad: ClassifierFactory | None = None,
     catalog: ModelCatalog | None = None,
+    brain: LlmBackend | None = None,
+    on_event: EventHandler | None = None,
+    session_setup: SessionSetupHook | None = None,
 ) -> FastAPI:
     """The Voxgate app.
 
@@ -105,7 +125,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        models = None if model is not None else (catalog or build_catalog(settings))
+        models = None if model is not None else (catalog or build_catalog(settings, brain))
         if models is not None:
             await asyncio.to_thread(preload, settings, models)
         app.state.runtime = Runtime(
@@ -114,6 +134,8 @@ def create_app(
             fixed_model=model,
             vad=vad if vad is not None else load_vad(settings),
             metrics=Metrics(),
+            on_event=on_event,
+            session_setup=session_setup,
         )
         try:
             yield

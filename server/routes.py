@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import APIRouter, Request, Response, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from server.agent import SessionRequest, SessionSetup
 from server.errors import BackendUnavailable
 from server.streaming.conversation import Conversation, TransportClosed
 from server.wire import Dialect, new_id
@@ -68,11 +70,26 @@ def _subprotocol(websocket: WebSocket) -> str | None:
     return "realtime" if "realtime" in offered else None
 
 
+async def _session_setup(runtime: Any, websocket: WebSocket) -> SessionSetup:
+    """Ask the embedding backend's hook (if any) how to set this session up."""
+    if runtime.session_setup is None:
+        return SessionSetup()
+    request = SessionRequest(
+        path=websocket.url.path,
+        query=dict(websocket.query_params),
+        headers={k.lower(): v for k, v in websocket.headers.items()},
+        client_host=websocket.client.host if websocket.client else None,
+    )
+    setup: SessionSetup = await runtime.session_setup(request)
+    return setup
+
+
 @router.websocket("/v1/realtime")
 async def realtime(websocket: WebSocket) -> None:
     runtime = websocket.app.state.runtime
     await websocket.accept(subprotocol=_subprotocol(websocket))
-    requested = websocket.query_params.get("model")
+    setup = await _session_setup(runtime, websocket)
+    requested = setup.profile or websocket.query_params.get("model")
     try:
         model = await runtime.model_for(requested)
     except BackendUnavailable as exc:
@@ -96,9 +113,11 @@ async def realtime(websocket: WebSocket) -> None:
         StarletteTransport(websocket),
         model,
         runtime.vad,
-        runtime.conversation_options(model=requested),
+        runtime.conversation_options(model=requested, instructions=setup.instructions, voice=setup.voice),
         runtime.metrics,
         _dialect(websocket),
+        on_event=runtime.on_event,
+        metadata=setup.metadata,
     )
     try:
         await conversation.run()

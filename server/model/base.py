@@ -21,7 +21,7 @@ event loop. A backend failure raises `BackendError`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -65,6 +65,7 @@ class SessionOptions:
     voice: str = ""
     temperature: float = 0.8
     max_output_tokens: int | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)  # set by embedding code
 
 
 @dataclass(frozen=True, slots=True)

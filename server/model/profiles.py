@@ -52,13 +52,14 @@ class ModelCatalog:
         profiles: Mapping[str, Profile],
         default_profile: str,
         backend_options: Mapping[str, Mapping[str, Any]] | None = None,
+        provided: Mapping[tuple[str, str], Any] | None = None,
     ) -> None:
         if default_profile not in profiles:
             raise ValueError(f"unknown profile {default_profile!r}; known: {', '.join(profiles)}")
         self.profiles = dict(profiles)
         self.default_profile = default_profile
         self._options = {k: dict(v) for k, v in (backend_options or {}).items()}
-        self._backends: dict[tuple[str, str], Any] = {}
+        self._backends: dict[tuple[str, str], Any] = dict(provided or {})  # (kind, name) -> backend
         self._models: dict[str, OmniModel] = {}
         self._lock = threading.Lock()
 

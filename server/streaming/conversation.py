@@ -19,12 +19,22 @@ import base64
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
 from server.errors import ProtocolViolation
+from server.events import (
+    AgentEvent,
+    AssistantTurn,
+    EventHandler,
+    Interrupted,
+    SessionEnded,
+    SessionStarted,
+    TurnLatency,
+    UserTurn,
+)
 from server.metrics import Metrics
 from server.model.base import (
     AudioChunk,
@@ -37,6 +47,7 @@ from server.model.base import (
 from server.streaming.aio import cancel_and_wait
 from server.streaming.audio import PcmFrame, StreamResampler
 from server.streaming.capture import InputAudio
+from server.streaming.notifier import EventNotifier
 from server.streaming.playout import PlayoutBuffer, PlayoutOptions
 from server.streaming.turns import (
     AbandonPreparedReply,
@@ -133,6 +144,7 @@ class _Reply:
     released: bool = True
     held_events: list[dict[str, Any]] = field(default_factory=list)
     held_audio: list[PcmFrame] = field(default_factory=list)
+    held_agent_events: list[AgentEvent] = field(default_factory=list)
     checkpoint: int = 0
     input_done: bool = False  # all of the reply's audio has been produced
 
@@ -153,8 +165,12 @@ class Conversation:
         metrics: Metrics,
         dialect: Dialect,
         clock: Callable[[], float] = time.monotonic,
+        on_event: EventHandler | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> None:
         self._transport = transport
+        self._notifier = EventNotifier(on_event)
+        self.metadata = dict(metadata or {})
         self._model = model
         self._vad_factory = vad
         self._options = options
@@ -212,9 +228,11 @@ class Conversation:
         try:
             self._session = await self._model.open(self._session_options())
             await self._send(self._events.event("session.created", session=self._events.session(self.config)))
+            self._notifier.publish(SessionStarted(self.config.id, dict(self.metadata)))
             try:
                 async with asyncio.TaskGroup() as tg:
                     self._tasks = tg
+                    tg.create_task(self._notifier.run(), name="conversation-events")
                     tg.create_task(self._read_loop(), name="conversation-reader")
                     tg.create_task(self._write_loop(), name="conversation-writer")
                     tg.create_task(self._timer_loop(), name="conversation-timer")
@@ -229,6 +247,8 @@ class Conversation:
             if self._session is not None:
                 await self._session.aclose()
             self._metrics.sessions_active.dec()
+            self._notifier.publish(SessionEnded(self.config.id))
+            await self._notifier.drain()
 
     def _session_options(self) -> SessionOptions:
         return SessionOptions(
@@ -236,6 +256,7 @@ class Conversation:
             voice=self.config.voice,
             temperature=self.config.temperature,
             max_output_tokens=self.config.max_output_tokens,
+            metadata=dict(self.metadata),
         )
 
     async def _send(self, event: dict[str, Any]) -> None:
@@ -487,7 +508,9 @@ class Conversation:
             return  # the prepared reply is transcribing this turn already
         previous_task = self._transcription
         self._transcription = self._tasks.create_task(
-            self._run_transcription(self._session, item_id, previous_task, self._send),
+            self._run_transcription(
+                self._session, item_id, previous_task, self._send, self._notifier.publish
+            ),
             name=f"transcription-{item_id}",
         )
 
@@ -601,7 +624,7 @@ class Conversation:
         async def hold(event: dict[str, Any]) -> None:
             await self._emit(reply, event)
 
-        await self._run_transcription(self._session, item_id, previous, hold)
+        await self._run_transcription(self._session, item_id, previous, hold, reply.held_agent_events.append)
         await self._run_reply(reply, options, None)
 
     async def _abandon_prepared(self) -> None:
@@ -622,6 +645,9 @@ class Conversation:
     async def _release(self, reply: _Reply) -> None:
         """Adopt a prepared reply: send what it held, in order, then let it run free."""
         events, reply.held_events = reply.held_events, []
+        for agent_event in reply.held_agent_events:
+            self._notifier.publish(agent_event)
+        reply.held_agent_events = []
         for event in events:
             await self._send(event)
         for frame in reply.held_audio:
@@ -717,9 +743,15 @@ class Conversation:
                 ),
             )
             self._metrics.errors.labels(code="backend_error").inc()
+            self._notifier.publish(
+                AssistantTurn(self.config.id, reply.item_id, reply.transcript, "failed", False)
+            )
             self._reply_over(reply)
             return
         await self._end_response(reply, "completed")
+        self._notifier.publish(
+            AssistantTurn(self.config.id, reply.item_id, reply.transcript, "completed", False)
+        )
         reply.phase = ReplyPhase.DRAINING
         played_out = self._playout.played_out_at_ms()
         if played_out is not None:
@@ -732,6 +764,7 @@ class Conversation:
         item_id: str,
         previous: asyncio.Task[None] | None,
         emit: Callable[[dict[str, Any]], Awaitable[None]],
+        publish: Callable[[AgentEvent], None],
     ) -> None:
         if previous is not None:
             await asyncio.shield(previous)  # transcripts join the history in turn order
@@ -763,6 +796,7 @@ class Conversation:
                     transcript=final,
                 )
             )
+        publish(UserTurn(self.config.id, item_id, final))
 
     def _record_stage_timings(self, session: OmniSession) -> None:
         t = session.timings
@@ -819,6 +853,12 @@ class Conversation:
         self._reply_over(reply)
         if reply.with_audio and reply.audio_sent_ms > 0:
             await self._truncate(reply, heard_ms)
+        if reason == "turn_detected":
+            self._notifier.publish(Interrupted(self.config.id, reply.item_id, heard_ms))
+        if was_generating or reply.audio_sent_ms > 0:
+            self._notifier.publish(
+                AssistantTurn(self.config.id, reply.item_id, reply.transcript, "cancelled", True)
+            )
 
     async def _truncate(self, reply: _Reply, audio_end_ms: int) -> None:
         assert self._session is not None
@@ -896,7 +936,9 @@ class Conversation:
         if reply.first_audio_sent_s is None:
             reply.first_audio_sent_s = self._clock()
             if reply.user_speech_end_s is not None:
-                self._metrics.voice_to_voice.observe(reply.first_audio_sent_s - reply.user_speech_end_s)
+                latency_s = reply.first_audio_sent_s - reply.user_speech_end_s
+                self._metrics.voice_to_voice.observe(latency_s)
+                self._notifier.publish(TurnLatency(self.config.id, reply.item_id, latency_s * 1000))
 
     # --- timer: silence by absence of audio ----------------------------------------
 

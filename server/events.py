@@ -1,0 +1,67 @@
+"""Conversation events handed to embedding code in process (typed; no speech audio in them).
+
+Subscribe with `VoiceAgent(on_event=...)`: an `async def on_event(event: AgentEvent) -> None`
+called in order for each session. A slow or failing handler never stalls the conversation:
+each call is bounded by `EVENT_HANDLER_TIMEOUT_S` and its exceptions are logged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+EVENT_HANDLER_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStarted:
+    session_id: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class UserTurn:
+    """The caller finished a turn; `transcript` is what the recogniser heard."""
+
+    session_id: str
+    item_id: str
+    transcript: str
+
+
+@dataclass(frozen=True, slots=True)
+class AssistantTurn:
+    """A reply ended. `status` is completed, cancelled or failed; `text` is what the caller
+    heard (cut at the interruption when `interrupted`)."""
+
+    session_id: str
+    item_id: str
+    text: str
+    status: str
+    interrupted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Interrupted:
+    """The caller talked over a reply, which stopped after `heard_ms` of its audio."""
+
+    session_id: str
+    item_id: str
+    heard_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class TurnLatency:
+    """End of the caller's speech (as received) -> first reply audio sent."""
+
+    session_id: str
+    item_id: str
+    voice_to_voice_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEnded:
+    session_id: str
+
+
+AgentEvent = SessionStarted | UserTurn | AssistantTurn | Interrupted | TurnLatency | SessionEnded
+EventHandler = Callable[[AgentEvent], Awaitable[None]]
