@@ -38,18 +38,20 @@ async def test_openai_realtime_client_full_turn() -> None:
     async with running_server(app) as url:
         client = AsyncOpenAI(base_url=url + "/v1", api_key="sk-test-not-checked")
         async with client.realtime.connect(model="voxgate-cascade") as connection:
-            await connection.session.update(session={
-                "type": "realtime",
-                "output_modalities": ["audio"],
-                "instructions": "You are a helpful support agent.",
-                "audio": {
-                    "input": {
-                        "format": {"type": "audio/pcm", "rate": 24000},
-                        "turn_detection": {"type": "server_vad", "silence_duration_ms": 400},
+            await connection.session.update(
+                session={
+                    "type": "realtime",
+                    "output_modalities": ["audio"],
+                    "instructions": "You are a helpful support agent.",
+                    "audio": {
+                        "input": {
+                            "format": {"type": "audio/pcm", "rate": 24000},
+                            "turn_detection": {"type": "server_vad", "silence_duration_ms": 400},
+                        },
+                        "output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "en-us"},
                     },
-                    "output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "en-us"},
-                },
-            })
+                }
+            )
             events: list[str] = []
             audio = bytearray()
             user_transcript = ""
@@ -86,10 +88,19 @@ async def test_openai_realtime_client_full_turn() -> None:
                 await asyncio.gather(sender, return_exceptions=True)
 
     assert events[0] == "session.created"
-    order = ["input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped",
-             "input_audio_buffer.committed", "response.created", "response.output_item.added",
-             "response.content_part.added", "response.output_audio.delta", "response.output_audio.done",
-             "response.content_part.done", "response.output_item.done", "response.done"]
+    order = [
+        "input_audio_buffer.speech_started",
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+        "response.created",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_audio.delta",
+        "response.output_audio.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.done",
+    ]
     positions = [events.index(e) for e in order]
     assert positions == sorted(positions), events
     words = user_transcript.lower().split()

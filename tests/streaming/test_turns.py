@@ -149,15 +149,26 @@ def test_idle_timeout_after_reply() -> None:
     assert taker.next_deadline() is None
 
 
-SPECULATIVE = TurnOptions(min_speech_ms=120, silence_duration_ms=300, speculative_silence_ms=100,
-                          vad_hangover_ms=60, vad_min_voiced_ms=60)
+SPECULATIVE = TurnOptions(
+    min_speech_ms=120,
+    silence_duration_ms=300,
+    speculative_silence_ms=100,
+    vad_hangover_ms=60,
+    vad_min_voiced_ms=60,
+)
 
 
 def test_speculation_prepares_during_the_silence_then_commits() -> None:
     taker = TurnTaker(SPECULATIVE)
     timeline = feed(taker, "S" * 20 + "." * 20)  # voice ends at 400
-    assert kinds(timeline) == [BeginCapture, AnnounceSpeechStarted, PrepareReply,
-                               AnnounceSpeechStopped, CommitTurn, StartReply]
+    assert kinds(timeline) == [
+        BeginCapture,
+        AnnounceSpeechStarted,
+        PrepareReply,
+        AnnounceSpeechStopped,
+        CommitTurn,
+        StartReply,
+    ]
     times = {type(a): t for t, a in timeline}
     assert times[PrepareReply] == 500  # voice end + speculative_silence_ms
     assert times[CommitTurn] == 700  # voice end + silence_duration_ms
@@ -166,8 +177,16 @@ def test_speculation_prepares_during_the_silence_then_commits() -> None:
 def test_speculation_abandoned_when_the_user_goes_on() -> None:
     taker = TurnTaker(SPECULATIVE)
     timeline = feed(taker, "S" * 20 + "." * 8 + "S" * 20 + "." * 20)  # a 160 ms pause
-    assert kinds(timeline) == [BeginCapture, AnnounceSpeechStarted, PrepareReply, AbandonPreparedReply,
-                               PrepareReply, AnnounceSpeechStopped, CommitTurn, StartReply]
+    assert kinds(timeline) == [
+        BeginCapture,
+        AnnounceSpeechStarted,
+        PrepareReply,
+        AbandonPreparedReply,
+        PrepareReply,
+        AnnounceSpeechStopped,
+        CommitTurn,
+        StartReply,
+    ]
 
 
 def test_no_speculation_while_a_reply_plays_or_without_auto_response() -> None:
@@ -183,5 +202,4 @@ def test_one_tick_past_both_deadlines_prepares_and_commits() -> None:
     taker = TurnTaker(SPECULATIVE)
     feed(taker, "S" * 20 + "." * 3)  # voice ends at 400, hangover passes at 460
     taker.receive(Tick(), 5000)
-    assert [type(a) for a in taker.actions()] == [PrepareReply, AnnounceSpeechStopped, CommitTurn,
-                                                  StartReply]
+    assert [type(a) for a in taker.actions()] == [PrepareReply, AnnounceSpeechStopped, CommitTurn, StartReply]
