@@ -76,6 +76,12 @@ class Metrics:
         self.noise_ignored = Counter(
             "voxgate_noise_ignored", "Voiced bursts too short to be a turn", registry=self.registry
         )
+        self.speculations = Counter(
+            "voxgate_speculative_replies",
+            "Replies prepared during the end-of-turn silence, by outcome (adopted, abandoned)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.errors = Counter(
             "voxgate_errors", "Error events sent, by code", ["code"], registry=self.registry
         )

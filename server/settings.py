@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     asr: str | None = None
     llm: str | None = None
     tts: str | None = None
-    vad: Literal["webrtc", "silero"] = "webrtc"
+    vad: Literal["webrtc", "silero"] = "silero"
     model_name: str = "voxgate"
     # per-backend options by backend name, as JSON: {"openai": {"base_url": "...", "model": "..."}}
     backend_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -35,14 +35,14 @@ class Settings(BaseSettings):
     voice: str = "en-us"
     vad_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     prefix_padding_ms: int = Field(default=300, ge=0, le=5000)
-    silence_duration_ms: int = Field(default=300, ge=0, le=10_000)
+    silence_duration_ms: int = Field(default=250, ge=0, le=10_000)
 
     # turn-taking details that the protocol does not expose
     min_speech_ms: int = Field(default=120, ge=0, le=5000)
     barge_in_min_ms: int = Field(default=250, ge=0, le=5000)
     # start the reply this long into the end-of-turn silence, unheard until the turn ends;
     # negative disables speculation
-    speculative_silence_ms: int = Field(default=100, le=10_000)
+    speculative_silence_ms: int = Field(default=0, le=10_000)
 
     # outbound pacing
     playout_chunk_ms: int = Field(default=20, ge=10, le=100)
@@ -51,3 +51,15 @@ class Settings(BaseSettings):
     # limits
     max_audio_ahead_ms: int = Field(default=10_000, ge=1000)
     max_message_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+
+    # Twilio Media Streams (/v1/twilio; docs/twilio.md)
+    # the account's auth token: when set, a websocket upgrade without a valid X-Twilio-Signature
+    # is refused (HTTP 403)
+    twilio_auth_token: SecretStr | None = None
+    # the URL Twilio connects to, exactly as in the TwiML <Stream url>, for servers behind a proxy
+    # that changes the scheme, host or path (default: wss://<Host header><request path>)
+    twilio_stream_url: str | None = None
+    # key presses: "message" turns them into a user message "[DTMF 12#]" and a reply (keys end
+    # at "#" or after twilio_dtmf_pause_ms without a key); "ignore" drops them
+    twilio_dtmf: Literal["message", "ignore"] = "message"
+    twilio_dtmf_pause_ms: int = Field(default=1000, ge=0, le=10_000)

@@ -589,6 +589,7 @@ class Conversation:
         self._playout.begin(reply.reply_id)
         self._turns.receive(ReplyStarted(reply.reply_id), self._input_ms)
         if prepared is not None:
+            self._metrics.speculations.labels(outcome="adopted").inc()
             await self._release(prepared)
             return
         assert self._tasks is not None
@@ -637,6 +638,7 @@ class Conversation:
             self._session.push_audio(frame)
 
     async def _discard_prepared(self, prepared: _Reply) -> None:
+        self._metrics.speculations.labels(outcome="abandoned").inc()
         prepared.cancelled = True
         await cancel_and_wait(prepared.task, CANCEL_TIMEOUT_S)
         assert self._session is not None
