@@ -15,12 +15,16 @@ from server.errors import BackendUnavailable
 
 ASR_BACKENDS: dict[str, str] = {
     "pocketsphinx": "server.model.backends.pocketsphinx_asr:load",
+    "whisper": "server.model.backends.whisper_asr:load",
 }
 LLM_BACKENDS: dict[str, str] = {
     "rules": "server.model.backends.rule_responder:load",
+    "gemma": "server.model.backends.gemma_llm:load",
+    "openai": "server.model.backends.openai_llm:load",
 }
 TTS_BACKENDS: dict[str, str] = {
     "espeak": "server.model.backends.espeak_tts:load",
+    "kokoro": "server.model.backends.kokoro_tts:load",
 }
 VAD_BACKENDS: dict[str, str] = {
     "webrtc": "server.model.backends.webrtc_vad:load",

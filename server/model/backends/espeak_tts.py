@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from server.errors import BackendError, BackendUnavailable
+from server.model.backends import espeak_library
 from server.streaming.audio import PcmFrame, Samples
 
 log = logging.getLogger(__name__)
@@ -152,10 +153,9 @@ class _Engine:
 
     def __init__(self, lib: ctypes.CDLL, data_path: str) -> None:
         self._lib = lib
-        self._lock = threading.Lock()
+        self._lock = espeak_library.LOCK  # shared with every user of the library
         self._sink: Callable[[Samples], bool] | None = None
         self._sink_error: BaseException | None = None
-        self._voice: str | None = None  # the voice the library has selected
         self._warned_voices: set[str] = set()
         lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         lib.espeak_Initialize.restype = ctypes.c_int
@@ -177,8 +177,8 @@ class _Engine:
         ]
         lib.espeak_Synth.restype = ctypes.c_int
         with self._lock:
-            rate = lib.espeak_Initialize(
-                _AUDIO_OUTPUT_SYNCHRONOUS, _CHUNK_MS, data_path.encode(), _INITIALIZE_DONT_EXIT
+            rate = espeak_library.initialize(
+                lib, _AUDIO_OUTPUT_SYNCHRONOUS, _CHUNK_MS, data_path, _INITIALIZE_DONT_EXIT
             )
             if rate <= 0:
                 raise BackendUnavailable(
@@ -223,13 +223,7 @@ class _Engine:
                 raise BackendError(f"espeak_Synth failed with code {result}")
 
     def _select_voice(self, voice: str) -> bool:
-        if voice == self._voice:
-            return True
-        if self._lib.espeak_SetVoiceByName(voice.encode("utf-8")) != _EE_OK:
-            self._voice = None  # whatever espeak kept, re-select next time
-            return False
-        self._voice = voice
-        return True
+        return espeak_library.select_voice(self._lib, voice)
 
     def _warn_unknown_voice(self, voice: str) -> None:
         if voice in self._warned_voices:
