@@ -19,10 +19,13 @@ export function backoffDelayMs(attempt, random = Math.random, { baseMs, capMs } 
   return Math.round(ceiling / 2 + random() * (ceiling / 2));
 }
 
-/** ws:// or wss:// URL of the realtime endpoint on the page's own origin. */
+/** ws:// or wss:// URL of the realtime endpoint beside the page: /v1/realtime for a page at /,
+ * /voice/v1/realtime for one served at /voice/ (Voxgate mounted into another app). */
 export function realtimeUrl(location, model) {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  const url = new URL(`${scheme}//${location.host}/v1/realtime`);
+  const path = location.pathname || "/";
+  const base = path.slice(0, path.lastIndexOf("/") + 1);
+  const url = new URL(`${scheme}//${location.host}${base}v1/realtime`);
   if (model) url.searchParams.set("model", model);
   return url.toString();
 }

@@ -317,6 +317,8 @@ async def test_pure_helpers_in_the_browser() -> None:
                         a => [backoffDelayMs(a, () => 0), backoffDelayMs(a, () => 1)]),
                     secure: realtimeUrl({ protocol: 'https:', host: 'example.org' }, 'voxgate-fast'),
                     plain: realtimeUrl({ protocol: 'http:', host: '127.0.0.1:8000' }, null),
+                    mounted: realtimeUrl({ protocol: 'http:', host: 'h', pathname: '/voice/' }, null),
+                    page: realtimeUrl({ protocol: 'http:', host: 'h', pathname: '/voice/index.html' }, null),
                     // speech_stopped for the first part, arriving while the user speaks again
                     endFirst: voice.speechEndBefore(1650, 300),
                     endSecond: voice.speechEndBefore(2140, 300),
@@ -343,6 +345,7 @@ async def test_pure_helpers_in_the_browser() -> None:
         ]
         assert result["secure"] == "wss://example.org/v1/realtime?model=voxgate-fast"
         assert result["plain"] == "ws://127.0.0.1:8000/v1/realtime"
+        assert result["mounted"] == result["page"] == "ws://h/voice/v1/realtime"
         assert (result["endFirst"], result["endSecond"], result["endNone"]) == (980, 1780, None)
         session = result["update"]["session"]
         assert session["audio"]["output"] == {
