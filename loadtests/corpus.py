@@ -11,6 +11,8 @@ Sources:
 - "synthetic": sentences spoken by Debian's `flite` (voice `slt`), cached as WAV files in a
   directory so a rerun does not call flite again; `load_synthetic()` raises
   `CorpusUnavailable` when flite is missing and a sentence is not cached yet.
+- "file": any directory of 16-bit PCM WAV files, each with an optional transcript in a `.txt`
+  file of the same name beside it (`load_directory()`).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ NOISE_MARGIN_DB: Final = 6.0  # ...and this far above the clip's noise floor...
 SPEECH_ABSOLUTE_FLOOR_RMS: Final = 100.0  # ...and above -50 dBFS (int16 units)
 MIN_VOICED_RUN_MS: Final = 30  # shorter voiced runs are clicks, not speech
 
-Source = Literal["human", "synthetic"]
+Source = Literal["human", "synthetic", "file"]
 SOURCES: Final[tuple[Source, ...]] = ("human", "synthetic")
 
 SYNTHETIC_SENTENCES: Final[tuple[str, ...]] = (
@@ -252,6 +254,30 @@ def load_synthetic(
             synthesize_with_flite(text, path)
         samples, rate = read_wav(path)
         utterances.append(make_utterance(f"flite-{name}", samples, rate, text, "synthetic"))
+    return utterances
+
+
+def load_directory(directory: Path) -> list[Utterance]:
+    """Every `*.wav` in `directory` (sorted by name), its reference from `NAME.txt` if present.
+
+    Raises CorpusUnavailable if the directory holds no usable clip; clips without speech
+    above the energy threshold, or not 16-bit PCM, are skipped silently only if others remain.
+    """
+    if not directory.is_dir():
+        raise CorpusUnavailable(f"{directory} is not a directory")
+    utterances = []
+    problems = []
+    for path in sorted(directory.glob("*.wav")):
+        transcript = path.with_suffix(".txt")
+        reference = " ".join(transcript.read_text(encoding="utf-8").split()) if transcript.exists() else ""
+        try:
+            samples, rate = read_wav(path)
+            utterances.append(make_utterance(path.stem, samples, rate, reference, "file"))
+        except (ValueError, EOFError, wave.Error) as exc:
+            problems.append(f"{path.name}: {exc}")
+    if not utterances:
+        detail = f" ({'; '.join(problems[:3])})" if problems else ""
+        raise CorpusUnavailable(f"no usable 16-bit PCM WAV file with speech in {directory}{detail}")
     return utterances
 
 

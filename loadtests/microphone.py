@@ -5,7 +5,8 @@ frame k at start + (k + 1) * frame_ms on the monotonic clock, the moment a live 
 would have captured it; it never stops, sending digital silence when nothing is queued.
 `say()` queues an utterance; its `Speech` records when the frames holding the first voiced
 sample, the last voiced sample and the clip's end were sent. Those send times are the origins
-of every latency the benchmark reports.
+of every latency the benchmark reports. `sent_s_at()` tells when the frame that completed a
+given amount of input audio went out (the server's stream time, e.g. its end-of-turn deadline).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -23,6 +25,8 @@ import numpy as np
 from websockets.exceptions import ConnectionClosed
 
 from loadtests.corpus import SAMPLE_RATE_HZ, Utterance
+
+SENT_HISTORY_FRAMES = 3000  # send times kept for `sent_s_at`: 60 s of 20 ms frames
 
 
 @dataclass(slots=True, eq=False)
@@ -50,6 +54,7 @@ class Microphone:
         send: Callable[[str], Awaitable[None]],
         frame_ms: int = 20,
         clock: Callable[[], float] = time.monotonic,
+        history_frames: int = SENT_HISTORY_FRAMES,
     ) -> None:
         self._send = send
         self._clock = clock
@@ -60,6 +65,7 @@ class Microphone:
         self.frames_sent = 0
         self.late_frames = 0
         self.max_lateness_s = 0.0
+        self._sent_s: deque[float] = deque(maxlen=history_frames)
 
     def say(self, utterance: Utterance) -> Speech:
         speech = Speech(utterance)
@@ -69,6 +75,20 @@ class Microphone:
     @property
     def is_silent(self) -> bool:
         return not self._queue
+
+    def sent_s_at(self, stream_ms: float) -> float | None:
+        """When the frame that brought the input stream to `stream_ms` was sent (monotonic s).
+
+        Stream time counts the audio sent since `run()` began, as a server counts the audio
+        appended to its input buffer (`audio_end_ms` of `speech_stopped`); the frame holding
+        [stream_ms - frame_ms, stream_ms) completes it. None if that frame has not been sent
+        yet or is older than the kept history.
+        """
+        index = max(0, math.ceil(stream_ms / self.frame_ms) - 1)
+        first = self.frames_sent - len(self._sent_s)
+        if index < first or index >= self.frames_sent:
+            return None
+        return self._sent_s[index - first]
 
     async def run(self) -> None:
         frame_s = self.frame_ms / 1000
@@ -89,6 +109,7 @@ class Microphone:
             except ConnectionClosed:
                 return  # the reader reports the close
             sent = self._clock()
+            self._sent_s.append(sent)
             self.frames_sent += 1
             k += 1
             if speech is not None:

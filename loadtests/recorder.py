@@ -59,6 +59,10 @@ class TurnResult:
     utterance_ms: int
     speech_end_ms: int
     voice_to_voice_ms: float | None = None
+    # first reply audio after the frame that completed the server's end-of-turn silence
+    # (its speech_stopped audio_end_ms + silence_duration_ms): what the server took once it
+    # could know the turn was over
+    endpoint_to_audio_ms: float | None = None
     speech_started_ms: float | None = None  # from the first voiced frame sent, not the end
     speech_stopped_ms: float | None = None
     transcript_ms: float | None = None
@@ -70,6 +74,7 @@ class TurnResult:
     audio_stalls: int = 0
     audio_stall_ms: float = 0.0
     max_audio_stall_ms: float = 0.0
+    malformed_audio: int = 0  # audio deltas whose payload was not base64 pcm16
     response_status: str | None = None
     response_reason: str | None = None
     commits: int = 0
@@ -100,6 +105,9 @@ class TurnRecorder:
         self.reason: str | None = None
         self.first_audio_s: float | None = None
         self.audio: list[tuple[float, float]] = []  # (receive time s, duration ms) per delta
+        self.malformed_audio = 0
+        self.stopped_audio_end_ms: int | None = None  # the server's end of speech, stream time
+        self.endpoint_sent_s: float | None = None  # set by the session: see TurnResult
         self._started_s: float | None = None
         self._stopped_s: float | None = None
         self._items: list[str] = []
@@ -137,7 +145,11 @@ class TurnRecorder:
         if event.get("response_id") != self.response_id:
             return
         if kind in AUDIO_DELTA_EVENTS:
-            self.audio.append((t, _pcm16_duration_ms(event.get("delta"))))
+            duration_ms = _pcm16_duration_ms(event.get("delta"))
+            if duration_ms is None:
+                self.malformed_audio += 1  # counted, not heard: it is no reply audio
+                return
+            self.audio.append((t, duration_ms))
             if self.first_audio_s is None:
                 self.first_audio_s = t
         elif kind in REPLY_TRANSCRIPT_DELTA_EVENTS:
@@ -151,6 +163,8 @@ class TurnRecorder:
                 self._started_s = t
         elif kind == "input_audio_buffer.speech_stopped":
             self._stopped_s = t
+            end_ms = event.get("audio_end_ms")
+            self.stopped_audio_end_ms = end_ms if isinstance(end_ms, int) else None
         elif kind == "input_audio_buffer.committed":
             item = event.get("item_id")
             if isinstance(item, str):
@@ -183,6 +197,11 @@ class TurnRecorder:
             utterance_ms=utterance.duration_ms,
             speech_end_ms=utterance.speech_end_ms,
             voice_to_voice_ms=since_origin(self.first_audio_s),
+            endpoint_to_audio_ms=(
+                None
+                if self.first_audio_s is None or self.endpoint_sent_s is None
+                else (self.first_audio_s - self.endpoint_sent_s) * 1000
+            ),
             speech_started_ms=(
                 None
                 if self._started_s is None or self.speech.voiced_sent_s is None
@@ -200,6 +219,7 @@ class TurnRecorder:
             audio_stalls=len(stalls),
             audio_stall_ms=sum(stalls),
             max_audio_stall_ms=max(stalls, default=0.0),
+            malformed_audio=self.malformed_audio,
             response_status=self.status,
             response_reason=self.reason,
             commits=len(self._items),
@@ -249,13 +269,14 @@ def audio_stalls_ms(arrivals: Sequence[tuple[float, float]]) -> list[float]:
     return stalls
 
 
-def _pcm16_duration_ms(delta: object) -> float:
+def _pcm16_duration_ms(delta: object) -> float | None:
+    """The duration of a base64 pcm16 payload, or None if it is not one."""
     if not isinstance(delta, str):
-        return 0.0
+        return None
     try:
-        return len(base64.b64decode(delta)) / 2 * 1000 / SAMPLE_RATE_HZ
+        return len(base64.b64decode(delta, validate=True)) / 2 * 1000 / SAMPLE_RATE_HZ
     except (binascii.Error, ValueError):
-        return 0.0
+        return None
 
 
 def str_or_none(value: object) -> str | None:

@@ -3,7 +3,10 @@
 Call order: build `SessionOptions` and a list of `TurnPlan`s, then `await run_session(...)`;
 it returns a `SessionResult` whatever happens (refused connection, server error, stall,
 close): failures are counted in `SessionResult.errors`, never raised, and the call never
-outlives `SessionOptions.deadline_s`. Only bugs in this module raise.
+outlives `SessionOptions.deadline_s`. Only bugs in this module raise. A load test passes its
+own `SessionResult` (it fills in as the session goes, so progress can be read from it, and
+what was measured survives a cancellation) and a `stop` event: once set, no new turn starts
+and the session closes after the current one.
 
 What the session does:
 1. connects to `ws://HOST:PORT/v1/realtime?model=...` and waits for `session.created`;
@@ -28,6 +31,11 @@ message; send times as soon as `websocket.send` returns):
   transcript (`conversation.item.input_audio_transcription.completed`), `response.created`
   and `response.done`. `speech_started` is timed from the frame holding the first voiced
   sample instead (for an interruption: how long the server took to accept the barge-in);
+- endpoint-to-audio: first reply audio minus the sending of the frame that completed the
+  server's end-of-turn silence, i.e. that brought the input stream to the `audio_end_ms` of
+  the turn's `speech_stopped` plus `silence_duration_ms` (the value this session set, else
+  the one `session.created` announced). The server cannot end the turn before that frame
+  arrives, so with an instant model this is what the server (and the network) add;
 - the reply of a turn is the first response created after the origin. A response created
   while the utterance was still being spoken (the server cut the utterance at a pause) is
   counted in `TurnResult.responses`, and each input item the server committed for the
@@ -96,6 +104,7 @@ class BargeInPlan:
 class TurnPlan:
     utterance: Utterance
     barge_in: BargeInPlan | None = None
+    pause_ms: int | None = None  # silence after this turn's reply; None: SessionOptions.pause_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +119,8 @@ class SessionError:
 @dataclass(slots=True)
 class SessionResult:
     url: str
+    session_id: str | None = None  # from session.created
+    silence_duration_ms: int | None = None  # the server VAD's, as set or announced
     turns: list[TurnResult] = field(default_factory=list)
     errors: list[SessionError] = field(default_factory=list)
     connect_ms: float | None = None  # connecting to session.created
@@ -139,10 +150,19 @@ class _Abort(Exception):
     """The session cannot go on; the cause is already in SessionResult.errors."""
 
 
-async def run_session(options: SessionOptions, turns: Sequence[TurnPlan]) -> SessionResult:
+async def run_session(
+    options: SessionOptions,
+    turns: Sequence[TurnPlan],
+    *,
+    result: SessionResult | None = None,
+    stop: asyncio.Event | None = None,
+) -> SessionResult:
     """Run the turns in one session; see the module docstring. Never hangs, never raises on
-    server misbehaviour: failures end up in `SessionResult.errors`."""
-    runner = _SessionRunner(options)
+    server misbehaviour: failures end up in `SessionResult.errors`.
+
+    `result`, if given, is filled in (and returned) as the session goes; `stop`, once set,
+    lets the current turn finish and starts no other."""
+    runner = _SessionRunner(options, result, stop)
     await runner.run(turns)
     return runner.result
 
@@ -156,11 +176,28 @@ def session_url(url: str, model: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
+def silence_duration_of(session: object) -> int | None:
+    """`silence_duration_ms` of a session object (GA or beta shape), if it has server VAD."""
+    if not isinstance(session, dict):
+        return None
+    audio = session.get("audio")
+    detection = session.get("turn_detection")
+    if isinstance(audio, dict) and isinstance(audio.get("input"), dict):
+        detection = audio["input"].get("turn_detection", detection)
+    value = detection.get("silence_duration_ms") if isinstance(detection, dict) else None
+    return value if isinstance(value, int) else None
+
+
 class _SessionRunner:
-    def __init__(self, options: SessionOptions) -> None:
+    def __init__(
+        self, options: SessionOptions, result: SessionResult | None, stop: asyncio.Event | None
+    ) -> None:
         self._options = options
         self._url = session_url(options.url, options.model)
-        self.result = SessionResult(url=self._url)
+        self.result = result if result is not None else SessionResult(url=self._url)
+        self.result.url = self._url
+        self._stop = stop
+        self._silence_ms: int | None = options.silence_duration_ms
         self._start = time.monotonic()
         self._events: asyncio.Queue[_Received | _Closed] = asyncio.Queue()
         self._active: list[TurnRecorder] = []
@@ -173,8 +210,16 @@ class _SessionRunner:
 
     def _finish_active(self, error: str | None) -> None:
         for recorder in self._active:
+            recorder.endpoint_sent_s = self._endpoint_sent_s(recorder)
             self.result.turns.append(recorder.result(error=error))
         self._active = []
+
+    def _endpoint_sent_s(self, recorder: TurnRecorder) -> float | None:
+        """When the frame that completed the server's end-of-turn silence was sent."""
+        end_ms = recorder.stopped_audio_end_ms
+        if end_ms is None or self._silence_ms is None or self._mic is None:
+            return None
+        return self._mic.sent_s_at(end_ms + self._silence_ms)
 
     async def run(self, turns: Sequence[TurnPlan]) -> None:
         try:
@@ -236,6 +281,9 @@ class _SessionRunner:
                 if not isinstance(event, dict):
                     self._error("protocol", "the server sent a message that is not a JSON object")
                     continue
+                if not isinstance(event.get("type"), str):
+                    self._error("protocol", "the server sent an event without a type")
+                    continue
                 self._events.put_nowait(_Received(t, event))
         except ConnectionClosed:
             pass
@@ -243,6 +291,9 @@ class _SessionRunner:
 
     async def _next_event(self, until_s: float, turn: int | None = None) -> _Received | None:
         """The next event, or None once the monotonic time `until_s` has passed."""
+        if self._mic is not None:  # kept current, for a load test's progress lines
+            self.result.late_frames = self._mic.late_frames
+            self.result.max_frame_lateness_ms = self._mic.max_lateness_s * 1000
         if not self._events.empty():
             item = self._events.get_nowait()
         else:
@@ -292,15 +343,24 @@ class _SessionRunner:
         options = self._options
         created = await self._expect("session.created")
         self.result.connect_ms = (created.t - self._start) * 1000
+        session = created.event.get("session")
+        if isinstance(session, dict):
+            self.result.session_id = str_or_none(session.get("id"))
+            if self._silence_ms is None:
+                self._silence_ms = silence_duration_of(session)
         if options.silence_duration_ms is not None:
             await ws.send(json.dumps(self._session_update(options.silence_duration_ms)))
-            await self._expect("session.updated")
+            updated = await self._expect("session.updated")
+            self._silence_ms = silence_duration_of(updated.event.get("session")) or self._silence_ms
+        self.result.silence_duration_ms = self._silence_ms
         self._mic = Microphone(ws.send, options.frame_ms)
         self._mic_task = tasks.create_task(self._mic.run(), name="bench-microphone")
         await self._listen(options.lead_silence_ms / 1000)
         for index, plan in enumerate(turns):
+            if self._stop is not None and self._stop.is_set():
+                break
             await self._run_turn(index, plan, self._mic)
-            await self._listen(options.pause_ms / 1000)
+            await self._listen((options.pause_ms if plan.pause_ms is None else plan.pause_ms) / 1000)
 
     def _session_update(self, silence_duration_ms: int) -> dict[str, Any]:
         vad = {"type": "server_vad", "silence_duration_ms": silence_duration_ms}

@@ -6,6 +6,11 @@ voiced input frame (the first one, for speech_started). It detects speech by fra
 (the test clips are tones and digital silence) and never looks at the client's clock; its
 `ServerLog` records what it received and sent, on its own monotonic clock.
 
+Each connection also keeps a `ServerLog` of its own (`ServerLog.connections`, keyed by the
+session id it announces, `sess_fake_N`), for tests with concurrent sessions. Faults on demand:
+refusing the websocket upgrade (HTTP 503), closing at the end of speech, sending malformed
+messages with every reply, stalling in the middle of a reply, never answering.
+
 Timings are checked with `check_timing`: the delay the fake actually realised (its own send
 time minus its own receive time) must be within SCHEDULER_SLACK_MS of the script, and the
 client's figure within TOLERANCE_MS (30 ms) of that realised delay. On a busy machine a fake
@@ -21,11 +26,13 @@ import json
 import time
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 import numpy as np
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 
 from loadtests.corpus import SAMPLE_RATE_HZ, Utterance, make_utterance
 from loadtests.session import SessionOptions
@@ -74,6 +81,10 @@ class Script:
     send_session_created: bool = True
     answer_turns: bool = True
     close_at_speech_end: bool = False
+    refuse: bool = False  # answer the websocket upgrade with HTTP 503
+    malformed: bool = False  # after response.created: non-JSON, an event without type, bad audio
+    hang_after_chunks: int | None = None  # stop sending the reply after this many chunks
+    first_audio_ms_per_session: float = 0.0  # first audio this much later per open session
 
 
 @dataclass
@@ -83,8 +94,12 @@ class ServerLog:
     onsets_received: list[float] = field(default_factory=list)
     speech_end_received: list[float] = field(default_factory=list)
     interrupt_received: list[float] = field(default_factory=list)
+    endpoint_received: list[float] = field(default_factory=list)  # the frame ending the silence
     sent: list[tuple[float, str]] = field(default_factory=list)  # (after send, event type)
     session_updates: list[dict[str, Any]] = field(default_factory=list)
+    connections: dict[str, ServerLog] = field(default_factory=dict)  # by session id
+    refused: int = 0
+    open_sessions: int = 0
 
     def sent_times(self, type_: str, after_s: float, before_s: float = float("inf")) -> list[float]:
         return [t for t, kind in self.sent if kind == type_ and after_s <= t < before_s]
@@ -107,7 +122,12 @@ class ScriptedConnection:
     def __init__(self, ws: ServerConnection, script: Script, log: ServerLog) -> None:
         self.ws = ws
         self.script = script
-        self.log = log
+        self.shared = log
+        self.session_id = f"sess_fake_{len(log.connections) + 1}"
+        self.log = ServerLog()  # this connection's
+        log.connections[self.session_id] = self.log
+        self.frames = 0  # input frames received: the stream clock, 20 ms each
+        self.voice_end_ms = 0
         self.in_speech = False
         self.silent_frames = 0
         self.last_voiced_s = 0.0
@@ -116,27 +136,34 @@ class ScriptedConnection:
         self.interrupted_at: float | None = None
         self.tasks: set[asyncio.Task[None]] = set()
 
+    def record(self, name: str, value: Any) -> None:
+        """Append to a list of this connection's log and of the shared one."""
+        getattr(self.log, name).append(value)
+        getattr(self.shared, name).append(value)
+
     async def send(self, type_: str, **fields: Any) -> None:
         await self.ws.send(json.dumps({"type": type_, "event_id": "evt", **fields}))
-        self.log.sent.append((time.monotonic(), type_))
+        self.record("sent", (time.monotonic(), type_))
 
     async def run(self) -> None:
         if not self.script.send_session_created:
             await self.ws.wait_closed()
             return
-        await self.send("session.created", session={"id": "sess_fake", "type": "realtime"})
+        await self.send("session.created", session={"id": self.session_id, "type": "realtime"})
+        self.shared.open_sessions += 1
         try:
             async for message in self.ws:
                 t = time.monotonic()
                 event = json.loads(message)
                 if event["type"] == "session.update":
-                    self.log.session_updates.append(event["session"])
-                    await self.send("session.updated", session={"id": "sess_fake"})
+                    self.record("session_updates", event["session"])
+                    await self.send("session.updated", session={"id": self.session_id})
                 elif event["type"] == "input_audio_buffer.append":
                     await self.on_frame(base64.b64decode(event["audio"]), t)
         except ConnectionClosed:
             pass
         finally:
+            self.shared.open_sessions -= 1
             for task in self.tasks:
                 task.cancel()
             await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -153,15 +180,17 @@ class ScriptedConnection:
     async def on_frame(self, audio: bytes, t: float) -> None:
         samples = np.frombuffer(audio, dtype="<i2").astype(np.float64)
         voiced = float(np.sqrt(np.mean(samples**2))) > VOICED_RMS
+        self.frames += 1
         if voiced:
             if not self.in_speech:
                 self.in_speech = True
-                self.log.onsets_received.append(t)
+                self.record("onsets_received", t)
                 self.spawn(self.announce_start(t, self.item_id))
                 if self.reply is not None and not self.reply.done():
                     self.interrupted_at = t
-                    self.log.interrupt_received.append(t)
+                    self.record("interrupt_received", t)
             self.last_voiced_s = t
+            self.voice_end_ms = self.frames * 20
             self.silent_frames = 0
             return
         if not self.in_speech:
@@ -170,7 +199,8 @@ class ScriptedConnection:
         if self.silent_frames < self.script.end_silence_frames:
             return
         self.in_speech = False
-        self.log.speech_end_received.append(self.last_voiced_s)
+        self.record("speech_end_received", self.last_voiced_s)
+        self.record("endpoint_received", t)
         if self.script.close_at_speech_end:
             await self.ws.close(1011, "scripted failure")
             return
@@ -179,7 +209,7 @@ class ScriptedConnection:
         self.turns += 1
         if self.reply is not None:
             await self.reply  # the interrupted reply ends itself within the reaction time
-        self.reply = self.spawn(self.answer(self.last_voiced_s, self.turns))
+        self.reply = self.spawn(self.answer(self.last_voiced_s, self.turns, self.voice_end_ms))
 
     @property
     def item_id(self) -> str:
@@ -188,12 +218,13 @@ class ScriptedConnection:
     async def at(self, origin_s: float, delay_ms: float) -> None:
         await asyncio.sleep(max(0.0, origin_s + delay_ms / 1000 - time.monotonic()))
 
-    async def answer(self, end_s: float, turn: int) -> None:
+    async def answer(self, end_s: float, turn: int, audio_end_ms: int) -> None:
         script = self.script
         item = f"item_{turn}"
         response = f"resp_{turn}"
+        first_audio_ms = script.first_audio_ms + script.first_audio_ms_per_session * self.shared.open_sessions
         await self.at(end_s, script.stopped_ms)
-        await self.send("input_audio_buffer.speech_stopped", audio_end_ms=0, item_id=item)
+        await self.send("input_audio_buffer.speech_stopped", audio_end_ms=audio_end_ms, item_id=item)
         await self.send("input_audio_buffer.committed", item_id=item, previous_item_id=None)
         await self.at(end_s, script.transcript_ms)
         await self.send(
@@ -204,9 +235,13 @@ class ScriptedConnection:
         )
         await self.at(end_s, script.created_ms)
         await self.send("response.created", response={"id": response, "status": "in_progress"})
+        if script.malformed:
+            await self.ws.send("this is not JSON")
+            await self.ws.send(json.dumps({"no": "type"}))
+            await self.send_chunk(response, item, "not base64!")
         chunk = base64.b64encode(np.full(480, 1000, dtype="<i2").tobytes()).decode()
         self.interrupted_at = None
-        await self.at(end_s, script.first_audio_ms)
+        await self.at(end_s, first_audio_ms)
         # paced from when the first chunk really went out: a late start must not turn into
         # a catch-up burst, which would give the client more buffer than the script says
         start = time.monotonic()
@@ -229,6 +264,8 @@ class ScriptedConnection:
                     )
                     return
             await self.at(due, 0)
+            if script.hang_after_chunks is not None and k >= script.hang_after_chunks:
+                await asyncio.Event().wait()  # stalled for good
             await self.send_chunk(response, item, chunk)
         await self.send(
             "response.output_audio_transcript.done", response_id=response, item_id=item, transcript="Sure."
@@ -253,7 +290,15 @@ async def scripted_server(script: Script) -> AsyncIterator[tuple[str, ServerLog]
     async def handler(ws: ServerConnection) -> None:
         await ScriptedConnection(ws, script, log).run()
 
-    async with serve(handler, "127.0.0.1", 0, compression=None, close_timeout=1) as server:
+    def refuse(connection: ServerConnection, request: Request) -> Response | None:
+        if not script.refuse:
+            return None
+        log.refused += 1
+        return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "scripted refusal\n")
+
+    async with serve(
+        handler, "127.0.0.1", 0, compression=None, close_timeout=1, process_request=refuse
+    ) as server:
         port = next(iter(server.sockets)).getsockname()[1]
         yield f"ws://127.0.0.1:{port}/v1/realtime", log
 

@@ -1,0 +1,78 @@
+"""Voxgate serving INSTANT FAKE MODELS, to measure the gateway itself:
+`python -m loadtests.fake_server --port 8765 [--vad webrtc|silero|energy]`.
+
+The model is the real `CascadeModel` of the fakes in `server/model/fakes.py` with zero delays:
+`FakeAsr` (transcribes nothing: every turn is "hello there"), `FakeLlm` (always answers
+`REPLY`, word by word, at once) and `FakeTts` (a 220 Hz tone, 50 ms per character: 3.2 s,
+long enough to be talked over). They do no work, so whatever latency and CPU a load test
+measures against this server is the gateway's: websocket and JSON handling, resampling, voice
+activity detection, turn-taking, pacing. The VAD is a real one, the server's default unless
+`--vad webrtc|silero` (it runs on every frame in production); `--vad energy` swaps in the fake
+energy classifier.
+
+Unlike the rest of `loadtests`, this module imports the server: it is the server side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Final
+
+import uvicorn
+from fastapi import FastAPI
+
+from server.app import create_app, load_vad
+from server.model.cascade import CascadeModel
+from server.model.fakes import EnergyClassifierFactory, FakeAsr, FakeLlm, FakeTts
+from server.settings import Settings
+from server.streaming.vad import ClassifierFactory
+
+REPLY: Final = "Sure, I can help with that. Let me look it up for you right now."  # 3.2 s of audio
+VADS: Final = ("webrtc", "silero", "energy")
+MODEL_DESCRIPTION: Final = "instant fake models (FakeAsr, FakeLlm, FakeTts; zero delays)"
+
+
+def fake_model_app(vad: str | None = None, reply: str = REPLY) -> FastAPI:
+    """The Voxgate app with the instant fake models, answering `reply` to every turn, and the
+    named VAD: `webrtc`, `silero`, `energy` (the fake), or None for the server's default."""
+    if vad == "energy":
+        config = Settings()
+        classifier: ClassifierFactory = EnergyClassifierFactory()
+    else:
+        config = Settings() if vad is None else Settings.model_validate({"vad": vad})  # checks the name
+        classifier = load_vad(config)
+    model = CascadeModel(FakeAsr(), FakeLlm([reply]), FakeTts())
+    return create_app(config, model=model, vad=classifier)
+
+
+def vad_name(vad: str | None) -> str:
+    """The VAD that `fake_model_app(vad)` uses."""
+    return vad if vad is not None else Settings().vad
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtests.fake_server", description=f"Voxgate with {MODEL_DESCRIPTION}."
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default %(default)s)")
+    parser.add_argument("--port", type=int, default=8765, help="port (default %(default)s)")
+    parser.add_argument(
+        "--vad", choices=VADS, default=None, help="voice activity detector (default: the server's)"
+    )
+    parser.add_argument(
+        "--reply", default=REPLY, help="what the fake language model answers (50 ms of audio a character)"
+    )
+    args = parser.parse_args(argv)
+    app = fake_model_app(args.vad, args.reply)
+    print(
+        f"Voxgate ({MODEL_DESCRIPTION}, {vad_name(args.vad)} VAD) on ws://{args.host}:{args.port}/v1/realtime",
+        flush=True,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
