@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -11,12 +12,15 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from server.agent import SessionRequest, SessionSetup
 from server.errors import BackendUnavailable
 from server.streaming.conversation import Conversation, TransportClosed
+from server.telephony.twilio import TwilioMediaStream, TwilioOptions, upgrade_is_signed
 from server.wire import Dialect, new_id
 
 log = logging.getLogger(__name__)
 
 router = APIRouter()
 
+CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_POLICY_VIOLATION = 1008
 CLOSE_INTERNAL_ERROR = 1011
 CLOSE_TRY_AGAIN_LATER = 1013
 
@@ -131,3 +135,69 @@ async def realtime(websocket: WebSocket) -> None:
         and websocket.client_state is WebSocketState.CONNECTED
     ):
         await websocket.close(1000)
+
+
+def _close_reason(text: str) -> str:
+    """A websocket close reason: at most 123 bytes of UTF-8."""
+    return text.encode()[:123].decode(errors="ignore")
+
+
+@router.websocket("/v1/twilio")
+async def twilio(websocket: WebSocket) -> None:
+    """Twilio Media Streams, bidirectional (`<Connect><Stream url="wss://HOST/v1/twilio">`):
+    a Conversation behind the TwilioMediaStream adapter. docs/twilio.md has the set-up."""
+    runtime = websocket.app.state.runtime
+    settings = runtime.settings
+    token = settings.twilio_auth_token
+    if token is not None and not upgrade_is_signed(
+        websocket.headers, websocket.scope, token.get_secret_value(), settings.twilio_stream_url
+    ):
+        log.warning(
+            "twilio signature rejected", extra={"client_host": getattr(websocket.client, "host", None)}
+        )
+        await websocket.close(CLOSE_POLICY_VIOLATION, "invalid X-Twilio-Signature")  # before accept: HTTP 403
+        return
+    await websocket.accept()
+    stream = TwilioMediaStream(
+        StarletteTransport(websocket),
+        TwilioOptions(dtmf=settings.twilio_dtmf, dtmf_pause_ms=settings.twilio_dtmf_pause_ms),
+    )
+    code, reason = 1000, ""
+    requested: str | None = None
+    try:
+        start = await stream.start()
+        setup = await _session_setup(runtime, websocket)
+        requested = setup.profile or start.custom_parameters.get("model")
+        model = await runtime.model_for(requested)
+        ids = {"call_sid": start.call_sid or "", "stream_sid": start.stream_sid}
+        conversation = Conversation(
+            stream,  # customParameters instructions/voice arrive as the first session.update
+            model,
+            runtime.vad,
+            runtime.conversation_options(model=requested, instructions=setup.instructions, voice=setup.voice),
+            runtime.metrics,
+            Dialect.GA,
+            on_event=runtime.on_event,
+            metadata={**start.custom_parameters, **ids, **setup.metadata},
+        )
+        await conversation.run()
+    except TransportClosed:
+        pass  # the call ended (stop, hang-up) or the stream broke the protocol: see stream.violation
+    except BackendUnavailable as exc:
+        log.error("model unavailable", extra={"model": requested, "reason": str(exc)})
+        code, reason = CLOSE_TRY_AGAIN_LATER, "model unavailable"
+    except Exception:
+        log.exception("twilio session failed", extra={"call_sid": getattr(stream.started, "call_sid", None)})
+        code, reason = CLOSE_INTERNAL_ERROR, "internal error; see server logs"
+    finally:
+        await stream.aclose()
+    if stream.violation is not None:
+        runtime.metrics.errors.labels(code=stream.violation.code).inc()
+        code = CLOSE_UNSUPPORTED_DATA if stream.violation.code == "binary_frame" else CLOSE_POLICY_VIOLATION
+        reason = _close_reason(str(stream.violation))
+    if (
+        websocket.application_state is WebSocketState.CONNECTED
+        and websocket.client_state is WebSocketState.CONNECTED
+    ):
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):  # hung up, or the server is stopping
+            await websocket.close(code, reason)

@@ -1,0 +1,1 @@
+"""Telephony: carriers' media-stream protocols, translated onto an unchanged Conversation."""
