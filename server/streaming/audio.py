@@ -174,13 +174,17 @@ ALAW_8K = AudioFormat(Encoding.ALAW, 8_000)
 class StreamResampler:
     """Streaming resampler (soxr) from one rate to another; identity when rates match."""
 
-    def __init__(self, in_rate_hz: int, out_rate_hz: int) -> None:
+    def __init__(self, in_rate_hz: int, out_rate_hz: int, quality: str = "HQ") -> None:
+        """`quality` is soxr's: "HQ" for audio people or recognisers hear; "QQ" (cubic, no
+        buffering: output for every input chunk at once) where latency matters more than
+        aliasing, as for voice activity decisions. "HQ" holds output back and releases it in
+        bursts of ~20-30 ms."""
         self.in_rate_hz = in_rate_hz
         self.out_rate_hz = out_rate_hz
         self._stream = (
             None
             if in_rate_hz == out_rate_hz
-            else soxr.ResampleStream(in_rate_hz, out_rate_hz, 1, dtype="int16", quality="HQ")
+            else soxr.ResampleStream(in_rate_hz, out_rate_hz, 1, dtype="int16", quality=quality)
         )
 
     def push(self, frame: PcmFrame) -> PcmFrame:

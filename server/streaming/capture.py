@@ -29,50 +29,67 @@ class InputAudio:
         start_s: float,
     ) -> None:
         self.model_rate_hz = model_rate_hz
+        self.input_rate_hz = input_rate_hz
         self.preroll_ms = preroll_ms
         self.start_s = start_s
         self.last_push_s: float | None = None
         self._resampler = StreamResampler(input_rate_hz, model_rate_hz)
-        self._samples = 0  # at the model rate: the input stream's clock
+        self._input_samples = 0  # at the input rate since the last format change
+        self._input_ms_before = 0  # the clock at that change
+        self._model_samples = 0  # at the model rate: positions of the pre-roll
+        self._vad_samples = 0
         self._preroll: deque[tuple[int, PcmFrame]] = deque()
         self._arrivals: deque[tuple[int, float]] = deque()  # (input ms at end of a push, when)
+        self._classifier = classifier
         self.set_classifier(classifier)
 
     @property
     def input_ms(self) -> int:
-        return int(self._samples * 1000 // self.model_rate_hz)
+        """The input stream's clock: audio received so far, by its own sample count."""
+        return int(self._input_samples * 1000 // self.input_rate_hz) + self._input_ms_before
 
     def set_input_rate(self, input_rate_hz: int) -> None:
-        if input_rate_hz != self._resampler.in_rate_hz:
+        if input_rate_hz != self.input_rate_hz:
+            self._input_ms_before = self.input_ms
+            self._input_samples = 0
+            self.input_rate_hz = input_rate_hz
             self._resampler = StreamResampler(input_rate_hz, self.model_rate_hz)
+            self.set_classifier(self._classifier)
 
     def set_classifier(self, classifier: FrameClassifier) -> None:
+        # The VAD hears the input through a resampler that never holds audio back: the end of
+        # a turn is decided on the frame that completes the silence, not ~30 ms later.
+        vad_ms = self._vad_samples * 1000 // self._classifier.sample_rate_hz if self._vad_samples else 0
         self._classifier = classifier
-        self._vad_resampler = StreamResampler(self.model_rate_hz, classifier.sample_rate_hz)
+        self._vad_resampler = StreamResampler(self.input_rate_hz, classifier.sample_rate_hz, quality="QQ")
         self._vad_chunker = FrameChunker(classifier.frame_ms, classifier.sample_rate_hz)
-        self._vad_samples = 0
+        self._vad_samples = vad_ms * classifier.sample_rate_hz // 1000  # the clock goes on
 
     def ahead_ms(self, extra_ms: float, now_s: float) -> float:
         """How far the stream would run ahead of real time with `extra_ms` more audio."""
         return self.input_ms + extra_ms - (now_s - self.start_s) * 1000
 
     def push(self, frame: PcmFrame, now_s: float, classify: bool) -> tuple[PcmFrame, list[FrameClassified]]:
-        """Audio at the input rate in; the same at the model rate, and classified VAD frames."""
-        model_frame = self._resampler.push(frame)
-        if not model_frame.sample_count:
-            return model_frame, []
-        start_ms = self.input_ms
-        self._samples += model_frame.sample_count
+        """Audio at the input rate in; the same at the model rate (possibly empty: the
+        resampler holds some back), and the VAD frames it completed, classified."""
+        self._input_samples += frame.sample_count
         self.last_push_s = now_s
         self._arrivals.append((self.input_ms, now_s))
         if len(self._arrivals) > _MAX_ARRIVALS:
             self._arrivals.popleft()
-        self._preroll.append((start_ms, model_frame))
-        while self._preroll and self._preroll[0][0] + self._preroll[0][1].duration_ms < (
-            self.input_ms - self.preroll_ms
-        ):
-            self._preroll.popleft()
-        return model_frame, self._classify(model_frame) if classify else []
+        classified = self._classify(frame) if classify else []
+        model_frame = self._resampler.push(frame)
+        if model_frame.sample_count:
+            start_ms = self._model_samples * 1000 // self.model_rate_hz
+            self._model_samples += model_frame.sample_count
+            self._preroll.append((start_ms, model_frame))
+            end_ms = self._model_samples * 1000 // self.model_rate_hz
+            while (
+                self._preroll
+                and self._preroll[0][0] + self._preroll[0][1].duration_ms < end_ms - self.preroll_ms
+            ):
+                self._preroll.popleft()
+        return model_frame, classified
 
     def _classify(self, frame: PcmFrame) -> list[FrameClassified]:
         out: list[FrameClassified] = []

@@ -391,9 +391,7 @@ class Conversation:
         """Audio at the input format's rate, as received at `now_s`."""
         vad_on = self.config.turn_detection is not None
         model_frame, classified = self._input.push(frame, now_s, classify=vad_on)
-        if not model_frame.sample_count:
-            return
-        if self._capturing or not vad_on:
+        if model_frame.sample_count and (self._capturing or not vad_on):
             self._push_to_model(model_frame)
         for vad_frame in classified:
             self._turns.receive(vad_frame, now_ms=vad_frame.start_ms + vad_frame.duration_ms)
