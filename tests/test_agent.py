@@ -23,7 +23,7 @@ from server import (
     VoiceAgent,
 )
 from server.model import registry
-from server.model.fakes import EnergyClassifierFactory, tone
+from server.model.fakes import EnergyClassifierFactory, FakeAsr, tone
 from server.streaming.audio import PcmFrame
 from tests.harness import realtime_client, running_server
 
@@ -114,3 +114,31 @@ async def test_a_failing_event_handler_does_not_break_the_session(fake_speech: N
         await client.send({"type": "response.create"})
         done = await client.wait_for("response.done")
         assert done["response"]["status"] == "completed"
+
+
+async def test_user_turn_is_reported_when_a_speculative_reply_is_adopted_before_its_transcript(
+    fake_speech: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The recogniser is slower than the end-of-turn silence: the prepared reply is adopted
+    while its transcript is still pending, and the UserTurn must still reach the handler."""
+    monkeypatch.setitem(registry.ASR_BACKENDS, "slow-fake-asr", "tests.test_agent:load_slow_fake_asr")
+    events: list[AgentEvent] = []
+
+    async def on_event(event: AgentEvent) -> None:
+        events.append(event)
+
+    agent = VoiceAgent(
+        Settings(asr="slow-fake-asr", tts="fake-tts", llm="rules", silence_duration_ms=200),
+        on_event=on_event,
+        vad=EnergyClassifierFactory(),
+    )
+    async with running_server(agent.app()) as url, realtime_client(url) as client:
+        await client.wait_for("session.created")
+        await client.stream(tone(500))
+        await client.stream(PcmFrame.silence(700, 24_000))
+        await client.wait_for("response.done")
+    assert [e.transcript for e in events if isinstance(e, UserTurn)] == ["hello there"]
+
+
+def load_slow_fake_asr(options: object = None) -> FakeAsr:
+    return FakeAsr(delay_s=0.4)

@@ -623,7 +623,14 @@ class Conversation:
         async def hold(event: dict[str, Any]) -> None:
             await self._emit(reply, event)
 
-        await self._run_transcription(self._session, item_id, previous, hold, reply.held_agent_events.append)
+        def publish(event: AgentEvent) -> None:
+            # until the reply is adopted the turn may yet be abandoned: hold its events
+            if reply.released:
+                self._notifier.publish(event)
+            else:
+                reply.held_agent_events.append(event)
+
+        await self._run_transcription(self._session, item_id, previous, hold, publish)
         await self._run_reply(reply, options, None)
 
     async def _abandon_prepared(self) -> None:
@@ -644,18 +651,18 @@ class Conversation:
 
     async def _release(self, reply: _Reply) -> None:
         """Adopt a prepared reply: send what it held, in order, then let it run free."""
-        events, reply.held_events = reply.held_events, []
-        for agent_event in reply.held_agent_events:
-            self._notifier.publish(agent_event)
-        reply.held_agent_events = []
-        for event in events:
-            await self._send(event)
+        while reply.held_events:  # the reply may hold more while we send: drain to empty
+            await self._send(reply.held_events.pop(0))
+        # no await from here on: nothing can be held after the last look
         for frame in reply.held_audio:
             self._playout.push(frame)
-        reply.held_audio = []
+        reply.held_audio.clear()
         if reply.input_done:
             self._playout.end_input()
         reply.released = True
+        for agent_event in reply.held_agent_events:
+            self._notifier.publish(agent_event)
+        reply.held_agent_events.clear()
         self._playout_wakeup.set()
 
     async def _emit(self, reply: _Reply, event: dict[str, Any]) -> None:

@@ -391,8 +391,10 @@ class TwilioMediaStream:
 
     async def _cut(self, reason: str) -> None:
         """Barge-in: empty Twilio's buffer, and cut the item to what the caller heard."""
+        if self.started is None:
+            return
         cleared = self._ledger.clear()
-        if not cleared or self.started is None:
+        if not cleared:
             return
         await self._inner.send_text(clear_message(self.started.stream_sid))
         for item in cleared:
