@@ -7,7 +7,7 @@ STAMP := $(VENV)/.voxgate-setup
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup system-deps run test test-fast lint format bench clean
+.PHONY: setup system-deps run test test-fast lint format clean
 
 setup: $(STAMP)
 
