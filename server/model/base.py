@@ -205,14 +205,3 @@ class TtsBackend(Protocol):
     def synthesize(self, text: str, voice: str) -> AsyncIterator[PcmFrame]:
         """Speak one phrase; frames at `sample_rate_hz`, streamed as they are ready."""
         ...
-
-
-@dataclass(slots=True)
-class ConversationHistory:
-    """The messages of one session; the assistant's interrupted replies are cut to what was
-    heard."""
-
-    messages: list[Message] = field(default_factory=list)
-
-    def add(self, message: Message) -> None:
-        self.messages.append(message)

@@ -54,10 +54,6 @@ class PcmFrame:
         return cls(np.zeros(duration_ms * sample_rate_hz // 1000, dtype=np.int16), sample_rate_hz)
 
 
-def samples_to_ms(samples: int, sample_rate_hz: int) -> int:
-    return samples * 1000 // sample_rate_hz
-
-
 def ms_to_samples(ms: float, sample_rate_hz: int) -> int:
     return int(ms * sample_rate_hz) // 1000
 

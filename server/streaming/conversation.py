@@ -149,10 +149,6 @@ class _Reply:
     input_done: bool = False  # all of the reply's audio has been produced
 
 
-class _Closed(Exception):
-    pass
-
-
 class Conversation:
     """Run with `await Conversation(...).run()`; returns when the client disconnects."""
 
@@ -236,7 +232,7 @@ class Conversation:
                     tg.create_task(self._read_loop(), name="conversation-reader")
                     tg.create_task(self._write_loop(), name="conversation-writer")
                     tg.create_task(self._timer_loop(), name="conversation-timer")
-            except* (_Closed, TransportClosed):
+            except* TransportClosed:
                 pass
         finally:
             self._tasks = None

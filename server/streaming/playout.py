@@ -76,12 +76,6 @@ class PlayoutBuffer:
     # -- output
 
     @property
-    def queued_ms(self) -> float:
-        return sum(f.duration_ms for f in self._queue) + (
-            self._chunker.pending_samples * 1000.0 / self.sample_rate_hz
-        )
-
-    @property
     def sent_ms(self) -> float:
         return self._sent_ms
 
