@@ -13,6 +13,7 @@ import base64
 import binascii
 import json
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Annotated, Any, Literal
@@ -670,7 +671,9 @@ class EventWriter:
         config: SessionConfig,
         reason: str | None = None,
         error: dict[str, Any] | None = None,
+        extra_output: Sequence[dict[str, Any]] = (),
     ) -> list[dict[str, Any]]:
+        """`extra_output`: the response's function_call items, listed after its message."""
         part = self.assistant_part(transcript, with_audio)
         common: dict[str, Any] = {"response_id": response_id, "item_id": item_id, "output_index": 0}
         if with_audio:
@@ -688,7 +691,7 @@ class EventWriter:
             self.event(
                 "response.done",
                 response=self.response(
-                    response_id, status, [item], reason=reason, config=config, error=error
+                    response_id, status, [item, *extra_output], reason=reason, config=config, error=error
                 ),
             ),
         ]
