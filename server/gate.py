@@ -1,0 +1,126 @@
+"""The websocket upgrade gate: admission decisions (server/admission.py) applied to routes.
+
+`@admission_controlled` goes under `@router.websocket(...)`. Before the handler runs (and
+before anything accepts the websocket) it asks `app.state.admission`; a refused upgrade gets
+an HTTP response, never a slow session:
+- over `max_sessions`: HTTP 503 with `Retry-After`;
+- over a connection-rate limit (per client IP, per API key): HTTP 429 with `Retry-After`;
+both with a JSON body `{"error": {"type", "code", "message"}}` and counted in
+`voxgate_sessions_refused{reason}`. Where the ASGI server lacks the websocket denial-response
+extension, the upgrade is accepted and closed at once: 1013 (try again later) for capacity,
+1008 (policy) for rate, with the reason and the retry delay in the close reason.
+An admitted handler runs inside `try/finally`: its slot is released however it ends (normal
+close, exception, client gone, cancellation).
+
+The per-key limiter is keyed on a fingerprint (a truncated SHA-256) of the credential
+presented (`Authorization: Bearer`, or the browser's `openai-insecure-api-key.` subprotocol),
+so no key is held in memory; whether the key is valid is the access check's business, later.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+
+from fastapi import WebSocket
+from fastapi.responses import JSONResponse
+
+from server.admission import Admission, Admitted, RefusalReason, Refused
+
+log = logging.getLogger(__name__)
+
+HTTP_TOO_MANY_REQUESTS = 429
+HTTP_SERVICE_UNAVAILABLE = 503
+CLOSE_POLICY_VIOLATION = 1008
+CLOSE_TRY_AGAIN_LATER = 1013
+SUBPROTOCOL_KEY_PREFIX = "openai-insecure-api-key."
+
+Handler = Callable[[WebSocket], Awaitable[None]]
+
+
+def credential_fingerprint(authorization: str | None, subprotocols: list[str]) -> str | None:
+    """A short stable fingerprint of the presented credential, or None if there is none."""
+    token: str | None = None
+    if authorization is not None:
+        scheme, _, value = authorization.strip().partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            token = value.strip()
+    if token is None:
+        for offered in subprotocols:
+            if offered.startswith(SUBPROTOCOL_KEY_PREFIX) and len(offered) > len(SUBPROTOCOL_KEY_PREFIX):
+                token = offered[len(SUBPROTOCOL_KEY_PREFIX) :]
+                break
+    if token is None:
+        return None
+    return hashlib.sha256(token.encode()).hexdigest()[:24]
+
+
+def refusal_message(refused: Refused) -> str:
+    retry_s = math.ceil(refused.retry_after_s)
+    match refused.reason:
+        case RefusalReason.AT_CAPACITY:
+            return f"the server is at its session limit; try again in {retry_s} s"
+        case RefusalReason.IP_RATE_LIMITED:
+            return f"too many new connections from this address; try again in {retry_s} s"
+        case RefusalReason.KEY_RATE_LIMITED:
+            return f"too many new connections with this API key; try again in {retry_s} s"
+
+
+def refusal_status(refused: Refused) -> int:
+    if refused.reason is RefusalReason.AT_CAPACITY:
+        return HTTP_SERVICE_UNAVAILABLE
+    return HTTP_TOO_MANY_REQUESTS
+
+
+async def refuse(websocket: WebSocket, refused: Refused) -> None:
+    """Refuse the upgrade before accepting it (HTTP), or accept and close where the server
+    cannot answer an upgrade with an HTTP response."""
+    message = refusal_message(refused)
+    retry_after = str(max(1, math.ceil(refused.retry_after_s)))
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        body = {"error": {"type": "server_error", "code": refused.reason.value, "message": message}}
+        response = JSONResponse(
+            body, status_code=refusal_status(refused), headers={"Retry-After": retry_after}
+        )
+        await websocket.send_denial_response(response)
+        return
+    await websocket.accept()
+    code = CLOSE_TRY_AGAIN_LATER if refused.reason is RefusalReason.AT_CAPACITY else CLOSE_POLICY_VIOLATION
+    await websocket.close(code, message.encode()[:123].decode(errors="ignore"))
+
+
+def admission_controlled(handler: Handler) -> Handler:
+    """Admit (or refuse) the upgrade, then run `handler`, releasing its slot at the end."""
+
+    @functools.wraps(handler)
+    async def gated(websocket: WebSocket) -> None:
+        admission: Admission = websocket.app.state.admission
+        client_ip = websocket.client.host if websocket.client else None
+        key = credential_fingerprint(
+            websocket.headers.get("authorization"), list(websocket.scope.get("subprotocols") or [])
+        )
+        decision = admission.admit(client_ip, key, now_s=time.monotonic())
+        if isinstance(decision, Refused):
+            websocket.app.state.runtime.metrics.refusals.labels(reason=decision.reason.value).inc()
+            log.warning(
+                "websocket upgrade refused",
+                extra={
+                    "reason": decision.reason.value,
+                    "client_host": client_ip,
+                    "sessions": admission.active,
+                    "max_sessions": admission.maximum,
+                },
+            )
+            await refuse(websocket, decision)
+            return
+        assert isinstance(decision, Admitted)
+        try:
+            await handler(websocket)
+        finally:
+            admission.release(decision.slot)
+
+    return gated
