@@ -136,7 +136,7 @@ def tool(
 def _arguments_model(function: Callable[..., Any], tool_name: str) -> tuple[type[BaseModel], bool]:
     signature = inspect.signature(function)
     try:
-        hints = typing.get_type_hints(function, include_extras=True)
+        hints = _parameter_hints(function)
     except NameError as exc:
         raise TypeError(f"tool {tool_name}: cannot resolve a type annotation: {exc}") from exc
     params = list(signature.parameters.values())
@@ -164,6 +164,18 @@ def _arguments_model(function: Callable[..., Any], tool_name: str) -> tuple[type
     except (pydantic_core.SchemaError, TypeError, ValueError) as exc:
         raise TypeError(f"tool {tool_name}: its parameters cannot be described to a model: {exc}") from exc
     return model, False
+
+
+def _parameter_hints(function: Callable[..., Any]) -> dict[str, Any]:
+    """The parameters' annotations, resolved; the return annotation is never needed (and may
+    name a class local to the caller)."""
+    raw = {k: v for k, v in getattr(function, "__annotations__", {}).items() if k != "return"}
+    holder = type("_Parameters", (), {"__annotations__": raw, "__module__": function.__module__})
+    try:
+        localns: dict[str, Any] = dict(inspect.getclosurevars(function).nonlocals)
+    except TypeError:
+        localns = {}
+    return typing.get_type_hints(holder, localns=localns, include_extras=True)
 
 
 def _error(code: str, message: str, **extra: Any) -> str:
