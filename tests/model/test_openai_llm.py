@@ -25,7 +25,9 @@ from server.model.backends.openai_llm import (
     chat_messages,
     load,
 )
-from server.model.base import Message, SessionOptions
+from server.model.base import Message, SessionOptions, ToolCallRequest
+from server.model.tool_calls import ToolSpec
+from server.tools import SessionTools, ToolBox
 
 
 @dataclass
@@ -340,3 +342,141 @@ def test_unknown_or_mistyped_options_are_rejected() -> None:
         load({"base_uri": "http://x"})
     with pytest.raises(ValueError, match="timeout_s"):
         load({"timeout_s": "soon"})
+
+
+# --- tools ---------------------------------------------------------------------------------
+
+
+def tool_call_event(fragments: list[dict[str, Any]], finish_reason: str | None = None) -> str:
+    """A chunk carrying `delta.tool_calls` fragments, as the OpenAI API streams them: the first
+    fragment of a call has its id, type and name with empty arguments; later ones only
+    `index` and an arguments piece."""
+    chunk = {
+        "id": "chatcmpl-2",
+        "object": "chat.completion.chunk",
+        "model": "test-model",
+        "choices": [{"index": 0, "delta": {"tool_calls": fragments}, "finish_reason": finish_reason}],
+    }
+    return f"data: {json.dumps(chunk)}\n\n"
+
+
+def first_fragment(index: int, call_id: str, name: str) -> dict[str, Any]:
+    return {"index": index, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}
+
+
+def arguments_fragment(index: int, piece: str) -> dict[str, Any]:
+    return {"index": index, "function": {"arguments": piece}}
+
+
+def session_tools(*specs: ToolSpec, choice: str = "auto") -> SessionTools:
+    return SessionTools(ToolBox(), "sess_test", lambda event: None, specs, choice)
+
+
+ORDER_TOOL = ToolSpec(
+    "order_status",
+    "Look up an order.",
+    {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]},
+    client_side=True,
+)
+
+
+async def test_tools_are_offered_and_streamed_tool_calls_are_joined_by_index() -> None:
+    role_chunk = {
+        "id": "chatcmpl-2",
+        "object": "chat.completion.chunk",
+        "choices": [
+            {
+                "index": 0,
+                "delta": {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [first_fragment(0, "call_a", "order_status")],
+                },
+                "finish_reason": None,
+            }
+        ],
+    }
+    events = [
+        chunk_event("Let me check."),
+        f"data: {json.dumps(role_chunk)}\n\n",
+        tool_call_event([arguments_fragment(0, '{"order')]),
+        tool_call_event([arguments_fragment(0, '_id": "A1"}')]),
+        tool_call_event([first_fragment(1, "call_b", "order_status")]),
+        tool_call_event([arguments_fragment(1, '{"order_id": "B2"}')]),
+        tool_call_event([], finish_reason="tool_calls"),
+        "data: [DONE]\n\n",
+    ]
+    async with chat_server(streaming(events)) as server:
+        async with backend(server.base_url) as llm:
+            options = SessionOptions(tools=session_tools(ORDER_TOOL, choice="required"))
+            pieces = [piece async for piece in llm.complete(HISTORY, options)]
+    assert pieces == [
+        "Let me check.",
+        ToolCallRequest("call_a", "order_status", '{"order_id": "A1"}'),
+        ToolCallRequest("call_b", "order_status", '{"order_id": "B2"}'),
+    ]
+    [request] = server.requests
+    assert request.body["tools"] == [
+        {
+            "type": "function",
+            "function": {
+                "name": "order_status",
+                "description": "Look up an order.",
+                "parameters": ORDER_TOOL.parameters,
+            },
+        }
+    ]
+    assert request.body["tool_choice"] == "required"
+
+
+async def test_no_tools_key_without_tools() -> None:
+    events = [chunk_event("Hi."), "data: [DONE]\n\n"]
+    async with chat_server(streaming(events)) as server:
+        async with backend(server.base_url) as llm:
+            assert await collect(llm, HISTORY) == ["Hi."]
+    assert "tools" not in server.requests[0].body
+    assert "tool_choice" not in server.requests[0].body
+
+
+async def test_a_tool_call_without_a_name_is_a_malformed_stream() -> None:
+    events = [tool_call_event([arguments_fragment(0, "{}")], finish_reason="tool_calls"), "data: [DONE]\n\n"]
+    async with chat_server(streaming(events)) as server:
+        async with backend(server.base_url) as llm:
+            with pytest.raises(BackendError, match="no function name") as caught:
+                await collect(llm, HISTORY)
+    assert not caught.value.retryable
+
+
+async def test_tool_call_arguments_that_are_not_text_are_a_malformed_stream() -> None:
+    bad = {"index": 0, "id": "c", "function": {"name": "x", "arguments": {"order_id": 1}}}
+    events = [tool_call_event([bad], finish_reason="tool_calls"), "data: [DONE]\n\n"]
+    async with chat_server(streaming(events)) as server:
+        async with backend(server.base_url) as llm:
+            with pytest.raises(BackendError, match="not text"):
+                await collect(llm, HISTORY)
+
+
+def test_history_with_tool_calls_and_results_is_sent_in_the_chat_shape() -> None:
+    call = ToolCallRequest("call_a", "order_status", '{"order_id": "A1"}')
+    history = [
+        Message("user", "Where is A1?"),
+        Message("assistant", "", tool_calls=(call,)),
+        Message("tool", '{"status": "shipped"}', tool_call_id="call_a"),
+        Message("assistant", "It shipped."),
+    ]
+    assert chat_messages(history, "Be brief.")[1:] == [
+        {"role": "user", "content": "Where is A1?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_a",
+                    "type": "function",
+                    "function": {"name": "order_status", "arguments": '{"order_id": "A1"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_a", "content": '{"status": "shipped"}'},
+        {"role": "assistant", "content": "It shipped."},
+    ]

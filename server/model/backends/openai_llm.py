@@ -18,11 +18,16 @@ Invariants:
   streams that break off are `retryable`; other HTTP statuses and malformed streams are not.
 - `connect_timeout_s` bounds connecting; `timeout_s` bounds the wait for the response headers
   and for each chunk after them, so a stalled stream fails instead of hanging the reply.
+- Tools: `options.tools` (server and client functions) are sent as `tools` with its
+  `tool_choice`; streamed `delta.tool_calls` fragments are joined by `index` and each call is
+  yielded as one `ToolCallRequest` when the stream ends. History messages with `tool_calls`
+  and `tool` results are sent in the chat-completions shape.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +35,8 @@ from typing import Any
 import httpx
 
 from server.errors import BackendError
-from server.model.base import Message, SessionOptions
+from server.model.base import Message, SessionOptions, ToolCallRequest
+from server.model.tool_calls import ToolSpec
 
 DEFAULT_INSTRUCTIONS = (
     "You are a friendly customer-service agent on a phone call. Reply in one or two short,"
@@ -77,15 +83,44 @@ def load(options: Mapping[str, object] | None = None) -> OpenAiLlm:
     return OpenAiLlm(OpenAiLlmOptions.from_mapping(options or {}))
 
 
-def chat_messages(history: Sequence[Message], instructions: str) -> list[dict[str, str]]:
+def chat_messages(history: Sequence[Message], instructions: str) -> list[dict[str, Any]]:
     """The `messages` array of a request: the system prompt, then the history in order."""
-    messages = [{"role": "system", "content": instructions or DEFAULT_INSTRUCTIONS}]
+    messages: list[dict[str, Any]] = [{"role": "system", "content": instructions or DEFAULT_INSTRUCTIONS}]
     for message in history:
         text = message.text
         if message.role == "assistant" and message.interrupted:
             text = f"{text.rstrip()}{INTERRUPTED_MARK}"
-        messages.append({"role": message.role, "content": text})
+        if message.role == "tool":
+            messages.append({"role": "tool", "tool_call_id": message.tool_call_id or "", "content": text})
+        elif message.tool_calls:
+            messages.append(
+                {
+                    "role": "assistant",
+                    "content": text or None,
+                    "tool_calls": [
+                        {
+                            "id": call.call_id,
+                            "type": "function",
+                            "function": {"name": call.name, "arguments": call.arguments_json},
+                        }
+                        for call in message.tool_calls
+                    ],
+                }
+            )
+        else:
+            messages.append({"role": message.role, "content": text})
     return messages
+
+
+def chat_tools(specs: Sequence[ToolSpec]) -> list[dict[str, Any]]:
+    """The `tools` array of a request."""
+    return [
+        {
+            "type": "function",
+            "function": {"name": s.name, "description": s.description, "parameters": dict(s.parameters)},
+        }
+        for s in specs
+    ]
 
 
 class OpenAiLlm:
@@ -107,9 +142,9 @@ class OpenAiLlm:
 
     async def complete(
         self, history: Sequence[Message], options: SessionOptions
-    ) -> AsyncGenerator[str, None]:
-        """Stream the assistant's next message; pieces are non-empty strings. Closing the
-        generator early (`aclose`, cancel) closes the HTTP response."""
+    ) -> AsyncGenerator[str | ToolCallRequest, None]:
+        """Stream the assistant's next message; pieces are non-empty strings, then any tool
+        calls. Closing the generator early (`aclose`, cancel) closes the HTTP response."""
         body: dict[str, Any] = {
             "model": self.options.model,
             "messages": chat_messages(history, options.instructions),
@@ -118,6 +153,11 @@ class OpenAiLlm:
         }
         if options.max_output_tokens is not None:
             body["max_tokens"] = options.max_output_tokens
+        specs = options.tools.specs() if options.tools is not None else ()
+        if specs:
+            assert options.tools is not None
+            body["tools"] = chat_tools(specs)
+            body["tool_choice"] = options.tools.choice
         try:
             async with self._client.stream("POST", self._url, json=body) as response:
                 if response.status_code != 200:
@@ -160,10 +200,54 @@ class OpenAiLlm:
         )
 
 
-async def _stream_pieces(response: httpx.Response) -> AsyncIterator[str]:
-    """The `delta.content` pieces of an SSE chat-completions stream, until `[DONE]`."""
+class _ToolCallParts:
+    """Streamed `delta.tool_calls` fragments, joined by index: the id and name come first,
+    the arguments accrete."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, dict[str, Any]] = {}
+
+    def push(self, fragments: object) -> None:
+        if not isinstance(fragments, list):
+            raise BackendError("malformed chat-completions stream: delta.tool_calls is not a list")
+        for fragment in fragments:
+            if not isinstance(fragment, dict):
+                raise BackendError("malformed chat-completions stream: a tool call is not an object")
+            index = fragment.get("index", len(self._calls))
+            function = fragment.get("function") or {}
+            if not isinstance(index, int) or not isinstance(function, dict):
+                raise BackendError(
+                    "malformed chat-completions stream: a tool call has a bad index or function"
+                )
+            call = self._calls.setdefault(index, {"id": None, "name": "", "arguments": []})
+            if isinstance(fragment.get("id"), str) and fragment["id"]:
+                call["id"] = fragment["id"]
+            if isinstance(function.get("name"), str):
+                call["name"] += function["name"]
+            arguments = function.get("arguments")
+            if arguments is not None and not isinstance(arguments, str):
+                raise BackendError("malformed chat-completions stream: tool call arguments are not text")
+            if arguments:
+                call["arguments"].append(arguments)
+
+    def requests(self) -> list[ToolCallRequest]:
+        out = []
+        for index in sorted(self._calls):
+            call = self._calls[index]
+            if not call["name"]:
+                raise BackendError("malformed chat-completions stream: a tool call has no function name")
+            call_id = call["id"] or f"call_{secrets.token_hex(8)}"
+            out.append(ToolCallRequest(call_id, call["name"], "".join(call["arguments"])))
+        return out
+
+
+async def _stream_pieces(response: httpx.Response) -> AsyncIterator[str | ToolCallRequest]:
+    """The `delta.content` pieces of an SSE chat-completions stream, until `[DONE]`, then the
+    tool calls it made."""
     data_lines: list[str] = []
     finished = False
+    calls = _ToolCallParts()
+    done = False
     async for line in response.aiter_lines():
         if line.startswith("data:"):
             data_lines.append(line[5:].removeprefix(" "))
@@ -172,25 +256,30 @@ async def _stream_pieces(response: httpx.Response) -> AsyncIterator[str]:
             continue  # comments (":"), "event:"/"id:" fields, keep-alive blank lines
         data, data_lines = "\n".join(data_lines), []
         if data.strip() == "[DONE]":
-            return
-        piece, is_final = _parse_chunk(data)
+            done = True
+            break
+        piece, is_final = _parse_chunk(data, calls)
         finished = finished or is_final
         if piece:
             yield piece
-    if data_lines:  # a last event without its blank line
+    if data_lines and not done:  # a last event without its blank line
         data = "\n".join(data_lines)
         if data.strip() == "[DONE]":
-            return
-        piece, is_final = _parse_chunk(data)
-        finished = finished or is_final
-        if piece:
-            yield piece
-    if not finished:
+            done = True
+        else:
+            piece, is_final = _parse_chunk(data, calls)
+            finished = finished or is_final
+            if piece:
+                yield piece
+    if not (done or finished):
         raise BackendError("chat-completions stream ended before [DONE] or a finish_reason", retryable=True)
+    for call in calls.requests():
+        yield call
 
 
-def _parse_chunk(data: str) -> tuple[str, bool]:
-    """(content piece, whether a choice finished) of one `chat.completion.chunk`."""
+def _parse_chunk(data: str, calls: _ToolCallParts) -> tuple[str, bool]:
+    """(content piece, whether a choice finished) of one `chat.completion.chunk`; tool call
+    fragments go to `calls`."""
     try:
         chunk = json.loads(data)
     except ValueError as exc:
@@ -213,6 +302,8 @@ def _parse_chunk(data: str) -> tuple[str, bool]:
     content = delta.get("content") if isinstance(delta, dict) else None
     if content is not None and not isinstance(content, str):
         raise BackendError("malformed chat-completions stream: delta.content is not text")
+    if isinstance(delta, dict) and delta.get("tool_calls") is not None:
+        calls.push(delta["tool_calls"])
     return content or "", choice.get("finish_reason") is not None
 
 
