@@ -1,5 +1,6 @@
 """Voxgate: a real-time voice conversation server. The embedding API is re-exported here."""
 
+from server.access import ClientSecret, InvalidMintRequest
 from server.agent import BrainRequest, SessionRequest, SessionSetup, VoiceAgent
 from server.events import (
     AgentEvent,
@@ -17,7 +18,9 @@ __all__ = [
     "AgentEvent",
     "AssistantTurn",
     "BrainRequest",
+    "ClientSecret",
     "Interrupted",
+    "InvalidMintRequest",
     "Message",
     "SessionEnded",
     "SessionRequest",

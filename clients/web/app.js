@@ -8,6 +8,7 @@
 //
 // Test hooks: window.voxgate (see `hooks` at the end).
 
+import { refusalReason, saveAccessToken, takeAccessToken } from "./access.js";
 import { AudioEngine, MicrophoneError } from "./audio.js";
 import { RealtimeConnection, realtimeUrl } from "./connection.js";
 import { base64ToBuffer, bufferToBase64, silenceBase64 } from "./pcm.js";
@@ -75,10 +76,12 @@ const voice = new VoiceActivity(FRAME_MS); // where speech ended, from the micro
 let pendingTurn = null; // {speechEndAt, method, stoppedAt}: waiting for the reply's first audio
 let lastProgress = null; // the playback worklet's last report
 let settings = loadSettings(); // only what the user applied; the rest stays the server's
+let accessToken = takeAccessToken(); // when the server asks for a key (access.js)
 
 const audio = new AudioEngine({ ...RATES, frameMs: FRAME_MS, onFrame, onPlayback });
 const connection = new RealtimeConnection({
   url: () => realtimeUrl(window.location, modelName(settings)),
+  token: () => accessToken,
   onEvent: handleEvent,
   onStatus: onConnectionStatus,
 });
@@ -98,6 +101,7 @@ function renderSpeaking() {
 
 function showSettings(session) {
   fillForm(ui, settings, session);
+  ui.accessKey.value = accessToken ?? "";
   view.rangeValues();
 }
 
@@ -110,6 +114,14 @@ function applySettings(event) {
   const previousProfile = settings.profile ?? "";
   settings = readForm(ui);
   saveSettings(settings);
+  const newToken = ui.accessKey.value.trim() || null;
+  if (newToken !== accessToken) {
+    accessToken = newToken;
+    saveAccessToken(accessToken);
+    view.settingsStatus("Reconnecting with the new access key…");
+    connection.connect();
+    return;
+  }
   if ((settings.profile ?? "") !== previousProfile) {
     view.settingsStatus("Reconnecting with the new profile…");
     transcript.divider(`Profile changed to ${settings.profile ?? "server default"}: a new conversation starts`);
@@ -132,6 +144,15 @@ function onConnectionStatus(status) {
   state.connection = status.phase;
   if (status.phase !== "open" && wasReady) endSession();
   view.connection(status);
+  if (status.phase === "unreachable") explainRefusal();
+}
+
+/** A websocket refused before it opened, by a server that is up and asks for a key: say so and
+ * stop retrying (the same key would be refused again) until the user gives another. */
+async function explainRefusal() {
+  const token = accessToken;
+  const reason = await refusalReason(window.location, token);
+  if (reason && token === accessToken && state.connection === "unreachable") connection.pause(reason);
 }
 
 /** The session on a socket that just closed is over: stop what belonged to it. */

@@ -1,6 +1,6 @@
 // The websocket to /v1/realtime, reconnecting by itself with exponential backoff and jitter.
 //
-// Order of calls: `new RealtimeConnection({url, onEvent, onStatus})`, `connect()`; then
+// Order of calls: `new RealtimeConnection({url, token, onEvent, onStatus})`, `connect()`; then
 // `send(event)` (false while not open), `retryNow()`, `pause(reason)` (no more retries until
 // `connect()`), `close()`.
 //
@@ -30,9 +30,16 @@ export function realtimeUrl(location, model) {
   return url.toString();
 }
 
+/** The websocket subprotocols to offer: "realtime", and the access key or client secret (ek_...)
+ * as "openai-insecure-api-key.<token>" when there is one (browsers cannot set headers). */
+export function subprotocols(token) {
+  return token ? ["realtime", `openai-insecure-api-key.${token}`] : ["realtime"];
+}
+
 export class RealtimeConnection {
-  constructor({ url, onEvent, onStatus }) {
+  constructor({ url, token = () => null, onEvent, onStatus }) {
     this.url = url; // a function returning the URL, read at each attempt
+    this.token = token; // a function returning the access key or client secret, or null
     this.onEvent = onEvent;
     this.onStatus = onStatus;
     this.ws = null;
@@ -56,7 +63,7 @@ export class RealtimeConnection {
     this.#setStatus({ phase: "connecting", attempt: this.attempt + 1 });
     let ws;
     try {
-      ws = new WebSocket(this.url(), ["realtime"]);
+      ws = new WebSocket(this.url(), subprotocols(this.token()));
     } catch (err) {
       this.#setStatus({ phase: "paused", reason: `Bad server address: ${err.message}` });
       this.paused = true;

@@ -38,6 +38,7 @@ export class View {
       silence: $("silence"),
       silenceOut: $("silence-out"),
       instructions: $("instructions"),
+      accessKey: $("access-key"),
       settingsStatus: $("settings-status"),
       sessionInfo: $("session-info"),
       stats: $("stats"),
