@@ -35,8 +35,8 @@ LlmStream = Callable[[Sequence[Message], SessionOptions], AsyncIterator[str | To
 
 @dataclass(frozen=True, slots=True)
 class ToolExchange:
-    """An assistant message carrying the round's calls, then one `tool` message per
-    server-side result, in call order."""
+    """An assistant message carrying the round's calls (its text empty: what was said stays
+    in the reply's own message), then one `tool` message per server-side result, in order."""
 
     messages: tuple[Message, ...]
 
@@ -96,7 +96,8 @@ async def complete_with_tools(
                 extra={"calls": len(calls), "round": round_no},
             )
             return
-        messages = [Message("assistant", "".join(text).strip(), tool_calls=tuple(calls))]
+        # the spoken text stays in the reply's own message; the model's next round sees it here
+        messages = [Message("assistant", "", tool_calls=tuple(calls))]
         client_calls: list[ToolCallRequest] = []
         spoke_filler = False
 
@@ -112,7 +113,7 @@ async def complete_with_tools(
                 continue
             result = await tools.call(call.name, call.arguments_json, say_once, call.call_id)
             messages.append(Message("tool", result.output, tool_call_id=call.call_id))
-        history.extend(messages)
+        history.extend([replace(messages[0], text="".join(text).strip()), *messages[1:]])
         yield ToolExchange(tuple(messages))
         if client_calls:
             for call in client_calls:
@@ -124,3 +125,16 @@ def insert_before(history: list[Message], anchor: Message, messages: Sequence[Me
     """Put `messages` just before `anchor` (found by identity), or at the end without it."""
     at = next((i for i, m in enumerate(history) if m is anchor), len(history))
     history[at:at] = messages
+
+
+def insert_tool_result(history: list[Message], result: Message) -> None:
+    """Put a client's `tool` result right after the call it answers (and that call's other
+    results): chat APIs want each assistant tool_calls message followed by its results."""
+    at = len(history)
+    for i in range(len(history) - 1, -1, -1):
+        if any(c.call_id == result.tool_call_id for c in history[i].tool_calls):
+            at = i + 1
+            while at < len(history) and history[at].role == "tool":
+                at += 1
+            break
+    history.insert(at, result)
