@@ -1,0 +1,1 @@
+"""Applications built on Voxgate's embedding API."""
