@@ -60,9 +60,9 @@ async def test_barge_in_cancels_and_truncates_to_heard_audio() -> None:
             )
             / 24
         )
-        # the reply played ~0.6 s plus the barge-in detection time (~0.3 s); the client held
-        # at most the 150 ms lead beyond what it heard
-        assert 500 <= truncated["audio_end_ms"] <= 1400
+        # the reply played at least the 0.6 s before the interruption (more on a busy machine:
+        # detection takes real time); the client held at most the 150 ms lead beyond what it heard
+        assert 500 <= truncated["audio_end_ms"]
         assert sent_ms - 200 <= truncated["audio_end_ms"] <= sent_ms
 
         second = await client.wait_for("response.done", after=done_index + 1)

@@ -14,7 +14,7 @@ _CLAUSE_END = re.compile(r"[,.!?;:](?=\s|$)")
 
 
 class PhraseSplitter:
-    def __init__(self, first_max_words: int = 6, max_words: int = 24) -> None:
+    def __init__(self, first_max_words: int = 4, max_words: int = 24) -> None:
         self.first_max_words = first_max_words
         self.max_words = max_words
         self._buffer = ""
