@@ -7,7 +7,7 @@ STAMP := $(VENV)/.voxgate-setup
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup system-deps run test test-fast lint format clean
+.PHONY: setup system-deps run example test test-fast lint format clean
 
 setup: $(STAMP)
 
@@ -22,9 +22,13 @@ system-deps:
 run: setup
 	$(PY) -m server serve --host $(HOST) --port $(PORT)
 
+# the customer-service example (examples/customer_service/README.md); DB=path overrides its database
+example: setup
+	$(PY) -m examples.customer_service --host $(HOST) --port $(PORT) $(if $(DB),--db $(DB))
+
 lint: setup
-	$(VENV)/bin/ruff check server loadtests tests
-	$(VENV)/bin/ruff format --check server loadtests tests
+	$(VENV)/bin/ruff check server loadtests tests examples
+	$(VENV)/bin/ruff format --check server loadtests tests examples
 	$(VENV)/bin/mypy
 
 test: setup lint
@@ -34,8 +38,8 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 format: setup
-	$(VENV)/bin/ruff format server loadtests tests
-	$(VENV)/bin/ruff check --fix server loadtests tests
+	$(VENV)/bin/ruff format server loadtests tests examples
+	$(VENV)/bin/ruff check --fix server loadtests tests examples
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -84,7 +84,8 @@ def create_desk_app(
     llm_drives = voice.llm in TOOL_CAPABLE_LLMS
 
     async def session_setup(request: SessionRequest) -> SessionSetup:
-        caller = request.query.get("caller") or settings.demo_caller
+        # ?caller= on the websocket, or <Parameter name="caller" value="{{From}}"/> on a Twilio call
+        caller = request.query.get("caller") or request.parameters.get("caller") or settings.demo_caller
         phone = normalize_phone(caller)
         customer = await desk.customer_by_phone(phone) if phone else None
         call = CallContext(call_id=uuid.uuid4().hex[:12], caller=phone or caller, customer=customer)

@@ -51,11 +51,12 @@ from server import (
 )
 from server.events import ToolCalled
 from server.model import registry
-from server.model.fakes import EnergyClassifierFactory
+from server.model.fakes import EnergyClassifierFactory, FakeTts, tone
 from server.model.tool_calls import ToolResult
 from server.streaming.audio import PcmFrame
 from server.streaming.vad import ClassifierFactory
 from tests.harness import RealtimeTestClient, decode_audio_deltas, realtime_client, running_server
+from tests.telephony.twilio_caller import twilio_call
 
 NOW = datetime(2026, 11, 30, 15, 0, tzinfo=UTC)
 TODAY = NOW.date()
@@ -403,7 +404,14 @@ async def test_the_brain_calls_tools_through_the_request() -> None:
 @pytest.fixture
 def fake_speech(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(registry.ASR_BACKENDS, "fake-asr", "server.model.fakes:load_fake_asr")
-    monkeypatch.setitem(registry.TTS_BACKENDS, "fake-tts", "server.model.fakes:load_fake_tts")
+    monkeypatch.setitem(
+        registry.TTS_BACKENDS, "quick-fake-tts", "tests.examples.test_customer_service:quick_fake_tts"
+    )
+
+
+def quick_fake_tts(options: object = None) -> FakeTts:
+    """The fake's tone, 5 ms per character: a reply plays out in well under a second."""
+    return FakeTts(ms_per_char=5.0)
 
 
 def desk_app(tmp_path: Path, vad: ClassifierFactory | None = None, **voice: Any) -> FastAPI:
@@ -417,7 +425,7 @@ def desk_app(tmp_path: Path, vad: ClassifierFactory | None = None, **voice: Any)
 
 @pytest.fixture
 async def fake_desk(tmp_path: Path, fake_speech: None) -> AsyncIterator[str]:
-    async with running_server(desk_app(tmp_path, asr="fake-asr", tts="fake-tts")) as url:
+    async with running_server(desk_app(tmp_path, asr="fake-asr", tts="quick-fake-tts")) as url:
         yield url
 
 
@@ -513,6 +521,28 @@ async def test_an_unknown_caller_is_served_without_a_customer(fake_desk: str) ->
     async with httpx.AsyncClient(base_url=fake_desk) as http:
         handoffs = (await http.get("/handoffs")).json()
     assert [(h["customer_id"], h["reason"]) for h in handoffs] == [(None, "let me speak to a person")]
+
+
+async def test_a_twilio_call_is_set_up_from_its_caller_parameter(fake_desk: str) -> None:
+    """The fake recogniser hears "hello there" whatever is said; the greeting names the
+    customer that the <Parameter name="caller"> points to."""
+    async with twilio_call(fake_desk, path="/voice/v1/twilio") as caller:
+        await caller.start({"caller": "+15550100003"})
+        after = len(caller.received)
+        await caller.speak(tone(600))
+        first = asyncio.ensure_future(caller.wait_for("media", after=after))
+        await caller.silence_until(first)
+        await first
+        await caller.wait_played_out()
+        await caller.stop()
+        assert (await caller.wait_closed())[0] == 1000
+    async with httpx.AsyncClient(base_url=fake_desk) as http:
+        sessions = [r for r in (await http.get("/calls")).json() if r["kind"] == "session_started"]
+    assert len(sessions) == 1
+    rows = await call_log_of(fake_desk, sessions[0]["session_id"])
+    detail = rows[0]["detail"]
+    assert detail["customer_name"] == "Alan Turing" and detail["call_sid"] == caller.call_sid
+    assert [r["text"] for r in rows if r["kind"] == "assistant_turn"][0].startswith("Hi Alan!")
 
 
 # --- spoken, with the real fast profile --------------------------------------------------------------
