@@ -32,7 +32,7 @@ import logging
 import re
 import time
 import typing
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -327,7 +327,11 @@ class SessionTools:
         publish: Callable[[AgentEvent], None],
         client_specs: Sequence[ToolSpec] = (),
         choice: str = "auto",
+        gate: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """`gate`: awaited before each server-side call; the conversation makes a speculative
+        reply's calls wait there until the reply is adopted (an abandoned one never runs them)."""
+        self._gate = gate
         self.box = box
         self.session_id = session_id
         self._publish = publish
@@ -354,6 +358,8 @@ class SessionTools:
     ) -> ToolResult:
         """Run a server-side tool, speaking its filler through `say` if it is slow, and
         publish a ToolCalled event."""
+        if self._gate is not None:
+            await self._gate()
         tool = self.box.get(name)
         filler = tool.filler if tool is not None and say is not None else None
         after_ms = tool.filler_after_ms if tool is not None else 0

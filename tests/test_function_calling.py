@@ -365,3 +365,37 @@ async def test_client_and_server_tools_are_offered_together() -> None:
         await client.wait_for("response.done")
     assert llm.offered == [["order_status", "show_map"]]
     assert llm.choices == ["required"]
+
+
+async def test_a_speculative_reply_runs_no_tool_until_it_is_adopted() -> None:
+    """Replies are prepared during the end-of-turn silence; a tool (maybe with side effects)
+    must not run for a turn that then goes on."""
+    asks = [call("cancel_order", '{"order_id": "A1"}')]
+    llm = FakeToolCallingLlm([asks, asks, ["Done, it is cancelled."]])  # prepared, real, after the tool
+    model = CascadeModel(FakeAsr(["cancel", "cancel order A1"]), llm, FakeTts(ms_per_char=20))
+    agent = VoiceAgent(
+        Settings(silence_duration_ms=500, speculative_silence_ms=100),
+        model=model,
+        vad=EnergyClassifierFactory(),
+    )
+    ran: list[str] = []
+
+    @agent.tool
+    async def cancel_order(order_id: str) -> str:
+        ran.append(order_id)
+        return "cancelled"
+
+    async with connected(agent) as client:
+        await client.stream(tone(400))
+        await client.stream(PcmFrame.silence(300, 24_000))  # long enough to prepare, not to end
+        assert llm.calls, "the reply was prepared during the pause"
+        assert ran == []  # its tool call waits for the turn to end
+        await client.stream(tone(400))
+        await client.stream(PcmFrame.silence(800, 24_000))
+        done = await client.wait_for("response.done")
+    assert done["response"]["status"] == "completed"
+    assert ran == ["A1"]  # once: the abandoned speculation's call never ran
+    assert len(llm.calls) == 3
+    assert (
+        client.of_type("response.output_audio_transcript.done")[0]["transcript"] == "Done, it is cancelled."
+    )
