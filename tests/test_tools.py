@@ -366,12 +366,13 @@ async def test_a_server_tool_round_feeds_the_result_back_to_the_model() -> None:
     [exchange] = [i for i in items if isinstance(i, ToolExchange)]
     assert "".join(texts).split() == ["Let", "me", "see.", "It", "shipped", "yesterday."]
     asked, answered = exchange.messages
-    assert asked.role == "assistant" and asked.text == "Let me see."
+    assert asked.role == "assistant" and asked.text == ""  # the reply's own message holds it
     assert asked.tool_calls == (call("order_status", '{"order_id": "A1"}'),)
     assert answered.role == "tool" and answered.tool_call_id == "call_1"
     assert json.loads(answered.text)["status"] == "shipped"
     # the second request sees the call and its result after the user's message
     assert [m.role for m in llm.calls[1]] == ["user", "assistant", "tool"]
+    assert llm.calls[1][1].text == "Let me see."
     assert llm.calls[1][2].text == answered.text
     assert llm.offered == [["order_status"], ["order_status"]]
 
