@@ -8,11 +8,14 @@ from server.events import (
     Interrupted,
     SessionEnded,
     SessionStarted,
+    ToolCalled,
     TurnLatency,
     UserTurn,
 )
 from server.model.base import Message
+from server.model.tool_calls import ToolResult
 from server.settings import Settings
+from server.tools import Tool, ToolBox, tool
 
 __all__ = [
     "AgentEvent",
@@ -27,7 +30,12 @@ __all__ = [
     "SessionSetup",
     "SessionStarted",
     "Settings",
+    "Tool",
+    "ToolBox",
+    "ToolCalled",
+    "ToolResult",
     "TurnLatency",
     "UserTurn",
     "VoiceAgent",
+    "tool",
 ]
