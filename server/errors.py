@@ -27,6 +27,16 @@ class BackendError(VoiceServerError):
         self.retryable = retryable
 
 
+class ModelTimeout(BackendError):
+    """A model call produced nothing for longer than its deadline (a hung backend).
+    `stage` names the call ("speech-to-text", "language model", "text-to-speech")."""
+
+    def __init__(self, stage: str, timeout_s: float):
+        super().__init__(f"the {stage} produced nothing for {timeout_s:g} s", retryable=True)
+        self.stage = stage
+        self.timeout_s = timeout_s
+
+
 class BackendUnavailable(BackendError):
     """A backend cannot be loaded or has no capacity (missing package or model file)."""
 

@@ -394,16 +394,28 @@ class _DecoderPool:
 
     def reserve(self) -> _DecoderProcess | Literal["spawn", "busy"]:
         """Non-blocking: an idle decoder, or "spawn" (a slot is now reserved for a new one,
-        which the caller must create with `spawn()`), or "busy"."""
-        with self._lock:
-            if self._closed:
-                raise BackendUnavailable("the pocketsphinx backend is closed")
-            if self._idle:
-                return self._idle.pop()
-            if self._count < self.max_decoders:
-                self._count += 1
-                return "spawn"
-            return "busy"
+        which the caller must create with `spawn()`), or "busy". An idle decoder whose process
+        died (killed, out of memory) is dropped here, its slot freed for a new one."""
+        dead: list[_DecoderProcess] = []
+        try:
+            with self._lock:
+                if self._closed:
+                    raise BackendUnavailable("the pocketsphinx backend is closed")
+                while self._idle:
+                    decoder = self._idle.pop()
+                    if decoder.is_alive:
+                        return decoder
+                    dead.append(decoder)
+                    self._count -= 1
+                if self._count < self.max_decoders:
+                    self._count += 1
+                    return "spawn"
+                return "busy"
+        finally:
+            for decoder in dead:
+                log.warning("pocketsphinx decoder process died while idle; replacing it")
+                decoder.is_healthy = False
+                decoder.close()  # reaps it; quick, the process is gone
 
     def spawn(self) -> _DecoderProcess:
         """Blocking: start a decoder process in a slot reserved by `reserve()`."""
@@ -480,6 +492,11 @@ class _DecoderProcess:
             decoder.close()
             raise BackendUnavailable(f"pocketsphinx decoder did not start: {exc}") from exc
         return decoder
+
+    @property
+    def is_alive(self) -> bool:
+        """The worker process has not exited (non-blocking)."""
+        return self._process.poll() is None
 
     def start_utterance(self) -> None:
         """Begin an utterance, first ending whatever the previous user left unfinished."""
