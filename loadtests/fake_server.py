@@ -31,17 +31,21 @@ from server.streaming.vad import ClassifierFactory
 
 REPLY: Final = "Sure, I can help with that. Let me look it up for you right now."  # 3.2 s of audio
 VADS: Final = ("webrtc", "silero", "energy")
+# no session limit, no connection-rate limits (docs/operations.md)
+UNLIMITED: Final = {"max_sessions": 100_000, "ip_connections_per_minute": 0, "key_connections_per_minute": 0}
 MODEL_DESCRIPTION: Final = "instant fake models (FakeAsr, FakeLlm, FakeTts; zero delays)"
 
 
 def fake_model_app(vad: str | None = None, reply: str = REPLY) -> FastAPI:
     """The Voxgate app with the instant fake models, answering `reply` to every turn, and the
-    named VAD: `webrtc`, `silero`, `energy` (the fake), or None for the server's default."""
+    named VAD: `webrtc`, `silero`, `energy` (the fake), or None for the server's default.
+    Admission limits are off: the load generator opens many sessions from one address."""
     if vad == "energy":
-        config = Settings()
+        config = Settings.model_validate(UNLIMITED)
         classifier: ClassifierFactory = EnergyClassifierFactory()
     else:
-        config = Settings() if vad is None else Settings.model_validate({"vad": vad})  # checks the name
+        # checks the name
+        config = Settings.model_validate(UNLIMITED if vad is None else {**UNLIMITED, "vad": vad})
         classifier = load_vad(config)
     model = CascadeModel(FakeAsr(), FakeLlm([reply]), FakeTts())
     return create_app(config, model=model, vad=classifier)
