@@ -3,6 +3,11 @@
 `publish()` never blocks (a bounded queue; beyond it events are dropped and counted); a task
 of the conversation runs `run()`, calling the handler in order, each call bounded in time;
 after the conversation ends, `drain()` delivers what is left, within a bound.
+
+Privacy (docs/privacy.md): with `redact_transcripts` every event is redacted here, before the
+session log and the handler see it; the session log (SessionLog) records every event, whether
+or not a handler is set. A failing handler is logged without its exception's message unless
+`log_transcripts`: the handler had the transcript in hand and may quote it.
 """
 
 from __future__ import annotations
@@ -11,17 +16,27 @@ import asyncio
 import logging
 
 from server.events import EVENT_HANDLER_TIMEOUT_S, AgentEvent, EventHandler
+from server.logs import error_fields
+from server.privacy import PrivacyOptions, redact_event
+from server.streaming.session_log import SessionLog
 
 log = logging.getLogger(__name__)
 
 
 class EventNotifier:
-    def __init__(self, handler: EventHandler | None, max_pending: int = 1000) -> None:
+    def __init__(
+        self, handler: EventHandler | None, max_pending: int = 1000, privacy: PrivacyOptions | None = None
+    ) -> None:
         self._handler = handler
+        self._privacy = privacy or PrivacyOptions()
+        self._session_log = SessionLog(self._privacy)
         self._queue: asyncio.Queue[AgentEvent] = asyncio.Queue(max_pending)
         self.dropped = 0
 
     def publish(self, event: AgentEvent) -> None:
+        if self._privacy.redact_transcripts:
+            event = redact_event(event)
+        self._session_log.record(event)
         if self._handler is None:
             return
         try:
@@ -49,5 +64,12 @@ class EventNotifier:
                 await self._handler(event)
         except TimeoutError:
             log.warning("event handler timed out", extra={"event": type(event).__name__})
-        except Exception:
-            log.exception("event handler failed", extra={"event": type(event).__name__})
+        except Exception as exc:
+            log.error(
+                "event handler failed",
+                extra={
+                    "session_id": event.session_id,
+                    "event": type(event).__name__,
+                    **error_fields(exc, with_message=self._privacy.log_transcripts),
+                },
+            )
