@@ -46,7 +46,7 @@ def faulty_app(
     **settings: Any,
 ) -> FastAPI:
     model = CascadeModel(asr or FakeAsr(), llm or FakeLlm(), tts or FakeTts(), deadlines)
-    return create_app(Settings(**settings), model=model, vad=EnergyClassifierFactory())  # type: ignore[arg-type]
+    return create_app(Settings(**settings), model=model, vad=EnergyClassifierFactory())
 
 
 async def text_turn(client: RealtimeTestClient, text: str = "hi") -> dict[str, Any]:
@@ -330,7 +330,7 @@ async def test_killed_decoder_mid_turn_fails_that_turn_only() -> None:
     # a decoder started during a turn counts against the final-transcript deadline (5 s by
     # default; starting one took 5 s on this shared 2-core machine): not what this test is about
     model = CascadeModel(asr, FakeLlm(["Okay."]), FakeTts(), ModelDeadlines(asr_final_timeout_s=60))
-    app = create_app(Settings(), model=model, vad=EnergyClassifierFactory())  # type: ignore[arg-type]
+    app = create_app(Settings(), model=model, vad=EnergyClassifierFactory())
     try:
         async with running_server(app) as url, realtime_client(url) as client:
             await client.wait_for("session.created")

@@ -1,0 +1,175 @@
+"""Graceful shutdown: new sessions refused, replies in progress finish, then close 1001.
+
+In-process `GracefulServer` with fake models (named as such), and `voxgate serve` in a
+subprocess with the real fast-profile backends stopped by SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+import websockets
+from fastapi import FastAPI
+
+from server.model.fakes import FakeLlm, FakeTts
+from server.shutdown import SHUTDOWN_REASON, GracefulServer, app_sessions
+from server.streaming.aio import cancel_and_wait
+from tests.conftest import fake_app
+from tests.harness import RealtimeTestClient, decode_audio_deltas, realtime_client, running_server
+
+REPLY = "One two three. Four five six."  # FakeTts: 50 ms per character, about 1.5 s of audio
+
+
+@contextlib.asynccontextmanager
+async def graceful_server(app: FastAPI, grace_s: float) -> AsyncIterator[tuple[str, GracefulServer]]:
+    """Serve `app` with GracefulServer on 127.0.0.1:<free port>; yields the URL and server."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    server = GracefulServer(config, app_sessions(app), grace_s)
+    task = asyncio.create_task(server.serve(), name="test-graceful-uvicorn")
+    try:
+        for _ in range(500):
+            if server.started:
+                break
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+        port = [s for srv in server.servers for s in srv.sockets][0].getsockname()[1]
+        yield f"http://127.0.0.1:{port}", server
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 30)
+
+
+async def ask(client: RealtimeTestClient, text: str = "hi") -> None:
+    await client.send(
+        {
+            "type": "conversation.item.create",
+            "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]},
+        }
+    )
+    await client.send({"type": "response.create"})
+
+
+async def closed(client: RealtimeTestClient, timeout_s: float = 10.0) -> tuple[int | None, str | None]:
+    """Wait for the server to close the connection; its close code and reason."""
+    await asyncio.wait_for(client.ws.wait_closed(), timeout_s)
+    return client.ws.close_code, client.ws.close_reason
+
+
+async def test_shutdown_lets_the_reply_finish_then_closes_1001() -> None:
+    app = fake_app(llm=FakeLlm([REPLY]), tts=FakeTts())
+    async with graceful_server(app, grace_s=30) as (url, server):
+        async with realtime_client(url) as client:
+            await client.wait_for("session.created")
+            await ask(client)
+            await client.wait_for("response.output_audio.delta")
+            server.should_exit = True  # what SIGTERM does
+            done = await client.wait_for("response.done")
+            assert done["response"]["status"] == "completed"
+            with pytest.raises(OSError):  # no longer accepting
+                async with realtime_client(url):
+                    pass
+            assert await closed(client) == (1001, SHUTDOWN_REASON)
+            audio = decode_audio_deltas(client.of_type("response.output_audio.delta"))
+            assert len(audio) >= len(REPLY) * 50 * 24 - 24_000 * 0.1  # all of it, give or take a phrase tail
+
+
+async def test_idle_session_is_closed_at_once() -> None:
+    async with graceful_server(fake_app(), grace_s=60) as (url, server):
+        async with realtime_client(url) as client:
+            await client.wait_for("session.created")
+            server.should_exit = True
+            assert await closed(client, timeout_s=10) == (1001, SHUTDOWN_REASON)  # not after the 60 s grace
+
+
+async def test_reply_longer_than_the_grace_is_cut_with_1001() -> None:
+    app = fake_app(llm=FakeLlm(["A very long answer. " * 40]), tts=FakeTts())
+    async with graceful_server(app, grace_s=0.5) as (url, server):
+        async with realtime_client(url) as client:
+            await client.wait_for("session.created")
+            await ask(client)
+            await client.wait_for("response.output_audio.delta")
+            server.should_exit = True
+            assert await closed(client, timeout_s=15) == (1001, SHUTDOWN_REASON)
+            assert client.of_type("response.done") == []  # 40 s of audio: not finished
+
+
+async def test_upgrade_while_draining_is_refused_with_503() -> None:
+    app = fake_app(llm=FakeLlm([REPLY]), tts=FakeTts())
+    async with running_server(app) as url, realtime_client(url) as busy:
+        await busy.wait_for("session.created")
+        await ask(busy)
+        await busy.wait_for("response.output_audio.delta")
+        drain = asyncio.create_task(app.state.runtime.sessions.drain(grace_s=30))
+        try:
+            await asyncio.sleep(0.05)
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                async with realtime_client(url):
+                    pass
+            assert refused.value.response.status_code == 503
+            assert b"server shutting down" in refused.value.response.body
+            done = await busy.wait_for("response.done")  # the live session still finishes
+            assert done["response"]["status"] == "completed"
+            assert await closed(busy) == (1001, SHUTDOWN_REASON)
+        finally:
+            await cancel_and_wait(drain, timeout_s=5)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.slow
+async def test_sigterm_to_voxgate_serve_drains_then_exits(tmp_path: Path) -> None:
+    pytest.importorskip("pocketsphinx")
+    port = _free_port()
+    env = {
+        **os.environ,
+        "VOXGATE_PORT": str(port),
+        "VOXGATE_LLM": "rules",  # the fast profile with a plainly named rule-based responder
+        "VOXGATE_VAD": "webrtc",
+        "VOXGATE_LOG_LEVEL": "warning",
+        "VOXGATE_SHUTDOWN_GRACE_S": "30",
+    }
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(  # noqa: ASYNC220 - starting it is quick; it is waited for off the loop
+            [sys.executable, "-m", "server", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient() as http:
+            for _ in range(600):
+                with contextlib.suppress(httpx.TransportError):
+                    if (await http.get(url + "/healthz")).status_code == 200:
+                        break
+                assert process.poll() is None, log_path.read_text()
+                await asyncio.sleep(0.1)
+        async with realtime_client(url, path="/v1/realtime") as client:
+            await client.wait_for("session.created", timeout_s=30)
+            await ask(client, "hello, what can you do for me today?")
+            await client.wait_for("response.output_audio.delta", timeout_s=60)
+            process.send_signal(signal.SIGTERM)
+            done = await client.wait_for("response.done", timeout_s=60)
+            assert done["response"]["status"] == "completed"
+            assert await closed(client, timeout_s=30) == (1001, SHUTDOWN_REASON)
+        # uvicorn re-raises the SIGTERM it caught once it has shut down: the exit is by SIGTERM
+        assert await asyncio.to_thread(process.wait, 60) in (0, -signal.SIGTERM), log_path.read_text()
+        assert "Traceback" not in log_path.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
