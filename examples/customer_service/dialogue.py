@@ -11,7 +11,8 @@ A plain state machine (no I/O, no clock, no awaits). The brain (`brain.py`) feed
 What it understands (`hear`): intents by keywords in the recogniser's lower-case words, and
 an order number said any way `spoken_numbers.order_number` reads ("order one two three four",
 "twelve thirty four", "1234"). Precedence in a turn: a person (transfer) > an awaited yes/no >
-an awaited order number > refund > order status > goodbye > greeting.
+an awaited order number > refund > order status > a plain no (goodbye) or yes (the menu) >
+goodbye > greeting.
 
 States (`Awaiting`):
     NOTHING --"where is my order"--> ORDER_FOR_STATUS --"1234"--> [order_status] --> NOTHING
@@ -161,6 +162,10 @@ def respond(state: DialogueState, transcript: str, caller_name: str | None = Non
         return _ask_order(heard, _missed(state), "Sorry, I didn't catch the order number.")
     if Intent.ORDER_STATUS in intents:
         return _ask_order(heard, DialogueState(Awaiting.ORDER_FOR_STATUS), "Sure.")
+    if Intent.NO in intents and Intent.YES not in intents:  # "no" to "anything else?"
+        return Say("All right. Thanks for calling, goodbye!", DialogueState())
+    if Intent.YES in intents and Intent.NO not in intents:
+        return Say(f"Sure. {HELP} Which would you like?", DialogueState())
     if Intent.GOODBYE in intents:
         return Say("You're welcome. Thanks for calling, goodbye!", DialogueState())
     if Intent.GREETING in intents:

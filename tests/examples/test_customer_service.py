@@ -56,6 +56,15 @@ from server.model.tool_calls import ToolResult
 from server.streaming.audio import PcmFrame
 from server.streaming.vad import ClassifierFactory
 from tests.harness import RealtimeTestClient, decode_audio_deltas, realtime_client, running_server
+from tests.model.test_openai_llm import (
+    Request,
+    arguments_fragment,
+    chat_server,
+    chunk_event,
+    first_fragment,
+    streaming,
+    tool_call_event,
+)
 from tests.telephony.twilio_caller import twilio_call
 
 NOW = datetime(2026, 11, 30, 15, 0, tzinfo=UTC)
@@ -213,6 +222,13 @@ def test_a_failed_tool_call_is_said_plainly() -> None:
     step = respond(DialogueState(), "where is order 1234")
     assert isinstance(step, CallTool)
     assert "isn't answering" in after_tool(step, None).text
+
+
+def test_yes_or_no_to_anything_else() -> None:
+    no = respond(DialogueState(), "no thank you")
+    assert isinstance(no, Say) and "goodbye" in no.text
+    yes = respond(DialogueState(), "yes")
+    assert isinstance(yes, Say) and "Which would you like?" in yes.text
 
 
 def test_greeting_uses_the_callers_first_name() -> None:
@@ -543,6 +559,49 @@ async def test_a_twilio_call_is_set_up_from_its_caller_parameter(fake_desk: str)
     detail = rows[0]["detail"]
     assert detail["customer_name"] == "Alan Turing" and detail["call_sid"] == caller.call_sid
     assert [r["text"] for r in rows if r["kind"] == "assistant_turn"][0].startswith("Hi Alan!")
+
+
+async def test_with_a_tool_capable_remote_model_the_model_calls_the_tools(
+    tmp_path: Path, fake_speech: None
+) -> None:
+    """VOXGATE_LLM=openai: no dialogue manager; an OpenAI-compatible endpoint (a scripted
+    local one) is offered the desk's tools and the caller's name, calls order_status, and
+    answers from its result."""
+
+    async def respond(request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(server.requests) == 1:
+            call = [
+                first_fragment(0, "call_1", "order_status"),
+                arguments_fragment(0, '{"order_id": "1234"}'),
+            ]
+            events = [tool_call_event(call, finish_reason="tool_calls")]
+        else:
+            events = [chunk_event("It has shipped with UPS."), chunk_event(None, "stop")]
+        await streaming([*events, "data: [DONE]\n\n"])(request, reader, writer)
+
+    async with chat_server(respond) as server:
+        voice: dict[str, Any] = {
+            "asr": "fake-asr",
+            "tts": "quick-fake-tts",
+            "llm": "openai",
+            "backend_options": {"openai": {"base_url": server.base_url, "model": "any"}},
+        }
+        async with running_server(desk_app(tmp_path, **voice)) as url:
+            async with realtime_client(url, path=f"/voice/v1/realtime?caller=%2B{ADA[1:]}") as client:
+                created = await client.wait_for("session.created")
+                assert (await say(client, "where is order twelve thirty four")) == "It has shipped with UPS."
+            rows = await call_log_of(url, created["session"]["id"])
+    first, second = (r.body for r in server.requests)
+    assert {t["function"]["name"] for t in first["tools"]} == {
+        "order_status",
+        "request_refund",
+        "transfer_to_human",
+    }
+    assert "Ada Lovelace" in first["messages"][0]["content"]
+    tool_message = next(m for m in second["messages"] if m["role"] == "tool")
+    assert json.loads(tool_message["content"])["item"] == "wireless headphones"
+    tools = [(r["text"], r["detail"]["arguments"]) for r in rows if r["kind"] == "tool_called"]
+    assert tools == [("order_status", {"order_id": "1234"})]
 
 
 # --- spoken, with the real fast profile --------------------------------------------------------------
