@@ -25,6 +25,7 @@ from server.events import (
     Interrupted,
     SessionEnded,
     SessionStarted,
+    ToolCalled,
     TurnLatency,
     UserTurn,
 )
@@ -178,6 +179,23 @@ def test_redact_event_changes_only_speech_text() -> None:
     assert redact_event(started) is started
     latency = TurnLatency("sess_1", "item_2", 420.0)
     assert redact_event(latency) is latency
+
+
+def test_redact_event_covers_tool_call_arguments_and_results() -> None:
+    call = ToolCalled(
+        "sess_1",
+        "call_1",
+        "find_order",
+        {"card": VISA, "items": ["call 415-555-2671", 3]},
+        '{"email": "ada@example.com"}',
+        None,
+        12.0,
+        False,
+    )
+    redacted = redact_event(call)
+    assert isinstance(redacted, ToolCalled)
+    assert redacted.arguments == {"card": "[card]", "items": ["call [phone]", 3]}
+    assert redacted.result == '{"email": "[email]"}' and redacted.name == "find_order"
 
 
 # --- properties --------------------------------------------------------------------------------
