@@ -551,7 +551,7 @@ async def barrier_answer(client: RealtimeTestClient, barrier_id: str, after: int
     """Index of the barrier's error event, or None if the connection closed first."""
 
     def is_barrier(e: dict[str, Any]) -> bool:
-        return e["type"] == "error" and e["error"].get("event_id") == barrier_id
+        return bool(e["type"] == "error" and e["error"].get("event_id") == barrier_id)
 
     async with asyncio.timeout(WAIT_S):
         while True:

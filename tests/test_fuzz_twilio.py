@@ -177,7 +177,7 @@ NOT_MULAW_8K = st.fixed_dictionaries(
 
 def drop(body: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
     """`body` without the field at `path` (a required one)."""
-    copy = json.loads(json.dumps(body))
+    copy: dict[str, Any] = json.loads(json.dumps(body))
     target = copy
     for key in path[:-1]:
         target = target[key]
@@ -186,7 +186,7 @@ def drop(body: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
 
 
 def replace(body: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
-    copy = json.loads(json.dumps(body))
+    copy: dict[str, Any] = json.loads(json.dumps(body))
     target = copy
     for key in path[:-1]:
         target = target[key]
