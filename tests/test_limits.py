@@ -8,18 +8,20 @@ import contextlib
 import json
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
 import websockets
-from fastapi import FastAPI
+from fastapi import FastAPI, WebSocket
 from websockets.exceptions import InvalidStatus
 
+from server.admission import RefusalReason, Refused
 from server.agent import SessionRequest, SessionSetup
 from server.app import create_app
+from server.gate import refuse
 from server.listener import listening_socket, send_buffer_bytes
 from server.model.cascade import CascadeModel
 from server.model.fakes import EnergyClassifierFactory, FakeAsr, FakeLlm, FakeTts
@@ -341,3 +343,24 @@ async def test_a_client_that_stops_reading_is_closed_and_costs_bounded_memory() 
     # what the server held for this client (uvicorn's 64 KiB and the kernel's send buffer) is
     # a small part of the reply's 9.6 MB: the rest was never queued
     assert len(received) < 64 * 1024 + 2 * send_buffer_bytes(500) + 64 * 1024, len(received)
+
+
+@pytest.mark.parametrize(
+    ("reason", "code"), [(RefusalReason.AT_CAPACITY, 1013), (RefusalReason.IP_RATE_LIMITED, 1008)]
+)
+async def test_without_the_denial_extension_a_refusal_is_accept_then_close(
+    reason: RefusalReason, code: int
+) -> None:
+    """An ASGI server that cannot answer an upgrade with HTTP: accept, then close with a reason."""
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.connect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "websocket", "path": "/v1/realtime", "headers": [], "extensions": {}}
+    await refuse(WebSocket(scope, receive, send), Refused(reason, 2.5))
+    assert [m["type"] for m in sent] == ["websocket.accept", "websocket.close"]
+    assert sent[1]["code"] == code and "try again in 3 s" in sent[1]["reason"]
