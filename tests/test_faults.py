@@ -406,3 +406,33 @@ async def test_disconnect_at_every_stage_leaves_nothing_behind(
         async with realtime_client(url) as other:
             await other.wait_for("session.created")
             assert (await voice_turn(other))["response"]["status"] == "completed"
+
+
+class _Exotic(BaseException):
+    """A BaseException that is no Exception (some libraries raise such)."""
+
+
+async def test_base_exception_from_a_backend_ends_that_session_only() -> None:
+    llm = FakeLlm(["one two three"], fail_after_words=1, fail_with=_Exotic)
+    async with running_server(faulty_app(llm=llm)) as url:
+        async with realtime_client(url) as client, realtime_client(url) as other:
+            await client.wait_for("session.created")
+            await other.wait_for("session.created")
+            await client.send(
+                {
+                    "type": "conversation.item.create",
+                    "item": {
+                        "type": "message",
+                        "role": "user",
+                        "content": [{"type": "input_text", "text": "hi"}],
+                    },
+                }
+            )
+            await client.send({"type": "response.create"})
+            await asyncio.wait_for(client.ws.wait_closed(), 10)
+            assert client.ws.close_code == 1011
+            llm.fail_after_words = None
+            assert (await text_turn(other))["response"]["status"] == "completed"
+        async with realtime_client(url) as later:
+            await later.wait_for("session.created")
+            assert (await text_turn(later))["response"]["status"] == "completed"

@@ -7,6 +7,7 @@ subprocess with the real fast-profile backends stopped by SIGTERM.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import signal
@@ -22,11 +23,12 @@ import uvicorn
 import websockets
 from fastapi import FastAPI
 
-from server.model.fakes import FakeLlm, FakeTts
+from server.model.fakes import FakeAsr, FakeLlm, FakeTts, tone
 from server.shutdown import SHUTDOWN_REASON, GracefulServer, app_sessions
 from server.streaming.aio import cancel_and_wait
 from tests.conftest import fake_app
 from tests.harness import RealtimeTestClient, decode_audio_deltas, realtime_client, running_server
+from tests.telephony.twilio_caller import twilio_call
 
 REPLY = "One two three. Four five six."  # FakeTts: 50 ms per character, about 1.5 s of audio
 
@@ -82,7 +84,28 @@ async def test_shutdown_lets_the_reply_finish_then_closes_1001() -> None:
                     pass
             assert await closed(client) == (1001, SHUTDOWN_REASON)
             audio = decode_audio_deltas(client.of_type("response.output_audio.delta"))
-            assert len(audio) >= len(REPLY) * 50 * 24 - 24_000 * 0.1  # all of it, give or take a phrase tail
+            phrases_ms = (len("One two three.") + len("Four five six.")) * 50  # FakeTts, per phrase
+            assert abs(len(audio) / 24 - phrases_ms) <= 25  # the whole reply
+
+
+async def test_shutdown_lets_a_phone_call_hear_the_reply_then_closes_1001() -> None:
+    app = fake_app(FakeAsr(["where is my order"]), FakeLlm([REPLY]), FakeTts())
+    async with graceful_server(app, grace_s=30) as (url, server), twilio_call(url) as caller:
+        await caller.start({})
+        after = len(caller.received)
+        await caller.speak(tone(600))
+        first = asyncio.ensure_future(caller.wait_for("media", after=after))
+        await caller.silence_until(first)
+        await first
+        server.should_exit = True
+        closing = asyncio.ensure_future(caller.wait_closed(timeout_s=30))
+        with contextlib.suppress(websockets.ConnectionClosed):  # a phone line sends until closed
+            await caller.silence_until(closing, timeout_s=30)
+        assert await closing == (1001, SHUTDOWN_REASON)
+        sent_ms = sum(len(base64.b64decode(m["media"]["payload"])) for m in caller.of_event("media")) / 8
+        phrases_ms = (len("One two three.") + len("Four five six.")) * 50  # FakeTts, per phrase
+        assert abs(sent_ms - phrases_ms) <= 25  # the whole reply (mu-law 8 kHz: 8 bytes a ms)
+        assert caller.marks and all(mark.played for mark in caller.marks)  # and the phone played it
 
 
 async def test_idle_session_is_closed_at_once() -> None:
