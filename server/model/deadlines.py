@@ -33,7 +33,9 @@ class ModelDeadlines:
     tts_phrase_timeout_s: from a phrase's request to its first audio, and between frames.
     """
 
-    asr_final_timeout_s: float = 5.0
+    # above a pooled recogniser's legitimate worst case: waiting for a busy pool (pocketsphinx:
+    # up to 5 s) plus starting a decoder process (measured 5.0-5.7 s on a loaded 2-core box)
+    asr_final_timeout_s: float = 15.0
     llm_first_token_timeout_s: float = 10.0
     llm_token_gap_timeout_s: float = 5.0
     tts_phrase_timeout_s: float = 10.0
