@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from examples.customer_service.app import DeskSettings, create_desk_app
+from examples.customer_service.desk import utc_now
+from examples.customer_service.store import SupportStore
 from server import Settings
 from server.errors import BackendUnavailable
 
@@ -33,6 +36,13 @@ def main(argv: list[str] | None = None) -> int:
         voice = Settings(**overrides)
     except (ValidationError, SettingsError) as exc:
         print(f"support desk: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    try:  # created (and seeded) here too, so a bad path fails with a message, not a traceback
+        store = SupportStore(desk.db)
+        store.create(utc_now().date())
+        store.close()
+    except (OSError, sqlite3.Error) as exc:
+        print(f"support desk: cannot open the database {desk.db}: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=voice.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"

@@ -110,7 +110,10 @@ def create_desk_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await desk.open()
-        yield
+        try:
+            yield
+        finally:
+            await desk.close()
 
     host = FastAPI(title="Example support desk", lifespan=lifespan)
     host.state.desk = desk

@@ -56,6 +56,9 @@ class SupportDesk:
         """Create (and on first start seed) the database; True if it was seeded now."""
         return await asyncio.to_thread(self.store.create, self.today())
 
+    async def close(self) -> None:
+        await asyncio.to_thread(self.store.close)
+
     async def customer_by_phone(self, phone: str) -> Customer | None:
         return await asyncio.to_thread(self.store.customer_by_phone, phone)
 

@@ -1,12 +1,14 @@
 """The support desk's SQLite database: schema, seed data and queries (synchronous).
 
-Every method opens its own connection and closes it, so a `SupportStore` can be used from any
-thread; the async layer (`desk.py`) calls these methods through `asyncio.to_thread`, so the
-event loop never waits on the disk. Writes run in `BEGIN IMMEDIATE` transactions; the
-database is in WAL mode, so readers never wait for a writer.
+A `SupportStore` keeps one connection, used by one thread at a time under a lock, so it can
+be called from any thread; the async layer (`desk.py`) calls these methods through
+`asyncio.to_thread`, so the event loop never waits on the disk. (A connection per call costs
+a WAL checkpoint and an fsync each time the last one closes.) Writes run in `BEGIN IMMEDIATE`
+transactions; the database is in WAL mode with synchronous=NORMAL; other processes may share
+the file (SQLite's locking, a 5 s busy timeout).
 
 Order of calls: `SupportStore(path).create(today)` once at start (creates the tables, and
-seeds them when the database is new), then any query. Dates and times are passed in (`today`,
+seeds them when the database is new), then any query; `close()` at the end. Dates and times are passed in (`today`,
 `now`); nothing here reads the clock.
 
 Tables:
@@ -23,8 +25,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from collections.abc import Iterator, Mapping
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -164,12 +167,30 @@ class SupportStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        with closing(sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)) as db:
-            db.execute("PRAGMA foreign_keys = ON")
-            yield db
+        """The store's one connection (opened on first use), held by one thread at a time."""
+        with self._lock:
+            if self._db is None:
+                db = sqlite3.connect(
+                    self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+                )
+                db.execute("PRAGMA foreign_keys = ON")
+                # WAL with NORMAL: a commit survives the process crashing without an fsync each
+                # (a power cut may lose the last ones); FULL would fsync every call-log row
+                db.execute("PRAGMA synchronous = NORMAL")
+                self._db = db
+            yield self._db
+
+    def close(self) -> None:
+        """Close the connection (a later call opens it again)."""
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from examples.customer_service.__main__ import main as desk_main
 from examples.customer_service.app import DeskSettings, create_desk_app
 from examples.customer_service.brain import desk_brain, user_turns
 from examples.customer_service.call import CallContext, current_call, normalize_phone
@@ -283,13 +284,16 @@ def test_normalize_phone() -> None:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SupportStore:
+def store(tmp_path: Path) -> Iterator[SupportStore]:
     store = SupportStore(tmp_path / "desk" / "support.db")
     assert store.create(TODAY) is True
-    return store
+    yield store
+    store.close()
 
 
 def test_the_database_is_seeded_once(store: SupportStore) -> None:
+    assert store.create(TODAY) is False
+    store.close()  # and again from the file, by a new connection
     assert store.create(TODAY) is False
     order = store.order("1234")
     assert order is not None and order.status == "shipped" and order.carrier == "UPS"
@@ -457,6 +461,18 @@ async def test_backend_routes(fake_desk: str) -> None:
         assert (await http.get("/voice/healthz")).json()["status"] == "ok"
         page = await http.get("/", follow_redirects=True)
         assert page.status_code == 200 and str(page.url).endswith("/voice/")
+
+
+def test_main_refuses_a_database_it_cannot_create(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert desk_main(["--db", str(blocker / "support.db")]) == 2
+    assert "cannot open the database" in capsys.readouterr().err
+
+
+def test_main_refuses_bad_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    assert desk_main(["--port", "70000"]) == 2
+    assert "invalid settings" in capsys.readouterr().err
 
 
 async def say(client: RealtimeTestClient, text: str) -> str:
