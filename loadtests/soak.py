@@ -26,55 +26,51 @@ climbs steadily, noise does not. Errors are counted by kind, separately for the 
 clients (the target is zero) and the abusers (malformed input is expected to get errors; a
 message left unanswered or a 1011 close is the failure there).
 
-`--spawn fake` starts `loadtests.fake_server` (INSTANT FAKE MODELS, the fake energy VAD, a
-short reply) on a free port; `--spawn real` starts `python -m server serve` with the real
-models of the environment (`--env 'VOXGATE_ASR=... '`), as loadtests/bench_latency does. Either
-way the connection-rate limit is off and the session limit raised to fit the load. The exit
-status is 0 when every verdict passes, 1 otherwise, 2 on a usage or start-up error.
+`--spawn fake` starts `loadtests.soak_server` (INSTANT FAKE MODELS that keep no record of
+their calls, the fake energy VAD, a short reply) on a free port; `--spawn real` starts
+`python -m server serve` with the real models of the environment (`--env 'VOXGATE_ASR=...'`),
+as loadtests/bench_latency does. Either way the connection-rate limit is off and the session
+limit raised to fit the load. The exit status is 0 when every verdict passes, 1 otherwise, 2
+on a usage or start-up error.
 
-Unlike the rest of `loadtests`, nothing here imports the server; the fake server is a
-subprocess.
+The clients (sequential short sessions, abusers) live in `loadtests.soak_clients`. Like the
+rest of `loadtests`, this module imports nothing from the server: the server is a subprocess.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import dataclasses
 import json
 import os
-import random
 import signal
 import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import numpy as np
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from loadtests.bench_latency import BenchError, free_port, parse_env_spec, spawned_server
 from loadtests.corpus import SAMPLE_RATE_HZ, Utterance, load_corpus, make_utterance
 from loadtests.load import Load, LoadPlan, LoadResult
-from loadtests.session import SessionOptions, TurnPlan, run_session
+from loadtests.session import SessionOptions
+from loadtests.soak_clients import AbuseCounts, SequentialCounts, abuser, sequential_sessions, short_session
 from loadtests.stats import Summary, summarize
 from loadtests.target import parse_duration_s
 
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
-SPOKEN_EVERY: Final = 20  # one sequential session in this many speaks a turn
 FD_NOISE: Final = 4  # open fds may differ by a few: keep-alive sockets, a log file rotating
 DRAIN_TIMEOUT_S: Final = 20.0
 WARMUP_SESSIONS: Final = 10
 FAKE_REPLY: Final = "Okay, done."  # 11 characters, 550 ms of the fake TTS's tone
-ANSWER_TIMEOUT_S: Final = 10.0
 STAT_FIELDS: Final = ("rss_kb", "open_fds", "asyncio_tasks", "sessions", "threads")
 
 
@@ -170,170 +166,6 @@ def rss_slope_mib_per_10min(samples: Sequence[Sample]) -> float | None:
         return None
     slope_per_s = float(np.polyfit(t, rss_mib, 1)[0])
     return slope_per_s * 600
-
-
-# --- sequential short sessions ----------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class SequentialCounts:
-    sessions: int = 0
-    by_kind: Counter[str] = field(default_factory=Counter)
-    errors: Counter[str] = field(default_factory=Counter)
-
-
-async def _expect(ws: ClientConnection, kind: str) -> dict[str, Any]:
-    """The next event of `kind`; raises on an `error` event (the well-behaved get none)."""
-    async with asyncio.timeout(ANSWER_TIMEOUT_S):
-        async for raw in ws:
-            event = json.loads(raw)
-            if event.get("type") == "error":
-                raise _ServerError(str((event.get("error") or {}).get("code")))
-            if event.get("type") == kind:
-                return dict(event)
-    raise ConnectionClosed(None, None)
-
-
-class _ServerError(Exception):
-    pass
-
-
-async def short_session(url: str, kind: str) -> str | None:
-    """One short session: "connect" (session.created, then close) or "typed" (a typed turn to
-    response.done). Returns the error kind, or None."""
-    try:
-        async with connect(
-            url, open_timeout=ANSWER_TIMEOUT_S, close_timeout=2, max_size=None, proxy=None
-        ) as ws:
-            await _expect(ws, "session.created")
-            if kind == "typed":
-                item = {
-                    "type": "message",
-                    "role": "user",
-                    "content": [{"type": "input_text", "text": "hello"}],
-                }
-                await ws.send(json.dumps({"type": "conversation.item.create", "item": item}))
-                await ws.send(json.dumps({"type": "response.create"}))
-                done = await _expect(ws, "response.done")
-                if (done.get("response") or {}).get("status") != "completed":
-                    return "response_not_completed"
-    except InvalidStatus as exc:
-        return f"connect:{exc.response.status_code}"
-    except (OSError, InvalidHandshake, InvalidURI):
-        return "connect"
-    except TimeoutError:
-        return "timeout"
-    except ConnectionClosed:
-        return "closed"
-    except _ServerError as exc:
-        return f"server_error:{exc}"
-    return None
-
-
-async def sequential_sessions(
-    url: str, spoken: Utterance, stop: asyncio.Event, counts: SequentialCounts, silence_ms: int
-) -> None:
-    """Short sessions one after another until `stop`."""
-    n = 0
-    while not stop.is_set():
-        n += 1
-        if n % SPOKEN_EVERY == 0:
-            kind = "spoken"
-            options = SessionOptions(
-                url=url, silence_duration_ms=silence_ms, lead_silence_ms=200, pause_ms=200, deadline_s=60.0
-            )
-            result = await run_session(options, [TurnPlan(spoken)])
-            first = result.errors[0] if result.errors else None
-            error: str | None = (
-                None if first is None else f"{first.kind}:{first.code}" if first.code else first.kind
-            )
-        else:
-            kind = "connect" if n % 2 else "typed"
-            error = await short_session(url, kind)
-        counts.sessions += 1
-        counts.by_kind[kind] += 1
-        if error is not None:
-            counts.errors[error] += 1
-
-
-# --- abusers ------------------------------------------------------------------------------------------
-
-
-def bad_messages(rng: random.Random) -> list[str | bytes]:
-    """Malformed client messages; each must get an `error` event and leave the session usable."""
-    huge = "x" * rng.choice((10_000, 500_000))
-    return [
-        "{not json",
-        "[1, 2, 3]",
-        json.dumps({"no_type": 1}),
-        json.dumps({"type": "input_audio_buffer.explode"}),
-        json.dumps({"type": "input_audio_buffer.append", "audio": "@@not base64@@"}),
-        json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(b"\x00" * 3).decode()}),
-        json.dumps(
-            {"type": "conversation.item.truncate", "item_id": "nope", "content_index": 0, "audio_end_ms": 5}
-        ),
-        json.dumps({"type": "session.update", "session": {"turn_detection": {"threshold": 7}}}),
-        json.dumps({"type": "session.update", "session": {"instructions": 5}}),
-        json.dumps({"type": "response.create", "response": {"audio": [None]}}),
-        json.dumps({"type": "response.cancel"}),
-        json.dumps({"type": "input_audio_buffer.commit"}),
-        json.dumps({"type": huge}),
-        bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64))),
-    ]
-
-
-@dataclass(slots=True)
-class AbuseCounts:
-    sessions: int = 0
-    messages: int = 0
-    answered: int = 0
-    failures: Counter[str] = field(default_factory=Counter)  # unanswered, closed:<code>, connect
-
-
-async def _error_answer(ws: ClientConnection) -> bool:
-    async with asyncio.timeout(ANSWER_TIMEOUT_S):
-        async for raw in ws:
-            event = json.loads(raw)
-            if event.get("type") == "error":
-                error = event.get("error") or {}
-                return bool(error.get("code")) and bool(error.get("message"))
-    return False
-
-
-async def abuser(url: str, stop: asyncio.Event, counts: AbuseCounts, seed: int) -> None:
-    """Sends malformed messages (up to 50 per connection, then reconnects) until `stop`."""
-    rng = random.Random(seed)
-    messages = bad_messages(rng)
-    while not stop.is_set():
-        counts.sessions += 1
-        try:
-            async with connect(
-                url, open_timeout=ANSWER_TIMEOUT_S, close_timeout=2, max_size=None, proxy=None
-            ) as ws:
-                async with asyncio.timeout(ANSWER_TIMEOUT_S):
-                    async for raw in ws:
-                        if json.loads(raw).get("type") == "session.created":
-                            break
-                for _ in range(50):
-                    if stop.is_set():
-                        break
-                    message = rng.choice(messages)
-                    await ws.send(message)
-                    counts.messages += 1
-                    try:
-                        answered = await _error_answer(ws)
-                    except TimeoutError:
-                        answered = False
-                    if answered:
-                        counts.answered += 1
-                    else:
-                        counts.failures["unanswered"] += 1
-        except ConnectionClosed as exc:
-            code = exc.rcvd.code if exc.rcvd is not None else None
-            counts.failures[f"closed:{code}"] += 1
-        except (OSError, InvalidHandshake, InvalidURI, TimeoutError):
-            counts.failures["connect"] += 1
-            await asyncio.sleep(0.5)
 
 
 # --- the run --------------------------------------------------------------------------------------------
@@ -604,18 +436,17 @@ def server_env(concurrent: int, abusers: int) -> dict[str, str]:
 
 @contextlib.asynccontextmanager
 async def spawned_fake_server(env: dict[str, str], log_path: Path) -> AsyncIterator[tuple[str, int]]:
-    """`python -m loadtests.fake_server` (instant fake models, energy VAD); yields (ws url, pid)."""
+    """`python -m loadtests.soak_server` (instant fake models that keep no record, the fake
+    energy VAD); yields (ws url, pid)."""
     port = free_port()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log_file:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "loadtests.fake_server",
+            "loadtests.soak_server",
             "--port",
             str(port),
-            "--vad",
-            "energy",
             "--reply",
             FAKE_REPLY,
             cwd=REPO_ROOT,
