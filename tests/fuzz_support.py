@@ -42,7 +42,8 @@ JSON_VALUES = st.recursive(
 )
 NOT_A_STRING = JSON_VALUES.filter(lambda v: not isinstance(v, str))
 NOT_AN_OBJECT = JSON_VALUES.filter(lambda v: not isinstance(v, dict))
-HUGE_TEXT = st.sampled_from([10_000, 300_000, 2_000_000]).map(lambda n: "é" * n)
+# (not larger: Hypothesis warns, an error here, when it prints a failing example over ~1 MB)
+HUGE_TEXT = st.sampled_from([10_000, 200_000]).map(lambda n: "é" * n)
 ODD_TEXT = (
     st.text(max_size=40)
     | st.text(st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1, max_size=4)

@@ -175,6 +175,7 @@ AUDIO_BYTES = st.one_of(
     st.binary(max_size=4000),  # any bytes: odd lengths are invalid pcm16, fine in g711
 )
 CONTENT_TEXT = st.text(min_size=1, max_size=30).filter(str.strip)
+USER_TEXT = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}
 USER_MESSAGE = st.builds(
     lambda text, item_id: {
         "type": "message",
@@ -647,6 +648,20 @@ async def test_random_message_sequences() -> None:
                 Msg("response", {"type": "response.create", "response": {"modalities": 5}}, MUST_ERROR)
             ],
             beta=False,
+        )
+        # found by this test: the output format changed by a session.update while reply audio
+        # was still queued at the old rate crashed the writer (close 1011)
+        @example(
+            messages=[
+                Msg("item", {"type": "conversation.item.create", "item": USER_TEXT}, ANYTHING),
+                Msg("response", {"type": "response.create"}, ANYTHING),
+                Msg(
+                    "to mu-law",
+                    {"type": "session.update", "session": {"output_audio_format": "g711_ulaw"}},
+                    ANYTHING,
+                ),
+            ],
+            beta=True,
         )
         def fuzz(messages: list[Msg], beta: bool) -> None:
             bridge.run(one_example(url, baseline, messages, beta))
