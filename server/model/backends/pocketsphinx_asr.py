@@ -167,6 +167,15 @@ class PocketsphinxAsr:
         """A stream for one utterance; its decoder is taken from the pool at the first audio."""
         return PocketsphinxStream(self._pool, self.options.acquire_timeout_s)
 
+    def warm_up(self) -> None:
+        """Start one decoder process now (blocking, ≈1 s), so the first utterance after
+        start-up does not wait for one. Called by the model catalog at load."""
+        reserved = self._pool.reserve()
+        if reserved == "spawn":
+            reserved = self._pool.spawn()
+        if isinstance(reserved, _DecoderProcess):
+            self._pool.release(reserved)
+
     @property
     def decoder_count(self) -> int:
         """Decoder processes alive (idle or in use)."""
