@@ -16,23 +16,42 @@
     agent.mount(your_fastapi_app, "/voice")    # ws://.../voice/v1/realtime and /voice/ (the page)
     # or standalone: uvicorn.run(agent.app())
 
+    # your backend hands a page a short-lived token bound to this call's settings
+    # (docs/security.md); the page connects with ?client_secret=ek_... or the subprotocol
+    secret = agent.mint_client_secret(session={"instructions": "..."}, ttl_s=300)
+
 `brain` replaces the language model of every profile; speech-to-text, turn-taking, barge-in
 and speech synthesis stay Voxgate's. Without it the profile's language model answers.
+
+Tools (server/tools.py): typed functions the language model may call mid-reply, registered with
+`@agent.tool(timeout_s=5, filler="One moment.")` or `VoiceAgent(tools=[...])`. A tool-capable
+language model (an OpenAI-compatible endpoint) calls them itself; a brain calls them with
+`await request.call_tool("order_status", order_id="123")`. The embedded Gemma 3 270M cannot
+call functions reliably and is never offered them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from fastapi import FastAPI
 
+from server.access import AccessControl, ClientSecret
 from server.events import EventHandler
 from server.model.base import Message, OmniModel, SessionOptions
+from server.model.tool_calls import ToolResult, ToolRunner
 from server.settings import Settings
+from server.streaming.aio import cancel_and_wait
 from server.streaming.vad import ClassifierFactory
+from server.tools import DEFAULT_FILLER_AFTER_MS, DEFAULT_TIMEOUT_S, Tool, ToolBox
+
+_END = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +62,18 @@ class BrainRequest:
     history: Sequence[Message]
     instructions: str
     metadata: Mapping[str, str]
+    tools: ToolRunner | None = None
+    say: Callable[[str], None] | None = None  # speaks a tool's filler between the brain's pieces
+
+    async def call_tool(self, name: str, /, **arguments: Any) -> ToolResult:
+        """Run one of the agent's tools: arguments validated, timeout enforced, the filler
+        spoken if it is slow, a ToolCalled event published. Never raises for a bad call:
+        check `result.ok`, `result.value` (the function's return value), `result.output`."""
+        if self.tools is None:
+            message = f"no tools are available to this brain (asked for {name!r})"
+            output = json.dumps({"error": "unknown_tool", "message": message})
+            return ToolResult(name, output, error="unknown_tool", arguments=dict(arguments))
+        return await self.tools.call(name, arguments, self.say)
 
 
 Brain = Callable[[BrainRequest], AsyncIterator[str]]
@@ -50,12 +81,14 @@ Brain = Callable[[BrainRequest], AsyncIterator[str]]
 
 @dataclass(frozen=True, slots=True)
 class SessionRequest:
-    """The websocket upgrade a session starts from."""
+    """The websocket upgrade a session starts from. `parameters`: a Twilio call's
+    `<Parameter>`s (customParameters) with its `call_sid`; empty on /v1/realtime."""
 
     path: str
     query: Mapping[str, str]
     headers: Mapping[str, str]
     client_host: str | None
+    parameters: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,15 +106,37 @@ SessionSetupHook = Callable[[SessionRequest], Awaitable[SessionSetup]]
 
 
 class BrainLlm:
-    """An LlmBackend that asks the embedding code's brain."""
+    """An LlmBackend that asks the embedding code's brain. The brain runs as an owned task
+    feeding a queue, so a slow tool's filler can be spoken while the brain awaits the tool."""
 
     def __init__(self, brain: Brain) -> None:
         self._brain = brain
 
     async def complete(self, history: Sequence[Message], options: SessionOptions) -> AsyncIterator[str]:
-        request = BrainRequest(tuple(history), options.instructions, dict(options.metadata))
-        async for piece in self._brain(request):
-            yield piece
+        pieces: asyncio.Queue[str | object] = asyncio.Queue()
+
+        def say(text: str) -> None:
+            pieces.put_nowait(f" {text.strip()} ")
+
+        request = BrainRequest(
+            tuple(history), options.instructions, dict(options.metadata), options.tools, say
+        )
+
+        async def pump() -> None:
+            try:
+                async for piece in self._brain(request):
+                    pieces.put_nowait(piece)
+            finally:
+                pieces.put_nowait(_END)
+
+        task = asyncio.create_task(pump(), name="brain")
+        try:
+            while (piece := await pieces.get()) is not _END:
+                assert isinstance(piece, str)
+                yield piece
+            await task  # re-raises the brain's failure
+        finally:
+            await cancel_and_wait(task, timeout_s=2.0)
 
 
 class VoiceAgent:
@@ -96,14 +151,62 @@ class VoiceAgent:
         session_setup: SessionSetupHook | None = None,
         model: OmniModel | None = None,
         vad: ClassifierFactory | None = None,
+        tools: Sequence[Tool] = (),
     ) -> None:
         self.settings = settings or Settings()
         self.brain = brain
         self.on_event = on_event
         self.session_setup = session_setup
+        self.tools = ToolBox(tools)
         self._model = model
         self._vad = vad
         self._app: FastAPI | None = None
+
+    @overload
+    def tool(self, function: Callable[..., Any], /) -> Callable[..., Any]: ...
+
+    @overload
+    def tool(
+        self,
+        function: None = None,
+        /,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        filler: str | None = None,
+        filler_after_ms: int = DEFAULT_FILLER_AFTER_MS,
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]: ...
+
+    def tool(
+        self,
+        function: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        filler: str | None = None,
+        filler_after_ms: int = DEFAULT_FILLER_AFTER_MS,
+    ) -> Callable[..., Any]:
+        """Register a typed function as a tool: `@agent.tool` or `@agent.tool(timeout_s=5,
+        filler="One moment, let me check that.")`. The function is returned unchanged.
+        Register tools before the app serves its first session."""
+
+        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+            self.tools.add(
+                Tool.from_function(
+                    fn,
+                    name=name,
+                    description=description,
+                    timeout_s=timeout_s,
+                    filler=filler,
+                    filler_after_ms=filler_after_ms,
+                )
+            )
+            return fn
+
+        return register if function is None else register(function)
 
     def app(self) -> FastAPI:
         """The Voxgate ASGI app (built once): /v1/realtime, /healthz, /metrics and the page."""
@@ -117,8 +220,20 @@ class VoiceAgent:
                 brain=None if self.brain is None else BrainLlm(self.brain),
                 on_event=self.on_event,
                 session_setup=self.session_setup,
+                tools=self.tools,
             )
         return self._app
+
+    def mint_client_secret(
+        self, session: Mapping[str, Any] | None = None, ttl_s: int | None = None
+    ) -> ClientSecret:
+        """A client secret (`.value`, `ek_...`) for a browser page: a session opened with it
+        starts with `session` (a GA session object: instructions, audio.output.voice, model,
+        audio.input.turn_detection, audio formats) and it expires `ttl_s` (10..7200; default
+        the client_secret_ttl_s setting) seconds from now. Raises InvalidMintRequest naming the
+        bad field."""
+        access: AccessControl = self.app().state.access
+        return access.mint(dict(session or {}), ttl_s, now_s=time.time())
 
     def mount(self, host: FastAPI, path: str = "/voxgate") -> None:
         """Serve Voxgate under `path` of `host`; its models load with the host's lifespan."""

@@ -6,26 +6,35 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
+from server.access import AccessControl, ApiKeys, OriginPolicy, read_key_file
+from server.admission import Admission, AdmissionOptions, RateLimit
 from server.events import EventHandler
 from server.metrics import Metrics
 from server.model.base import LlmBackend, OmniModel
+from server.model.deadlines import ModelDeadlines
 from server.model.profiles import PROFILES, ModelCatalog, Profile, profile_for_model
 from server.model.registry import VAD_BACKENDS, resolve
+from server.privacy import PrivacyOptions
 from server.settings import Settings
+from server.shutdown import LiveSessions
 from server.streaming.conversation import ConversationOptions
+from server.streaming.guard import GuardOptions
+from server.streaming.lifetime import LifetimeOptions
 from server.streaming.playout import PlayoutOptions
 from server.streaming.turns import TurnOptions
 from server.streaming.vad import ClassifierFactory
 
 if TYPE_CHECKING:
     from server.agent import SessionSetupHook
+    from server.tools import ToolBox
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +52,8 @@ class Runtime:
     metrics: Metrics
     on_event: EventHandler | None = None
     session_setup: SessionSetupHook | None = None
+    tools: ToolBox | None = None  # the embedding code's server-side tools
+    sessions: LiveSessions = field(default_factory=LiveSessions)  # drained at shutdown
 
     async def model_for(self, requested: str | None) -> OmniModel:
         """The model a session asked for by name (a profile), loaded on first use."""
@@ -73,10 +84,21 @@ class Runtime:
             prefix_padding_ms=s.prefix_padding_ms,
             playout=PlayoutOptions(chunk_ms=s.playout_chunk_ms, lead_ms=s.playout_lead_ms),
             max_audio_ahead_ms=s.max_audio_ahead_ms,
+            lifetime=LifetimeOptions(
+                max_duration_s=s.session_max_duration_s,
+                warning_s=s.session_warning_s,
+                idle_timeout_s=s.idle_timeout_s,
+            ),
+            privacy=PrivacyOptions(
+                log_transcripts=s.log_transcripts, redact_transcripts=s.redact_transcripts
+            ),
         )
 
 
 BRAIN_BACKEND = "embedded-brain"
+# language models run on the recogniser's hypothesis before the final transcript: local and
+# without side effects (never a brain, a hosted model or anything that may call tools)
+ANTICIPATING_LLMS = frozenset({"gemma", "rules"})
 
 
 def build_catalog(settings: Settings, brain: LlmBackend | None = None) -> ModelCatalog:
@@ -94,7 +116,24 @@ def build_catalog(settings: Settings, brain: LlmBackend | None = None) -> ModelC
     if brain is not None:
         profiles = {n: Profile(p.name, p.asr, BRAIN_BACKEND, p.tts) for n, p in profiles.items()}
         provided[("language model", BRAIN_BACKEND)] = brain
-    return ModelCatalog(profiles, settings.profile, settings.backend_options, provided)
+    anticipating = ANTICIPATING_LLMS if settings.anticipate_replies else frozenset()
+    return ModelCatalog(
+        profiles,
+        settings.profile,
+        settings.backend_options,
+        provided,
+        deadlines=model_deadlines(settings),
+        anticipating_llms=anticipating,
+    )
+
+
+def model_deadlines(settings: Settings) -> ModelDeadlines:
+    return ModelDeadlines(
+        asr_final_timeout_s=settings.asr_final_timeout_s,
+        llm_first_token_timeout_s=settings.llm_first_token_timeout_s,
+        llm_token_gap_timeout_s=settings.llm_token_gap_timeout_s,
+        tts_phrase_timeout_s=settings.tts_phrase_timeout_s,
+    )
 
 
 def preload(settings: Settings, catalog: ModelCatalog) -> None:
@@ -108,6 +147,35 @@ def load_vad(settings: Settings) -> ClassifierFactory:
     return factory
 
 
+def build_access(settings: Settings) -> AccessControl:
+    """Keys (from settings and the key file), origins and the client-secret TTL; raises
+    AccessConfigError when they cannot be used (the server must not start)."""
+    keys = [key.get_secret_value() for key in settings.api_keys]
+    if settings.api_keys_file is not None:
+        keys += read_key_file(settings.api_keys_file)
+    return AccessControl(
+        ApiKeys(keys), OriginPolicy(settings.allowed_origins), default_ttl_s=settings.client_secret_ttl_s
+    )
+
+
+def build_admission(settings: Settings) -> Admission:
+    """The session limit and connection-rate limits of one app (docs/operations.md)."""
+    return Admission(
+        AdmissionOptions(
+            max_sessions=settings.max_sessions,
+            per_ip=RateLimit(settings.ip_connections_per_minute, settings.ip_connection_burst),
+            per_key=RateLimit(settings.key_connections_per_minute, settings.key_connection_burst),
+        )
+    )
+
+
+def guard_options(settings: Settings) -> GuardOptions:
+    return GuardOptions(
+        max_outbound_buffer_ms=settings.max_outbound_buffer_ms,
+        max_message_bytes=settings.max_message_bytes,
+    )
+
+
 def create_app(
     settings: Settings,
     model: OmniModel | None = None,
@@ -116,12 +184,17 @@ def create_app(
     brain: LlmBackend | None = None,
     on_event: EventHandler | None = None,
     session_setup: SessionSetupHook | None = None,
+    access: AccessControl | None = None,
+    tools: ToolBox | None = None,
 ) -> FastAPI:
     """The Voxgate app.
 
     `model` serves every session with one given model (tests, embedding); otherwise `catalog`
     (or one built from settings) serves the profiles, loading the default one at startup.
+    `access` (default: built from settings now, so a bad key file fails here) decides who
+    may connect; it is `app.state.access`.
     """
+    access = access if access is not None else build_access(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -136,6 +209,7 @@ def create_app(
             metrics=Metrics(),
             on_event=on_event,
             session_setup=session_setup,
+            tools=tools,
         )
         try:
             yield
@@ -143,10 +217,22 @@ def create_app(
             if models is not None and catalog is None:  # we built it, we close it
                 await asyncio.to_thread(models.close)
 
+    from server.client_secrets import router as client_secrets_router
     from server.routes import router
 
     app = FastAPI(title="Voxgate", lifespan=lifespan)
+    app.state.access = access
+    app.state.admission = build_admission(settings)  # counted across /v1/realtime and /v1/twilio
     app.include_router(router)
+    app.include_router(client_secrets_router)
+    # cross-origin HTTP (minting client secrets from a page elsewhere) only for listed origins
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=["*"] if access.origins.allow_any else access.origins.listed,
+        allow_methods=["GET", "POST"],
+        allow_headers=["authorization", "content-type"],
+        max_age=600,
+    )
     if WEB_CLIENT_DIR.is_dir():  # mounted last: the API routes above take precedence
         app.mount("/", StaticFiles(directory=WEB_CLIENT_DIR, html=True), name="web-client")
     return app

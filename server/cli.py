@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 import uvicorn
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from server.app import create_app
+from server.access import AccessConfigError, bind_refusal
+from server.app import build_access, create_app
 from server.errors import BackendUnavailable
+from server.listener import listening_socket
+from server.logs import configure_logging, resolve_log_format
 from server.settings import Settings
+from server.shutdown import SHUTDOWN_LEFTOVER_S, GracefulServer, app_sessions
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,9 +38,16 @@ def main(argv: list[str] | None = None) -> int:
     except (ValidationError, SettingsError) as exc:
         print(f"voxgate: invalid settings (VOXGATE_* environment variables): {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    configure_logging(settings.log_level, resolve_log_format(settings.log_format, sys.stderr.isatty()))
+    try:
+        access = build_access(settings)
+    except AccessConfigError as exc:
+        print(f"voxgate: cannot start: {exc}", file=sys.stderr)
+        return 2
+    refusal = bind_refusal(settings.host, access.requires_key, settings.allow_unauthenticated)
+    if refusal is not None:
+        print(f"voxgate: {refusal}", file=sys.stderr)
+        return 2
     from server.app import build_catalog, load_vad, preload
 
     try:
@@ -47,20 +57,27 @@ def main(argv: list[str] | None = None) -> int:
     except BackendUnavailable as exc:
         print(f"voxgate: cannot start: {exc}", file=sys.stderr)
         return 2
-    app = create_app(settings, vad=vad, catalog=catalog)
+    app = create_app(settings, vad=vad, catalog=catalog, access=access)
     print(
         f"Voxgate listening on http://{settings.host}:{settings.port}/  "
         f"(websocket ws://{settings.host}:{settings.port}/v1/realtime)",
         flush=True,
     )
     try:
-        uvicorn.run(
+        config = uvicorn.Config(
             app,
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,
+            log_config=None,  # uvicorn's records go through our handler (JSON lines by default)
             ws_max_size=settings.max_message_bytes,
+            # after our drain (GracefulServer): a bound on what is left (HTTP requests)
+            timeout_graceful_shutdown=SHUTDOWN_LEFTOVER_S,
         )
+        # SIGTERM: refuse new sessions, let replies finish for up to shutdown_grace_s, close 1001
+        # each connection's kernel send buffer is bounded (server/listener.py)
+        sock = listening_socket(config, settings.max_outbound_buffer_ms)
+        GracefulServer(config, app_sessions(app), settings.shutdown_grace_s).run(sockets=[sock])
     finally:
         catalog.close()
     return 0

@@ -51,11 +51,16 @@ class Interrupted:
 
 @dataclass(frozen=True, slots=True)
 class TurnLatency:
-    """End of the caller's speech (as received) -> first reply audio sent."""
+    """End of the caller's speech (as received) -> first reply audio sent, and the stages
+    within it when the model reports them (None when unknown): commit -> final transcript,
+    language model request -> first text, first phrase -> its first audio."""
 
     session_id: str
     item_id: str
     voice_to_voice_ms: float
+    asr_final_ms: float | None = None
+    llm_first_token_ms: float | None = None
+    tts_first_audio_ms: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,5 +68,24 @@ class SessionEnded:
     session_id: str
 
 
-AgentEvent = SessionStarted | UserTurn | AssistantTurn | Interrupted | TurnLatency | SessionEnded
+@dataclass(frozen=True, slots=True)
+class ToolCalled:
+    """A tool call finished. Server-side tools (`client_side` False) ran in this process:
+    `duration_ms` is their run time. Client-side ones were answered by the protocol client's
+    function_call_output: `duration_ms` is from the call sent to the output received.
+    `arguments` is the validated arguments (the raw JSON text if they did not validate);
+    `result` the JSON text the model was given; `error` a short code (invalid_arguments,
+    unknown_tool, timeout, tool_failed) or None."""
+
+    session_id: str
+    call_id: str
+    name: str
+    arguments: Mapping[str, object] | str
+    result: str
+    error: str | None
+    duration_ms: float
+    client_side: bool
+
+
+AgentEvent = SessionStarted | UserTurn | AssistantTurn | Interrupted | TurnLatency | SessionEnded | ToolCalled
 EventHandler = Callable[[AgentEvent], Awaitable[None]]

@@ -82,8 +82,28 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.anticipations = Counter(
+            "voxgate_anticipated_replies",
+            "Replies started from the recogniser's hypothesis before the final transcript, by"
+            " outcome (kept: the guess was right; discarded)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.errors = Counter(
             "voxgate_errors", "Error events sent, by code", ["code"], registry=self.registry
+        )
+        self.refusals = Counter(
+            "voxgate_sessions_refused",
+            "Websocket upgrades refused by admission control, by reason (at_capacity,"
+            " ip_rate_limited, key_rate_limited)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.session_ends = Counter(
+            "voxgate_sessions_ended_by_server",
+            "Sessions the server ended, by reason (max_duration, idle, slow_consumer, message_too_big)",
+            ["reason"],
+            registry=self.registry,
         )
 
     def render(self) -> bytes:

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import APIRouter, Request, Response, WebSocket
+from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from server.access import AccessControl, AccessDenied, Grant, bearer_token, subprotocol_token
 from server.agent import SessionRequest, SessionSetup
+from server.app import guard_options
+from server.client_secrets import denial_response, require_api_key
 from server.errors import BackendUnavailable
+from server.gate import admission_controlled
+from server.process_stats import process_stats
+from server.shutdown import SHUTDOWN_REASON
 from server.streaming.conversation import Conversation, TransportClosed
+from server.streaming.guard import TransportGuard
+from server.streaming.lifetime import SessionEnd
 from server.telephony.twilio import TwilioMediaStream, TwilioOptions, upgrade_is_signed
 from server.wire import Dialect, new_id
 
@@ -19,10 +31,23 @@ log = logging.getLogger(__name__)
 
 router = APIRouter()
 
+CLOSE_NORMAL = 1000
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_POLICY_VIOLATION = 1008
+CLOSE_MESSAGE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
 CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_GOING_AWAY = 1001
+# a close frame to a client that stopped reading is never taken: give up after this long
+CLOSE_TIMEOUT_S = 5.0
+# the server ended the session (server/streaming/lifetime.py): expected ends are normal
+# closures; a client that stopped reading broke the protocol's flow (policy)
+SESSION_END_CLOSE = {
+    SessionEnd.MAX_DURATION: CLOSE_NORMAL,
+    SessionEnd.IDLE: CLOSE_NORMAL,
+    SessionEnd.SLOW_CONSUMER: CLOSE_POLICY_VIOLATION,
+    SessionEnd.MESSAGE_TOO_BIG: CLOSE_MESSAGE_TOO_BIG,
+}
 
 
 class StarletteTransport:
@@ -53,11 +78,30 @@ class StarletteTransport:
 
 @router.get("/healthz")
 async def healthz(request: Request) -> dict[str, object]:
-    return {"status": "ok", "sessions": request.app.state.runtime.active_sessions()}
+    return {
+        "status": "ok",
+        "sessions": request.app.state.runtime.active_sessions(),
+        "admitted_sessions": request.app.state.admission.active,
+        "max_sessions": request.app.state.admission.maximum,
+        "auth_required": request.app.state.access.requires_key,  # the page asks for a key
+    }
+
+
+@router.get("/debug/stats")
+async def debug_stats(request: Request) -> Response:
+    """RSS, open fds, asyncio tasks and live sessions of the server process (soak runs);
+    behind an API key when keys are configured, like /metrics."""
+    refusal = require_api_key(request)
+    if refusal is not None:
+        return refusal
+    return JSONResponse(process_stats(request.app.state.runtime.active_sessions()).as_dict())
 
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
+    refusal = require_api_key(request)  # when API keys are configured
+    if refusal is not None:
+        return refusal
     return Response(
         request.app.state.runtime.metrics.render(),
         media_type="text/plain; version=0.0.4; charset=utf-8",
@@ -74,7 +118,9 @@ def _subprotocol(websocket: WebSocket) -> str | None:
     return "realtime" if "realtime" in offered else None
 
 
-async def _session_setup(runtime: Any, websocket: WebSocket) -> SessionSetup:
+async def _session_setup(
+    runtime: Any, websocket: WebSocket, parameters: Mapping[str, str] | None = None
+) -> SessionSetup:
     """Ask the embedding backend's hook (if any) how to set this session up."""
     if runtime.session_setup is None:
         return SessionSetup()
@@ -83,17 +129,56 @@ async def _session_setup(runtime: Any, websocket: WebSocket) -> SessionSetup:
         query=dict(websocket.query_params),
         headers={k.lower(): v for k, v in websocket.headers.items()},
         client_host=websocket.client.host if websocket.client else None,
+        parameters=dict(parameters or {}),
     )
     setup: SessionSetup = await runtime.session_setup(request)
     return setup
 
 
+async def _admit(websocket: WebSocket) -> Grant | None:
+    """What this upgrade may do (its Origin and key or client secret checked), or None after
+    refusing it before accept: a 401/403 JSON response, or HTTP 403 where the server cannot
+    send one."""
+    access: AccessControl = websocket.app.state.access
+    origin = websocket.headers.get("origin")
+    try:
+        if not access.origins.allows(origin, websocket.headers.get("host")):
+            raise AccessDenied(
+                f"origin {origin!r} is not allowed; list it in VOXGATE_ALLOWED_ORIGINS",
+                code="origin_not_allowed",
+                status=403,
+            )
+        credential = bearer_token(websocket.headers.get("authorization")) or subprotocol_token(
+            websocket.scope.get("subprotocols") or []
+        )
+        return access.authenticate(credential, now_s=time.time())
+    except AccessDenied as exc:
+        log.warning(
+            "websocket refused",
+            extra={"code": exc.code, "client_host": getattr(websocket.client, "host", None)},
+        )
+        if "websocket.http.response" in websocket.scope.get("extensions", {}):
+            await websocket.send_denial_response(denial_response(exc))
+        else:
+            await websocket.close(CLOSE_POLICY_VIOLATION, _close_reason(str(exc)))
+        return None
+
+
 @router.websocket("/v1/realtime")
+@admission_controlled
 async def realtime(websocket: WebSocket) -> None:
     runtime = websocket.app.state.runtime
+    if runtime.sessions.is_draining:
+        await _refuse_shutting_down(websocket)
+        return
+    grant = await _admit(websocket)
+    if grant is None:
+        return
     await websocket.accept(subprotocol=_subprotocol(websocket))
     setup = await _session_setup(runtime, websocket)
-    requested = setup.profile or websocket.query_params.get("model")
+    # a client secret's session names the model its minter chose
+    bound_model = grant.session.get("model")
+    requested = bound_model or setup.profile or websocket.query_params.get("model")
     try:
         model = await runtime.model_for(requested)
     except BackendUnavailable as exc:
@@ -113,40 +198,93 @@ async def realtime(websocket: WebSocket) -> None:
         )
         await websocket.close(CLOSE_TRY_AGAIN_LATER, "model unavailable")
         return
+    guard = TransportGuard(StarletteTransport(websocket), guard_options(runtime.settings))
     conversation = Conversation(
-        StarletteTransport(websocket),
+        guard,
         model,
         runtime.vad,
         runtime.conversation_options(model=requested, instructions=setup.instructions, voice=setup.voice),
         runtime.metrics,
         _dialect(websocket),
         on_event=runtime.on_event,
+        tools=runtime.tools,
         metadata=setup.metadata,
+        session=grant.session,
     )
     try:
-        await conversation.run()
-    except Exception:
+        await runtime.sessions.run(conversation)
+    except (Exception, BaseExceptionGroup):  # a BaseException out of a task ends the session only
         log.exception("session failed", extra={"session_id": conversation.config.id})
         if websocket.application_state is WebSocketState.CONNECTED:
             await websocket.close(CLOSE_INTERNAL_ERROR, "internal error; see server logs")
         return
-    if (
-        websocket.application_state is WebSocketState.CONNECTED
-        and websocket.client_state is WebSocketState.CONNECTED
-    ):
-        await websocket.close(1000)
+    code, reason = _server_end(runtime, conversation, guard) or _shutdown_end(runtime) or (CLOSE_NORMAL, "")
+    await _close(websocket, code, reason)
+
+
+def _shutdown_end(runtime: Any) -> tuple[int, str] | None:
+    """Going away, for a session that ended while the server shuts down (server/shutdown.py)."""
+    return (CLOSE_GOING_AWAY, SHUTDOWN_REASON) if runtime.sessions.is_draining else None
+
+
+async def _refuse_shutting_down(websocket: WebSocket) -> None:
+    """Refuse an upgrade during shutdown: HTTP 503, or accept and close 1013 where the server
+    cannot answer an upgrade with an HTTP response."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        body = {"error": {"type": "server_error", "code": "server_shutting_down", "message": SHUTDOWN_REASON}}
+        await websocket.send_denial_response(JSONResponse(body, status_code=503))
+        return
+    await websocket.accept()
+    await websocket.close(CLOSE_TRY_AGAIN_LATER, SHUTDOWN_REASON)
 
 
 def _close_reason(text: str) -> str:
     """A websocket close reason: at most 123 bytes of UTF-8."""
-    return text.encode()[:123].decode(errors="ignore")
+    return text.encode(errors="replace")[:123].decode(errors="ignore")  # lone surrogates: "?"
+
+
+def _server_end(
+    runtime: Any, conversation: Conversation | None, guard: TransportGuard
+) -> tuple[int, str] | None:
+    """The close code and reason when the server ended the session (a limit), else None."""
+    settings = runtime.settings
+    if guard.ended is not None:
+        end, detail = guard.ended.reason, guard.ended.detail
+    elif conversation is not None and conversation.ended_by is not None:
+        end = conversation.ended_by
+        detail = (
+            "session max duration reached"
+            if end is SessionEnd.MAX_DURATION
+            else f"idle timeout: no client message for {settings.idle_timeout_s:g} s"
+        )
+    else:
+        return None
+    runtime.metrics.session_ends.labels(reason=end.value).inc()
+    log.info("session ended by the server", extra={"reason": end.value})
+    return SESSION_END_CLOSE[end], _close_reason(detail)
+
+
+async def _close(websocket: WebSocket, code: int, reason: str = "") -> None:
+    """Close if still open; bounded, since a client that stopped reading never takes it."""
+    if (
+        websocket.application_state is not WebSocketState.CONNECTED
+        or websocket.client_state is not WebSocketState.CONNECTED
+    ):
+        return
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError, TimeoutError):
+        async with asyncio.timeout(CLOSE_TIMEOUT_S):  # hung up, stopped reading, or stopping
+            await websocket.close(code, reason)
 
 
 @router.websocket("/v1/twilio")
+@admission_controlled
 async def twilio(websocket: WebSocket) -> None:
     """Twilio Media Streams, bidirectional (`<Connect><Stream url="wss://HOST/v1/twilio">`):
     a Conversation behind the TwilioMediaStream adapter. docs/twilio.md has the set-up."""
     runtime = websocket.app.state.runtime
+    if runtime.sessions.is_draining:
+        await _refuse_shutting_down(websocket)
+        return
     settings = runtime.settings
     token = settings.twilio_auth_token
     if token is not None and not upgrade_is_signed(
@@ -158,15 +296,18 @@ async def twilio(websocket: WebSocket) -> None:
         await websocket.close(CLOSE_POLICY_VIOLATION, "invalid X-Twilio-Signature")  # before accept: HTTP 403
         return
     await websocket.accept()
+    guard = TransportGuard(StarletteTransport(websocket), guard_options(settings))
     stream = TwilioMediaStream(
-        StarletteTransport(websocket),
+        guard,
         TwilioOptions(dtmf=settings.twilio_dtmf, dtmf_pause_ms=settings.twilio_dtmf_pause_ms),
     )
     code, reason = 1000, ""
     requested: str | None = None
+    conversation: Conversation | None = None
     try:
         start = await stream.start()
-        setup = await _session_setup(runtime, websocket)
+        parameters = {**start.custom_parameters, "call_sid": start.call_sid or ""}
+        setup = await _session_setup(runtime, websocket, parameters)
         requested = setup.profile or start.custom_parameters.get("model")
         model = await runtime.model_for(requested)
         ids = {"call_sid": start.call_sid or "", "stream_sid": start.stream_sid}
@@ -178,9 +319,11 @@ async def twilio(websocket: WebSocket) -> None:
             runtime.metrics,
             Dialect.GA,
             on_event=runtime.on_event,
+            tools=runtime.tools,
             metadata={**start.custom_parameters, **ids, **setup.metadata},
         )
-        await conversation.run()
+        await runtime.sessions.run(conversation)
+        code, reason = _shutdown_end(runtime) or (code, reason)
     except TransportClosed:
         pass  # the call ended (stop, hang-up) or the stream broke the protocol: see stream.violation
     except BackendUnavailable as exc:
@@ -195,9 +338,5 @@ async def twilio(websocket: WebSocket) -> None:
         runtime.metrics.errors.labels(code=stream.violation.code).inc()
         code = CLOSE_UNSUPPORTED_DATA if stream.violation.code == "binary_frame" else CLOSE_POLICY_VIOLATION
         reason = _close_reason(str(stream.violation))
-    if (
-        websocket.application_state is WebSocketState.CONNECTED
-        and websocket.client_state is WebSocketState.CONNECTED
-    ):
-        with contextlib.suppress(WebSocketDisconnect, RuntimeError):  # hung up, or the server is stopping
-            await websocket.close(code, reason)
+    code, reason = _server_end(runtime, conversation, guard) or (code, reason)
+    await _close(websocket, code, reason)

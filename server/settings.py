@@ -5,9 +5,10 @@ Components never see `Settings`; `app.py` turns it into small option objects.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -17,6 +18,25 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # privacy (docs/privacy.md): log lines are JSON objects (auto: text on a terminal, JSON
+    # otherwise) with ids and latencies, never what was said unless log_transcripts;
+    # redact_transcripts replaces card numbers, phone numbers and emails in the transcripts
+    # of events handed to embedding code and of logs (the model still hears them as said)
+    log_format: Literal["auto", "json", "text"] = "auto"
+    log_transcripts: bool = False
+    redact_transcripts: bool = False
+
+    # access (docs/security.md): with keys set, /v1/realtime, /metrics and minting client
+    # secrets need one (Authorization: Bearer <key>); without keys the server is open and
+    # `voxgate serve` refuses a non-loopback host unless allow_unauthenticated
+    api_keys: list[SecretStr] = Field(default_factory=list)  # JSON list: ["key1", "key2"]
+    api_keys_file: Path | None = None  # one key per line; '#' starts a comment
+    allow_unauthenticated: bool = False
+    # browser origins allowed to open the websocket and (CORS) mint client secrets, e.g.
+    # ["https://app.example.com"]; "*" allows any. Empty: pages served by this server on a
+    # loopback name (http://127.0.0.1:PORT, http://localhost:PORT). No Origin header: allowed.
+    allowed_origins: list[str] = Field(default_factory=list)
+    client_secret_ttl_s: int = Field(default=600, ge=10, le=7200)
 
     # models: a profile names a set of backends (server/model/profiles.py); asr/llm/tts, when
     # set, replace the default profile's choice (registry names)
@@ -43,14 +63,48 @@ class Settings(BaseSettings):
     # start the reply this long into the end-of-turn silence, unheard until the turn ends;
     # negative disables speculation
     speculative_silence_ms: int = Field(default=0, le=10_000)
+    # start the embedded language model on the recogniser's last hypothesis while it finishes
+    # the final transcript (kept only if the two agree; see server/model/cascade.py). Off by
+    # default: on 2 cores the model's threads slow the recogniser's last pass more than the
+    # overlap saves (BENCHMARKS.md); worth trying with cores to spare
+    anticipate_replies: bool = False
 
     # outbound pacing
     playout_chunk_ms: int = Field(default=20, ge=10, le=100)
     playout_lead_ms: int = Field(default=150, ge=0, le=200)
 
+    # deadlines on model calls: a backend silent for longer fails the response (error code
+    # model_timeout) and the session goes on; see server/model/deadlines.py
+    asr_final_timeout_s: float = Field(default=15.0, gt=0, le=600)  # a new decoder may have to start
+    llm_first_token_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    llm_token_gap_timeout_s: float = Field(default=5.0, gt=0, le=600)
+    tts_phrase_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    # on shutdown (SIGTERM): refuse new sessions, let replies in progress finish for up to this
+    # long, then close every session with 1001
+    shutdown_grace_s: float = Field(default=10.0, ge=0, le=600)
+
     # limits
     max_audio_ahead_ms: int = Field(default=10_000, ge=1000)
     max_message_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    # admission and session limits (docs/operations.md). Concurrent sessions over /v1/realtime
+    # and /v1/twilio together; beyond it an upgrade gets HTTP 503 with Retry-After. The default
+    # is what the measured fast profile holds on a 2-core box without dropping sessions.
+    max_sessions: int = Field(default=4, ge=1, le=100_000)
+    # new websocket connections per minute (sustained) and burst, per client IP and per API
+    # key; over it an upgrade gets HTTP 429 with Retry-After. 0 per minute disables the limit
+    ip_connections_per_minute: float = Field(default=60.0, ge=0, le=1_000_000)
+    ip_connection_burst: int = Field(default=20, ge=1, le=1_000_000)
+    key_connections_per_minute: float = Field(default=120.0, ge=0, le=1_000_000)
+    key_connection_burst: int = Field(default=40, ge=1, le=1_000_000)
+    # a session ends (close 1000) after session_max_duration_s, with a `session.expiring` event
+    # session_warning_s before (0: no warning), or after idle_timeout_s without any client
+    # message (0 disables)
+    session_max_duration_s: float = Field(default=3600.0, gt=0, le=7 * 24 * 3600)
+    session_warning_s: float = Field(default=60.0, ge=0)
+    idle_timeout_s: float = Field(default=300.0, ge=0, le=7 * 24 * 3600)
+    # a client that stops reading: a send blocked this long (about as many ms of audio held
+    # back) ends the session with close 1008
+    max_outbound_buffer_ms: int = Field(default=2000, ge=100, le=600_000)
 
     # Twilio Media Streams (/v1/twilio; docs/twilio.md)
     # the account's auth token: when set, a websocket upgrade without a valid X-Twilio-Signature
@@ -63,3 +117,12 @@ class Settings(BaseSettings):
     # at "#" or after twilio_dtmf_pause_ms without a key); "ignore" drops them
     twilio_dtmf: Literal["message", "ignore"] = "message"
     twilio_dtmf_pause_ms: int = Field(default=1000, ge=0, le=10_000)
+
+    @model_validator(mode="after")
+    def _check_session_limits(self) -> Settings:
+        if self.session_warning_s >= self.session_max_duration_s:
+            raise ValueError(
+                f"session_warning_s ({self.session_warning_s}) must be less than "
+                f"session_max_duration_s ({self.session_max_duration_s})"
+            )
+        return self

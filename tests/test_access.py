@@ -461,6 +461,9 @@ async def test_metrics_need_a_key_health_does_not(keyed_server: str) -> None:
         ).status_code == 403
         metrics = await http.get(f"{keyed_server}/metrics", headers={"Authorization": f"Bearer {KEY}"})
         assert metrics.status_code == 200 and "voxgate_" in metrics.text
+        assert (await http.get(f"{keyed_server}/debug/stats")).status_code == 401
+        stats = await http.get(f"{keyed_server}/debug/stats", headers={"Authorization": f"Bearer {KEY}"})
+        assert stats.status_code == 200 and stats.json()["sessions"] == 0
 
 
 async def test_origin_allow_list_on_the_websocket(keyed_server: str) -> None:

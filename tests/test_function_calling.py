@@ -370,7 +370,7 @@ async def test_client_and_server_tools_are_offered_together() -> None:
 async def test_a_speculative_reply_runs_no_tool_until_it_is_adopted() -> None:
     """Replies are prepared during the end-of-turn silence; a tool (maybe with side effects)
     must not run for a turn that then goes on."""
-    asks = [call("cancel_order", '{"order_id": "A1"}')]
+    asks: list[str | ToolCallRequest] = [call("cancel_order", '{"order_id": "A1"}')]
     llm = FakeToolCallingLlm([asks, asks, ["Done, it is cancelled."]])  # prepared, real, after the tool
     model = CascadeModel(FakeAsr(["cancel", "cancel order A1"]), llm, FakeTts(ms_per_char=20))
     agent = VoiceAgent(

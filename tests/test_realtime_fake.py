@@ -53,3 +53,21 @@ async def test_transcription_deltas_are_increments() -> None:
         deltas = client.of_type("conversation.item.input_audio_transcription.delta")
         assert deltas and "".join(d["delta"] for d in deltas) == "please cancel"
         assert completed["transcript"] == "please cancel my order today"
+
+
+async def test_the_turn_ends_with_the_audio_that_completes_the_silence() -> None:
+    """The end-of-turn deadline is checked as audio arrives, not when the VAD next completes a
+    frame: the append that reaches speech end + silence_duration_ms ends the turn before the
+    server reads the client's next message."""
+    app = fake_app(FakeAsr(["hello"]), FakeLlm(["Hi."]), silence_duration_ms=250)
+    async with running_server(app) as url, realtime_client(url) as client:
+        await client.wait_for("session.created")
+        await client.stream(PcmFrame.silence(200, 24_000))
+        await client.stream(tone(600))
+        # speech ends at 800 ms; 1050 ms falls inside the 20 ms VAD frame [1040, 1060)
+        await client.append(PcmFrame.silence(250, 24_000))
+        await client.send({"type": "session.update", "session": {"type": "realtime", "instructions": "x"}})
+        updated = await client.wait_for("session.updated")
+        stopped = await client.wait_for("input_audio_buffer.speech_stopped")
+        assert stopped["audio_end_ms"] == 800
+        assert client.index_of(stopped) < client.index_of(updated)

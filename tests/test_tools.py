@@ -390,7 +390,7 @@ async def test_a_client_tool_call_ends_the_reply_and_is_handed_out() -> None:
 
 
 async def test_rounds_are_bounded_and_the_last_one_may_not_call_tools() -> None:
-    looping = [call("order_status", '{"order_id": "A1"}')]
+    looping: list[str | ToolCallRequest] = [call("order_status", '{"order_id": "A1"}')]
     llm = FakeToolCallingLlm([looping, looping, looping, looping, ["Sorry, I could not find it."]])
     tools = SessionTools(box_of(Tool.from_function(order_status)), "s", lambda e: None)
     items = await rounds(llm, tools)

@@ -26,18 +26,27 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from server.errors import BackendError as BackendError  # re-exported for backends
+from server.model.tool_calls import ToolCallRequest as ToolCallRequest  # re-exported
+from server.model.tool_calls import ToolRunner as ToolRunner
+from server.model.tool_calls import ToolSpec as ToolSpec
 from server.streaming.audio import PcmFrame
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
 
 
 @dataclass(slots=True)
 class Message:
-    """One conversation message. `interrupted` marks an assistant reply cut by barge-in."""
+    """One conversation message. `interrupted` marks an assistant reply cut by barge-in.
+
+    Tools: an assistant message may carry `tool_calls` (its text then may be empty); each call's
+    result follows as a `tool` message whose `tool_call_id` names the call and whose text is
+    the result's JSON."""
 
     role: Role
     text: str
     interrupted: bool = False
+    tool_calls: tuple[ToolCallRequest, ...] = ()
+    tool_call_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +75,10 @@ class SessionOptions:
     temperature: float = 0.8
     max_output_tokens: int | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)  # set by embedding code
+    tools: ToolRunner | None = None  # functions the language model may call (server/tools.py)
+    # a reply will follow every committed turn (server VAD with create_response): a model may
+    # start it from the recogniser's hypothesis before the final transcript
+    anticipate_reply: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +115,9 @@ class AudioChunk:
     frame: PcmFrame
 
 
-ReplyEvent = TextDelta | AudioChunk
+# ToolCallRequest: the model called a client-side tool; the reply ends after it and the
+# client's output comes back through `add_tool_result`.
+ReplyEvent = TextDelta | AudioChunk | ToolCallRequest
 
 
 @dataclass(slots=True)
@@ -111,11 +126,15 @@ class StageTimings:
 
     asr_final_ms: commit -> final transcript; llm_first_token_ms: request -> first text;
     tts_first_audio_ms: first phrase ready -> its first audio.
+    anticipated: whether the reply was started from the recogniser's last hypothesis before
+    the final transcript (True: the guess was right and the reply kept; False: started but
+    thrown away; None: not tried).
     """
 
     asr_final_ms: float | None = None
     llm_first_token_ms: float | None = None
     tts_first_audio_ms: float | None = None
+    anticipated: bool | None = None
 
 
 class OmniSession(Protocol):
@@ -137,6 +156,10 @@ class OmniSession(Protocol):
         ...
 
     def add_user_text(self, text: str) -> None: ...
+
+    def add_tool_result(self, call_id: str, output: str) -> None:
+        """The client's output for a client-side tool call of an earlier reply."""
+        ...
 
     def respond(self, options: ResponseOptions) -> AsyncIterator[ReplyEvent]:
         """Generate the reply to the history so far. Closing the iterator early stops it."""
@@ -194,8 +217,11 @@ class AsrBackend(Protocol):
 
 
 class LlmBackend(Protocol):
-    def complete(self, history: Sequence[Message], options: SessionOptions) -> AsyncIterator[str]:
-        """Stream the assistant's next message as text pieces."""
+    def complete(
+        self, history: Sequence[Message], options: SessionOptions
+    ) -> AsyncIterator[str | ToolCallRequest]:
+        """Stream the assistant's next message as text pieces. A tool-capable backend offers
+        `options.tools` and yields a ToolCallRequest once a call's arguments are complete."""
         ...
 
 

@@ -4,6 +4,15 @@ Per reply the language model streams text, `PhraseSplitter` cuts it into phrases
 phrase is synthesized as soon as it is complete; the model keeps writing while earlier phrases
 are spoken. The session remembers how long each phrase's audio is, so a barge-in can cut the
 history to the words the user actually heard.
+
+Anticipation: when a reply will follow every turn (`SessionOptions.anticipate_reply`), the
+session starts the language model on the recogniser's newest hypothesis as soon as the turn
+is committed, while the recogniser finishes its final pass, and restarts it whenever the
+hypothesis changes. If the final transcript equals the hypothesis, `respond()` adopts the
+running generation (its prompt is already evaluated, maybe its first phrase written);
+otherwise it is cancelled and the reply starts from the final transcript as usual. Nothing
+anticipated is ever spoken before `respond()`, and the history only gains the user's words
+from the final transcript.
 """
 
 from __future__ import annotations
@@ -29,7 +38,10 @@ from server.model.base import (
     TranscriptDelta,
     TtsBackend,
 )
+from server.model.deadlines import DeadlineIterator, ModelDeadlines
 from server.model.phrases import PhraseSplitter, cut_text_to_fraction
+from server.model.tool_calls import ToolCallRequest
+from server.model.tool_rounds import ToolExchange, complete_with_tools, insert_before, insert_tool_result
 from server.streaming.aio import cancel_and_wait
 from server.streaming.audio import PcmFrame, StreamResampler
 
@@ -44,6 +56,25 @@ class _SpokenPhrase:
 
 
 @dataclass(slots=True)
+class _LlmRun:
+    """One language-model request writing phrases into `phrases` (ends with _END)."""
+
+    history_key: tuple[tuple[str, str, bool], ...]
+    options: SessionOptions
+    phrases: asyncio.Queue[str | object]
+    task: asyncio.Task[None] | None = None
+    first_token_ms: float | None = None
+
+
+def _history_key(history: Sequence[Message]) -> tuple[tuple[str, str, bool], ...]:
+    return tuple((m.role, m.text, m.interrupted) for m in history)
+
+
+def _same_words(a: str, b: str) -> bool:
+    return a.lower().split() == b.lower().split()
+
+
+@dataclass(slots=True)
 class _ReplyRecord:
     """The last reply: its phrases and their audio length, for truncation."""
 
@@ -54,10 +85,22 @@ class _ReplyRecord:
 class CascadeModel:
     """Loaded once; `open()` gives each connection its own session over the shared backends."""
 
-    def __init__(self, asr: AsrBackend, llm: LlmBackend, tts: TtsBackend) -> None:
+    def __init__(
+        self,
+        asr: AsrBackend,
+        llm: LlmBackend,
+        tts: TtsBackend,
+        deadlines: ModelDeadlines | None = None,
+        *,
+        anticipate: bool = False,
+    ) -> None:
+        """`anticipate`: start `llm` on the recogniser's hypothesis (module docstring); only
+        for a language model without side effects or per-request cost."""
         self.asr = asr
         self.llm = llm
         self.tts = tts
+        self.anticipate = anticipate
+        self.deadlines = deadlines or ModelDeadlines()  # a hung backend fails the call
         self.capabilities = Capabilities(
             handles_turn_taking=False,
             can_truncate=True,
@@ -78,6 +121,8 @@ class CascadeSession:
         self._history: list[Message] = []
         self._asr: AsrStream | None = None
         self._last_reply: _ReplyRecord | None = None
+        self._anticipation: _LlmRun | None = None
+        self._anticipated_text = ""
 
     def update(self, options: SessionOptions) -> None:
         self.options = options
@@ -93,28 +138,66 @@ class CascadeSession:
         stream, self._asr = self._asr, None
         if stream is not None:
             await stream.aclose()
+        await self._drop_anticipation()
 
     async def commit_audio(self) -> AsyncIterator[TranscriptDelta]:
         stream, self._asr = self._asr, None
         started = time.perf_counter()
         final = ""
+        await self._drop_anticipation()
+        self.timings.anticipated = None
         if stream is not None:
             try:
                 stream.end_input()
-                async for transcript in stream:
+                wait_s = self._model.deadlines.asr_final_timeout_s
+                async for transcript in DeadlineIterator(
+                    aiter(stream), stage="speech-to-text", first_item_s=wait_s, gap_s=wait_s
+                ):
                     if transcript.is_final:
                         final = transcript.text.strip()
                         break
+                    self._anticipate(transcript.text.strip())
                     yield TranscriptDelta(transcript.text, is_final=False)
             finally:
                 await stream.aclose()
         self.timings.asr_final_ms = (time.perf_counter() - started) * 1000
+        if self._anticipation is not None and not (final and _same_words(final, self._anticipated_text)):
+            await self._drop_anticipation()
         if final:
             self._history.append(Message("user", final))
+            if self._anticipation is not None:  # adopt the guess's exact history for the match
+                self._anticipation.history_key = _history_key(self._history)
         yield TranscriptDelta(final, is_final=True)
 
     def add_user_text(self, text: str) -> None:
         self._history.append(Message("user", text))
+
+    def add_tool_result(self, call_id: str, output: str) -> None:
+        insert_tool_result(self._history, Message("tool", output, tool_call_id=call_id))
+
+    # -- anticipation (see the module docstring)
+
+    def _anticipate(self, hypothesis: str) -> None:
+        """Start (or restart) the reply from the recogniser's newest hypothesis."""
+        if not (self._model.anticipate and self.options.anticipate_reply) or not hypothesis:
+            return
+        if self.options.tools is not None and self.options.tools.specs():
+            return  # a guess must not call tools (they may have side effects)
+        if self._anticipation is not None and _same_words(hypothesis, self._anticipated_text):
+            return
+        previous = self._anticipation
+        history = [*self._history, Message("user", hypothesis)]
+        run = _LlmRun(_history_key(history), self.options, asyncio.Queue())
+        run.task = asyncio.create_task(
+            self._write_phrases(history, self.options, run, after=previous), name="cascade-anticipation"
+        )
+        self._anticipation, self._anticipated_text = run, hypothesis
+        self.timings.anticipated = False
+
+    async def _drop_anticipation(self) -> None:
+        run, self._anticipation = self._anticipation, None
+        if run is not None:
+            await cancel_and_wait(run.task, timeout_s=2.0)
 
     def history(self) -> Sequence[Message]:
         return tuple(self._history)
@@ -123,6 +206,9 @@ class CascadeSession:
         return len(self._history)
 
     def rollback(self, checkpoint: int) -> None:
+        if self._anticipation is not None and self._anticipation.task is not None:
+            self._anticipation.history_key = ()  # never adopted; awaited by the next commit or close
+            self._anticipation.task.cancel()
         del self._history[checkpoint:]
         if self._last_reply is not None and self._last_reply.message not in self._history:
             self._last_reply = None
@@ -138,21 +224,37 @@ class CascadeSession:
         if options.max_output_tokens is not None:
             session_options = replace(session_options, max_output_tokens=options.max_output_tokens)
         voice = options.voice or self.options.voice
-        self.timings = StageTimings(asr_final_ms=self.timings.asr_final_ms)
+        run = self._adopt_anticipation(session_options)
+        self.timings = StageTimings(
+            asr_final_ms=self.timings.asr_final_ms,
+            anticipated=self.timings.anticipated if run is None else True,
+        )
+        if run is None:
+            await self._drop_anticipation()
+            history = list(self._history)
+            run = _LlmRun(_history_key(history), session_options, asyncio.Queue())
+            run.task = asyncio.create_task(
+                self._write_phrases(history, session_options, run), name="cascade-llm"
+            )
+        writer = run.task
+        assert writer is not None
         record = _ReplyRecord(Message("assistant", ""))
         self._history.append(record.message)
         self._last_reply = record
-        phrases: asyncio.Queue[str | object] = asyncio.Queue()
-        writer = asyncio.create_task(
-            self._write_phrases(list(self._history[:-1]), session_options, phrases),
-            name="cascade-llm",
-        )
         try:
             while True:
-                phrase = await phrases.get()
+                phrase = await run.phrases.get()
                 if phrase is _END:
                     break
+                if isinstance(phrase, ToolExchange):  # tools ran: the calls and results precede the reply
+                    insert_before(self._history, record.message, phrase.messages)
+                    continue
+                if isinstance(phrase, ToolCallRequest):  # a client-side call: the client answers it
+                    yield phrase
+                    continue
                 assert isinstance(phrase, str)
+                if self.timings.llm_first_token_ms is None:  # known by now; reported with the first audio
+                    self.timings.llm_first_token_ms = run.first_token_ms
                 spoken = _SpokenPhrase(phrase)
                 record.phrases.append(spoken)
                 record.message.text = " ".join(p.text for p in record.phrases)
@@ -162,35 +264,83 @@ class CascadeSession:
                         spoken.audio_ms += frame.duration_ms
                         yield AudioChunk(frame)
             await writer  # re-raises a language model failure
+            self.timings.llm_first_token_ms = run.first_token_ms
         finally:
             await cancel_and_wait(writer, timeout_s=2.0)
             if not record.message.text:
                 with contextlib.suppress(ValueError):
                     self._history.remove(record.message)
 
+    def _adopt_anticipation(self, options: SessionOptions) -> _LlmRun | None:
+        """The anticipated run, if it was started from exactly this history and options."""
+        run, self._anticipation = self._anticipation, None
+        if run is None or run.task is None or run.task.cancelled():
+            self._anticipation = run
+            return None
+        if run.history_key != _history_key(self._history) or run.options != options:
+            self._anticipation = run
+            return None
+        return run
+
     async def _write_phrases(
-        self, history: list[Message], options: SessionOptions, out: asyncio.Queue[str | object]
+        self,
+        history: list[Message],
+        options: SessionOptions,
+        run: _LlmRun,
+        *,
+        after: _LlmRun | None = None,
     ) -> None:
+        """Stream the language model's reply to `history` into `run.phrases`, as phrases.
+        `after`: a run this one replaces; it is cancelled and waited for first."""
+        if after is not None:
+            await cancel_and_wait(after.task, timeout_s=2.0)
         splitter = PhraseSplitter()
         started = time.perf_counter()
         try:
-            async for piece in self._model.llm.complete(history, options):
-                if self.timings.llm_first_token_ms is None:
-                    self.timings.llm_first_token_ms = (time.perf_counter() - started) * 1000
+            deadlines = self._model.deadlines
+
+            def stream(
+                history: Sequence[Message], options: SessionOptions
+            ) -> AsyncIterator[str | ToolCallRequest]:
+                return DeadlineIterator(
+                    self._model.llm.complete(history, options),
+                    stage="language model",
+                    first_item_s=deadlines.llm_first_token_timeout_s,
+                    gap_s=deadlines.llm_token_gap_timeout_s,
+                )
+
+            def say(filler: str) -> None:  # a slow tool's filler, spoken as a phrase of its own
+                rest = splitter.flush()
+                if rest is not None:
+                    run.phrases.put_nowait(rest)
+                run.phrases.put_nowait(filler)
+
+            async for piece in complete_with_tools(stream, history, options, say):
+                if run.first_token_ms is None:
+                    run.first_token_ms = (time.perf_counter() - started) * 1000
+                if not isinstance(piece, str):  # tool calls: respond() handles them in order
+                    say_rest = splitter.flush()
+                    if say_rest is not None:
+                        run.phrases.put_nowait(say_rest)
+                    run.phrases.put_nowait(piece)
+                    continue
                 for phrase in splitter.push(piece):
-                    out.put_nowait(phrase)
+                    run.phrases.put_nowait(phrase)
             rest = splitter.flush()
             if rest is not None:
-                out.put_nowait(rest)
+                run.phrases.put_nowait(rest)
         finally:
-            out.put_nowait(_END)
+            run.phrases.put_nowait(_END)
 
     async def _speak(self, phrase: str, voice: str) -> AsyncIterator[PcmFrame]:
         tts = self._model.tts
         resampler = StreamResampler(tts.sample_rate_hz, OUTPUT_SAMPLE_RATE_HZ)
         started = time.perf_counter()
         first = True
-        async for frame in tts.synthesize(phrase, voice):
+        wait_s = self._model.deadlines.tts_phrase_timeout_s
+        async for frame in DeadlineIterator(
+            tts.synthesize(phrase, voice), stage="text-to-speech", first_item_s=wait_s, gap_s=wait_s
+        ):
             if first and self.timings.tts_first_audio_ms is None:
                 self.timings.tts_first_audio_ms = (time.perf_counter() - started) * 1000
             first = False
@@ -227,3 +377,4 @@ class CascadeSession:
 
     async def aclose(self) -> None:
         await self.clear_audio()
+        await self._drop_anticipation()

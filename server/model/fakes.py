@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from server.errors import BackendError
-from server.model.base import Message, SessionOptions, Transcript
+from server.model.base import Message, SessionOptions, ToolCallRequest, Transcript
 from server.streaming.audio import PcmFrame
 
 
 class FakeAsrStream:
-    def __init__(self, text: str, delay_s: float) -> None:
+    def __init__(self, text: str, delay_s: float, fail_with: type[BaseException] | None = None) -> None:
         self._text = text
         self._delay_s = delay_s
+        self._fail_with = fail_with
         self._ended = asyncio.Event()
         self.pushed_ms = 0.0
 
@@ -35,6 +36,8 @@ class FakeAsrStream:
         await self._ended.wait()
         if self._delay_s:
             await asyncio.sleep(self._delay_s)
+        if self._fail_with is not None:
+            raise self._fail_with("fake speech recogniser failure")
         words = self._text.split()
         if len(words) > 1:
             yield Transcript(" ".join(words[: len(words) // 2]), is_final=False)
@@ -49,16 +52,21 @@ class FakeAsrStream:
 
 @dataclass
 class FakeAsr:
-    """Each stream's final transcript is the next of `script` (the last one repeats)."""
+    """Each stream's final transcript is the next of `script` (the last one repeats).
+
+    `delay_s`: between the end of input and the transcripts. `fail_with`: an exception type
+    raised instead of the transcripts (a recogniser failing at the end of a turn).
+    """
 
     script: list[str] = field(default_factory=lambda: ["hello there"])
     delay_s: float = 0.0
+    fail_with: type[BaseException] | None = None
     sample_rate_hz: int = 16_000
     streams: list[FakeAsrStream] = field(default_factory=list)
 
     def open_stream(self) -> FakeAsrStream:
         index = min(len(self.streams), len(self.script) - 1)
-        stream = FakeAsrStream(self.script[index], self.delay_s)
+        stream = FakeAsrStream(self.script[index], self.delay_s, self.fail_with)
         self.streams.append(stream)
         return stream
 
@@ -67,12 +75,15 @@ class FakeAsr:
 class FakeLlm:
     """Replies with the next of `script`, word by word, `delay_s` apart.
 
-    `fail_after_words`: raise BackendError after that many words (a backend failing mid-reply).
+    `fail_after_words`: raise `fail_with` after that many words (a backend failing mid-reply).
+    `hang_after_words`: wait forever after that many words (a hung backend; 0: no first word).
     """
 
     script: list[str] = field(default_factory=lambda: ["Sure, I can help with that."])
     delay_s: float = 0.0
     fail_after_words: int | None = None
+    fail_with: type[BaseException] = BackendError
+    hang_after_words: int | None = None
     calls: list[list[Message]] = field(default_factory=list)
 
     async def complete(self, history: Sequence[Message], options: SessionOptions) -> AsyncIterator[str]:
@@ -80,7 +91,9 @@ class FakeLlm:
         self.calls.append([Message(m.role, m.text, m.interrupted) for m in history])
         for n, word in enumerate(self.script[index].split()):
             if self.fail_after_words is not None and n >= self.fail_after_words:
-                raise BackendError("fake language model failure")
+                raise self.fail_with("fake language model failure")
+            if self.hang_after_words is not None and n >= self.hang_after_words:
+                await asyncio.Event().wait()
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
             yield word + " "
@@ -88,19 +101,25 @@ class FakeLlm:
 
 @dataclass
 class FakeTts:
-    """A 220 Hz tone, `ms_per_char` per character of text, in `frame_ms` frames."""
+    """A 220 Hz tone, `ms_per_char` per character of text, in `frame_ms` frames.
+
+    `hang_after_frames`: each phrase waits forever after that many frames (a hung backend).
+    """
 
     ms_per_char: float = 50.0
     sample_rate_hz: int = 24_000
     frame_ms: int = 40
     delay_s: float = 0.0
+    hang_after_frames: int | None = None
 
     async def synthesize(self, text: str, voice: str) -> AsyncIterator[PcmFrame]:
         total = int(len(text) * self.ms_per_char * self.sample_rate_hz / 1000)
         t = np.arange(total) / self.sample_rate_hz
         samples = (np.sin(2 * np.pi * 220 * t) * 8000).astype(np.int16)
         step = self.frame_ms * self.sample_rate_hz // 1000
-        for i in range(0, total, step):
+        for n, i in enumerate(range(0, total, step)):
+            if self.hang_after_frames is not None and n >= self.hang_after_frames:
+                await asyncio.Event().wait()
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
             yield PcmFrame(samples[i : i + step], self.sample_rate_hz)
@@ -143,3 +162,31 @@ def load_fake_llm(options: object = None) -> FakeLlm:
 
 def load_fake_tts(options: object = None) -> FakeTts:
     return FakeTts()
+
+
+@dataclass
+class FakeToolCallingLlm:
+    """A fake that "calls tools": each `complete()` plays the next of `script` (the last one
+    repeats), a list of text (streamed word by word) and `ToolCallRequest`s, yielded in order.
+    It understands nothing; `calls` records the history each call saw (copied, tool fields
+    included) and `offered` the tool names each call was offered."""
+
+    script: list[list[str | ToolCallRequest]] = field(default_factory=lambda: [["Sure."]])
+    calls: list[list[Message]] = field(default_factory=list)
+    offered: list[list[str]] = field(default_factory=list)
+    choices: list[str] = field(default_factory=list)
+
+    async def complete(
+        self, history: Sequence[Message], options: SessionOptions
+    ) -> AsyncIterator[str | ToolCallRequest]:
+        index = min(len(self.calls), len(self.script) - 1)
+        self.calls.append([replace(m) for m in history])
+        tools = options.tools
+        self.offered.append([] if tools is None else [spec.name for spec in tools.specs()])
+        self.choices.append("" if tools is None else tools.choice)
+        for step in self.script[index]:
+            if isinstance(step, ToolCallRequest):
+                yield step
+                continue
+            for word in step.split():
+                yield word + " "

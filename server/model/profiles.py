@@ -18,6 +18,7 @@ from typing import Any
 
 from server.model.base import AsrBackend, LlmBackend, OmniModel, TtsBackend
 from server.model.cascade import CascadeModel
+from server.model.deadlines import ModelDeadlines
 from server.model.registry import ASR_BACKENDS, LLM_BACKENDS, TTS_BACKENDS, resolve
 
 
@@ -53,7 +54,14 @@ class ModelCatalog:
         default_profile: str,
         backend_options: Mapping[str, Mapping[str, Any]] | None = None,
         provided: Mapping[tuple[str, str], Any] | None = None,
+        deadlines: ModelDeadlines | None = None,
+        anticipating_llms: frozenset[str] = frozenset(),
     ) -> None:
+        """`anticipating_llms`: language models (registry names) that may be started on the
+        recogniser's hypothesis before the final transcript (see server/model/cascade.py);
+        only side-effect-free local ones belong here: a discarded run of a hosted model costs
+        tokens, and one of embedding code may act on words the caller did not say."""
+        self._anticipating_llms = anticipating_llms
         if default_profile not in profiles:
             raise ValueError(f"unknown profile {default_profile!r}; known: {', '.join(profiles)}")
         self.profiles = dict(profiles)
@@ -62,6 +70,7 @@ class ModelCatalog:
         self._backends: dict[tuple[str, str], Any] = dict(provided or {})  # (kind, name) -> backend
         self._models: dict[str, OmniModel] = {}
         self._lock = threading.Lock()
+        self._deadlines = deadlines or ModelDeadlines()
 
     def _backend(self, table: Mapping[str, str], kind: str, name: str) -> Any:
         key = (kind, name)
@@ -92,7 +101,10 @@ class ModelCatalog:
                 asr: AsrBackend = self._backend(ASR_BACKENDS, "speech-to-text", profile.asr)
                 llm: LlmBackend = self._backend(LLM_BACKENDS, "language model", profile.llm)
                 tts: TtsBackend = self._backend(TTS_BACKENDS, "text-to-speech", profile.tts)
-                self._models[profile_name] = CascadeModel(asr, llm, tts)
+                anticipate = profile.llm in self._anticipating_llms
+                self._models[profile_name] = CascadeModel(
+                    asr, llm, tts, self._deadlines, anticipate=anticipate
+                )
             return self._models[profile_name]
 
     def loaded(self, profile_name: str) -> OmniModel | None:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import contextvars
 import json
 import logging
 import time
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
-from server.errors import ProtocolViolation
+from server.errors import ModelTimeout, ProtocolViolation
 from server.events import (
     AgentEvent,
     AssistantTurn,
@@ -32,9 +34,11 @@ from server.events import (
     Interrupted,
     SessionEnded,
     SessionStarted,
+    ToolCalled,
     TurnLatency,
     UserTurn,
 )
+from server.logs import error_fields
 from server.metrics import Metrics
 from server.model.base import (
     AudioChunk,
@@ -43,10 +47,14 @@ from server.model.base import (
     ResponseOptions,
     SessionOptions,
     TextDelta,
+    ToolCallRequest,
+    ToolSpec,
 )
+from server.privacy import PrivacyOptions
 from server.streaming.aio import cancel_and_wait
-from server.streaming.audio import PcmFrame, StreamResampler
+from server.streaming.audio import PcmFrame, StreamResampler, resample
 from server.streaming.capture import InputAudio
+from server.streaming.lifetime import EndSession, LifetimeOptions, SessionEnd, SessionLifetime, WarnExpiring
 from server.streaming.notifier import EventNotifier
 from server.streaming.playout import PlayoutBuffer, PlayoutOptions
 from server.streaming.turns import (
@@ -63,12 +71,14 @@ from server.streaming.turns import (
     ReplyStarted,
     ReportIdle,
     StartReply,
+    Tick,
     TurnAction,
     TurnOptions,
     TurnTaker,
     UserState,
 )
 from server.streaming.vad import ClassifierFactory, FrameClassifier
+from server.tools import SessionTools, ToolBox
 from server.wire import (
     Dialect,
     EventWriter,
@@ -77,6 +87,7 @@ from server.wire import (
     InputAudioCommit,
     ItemCreate,
     ItemDelete,
+    ItemIn,
     ItemTruncate,
     OutputAudioClear,
     ResponseCancel,
@@ -90,6 +101,12 @@ from server.wire import (
     new_id,
     parse_client_event,
 )
+from server.wire_tools import (
+    client_tool_specs,
+    function_call_events,
+    function_call_item,
+    function_call_output_item,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +116,11 @@ SILENCE_BY_ABSENCE_MS = 250  # no audio for this long in the middle of a turn: t
 
 class TransportClosed(Exception):
     """The client went away."""
+
+
+def _failure_code(exc: Exception) -> str:
+    """The `error.code` of a model failure: a hung model, or any other failure."""
+    return "model_timeout" if isinstance(exc, ModelTimeout) else "backend_error"
 
 
 class Transport(Protocol):
@@ -118,6 +140,8 @@ class ConversationOptions:
     prefix_padding_ms: int = 300
     playout: PlayoutOptions = field(default_factory=PlayoutOptions)
     max_audio_ahead_ms: int = 10_000
+    lifetime: LifetimeOptions = field(default_factory=LifetimeOptions)
+    privacy: PrivacyOptions = field(default_factory=PrivacyOptions)
 
 
 class ReplyPhase(Enum):
@@ -147,6 +171,21 @@ class _Reply:
     held_agent_events: list[AgentEvent] = field(default_factory=list)
     checkpoint: int = 0
     input_done: bool = False  # all of the reply's audio has been produced
+    function_calls: list[dict[str, Any]] = field(default_factory=list)  # client-side tool calls
+    adopted: asyncio.Event = field(default_factory=asyncio.Event)  # set when `released` turns True
+
+
+# the reply whose task (or a task it started) is running: a speculative one's tools wait
+_RUNNING_REPLY: contextvars.ContextVar[_Reply | None] = contextvars.ContextVar("voxgate_reply", default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class _PendingCall:
+    """A client-side tool call sent to the client, waiting for its function_call_output."""
+
+    name: str
+    arguments_json: str
+    sent_s: float
 
 
 class Conversation:
@@ -163,10 +202,18 @@ class Conversation:
         clock: Callable[[], float] = time.monotonic,
         on_event: EventHandler | None = None,
         metadata: Mapping[str, str] | None = None,
+        session: Mapping[str, Any] | None = None,
+        tools: ToolBox | None = None,
     ) -> None:
+        """`session`: a session object (validated, as by a client secret's minting) the
+        session starts with, applied before session.created."""
         self._transport = transport
-        self._notifier = EventNotifier(on_event)
+        self._notifier = EventNotifier(on_event, privacy=options.privacy)
         self.metadata = dict(metadata or {})
+        self._toolbox = tools if tools is not None else ToolBox()
+        self._client_tools: tuple[ToolSpec, ...] = ()  # declared by the client in session.update
+        self._pending_calls: dict[str, _PendingCall] = {}
+        self._initial_session = dict(session or {})
         self._model = model
         self._vad_factory = vad
         self._options = options
@@ -213,8 +260,11 @@ class Conversation:
         self._reply_seq = 0
         self._tasks: asyncio.TaskGroup | None = None
         self._timer_wakeup = asyncio.Event()
-        self._transcription: asyncio.Task[None] | None = None
+        self._transcription: asyncio.Task[Exception | None] | None = None  # result: its failure
+        self._stop_requested = False
         self._speech_end_s: float | None = None
+        self._lifetime = SessionLifetime(options.lifetime, clock())
+        self.ended_by: SessionEnd | None = None  # set when the server ended the session (lifetime.py)
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -223,6 +273,8 @@ class Conversation:
         self._metrics.sessions_active.inc()
         try:
             self._session = await self._model.open(self._session_options())
+            if self._initial_session:
+                self._configure(self._initial_session)
             await self._send(self._events.event("session.created", session=self._events.session(self.config)))
             self._notifier.publish(SessionStarted(self.config.id, dict(self.metadata)))
             try:
@@ -232,6 +284,9 @@ class Conversation:
                     tg.create_task(self._read_loop(), name="conversation-reader")
                     tg.create_task(self._write_loop(), name="conversation-writer")
                     tg.create_task(self._timer_loop(), name="conversation-timer")
+                    tg.create_task(self._lifetime_loop(), name="conversation-lifetime")
+                    if self._stop_requested:
+                        tg.create_task(self._stop_now(), name="conversation-stop")
             except* TransportClosed:
                 pass
         finally:
@@ -246,6 +301,28 @@ class Conversation:
             self._notifier.publish(SessionEnded(self.config.id))
             await self._notifier.drain()
 
+    @property
+    def is_replying(self) -> bool:
+        """A committed turn is being transcribed, or a reply prepared, generated or played."""
+        reply = self._reply
+        return (
+            (reply is not None and reply.phase is not ReplyPhase.FINISHED)
+            or self._prepared is not None
+            or (self._transcription is not None and not self._transcription.done())
+        )
+
+    def stop(self) -> None:
+        """End `run()` soon, as if the client had left (server shutdown); idempotent."""
+        if self._stop_requested:
+            return
+        self._stop_requested = True
+        if self._tasks is not None:
+            with contextlib.suppress(RuntimeError):  # the task group is ending already
+                self._tasks.create_task(self._stop_now(), name="conversation-stop")
+
+    async def _stop_now(self) -> None:
+        raise TransportClosed("the server stopped this session")
+
     def _session_options(self) -> SessionOptions:
         return SessionOptions(
             instructions=self.config.instructions,
@@ -253,6 +330,17 @@ class Conversation:
             temperature=self.config.temperature,
             max_output_tokens=self.config.max_output_tokens,
             metadata=dict(self.metadata),
+            tools=SessionTools(
+                self._toolbox,
+                self.config.id,
+                self._notifier.publish,
+                self._client_tools,
+                self.config.tool_choice,
+                gate=self._tools_may_run,
+            ),
+            anticipate_reply=(
+                self.config.turn_detection is not None and self.config.turn_detection.create_response
+            ),
         )
 
     async def _send(self, event: dict[str, Any]) -> None:
@@ -269,6 +357,7 @@ class Conversation:
     async def _read_loop(self) -> None:
         while True:
             message = await self._transport.receive()
+            self._lifetime.push_activity(self._clock())
             if isinstance(message, bytes):
                 await self._send_error(
                     ProtocolViolation(
@@ -329,9 +418,19 @@ class Conversation:
             if is_beta_session_shape(event.session):
                 self._events = EventWriter(Dialect.BETA)
             self._dialect_fixed = True
+        self._configure(event.session)
+        await self._send(self._events.event("session.updated", session=self._events.session(self.config)))
+
+    def _configure(self, session: dict[str, Any]) -> None:
+        """Apply a session object (session.update, or the one the session started with);
+        raises ProtocolViolation and changes nothing if it is invalid."""
         old_in = self.config.input_format
         old_out = self.config.output_format
-        apply_session_update(self.config, event.session)
+        client_tools = self._client_tools
+        if "tools" in session:
+            client_tools = client_tool_specs(session["tools"], (s.name for s in self._toolbox.specs()))
+        apply_session_update(self.config, session)
+        self._client_tools = client_tools
         if self.config.input_format != old_in:
             self._input.set_input_rate(self.config.input_format.sample_rate_hz)
         if self.config.output_format != old_out and self._reply is None:
@@ -358,7 +457,6 @@ class Conversation:
             self._input.preroll_ms = td.prefix_padding_ms + 1000
         assert self._session is not None
         self._session.update(self._session_options())
-        await self._send(self._events.event("session.updated", session=self._events.session(self.config)))
 
     # --- input audio ----------------------------------------------------------------
 
@@ -391,6 +489,11 @@ class Conversation:
             self._push_to_model(model_frame)
         for vad_frame in classified:
             self._turns.receive(vad_frame, now_ms=vad_frame.start_ms + vad_frame.duration_ms)
+            await self._run_turn_actions()
+        if vad_on and self._turns.next_deadline() is not None:
+            # a silence deadline falls due with the audio that reaches it, not a VAD frame later
+            # (a part-frame can't hold a voice onset: that needs vad_min_voiced_ms of frames)
+            self._turns.receive(Tick(), now_ms=self._input.input_ms)
             await self._run_turn_actions()
         self._timer_wakeup.set()
 
@@ -508,10 +611,88 @@ class Conversation:
             name=f"transcription-{item_id}",
         )
 
+    # --- client-side tools ----------------------------------------------------------
+
+    async def _tools_may_run(self) -> None:
+        """Server-side tools of a speculative reply wait until it is adopted: a turn that goes
+        on cancels the reply, and the tool never runs (tools may have side effects)."""
+        reply = _RUNNING_REPLY.get()
+        if reply is not None and not reply.released:
+            await reply.adopted.wait()
+
+    async def _send_function_call(self, reply: _Reply, call: ToolCallRequest) -> None:
+        """The model called a client-side tool: announce the function_call item now; the
+        client runs it and answers with a function_call_output item."""
+        item_id = new_id("item")
+        previous, self._last_item_id = self._last_item_id, item_id
+        output_index = 1 + len(reply.function_calls)  # the reply's message is output 0
+        events = function_call_events(
+            self._events,
+            reply.response_id,
+            item_id,
+            output_index,
+            call.call_id,
+            call.name,
+            call.arguments_json,
+            previous,
+        )
+        for event in events:
+            await self._emit(reply, event)
+        reply.function_calls.append(
+            function_call_item(item_id, call.call_id, call.name, call.arguments_json, "completed")
+        )
+        self._pending_calls[call.call_id] = _PendingCall(call.name, call.arguments_json, self._clock())
+
+    async def _on_function_call_output(self, item: ItemIn) -> None:
+        if item.call_id is None:
+            raise ProtocolViolation(
+                "function_call_output needs the call_id of the call it answers",
+                code="missing_field",
+                param="item.call_id",
+            )
+        if item.output is None:
+            raise ProtocolViolation(
+                "function_call_output needs an output string", code="missing_field", param="item.output"
+            )
+        pending = self._pending_calls.pop(item.call_id, None)
+        if pending is None:
+            raise ProtocolViolation(
+                f"no function call {item.call_id[:80]!r} is waiting for output",
+                code="call_id_not_found",
+                param="item.call_id",
+            )
+        assert self._session is not None
+        self._session.add_tool_result(item.call_id, item.output)
+        item_id = item.id or new_id("item")
+        previous, self._last_item_id = self._last_item_id, item_id
+        for ev in self._events.item_added(
+            function_call_output_item(item_id, item.call_id, item.output), previous
+        ):
+            await self._send(ev)
+        arguments: Mapping[str, object] | str = pending.arguments_json
+        with contextlib.suppress(ValueError):
+            parsed = json.loads(pending.arguments_json)
+            arguments = parsed if isinstance(parsed, dict) else pending.arguments_json
+        self._notifier.publish(
+            ToolCalled(
+                self.config.id,
+                item.call_id,
+                pending.name,
+                arguments,
+                item.output,
+                None,
+                (self._clock() - pending.sent_s) * 1000,
+                client_side=True,
+            )
+        )
+
     # --- replies --------------------------------------------------------------------
 
     async def _on_item_create(self, event: ItemCreate) -> None:
         item = event.item
+        if item.type == "function_call_output":
+            await self._on_function_call_output(item)
+            return
         if item.type != "message" or item.role != "user":
             raise ProtocolViolation(
                 f"conversation.item.create supports user messages; got {item.type}"
@@ -542,8 +723,22 @@ class Conversation:
             )
         body = event.response or {}
         modalities = body.get("output_modalities") or body.get("modalities") or self.config.output_modalities
+        if not isinstance(modalities, list) or any(m not in ("audio", "text") for m in modalities):
+            raise ProtocolViolation(
+                "response modalities must list 'audio' and/or 'text'",
+                code="invalid_value",
+                param="response.output_modalities",
+            )
+        audio = body.get("audio") or {}
+        output = (audio.get("output") or {}) if isinstance(audio, dict) else None
+        if not isinstance(output, dict):
+            raise ProtocolViolation(
+                "response.audio and response.audio.output must be objects",
+                code="invalid_value",
+                param="response.audio",
+            )
         instructions = body.get("instructions")
-        voice = body.get("voice") or (body.get("audio") or {}).get("output", {}).get("voice")
+        voice = body.get("voice") or output.get("voice")
         if instructions is not None and not isinstance(instructions, str):
             raise ProtocolViolation(
                 "response.instructions must be a string", code="invalid_value", param="response.instructions"
@@ -612,7 +807,11 @@ class Conversation:
         )
 
     async def _run_prepared(
-        self, reply: _Reply, options: ResponseOptions, item_id: str, previous: asyncio.Task[None] | None
+        self,
+        reply: _Reply,
+        options: ResponseOptions,
+        item_id: str,
+        previous: asyncio.Task[Exception | None] | None,
     ) -> None:
         assert self._session is not None
 
@@ -626,8 +825,8 @@ class Conversation:
             else:
                 reply.held_agent_events.append(event)
 
-        await self._run_transcription(self._session, item_id, previous, hold, publish)
-        await self._run_reply(reply, options, None)
+        failure = await self._run_transcription(self._session, item_id, previous, hold, publish)
+        await self._run_reply(reply, options, None, failure)
 
     async def _abandon_prepared(self) -> None:
         prepared, self._prepared = self._prepared, None
@@ -656,6 +855,7 @@ class Conversation:
         if reply.input_done:
             self._playout.end_input()
         reply.released = True
+        reply.adopted.set()
         for agent_event in reply.held_agent_events:
             self._notifier.publish(agent_event)
         reply.held_agent_events.clear()
@@ -681,12 +881,18 @@ class Conversation:
             await cancel_and_wait(previous.task, CANCEL_TIMEOUT_S)
 
     async def _run_reply(
-        self, reply: _Reply, options: ResponseOptions, transcription: asyncio.Task[None] | None
+        self,
+        reply: _Reply,
+        options: ResponseOptions,
+        transcription: asyncio.Task[Exception | None] | None,
+        failure: Exception | None = None,
     ) -> None:
+        """`failure`: the transcription of the turn failed (already reported): the reply fails."""
+        _RUNNING_REPLY.set(reply)  # this task's own context: its tool calls know their reply
         session = self._session
         assert session is not None
         if transcription is not None:
-            await asyncio.shield(transcription)  # the user's words count even if we are cut off
+            failure = await asyncio.shield(transcription)  # the user's words count even if we are cut off
         previous, self._last_item_id = self._last_item_id, reply.item_id
         opening = self._events.response_opening(
             reply.response_id, reply.item_id, reply.with_audio, previous, self.config
@@ -694,6 +900,8 @@ class Conversation:
         for opening_event in opening:
             await self._emit(reply, opening_event)
         try:
+            if failure is not None:
+                raise failure  # the user's words were not heard: nothing to answer
             out_rate = self.config.output_format.sample_rate_hz
             resampler = StreamResampler(session.capabilities.output_sample_rate_hz, out_rate)
             async for event in session.respond(options):
@@ -705,6 +913,8 @@ class Conversation:
                             reply.response_id, reply.item_id, reply.with_audio, event.text
                         ),
                     )
+                elif isinstance(event, ToolCallRequest):
+                    await self._send_function_call(reply, event)
                 elif isinstance(event, AudioChunk) and reply.with_audio:
                     out = resampler.push(event.frame)
                     if out.sample_count:
@@ -723,7 +933,15 @@ class Conversation:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a backend failed mid-reply: this response fails, the session lives
-            log.exception("reply failed", extra={"response_id": reply.response_id})
+            log.error(  # the brain is embedding code: its messages may quote the caller
+                "reply failed",
+                extra={
+                    "session_id": self.config.id,
+                    "response_id": reply.response_id,
+                    **error_fields(exc, with_message=self._options.privacy.log_transcripts),
+                },
+            )
+            code = _failure_code(exc)
             if reply.released:
                 self._playout.clear(self._clock() * 1000)
             reply.cancelled = True
@@ -733,7 +951,7 @@ class Conversation:
                 reason="error",
                 error={
                     "type": "server_error",
-                    "code": "backend_error",
+                    "code": code,
                     "message": str(exc) or type(exc).__name__,
                 },
             )
@@ -741,11 +959,11 @@ class Conversation:
                 reply,
                 self._events.error(
                     f"the response failed: {exc}" if str(exc) else "the response failed",
-                    code="backend_error",
+                    code=code,
                     type_="server_error",
                 ),
             )
-            self._metrics.errors.labels(code="backend_error").inc()
+            self._metrics.errors.labels(code=code).inc()
             self._notifier.publish(
                 AssistantTurn(self.config.id, reply.item_id, reply.transcript, "failed", False)
             )
@@ -765,29 +983,52 @@ class Conversation:
         self,
         session: OmniSession,
         item_id: str,
-        previous: asyncio.Task[None] | None,
+        previous: asyncio.Task[Exception | None] | None,
         emit: Callable[[dict[str, Any]], Awaitable[None]],
         publish: Callable[[AgentEvent], None],
-    ) -> None:
+    ) -> Exception | None:
+        """Transcribe the committed turn; returns None, or the recogniser's failure (reported
+        here as `input_audio_transcription.failed`; the turn then has no transcript)."""
         if previous is not None:
             await asyncio.shield(previous)  # transcripts join the history in turn order
         final = ""
         sent = ""  # deltas are increments: a revised hypothesis waits for the final transcript
-        async for delta in session.commit_audio():
-            if delta.is_final:
-                final = delta.text
-                continue
-            if not delta.text.startswith(sent) or len(delta.text) == len(sent):
-                continue
-            increment, sent = delta.text[len(sent) :], delta.text
+        try:
+            async for delta in session.commit_audio():
+                if delta.is_final:
+                    final = delta.text
+                    continue
+                if not delta.text.startswith(sent) or len(delta.text) == len(sent):
+                    continue
+                increment, sent = delta.text[len(sent) :], delta.text
+                await emit(
+                    self._events.event(
+                        "conversation.item.input_audio_transcription.delta",
+                        item_id=item_id,
+                        content_index=0,
+                        delta=increment,
+                    )
+                )
+        except Exception as exc:  # the recogniser failed or hung: this turn fails, the session lives
+            log.error(
+                "transcription failed",
+                extra={
+                    "session_id": self.config.id,
+                    "item_id": item_id,
+                    **error_fields(exc, with_message=self._options.privacy.log_transcripts),
+                },
+            )
+            code = _failure_code(exc)
+            self._metrics.errors.labels(code=code).inc()
             await emit(
                 self._events.event(
-                    "conversation.item.input_audio_transcription.delta",
+                    "conversation.item.input_audio_transcription.failed",
                     item_id=item_id,
                     content_index=0,
-                    delta=increment,
+                    error={"type": "server_error", "code": code, "message": str(exc) or type(exc).__name__},
                 )
             )
+            return exc
         if session.timings.asr_final_ms is not None:
             self._metrics.asr_final.observe(session.timings.asr_final_ms / 1000)
         if self.config.transcription_model is not None:
@@ -800,6 +1041,7 @@ class Conversation:
                 )
             )
         publish(UserTurn(self.config.id, item_id, final))
+        return None
 
     def _record_stage_timings(self, session: OmniSession) -> None:
         t = session.timings
@@ -807,6 +1049,8 @@ class Conversation:
             self._metrics.llm_first_token.observe(t.llm_first_token_ms / 1000)
         if t.tts_first_audio_ms is not None:
             self._metrics.tts_first_audio.observe(t.tts_first_audio_ms / 1000)
+        if t.anticipated is not None:
+            self._metrics.anticipations.labels(outcome="kept" if t.anticipated else "discarded").inc()
 
     def _reply_over(self, reply: _Reply) -> None:
         reply.phase = ReplyPhase.FINISHED
@@ -832,6 +1076,7 @@ class Conversation:
             self.config,
             reason=reason,
             error=error,
+            extra_output=reply.function_calls,
         )
         for closing_event in closing:
             await self._emit(reply, closing_event)
@@ -921,7 +1166,10 @@ class Conversation:
                 pass
 
     async def _send_chunk(self, reply_id: int, frame: PcmFrame) -> None:
-        payload = base64.b64encode(self.config.output_format.encode(frame)).decode("ascii")
+        fmt = self.config.output_format
+        if frame.sample_rate_hz != fmt.sample_rate_hz:  # a session.update changed it mid-reply
+            frame = resample(frame, fmt.sample_rate_hz)
+        payload = base64.b64encode(fmt.encode(frame)).decode("ascii")
         async with self._send_lock:
             reply = self._reply
             if reply is None or reply.reply_id != reply_id or reply.cancelled:
@@ -941,7 +1189,17 @@ class Conversation:
             if reply.user_speech_end_s is not None:
                 latency_s = reply.first_audio_sent_s - reply.user_speech_end_s
                 self._metrics.voice_to_voice.observe(latency_s)
-                self._notifier.publish(TurnLatency(self.config.id, reply.item_id, latency_s * 1000))
+                timings = self._session.timings if self._session is not None else None
+                self._notifier.publish(
+                    TurnLatency(
+                        self.config.id,
+                        reply.item_id,
+                        latency_s * 1000,
+                        asr_final_ms=timings.asr_final_ms if timings else None,
+                        llm_first_token_ms=timings.llm_first_token_ms if timings else None,
+                        tts_first_audio_ms=timings.tts_first_audio_ms if timings else None,
+                    )
+                )
 
     # --- timer: silence by absence of audio ----------------------------------------
 
@@ -966,3 +1224,23 @@ class Conversation:
                 await asyncio.wait_for(self._timer_wakeup.wait(), (SILENCE_BY_ABSENCE_MS - idle_ms) / 1000)
             except TimeoutError:
                 pass
+
+    # --- lifetime: maximum duration and idle timeout --------------------------------
+
+    async def _lifetime_loop(self) -> None:
+        """Warn `session.expiring` (a Voxgate extension) before the maximum duration; end the
+        session at it or after `idle_timeout_s` without a client message."""
+        while True:
+            match self._lifetime.poll(self._clock()):
+                case WarnExpiring(seconds_left=left):
+                    await self._send(
+                        self._events.event(
+                            "session.expiring",
+                            expires_at=round(time.time() + left),
+                            seconds_left=round(left),
+                        )
+                    )
+                case EndSession(reason=reason):
+                    self.ended_by = reason
+                    raise TransportClosed(reason.value)
+            await asyncio.sleep(max(0.0, self._lifetime.next_deadline_s() - self._clock()))

@@ -187,7 +187,10 @@ def endless(delay_s: float) -> Respond:
 
 async def collect(llm: OpenAiLlm, history: Sequence[Message], instructions: str = "") -> list[str]:
     options = SessionOptions(instructions=instructions, temperature=0.2, max_output_tokens=40)
-    return [piece async for piece in llm.complete(history, options)]
+    pieces = [piece async for piece in llm.complete(history, options)]
+    texts = [piece for piece in pieces if isinstance(piece, str)]
+    assert texts == pieces, "no tool calls expected here"
+    return texts
 
 
 HISTORY = [
@@ -273,6 +276,7 @@ async def test_a_stalled_stream_times_out() -> None:
             started = time.monotonic()
             with pytest.raises(BackendError, match="timeout") as caught:
                 async for piece in llm.complete(HISTORY, SessionOptions()):
+                    assert isinstance(piece, str)
                     pieces.append(piece)
             elapsed_s = time.monotonic() - started
         await asyncio.wait_for(server.disconnected.wait(), timeout=2.0)

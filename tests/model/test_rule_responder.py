@@ -10,7 +10,10 @@ from server.model.base import LlmBackend, Message, SessionOptions
 
 async def reply(history: list[Message], options: SessionOptions | None = None) -> list[str]:
     responder: LlmBackend = load()
-    return [piece async for piece in responder.complete(history, options or SessionOptions())]
+    pieces = [piece async for piece in responder.complete(history, options or SessionOptions())]
+    texts = [piece for piece in pieces if isinstance(piece, str)]
+    assert texts == pieces, "the rule responder calls no tools"
+    return texts
 
 
 def user(text: str) -> Message:
