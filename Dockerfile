@@ -6,5 +6,7 @@ WORKDIR /app
 COPY . .
 RUN make setup
 ENV VOXGATE_HOST=0.0.0.0
+# Bound to every interface, the server refuses to start without API keys: run with
+# -e VOXGATE_API_KEYS='["<key>"]' (or VOXGATE_ALLOW_UNAUTHENTICATED=true behind your own gate).
 EXPOSE 8000
 CMD ["make", "run", "HOST=0.0.0.0", "PORT=8000"]
