@@ -9,6 +9,7 @@ from server.events import (
     SessionEnded,
     SessionStarted,
     ToolCalled,
+    Truncated,
     TurnLatency,
     UserTurn,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "ToolBox",
     "ToolCalled",
     "ToolResult",
+    "Truncated",
     "TurnLatency",
     "UserTurn",
     "VoiceAgent",

@@ -42,11 +42,27 @@ class AssistantTurn:
 
 @dataclass(frozen=True, slots=True)
 class Interrupted:
-    """The caller talked over a reply, which stopped after `heard_ms` of its audio."""
+    """The caller talked over a reply, which stopped after `heard_ms` of its audio (the
+    server's estimate of the caller's playback; a `Truncated` event may correct it)."""
 
     session_id: str
     item_id: str
     heard_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Truncated:
+    """The reply's place in the conversation was cut to what the caller heard: `heard_ms` of
+    its audio, whose words are `text`. `source` is "server" (the server's estimate of the
+    caller's playback, at a barge-in) or "client" (the client said so with
+    conversation.item.truncate; on phone calls, from the marks Twilio returned as it played
+    the audio). The last Truncated event of an item is the final word."""
+
+    session_id: str
+    item_id: str
+    heard_ms: int
+    text: str
+    source: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,5 +103,14 @@ class ToolCalled:
     client_side: bool
 
 
-AgentEvent = SessionStarted | UserTurn | AssistantTurn | Interrupted | TurnLatency | SessionEnded | ToolCalled
+AgentEvent = (
+    SessionStarted
+    | UserTurn
+    | AssistantTurn
+    | Interrupted
+    | Truncated
+    | TurnLatency
+    | SessionEnded
+    | ToolCalled
+)
 EventHandler = Callable[[AgentEvent], Awaitable[None]]

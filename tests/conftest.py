@@ -6,6 +6,7 @@ import pytest
 from fastapi import FastAPI
 
 from server.app import create_app
+from server.events import EventHandler
 from server.model.cascade import CascadeModel
 from server.model.fakes import EnergyClassifierFactory, FakeAsr, FakeLlm, FakeTts
 from server.settings import Settings
@@ -13,10 +14,14 @@ from tests.harness import running_server
 
 
 def fake_app(
-    asr: FakeAsr | None = None, llm: FakeLlm | None = None, tts: FakeTts | None = None, **settings: object
+    asr: FakeAsr | None = None,
+    llm: FakeLlm | None = None,
+    tts: FakeTts | None = None,
+    on_event: EventHandler | None = None,
+    **settings: object,
 ) -> FastAPI:
     model = CascadeModel(asr or FakeAsr(), llm or FakeLlm(), tts or FakeTts())
-    return create_app(Settings(**settings), model=model, vad=EnergyClassifierFactory())  # type: ignore[arg-type]
+    return create_app(Settings(**settings), model=model, vad=EnergyClassifierFactory(), on_event=on_event)  # type: ignore[arg-type]
 
 
 @pytest.fixture

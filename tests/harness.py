@@ -67,6 +67,12 @@ class RealtimeTestClient:
     async def send(self, event: dict[str, Any]) -> None:
         await self.ws.send(json.dumps(event))
 
+    async def say(self, text: str) -> None:
+        """A user text message, then response.create: a typed turn."""
+        item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+        await self.send({"type": "conversation.item.create", "item": item})
+        await self.send({"type": "response.create"})
+
     async def append(self, frame: PcmFrame) -> None:
         await self.send(
             {"type": "input_audio_buffer.append", "audio": base64.b64encode(frame.to_bytes()).decode()}

@@ -101,17 +101,7 @@ async def test_a_failing_event_handler_does_not_break_the_session(fake_speech: N
     )
     async with running_server(agent.app()) as url, realtime_client(url) as client:
         await client.wait_for("session.created")
-        await client.send(
-            {
-                "type": "conversation.item.create",
-                "item": {
-                    "type": "message",
-                    "role": "user",
-                    "content": [{"type": "input_text", "text": "hi"}],
-                },
-            }
-        )
-        await client.send({"type": "response.create"})
+        await client.say("hi")
         done = await client.wait_for("response.done")
         assert done["response"]["status"] == "completed"
 

@@ -154,17 +154,7 @@ async def test_disconnect_mid_reply_leaves_no_task_and_other_sessions_work() -> 
         assert health["sessions"] == 0
         async with realtime_client(url) as other:
             await other.wait_for("session.created")
-            await other.send(
-                {
-                    "type": "conversation.item.create",
-                    "item": {
-                        "type": "message",
-                        "role": "user",
-                        "content": [{"type": "input_text", "text": "hi"}],
-                    },
-                }
-            )
-            await other.send({"type": "response.create"})
+            await other.say("hi")
             done = await other.wait_for("response.done")
             assert done["response"]["status"] == "completed"
 
@@ -176,17 +166,7 @@ async def test_backend_failure_mid_reply_fails_the_response_and_the_session_goes
         await client.wait_for("session.created")
         for _ in range(2):
             start = len(client.events)
-            await client.send(
-                {
-                    "type": "conversation.item.create",
-                    "item": {
-                        "type": "message",
-                        "role": "user",
-                        "content": [{"type": "input_text", "text": "hi"}],
-                    },
-                }
-            )
-            await client.send({"type": "response.create"})
+            await client.say("hi")
             done = await client.wait_for("response.done", after=start)
             assert done["response"]["status"] == "failed"
             error = await client.wait_for("error", after=start)

@@ -418,17 +418,7 @@ async def test_base_exception_from_a_backend_ends_that_session_only() -> None:
         async with realtime_client(url) as client, realtime_client(url) as other:
             await client.wait_for("session.created")
             await other.wait_for("session.created")
-            await client.send(
-                {
-                    "type": "conversation.item.create",
-                    "item": {
-                        "type": "message",
-                        "role": "user",
-                        "content": [{"type": "input_text", "text": "hi"}],
-                    },
-                }
-            )
-            await client.send({"type": "response.create"})
+            await client.say("hi")
             await asyncio.wait_for(client.ws.wait_closed(), 10)
             assert client.ws.close_code == 1011
             llm.fail_after_words = None

@@ -592,17 +592,7 @@ async def every_response_done(client: RealtimeTestClient) -> None:
 async def fresh_session_completes_a_turn(url: str) -> None:
     async with connect(url, beta=False) as client:
         await client.wait_for("session.created", WAIT_S)
-        await client.send(
-            {
-                "type": "conversation.item.create",
-                "item": {
-                    "type": "message",
-                    "role": "user",
-                    "content": [{"type": "input_text", "text": "hi"}],
-                },
-            }
-        )
-        await client.send({"type": "response.create"})
+        await client.say("hi")
         done = await client.wait_for("response.done", WAIT_S)
         assert done["response"]["status"] == "completed"
         assert client.of_type("response.output_audio.delta")

@@ -18,7 +18,7 @@ import pytest
 import websockets
 
 from server.app import create_app
-from server.events import AgentEvent, AssistantTurn, SessionEnded, SessionStarted, TurnLatency
+from server.events import AgentEvent, AssistantTurn, SessionEnded, SessionStarted, Truncated, TurnLatency
 from server.model.base import Message, SessionOptions
 from server.model.cascade import CascadeModel
 from server.model.fakes import EnergyClassifierFactory, FakeAsr, FakeLlm, FakeTts, tone
@@ -135,7 +135,13 @@ async def test_barge_in_clears_twilio_and_cuts_the_history_to_the_played_positio
 ) -> None:
     caplog.set_level(logging.INFO, logger="server.telephony.twilio")
     llm = FakeLlm([LONG_REPLY, "Okay."])
-    app = fake_app(FakeAsr(["where is my order", "stop please"]), llm)
+    cuts: list[Truncated] = []
+
+    async def on_event(event: AgentEvent) -> None:
+        if isinstance(event, Truncated):
+            cuts.append(event)
+
+    app = fake_app(FakeAsr(["where is my order", "stop please"]), llm, on_event=on_event)
     async with running_server(app) as url:
         baseline = len(asyncio.all_tasks())
         async with twilio_call(url) as caller:
@@ -181,6 +187,11 @@ async def test_barge_in_clears_twilio_and_cuts_the_history_to_the_played_positio
             assert assistant[0].text == kept_text(LONG_REPLY, audio_end_ms)
             assert 0 < len(assistant[0].text) < len(LONG_REPLY) / 2
             assert [m.text for m in llm.calls[1] if m.role == "user"] == ["where is my order", "stop please"]
+
+            # embedding code hears the server's estimate first, then the marks' figure
+            ours = [c for c in cuts if c.item_id == item_id]
+            assert [c.source for c in ours] == ["server", "client"]
+            assert ours[-1].heard_ms == audio_end_ms and ours[-1].text == assistant[0].text
 
             await caller.stop()
             assert await caller.wait_closed() == (1000, "")

@@ -35,6 +35,7 @@ from server.events import (
     SessionEnded,
     SessionStarted,
     ToolCalled,
+    Truncated,
     TurnLatency,
     UserTurn,
 )
@@ -1108,7 +1109,7 @@ class Conversation:
                 AssistantTurn(self.config.id, reply.item_id, reply.transcript, "cancelled", True)
             )
 
-    async def _truncate(self, reply: _Reply, audio_end_ms: int) -> None:
+    async def _truncate(self, reply: _Reply, audio_end_ms: int, *, source: str = "server") -> None:
         assert self._session is not None
         kept = self._session.truncate_reply(audio_end_ms)
         reply.transcript = kept
@@ -1120,6 +1121,7 @@ class Conversation:
                 audio_end_ms=audio_end_ms,
             )
         )
+        self._notifier.publish(Truncated(self.config.id, reply.item_id, audio_end_ms, kept, source))
 
     async def _on_truncate(self, event: ItemTruncate) -> None:
         reply = self._reply
@@ -1144,7 +1146,7 @@ class Conversation:
                 await cancel_and_wait(reply.task, CANCEL_TIMEOUT_S)
             await self._end_response(reply, "cancelled", reason="client_cancelled")
             self._reply_over(reply)
-        await self._truncate(reply, event.audio_end_ms)
+        await self._truncate(reply, event.audio_end_ms, source="client")
 
     # --- writer: real-time pacing ---------------------------------------------------
 

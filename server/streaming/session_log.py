@@ -22,6 +22,7 @@ from server.events import (
     Interrupted,
     SessionEnded,
     SessionStarted,
+    Truncated,
     TurnLatency,
     UserTurn,
 )
@@ -66,6 +67,16 @@ class SessionLog:
                 self._latency[event.item_id] = event
             case Interrupted():
                 self._heard_ms[event.item_id] = event.heard_ms
+            case Truncated():
+                cut: dict[str, Any] = {
+                    "session_id": event.session_id,
+                    "item_id": event.item_id,
+                    "heard_ms": event.heard_ms,
+                    "source": event.source,
+                }
+                if self._privacy.log_transcripts:
+                    cut["text"] = event.text
+                self._log.info("truncated", extra=cut)
             case AssistantTurn():
                 self._log.info("turn", extra=self._turn_fields(event))
             case SessionEnded():
