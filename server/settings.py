@@ -64,10 +64,10 @@ class Settings(BaseSettings):
     # negative disables speculation
     speculative_silence_ms: int = Field(default=0, le=10_000)
     # start the embedded language model on the recogniser's last hypothesis while it finishes
-    # the final transcript (kept only if the two agree; see server/model/cascade.py). Off by
-    # default: on 2 cores the model's threads slow the recogniser's last pass more than the
-    # overlap saves (BENCHMARKS.md); worth trying with cores to spare
-    anticipate_replies: bool = False
+    # the final transcript (kept only if the two agree; see server/model/cascade.py). Measured
+    # on the 2-core box with one session: p50 572 -> 473 ms, p95 877 -> 742; with the CPU saturated it
+    # slowed the recogniser more than it saved, so turn it off on a box run at capacity
+    anticipate_replies: bool = True
 
     # outbound pacing
     playout_chunk_ms: int = Field(default=20, ge=10, le=100)

@@ -157,3 +157,29 @@ async def test_closing_the_session_cancels_a_pending_guess() -> None:
     await session.aclose()
     assert llm.cancelled == 1
     assert not [t for t in asyncio.all_tasks() if t.get_name() == "cascade-anticipation"]
+
+
+def test_only_side_effect_free_local_models_anticipate() -> None:
+    from server.app import build_catalog
+    from server.model.profiles import ModelCatalog, Profile
+    from server.settings import Settings
+
+    provided = {
+        ("speech-to-text", "fake-asr"): ScriptedAsr([]),
+        ("language model", "gemma"): FakeLlm(),
+        ("language model", "hosted"): FakeLlm(),
+        ("text-to-speech", "fake-tts"): FakeTts(),
+    }
+    profiles = {
+        "local": Profile("local", "fake-asr", "gemma", "fake-tts"),
+        "remote": Profile("remote", "fake-asr", "hosted", "fake-tts"),
+    }
+    catalog = ModelCatalog(profiles, "local", provided=provided, anticipating_llms=frozenset({"gemma"}))
+    local, remote = catalog.model("local"), catalog.model("remote")
+    assert isinstance(local, CascadeModel) and local.anticipate
+    assert isinstance(remote, CascadeModel) and not remote.anticipate
+    # the server's settings: the embedded models by default, none when turned off or with a brain
+    assert "gemma" in build_catalog(Settings())._anticipating_llms
+    assert not build_catalog(Settings(anticipate_replies=False))._anticipating_llms
+    brain_catalog = build_catalog(Settings(), brain=FakeLlm())
+    assert all(p.llm not in brain_catalog._anticipating_llms for p in brain_catalog.profiles.values())
