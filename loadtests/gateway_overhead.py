@@ -292,9 +292,8 @@ def diagnose(result: OverheadResult) -> list[str]:
         server_ms = server_side_ms(base)
         notes.append(
             f"one session: {to_stopped.p50:.1f} ms (p50) pass from sending the frame that completes the "
-            f"end-of-turn silence to receiving speech_stopped: the server ends the turn that late, as it "
-            f"sees audio only once resampled to the model rate and cut into VAD frames; then "
-            f"{to_audio.p50:.1f} ms to the first reply audio"
+            f"end-of-turn silence to receiving speech_stopped (reading, classifying and answering that "
+            f"frame, and the loopback round trip); then {to_audio.p50:.1f} ms to the first reply audio"
             + (
                 ""
                 if server_ms is None
