@@ -20,10 +20,20 @@ from server.streaming.audio import PcmFrame
 @contextlib.asynccontextmanager
 async def running_server(app: FastAPI) -> AsyncIterator[str]:
     """Serve `app` on 127.0.0.1:<free port>; yields 'http://127.0.0.1:PORT'."""
-    config = uvicorn.Config(
+    async with serving(uvicorn.Server(server_config(app))) as url:
+        yield url
+
+
+def server_config(app: FastAPI) -> uvicorn.Config:
+    """How the tests serve an app: loopback, a free port, the lifespan run."""
+    return uvicorn.Config(
         app, host="127.0.0.1", port=0, log_level="warning", ws_max_size=32 * 2**20, lifespan="on"
     )
-    server = uvicorn.Server(config)
+
+
+@contextlib.asynccontextmanager
+async def serving(server: uvicorn.Server, stop_timeout_s: float = 10.0) -> AsyncIterator[str]:
+    """Run `server` (configured with port 0) until the block ends; yields its http URL."""
     task = asyncio.create_task(server.serve(), name="test-uvicorn")
     try:
         for _ in range(500):
@@ -37,7 +47,7 @@ async def running_server(app: FastAPI) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
-        await asyncio.wait_for(task, 10)
+        await asyncio.wait_for(task, stop_timeout_s)
 
 
 class RealtimeTestClient:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 import websockets
 from fastapi import FastAPI
 
@@ -27,7 +26,14 @@ from server.model.fakes import FakeAsr, FakeLlm, FakeTts, tone
 from server.shutdown import SHUTDOWN_REASON, GracefulServer, app_sessions
 from server.streaming.aio import cancel_and_wait
 from tests.conftest import fake_app
-from tests.harness import RealtimeTestClient, decode_audio_deltas, realtime_client, running_server
+from tests.harness import (
+    RealtimeTestClient,
+    decode_audio_deltas,
+    realtime_client,
+    running_server,
+    server_config,
+    serving,
+)
 from tests.telephony.twilio_caller import twilio_call
 
 REPLY = "One two three. Four five six."  # FakeTts: 50 ms per character, about 1.5 s of audio
@@ -36,31 +42,9 @@ REPLY = "One two three. Four five six."  # FakeTts: 50 ms per character, about 1
 @contextlib.asynccontextmanager
 async def graceful_server(app: FastAPI, grace_s: float) -> AsyncIterator[tuple[str, GracefulServer]]:
     """Serve `app` with GracefulServer on 127.0.0.1:<free port>; yields the URL and server."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-    server = GracefulServer(config, app_sessions(app), grace_s)
-    task = asyncio.create_task(server.serve(), name="test-graceful-uvicorn")
-    try:
-        for _ in range(500):
-            if server.started:
-                break
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
-        port = [s for srv in server.servers for s in srv.sockets][0].getsockname()[1]
-        yield f"http://127.0.0.1:{port}", server
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 30)
-
-
-async def ask(client: RealtimeTestClient, text: str = "hi") -> None:
-    await client.send(
-        {
-            "type": "conversation.item.create",
-            "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]},
-        }
-    )
-    await client.send({"type": "response.create"})
+    server = GracefulServer(server_config(app), app_sessions(app), grace_s)
+    async with serving(server, stop_timeout_s=30) as url:
+        yield url, server
 
 
 async def closed(client: RealtimeTestClient, timeout_s: float = 10.0) -> tuple[int | None, str | None]:
@@ -74,7 +58,7 @@ async def test_shutdown_lets_the_reply_finish_then_closes_1001() -> None:
     async with graceful_server(app, grace_s=30) as (url, server):
         async with realtime_client(url) as client:
             await client.wait_for("session.created")
-            await ask(client)
+            await client.say("hi")
             await client.wait_for("response.output_audio.delta")
             server.should_exit = True  # what SIGTERM does
             done = await client.wait_for("response.done")
@@ -121,7 +105,7 @@ async def test_reply_longer_than_the_grace_is_cut_with_1001() -> None:
     async with graceful_server(app, grace_s=0.5) as (url, server):
         async with realtime_client(url) as client:
             await client.wait_for("session.created")
-            await ask(client)
+            await client.say("hi")
             await client.wait_for("response.output_audio.delta")
             server.should_exit = True
             assert await closed(client, timeout_s=15) == (1001, SHUTDOWN_REASON)
@@ -132,7 +116,7 @@ async def test_upgrade_while_draining_is_refused_with_503() -> None:
     app = fake_app(llm=FakeLlm([REPLY]), tts=FakeTts())
     async with running_server(app) as url, realtime_client(url) as busy:
         await busy.wait_for("session.created")
-        await ask(busy)
+        await busy.say("hi")
         await busy.wait_for("response.output_audio.delta")
         drain = asyncio.create_task(app.state.runtime.sessions.drain(grace_s=30))
         try:
@@ -183,7 +167,7 @@ async def test_sigterm_to_voxgate_serve_drains_then_exits(tmp_path: Path) -> Non
                 await asyncio.sleep(0.1)
         async with realtime_client(url, path="/v1/realtime") as client:
             await client.wait_for("session.created", timeout_s=30)
-            await ask(client, "hello, what can you do for me today?")
+            await client.say("hello, what can you do for me today?")
             await client.wait_for("response.output_audio.delta", timeout_s=60)
             process.send_signal(signal.SIGTERM)
             done = await client.wait_for("response.done", timeout_s=60)
