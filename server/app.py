@@ -97,8 +97,12 @@ class Runtime:
 
 BRAIN_BACKEND = "embedded-brain"
 # language models run on the recogniser's hypothesis before the final transcript: local and
-# without side effects (never a brain, a hosted model or anything that may call tools)
+# without side effects (never a brain, a hosted model or anything that may call tools) ...
 ANTICIPATING_LLMS = frozenset({"gemma", "rules"})
+# ... beside a recogniser whose final pass is light (PocketSphinx, one pass: p50 572 -> 473 ms).
+# Whisper decodes the whole utterance at the end on both cores; Gemma beside it made the
+# quality profile slower (p50 1415 -> 1998 ms, BENCHMARKS.md)
+ANTICIPATING_RECOGNISERS = frozenset({"pocketsphinx"})
 
 
 def build_catalog(settings: Settings, brain: LlmBackend | None = None) -> ModelCatalog:
@@ -116,14 +120,21 @@ def build_catalog(settings: Settings, brain: LlmBackend | None = None) -> ModelC
     if brain is not None:
         profiles = {n: Profile(p.name, p.asr, BRAIN_BACKEND, p.tts) for n, p in profiles.items()}
         provided[("language model", BRAIN_BACKEND)] = brain
-    anticipating = ANTICIPATING_LLMS if settings.anticipate_replies else frozenset()
+
+    def anticipates(profile: Profile) -> bool:
+        return (
+            settings.anticipate_replies
+            and profile.llm in ANTICIPATING_LLMS
+            and profile.asr in ANTICIPATING_RECOGNISERS
+        )
+
     return ModelCatalog(
         profiles,
         settings.profile,
         settings.backend_options,
         provided,
         deadlines=model_deadlines(settings),
-        anticipating_llms=anticipating,
+        anticipates=anticipates,
     )
 
 

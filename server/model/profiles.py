@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,13 +55,12 @@ class ModelCatalog:
         backend_options: Mapping[str, Mapping[str, Any]] | None = None,
         provided: Mapping[tuple[str, str], Any] | None = None,
         deadlines: ModelDeadlines | None = None,
-        anticipating_llms: frozenset[str] = frozenset(),
+        anticipates: Callable[[Profile], bool] | None = None,
     ) -> None:
-        """`anticipating_llms`: language models (registry names) that may be started on the
-        recogniser's hypothesis before the final transcript (see server/model/cascade.py);
-        only side-effect-free local ones belong here: a discarded run of a hosted model costs
-        tokens, and one of embedding code may act on words the caller did not say."""
-        self._anticipating_llms = anticipating_llms
+        """`anticipates(profile)`: whether the profile's language model may be started on the
+        recogniser's hypothesis before the final transcript (server/model/cascade.py); none
+        does without it."""
+        self._anticipates = anticipates or (lambda profile: False)
         if default_profile not in profiles:
             raise ValueError(f"unknown profile {default_profile!r}; known: {', '.join(profiles)}")
         self.profiles = dict(profiles)
@@ -101,7 +100,7 @@ class ModelCatalog:
                 asr: AsrBackend = self._backend(ASR_BACKENDS, "speech-to-text", profile.asr)
                 llm: LlmBackend = self._backend(LLM_BACKENDS, "language model", profile.llm)
                 tts: TtsBackend = self._backend(TTS_BACKENDS, "text-to-speech", profile.tts)
-                anticipate = profile.llm in self._anticipating_llms
+                anticipate = self._anticipates(profile)
                 self._models[profile_name] = CascadeModel(
                     asr, llm, tts, self._deadlines, anticipate=anticipate
                 )

@@ -159,7 +159,7 @@ async def test_closing_the_session_cancels_a_pending_guess() -> None:
     assert not [t for t in asyncio.all_tasks() if t.get_name() == "cascade-anticipation"]
 
 
-def test_only_side_effect_free_local_models_anticipate() -> None:
+def test_only_local_models_beside_a_light_recogniser_anticipate() -> None:
     from server.app import build_catalog
     from server.model.profiles import ModelCatalog, Profile
     from server.settings import Settings
@@ -174,12 +174,18 @@ def test_only_side_effect_free_local_models_anticipate() -> None:
         "local": Profile("local", "fake-asr", "gemma", "fake-tts"),
         "remote": Profile("remote", "fake-asr", "hosted", "fake-tts"),
     }
-    catalog = ModelCatalog(profiles, "local", provided=provided, anticipating_llms=frozenset({"gemma"}))
+    catalog = ModelCatalog(profiles, "local", provided=provided, anticipates=lambda p: p.llm == "gemma")
     local, remote = catalog.model("local"), catalog.model("remote")
     assert isinstance(local, CascadeModel) and local.anticipate
     assert isinstance(remote, CascadeModel) and not remote.anticipate
-    # the server's settings: the embedded models by default, none when turned off or with a brain
-    assert "gemma" in build_catalog(Settings())._anticipating_llms
-    assert not build_catalog(Settings(anticipate_replies=False))._anticipating_llms
-    brain_catalog = build_catalog(Settings(), brain=FakeLlm())
-    assert all(p.llm not in brain_catalog._anticipating_llms for p in brain_catalog.profiles.values())
+    assert not ModelCatalog(profiles, "local", provided=provided)._anticipates(profiles["local"])
+
+    # the server's rule: the fast profile does, the quality one (Whisper) does not; nothing
+    # when turned off or with a brain
+    server = build_catalog(Settings())
+    assert server._anticipates(server.profiles["fast"])
+    assert not server._anticipates(server.profiles["quality"])
+    off = build_catalog(Settings(anticipate_replies=False))
+    assert not off._anticipates(off.profiles["fast"])
+    brain = build_catalog(Settings(), brain=FakeLlm())
+    assert not any(brain._anticipates(p) for p in brain.profiles.values())
