@@ -21,7 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from server.access import AccessControl, AccessDenied, InvalidMintRequest, bearer_token, parse_mint_request
-from server.wire import Dialect, EventWriter, SessionConfig, TurnDetectionConfig, apply_session_update
+from server.wire import Dialect, EventWriter, apply_session_update
 
 router = APIRouter()
 
@@ -56,21 +56,7 @@ def require_api_key(request: Request) -> JSONResponse | None:
 def _described_session(runtime: Any, session: dict[str, Any]) -> dict[str, Any]:
     """The session object (GA shape) a session opened with the secret starts with: the
     server's defaults with the bound fields applied. No id: each session gets its own."""
-    options = runtime.conversation_options()
-    config = SessionConfig(
-        id="",
-        model=options.model_name,
-        instructions=options.instructions,
-        voice=options.voice,
-        turn_detection=TurnDetectionConfig(
-            threshold=options.turn.threshold,
-            prefix_padding_ms=options.prefix_padding_ms,
-            silence_duration_ms=options.turn.silence_duration_ms,
-            create_response=options.turn.create_response,
-            interrupt_response=options.turn.interrupt_response,
-            idle_timeout_ms=options.turn.idle_timeout_ms,
-        ),
-    )
+    config = runtime.conversation_options().session_config("")
     apply_session_update(config, session)
     described = EventWriter(Dialect.GA).session(config)
     del described["id"]

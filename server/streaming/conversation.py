@@ -144,6 +144,23 @@ class ConversationOptions:
     lifetime: LifetimeOptions = field(default_factory=LifetimeOptions)
     privacy: PrivacyOptions = field(default_factory=PrivacyOptions)
 
+    def session_config(self, session_id: str) -> SessionConfig:
+        """The protocol's session object a session with these options starts from."""
+        return SessionConfig(
+            id=session_id,
+            model=self.model_name,
+            instructions=self.instructions,
+            voice=self.voice,
+            turn_detection=TurnDetectionConfig(
+                threshold=self.turn.threshold,
+                prefix_padding_ms=self.prefix_padding_ms,
+                silence_duration_ms=self.turn.silence_duration_ms,
+                create_response=self.turn.create_response,
+                interrupt_response=self.turn.interrupt_response,
+                idle_timeout_ms=self.turn.idle_timeout_ms,
+            ),
+        )
+
 
 class ReplyPhase(Enum):
     GENERATING = "generating"
@@ -222,20 +239,7 @@ class Conversation:
         self._events = EventWriter(dialect)
         self._dialect_fixed = dialect is Dialect.BETA
         self._clock = clock
-        self.config = SessionConfig(
-            id=new_id("sess"),
-            model=options.model_name,
-            instructions=options.instructions,
-            voice=options.voice,
-            turn_detection=TurnDetectionConfig(
-                threshold=options.turn.threshold,
-                prefix_padding_ms=options.prefix_padding_ms,
-                silence_duration_ms=options.turn.silence_duration_ms,
-                create_response=options.turn.create_response,
-                interrupt_response=options.turn.interrupt_response,
-                idle_timeout_ms=options.turn.idle_timeout_ms,
-            ),
-        )
+        self.config = options.session_config(new_id("sess"))
         self._send_lock = asyncio.Lock()
         self._session: OmniSession | None = None
         self._classifier: FrameClassifier = vad.open(options.turn.threshold)
