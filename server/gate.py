@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import WebSocket
 from fastapi.responses import JSONResponse
 
+from server.access import bearer_token, subprotocol_token
 from server.admission import Admission, Admitted, RefusalReason, Refused
 
 log = logging.getLogger(__name__)
@@ -37,23 +38,13 @@ HTTP_TOO_MANY_REQUESTS = 429
 HTTP_SERVICE_UNAVAILABLE = 503
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TRY_AGAIN_LATER = 1013
-SUBPROTOCOL_KEY_PREFIX = "openai-insecure-api-key."
 
 Handler = Callable[[WebSocket], Awaitable[None]]
 
 
 def credential_fingerprint(authorization: str | None, subprotocols: list[str]) -> str | None:
     """A short stable fingerprint of the presented credential, or None if there is none."""
-    token: str | None = None
-    if authorization is not None:
-        scheme, _, value = authorization.strip().partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            token = value.strip()
-    if token is None:
-        for offered in subprotocols:
-            if offered.startswith(SUBPROTOCOL_KEY_PREFIX) and len(offered) > len(SUBPROTOCOL_KEY_PREFIX):
-                token = offered[len(SUBPROTOCOL_KEY_PREFIX) :]
-                break
+    token = bearer_token(authorization) or subprotocol_token(subprotocols)
     if token is None:
         return None
     return hashlib.sha256(token.encode()).hexdigest()[:24]

@@ -168,6 +168,12 @@ class ReplyPhase(Enum):
     FINISHED = "finished"
 
 
+def _released() -> asyncio.Event:
+    event = asyncio.Event()
+    event.set()
+    return event
+
+
 @dataclass(slots=True)
 class _Reply:
     reply_id: int
@@ -182,15 +188,18 @@ class _Reply:
     task: asyncio.Task[None] | None = None
     all_sent: asyncio.Event = field(default_factory=asyncio.Event)
     user_speech_end_s: float | None = None
-    # a prepared (speculative) reply holds its events and audio until it is adopted
-    released: bool = True
+    # a prepared (speculative) reply holds its events and audio until it is adopted (released)
+    release: asyncio.Event = field(default_factory=_released)
     held_events: list[dict[str, Any]] = field(default_factory=list)
     held_audio: list[PcmFrame] = field(default_factory=list)
     held_agent_events: list[AgentEvent] = field(default_factory=list)
     checkpoint: int = 0
     input_done: bool = False  # all of the reply's audio has been produced
     function_calls: list[dict[str, Any]] = field(default_factory=list)  # client-side tool calls
-    adopted: asyncio.Event = field(default_factory=asyncio.Event)  # set when `released` turns True
+
+    @property
+    def released(self) -> bool:
+        return self.release.is_set()
 
 
 # the reply whose task (or a task it started) is running: a speculative one's tools wait
@@ -622,8 +631,8 @@ class Conversation:
         """Server-side tools of a speculative reply wait until it is adopted: a turn that goes
         on cancels the reply, and the tool never runs (tools may have side effects)."""
         reply = _RUNNING_REPLY.get()
-        if reply is not None and not reply.released:
-            await reply.adopted.wait()
+        if reply is not None:
+            await reply.release.wait()
 
     async def _send_function_call(self, reply: _Reply, call: ToolCallRequest) -> None:
         """The model called a client-side tool: announce the function_call item now; the
@@ -800,7 +809,7 @@ class Conversation:
             return
         options = self._default_response_options()
         reply = self._new_reply(options)
-        reply.released = False
+        reply.release.clear()
         reply.checkpoint = self._session.checkpoint()
         item_id = self._input_item_id or new_id("item")
         self._input_item_id = item_id
@@ -859,8 +868,7 @@ class Conversation:
         reply.held_audio.clear()
         if reply.input_done:
             self._playout.end_input()
-        reply.released = True
-        reply.adopted.set()
+        reply.release.set()
         for agent_event in reply.held_agent_events:
             self._notifier.publish(agent_event)
         reply.held_agent_events.clear()
