@@ -27,7 +27,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from fastapi import WebSocket
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from server.access import bearer_token, subprotocol_token
 from server.admission import Admission, Admitted, RefusalReason, Refused
@@ -67,21 +67,34 @@ def refusal_status(refused: Refused) -> int:
     return HTTP_TOO_MANY_REQUESTS
 
 
+def close_reason(text: str) -> str:
+    """A websocket close reason: at most 123 bytes of UTF-8."""
+    return text.encode(errors="replace")[:123].decode(errors="ignore")  # lone surrogates: "?"
+
+
+async def deny_upgrade(
+    websocket: WebSocket, response: Response, close_code: int, reason: str, *, accept_first: bool = True
+) -> None:
+    """Refuse a websocket upgrade with an HTTP `response` where the ASGI server has the
+    denial-response extension; elsewhere close with `close_code` and `reason`, after
+    accepting (so the client sees the code) unless `accept_first` is False (HTTP 403)."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(response)
+        return
+    if accept_first:
+        await websocket.accept()
+    await websocket.close(close_code, close_reason(reason))
+
+
 async def refuse(websocket: WebSocket, refused: Refused) -> None:
     """Refuse the upgrade before accepting it (HTTP), or accept and close where the server
     cannot answer an upgrade with an HTTP response."""
     message = refusal_message(refused)
     retry_after = str(max(1, math.ceil(refused.retry_after_s)))
-    if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        body = {"error": {"type": "server_error", "code": refused.reason.value, "message": message}}
-        response = JSONResponse(
-            body, status_code=refusal_status(refused), headers={"Retry-After": retry_after}
-        )
-        await websocket.send_denial_response(response)
-        return
-    await websocket.accept()
+    body = {"error": {"type": "server_error", "code": refused.reason.value, "message": message}}
+    response = JSONResponse(body, status_code=refusal_status(refused), headers={"Retry-After": retry_after})
     code = CLOSE_TRY_AGAIN_LATER if refused.reason is RefusalReason.AT_CAPACITY else CLOSE_POLICY_VIOLATION
-    await websocket.close(code, message.encode()[:123].decode(errors="ignore"))
+    await deny_upgrade(websocket, response, code, message)
 
 
 def admission_controlled(handler: Handler) -> Handler:

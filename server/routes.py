@@ -18,7 +18,7 @@ from server.agent import SessionRequest, SessionSetup
 from server.app import guard_options
 from server.client_secrets import denial_response, require_api_key
 from server.errors import BackendUnavailable
-from server.gate import admission_controlled
+from server.gate import admission_controlled, close_reason, deny_upgrade
 from server.process_stats import process_stats
 from server.shutdown import SHUTDOWN_REASON
 from server.streaming.conversation import Conversation, TransportClosed
@@ -157,10 +157,9 @@ async def _admit(websocket: WebSocket) -> Grant | None:
             "websocket refused",
             extra={"code": exc.code, "client_host": getattr(websocket.client, "host", None)},
         )
-        if "websocket.http.response" in websocket.scope.get("extensions", {}):
-            await websocket.send_denial_response(denial_response(exc))
-        else:
-            await websocket.close(CLOSE_POLICY_VIOLATION, _close_reason(str(exc)))
+        await deny_upgrade(
+            websocket, denial_response(exc), CLOSE_POLICY_VIOLATION, str(exc), accept_first=False
+        )
         return None
 
 
@@ -230,17 +229,8 @@ def _shutdown_end(runtime: Any) -> tuple[int, str] | None:
 async def _refuse_shutting_down(websocket: WebSocket) -> None:
     """Refuse an upgrade during shutdown: HTTP 503, or accept and close 1013 where the server
     cannot answer an upgrade with an HTTP response."""
-    if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        body = {"error": {"type": "server_error", "code": "server_shutting_down", "message": SHUTDOWN_REASON}}
-        await websocket.send_denial_response(JSONResponse(body, status_code=503))
-        return
-    await websocket.accept()
-    await websocket.close(CLOSE_TRY_AGAIN_LATER, SHUTDOWN_REASON)
-
-
-def _close_reason(text: str) -> str:
-    """A websocket close reason: at most 123 bytes of UTF-8."""
-    return text.encode(errors="replace")[:123].decode(errors="ignore")  # lone surrogates: "?"
+    body = {"error": {"type": "server_error", "code": "server_shutting_down", "message": SHUTDOWN_REASON}}
+    await deny_upgrade(websocket, JSONResponse(body, status_code=503), CLOSE_TRY_AGAIN_LATER, SHUTDOWN_REASON)
 
 
 def _server_end(
@@ -261,7 +251,7 @@ def _server_end(
         return None
     runtime.metrics.session_ends.labels(reason=end.value).inc()
     log.info("session ended by the server", extra={"reason": end.value})
-    return SESSION_END_CLOSE[end], _close_reason(detail)
+    return SESSION_END_CLOSE[end], close_reason(detail)
 
 
 async def _close(websocket: WebSocket, code: int, reason: str = "") -> None:
@@ -337,6 +327,6 @@ async def twilio(websocket: WebSocket) -> None:
     if stream.violation is not None:
         runtime.metrics.errors.labels(code=stream.violation.code).inc()
         code = CLOSE_UNSUPPORTED_DATA if stream.violation.code == "binary_frame" else CLOSE_POLICY_VIOLATION
-        reason = _close_reason(str(stream.violation))
+        reason = close_reason(str(stream.violation))
     code, reason = _server_end(runtime, conversation, guard) or (code, reason)
     await _close(websocket, code, reason)
