@@ -31,6 +31,7 @@ from server.streaming.lifetime import LifetimeOptions
 from server.streaming.playout import PlayoutOptions
 from server.streaming.turns import TurnOptions
 from server.streaming.vad import ClassifierFactory
+from server.streaming.vad_batch import BatchedVad, batched
 
 if TYPE_CHECKING:
     from server.agent import SessionSetupHook
@@ -212,11 +213,13 @@ def create_app(
         models = None if model is not None else (catalog or build_catalog(settings, brain))
         if models is not None:
             await asyncio.to_thread(preload, settings, models)
+        # a VAD that can batch (Silero) classifies all sessions' frames in shared batches
+        served_vad = batched(vad if vad is not None else load_vad(settings))
         app.state.runtime = Runtime(
             settings=settings,
             catalog=models,
             fixed_model=model,
-            vad=vad if vad is not None else load_vad(settings),
+            vad=served_vad,
             metrics=Metrics(),
             on_event=on_event,
             session_setup=session_setup,
@@ -225,6 +228,8 @@ def create_app(
         try:
             yield
         finally:
+            if isinstance(served_vad, BatchedVad) and served_vad is not vad:  # we wrapped it, we close it
+                served_vad.close()
             if models is not None and catalog is None:  # we built it, we close it
                 await asyncio.to_thread(models.close)
 

@@ -1,7 +1,7 @@
 """InputAudio: the caller's audio on its own clock (no asyncio, no sockets).
 
 Converts appended audio to the model's rate, keeps the input stream's clock by sample count,
-classifies fixed VAD frames, keeps a short pre-roll (so a turn can start before its onset was
+cuts it into the VAD's fixed frames (the caller classifies them), keeps a short pre-roll (so a turn can start before its onset was
 confirmed) and remembers when each stretch of audio arrived (to time latency from the end of
 speech as the server received it).
 
@@ -11,12 +11,22 @@ speech as the server received it).
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 
 from server.streaming.audio import FrameChunker, PcmFrame, StreamResampler, ms_to_samples
-from server.streaming.turns import FrameClassified
 from server.streaming.vad import FrameClassifier
 
 _MAX_ARRIVALS = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class VadFrame:
+    """One frame for the classifier, at its rate, covering [start_ms, start_ms + duration_ms)
+    of the input stream's VAD clock."""
+
+    start_ms: int
+    duration_ms: int
+    frame: PcmFrame
 
 
 class InputAudio:
@@ -69,15 +79,15 @@ class InputAudio:
         """How far the stream would run ahead of real time with `extra_ms` more audio."""
         return self.input_ms + extra_ms - (now_s - self.start_s) * 1000
 
-    def push(self, frame: PcmFrame, now_s: float, classify: bool) -> tuple[PcmFrame, list[FrameClassified]]:
+    def push(self, frame: PcmFrame, now_s: float, classify: bool) -> tuple[PcmFrame, list[VadFrame]]:
         """Audio at the input rate in; the same at the model rate (possibly empty: the
-        resampler holds some back), and the VAD frames it completed, classified."""
+        resampler holds some back), and the VAD frames it completed (none unless `classify`)."""
         self._input_samples += frame.sample_count
         self.last_push_s = now_s
         self._arrivals.append((self.input_ms, now_s))
         if len(self._arrivals) > _MAX_ARRIVALS:
             self._arrivals.popleft()
-        classified = self._classify(frame) if classify else []
+        vad_frames = self._vad_frames(frame) if classify else []
         model_frame = self._resampler.push(frame)
         if model_frame.sample_count:
             start_ms = self._model_samples * 1000 // self.model_rate_hz
@@ -89,15 +99,14 @@ class InputAudio:
                 and self._preroll[0][0] + self._preroll[0][1].duration_ms < end_ms - self.preroll_ms
             ):
                 self._preroll.popleft()
-        return model_frame, classified
+        return model_frame, vad_frames
 
-    def _classify(self, frame: PcmFrame) -> list[FrameClassified]:
-        out: list[FrameClassified] = []
+    def _vad_frames(self, frame: PcmFrame) -> list[VadFrame]:
+        out: list[VadFrame] = []
         for chunk in self._vad_chunker.push(self._vad_resampler.push(frame)):
             start_ms = self._vad_samples * 1000 // chunk.sample_rate_hz
             self._vad_samples += chunk.sample_count
-            probability = self._classifier.speech_probability(chunk)
-            out.append(FrameClassified(start_ms, self._classifier.frame_ms, probability))
+            out.append(VadFrame(start_ms, self._classifier.frame_ms, chunk))
         return out
 
     def preroll_since(self, from_ms: int) -> list[PcmFrame]:

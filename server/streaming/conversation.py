@@ -66,6 +66,7 @@ from server.streaming.turns import (
     CancelReply,
     CommitTurn,
     DiscardNoise,
+    FrameClassified,
     InputCleared,
     PrepareReply,
     ReplyFinished,
@@ -79,6 +80,7 @@ from server.streaming.turns import (
     UserState,
 )
 from server.streaming.vad import ClassifierFactory, FrameClassifier
+from server.streaming.vad_batch import BatchedClassifier
 from server.tools import SessionTools, ToolBox
 from server.wire import (
     Dialect,
@@ -250,6 +252,7 @@ class Conversation:
         self._clock = clock
         self.config = options.session_config(new_id("sess"))
         self._send_lock = asyncio.Lock()
+        self._ingest_lock = asyncio.Lock()
         self._session: OmniSession | None = None
         self._classifier: FrameClassifier = vad.open(options.turn.threshold)
         self._turns = TurnTaker(options.turn)
@@ -496,20 +499,30 @@ class Conversation:
         await self._ingest(frame, now_s)
 
     async def _ingest(self, frame: PcmFrame, now_s: float) -> None:
-        """Audio at the input format's rate, as received at `now_s`."""
-        vad_on = self.config.turn_detection is not None
-        model_frame, classified = self._input.push(frame, now_s, classify=vad_on)
-        if model_frame.sample_count and (self._capturing or not vad_on):
-            self._push_to_model(model_frame)
-        for vad_frame in classified:
-            self._turns.receive(vad_frame, now_ms=vad_frame.start_ms + vad_frame.duration_ms)
-            await self._run_turn_actions()
-        if vad_on and self._turns.next_deadline() is not None:
-            # a silence deadline falls due with the audio that reaches it, not a VAD frame later
-            # (a part-frame can't hold a voice onset: that needs vad_min_voiced_ms of frames)
-            self._turns.receive(Tick(), now_ms=self._input.input_ms)
-            await self._run_turn_actions()
+        """Audio at the input format's rate, as received at `now_s`. The reader and the
+        silence timer both feed audio: one at a time, so VAD frames stay in order."""
+        async with self._ingest_lock:
+            vad_on = self.config.turn_detection is not None
+            model_frame, vad_frames = self._input.push(frame, now_s, classify=vad_on)
+            if model_frame.sample_count and (self._capturing or not vad_on):
+                self._push_to_model(model_frame)
+            for vad_frame in vad_frames:
+                probability = await self._speech_probability(vad_frame.frame)
+                classified = FrameClassified(vad_frame.start_ms, vad_frame.duration_ms, probability)
+                self._turns.receive(classified, now_ms=vad_frame.start_ms + vad_frame.duration_ms)
+                await self._run_turn_actions()
+            if vad_on and self._turns.next_deadline() is not None:
+                # a silence deadline falls due with the audio that reaches it, not a VAD frame later
+                # (a part-frame can't hold a voice onset: that needs vad_min_voiced_ms of frames)
+                self._turns.receive(Tick(), now_ms=self._input.input_ms)
+                await self._run_turn_actions()
         self._timer_wakeup.set()
+
+    async def _speech_probability(self, frame: PcmFrame) -> float:
+        classifier = self._classifier
+        if isinstance(classifier, BatchedClassifier):  # Silero: shared batches, off the event loop
+            return await classifier.classify(frame)
+        return classifier.speech_probability(frame)  # webrtcvad: a few µs of C, inline
 
     def _push_to_model(self, frame: PcmFrame) -> None:
         assert self._session is not None

@@ -16,8 +16,9 @@ Classifier backends (webrtcvad, Silero) implement `FrameClassifier` in
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from server.streaming.audio import PcmFrame
 
@@ -37,6 +38,18 @@ class ClassifierFactory(Protocol):
     """A loaded VAD backend; `open()` gives each session its own (stateful) classifier."""
 
     def open(self, threshold: float) -> FrameClassifier: ...
+
+
+@runtime_checkable
+class BatchableVad(ClassifierFactory, Protocol):
+    """A VAD backend whose model can classify the next frame of several of its classifiers
+    (each a different session's) in one inference, cheaper than one call per frame."""
+
+    def speech_probabilities(self, batch: Sequence[tuple[FrameClassifier, PcmFrame]]) -> list[float]:
+        """The probabilities of each classifier's next frame, in `batch`'s order; each
+        classifier (opened by this backend) at most once. Advances each classifier's state as
+        `speech_probability` would. Called from one thread at a time."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

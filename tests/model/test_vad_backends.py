@@ -194,3 +194,53 @@ def test_silero_rejects_frames_of_the_wrong_shape(silero: SileroVad, frame: PcmF
 def test_silero_takes_no_options() -> None:
     with pytest.raises(BackendError):
         silero_vad.load({"threads": 2})
+
+
+@pytest.mark.slow
+def test_silero_batch_matches_one_classifier_at_a_time(silero: SileroVad, speech: Samples) -> None:
+    """Three sessions hearing different audio, classified in batches of three, get the same
+    probabilities as each classified alone, frame by frame."""
+    clips = [
+        speech,
+        white_noise(-30, seconds=len(speech) / RATE),
+        np.concatenate([speech[4000:], speech[:4000]]),
+    ]
+    per_session = [list(frames(clip, silero_vad.FRAME_MS)) for clip in clips]
+    expected = [probabilities(silero.open(0.5), clip) for clip in clips]
+    batched = [silero.open(0.5) for _ in clips]
+    got: list[list[float]] = [[], [], []]
+    for step in range(min(len(f) for f in per_session)):
+        batch = [(batched[i], per_session[i][step]) for i in range(3)]
+        for i, p in enumerate(silero.speech_probabilities(batch)):
+            got[i].append(p)
+    for i in range(3):
+        n = len(got[i])
+        np.testing.assert_allclose(got[i], expected[i][:n], atol=1e-4)
+    assert max(expected[0]) > 0.9 and max(expected[1]) < 0.5  # the sessions did differ
+
+
+@pytest.mark.slow
+def test_silero_batch_may_change_size_between_calls(silero: SileroVad, speech: Samples) -> None:
+    a, b, alone = silero.open(0.5), silero.open(0.5), silero.open(0.5)
+    speech_frames = list(frames(speech, silero_vad.FRAME_MS))
+    expected = [alone.speech_probability(f) for f in speech_frames]
+    got = []
+    for step, frame in enumerate(speech_frames):
+        batch = [(a, frame)] + ([(b, frame)] if step % 3 else [])  # b joins two batches in three
+        got.append(silero.speech_probabilities(batch)[0])
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_silero_batch_refuses_a_classifier_twice_or_a_foreign_one(
+    silero: SileroVad, webrtc: WebrtcVad
+) -> None:
+    frame = PcmFrame.silence(silero_vad.FRAME_MS, RATE)
+    mine = silero.open(0.5)
+    with pytest.raises(BackendError, match="at most one frame per classifier"):
+        silero.speech_probabilities([(mine, frame), (mine, frame)])
+    with pytest.raises(BackendError, match="opened by this silero VAD"):
+        silero.speech_probabilities([(webrtc.open(0.5), frame)])
+    with pytest.raises(AudioFormatError):
+        silero.speech_probabilities([(mine, PcmFrame.silence(20, RATE))])
+    assert silero.speech_probabilities([]) == []
