@@ -31,7 +31,7 @@ from server.streaming.lifetime import LifetimeOptions
 from server.streaming.playout import PlayoutOptions
 from server.streaming.turns import TurnOptions
 from server.streaming.vad import ClassifierFactory
-from server.streaming.vad_batch import BatchedVad, batched
+from server.streaming.vad_batch import batched
 
 if TYPE_CHECKING:
     from server.agent import SessionSetupHook
@@ -228,8 +228,6 @@ def create_app(
         try:
             yield
         finally:
-            if isinstance(served_vad, BatchedVad) and served_vad is not vad:  # we wrapped it, we close it
-                served_vad.close()
             if models is not None and catalog is None:  # we built it, we close it
                 await asyncio.to_thread(models.close)
 

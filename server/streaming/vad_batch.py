@@ -1,44 +1,41 @@
-"""Classifying many sessions' VAD frames together: one inference per batch, on one thread.
+"""Classifying many sessions' VAD frames together: one inference per batch.
 
-Silero's ONNX model costs ≈0.23 ms for one 32 ms frame but ≈3.6 ms for 50 (72 µs each): a
-call's fixed cost dominates. Called per frame on the event loop, 50 sessions kept a third of a
-core busy there and the loop fell behind (BENCHMARKS.md). Moving each frame to a worker thread
-on its own was worse still: a thread hop per frame costs more than the inference it moves.
+Silero's ONNX model costs ≈0.23 ms for one 32 ms frame, ≈0.6 ms for 8 and ≈3.6 ms for 50:
+a call's fixed cost dominates. Called per frame, 50 sessions kept a third of a core busy on
+the event loop and it fell behind (BENCHMARKS.md).
 
-So every session's frame goes into one queue, and one worker thread takes all that is queued
-(at most one frame per session, each session's frames in order, up to `max_batch`), runs one
-inference (onnxruntime releases the GIL), and hands each result back to its session's event
-loop, once per loop per batch. Nothing waits to fill a batch: a frame that arrives while the
-worker is idle is classified at once, alone; frames that arrive while a batch runs form the
-next one. One session pays a thread hop (tens of µs); N sessions share a few inferences per
-frame period instead of N.
+Here a session's frame joins the batch of the loop iteration it arrives in: the first frame
+schedules a flush with `call_soon`, which runs after every callback already ready in that
+iteration, so every session woken by the same burst of network reads shares one inference.
+Nothing waits to fill a batch: one session's frame is classified in the same iteration it
+arrived in. A batch holds at most one frame per session (its recurrent state is sequential)
+and at most `max_batch`; what is left goes in the next flush.
+
+Tried first and dropped: batches on a worker thread, off the loop. The inference itself
+releases the GIL, but the worker needs the GIL to build each batch and hand results back, and
+a thread asking for the GIL while the busy event loop holds it waits up to the interpreter's
+switch interval (5 ms): at 50 sessions turn ends lagged 60-800 ms behind their audio. The
+same happened, worse, with a thread hop per frame.
 
 Order of calls:
 
-    vad = BatchedVad(silero_vad.load())      # once per process; starts no thread yet
+    vad = BatchedVad(silero_vad.load())      # once per process
     classifier = vad.open(threshold)         # per session
     p = await classifier.classify(frame)     # each VAD frame, in order, from a coroutine
-    vad.close()                              # at shutdown: the worker stops, waiting frames fail
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from server.streaming.audio import PcmFrame
 from server.streaming.vad import BatchableVad, ClassifierFactory, FrameClassifier
 
 DEFAULT_MAX_BATCH: Final = 64
-_JOIN_TIMEOUT_S: Final = 2.0
-
-
-class VadClosed(RuntimeError):
-    """The batched VAD was closed; no more frames are classified."""
 
 
 @dataclass(slots=True)
@@ -46,115 +43,94 @@ class _Waiting:
     classifier: FrameClassifier
     frame: PcmFrame
     future: asyncio.Future[float]
-    loop: asyncio.AbstractEventLoop
 
 
-def _settle(results: list[tuple[asyncio.Future[float], float | BaseException]]) -> None:
-    """On the session's loop: resolve the futures of one batch (skipping cancelled ones)."""
-    for future, result in results:
-        if future.done():
-            continue
-        if isinstance(result, BaseException):
-            future.set_exception(result)
-        else:
-            future.set_result(result)
+@dataclass(slots=True)
+class _LoopQueue:
+    """The frames waiting on one event loop, and whether a flush is scheduled there."""
+
+    waiting: deque[_Waiting] = field(default_factory=deque)
+    flush_scheduled: bool = False
 
 
 class BatchedVad:
     """A ClassifierFactory over a `BatchableVad` whose classifiers' frames are classified in
-    shared batches on one worker thread (started at the first frame)."""
+    shared batches, one per event-loop iteration (see the module docstring)."""
 
     def __init__(self, inner: BatchableVad, max_batch: int = DEFAULT_MAX_BATCH) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, not {max_batch}")
         self.inner = inner
         self.max_batch = max_batch
-        self._waiting: deque[_Waiting] = deque()
-        self._ready = threading.Condition()
-        self._closed = False
-        self._worker: threading.Thread | None = None
+        self._queues: dict[asyncio.AbstractEventLoop, _LoopQueue] = {}
+        self._inference = threading.Lock()  # the backend runs one batch at a time, whatever the loop
         self.batches = 0  # inferences run, and frames classified by them: for benchmarks and tests
         self.frames = 0
 
     def open(self, threshold: float) -> BatchedClassifier:
         return BatchedClassifier(self, self.inner.open(threshold))
 
-    def close(self) -> None:
-        """Stop the worker (after the batch it is running); frames still waiting fail with
-        VadClosed. Idempotent."""
-        with self._ready:
-            self._closed = True
-            self._ready.notify_all()
-            worker = self._worker
-        if worker is not None and worker is not threading.current_thread():
-            worker.join(_JOIN_TIMEOUT_S)
-
     def submit(self, classifier: FrameClassifier, frame: PcmFrame) -> asyncio.Future[float]:
-        """Queue the next frame of `classifier` (opened by `inner`); the future resolves on the
-        calling loop with its probability, or the backend's exception."""
+        """Queue the next frame of `classifier` (opened by `inner`); the future resolves with
+        its probability, or the backend's exception, in this loop iteration's flush."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[float] = loop.create_future()
-        with self._ready:
-            if self._closed:
-                raise VadClosed("the voice activity detector is closed")
-            self._waiting.append(_Waiting(classifier, frame, future, loop))
-            if self._worker is None:
-                self._worker = threading.Thread(target=self._work, name="voxgate-vad-batch", daemon=True)
-                self._worker.start()
-            self._ready.notify()
+        queue = self._queues.get(loop)
+        if queue is None:
+            queue = self._queues[loop] = _LoopQueue()
+        queue.waiting.append(_Waiting(classifier, frame, future))
+        if not queue.flush_scheduled:
+            queue.flush_scheduled = True
+            loop.call_soon(self._flush, loop, queue)
         return future
 
-    def _next_batch(self) -> list[_Waiting]:
-        """Under the lock: the oldest frame of each classifier, oldest first, up to max_batch."""
+    def _flush(self, loop: asyncio.AbstractEventLoop, queue: _LoopQueue) -> None:
+        queue.flush_scheduled = False
+        batch = self._next_batch(queue)
+        if queue.waiting:  # a session's later frame, or more than max_batch: the next iteration
+            queue.flush_scheduled = True
+            loop.call_soon(self._flush, loop, queue)
+        else:
+            self._queues.pop(loop, None)  # nothing left: a loop that ends leaves nothing behind
+        if not batch:
+            return
+        results: list[float | BaseException]
+        try:
+            with self._inference:
+                results = list(self.inner.speech_probabilities([(w.classifier, w.frame) for w in batch]))
+            if len(results) != len(batch):
+                raise RuntimeError(f"the VAD returned {len(results)} probabilities for {len(batch)} frames")
+        except Exception as exc:  # every session of the batch gets it, as a per-frame call would raise
+            results = [exc] * len(batch)
+        self.batches += 1
+        self.frames += len(batch)
+        for waiting, result in zip(batch, results, strict=True):
+            if waiting.future.done():  # its session was cancelled
+                continue
+            if isinstance(result, BaseException):
+                waiting.future.set_exception(result)
+            else:
+                waiting.future.set_result(result)
+
+    def _next_batch(self, queue: _LoopQueue) -> list[_Waiting]:
+        """The oldest frame of each classifier, oldest first, up to max_batch; cancelled
+        frames are dropped (their classifier's session is gone)."""
         batch: list[_Waiting] = []
         later: deque[_Waiting] = deque()
         in_batch: set[int] = set()
-        while self._waiting and len(batch) < self.max_batch:
-            waiting = self._waiting.popleft()
-            if id(waiting.classifier) in in_batch:
-                later.append(waiting)  # its state depends on the frame before it
+        waiting = queue.waiting
+        while waiting and len(batch) < self.max_batch:
+            item = waiting.popleft()
+            if item.future.done():
+                continue
+            if id(item.classifier) in in_batch:
+                later.append(item)  # its state depends on the frame before it
             else:
-                in_batch.add(id(waiting.classifier))
-                batch.append(waiting)
-        later.extend(self._waiting)
-        self._waiting = later
+                in_batch.add(id(item.classifier))
+                batch.append(item)
+        later.extend(waiting)
+        queue.waiting = later
         return batch
-
-    def _work(self) -> None:
-        while True:
-            with self._ready:
-                while not self._waiting and not self._closed:
-                    self._ready.wait()
-                if self._closed:
-                    abandoned = list(self._waiting)
-                    self._waiting.clear()
-                    break
-                batch = self._next_batch()
-            results: list[float | BaseException]
-            try:
-                results = list(self.inner.speech_probabilities([(w.classifier, w.frame) for w in batch]))
-                if len(results) != len(batch):
-                    raise RuntimeError(
-                        f"the VAD returned {len(results)} probabilities for {len(batch)} frames"
-                    )
-            except Exception as exc:  # delivered to every session of the batch, like a sync call would raise
-                results = [exc] * len(batch)
-            self.batches += 1
-            self.frames += len(batch)
-            self._deliver(batch, results)
-        closed = VadClosed("the voice activity detector was closed")
-        self._deliver(abandoned, [closed] * len(abandoned))
-
-    @staticmethod
-    def _deliver(batch: list[_Waiting], results: list[float | BaseException]) -> None:
-        by_loop: dict[
-            asyncio.AbstractEventLoop, list[tuple[asyncio.Future[float], float | BaseException]]
-        ] = {}
-        for waiting, result in zip(batch, results, strict=True):
-            by_loop.setdefault(waiting.loop, []).append((waiting.future, result))
-        for loop, settled in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting
-                loop.call_soon_threadsafe(_settle, settled)
 
 
 class BatchedClassifier:

@@ -1,17 +1,15 @@
-"""BatchedVad: many sessions' VAD frames classified in shared batches on one worker thread.
+"""BatchedVad: many sessions' VAD frames classified in shared batches, one per loop iteration.
 
 The backend here is a FAKE (FakeBatchVad): each frame's "probability" is its first sample /
 100, so a result shows which frame it came from, and the fake records every batch it was
-given. It can hold its next batch until the test lets it go, which makes "frames that arrive
-while a batch runs" deterministic. The real Silero batch is tested in
-tests/model/test_vad_backends.py; a whole conversation through the batched path at the end.
+given. The real Silero batch is tested in tests/model/test_vad_backends.py; a whole
+conversation through the batched path at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -21,7 +19,7 @@ from server.model.fakes import EnergyClassifierFactory, FakeAsr, FakeLlm, FakeTt
 from server.settings import Settings
 from server.streaming.audio import PcmFrame
 from server.streaming.vad import FrameClassifier
-from server.streaming.vad_batch import BatchedClassifier, BatchedVad, VadClosed, batched
+from server.streaming.vad_batch import BatchedVad, batched
 from tests.harness import realtime_client, running_server
 
 
@@ -42,9 +40,6 @@ class FakeBatchVad:
     def __init__(self) -> None:
         self.batches: list[list[tuple[str, float]]] = []
         self.opened = 0
-        self.hold = threading.Event()
-        self.hold.set()  # open: batches run at once
-        self.entered = threading.Event()  # set when a batch starts
         self.fail_next = False
 
     def open(self, threshold: float) -> FakeClassifier:
@@ -52,8 +47,6 @@ class FakeBatchVad:
         return FakeClassifier(f"s{self.opened}")
 
     def speech_probabilities(self, batch: Sequence[tuple[FrameClassifier, PcmFrame]]) -> list[float]:
-        self.entered.set()
-        assert self.hold.wait(5.0), "the test never released the batch"
         names = [c.name for c, _ in batch]  # type: ignore[attr-defined]
         assert len(set(names)) == len(names), f"a classifier twice in one batch: {names}"
         self.batches.append([(c.name, f.samples[0] / 100) for c, f in batch])  # type: ignore[attr-defined]
@@ -73,19 +66,8 @@ def backend() -> FakeBatchVad:
 
 
 @pytest.fixture
-def vad(backend: FakeBatchVad) -> Iterator[BatchedVad]:
-    batched_vad = BatchedVad(backend)
-    yield batched_vad
-    batched_vad.close()
-
-
-async def hold_first_batch(backend: FakeBatchVad, classifier: BatchedClassifier) -> asyncio.Task[float]:
-    """Start a batch that the fake holds until `backend.hold` is set again."""
-    backend.hold.clear()
-    backend.entered.clear()
-    first = asyncio.create_task(classifier.classify(frame(1)))
-    assert await asyncio.to_thread(backend.entered.wait, 5.0)
-    return first
+def vad(backend: FakeBatchVad) -> BatchedVad:
+    return BatchedVad(backend)
 
 
 async def test_one_session_gets_its_frames_in_order_one_per_batch(
@@ -98,84 +80,69 @@ async def test_one_session_gets_its_frames_in_order_one_per_batch(
     assert (vad.batches, vad.frames) == (3, 3)
 
 
-async def test_frames_waiting_while_a_batch_runs_share_the_next(
+async def test_frames_of_one_loop_iteration_share_a_batch(vad: BatchedVad, backend: FakeBatchVad) -> None:
+    a, b, c = vad.open(0.5), vad.open(0.5), vad.open(0.5)
+    # submitted in one iteration: a's two frames must stay in order, in two batches
+    futures = [vad.submit(cl.inner, frame(v)) for cl, v in ((a, 1), (b, 10), (a, 2), (c, 20))]
+    assert await asyncio.gather(*futures) == [0.01, 0.1, 0.02, 0.2]
+    assert backend.batches == [
+        [("s1", 0.01), ("s2", 0.1), ("s3", 0.2)],  # a's second frame waits for its first
+        [("s1", 0.02)],
+    ]
+
+
+async def test_sessions_woken_together_are_classified_together(
     vad: BatchedVad, backend: FakeBatchVad
 ) -> None:
-    a, b, c = vad.open(0.5), vad.open(0.5), vad.open(0.5)
-    first = await hold_first_batch(backend, a)
-    # while it runs: two more of a's frames (they must stay in order) and one each of b and c
-    rest = [asyncio.create_task(cl.classify(frame(v))) for cl, v in ((a, 2), (b, 10), (a, 3), (c, 20))]
-    await asyncio.sleep(0.05)  # let every submit reach the queue
-    backend.hold.set()
-    assert await first == 0.01
-    assert await asyncio.gather(*rest) == [0.02, 0.1, 0.03, 0.2]
-    assert backend.batches == [
-        [("s1", 0.01)],
-        [("s1", 0.02), ("s2", 0.1), ("s3", 0.2)],  # a's third frame waits for its second
-        [("s1", 0.03)],
-    ]
+    """Tasks that become ready in the same iteration (as sessions do when a burst of network
+    reads arrives) submit before the flush runs."""
+    classifiers = [vad.open(0.5) for _ in range(5)]
+    go = asyncio.Event()
+
+    async def session(i: int) -> float:
+        await go.wait()
+        return await classifiers[i].classify(frame(10 + i))
+
+    tasks = [asyncio.create_task(session(i)) for i in range(5)]
+    await asyncio.sleep(0)
+    go.set()
+    assert await asyncio.gather(*tasks) == [0.1, 0.11, 0.12, 0.13, 0.14]
+    assert [len(b) for b in backend.batches] == [5]
 
 
 async def test_a_batch_holds_at_most_max_batch_frames(backend: FakeBatchVad) -> None:
     vad = BatchedVad(backend, max_batch=2)
-    try:
-        classifiers = [vad.open(0.5) for _ in range(6)]
-        first = await hold_first_batch(backend, classifiers[0])
-        rest = [asyncio.create_task(cl.classify(frame(10 + i))) for i, cl in enumerate(classifiers[1:])]
-        await asyncio.sleep(0.05)
-        backend.hold.set()
-        await first
-        assert await asyncio.gather(*rest) == [0.1, 0.11, 0.12, 0.13, 0.14]
-        assert [len(b) for b in backend.batches] == [1, 2, 2, 1]
-    finally:
-        vad.close()
+    classifiers = [vad.open(0.5) for _ in range(5)]
+    futures = [vad.submit(cl.inner, frame(10 + i)) for i, cl in enumerate(classifiers)]
+    assert await asyncio.gather(*futures) == [0.1, 0.11, 0.12, 0.13, 0.14]
+    assert [len(b) for b in backend.batches] == [2, 2, 1]
 
 
 async def test_a_failed_batch_fails_its_frames_and_the_next_batch_works(
     vad: BatchedVad, backend: FakeBatchVad
 ) -> None:
-    classifier = vad.open(0.5)
-    backend.fail_next = True
-    with pytest.raises(RuntimeError, match="the fake model failed"):
-        await classifier.classify(frame(1))
-    assert await classifier.classify(frame(2)) == 0.02
-
-
-async def test_a_cancelled_waiter_does_not_disturb_the_others(vad: BatchedVad, backend: FakeBatchVad) -> None:
     a, b = vad.open(0.5), vad.open(0.5)
-    first = await hold_first_batch(backend, a)
+    backend.fail_next = True
+    failed = await asyncio.gather(a.classify(frame(1)), b.classify(frame(2)), return_exceptions=True)
+    assert [str(e) for e in failed] == ["the fake model failed"] * 2
+    assert await a.classify(frame(3)) == 0.03
+
+
+async def test_a_cancelled_frame_is_not_classified_and_does_not_disturb_the_others(
+    vad: BatchedVad, backend: FakeBatchVad
+) -> None:
+    a, b = vad.open(0.5), vad.open(0.5)
     gone = asyncio.create_task(b.classify(frame(50)))
     stays = asyncio.create_task(a.classify(frame(60)))
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0)  # both submitted; the flush runs next iteration
     gone.cancel()
-    backend.hold.set()
-    assert await first == 0.01
     assert await stays == 0.6
     with pytest.raises(asyncio.CancelledError):
         await gone
+    assert backend.batches == [[("s1", 0.6)]]
 
 
-async def test_close_fails_waiting_frames_and_refuses_new_ones(backend: FakeBatchVad) -> None:
-    vad = BatchedVad(backend)
-    a, b = vad.open(0.5), vad.open(0.5)
-    first = await hold_first_batch(backend, a)
-    waiting = asyncio.create_task(b.classify(frame(9)))
-    await asyncio.sleep(0.05)
-    closing = asyncio.create_task(asyncio.to_thread(vad.close))
-    await asyncio.sleep(0.05)
-    backend.hold.set()  # the running batch finishes; the waiting frame is not classified
-    await closing
-    assert await first == 0.01
-    with pytest.raises(VadClosed):
-        await waiting
-    with pytest.raises(VadClosed):
-        await a.classify(frame(3))
-    assert backend.batches == [[("s1", 0.01)]]
-    assert not any(t.name == "voxgate-vad-batch" for t in threading.enumerate())
-    vad.close()  # idempotent
-
-
-async def test_results_go_back_to_each_callers_own_loop(vad: BatchedVad) -> None:
+async def test_each_event_loop_batches_its_own_frames(vad: BatchedVad, backend: FakeBatchVad) -> None:
     """Two event loops (the server's and, say, an embedding app's thread) share one VAD."""
     here = vad.open(0.5)
 
@@ -185,7 +152,8 @@ async def test_results_go_back_to_each_callers_own_loop(vad: BatchedVad) -> None
 
     other = asyncio.to_thread(other_loop)
     mine = here.classify(frame(30))
-    assert await asyncio.gather(mine, other) == [0.3, 0.4]
+    assert sorted(await asyncio.gather(mine, other)) == [0.3, 0.4]
+    assert sorted(len(b) for b in backend.batches) == [1, 1]
 
 
 def test_only_a_backend_that_can_batch_is_wrapped(backend: FakeBatchVad) -> None:
@@ -200,8 +168,7 @@ def test_only_a_backend_that_can_batch_is_wrapped(backend: FakeBatchVad) -> None
 
 def test_the_sync_path_still_classifies_one_frame(vad: BatchedVad, backend: FakeBatchVad) -> None:
     assert vad.open(0.5).speech_probability(frame(25)) == 0.25
-    assert backend.batches == []  # not batched, and no thread started
-    assert not any(t.name == "voxgate-vad-batch" for t in threading.enumerate())
+    assert backend.batches == []  # not batched
 
 
 class BatchingEnergyVad(EnergyClassifierFactory):
@@ -222,7 +189,7 @@ async def test_a_conversation_detects_its_turn_through_the_batched_path() -> Non
 
     vad = BatchingEnergyVad()
     model = CascadeModel(FakeAsr(["where is my order"]), FakeLlm(["It ships tomorrow."]), FakeTts())
-    app = create_app(Settings(), model=model, vad=vad)  # type: ignore[arg-type]
+    app = create_app(Settings(), model=model, vad=vad)
     async with running_server(app) as url, realtime_client(url) as client:
         await client.wait_for("session.created")
         await client.stream(PcmFrame.silence(200, 24_000))
