@@ -52,7 +52,7 @@ from server.model.base import (
     ToolSpec,
 )
 from server.privacy import PrivacyOptions
-from server.streaming.aio import cancel_and_wait
+from server.streaming.aio import cancel_and_wait, wait_event
 from server.streaming.audio import PcmFrame, StreamResampler, resample
 from server.streaming.capture import InputAudio
 from server.streaming.lifetime import EndSession, LifetimeOptions, SessionEnd, SessionLifetime, WarnExpiring
@@ -1187,10 +1187,7 @@ class Conversation:
             self._playout_wakeup.clear()
             # a chunk becomes due just after the client's buffer drops below the lead
             timeout = None if next_ms is None else max(0.001, next_ms / 1000 - self._clock() + 0.0005)
-            try:
-                await asyncio.wait_for(self._playout_wakeup.wait(), timeout)
-            except TimeoutError:
-                pass
+            await wait_event(self._playout_wakeup, timeout)
 
     async def _send_chunk(self, reply_id: int, frame: PcmFrame) -> None:
         fmt = self.config.output_format
@@ -1247,10 +1244,7 @@ class Conversation:
                 await self._ingest(PcmFrame.silence(min(int(idle_ms), 1000), rate), now_s)
                 continue
             self._timer_wakeup.clear()
-            try:
-                await asyncio.wait_for(self._timer_wakeup.wait(), (SILENCE_BY_ABSENCE_MS - idle_ms) / 1000)
-            except TimeoutError:
-                pass
+            await wait_event(self._timer_wakeup, (SILENCE_BY_ABSENCE_MS - idle_ms) / 1000)
 
     # --- lifetime: maximum duration and idle timeout --------------------------------
 
