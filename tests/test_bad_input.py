@@ -179,3 +179,28 @@ async def test_metrics_and_health_endpoints(fake_server: str) -> None:
         text = (await http.get(fake_server + "/metrics")).text
     assert "voxgate_voice_to_voice_seconds_bucket" in text
     assert 'le="0.3"' in text
+
+
+async def test_output_format_changed_after_a_cleared_reply_applies_to_the_next_reply() -> None:
+    """Found by the realtime fuzz test: a reply cut by output_audio_buffer.clear, then a
+    session.update to mu-law, then a new reply: its 8 kHz audio went into the playout buffer
+    still set up for 24 kHz, and the session failed (1011)."""
+    app = fake_app(llm=FakeLlm(["A reply long enough to be playing when it is cleared."]))
+    async with running_server(app) as url, realtime_client(url, headers={"OpenAI-Beta": "realtime=v1"}) as client:
+        await client.wait_for("session.created")
+        await client.send({"type": "response.create"})
+        await client.wait_for("response.audio.delta")
+        await client.send({"type": "output_audio_buffer.clear"})
+        await client.send({"type": "session.update", "session": {"output_audio_format": "g711_ulaw"}})
+        await client.wait_for("session.updated")
+        first_done = await client.wait_for("response.done")
+        assert first_done["response"]["status"] == "cancelled"
+        after = len(client.events)
+        await client.send({"type": "response.create"})
+        second_done = await client.wait_for("response.done", after=after)
+        assert second_done["response"]["status"] == "completed"
+        assert client.of_type("error") == []
+        deltas = [e for e in client.events[after:] if e["type"] == "response.audio.delta"]
+        mulaw_bytes = sum(len(base64.b64decode(e["delta"])) for e in deltas)
+        # one byte per sample at 8 kHz: the fake speaks 50 ms per character
+        assert mulaw_bytes == pytest.approx(len("A reply long enough to be playing when it is cleared.") * 400, rel=0.02)

@@ -653,6 +653,21 @@ async def test_random_message_sequences() -> None:
             ],
             beta=True,
         )
+        # found by this test: a reply cut by output_audio_buffer.clear, then the output format
+        # changed, then a new reply: its audio went into the old rate's playout chunker (1011)
+        @example(
+            messages=[
+                Msg("response", {"type": "response.create"}, ANYTHING),
+                Msg("clear", {"type": "output_audio_buffer.clear"}, ANYTHING),
+                Msg(
+                    "to mu-law",
+                    {"type": "session.update", "session": {"output_audio_format": "g711_ulaw"}},
+                    ANYTHING,
+                ),
+                Msg("response", {"type": "response.create"}, ANYTHING),
+            ],
+            beta=True,
+        )
         def fuzz(messages: list[Msg], beta: bool) -> None:
             bridge.run(one_example(url, baseline, messages, beta))
 

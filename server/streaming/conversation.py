@@ -802,6 +802,9 @@ class Conversation:
         reply = prepared or self._new_reply(options)
         reply.user_speech_end_s, self._speech_end_s = self._speech_end_s, None
         self._reply = reply
+        rate_hz = self.config.output_format.sample_rate_hz
+        if self._playout.sample_rate_hz != rate_hz:  # the format changed while the last reply was around
+            self._playout = PlayoutBuffer(self._options.playout, rate_hz)
         self._playout.begin(reply.reply_id)
         self._turns.receive(ReplyStarted(reply.reply_id), self._input_ms)
         if prepared is not None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from server.streaming.audio import FrameChunker, PcmFrame
+from server.streaming.audio import FrameChunker, PcmFrame, resample
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +64,10 @@ class PlayoutBuffer:
         self._play_end_ms = None
 
     def push(self, frame: PcmFrame) -> None:
+        if frame.sample_rate_hz != self.sample_rate_hz:
+            # a reply started before a session.update changed the output format (rare: the
+            # per-frame resample may click at frame edges, never fails)
+            frame = resample(frame, self.sample_rate_hz)
         self._queue.extend(self._chunker.push(frame))
 
     def end_input(self) -> None:

@@ -72,3 +72,14 @@ def test_finished_after_end_input_and_playout() -> None:
     assert buf.is_sent()
     assert not buf.is_finished(29)
     assert buf.is_finished(30)
+
+
+def test_audio_at_another_rate_is_resampled_not_refused() -> None:
+    """A reply begun before a session.update changed the output format still plays out."""
+    buf = PlayoutBuffer(PlayoutOptions(chunk_ms=20, lead_ms=100), 8_000)
+    buf.begin(1)
+    buf.push(PcmFrame.silence(100, 24_000))
+    buf.end_input()
+    chunks = buf.due(0)
+    assert chunks and all(c.frame.sample_rate_hz == 8_000 for c in chunks)
+    assert sum(c.frame.duration_ms for c in chunks) == 100
