@@ -186,7 +186,10 @@ async def test_output_format_changed_after_a_cleared_reply_applies_to_the_next_r
     session.update to mu-law, then a new reply: its 8 kHz audio went into the playout buffer
     still set up for 24 kHz, and the session failed (1011)."""
     app = fake_app(llm=FakeLlm(["A reply long enough to be playing when it is cleared."]))
-    async with running_server(app) as url, realtime_client(url, headers={"OpenAI-Beta": "realtime=v1"}) as client:
+    async with (
+        running_server(app) as url,
+        realtime_client(url, headers={"OpenAI-Beta": "realtime=v1"}) as client,
+    ):
         await client.wait_for("session.created")
         await client.send({"type": "response.create"})
         await client.wait_for("response.audio.delta")
@@ -203,4 +206,6 @@ async def test_output_format_changed_after_a_cleared_reply_applies_to_the_next_r
         deltas = [e for e in client.events[after:] if e["type"] == "response.audio.delta"]
         mulaw_bytes = sum(len(base64.b64decode(e["delta"])) for e in deltas)
         # one byte per sample at 8 kHz: the fake speaks 50 ms per character
-        assert mulaw_bytes == pytest.approx(len("A reply long enough to be playing when it is cleared.") * 400, rel=0.02)
+        assert mulaw_bytes == pytest.approx(
+            len("A reply long enough to be playing when it is cleared.") * 400, rel=0.02
+        )
