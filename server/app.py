@@ -213,14 +213,17 @@ def create_app(
         models = None if model is not None else (catalog or build_catalog(settings, brain))
         if models is not None:
             await asyncio.to_thread(preload, settings, models)
+        metrics = Metrics()
         # a VAD that can batch (Silero) classifies all sessions' frames in shared batches
-        served_vad = batched(vad if vad is not None else load_vad(settings))
+        served_vad = batched(
+            vad if vad is not None else load_vad(settings), on_batch=metrics.vad_batch_frames.observe
+        )
         app.state.runtime = Runtime(
             settings=settings,
             catalog=models,
             fixed_model=model,
             vad=served_vad,
-            metrics=Metrics(),
+            metrics=metrics,
             on_event=on_event,
             session_setup=session_setup,
             tools=tools,

@@ -99,6 +99,12 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.vad_batch_frames = Histogram(
+            "voxgate_vad_batch_frames",
+            "VAD frames classified by one batched inference (Silero): sessions sharing each call",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=self.registry,
+        )
         self.session_ends = Counter(
             "voxgate_sessions_ended_by_server",
             "Sessions the server ended, by reason (max_duration, idle, slow_consumer, message_too_big)",

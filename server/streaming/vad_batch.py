@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -57,11 +58,18 @@ class BatchedVad:
     """A ClassifierFactory over a `BatchableVad` whose classifiers' frames are classified in
     shared batches, one per event-loop iteration (see the module docstring)."""
 
-    def __init__(self, inner: BatchableVad, max_batch: int = DEFAULT_MAX_BATCH) -> None:
+    def __init__(
+        self,
+        inner: BatchableVad,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        """`on_batch(frames)` is called after each inference (a metric)."""
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, not {max_batch}")
         self.inner = inner
         self.max_batch = max_batch
+        self._on_batch = on_batch
         self._queues: dict[asyncio.AbstractEventLoop, _LoopQueue] = {}
         self._inference = threading.Lock()  # the backend runs one batch at a time, whatever the loop
         self.batches = 0  # inferences run, and frames classified by them: for benchmarks and tests
@@ -104,6 +112,8 @@ class BatchedVad:
             results = [exc] * len(batch)
         self.batches += 1
         self.frames += len(batch)
+        if self._on_batch is not None:
+            self._on_batch(len(batch))
         for waiting, result in zip(batch, results, strict=True):
             if waiting.future.done():  # its session was cancelled
                 continue
@@ -153,8 +163,8 @@ class BatchedClassifier:
         return self.inner.speech_probability(frame)
 
 
-def batched(factory: ClassifierFactory) -> ClassifierFactory:
+def batched(factory: ClassifierFactory, on_batch: Callable[[int], None] | None = None) -> ClassifierFactory:
     """`factory` wrapped in a BatchedVad if its backend can batch, else unchanged."""
     if isinstance(factory, BatchableVad) and not isinstance(factory, BatchedVad):
-        return BatchedVad(factory)
+        return BatchedVad(factory, on_batch=on_batch)
     return factory

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+import httpx
 import numpy as np
 import pytest
 
@@ -201,6 +202,10 @@ async def test_a_conversation_detects_its_turn_through_the_batched_path() -> Non
         assert 780 <= stopped["audio_end_ms"] <= 820
         done = await client.wait_for("response.done")
         assert done["response"]["status"] == "completed"
+        async with httpx.AsyncClient(base_url=url) as http:
+            metrics = (await http.get("/metrics")).text
     # 1.4 s of audio in 20 ms energy frames (the last maybe still in the resampler), every
-    # one classified through a batch
+    # one classified through a batch, and each batch in the server's histogram
     assert sum(vad.batch_sizes) >= 69
+    sum_line = next(line for line in metrics.splitlines() if line.startswith("voxgate_vad_batch_frames_sum"))
+    assert float(sum_line.split()[-1]) >= 69
