@@ -14,8 +14,10 @@ and at most `max_batch`; what is left goes in the next flush.
 Tried first and dropped: batches on a worker thread, off the loop. The inference itself
 releases the GIL, but the worker needs the GIL to build each batch and hand results back, and
 a thread asking for the GIL while the busy event loop holds it waits up to the interpreter's
-switch interval (5 ms): at 50 sessions turn ends lagged 60-800 ms behind their audio. The
-same happened, worse, with a thread hop per frame.
+switch interval (5 ms). At 50 sessions (loadtests/gateway_overhead.py, one run each on a quiet
+box) the gateway added p50 28 / p99 143 ms that way, against 12 / 59 (median of 4 runs) with
+batches on the loop; a 1 ms switch interval brought the thread to 10 / 61, no better, at the
+price of a process-wide setting. A thread hop per frame, without batching, was worse still.
 
 Order of calls:
 
