@@ -91,7 +91,9 @@ class ToolCalled:
     function_call_output: `duration_ms` is from the call sent to the output received.
     `arguments` is the validated arguments (the raw JSON text if they did not validate);
     `result` the JSON text the model was given; `error` a short code (invalid_arguments,
-    unknown_tool, timeout, tool_failed) or None."""
+    unknown_tool, timeout, tool_failed) or None. A server-side call cut short by barge-in or
+    the session's end is published too, with `error` "cancelled", `result` "" and the raw
+    arguments: the tool may already have acted."""
 
     session_id: str
     call_id: str

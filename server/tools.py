@@ -363,9 +363,27 @@ class SessionTools:
         tool = self.box.get(name)
         filler = tool.filler if tool is not None and say is not None else None
         after_ms = tool.filler_after_ms if tool is not None else 0
-        result = await run_with_filler(
-            self.box.call(name, arguments), filler, after_ms, say or (lambda _: None)
-        )
+        started = time.perf_counter()
+        try:
+            result = await run_with_filler(
+                self.box.call(name, arguments), filler, after_ms, say or (lambda _: None)
+            )
+        except asyncio.CancelledError:
+            # barge-in (or the session ending) cut the call short: the tool may have acted
+            # already, so an audit log must still see that it was called
+            self._publish(
+                ToolCalled(
+                    self.session_id,
+                    call_id,
+                    name,
+                    arguments if isinstance(arguments, str) else dict(arguments),
+                    "",
+                    "cancelled",
+                    (time.perf_counter() - started) * 1000,
+                    client_side=False,
+                )
+            )
+            raise
         self._publish(
             ToolCalled(
                 self.session_id,

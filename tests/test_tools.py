@@ -289,13 +289,25 @@ async def test_cancelling_a_call_cancels_the_tool() -> None:
             raise
         return "never"
 
-    tools = SessionTools(box_of(Tool.from_function(slow, filler="Hold on.")), "sess_1", lambda e: None)
-    task = asyncio.create_task(tools.call("slow", "{}", lambda text: None))
+    published: list[AgentEvent] = []
+    tools = SessionTools(box_of(Tool.from_function(slow, filler="Hold on.")), "sess_1", published.append)
+    task = asyncio.create_task(tools.call("slow", "{}", lambda text: None, call_id="call_7"))
     await started.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert cancelled.is_set()
+    # the call is still on record: the tool may have acted before it was cut
+    [event] = published
+    assert isinstance(event, ToolCalled)
+    assert (event.call_id, event.name, event.arguments, event.error, event.result) == (
+        "call_7",
+        "slow",
+        "{}",
+        "cancelled",
+        "",
+    )
+    assert event.duration_ms >= 0 and not event.client_side
 
 
 async def test_session_tools_publish_tool_called_and_route_client_tools() -> None:
