@@ -31,13 +31,12 @@ from fastapi.responses import JSONResponse, Response
 
 from server.access import bearer_token, subprotocol_token
 from server.admission import Admission, Admitted, RefusalReason, Refused
+from server.close_codes import CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER
 
 log = logging.getLogger(__name__)
 
 HTTP_TOO_MANY_REQUESTS = 429
 HTTP_SERVICE_UNAVAILABLE = 503
-CLOSE_POLICY_VIOLATION = 1008
-CLOSE_TRY_AGAIN_LATER = 1013
 
 Handler = Callable[[WebSocket], Awaitable[None]]
 

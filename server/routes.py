@@ -17,6 +17,15 @@ from server.access import AccessControl, AccessDenied, Grant, bearer_token, subp
 from server.agent import SessionRequest, SessionSetup
 from server.app import guard_options
 from server.client_secrets import denial_response, require_api_key
+from server.close_codes import (
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_MESSAGE_TOO_BIG,
+    CLOSE_NORMAL,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_TRY_AGAIN_LATER,
+    CLOSE_UNSUPPORTED_DATA,
+)
 from server.errors import BackendUnavailable
 from server.gate import admission_controlled, close_reason, deny_upgrade
 from server.process_stats import process_stats
@@ -31,13 +40,6 @@ log = logging.getLogger(__name__)
 
 router = APIRouter()
 
-CLOSE_NORMAL = 1000
-CLOSE_UNSUPPORTED_DATA = 1003
-CLOSE_POLICY_VIOLATION = 1008
-CLOSE_MESSAGE_TOO_BIG = 1009
-CLOSE_INTERNAL_ERROR = 1011
-CLOSE_TRY_AGAIN_LATER = 1013
-CLOSE_GOING_AWAY = 1001
 # a close frame to a client that stopped reading is never taken: give up after this long
 CLOSE_TIMEOUT_S = 5.0
 # the server ended the session (server/streaming/lifetime.py): expected ends are normal
@@ -291,7 +293,7 @@ async def twilio(websocket: WebSocket) -> None:
         guard,
         TwilioOptions(dtmf=settings.twilio_dtmf, dtmf_pause_ms=settings.twilio_dtmf_pause_ms),
     )
-    code, reason = 1000, ""
+    code, reason = CLOSE_NORMAL, ""
     requested: str | None = None
     conversation: Conversation | None = None
     try:
