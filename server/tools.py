@@ -40,7 +40,7 @@ import pydantic_core
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from server.events import AgentEvent, ToolCalled
-from server.model.tool_calls import ToolResult, ToolSpec
+from server.model.tool_calls import ToolChoice, ToolResult, ToolSpec
 from server.streaming.aio import cancel_and_wait
 
 __all__ = ["Tool", "ToolBox", "ToolResult", "SessionTools", "run_with_filler", "tool"]
@@ -326,7 +326,7 @@ class SessionTools:
         session_id: str,
         publish: Callable[[AgentEvent], None],
         client_specs: Sequence[ToolSpec] = (),
-        choice: str = "auto",
+        choice: ToolChoice = "auto",
         gate: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """`gate`: awaited before each server-side call; the conversation makes a speculative
@@ -340,7 +340,7 @@ class SessionTools:
         self._server_specs = box.specs()
 
     @property
-    def choice(self) -> str:
+    def choice(self) -> ToolChoice:
         return self._choice
 
     def specs(self) -> Sequence[ToolSpec]:

@@ -255,7 +255,7 @@ class SessionConfig:
     temperature: float = 0.8
     max_output_tokens: int | None = None
     tools: list[dict[str, Any]] = field(default_factory=list)
-    tool_choice: str = "auto"
+    tool_choice: str | dict[str, str] = "auto"  # as on the wire: "auto" | "none" | "required" | a function
 
 
 def is_beta_session_shape(session: dict[str, Any]) -> bool:
@@ -361,10 +361,33 @@ def _apply_common(config: SessionConfig, session: dict[str, Any]) -> None:
         config.temperature = float(_check_type(session["temperature"], (int, float), "session.temperature"))
     if "tools" in session:
         config.tools = list(_check_type(session["tools"], list, "session.tools"))
-    if "tool_choice" in session and isinstance(session["tool_choice"], str):
-        config.tool_choice = session["tool_choice"]
+    if "tool_choice" in session:
+        config.tool_choice = _tool_choice(session["tool_choice"])
     if "model" in session and isinstance(session["model"], str):
         config.model = session["model"]
+
+
+TOOL_CHOICE_MODES = ("auto", "none", "required")
+
+
+def _tool_choice(value: object) -> str | dict[str, str]:
+    if isinstance(value, str) and value in TOOL_CHOICE_MODES:
+        return value
+    if isinstance(value, dict) and value.get("type") == "function":
+        name = value.get("name")
+        if isinstance(name, str) and name:
+            return {"type": "function", "name": name}
+    raise ProtocolViolation(
+        'session.tool_choice must be "auto", "none", "required" or {"type": "function", "name": ...}, '
+        f"not {str(value)[:80]!r}",
+        code="invalid_value",
+        param="session.tool_choice",
+    )
+
+
+def forced_tool_name(tool_choice: str | dict[str, str]) -> str | None:
+    """The function a session's tool_choice names, if it names one."""
+    return tool_choice.get("name") if isinstance(tool_choice, dict) else None
 
 
 def _max_tokens(value: object, param: str) -> int | None:

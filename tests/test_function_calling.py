@@ -16,7 +16,7 @@ from server import Settings, VoiceAgent
 from server.events import AgentEvent, AssistantTurn, ToolCalled
 from server.model.cascade import CascadeModel
 from server.model.fakes import EnergyClassifierFactory, FakeAsr, FakeToolCallingLlm, FakeTts, tone
-from server.model.tool_calls import ToolCallRequest
+from server.model.tool_calls import ForcedTool, ToolCallRequest
 from server.streaming.audio import PcmFrame
 from tests.harness import RealtimeTestClient, realtime_client, running_server
 
@@ -403,3 +403,42 @@ async def test_a_speculative_reply_runs_no_tool_until_it_is_adopted() -> None:
     assert (
         client.of_type("response.output_audio_transcript.done")[0]["transcript"] == "Done, it is cancelled."
     )
+
+
+@pytest.mark.parametrize(
+    ("tool_choice", "param"),
+    [
+        ("banana", "session.tool_choice"),
+        (5, "session.tool_choice"),
+        ({"type": "function"}, "session.tool_choice"),
+        ({"type": "mcp", "name": "order_status"}, "session.tool_choice"),
+        ({"type": "function", "name": "no_such_tool"}, "session.tool_choice.name"),
+    ],
+)
+async def test_a_bad_tool_choice_is_refused_and_changes_nothing(tool_choice: object, param: str) -> None:
+    llm = FakeToolCallingLlm([["Hello."]])
+    agent = agent_with(llm)
+
+    @agent.tool
+    async def order_status(order_id: str) -> str:
+        return "shipped"
+
+    async with connected(agent) as client:
+        error = await error_for(client, {"type": "session.update", "session": {"tool_choice": tool_choice}})
+        assert (error["code"], error["param"]) == ("invalid_value", param)
+        await say_text(client, "Hi.")
+        await client.wait_for("response.done")
+    assert llm.choices == ["auto"]
+
+
+async def test_a_tool_choice_naming_a_client_function_forces_it() -> None:
+    llm = FakeToolCallingLlm([[call("show_map", '{"city": "Lyon"}')]])
+    agent = agent_with(llm)
+    async with connected(agent) as client:
+        forced = {"type": "function", "name": "show_map"}
+        await client.send({"type": "session.update", "session": {"tools": [SHOW_MAP], "tool_choice": forced}})
+        updated = await client.wait_for("session.updated")
+        assert updated["session"]["tool_choice"] == forced
+        await say_text(client, "Where is Lyon?")
+        await client.wait_for("response.done")
+    assert llm.choices == [ForcedTool("show_map")]

@@ -18,7 +18,7 @@ from server.agent import BrainLlm, BrainRequest
 from server.events import AgentEvent, ToolCalled
 from server.model.base import Message, SessionOptions
 from server.model.fakes import FakeToolCallingLlm
-from server.model.tool_calls import ToolCallRequest, ToolSpec
+from server.model.tool_calls import ForcedTool, ToolCallRequest, ToolChoice, ToolSpec
 from server.model.tool_rounds import ToolExchange, complete_with_tools
 from server.tools import SessionTools, Tool, ToolBox, run_with_filler, tool
 
@@ -493,3 +493,15 @@ async def test_a_brain_without_tools_gets_an_error_result() -> None:
     request = BrainRequest((), "", {})
     result = await request.call_tool("order_status", order_id="1")
     assert result.error == "unknown_tool"
+
+
+@pytest.mark.parametrize("choice", ["required", ForcedTool("order_status")])
+async def test_a_forcing_tool_choice_applies_to_the_first_round_only(choice: ToolChoice) -> None:
+    """After the forced call the model must be free to answer with the result, else every
+    round would call again until the last (as the OpenAI Agents SDK's reset_tool_choice)."""
+    asks: list[str | ToolCallRequest] = [call("order_status", '{"order_id": "A1"}')]
+    llm = FakeToolCallingLlm([asks, ["It has shipped."]])
+    tools = SessionTools(box_of(Tool.from_function(order_status)), "s", lambda e: None, choice=choice)
+    items = await rounds(llm, tools)
+    assert llm.choices == [choice, "auto"]
+    assert "".join(i for i in items if isinstance(i, str)).strip() == "It has shipped."

@@ -15,6 +15,7 @@ import numpy as np
 
 from server.errors import BackendError
 from server.model.base import Message, SessionOptions, ToolCallRequest, Transcript
+from server.model.tool_calls import ToolChoice
 from server.streaming.audio import PcmFrame
 
 
@@ -174,7 +175,7 @@ class FakeToolCallingLlm:
     script: list[list[str | ToolCallRequest]] = field(default_factory=lambda: [["Sure."]])
     calls: list[list[Message]] = field(default_factory=list)
     offered: list[list[str]] = field(default_factory=list)
-    choices: list[str] = field(default_factory=list)
+    choices: list[ToolChoice | str] = field(default_factory=list)
 
     async def complete(
         self, history: Sequence[Message], options: SessionOptions

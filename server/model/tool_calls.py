@@ -16,7 +16,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class ForcedTool:
+    """tool_choice naming one function: the model must call it."""
+
+    name: str
+
+
+ToolChoice = Literal["auto", "none", "required"] | ForcedTool
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +77,8 @@ class ToolRunner(Protocol):
         ...
 
     @property
-    def choice(self) -> str:
-        """The protocol's tool_choice: "auto", "none" or "required"."""
+    def choice(self) -> ToolChoice:
+        """The protocol's tool_choice: "auto", "none", "required" or one named function."""
         ...
 
     def is_client_side(self, name: str) -> bool: ...

@@ -8,8 +8,11 @@
 A round streams the model. If it asked for tools, the server-side ones run (in order; a slow
 one's filler goes to `say`, which the caller speaks as a phrase of its own), their results join
 the history and the model is asked again. Client-side calls end the reply after the round:
-their output arrives later, as a `tool` message, before the next reply. After `max_rounds`
-rounds with calls, one last round is asked with tool_choice "none", so every reply ends.
+their output arrives later, as a `tool` message, before the next reply. A tool_choice that
+forces a call ("required", or one named function) applies to the first round only; later rounds
+are "auto", so the model can answer with what the tools returned (as the OpenAI Agents SDK's
+`reset_tool_choice` does). After `max_rounds` rounds with calls, one last round is asked with
+tool_choice "none", so every reply ends.
 
 Invariants: the caller's history is never mutated here; cancelling the iteration cancels the
 running tool (ToolRunner.call runs it as an owned task); a request the model makes in the last
@@ -24,7 +27,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from server.model.base import Message, SessionOptions
-from server.model.tool_calls import ToolCallRequest, ToolResult, ToolRunner, ToolSpec
+from server.model.tool_calls import ToolCallRequest, ToolChoice, ToolResult, ToolRunner, ToolSpec
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +44,17 @@ class ToolExchange:
     messages: tuple[Message, ...]
 
 
-class _NoMoreCalls:
-    """The session's tools with tool_choice "none": offered (the history refers to them) but
-    not to be called."""
+class _WithChoice:
+    """The session's tools under another tool_choice for one round ("none": offered, since the
+    history refers to them, but not to be called)."""
 
-    def __init__(self, tools: ToolRunner) -> None:
+    def __init__(self, tools: ToolRunner, choice: ToolChoice) -> None:
         self._tools = tools
+        self._choice = choice
 
     @property
-    def choice(self) -> str:
-        return "none"
+    def choice(self) -> ToolChoice:
+        return self._choice
 
     def specs(self) -> Sequence[ToolSpec]:
         return self._tools.specs()
@@ -79,7 +83,11 @@ async def complete_with_tools(
     history = list(history)
     for round_no in range(max_rounds + 1):
         last = round_no == max_rounds
-        round_options = options if tools is None or not last else replace(options, tools=_NoMoreCalls(tools))
+        round_options = options
+        if tools is not None and last:
+            round_options = replace(options, tools=_WithChoice(tools, "none"))
+        elif tools is not None and round_no > 0 and tools.choice not in ("auto", "none"):
+            round_options = replace(options, tools=_WithChoice(tools, "auto"))
         calls: list[ToolCallRequest] = []
         text: list[str] = []
         async for piece in stream(history, round_options):

@@ -51,6 +51,7 @@ from server.model.base import (
     ToolCallRequest,
     ToolSpec,
 )
+from server.model.tool_calls import ForcedTool, ToolChoice
 from server.privacy import PrivacyOptions
 from server.streaming.aio import cancel_and_wait, wait_event
 from server.streaming.audio import PcmFrame, StreamResampler, resample
@@ -100,6 +101,7 @@ from server.wire import (
     TurnDetectionConfig,
     apply_session_update,
     decode_base64_audio,
+    forced_tool_name,
     is_beta_session_shape,
     new_id,
     parse_client_event,
@@ -352,13 +354,20 @@ class Conversation:
                 self.config.id,
                 self._notifier.publish,
                 self._client_tools,
-                self.config.tool_choice,
+                self._tool_choice(),
                 gate=self._tools_may_run,
             ),
             anticipate_reply=(
                 self.config.turn_detection is not None and self.config.turn_detection.create_response
             ),
         )
+
+    def _tool_choice(self) -> ToolChoice:
+        choice = self.config.tool_choice
+        forced = forced_tool_name(choice)
+        if forced is not None:
+            return ForcedTool(forced)
+        return "none" if choice == "none" else "required" if choice == "required" else "auto"
 
     async def _send(self, event: dict[str, Any]) -> None:
         text = json.dumps(event)
@@ -446,6 +455,15 @@ class Conversation:
         client_tools = self._client_tools
         if "tools" in session:
             client_tools = client_tool_specs(session["tools"], (s.name for s in self._toolbox.specs()))
+        choice = session.get("tool_choice", self.config.tool_choice)  # the new one, or the one kept
+        forced = forced_tool_name(choice) if isinstance(choice, dict) else None
+        known = {spec.name for spec in (*self._toolbox.specs(), *client_tools)}
+        if isinstance(forced, str) and forced and forced not in known:
+            raise ProtocolViolation(
+                f"session.tool_choice names {forced[:80]!r}, which is not one of the session's tools",
+                code="invalid_value",
+                param="session.tool_choice.name",
+            )
         apply_session_update(self.config, session)
         self._client_tools = client_tools
         if self.config.input_format != old_in:

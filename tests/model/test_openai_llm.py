@@ -26,7 +26,7 @@ from server.model.backends.openai_llm import (
     load,
 )
 from server.model.base import Message, SessionOptions, ToolCallRequest
-from server.model.tool_calls import ToolSpec
+from server.model.tool_calls import ForcedTool, ToolChoice, ToolSpec
 from server.tools import SessionTools, ToolBox
 
 
@@ -372,7 +372,7 @@ def arguments_fragment(index: int, piece: str) -> dict[str, Any]:
     return {"index": index, "function": {"arguments": piece}}
 
 
-def session_tools(*specs: ToolSpec, choice: str = "auto") -> SessionTools:
+def session_tools(*specs: ToolSpec, choice: ToolChoice = "auto") -> SessionTools:
     return SessionTools(ToolBox(), "sess_test", lambda event: None, specs, choice)
 
 
@@ -484,3 +484,15 @@ def test_history_with_tool_calls_and_results_is_sent_in_the_chat_shape() -> None
         {"role": "tool", "tool_call_id": "call_a", "content": '{"status": "shipped"}'},
         {"role": "assistant", "content": "It shipped."},
     ]
+
+
+async def test_a_forced_function_is_sent_in_chat_completions_form() -> None:
+    events = [tool_call_event([first_fragment(0, "call_a", "order_status")]), "data: [DONE]\n\n"]
+    async with chat_server(streaming(events)) as server:
+        async with backend(server.base_url) as llm:
+            options = SessionOptions(tools=session_tools(ORDER_TOOL, choice=ForcedTool("order_status")))
+            [piece async for piece in llm.complete(HISTORY, options)]
+    assert server.requests[0].body["tool_choice"] == {
+        "type": "function",
+        "function": {"name": "order_status"},
+    }

@@ -36,7 +36,7 @@ import httpx
 
 from server.errors import BackendError
 from server.model.base import Message, SessionOptions, ToolCallRequest
-from server.model.tool_calls import ToolSpec
+from server.model.tool_calls import ForcedTool, ToolSpec
 
 DEFAULT_INSTRUCTIONS = (
     "You are a friendly customer-service agent on a phone call. Reply in one or two short,"
@@ -157,7 +157,12 @@ class OpenAiLlm:
         if specs:
             assert options.tools is not None
             body["tools"] = chat_tools(specs)
-            body["tool_choice"] = options.tools.choice
+            choice = options.tools.choice
+            body["tool_choice"] = (
+                {"type": "function", "function": {"name": choice.name}}
+                if isinstance(choice, ForcedTool)
+                else choice
+            )
         try:
             async with self._client.stream("POST", self._url, json=body) as response:
                 if response.status_code != 200:
