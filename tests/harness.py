@@ -14,6 +14,7 @@ import uvicorn
 import websockets
 from fastapi import FastAPI
 
+from server.model.fakes import tone
 from server.streaming.audio import PcmFrame
 
 
@@ -94,6 +95,19 @@ class RealtimeTestClient:
             await self.append(PcmFrame(frame.samples[i : i + step], frame.sample_rate_hz))
             if realtime:
                 await asyncio.sleep(chunk_ms / 1000)
+
+    async def speak_tone_turn(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """200 ms of silence, 600 ms of tone ("speech" to the energy VAD), 600 ms of silence,
+        at real time; checks that the server heard the speech where it is and returns its
+        speech_started and speech_stopped events."""
+        await self.stream(PcmFrame.silence(200, 24_000))
+        await self.stream(tone(600))
+        await self.stream(PcmFrame.silence(600, 24_000))
+        started = await self.wait_for("input_audio_buffer.speech_started")
+        stopped = await self.wait_for("input_audio_buffer.speech_stopped")
+        assert 180 <= started["audio_start_ms"] <= 240, started
+        assert 780 <= stopped["audio_end_ms"] <= 820, stopped
+        return started, stopped
 
     async def wait_for(self, type_: str, timeout_s: float = 10.0, after: int = 0) -> dict[str, Any]:
         """The first event of `type_` at index >= after."""

@@ -334,6 +334,26 @@ async def test_bad_function_call_output_is_an_error_event(
     ],
 )
 async def test_bad_client_tools_are_refused_and_change_nothing(tools: object, code: str, param: str) -> None:
+    await refused_and_nothing_changed({"tools": tools, "instructions": "changed"}, code, param)
+
+
+@pytest.mark.parametrize(
+    ("tool_choice", "param"),
+    [
+        ("banana", "session.tool_choice"),
+        (5, "session.tool_choice"),
+        ({"type": "function"}, "session.tool_choice"),
+        ({"type": "mcp", "name": "order_status"}, "session.tool_choice"),
+        ({"type": "function", "name": "no_such_tool"}, "session.tool_choice.name"),
+    ],
+)
+async def test_a_bad_tool_choice_is_refused_and_changes_nothing(tool_choice: object, param: str) -> None:
+    await refused_and_nothing_changed({"tool_choice": tool_choice}, "invalid_value", param)
+
+
+async def refused_and_nothing_changed(session: dict[str, Any], code: str, param: str) -> None:
+    """The session.update gets an error event, and the next reply is offered the same tools
+    with the same choice as before it."""
     llm = FakeToolCallingLlm([["Hello."]])
     agent = agent_with(llm)
 
@@ -342,13 +362,12 @@ async def test_bad_client_tools_are_refused_and_change_nothing(tools: object, co
         return "shipped"
 
     async with connected(agent) as client:
-        error = await error_for(
-            client, {"type": "session.update", "session": {"tools": tools, "instructions": "changed"}}
-        )
+        error = await error_for(client, {"type": "session.update", "session": session})
         assert (error["code"], error["param"]) == (code, param)
         await say_text(client, "Hi.")
         await client.wait_for("response.done")
-    assert llm.offered == [["order_status"]]  # the session's tools are unchanged
+    assert llm.offered == [["order_status"]]
+    assert llm.choices == ["auto"]
     assert client.of_type("session.updated") == []
 
 
@@ -403,32 +422,6 @@ async def test_a_speculative_reply_runs_no_tool_until_it_is_adopted() -> None:
     assert (
         client.of_type("response.output_audio_transcript.done")[0]["transcript"] == "Done, it is cancelled."
     )
-
-
-@pytest.mark.parametrize(
-    ("tool_choice", "param"),
-    [
-        ("banana", "session.tool_choice"),
-        (5, "session.tool_choice"),
-        ({"type": "function"}, "session.tool_choice"),
-        ({"type": "mcp", "name": "order_status"}, "session.tool_choice"),
-        ({"type": "function", "name": "no_such_tool"}, "session.tool_choice.name"),
-    ],
-)
-async def test_a_bad_tool_choice_is_refused_and_changes_nothing(tool_choice: object, param: str) -> None:
-    llm = FakeToolCallingLlm([["Hello."]])
-    agent = agent_with(llm)
-
-    @agent.tool
-    async def order_status(order_id: str) -> str:
-        return "shipped"
-
-    async with connected(agent) as client:
-        error = await error_for(client, {"type": "session.update", "session": {"tool_choice": tool_choice}})
-        assert (error["code"], error["param"]) == ("invalid_value", param)
-        await say_text(client, "Hi.")
-        await client.wait_for("response.done")
-    assert llm.choices == ["auto"]
 
 
 async def test_a_tool_choice_naming_a_client_function_forces_it() -> None:

@@ -13,13 +13,7 @@ async def test_full_turn_ga_dialect() -> None:
     async with running_server(app) as url, realtime_client(url) as client:
         created = await client.wait_for("session.created")
         assert created["session"]["type"] == "realtime"
-        await client.stream(PcmFrame.silence(200, 24_000))
-        await client.stream(tone(600))
-        await client.stream(PcmFrame.silence(600, 24_000))
-        started = await client.wait_for("input_audio_buffer.speech_started")
-        stopped = await client.wait_for("input_audio_buffer.speech_stopped")
-        assert 180 <= started["audio_start_ms"] <= 240
-        assert 780 <= stopped["audio_end_ms"] <= 820
+        started, _ = await client.speak_tone_turn()
         committed = await client.wait_for("input_audio_buffer.committed")
         assert committed["item_id"] == started["item_id"]
         transcript = await client.wait_for("conversation.item.input_audio_transcription.completed")
