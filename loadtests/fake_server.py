@@ -36,19 +36,20 @@ UNLIMITED: Final = {"max_sessions": 100_000, "ip_connections_per_minute": 0, "ke
 MODEL_DESCRIPTION: Final = "instant fake models (FakeAsr, FakeLlm, FakeTts; zero delays)"
 
 
-def fake_model_app(vad: str | None = None, reply: str = REPLY) -> FastAPI:
+def fake_model_app(vad: str | None = None, reply: str = REPLY, vad_process: bool = True) -> FastAPI:
     """The Voxgate app with the instant fake models, answering `reply` to every turn, and the
-    named VAD: `webrtc`, `silero`, `energy` (the fake), or None for the server's default.
+    named VAD: `webrtc`, `silero`, `energy` (the fake), or None for the server's default;
+    `vad_process` False keeps Silero's batches on the event loop.
     Admission limits are off: the load generator opens many sessions from one address."""
+    model = CascadeModel(FakeAsr(), FakeLlm([reply]), FakeTts())
     if vad == "energy":
         config = Settings.model_validate(UNLIMITED)
         classifier: ClassifierFactory = EnergyClassifierFactory()
-    else:
-        # checks the name
-        config = Settings.model_validate(UNLIMITED if vad is None else {**UNLIMITED, "vad": vad})
-        classifier = load_vad(config)
-    model = CascadeModel(FakeAsr(), FakeLlm([reply]), FakeTts())
-    return create_app(config, model=model, vad=classifier)
+        return create_app(config, model=model, vad=classifier)
+    chosen = {} if vad is None else {"vad": vad}
+    config = Settings.model_validate({**UNLIMITED, **chosen, "vad_process": vad_process})
+    load_vad(config)  # a missing backend fails here, before the server starts
+    return create_app(config, model=model)  # the app loads the VAD by name, as `voxgate serve` does
 
 
 def vad_name(vad: str | None) -> str:
@@ -68,8 +69,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--reply", default=REPLY, help="what the fake language model answers (50 ms of audio a character)"
     )
+    parser.add_argument(
+        "--vad-in-loop",
+        action="store_true",
+        help="classify Silero's batches on the event loop instead of in a worker process",
+    )
     args = parser.parse_args(argv)
-    app = fake_model_app(args.vad, args.reply)
+    app = fake_model_app(args.vad, args.reply, vad_process=not args.vad_in_loop)
     print(
         f"Voxgate ({MODEL_DESCRIPTION}, {vad_name(args.vad)} VAD) on ws://{args.host}:{args.port}/v1/realtime",
         flush=True,

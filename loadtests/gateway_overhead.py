@@ -99,7 +99,27 @@ class ServerUnderTest:
     description: str
 
     def cpu_s(self) -> float | None:
-        return cpu_seconds(self.pid, self.tid)
+        """The server's CPU time; a subprocess server's includes its children (the VAD worker
+        process), which do the server's work too."""
+        own = cpu_seconds(self.pid, self.tid)
+        if own is None or self.tid is not None:
+            return own
+        return own + sum(cpu_seconds(child) or 0.0 for child in child_pids(self.pid))
+
+
+def child_pids(pid: int) -> list[int]:
+    """The live children of `pid` (from /proc/*/stat's parent field)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:  # field 4 of stat(5): the parent's pid
+            children.append(int(entry.name))
+    return children
 
 
 def _free_port() -> int:
@@ -126,12 +146,12 @@ def _wait_healthy(base_url: str, timeout_s: float, alive: Any) -> None:
 
 @contextlib.contextmanager
 def subprocess_server(
-    vad: str | None, log_path: Path, reply: str = REPLY, timeout_s: float = 60.0
+    vad: str | None, log_path: Path, reply: str = REPLY, timeout_s: float = 60.0, vad_in_loop: bool = False
 ) -> Iterator[ServerUnderTest]:
     """`python -m loadtests.fake_server` on a free loopback port; SIGTERM on exit."""
     port = _free_port()
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    vad_args = [] if vad is None else ["--vad", vad]
+    vad_args = ([] if vad is None else ["--vad", vad]) + (["--vad-in-loop"] if vad_in_loop else [])
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "loadtests.fake_server", "--port", str(port), "--reply", reply, *vad_args],
@@ -156,7 +176,7 @@ def subprocess_server(
 
 @contextlib.contextmanager
 def inprocess_server(
-    vad: str | None, reply: str = REPLY, timeout_s: float = 30.0
+    vad: str | None, reply: str = REPLY, timeout_s: float = 30.0, vad_in_loop: bool = False
 ) -> Iterator[ServerUnderTest]:
     """The fake-model server on its own event loop in a thread of this process."""
     import uvicorn
@@ -164,7 +184,12 @@ def inprocess_server(
     from loadtests.fake_server import fake_model_app
 
     port = _free_port()
-    config = uvicorn.Config(fake_model_app(vad, reply), host="127.0.0.1", port=port, log_level="warning")
+    config = uvicorn.Config(
+        fake_model_app(vad, reply, vad_process=not vad_in_loop),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+    )
     server = uvicorn.Server(config)
     native_id: list[int] = []
 
@@ -451,6 +476,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--processes", type=int, default=1, help="client processes for the loaded step")
     add("--barge-in-rate", type=float, default=0.0, help="share of turns talked over (default 0)")
     add("--vad", choices=VADS, default=None, help="the server's VAD (default: the server's default)")
+    add(
+        "--vad-in-loop",
+        action="store_true",
+        help="Silero's batches on the event loop, not in a worker process",
+    )
     add("--server", choices=("subprocess", "inprocess"), default="subprocess", help="how to run the server")
     add("--target-ms", type=float, default=5.0, help="added p99 target (default 5)")
     add("--corpus", default="human,synthetic", help="corpus sources (default %(default)s)")
@@ -473,9 +503,9 @@ def run(args: argparse.Namespace) -> OverheadResult:
     targets = [parse_target(f"{METRIC}_p99={args.target_ms}ms", [METRIC, "voice_to_voice"])]
     log_path = args.out / f"{args.name}.server.log"
     servers = (
-        subprocess_server(args.vad, log_path, args.reply)
+        subprocess_server(args.vad, log_path, args.reply, vad_in_loop=args.vad_in_loop)
         if args.server == "subprocess"
-        else inprocess_server(args.vad, args.reply)
+        else inprocess_server(args.vad, args.reply, vad_in_loop=args.vad_in_loop)
     )
     with servers as server:
         session = SessionOptions(url=server.url, reply_timeout_s=10.0)  # the server's own turn settings
@@ -509,7 +539,9 @@ def run(args: argparse.Namespace) -> OverheadResult:
             corpus,
         )
     result = OverheadResult(
-        f"{vad_name(args.vad)} VAD, server {server.description}",
+        f"{vad_name(args.vad)} VAD"
+        + (" (batches on the event loop)" if args.vad_in_loop and vad_name(args.vad) == "silero" else "")
+        + f", server {server.description}",
         args.sessions,
         args.target_ms,
         baseline,

@@ -16,6 +16,7 @@ from fastapi.staticfiles import StaticFiles
 
 from server.access import AccessControl, ApiKeys, OriginPolicy, read_key_file
 from server.admission import Admission, AdmissionOptions, RateLimit
+from server.errors import BackendUnavailable
 from server.events import EventHandler
 from server.metrics import Metrics
 from server.model.base import LlmBackend, OmniModel
@@ -30,8 +31,9 @@ from server.streaming.guard import GuardOptions
 from server.streaming.lifetime import LifetimeOptions
 from server.streaming.playout import PlayoutOptions
 from server.streaming.turns import TurnOptions
-from server.streaming.vad import ClassifierFactory
+from server.streaming.vad import BatchableVad, ClassifierFactory
 from server.streaming.vad_batch import batched
+from server.streaming.vad_process import ProcessVad
 
 if TYPE_CHECKING:
     from server.agent import SessionSetupHook
@@ -159,6 +161,26 @@ def load_vad(settings: Settings) -> ClassifierFactory:
     return factory
 
 
+async def serve_vad(
+    settings: Settings, given: ClassifierFactory | None, metrics: Metrics
+) -> ClassifierFactory:
+    """The VAD sessions use. One that can batch (Silero) classifies the frames of all sessions
+    together: in a worker process when the server loads it by name (`vad_process`), else on
+    the event loop; any other is used as it is."""
+    factory = given if given is not None else load_vad(settings)
+    on_batch = metrics.vad_batch_frames.observe
+    if given is None and settings.vad_process and isinstance(factory, BatchableVad):
+        worker = ProcessVad(settings.vad, factory, on_batch=on_batch)
+        try:
+            await worker.start()
+            return worker
+        except BackendUnavailable as exc:
+            log.warning(
+                "VAD worker process unavailable; classifying on the event loop", extra={"error": str(exc)}
+            )
+    return batched(factory, on_batch=on_batch)
+
+
 def build_access(settings: Settings) -> AccessControl:
     """Keys (from settings and the key file), origins and the client-secret TTL; raises
     AccessConfigError when they cannot be used (the server must not start)."""
@@ -214,10 +236,7 @@ def create_app(
         if models is not None:
             await asyncio.to_thread(preload, settings, models)
         metrics = Metrics()
-        # a VAD that can batch (Silero) classifies all sessions' frames in shared batches
-        served_vad = batched(
-            vad if vad is not None else load_vad(settings), on_batch=metrics.vad_batch_frames.observe
-        )
+        served_vad = await serve_vad(settings, vad, metrics)
         app.state.runtime = Runtime(
             settings=settings,
             catalog=models,
@@ -231,6 +250,8 @@ def create_app(
         try:
             yield
         finally:
+            if isinstance(served_vad, ProcessVad):  # its worker process is ours
+                await served_vad.close()
             if models is not None and catalog is None:  # we built it, we close it
                 await asyncio.to_thread(models.close)
 

@@ -53,11 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         catalog = build_catalog(settings)
         preload(settings, catalog)
-        vad = load_vad(settings)
+        load_vad(settings)  # a missing VAD fails here; the app loads it again (in a worker process)
     except BackendUnavailable as exc:
         print(f"voxgate: cannot start: {exc}", file=sys.stderr)
         return 2
-    app = create_app(settings, vad=vad, catalog=catalog, access=access)
+    app = create_app(settings, catalog=catalog, access=access)
     print(
         f"Voxgate listening on http://{settings.host}:{settings.port}/  "
         f"(websocket ws://{settings.host}:{settings.port}/v1/realtime)",

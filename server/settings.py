@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     llm: str | None = None
     tts: str | None = None
     vad: Literal["webrtc", "silero"] = "silero"
+    # a batching VAD (Silero) runs in a worker process, off the event loop and its GIL
+    vad_process: bool = True
     model_name: str = "voxgate"
     # per-backend options by backend name, as JSON: {"openai": {"base_url": "...", "model": "..."}}
     backend_options: dict[str, dict[str, Any]] = Field(default_factory=dict)

@@ -80,8 +80,7 @@ from server.streaming.turns import (
     TurnTaker,
     UserState,
 )
-from server.streaming.vad import ClassifierFactory, FrameClassifier
-from server.streaming.vad_batch import BatchedClassifier
+from server.streaming.vad import ClassifierFactory, FrameClassifier, QueuedClassifier
 from server.tools import SessionTools, ToolBox
 from server.wire import (
     Dialect,
@@ -538,7 +537,7 @@ class Conversation:
 
     async def _speech_probability(self, frame: PcmFrame) -> float:
         classifier = self._classifier
-        if isinstance(classifier, BatchedClassifier):  # Silero: shared batches, off the event loop
+        if isinstance(classifier, QueuedClassifier):  # Silero: shared batches, in its own process
             return await classifier.classify(frame)
         return classifier.speech_probability(frame)  # webrtcvad: a few µs of C, inline
 

@@ -16,6 +16,7 @@ Classifier backends (webrtcvad, Silero) implement `FrameClassifier` in
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -38,6 +39,21 @@ class ClassifierFactory(Protocol):
     """A loaded VAD backend; `open()` gives each session its own (stateful) classifier."""
 
     def open(self, threshold: float) -> FrameClassifier: ...
+
+
+class QueuedClassifier(ABC):
+    """A session's classifier whose frames are classified elsewhere, with other sessions'
+    (a shared batch, another process): the asyncio layer awaits `classify` for each frame,
+    in order, one at a time."""
+
+    frame_ms: int
+    sample_rate_hz: int
+
+    @abstractmethod
+    async def classify(self, frame: PcmFrame) -> float: ...
+
+    @abstractmethod
+    def speech_probability(self, frame: PcmFrame) -> float: ...
 
 
 @runtime_checkable

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from server.streaming.audio import PcmFrame
-from server.streaming.vad import BatchableVad, ClassifierFactory, FrameClassifier
+from server.streaming.vad import BatchableVad, ClassifierFactory, FrameClassifier, QueuedClassifier
 
 DEFAULT_MAX_BATCH: Final = 64
 
@@ -145,7 +145,7 @@ class BatchedVad:
         return batch
 
 
-class BatchedClassifier:
+class BatchedClassifier(QueuedClassifier):
     """One session's classifier (a FrameClassifier) whose frames go through its BatchedVad."""
 
     def __init__(self, vad: BatchedVad, inner: FrameClassifier) -> None:
