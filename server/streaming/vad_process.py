@@ -42,7 +42,7 @@ import numpy as np
 
 from server.errors import BackendError, BackendUnavailable
 from server.model.vad_worker import BATCH, FAILED, FORGET, HEADER, OPEN, OPEN_KIND, PROBABILITIES, READY
-from server.streaming.audio import PcmFrame
+from server.streaming.audio import AudioFormatError, PcmFrame
 from server.streaming.vad import ClassifierFactory, QueuedClassifier
 
 log = logging.getLogger(__name__)
@@ -182,12 +182,10 @@ class ProcessVad:
         parts = self._control
         self._control = []
         if batch:
-            rows = np.empty(len(batch), dtype=[("id", "<u4"), ("pcm", "<i2", (worker.frame_samples,))])
-            for row, waiting in enumerate(batch):
-                rows[row]["id"] = waiting.classifier_id
-                rows[row]["pcm"] = waiting.frame.samples
             parts.append(HEADER.pack(BATCH, len(batch)))
-            parts.append(rows.tobytes())
+            for waiting in batch:
+                parts.append(_ID.pack(waiting.classifier_id))
+                parts.append(waiting.frame.samples.astype("<i2", copy=False).tobytes())
             self._in_flight.append([waiting.future for waiting in batch])
             self.batches += 1
             self.frames += len(batch)
@@ -350,6 +348,12 @@ class RemoteClassifier(QueuedClassifier):
         self.sample_rate_hz = rate_hz
 
     async def classify(self, frame: PcmFrame) -> float:
+        expected = self.sample_rate_hz * self.frame_ms // 1000
+        if frame.sample_rate_hz != self.sample_rate_hz or frame.sample_count != expected:
+            raise AudioFormatError(
+                f"this VAD needs {expected} samples at {self.sample_rate_hz} Hz, got "
+                f"{frame.sample_count} at {frame.sample_rate_hz} Hz"
+            )
         return await self._vad.submit(self.id, frame)
 
     def speech_probability(self, frame: PcmFrame) -> float:

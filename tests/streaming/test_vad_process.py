@@ -18,7 +18,7 @@ from server.metrics import Metrics
 from server.model.backends import silero_vad
 from server.model.backends.silero_vad import SileroVad
 from server.settings import Settings
-from server.streaming.audio import PcmFrame
+from server.streaming.audio import AudioFormatError, PcmFrame
 from server.streaming.vad_batch import BatchedVad
 from server.streaming.vad_process import ProcessVad
 
@@ -123,6 +123,13 @@ async def test_a_classifier_garbage_collected_is_forgotten_by_the_worker(vad: Pr
     # the forget goes out with the next batch: the worker answers it, so it survived the message
     assert 0.0 <= await kept.classify(frames(clip(0))[0]) <= 1.0
     assert dropped_id not in dict(vad._open)
+
+
+async def test_a_frame_of_the_wrong_size_is_refused_before_it_reaches_the_worker(vad: ProcessVad) -> None:
+    classifier = vad.open(0.5)
+    with pytest.raises(AudioFormatError):
+        await classifier.classify(PcmFrame(np.zeros(320, dtype=np.int16), 16_000))
+    assert 0.0 <= await classifier.classify(frames(clip(0))[0]) <= 1.0  # the stream is intact
 
 
 async def test_a_backend_that_cannot_batch_is_refused_by_the_worker(local: SileroVad) -> None:
