@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from server.model.fakes import FakeAsr, FakeLlm, tone
+import asyncio
+
+from server.app import create_app
+from server.model.cascade import CascadeModel
+from server.model.fakes import EnergyClassifier, FakeAsr, FakeLlm, FakeTts, tone
+from server.settings import Settings
 from server.streaming.audio import PcmFrame
+from server.streaming.vad import QueuedClassifier
 from tests.conftest import fake_app
 from tests.harness import decode_audio_deltas, realtime_client, running_server
 
@@ -65,3 +71,58 @@ async def test_the_turn_ends_with_the_audio_that_completes_the_silence() -> None
         stopped = await client.wait_for("input_audio_buffer.speech_stopped")
         assert stopped["audio_end_ms"] == 800
         assert client.index_of(stopped) < client.index_of(updated)
+
+
+class HeldEnergyClassifier(QueuedClassifier):
+    """A FAKE queued classifier (classified elsewhere, as Silero's batches are): the energy
+    fake's answers, except that frames from `hold_from_ms` on wait until `release` is set."""
+
+    frame_ms = 20
+    sample_rate_hz = 16_000
+
+    def __init__(self, hold_from_ms: int, release: asyncio.Event) -> None:
+        self._energy = EnergyClassifier()
+        self._hold_from_ms = hold_from_ms
+        self._release = release
+        self._at_ms = 0
+
+    async def classify(self, frame: PcmFrame) -> float:
+        start_ms, self._at_ms = self._at_ms, self._at_ms + self.frame_ms
+        if start_ms >= self._hold_from_ms:
+            await self._release.wait()
+        return self._energy.speech_probability(frame)
+
+    def speech_probability(self, frame: PcmFrame) -> float:
+        return self._energy.speech_probability(frame)
+
+
+class HeldEnergyVad:
+    def __init__(self, hold_from_ms: int) -> None:
+        self.hold_from_ms = hold_from_ms
+        self.release = asyncio.Event()
+
+    def open(self, threshold: float) -> HeldEnergyClassifier:
+        return HeldEnergyClassifier(self.hold_from_ms, self.release)
+
+
+async def test_the_turn_ends_without_waiting_for_the_vad_on_audio_too_short_to_change_it() -> None:
+    """The append [1040, 1080) completes the silence (speech ends at 800, 250 ms of silence):
+    the turn ends on its arrival though the VAD never answers for its frames, since 40 ms of
+    audio cannot hold an onset (60 ms). A slow classifier (another process) costs the reply
+    nothing."""
+    vad = HeldEnergyVad(hold_from_ms=1040)
+    model = CascadeModel(FakeAsr(["hello"]), FakeLlm(["Hi there."]), FakeTts())
+    app = create_app(Settings(silence_duration_ms=250), model=model, vad=vad)
+    async with running_server(app) as url, realtime_client(url) as client:
+        await client.wait_for("session.created")
+        await client.stream(PcmFrame.silence(200, 24_000))
+        await client.stream(tone(600))
+        await client.stream(PcmFrame.silence(200, 24_000))
+        # 40 ms appends: the one that completes the silence also completes the held frame
+        await client.stream(PcmFrame.silence(120, 24_000), chunk_ms=40)
+        stopped = await client.wait_for("input_audio_buffer.speech_stopped")
+        assert stopped["audio_end_ms"] == 800
+        await client.wait_for("response.output_audio.delta")
+        vad.release.set()
+        done = await client.wait_for("response.done")
+        assert done["response"]["status"] == "completed"

@@ -523,6 +523,14 @@ class Conversation:
             model_frame, vad_frames = self._input.push(frame, now_s, classify=vad_on)
             if model_frame.sample_count and (self._capturing or not vad_on):
                 self._push_to_model(model_frame)
+            if vad_on and vad_frames and self._deadline_due():
+                unclassified_ms = sum(f.duration_ms for f in vad_frames)
+                if self._turns.may_end_before(unclassified_ms):
+                    # too short to hold an onset: the turn ends with this audio whatever the VAD
+                    # says of it, so the reply need not wait for the classifier (another
+                    # process, or the next loop iteration's batch)
+                    self._turns.receive(Tick(), now_ms=self._input.input_ms)
+                    await self._run_turn_actions()
             for vad_frame in vad_frames:
                 probability = await self._speech_probability(vad_frame.frame)
                 classified = FrameClassified(vad_frame.start_ms, vad_frame.duration_ms, probability)
@@ -534,6 +542,10 @@ class Conversation:
                 self._turns.receive(Tick(), now_ms=self._input.input_ms)
                 await self._run_turn_actions()
         self._timer_wakeup.set()
+
+    def _deadline_due(self) -> bool:
+        deadline = self._turns.next_deadline()
+        return deadline is not None and deadline <= self._input.input_ms
 
     async def _speech_probability(self, frame: PcmFrame) -> float:
         classifier = self._classifier

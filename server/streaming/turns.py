@@ -244,6 +244,13 @@ class TurnTaker:
             return None
         return self._voice_end_ms + spec_ms
 
+    def may_end_before(self, unclassified_ms: int) -> bool:
+        """Whether a due deadline may be acted on (with a Tick) before the latest
+        `unclassified_ms` of audio is classified: true when that audio cannot complete a voice
+        onset, being shorter than the voiced run an onset still needs. Then its frames, fed
+        after the Tick, cannot change what the deadline decided."""
+        return self._detector.voiced_run_ms + unclassified_ms < self._detector.options.min_voiced_ms
+
     def next_deadline(self) -> int | None:
         end = self._voice_end_ms + self.options.silence_duration_ms
         if self.state is UserState.PREPARED:

@@ -203,3 +203,19 @@ def test_one_tick_past_both_deadlines_prepares_and_commits() -> None:
     feed(taker, "S" * 20 + "." * 3)  # voice ends at 400, hangover passes at 460
     taker.receive(Tick(), 5000)
     assert [type(a) for a in taker.actions()] == [PrepareReply, AnnounceSpeechStopped, CommitTurn, StartReply]
+
+
+def test_a_deadline_may_be_acted_on_before_audio_too_short_for_an_onset_is_classified() -> None:
+    """What the asyncio layer checks before it sends a Tick ahead of unclassified frames."""
+    taker = TurnTaker(OPTIONS)
+    feed(taker, "S" * 20 + "." * 13)  # voice ends at 400; its deadline (700) is 40 ms away
+    assert taker.may_end_before(40)  # 40 ms can't hold the 60 ms an onset needs
+    assert not taker.may_end_before(60)
+    assert feed(taker, "S", start_ms=660) == []  # a voiced frame: a run has begun
+    assert taker.may_end_before(20) and not taker.may_end_before(40)
+    # the Tick first, then the frames it did not wait for: the turn ended, and they are the
+    # next turn's audio
+    taker.receive(Tick(), 720)
+    assert kinds([(0, a) for a in taker.actions()]) == [AnnounceSpeechStopped, CommitTurn, StartReply]
+    timeline = feed(taker, "..", start_ms=680)
+    assert timeline == [] and taker.state is UserState.LISTENING
