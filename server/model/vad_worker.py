@@ -28,20 +28,12 @@ from typing import Final
 
 import numpy as np
 
+from server.model.worker_process import read_exactly
+
 HEADER: Final = struct.Struct("<cI")
 OPEN: Final = struct.Struct("<cIf")
 OPEN_KIND, BATCH, FORGET = b"O", b"B", b"F"
 READY, PROBABILITIES, FAILED = b"R", b"P", b"X"
-
-
-def read_exactly(sock: socket.socket, size: int) -> bytes:
-    data = bytearray()
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise EOFError("socket closed")
-        data += chunk
-    return bytes(data)
 
 
 def serve(sock: socket.socket, backend: str) -> None:

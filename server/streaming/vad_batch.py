@@ -33,26 +33,50 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 from server.streaming.audio import PcmFrame
 from server.streaming.vad import BatchableVad, ClassifierFactory, FrameClassifier, QueuedClassifier
 
 DEFAULT_MAX_BATCH: Final = 64
+K = TypeVar("K")  # hashable: the classifier itself, or its id
 
 
 @dataclass(slots=True)
-class _Waiting:
-    classifier: FrameClassifier
+class WaitingFrame(Generic[K]):
+    """A session's frame waiting for a batch; `key` names its classifier (the classifier, or
+    its id in a worker process)."""
+
+    key: K
     frame: PcmFrame
     future: asyncio.Future[float]
+
+
+def take_batch(waiting: deque[WaitingFrame[K]], max_batch: int) -> list[WaitingFrame[K]]:
+    """Remove and return the next batch from `waiting`: the oldest frame of each classifier,
+    oldest first, up to `max_batch`. A classifier's later frames stay, in order (its state
+    depends on the frame before); frames whose future is done (a cancelled session) are dropped."""
+    batch: list[WaitingFrame[K]] = []
+    later: list[WaitingFrame[K]] = []
+    in_batch: set[K] = set()
+    while waiting and len(batch) < max_batch:
+        item = waiting.popleft()
+        if item.future.done():
+            continue
+        if item.key in in_batch:
+            later.append(item)
+        else:
+            in_batch.add(item.key)
+            batch.append(item)
+    waiting.extendleft(reversed(later))
+    return batch
 
 
 @dataclass(slots=True)
 class _LoopQueue:
     """The frames waiting on one event loop, and whether a flush is scheduled there."""
 
-    waiting: deque[_Waiting] = field(default_factory=deque)
+    waiting: deque[WaitingFrame[FrameClassifier]] = field(default_factory=deque)
     flush_scheduled: bool = False
 
 
@@ -88,7 +112,7 @@ class BatchedVad:
         queue = self._queues.get(loop)
         if queue is None:
             queue = self._queues[loop] = _LoopQueue()
-        queue.waiting.append(_Waiting(classifier, frame, future))
+        queue.waiting.append(WaitingFrame(classifier, frame, future))
         if not queue.flush_scheduled:
             queue.flush_scheduled = True
             loop.call_soon(self._flush, loop, queue)
@@ -96,7 +120,7 @@ class BatchedVad:
 
     def _flush(self, loop: asyncio.AbstractEventLoop, queue: _LoopQueue) -> None:
         queue.flush_scheduled = False
-        batch = self._next_batch(queue)
+        batch = take_batch(queue.waiting, self.max_batch)
         if queue.waiting:  # a session's later frame, or more than max_batch: the next iteration
             queue.flush_scheduled = True
             loop.call_soon(self._flush, loop, queue)
@@ -107,7 +131,7 @@ class BatchedVad:
         results: list[float | BaseException]
         try:
             with self._inference:
-                results = list(self.inner.speech_probabilities([(w.classifier, w.frame) for w in batch]))
+                results = list(self.inner.speech_probabilities([(w.key, w.frame) for w in batch]))
             if len(results) != len(batch):
                 raise RuntimeError(f"the VAD returned {len(results)} probabilities for {len(batch)} frames")
         except Exception as exc:  # every session of the batch gets it, as a per-frame call would raise
@@ -123,26 +147,6 @@ class BatchedVad:
                 waiting.future.set_exception(result)
             else:
                 waiting.future.set_result(result)
-
-    def _next_batch(self, queue: _LoopQueue) -> list[_Waiting]:
-        """The oldest frame of each classifier, oldest first, up to max_batch; cancelled
-        frames are dropped (their classifier's session is gone)."""
-        batch: list[_Waiting] = []
-        later: deque[_Waiting] = deque()
-        in_batch: set[int] = set()
-        waiting = queue.waiting
-        while waiting and len(batch) < self.max_batch:
-            item = waiting.popleft()
-            if item.future.done():
-                continue
-            if id(item.classifier) in in_batch:
-                later.append(item)  # its state depends on the frame before it
-            else:
-                in_batch.add(id(item.classifier))
-                batch.append(item)
-        later.extend(waiting)
-        queue.waiting = later
-        return batch
 
 
 class BatchedClassifier(QueuedClassifier):

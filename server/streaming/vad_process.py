@@ -26,24 +26,22 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import os
-import socket
 import struct
 import subprocess
-import sys
 import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final
 
 import numpy as np
 
 from server.errors import BackendError, BackendUnavailable
 from server.model.vad_worker import BATCH, FAILED, FORGET, HEADER, OPEN, OPEN_KIND, PROBABILITIES, READY
+from server.model.worker_process import launch
 from server.streaming.audio import AudioFormatError, PcmFrame
 from server.streaming.vad import ClassifierFactory, QueuedClassifier
+from server.streaming.vad_batch import WaitingFrame, take_batch
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +49,7 @@ DEFAULT_MAX_BATCH: Final = 64
 SPAWN_TIMEOUT_S: Final = 30.0  # interpreter start + model load, on a busy 2-core box
 STOP_TIMEOUT_S: Final = 2.0
 RESTART_ATTEMPTS: Final = 3
-_PACKAGE_ROOT: Final = str(Path(__file__).resolve().parents[2])  # the folder holding `server`
 _ID: Final = struct.Struct("<I")
-
-
-@dataclass(slots=True)
-class _Waiting:
-    classifier_id: int
-    frame: PcmFrame
-    future: asyncio.Future[float]
 
 
 @dataclass(slots=True)
@@ -92,7 +82,7 @@ class ProcessVad:
         self._ids = itertools.count(1)
         self._open: weakref.WeakValueDictionary[int, RemoteClassifier] = weakref.WeakValueDictionary()
         self._control: list[bytes] = []  # opens and forgets, sent before the next batch
-        self._waiting: deque[_Waiting] = deque()
+        self._waiting: deque[WaitingFrame[int]] = deque()
         self._in_flight: deque[list[asyncio.Future[float]]] = deque()
         self._worker: _Worker | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -132,7 +122,7 @@ class ProcessVad:
         if loop is not self._loop:
             raise RuntimeError("ProcessVad serves the event loop that started it")
         future: asyncio.Future[float] = loop.create_future()
-        self._waiting.append(_Waiting(classifier_id, frame, future))
+        self._waiting.append(WaitingFrame(classifier_id, frame, future))
         self._schedule_flush()
         return future
 
@@ -174,7 +164,7 @@ class ProcessVad:
         worker = self._worker
         if worker is None or self._closed:
             return  # restarting: everything waits for the new worker
-        batch = self._next_batch()
+        batch = take_batch(self._waiting, self.max_batch)
         if self._waiting:
             self._schedule_flush()  # a session's later frame, or more than max_batch
         if not batch and not self._control:
@@ -184,7 +174,7 @@ class ProcessVad:
         if batch:
             parts.append(HEADER.pack(BATCH, len(batch)))
             for waiting in batch:
-                parts.append(_ID.pack(waiting.classifier_id))
+                parts.append(_ID.pack(waiting.key))
                 parts.append(waiting.frame.samples.astype("<i2", copy=False).tobytes())
             self._in_flight.append([waiting.future for waiting in batch])
             self.batches += 1
@@ -192,23 +182,6 @@ class ProcessVad:
             if self._on_batch is not None:
                 self._on_batch(len(batch))
         worker.writer.write(b"".join(parts))
-
-    def _next_batch(self) -> list[_Waiting]:
-        batch: list[_Waiting] = []
-        later: deque[_Waiting] = deque()
-        in_batch: set[int] = set()
-        while self._waiting and len(batch) < self.max_batch:
-            item = self._waiting.popleft()
-            if item.future.done():
-                continue  # its session was cancelled
-            if item.classifier_id in in_batch:
-                later.append(item)  # its state depends on the frame before it
-            else:
-                in_batch.add(item.classifier_id)
-                batch.append(item)
-        later.extend(self._waiting)
-        self._waiting = later
-        return batch
 
     async def _read_answers(self) -> None:
         while not self._closed:
@@ -280,7 +253,9 @@ class ProcessVad:
                 waiting.future.set_exception(error)
 
     async def _spawn(self) -> _Worker:
-        process, parent_sock = await asyncio.to_thread(_launch, self.backend)
+        process, parent_sock = await asyncio.to_thread(
+            launch, "server.model.vad_worker", self.backend, what="the voice activity worker"
+        )
         reader, writer = await asyncio.open_connection(sock=parent_sock)
         worker = _Worker(process, reader, writer, frame_samples=0)
         try:
@@ -302,27 +277,6 @@ class ProcessVad:
             raise BackendUnavailable(f"the voice activity worker sent {kind!r} instead of ready")
         worker.frame_samples = value
         return worker
-
-
-def _launch(backend: str) -> tuple[subprocess.Popen[bytes], socket.socket]:
-    """Start `python -m server.model.vad_worker` on one end of a new socket pair."""
-    parent_sock, child_sock = socket.socketpair()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(path for path in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if path)
-    try:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "server.model.vad_worker", str(child_sock.fileno()), backend],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            pass_fds=(child_sock.fileno(),),
-            env=env,
-        )
-    except OSError as exc:
-        parent_sock.close()
-        raise BackendUnavailable(f"cannot start the voice activity worker: {exc}") from exc
-    finally:
-        child_sock.close()
-    return process, parent_sock
 
 
 def _stop(worker: _Worker) -> None:

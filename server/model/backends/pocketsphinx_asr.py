@@ -47,7 +47,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
 import socket
 import struct
@@ -63,6 +62,7 @@ from typing import Any, Literal, TypeVar
 
 from server.errors import BackendError, BackendUnavailable
 from server.model.base import Transcript
+from server.model.worker_process import launch, read_exactly
 from server.streaming.audio import AudioFormatError, PcmFrame
 
 log = logging.getLogger(__name__)
@@ -459,7 +459,6 @@ class _DecoderPool:
 _HEADER = struct.Struct("!cI")
 _START, _AUDIO, _END, _QUIT = b"S", b"A", b"E", b"Q"
 _READY, _OK, _HYPOTHESIS, _FINAL, _ERROR = b"R", b"K", b"H", b"F", b"X"
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])  # the folder holding `server`
 
 
 class _DecoderProcess:
@@ -476,24 +475,7 @@ class _DecoderProcess:
 
     @classmethod
     def launch(cls, config_json: str) -> _DecoderProcess:
-        parent_sock, child_sock = socket.socketpair()
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            path for path in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if path
-        )
-        try:
-            process = subprocess.Popen(
-                [sys.executable, "-m", __name__, str(child_sock.fileno()), config_json],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                pass_fds=(child_sock.fileno(),),
-                env=env,
-            )
-        except OSError as exc:
-            parent_sock.close()
-            raise BackendUnavailable(f"cannot start a pocketsphinx decoder: {exc}") from exc
-        finally:
-            child_sock.close()
+        process, parent_sock = launch(__name__, config_json, what="a pocketsphinx decoder")
         decoder = cls(process, parent_sock)
         try:
             decoder._receive(_READY, _SPAWN_TIMEOUT_S)
@@ -564,18 +546,8 @@ def _stop_worker(process: subprocess.Popen[bytes], sock: socket.socket) -> None:
 
 
 def _read_message(sock: socket.socket) -> tuple[bytes, bytes]:
-    kind, size = _HEADER.unpack(_read_exactly(sock, _HEADER.size))
-    return kind, _read_exactly(sock, size)
-
-
-def _read_exactly(sock: socket.socket, size: int) -> bytes:
-    data = bytearray()
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise EOFError("socket closed")
-        data += chunk
-    return bytes(data)
+    kind, size = _HEADER.unpack(read_exactly(sock, _HEADER.size))
+    return kind, read_exactly(sock, size)
 
 
 def _serve_decoder(sock: socket.socket, config: dict[str, Any]) -> None:
