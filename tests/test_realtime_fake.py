@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from server.app import create_app
+from server.errors import BackendError
 from server.model.cascade import CascadeModel
 from server.model.fakes import EnergyClassifier, FakeAsr, FakeLlm, FakeTts, tone
 from server.settings import Settings
@@ -126,3 +127,35 @@ async def test_the_turn_ends_without_waiting_for_the_vad_on_audio_too_short_to_c
         vad.release.set()
         done = await client.wait_for("response.done")
         assert done["response"]["status"] == "completed"
+
+
+class FlakyEnergyClassifier(HeldEnergyClassifier):
+    """A FAKE queued classifier whose answer for the frame at `lost_at_ms` is lost, as when
+    the VAD worker process dies with it (a retryable BackendError)."""
+
+    def __init__(self, lost_at_ms: int) -> None:
+        super().__init__(hold_from_ms=10**9, release=asyncio.Event())
+        self._lost_at_ms = lost_at_ms
+
+    async def classify(self, frame: PcmFrame) -> float:
+        if self._at_ms == self._lost_at_ms:
+            self._at_ms += self.frame_ms
+            raise BackendError("the voice activity worker exited", retryable=True)
+        return await super().classify(frame)
+
+
+class FlakyEnergyVad:
+    def open(self, threshold: float) -> FlakyEnergyClassifier:
+        return FlakyEnergyClassifier(lost_at_ms=500)  # in the middle of the speech
+
+
+async def test_a_vad_frame_lost_with_its_worker_counts_as_silence_and_the_call_goes_on() -> None:
+    model = CascadeModel(FakeAsr(["hello"]), FakeLlm(["Hi there."]), FakeTts())
+    app = create_app(Settings(), model=model, vad=FlakyEnergyVad())
+    async with running_server(app) as url, realtime_client(url) as client:
+        await client.wait_for("session.created")
+        await client.speak_tone_turn()  # one 20 ms frame of silence inside the speech: one turn
+        done = await client.wait_for("response.done")
+        assert done["response"]["status"] == "completed"
+        assert len(client.of_type("input_audio_buffer.speech_started")) == 1
+        assert client.of_type("error") == []

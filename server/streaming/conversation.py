@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
-from server.errors import ModelTimeout, ProtocolViolation
+from server.errors import BackendError, ModelTimeout, ProtocolViolation
 from server.events import (
     AgentEvent,
     AssistantTurn,
@@ -550,7 +550,15 @@ class Conversation:
     async def _speech_probability(self, frame: PcmFrame) -> float:
         classifier = self._classifier
         if isinstance(classifier, QueuedClassifier):  # Silero: shared batches, in its own process
-            return await classifier.classify(frame)
+            try:
+                return await classifier.classify(frame)
+            except BackendError as exc:
+                if not exc.retryable:
+                    raise
+                # the VAD worker died with this frame (it is being restarted): one 32 ms frame
+                # counted as silence is less than the hangover, so the call goes on unharmed
+                log.warning("VAD frame lost; counted as silence", extra={"error": str(exc)})
+                return 0.0
         return classifier.speech_probability(frame)  # webrtcvad: a few µs of C, inline
 
     def _push_to_model(self, frame: PcmFrame) -> None:

@@ -192,13 +192,15 @@ class ProcessVad:
                     kind, count = HEADER.unpack(await worker.reader.readexactly(HEADER.size))
                     if kind == FAILED:
                         text = (await worker.reader.readexactly(count)).decode("utf-8", "replace")
-                        raise BackendError(f"the voice activity worker failed: {text}")
+                        raise BackendError(f"the voice activity worker failed: {text}", retryable=True)
                     if kind != PROBABILITIES:
-                        raise BackendError(f"the voice activity worker sent {kind!r}")
+                        raise BackendError(f"the voice activity worker sent {kind!r}", retryable=True)
                     values = np.frombuffer(await worker.reader.readexactly(4 * count), dtype="<f4")
                     futures = self._in_flight.popleft() if self._in_flight else []
                     if len(futures) != count:
-                        raise BackendError("the voice activity worker answered a batch it was not sent")
+                        raise BackendError(
+                            "the voice activity worker answered a batch it was not sent", retryable=True
+                        )
                     for future, value in zip(futures, values, strict=True):
                         if not future.done():
                             future.set_result(float(value))
@@ -206,7 +208,9 @@ class ProcessVad:
                 if self._closed:
                     return
                 error = (
-                    exc if isinstance(exc, BackendError) else BackendError("the voice activity worker exited")
+                    exc
+                    if isinstance(exc, BackendError)
+                    else BackendError("the voice activity worker exited", retryable=True)
                 )
                 log.error("voice activity worker lost; restarting it", extra={"error": str(error)})
                 await self._restart(error)

@@ -151,3 +151,27 @@ async def test_the_server_runs_silero_in_a_worker_and_webrtc_inline() -> None:
     assert isinstance(on_loop, BatchedVad)
     webrtc = await serve_vad(Settings(vad="webrtc"), None, metrics)
     assert not isinstance(webrtc, (ProcessVad, BatchedVad))
+
+
+async def test_a_call_survives_its_vad_worker_dying() -> None:
+    """The real server (Silero in its worker process, fake models): the worker is killed
+    mid-call; the session stays open, keeps reading, and the worker comes back."""
+    from server.app import create_app
+    from server.model.cascade import CascadeModel
+    from server.model.fakes import FakeAsr, FakeLlm, FakeTts
+    from tests.harness import realtime_client, running_server
+
+    app = create_app(Settings(vad="silero"), model=CascadeModel(FakeAsr(), FakeLlm(), FakeTts()))
+    async with running_server(app) as url, realtime_client(url) as client:
+        await client.wait_for("session.created")
+        vad = app.state.runtime.vad
+        assert isinstance(vad, ProcessVad)
+        await client.stream(PcmFrame.silence(300, 24_000))
+        old_pid = vad.worker_pid
+        assert old_pid is not None
+        os.kill(old_pid, signal.SIGKILL)
+        await client.stream(PcmFrame.silence(1000, 24_000))
+        await client.send({"type": "session.update", "session": {"type": "realtime", "instructions": "x"}})
+        await client.wait_for("session.updated")
+        assert vad.restarts == 1 and vad.worker_pid not in (None, old_pid)
+        assert client.of_type("error") == []
