@@ -105,7 +105,13 @@ async def test_conversation_and_barge_in_in_firefox(tmp_path: Path) -> None:
             done.set()
         return JSONResponse({})
 
-    app = fake_app(FakeAsr(["where is my order", "stop please"]), FakeLlm([LONG_REPLY, "Okay."]))
+    # a long end-of-turn silence: on a loaded CI box the page's audio can stall for half a
+    # second, which the server fills with silence (SILENCE_BY_ABSENCE_MS); with the default
+    # 250 ms that ended the turn in the middle of the steady tone, and the reply then met the
+    # tone as a barge-in before a sample of it played
+    app = fake_app(
+        FakeAsr(["where is my order", "stop please"]), FakeLlm([LONG_REPLY, "Okay."]), silence_duration_ms=800
+    )
     # ahead of the page's static mount at /
     app.router.routes[0:0] = [
         Route("/test-client.html", page),
