@@ -1,9 +1,9 @@
 """InputAudio: the caller's audio on its own clock (no asyncio, no sockets).
 
 Converts appended audio to the model's rate, keeps the input stream's clock by sample count,
-cuts it into the VAD's fixed frames (the caller classifies them), keeps a short pre-roll (so a turn can start before its onset was
-confirmed) and remembers when each stretch of audio arrived (to time latency from the end of
-speech as the server received it).
+cuts it into the VAD's fixed frames (the caller classifies them), keeps a short pre-roll (so a
+turn can start before its onset was confirmed) and remembers when each stretch of audio
+arrived (to time latency from the end of speech as the server received it).
 
 `now_s` values are passed in by the caller; nothing here reads a clock.
 """

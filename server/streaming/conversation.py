@@ -450,12 +450,11 @@ class Conversation:
         """Apply a session object (session.update, or the one the session started with);
         raises ProtocolViolation and changes nothing if it is invalid."""
         old_in = self.config.input_format
-        old_out = self.config.output_format
         client_tools = self._client_tools
         if "tools" in session:
             client_tools = client_tool_specs(session["tools"], (s.name for s in self._toolbox.specs()))
         choice = session.get("tool_choice", self.config.tool_choice)  # the new one, or the one kept
-        forced = forced_tool_name(choice) if isinstance(choice, dict) else None
+        forced = forced_tool_name(choice)
         known = {spec.name for spec in (*self._toolbox.specs(), *client_tools)}
         if isinstance(forced, str) and forced and forced not in known:
             raise ProtocolViolation(
@@ -467,8 +466,6 @@ class Conversation:
         self._client_tools = client_tools
         if self.config.input_format != old_in:
             self._input.set_input_rate(self.config.input_format.sample_rate_hz)
-        if self.config.output_format != old_out and self._reply is None:
-            self._playout = PlayoutBuffer(self._options.playout, self.config.output_format.sample_rate_hz)
         td = self.config.turn_detection
         if td is not None:
             self._turns.configure(
@@ -839,10 +836,7 @@ class Conversation:
         reply = prepared or self._new_reply(options)
         reply.user_speech_end_s, self._speech_end_s = self._speech_end_s, None
         self._reply = reply
-        rate_hz = self.config.output_format.sample_rate_hz
-        if self._playout.sample_rate_hz != rate_hz:  # the format changed while the last reply was around
-            self._playout = PlayoutBuffer(self._options.playout, rate_hz)
-        self._playout.begin(reply.reply_id)
+        self._playout.begin(reply.reply_id, self.config.output_format.sample_rate_hz)
         self._turns.receive(ReplyStarted(reply.reply_id), self._input_ms)
         if prepared is not None:
             self._metrics.speculations.labels(outcome="adopted").inc()

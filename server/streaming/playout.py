@@ -54,9 +54,12 @@ class PlayoutBuffer:
 
     # -- input
 
-    def begin(self, reply_id: int) -> None:
-        """Start a new reply; anything left of the previous one is dropped."""
+    def begin(self, reply_id: int, sample_rate_hz: int | None = None) -> None:
+        """Start a new reply (at `sample_rate_hz`, the output format's rate, if it changed);
+        anything left of the previous one is dropped."""
         self.reply_id = reply_id
+        if sample_rate_hz is not None:
+            self.sample_rate_hz = sample_rate_hz
         self._chunker = FrameChunker(self.options.chunk_ms, self.sample_rate_hz)
         self._queue.clear()
         self._input_done = False

@@ -171,6 +171,6 @@ class BatchedClassifier(QueuedClassifier):
 
 def batched(factory: ClassifierFactory, on_batch: Callable[[int], None] | None = None) -> ClassifierFactory:
     """`factory` wrapped in a BatchedVad if its backend can batch, else unchanged."""
-    if isinstance(factory, BatchableVad) and not isinstance(factory, BatchedVad):
+    if isinstance(factory, BatchableVad):
         return BatchedVad(factory, on_batch=on_batch)
     return factory

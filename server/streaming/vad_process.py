@@ -57,7 +57,6 @@ class _Worker:
     process: subprocess.Popen[bytes]
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
-    frame_samples: int
 
 
 class ProcessVad:
@@ -114,10 +113,10 @@ class ProcessVad:
         return classifier
 
     def submit(self, classifier_id: int, frame: PcmFrame) -> asyncio.Future[float]:
-        if self._closed:
-            raise BackendError("the voice activity detector is closed")
         if self._broken is not None:
             raise self._broken
+        if self._closed:
+            raise BackendError("the voice activity detector is closed")
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             raise RuntimeError("ProcessVad serves the event loop that started it")
@@ -218,11 +217,7 @@ class ProcessVad:
     async def _restart(self, error: BackendError) -> None:
         """Fail what the dead worker held, start a new one, reopen the live classifiers."""
         worker, self._worker = self._worker, None
-        for futures in self._in_flight:
-            for future in futures:
-                if not future.done():
-                    future.set_exception(error)
-        self._in_flight.clear()
+        self._fail_in_flight(error)
         self._control = []  # the new worker gets fresh opens below
         if worker is not None:
             await asyncio.to_thread(_stop, worker)
@@ -245,12 +240,16 @@ class ProcessVad:
         self._worker = new_worker
         self._schedule_flush()
 
-    def _fail_all(self, error: BackendError) -> None:
+    def _fail_in_flight(self, error: BackendError) -> None:
+        """The frames sent to a worker that will not answer them."""
         for futures in self._in_flight:
             for future in futures:
                 if not future.done():
                     future.set_exception(error)
         self._in_flight.clear()
+
+    def _fail_all(self, error: BackendError) -> None:
+        self._fail_in_flight(error)
         while self._waiting:
             waiting = self._waiting.popleft()
             if not waiting.future.done():
@@ -261,7 +260,7 @@ class ProcessVad:
             launch, "server.model.vad_worker", self.backend, what="the voice activity worker"
         )
         reader, writer = await asyncio.open_connection(sock=parent_sock)
-        worker = _Worker(process, reader, writer, frame_samples=0)
+        worker = _Worker(process, reader, writer)
         try:
             async with asyncio.timeout(SPAWN_TIMEOUT_S):
                 kind, value = HEADER.unpack(await reader.readexactly(HEADER.size))
@@ -279,7 +278,6 @@ class ProcessVad:
         if kind != READY:
             await asyncio.to_thread(_stop, worker)
             raise BackendUnavailable(f"the voice activity worker sent {kind!r} instead of ready")
-        worker.frame_samples = value
         return worker
 
 
