@@ -11,7 +11,9 @@ PORT ?= 8000
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/setup-venv.sh
+# the llama.cpp build recipe is a dependency too: a venv built the old way is rebuilt
+# (scripts/install_llama_cpp.sh keeps the build key in the venv and rebuilds on a mismatch)
+$(STAMP): pyproject.toml scripts/setup-venv.sh scripts/install_llama_cpp.sh scripts/patch_llama_cpp.py
 	bash scripts/system-deps.sh
 	bash scripts/setup-venv.sh $(PYTHON) $(VENV)
 	touch $(STAMP)

