@@ -43,11 +43,11 @@ from typing import Any, overload
 from fastapi import FastAPI
 
 from server.access import AccessControl, ClientSecret
+from server.aio import cancel_and_wait
 from server.events import EventHandler
 from server.model.base import Message, OmniModel, SessionOptions
 from server.model.tool_calls import ToolResult, ToolRunner
 from server.settings import Settings
-from server.streaming.aio import cancel_and_wait
 from server.streaming.vad import ClassifierFactory
 from server.tools import DEFAULT_FILLER_AFTER_MS, DEFAULT_TIMEOUT_S, Tool, ToolBox
 

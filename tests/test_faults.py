@@ -22,12 +22,12 @@ import pytest
 from fastapi import FastAPI
 
 from server.app import create_app
+from server.audio import PcmFrame
 from server.errors import BackendError, ModelTimeout
 from server.model.cascade import CascadeModel
 from server.model.deadlines import DeadlineIterator, ModelDeadlines
 from server.model.fakes import EnergyClassifierFactory, FakeAsr, FakeLlm, FakeTts, tone
 from server.settings import Settings
-from server.streaming.audio import PcmFrame
 from tests.harness import RealtimeTestClient, realtime_client, running_server
 
 SHORT = ModelDeadlines(

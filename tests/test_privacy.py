@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from server.app import create_app
+from server.audio import PcmFrame
 from server.events import (
     AgentEvent,
     AssistantTurn,
@@ -43,7 +44,6 @@ from server.privacy import (
     redact_phones,
 )
 from server.settings import Settings
-from server.streaming.audio import PcmFrame
 from server.streaming.notifier import EventNotifier
 from server.streaming.session_log import SessionLog
 from tests.harness import realtime_client, running_server

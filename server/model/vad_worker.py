@@ -39,8 +39,8 @@ READY, PROBABILITIES, FAILED = b"R", b"P", b"X"
 def serve(sock: socket.socket, backend: str) -> None:
     """Load `backend` (a VAD registry name whose backend batches), then answer until the
     parent closes its end."""
+    from server.audio import PcmFrame
     from server.model.registry import VAD_BACKENDS, resolve
-    from server.streaming.audio import PcmFrame
     from server.streaming.vad import BatchableVad, FrameClassifier
 
     def fail(text: str) -> None:

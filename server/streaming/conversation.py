@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
+from server.aio import cancel_and_wait, wait_event
+from server.audio import PcmFrame, StreamResampler, resample
 from server.errors import BackendError, ModelTimeout, ProtocolViolation
 from server.events import (
     AgentEvent,
@@ -53,8 +55,6 @@ from server.model.base import (
 )
 from server.model.tool_calls import ForcedTool, ToolChoice
 from server.privacy import PrivacyOptions
-from server.streaming.aio import cancel_and_wait, wait_event
-from server.streaming.audio import PcmFrame, StreamResampler, resample
 from server.streaming.capture import InputAudio
 from server.streaming.lifetime import EndSession, LifetimeOptions, SessionEnd, SessionLifetime, WarnExpiring
 from server.streaming.notifier import EventNotifier

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Generic, TypeVar
 
-from server.streaming.audio import PcmFrame
+from server.audio import PcmFrame
 from server.streaming.vad import BatchableVad, ClassifierFactory, FrameClassifier, QueuedClassifier
 
 DEFAULT_MAX_BATCH: Final = 64

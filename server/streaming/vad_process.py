@@ -36,10 +36,10 @@ from typing import Final
 
 import numpy as np
 
+from server.audio import AudioFormatError, PcmFrame
 from server.errors import BackendError, BackendUnavailable
 from server.model.vad_worker import BATCH, FAILED, FORGET, HEADER, OPEN, OPEN_KIND, PROBABILITIES, READY
 from server.model.worker_process import launch
-from server.streaming.audio import AudioFormatError, PcmFrame
 from server.streaming.vad import ClassifierFactory, QueuedClassifier
 from server.streaming.vad_batch import WaitingFrame, take_batch
 

@@ -50,11 +50,11 @@ from server import (
     TurnLatency,
     UserTurn,
 )
+from server.audio import PcmFrame
 from server.events import ToolCalled
 from server.model import registry
 from server.model.fakes import EnergyClassifierFactory, FakeTts, tone
 from server.model.tool_calls import ToolResult
-from server.streaming.audio import PcmFrame
 from server.streaming.vad import ClassifierFactory
 from tests.harness import RealtimeTestClient, decode_audio_deltas, realtime_client, running_server
 from tests.model.test_openai_llm import (

@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 
+from server.audio import PcmFrame
 from server.model.base import Message, ResponseOptions, SessionOptions, TextDelta, Transcript
 from server.model.cascade import CascadeModel, CascadeSession
 from server.model.fakes import FakeLlm, FakeTts
-from server.streaming.audio import PcmFrame
 
 
 class ScriptedAsrStream:

@@ -3,12 +3,12 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from server.audio import AudioFormatError, FrameChunker, PcmFrame, Samples, resample
 from server.errors import BackendError
 from server.model.backends import silero_vad, webrtc_vad
 from server.model.backends.espeak_tts import load as load_tts
 from server.model.backends.silero_vad import SileroVad
 from server.model.backends.webrtc_vad import WebrtcVad, aggressiveness_for
-from server.streaming.audio import AudioFormatError, FrameChunker, PcmFrame, Samples, resample
 from server.streaming.vad import ClassifierFactory, FrameClassifier
 
 RATE = 16_000

@@ -15,10 +15,10 @@ import httpx
 import numpy as np
 import pytest
 
+from server.audio import PcmFrame
 from server.model.cascade import CascadeModel
 from server.model.fakes import EnergyClassifierFactory, FakeAsr, FakeLlm, FakeTts
 from server.settings import Settings
-from server.streaming.audio import PcmFrame
 from server.streaming.vad import FrameClassifier
 from server.streaming.vad_batch import BatchedVad, batched
 from tests.harness import realtime_client, running_server

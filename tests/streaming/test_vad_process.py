@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from server.app import serve_vad
+from server.audio import AudioFormatError, PcmFrame
 from server.errors import BackendError, BackendUnavailable
 from server.metrics import Metrics
 from server.model.backends import silero_vad
 from server.model.backends.silero_vad import SileroVad
 from server.settings import Settings
-from server.streaming.audio import AudioFormatError, PcmFrame
 from server.streaming.vad_batch import BatchedVad
 from server.streaming.vad_process import ProcessVad
 

@@ -39,8 +39,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from server.audio import AudioFormatError, PcmFrame
 from server.errors import BackendError, BackendUnavailable
-from server.streaming.audio import AudioFormatError, PcmFrame
 from server.streaming.vad import FrameClassifier
 
 SAMPLE_RATE_HZ = 16_000
