@@ -48,8 +48,8 @@ from server.events import EventHandler
 from server.model.base import Message, OmniModel, SessionOptions
 from server.model.tool_calls import ToolResult, ToolRunner
 from server.settings import Settings
-from server.streaming.vad import ClassifierFactory
 from server.tools import DEFAULT_FILLER_AFTER_MS, DEFAULT_TIMEOUT_S, Tool, ToolBox
+from server.vad.detector import ClassifierFactory
 
 _END = object()
 

@@ -31,9 +31,9 @@ from server.streaming.guard import GuardOptions
 from server.streaming.lifetime import LifetimeOptions
 from server.streaming.playout import PlayoutOptions
 from server.streaming.turns import TurnOptions
-from server.streaming.vad import BatchableVad, ClassifierFactory
-from server.streaming.vad_batch import batched
-from server.streaming.vad_process import ProcessVad
+from server.vad.batch import batched
+from server.vad.detector import BatchableVad, ClassifierFactory
+from server.vad.process import ProcessVad
 
 if TYPE_CHECKING:
     from server.agent import SessionSetupHook

@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from server.audio import FrameChunker, PcmFrame, StreamResampler, ms_to_samples
-from server.streaming.vad import FrameClassifier
+from server.vad.detector import FrameClassifier
 
 _MAX_ARRIVALS = 2000
 

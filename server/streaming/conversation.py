@@ -80,8 +80,8 @@ from server.streaming.turns import (
     TurnTaker,
     UserState,
 )
-from server.streaming.vad import ClassifierFactory, FrameClassifier, QueuedClassifier
 from server.tools import SessionTools, ToolBox
+from server.vad.detector import ClassifierFactory, FrameClassifier, QueuedClassifier
 from server.wire import (
     Dialect,
     EventWriter,

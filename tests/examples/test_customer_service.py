@@ -55,7 +55,7 @@ from server.events import ToolCalled
 from server.model import registry
 from server.model.fakes import EnergyClassifierFactory, FakeTts, tone
 from server.model.tool_calls import ToolResult
-from server.streaming.vad import ClassifierFactory
+from server.vad.detector import ClassifierFactory
 from tests.harness import RealtimeTestClient, decode_audio_deltas, realtime_client, running_server
 from tests.model.test_openai_llm import (
     Request,

@@ -19,8 +19,8 @@ from server.audio import PcmFrame
 from server.model.cascade import CascadeModel
 from server.model.fakes import EnergyClassifierFactory, FakeAsr, FakeLlm, FakeTts
 from server.settings import Settings
-from server.streaming.vad import FrameClassifier
-from server.streaming.vad_batch import BatchedVad, batched
+from server.vad.batch import BatchedVad, batched
+from server.vad.detector import FrameClassifier
 from tests.harness import realtime_client, running_server
 
 

@@ -16,11 +16,11 @@ from server.app import serve_vad
 from server.audio import AudioFormatError, PcmFrame
 from server.errors import BackendError, BackendUnavailable
 from server.metrics import Metrics
-from server.model.backends import silero_vad
-from server.model.backends.silero_vad import SileroVad
 from server.settings import Settings
-from server.streaming.vad_batch import BatchedVad
-from server.streaming.vad_process import ProcessVad
+from server.vad import silero as silero_vad
+from server.vad.batch import BatchedVad
+from server.vad.process import ProcessVad
+from server.vad.silero import SileroVad
 
 pytestmark = pytest.mark.slow
 
