@@ -21,7 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from server.access import AccessControl, AccessDenied, InvalidMintRequest, bearer_token, parse_mint_request
-from server.wire import Dialect, EventWriter, apply_session_update
+from server.realtime.wire import Dialect, EventWriter, apply_session_update
 
 router = APIRouter()
 

@@ -29,12 +29,12 @@ from server.close_codes import (
 from server.errors import BackendUnavailable
 from server.gate import admission_controlled, close_reason, deny_upgrade
 from server.process_stats import process_stats
+from server.realtime.wire import Dialect, new_id
 from server.shutdown import SHUTDOWN_REASON
 from server.streaming.conversation import Conversation, TransportClosed
 from server.streaming.guard import TransportGuard
 from server.streaming.lifetime import SessionEnd
 from server.telephony.twilio import TwilioMediaStream, TwilioOptions, upgrade_is_signed
-from server.wire import Dialect, new_id
 
 log = logging.getLogger(__name__)
 

@@ -55,6 +55,35 @@ from server.model.base import (
 )
 from server.model.tool_calls import ForcedTool, ToolChoice
 from server.privacy import PrivacyOptions
+from server.realtime.function_calls import (
+    client_tool_specs,
+    function_call_events,
+    function_call_item,
+    function_call_output_item,
+)
+from server.realtime.wire import (
+    Dialect,
+    EventWriter,
+    InputAudioAppend,
+    InputAudioClear,
+    InputAudioCommit,
+    ItemCreate,
+    ItemDelete,
+    ItemIn,
+    ItemTruncate,
+    OutputAudioClear,
+    ResponseCancel,
+    ResponseCreate,
+    SessionConfig,
+    SessionUpdate,
+    TurnDetectionConfig,
+    apply_session_update,
+    decode_base64_audio,
+    forced_tool_name,
+    is_beta_session_shape,
+    new_id,
+    parse_client_event,
+)
 from server.streaming.capture import InputAudio
 from server.streaming.lifetime import EndSession, LifetimeOptions, SessionEnd, SessionLifetime, WarnExpiring
 from server.streaming.notifier import EventNotifier
@@ -82,35 +111,6 @@ from server.streaming.turns import (
 )
 from server.tools import SessionTools, ToolBox
 from server.vad.detector import ClassifierFactory, FrameClassifier, QueuedClassifier
-from server.wire import (
-    Dialect,
-    EventWriter,
-    InputAudioAppend,
-    InputAudioClear,
-    InputAudioCommit,
-    ItemCreate,
-    ItemDelete,
-    ItemIn,
-    ItemTruncate,
-    OutputAudioClear,
-    ResponseCancel,
-    ResponseCreate,
-    SessionConfig,
-    SessionUpdate,
-    TurnDetectionConfig,
-    apply_session_update,
-    decode_base64_audio,
-    forced_tool_name,
-    is_beta_session_shape,
-    new_id,
-    parse_client_event,
-)
-from server.wire_tools import (
-    client_tool_specs,
-    function_call_events,
-    function_call_item,
-    function_call_output_item,
-)
 
 log = logging.getLogger(__name__)
 
