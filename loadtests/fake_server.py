@@ -23,7 +23,7 @@ from typing import Final
 import uvicorn
 from fastapi import FastAPI
 
-from server.app import create_app, load_vad
+from server.http.app import create_app, load_vad
 from server.model.cascade import CascadeModel
 from server.model.fakes import EnergyClassifierFactory, FakeAsr, FakeLlm, FakeTts
 from server.settings import Settings

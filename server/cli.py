@@ -9,13 +9,13 @@ import uvicorn
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from server.access import AccessConfigError, bind_refusal
-from server.app import build_access, create_app
 from server.errors import BackendUnavailable
-from server.listener import listening_socket
+from server.http.access import AccessConfigError, bind_refusal
+from server.http.app import build_access, build_catalog, create_app, load_vad, preload
+from server.http.listener import listening_socket
+from server.http.shutdown import SHUTDOWN_LEFTOVER_S, GracefulServer, app_sessions
 from server.logs import configure_logging, resolve_log_format
 from server.settings import Settings
-from server.shutdown import SHUTDOWN_LEFTOVER_S, GracefulServer, app_sessions
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,8 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     if refusal is not None:
         print(f"voxgate: {refusal}", file=sys.stderr)
         return 2
-    from server.app import build_catalog, load_vad, preload
-
     try:
         catalog = build_catalog(settings)
         preload(settings, catalog)
@@ -75,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             timeout_graceful_shutdown=SHUTDOWN_LEFTOVER_S,
         )
         # SIGTERM: refuse new sessions, let replies finish for up to shutdown_grace_s, close 1001
-        # each connection's kernel send buffer is bounded (server/listener.py)
+        # each connection's kernel send buffer is bounded (server/http/listener.py)
         sock = listening_socket(config, settings.max_outbound_buffer_ms)
         GracefulServer(config, app_sessions(app), settings.shutdown_grace_s).run(sockets=[sock])
     finally:

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from openai import AsyncOpenAI
 
-from server.app import create_app
 from server.audio import PcmFrame, resample
+from server.http.app import create_app
 from server.settings import Settings
 from tests.harness import running_server
 

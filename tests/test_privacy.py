@@ -18,7 +18,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.app import create_app
 from server.audio import PcmFrame
 from server.events import (
     AgentEvent,
@@ -30,6 +29,7 @@ from server.events import (
     TurnLatency,
     UserTurn,
 )
+from server.http.app import create_app
 from server.logs import JsonFormatter, TextFormatter, error_fields, resolve_log_format
 from server.model.base import Message, SessionOptions
 from server.model.cascade import CascadeModel

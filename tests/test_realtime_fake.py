@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from server.app import create_app
 from server.audio import PcmFrame
 from server.errors import BackendError
+from server.http.app import create_app
 from server.model.cascade import CascadeModel
 from server.model.fakes import EnergyClassifier, FakeAsr, FakeLlm, FakeTts, tone
 from server.settings import Settings

@@ -23,8 +23,8 @@ import websockets
 from fastapi import FastAPI
 
 from server.aio import cancel_and_wait
+from server.http.shutdown import SHUTDOWN_REASON, GracefulServer, app_sessions
 from server.model.fakes import FakeAsr, FakeLlm, FakeTts, tone
-from server.shutdown import SHUTDOWN_REASON, GracefulServer, app_sessions
 from tests.conftest import fake_app
 from tests.harness import (
     RealtimeTestClient,

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import websockets
 
-from server.app import create_app
 from server.audio import PcmFrame
 from server.events import AgentEvent, AssistantTurn, SessionEnded, SessionStarted, Truncated, TurnLatency
+from server.http.app import create_app
 from server.model.base import Message, SessionOptions
 from server.model.cascade import CascadeModel
 from server.model.fakes import EnergyClassifierFactory, FakeAsr, FakeLlm, FakeTts, tone

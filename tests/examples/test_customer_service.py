@@ -642,7 +642,7 @@ async def test_spoken_conversation_calls_order_status_and_answers_with_audio(
     """flite speaks the caller at real time; the fast profile (Silero VAD, pocketsphinx,
     espeak-ng) hears it and the desk's brain answers. Phrasings pocketsphinx hears from flite:
     "twelve thirty four" (digit by digit it hears "one to three floor")."""
-    from server.app import load_vad
+    from server.http.app import load_vad
 
     settings = Settings()
     app = desk_app(tmp_path, vad=load_vad(settings))

@@ -186,7 +186,7 @@ class BatchingEnergyVad(EnergyClassifierFactory):
 
 
 async def test_a_conversation_detects_its_turn_through_the_batched_path() -> None:
-    from server.app import create_app
+    from server.http.app import create_app
 
     vad = BatchingEnergyVad()
     model = CascadeModel(FakeAsr(["where is my order"]), FakeLlm(["It ships tomorrow."]), FakeTts())
