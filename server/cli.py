@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 
 import uvicorn
@@ -21,9 +23,7 @@ from server.settings import Settings
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["loadtest"]:  # the load test parses its own arguments
-        from loadtests.loadtest import main as loadtest
-
-        return loadtest(argv[1:], prog="voxgate loadtest")
+        return run_loadtest(argv[1:])
     parser = argparse.ArgumentParser(prog="voxgate", description="Voxgate voice server")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the server")
@@ -79,3 +79,27 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         catalog.close()
     return 0
+
+
+# loadtests/loadtest.py reads its program name for its usage text from here
+LOADTEST_PROG_ENV = "VOXGATE_LOADTEST_PROG"
+
+
+def run_loadtest(args: list[str]) -> int:
+    """`voxgate loadtest ARGS`: the load test runs as a program of its own
+    (`python -m loadtests.loadtest`, also the `voxgate-loadtest` script), so the server never
+    imports the load-test client. Its exit status is returned. Its stderr (progress lines,
+    errors) is passed on line by line through this process's sys.stderr; stdout is shared."""
+    command = [sys.executable, "-m", "loadtests.loadtest", *args]
+    env = {**os.environ, LOADTEST_PROG_ENV: "voxgate loadtest"}
+    with subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True) as child:
+        assert child.stderr is not None
+        while True:
+            try:
+                for line in child.stderr:
+                    sys.stderr.write(line)
+                    sys.stderr.flush()
+                break
+            except KeyboardInterrupt:  # the child got the same Ctrl-C: let it end and report
+                continue
+    return child.returncode
