@@ -2,7 +2,7 @@
 
 The backend here is a FAKE (FakeBatchVad): each frame's "probability" is its first sample /
 100, so a result shows which frame it came from, and the fake records every batch it was
-given. The real Silero batch is tested in tests/model/test_vad_backends.py; a whole
+given. The real Silero batch is tested in tests/vad/test_backends.py; a whole
 conversation through the batched path at the end.
 """
 
