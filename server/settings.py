@@ -1,6 +1,7 @@
 """Settings from VOXGATE_* environment variables, validated at startup.
 
-Components never see `Settings`; `app.py` turns it into small option objects.
+Components never see `Settings`; `server/http/runtime.py` and `server/http/app.py` turn it into
+small option objects.
 """
 
 from __future__ import annotations
