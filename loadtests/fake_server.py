@@ -23,11 +23,11 @@ from typing import Final
 import uvicorn
 from fastapi import FastAPI
 
-from server.app import create_app, load_vad
+from server.http.app import create_app, load_vad
 from server.model.cascade import CascadeModel
 from server.model.fakes import EnergyClassifierFactory, FakeAsr, FakeLlm, FakeTts
 from server.settings import Settings
-from server.streaming.vad import ClassifierFactory
+from server.vad.detector import ClassifierFactory
 
 REPLY: Final = "Sure, I can help with that. Let me look it up for you right now."  # 3.2 s of audio
 VADS: Final = ("webrtc", "silero", "energy")

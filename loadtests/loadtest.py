@@ -1,4 +1,4 @@
-"""The load test: `voxgate loadtest --help` (or `python -m loadtests.loadtest --help`).
+"""The load test: `voxgate loadtest --help` (or `voxgate-loadtest --help`, `python -m loadtests.loadtest --help`).
 
     voxgate loadtest --url ws://127.0.0.1:8000/v1/realtime --sessions 8 --duration 60s \\
         --ramp 10s --barge-in-rate 0.3 --target voice_to_voice_p95=500ms --out results/
@@ -429,5 +429,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m loadtests.loa
     return 0 if outcome.steps and outcome.steps[-1].is_met else 1
 
 
+def script() -> int:
+    """The `voxgate-loadtest` console script."""
+    return main(prog="voxgate-loadtest")
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    # `voxgate loadtest` runs this module as a program of its own and names itself here
+    sys.exit(main(prog=os.environ.get("VOXGATE_LOADTEST_PROG", "python -m loadtests.loadtest")))

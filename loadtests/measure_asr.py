@@ -57,8 +57,8 @@ from loadtests.corpus import (
     speech_span_ms,
 )
 from loadtests.wer import WordErrors, word_errors
+from server.audio import PcmFrame
 from server.model.registry import ASR_BACKENDS, resolve
-from server.streaming.audio import PcmFrame
 
 RATE_HZ = 16_000
 FRAME_SAMPLES = RATE_HZ // 50  # 20 ms

@@ -247,7 +247,7 @@ async def measure(args: argparse.Namespace) -> Report:
 
 
 def to_16k(samples: Samples, rate_hz: int) -> Samples:
-    from server.streaming.audio import PcmFrame, resample
+    from server.audio import PcmFrame, resample
 
     return resample(PcmFrame(samples, rate_hz), ASR_RATE_HZ).samples
 
@@ -268,8 +268,8 @@ def asr_engine(name: str) -> tuple[Transcriber, Callable[[], None]] | None:
     """The named engine's transcribe function and its close function; None if the engine
     is not installed."""
     if name == "pocketsphinx":
+        from server.audio import PcmFrame
         from server.model.backends.pocketsphinx_asr import load
-        from server.streaming.audio import PcmFrame
 
         asr = load({})
 

@@ -17,7 +17,7 @@ What runs, all at once, for `--duration`:
   callers' voice-to-voice latency is printed for the quiet half and the abused half.
 
 What is measured: the server's `/debug/stats` (RSS, open file descriptors, asyncio tasks, live
-sessions; server/process_stats.py) before the load (after a short warm-up, so first-use
+sessions; server/http/process_stats.py) before the load (after a short warm-up, so first-use
 allocations are not counted as growth), every `--sample-every` seconds, and after the load has
 drained (no sessions left, or `DRAIN_TIMEOUT_S`). Growth = after - before, judged against noise
 thresholds: RSS `--rss-noise-mib`, file descriptors `FD_NOISE`, tasks and sessions none. The RSS

@@ -21,7 +21,7 @@ from typing import TypeVar
 import uvicorn
 from fastapi import FastAPI
 
-from server.app import create_app
+from server.http.app import create_app
 from server.model.cascade import CascadeModel
 from server.model.fakes import EnergyClassifierFactory, FakeAsr, FakeLlm, FakeTts
 from server.settings import Settings

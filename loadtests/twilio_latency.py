@@ -50,7 +50,7 @@ from loadtests.corpus import (
     speech_span_ms,
 )
 from loadtests.stats import Summary, summarize
-from server.streaming.audio import PcmFrame, resample, ulaw_decode, ulaw_encode
+from server.audio import PcmFrame, resample, ulaw_decode, ulaw_encode
 
 RATE_HZ = 8_000
 FRAME_MS = 20

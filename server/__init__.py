@@ -1,6 +1,5 @@
 """Voxgate: a real-time voice conversation server. The embedding API is re-exported here."""
 
-from server.access import ClientSecret, InvalidMintRequest
 from server.agent import BrainRequest, SessionRequest, SessionSetup, VoiceAgent
 from server.events import (
     AgentEvent,
@@ -13,6 +12,7 @@ from server.events import (
     TurnLatency,
     UserTurn,
 )
+from server.http.access import ClientSecret, InvalidMintRequest
 from server.model.base import Message
 from server.model.tool_calls import ToolResult
 from server.settings import Settings

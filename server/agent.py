@@ -35,21 +35,25 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, overload
 
 from fastapi import FastAPI
 
-from server.access import AccessControl, ClientSecret
+from server.aio import cancel_and_wait
 from server.events import EventHandler
+from server.http.access import AccessControl, ClientSecret
+from server.http.app import create_app
+from server.http.session_setup import SessionRequest as SessionRequest  # re-exported
+from server.http.session_setup import SessionSetup as SessionSetup  # re-exported
+from server.http.session_setup import SessionSetupHook as SessionSetupHook  # re-exported
 from server.model.base import Message, OmniModel, SessionOptions
 from server.model.tool_calls import ToolResult, ToolRunner
 from server.settings import Settings
-from server.streaming.aio import cancel_and_wait
-from server.streaming.vad import ClassifierFactory
 from server.tools import DEFAULT_FILLER_AFTER_MS, DEFAULT_TIMEOUT_S, Tool, ToolBox
+from server.vad.detector import ClassifierFactory
 
 _END = object()
 
@@ -77,32 +81,6 @@ class BrainRequest:
 
 
 Brain = Callable[[BrainRequest], AsyncIterator[str]]
-
-
-@dataclass(frozen=True, slots=True)
-class SessionRequest:
-    """The websocket upgrade a session starts from. `parameters`: a Twilio call's
-    `<Parameter>`s (customParameters) with its `call_sid`; empty on /v1/realtime."""
-
-    path: str
-    query: Mapping[str, str]
-    headers: Mapping[str, str]
-    client_host: str | None
-    parameters: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class SessionSetup:
-    """Per-session settings from the embedding backend; None leaves the server default.
-    A client's own session.update can still change instructions and voice later."""
-
-    instructions: str | None = None
-    voice: str | None = None
-    profile: str | None = None
-    metadata: Mapping[str, str] = field(default_factory=dict)
-
-
-SessionSetupHook = Callable[[SessionRequest], Awaitable[SessionSetup]]
 
 
 class BrainLlm:
@@ -211,8 +189,6 @@ class VoiceAgent:
     def app(self) -> FastAPI:
         """The Voxgate ASGI app (built once): /v1/realtime, /healthz, /metrics and the page."""
         if self._app is None:
-            from server.app import create_app
-
             self._app = create_app(
                 self.settings,
                 model=self._model,

@@ -3,27 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 
 import uvicorn
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from server.access import AccessConfigError, bind_refusal
-from server.app import build_access, create_app
 from server.errors import BackendUnavailable
-from server.listener import listening_socket
+from server.http.access import AccessConfigError, bind_refusal
+from server.http.app import build_access, build_catalog, create_app, load_vad, preload
+from server.http.listener import listening_socket
+from server.http.shutdown import SHUTDOWN_LEFTOVER_S, GracefulServer, app_sessions
 from server.logs import configure_logging, resolve_log_format
 from server.settings import Settings
-from server.shutdown import SHUTDOWN_LEFTOVER_S, GracefulServer, app_sessions
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["loadtest"]:  # the load test parses its own arguments
-        from loadtests.loadtest import main as loadtest
-
-        return loadtest(argv[1:], prog="voxgate loadtest")
+        return run_loadtest(argv[1:])
     parser = argparse.ArgumentParser(prog="voxgate", description="Voxgate voice server")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the server")
@@ -48,8 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     if refusal is not None:
         print(f"voxgate: {refusal}", file=sys.stderr)
         return 2
-    from server.app import build_catalog, load_vad, preload
-
     try:
         catalog = build_catalog(settings)
         preload(settings, catalog)
@@ -75,9 +73,33 @@ def main(argv: list[str] | None = None) -> int:
             timeout_graceful_shutdown=SHUTDOWN_LEFTOVER_S,
         )
         # SIGTERM: refuse new sessions, let replies finish for up to shutdown_grace_s, close 1001
-        # each connection's kernel send buffer is bounded (server/listener.py)
+        # each connection's kernel send buffer is bounded (server/http/listener.py)
         sock = listening_socket(config, settings.max_outbound_buffer_ms)
         GracefulServer(config, app_sessions(app), settings.shutdown_grace_s).run(sockets=[sock])
     finally:
         catalog.close()
     return 0
+
+
+# loadtests/loadtest.py reads its program name for its usage text from here
+LOADTEST_PROG_ENV = "VOXGATE_LOADTEST_PROG"
+
+
+def run_loadtest(args: list[str]) -> int:
+    """`voxgate loadtest ARGS`: the load test runs as a program of its own
+    (`python -m loadtests.loadtest`, also the `voxgate-loadtest` script), so the server never
+    imports the load-test client. Its exit status is returned. Its stderr (progress lines,
+    errors) is passed on line by line through this process's sys.stderr; stdout is shared."""
+    command = [sys.executable, "-m", "loadtests.loadtest", *args]
+    env = {**os.environ, LOADTEST_PROG_ENV: "voxgate loadtest"}
+    with subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True) as child:
+        assert child.stderr is not None
+        while True:
+            try:
+                for line in child.stderr:
+                    sys.stderr.write(line)
+                    sys.stderr.flush()
+                break
+            except KeyboardInterrupt:  # the child got the same Ctrl-C: let it end and report
+                continue
+    return child.returncode

@@ -1,6 +1,7 @@
 """Settings from VOXGATE_* environment variables, validated at startup.
 
-Components never see `Settings`; `app.py` turns it into small option objects.
+Components never see `Settings`; `server/http/runtime.py` and `server/http/app.py` turn it into
+small option objects.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class Settings(BaseSettings):
     speculative_silence_ms: int = Field(default=0, le=10_000)
     # start the embedded language model on the recogniser's last hypothesis while it finishes
     # the final transcript (kept only if the two agree; see server/model/cascade.py), beside
-    # PocketSphinx only (server/app.py). Measured on the 2-core box with one session: p50
+    # PocketSphinx only (server/http/app.py). Measured on the 2-core box with one session: p50
     # 572 -> 473 ms, p95 877 -> 742; with the CPU saturated it slowed the recogniser more than
     # it saved, so turn it off on a box run at capacity
     anticipate_replies: bool = True

@@ -39,9 +39,9 @@ from typing import Any
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
+from server.aio import cancel_and_wait
 from server.events import AgentEvent, ToolCalled
 from server.model.tool_calls import ToolChoice, ToolResult, ToolSpec
-from server.streaming.aio import cancel_and_wait
 
 __all__ = ["Tool", "ToolBox", "ToolResult", "SessionTools", "run_with_filler", "tool"]
 

@@ -5,8 +5,8 @@ from collections.abc import AsyncIterator
 import pytest
 from fastapi import FastAPI
 
-from server.app import create_app
 from server.events import EventHandler
+from server.http.app import create_app
 from server.model.cascade import CascadeModel
 from server.model.fakes import EnergyClassifierFactory, FakeAsr, FakeLlm, FakeTts
 from server.settings import Settings

@@ -14,8 +14,8 @@ import uvicorn
 import websockets
 from fastapi import FastAPI
 
+from server.audio import PcmFrame
 from server.model.fakes import tone
-from server.streaming.audio import PcmFrame
 
 
 @contextlib.asynccontextmanager

@@ -22,9 +22,9 @@ from server import (
     UserTurn,
     VoiceAgent,
 )
+from server.audio import PcmFrame
 from server.model import registry
 from server.model.fakes import EnergyClassifierFactory, FakeAsr, tone
-from server.streaming.audio import PcmFrame
 from tests.harness import realtime_client, running_server
 
 

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
+from server.audio import PcmFrame
 from server.model.fakes import FakeLlm, FakeTts, tone
-from server.streaming.audio import PcmFrame
 from tests.conftest import fake_app
 from tests.harness import realtime_client, running_server
 

@@ -21,13 +21,13 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 
-from server.app import create_app
+from server.audio import PcmFrame
 from server.errors import BackendError, ModelTimeout
+from server.http.app import create_app
 from server.model.cascade import CascadeModel
 from server.model.deadlines import DeadlineIterator, ModelDeadlines
 from server.model.fakes import EnergyClassifierFactory, FakeAsr, FakeLlm, FakeTts, tone
 from server.settings import Settings
-from server.streaming.audio import PcmFrame
 from tests.harness import RealtimeTestClient, realtime_client, running_server
 
 SHORT = ModelDeadlines(
@@ -152,7 +152,7 @@ async def test_a_real_cancellation_still_cancels() -> None:
 
 
 def test_settings_reach_the_cascade_as_deadlines() -> None:
-    from server.app import build_catalog, model_deadlines
+    from server.http.app import build_catalog, model_deadlines
 
     settings = Settings(asr_final_timeout_s=1.5, llm_first_token_timeout_s=2.5, tts_phrase_timeout_s=3.5)
     assert model_deadlines(settings) == ModelDeadlines(1.5, 2.5, 5.0, 3.5)

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 
 from server import Settings, VoiceAgent
+from server.audio import PcmFrame
 from server.events import AgentEvent, AssistantTurn, ToolCalled
 from server.model.cascade import CascadeModel
 from server.model.fakes import EnergyClassifierFactory, FakeAsr, FakeToolCallingLlm, FakeTts, tone
 from server.model.tool_calls import ForcedTool, ToolCallRequest
-from server.streaming.audio import PcmFrame
 from tests.harness import RealtimeTestClient, realtime_client, running_server
 
 BETA = {"OpenAI-Beta": "realtime=v1"}

@@ -37,9 +37,9 @@ import websockets
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from server.audio import PcmFrame
 from server.model.fakes import FakeAsr, FakeLlm, FakeTts, tone
-from server.streaming.audio import PcmFrame
-from server.wire import SUPPORTED_PCM_RATES_HZ
+from server.realtime.wire import SUPPORTED_PCM_RATES_HZ
 from tests.conftest import fake_app
 from tests.fuzz_support import (
     BAD_BASE64,

@@ -30,8 +30,8 @@ import websockets
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from server.audio import resample, ulaw_encode
 from server.model.fakes import FakeAsr, FakeLlm, FakeTts, tone
-from server.streaming.audio import resample, ulaw_encode
 from server.telephony.twilio_wire import DTMF_DIGITS
 from tests.conftest import fake_app
 from tests.fuzz_support import (

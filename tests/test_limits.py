@@ -18,11 +18,11 @@ import websockets
 from fastapi import FastAPI, WebSocket
 from websockets.exceptions import InvalidStatus
 
-from server.admission import RefusalReason, Refused
 from server.agent import SessionRequest, SessionSetup
-from server.app import create_app
-from server.gate import refuse
-from server.listener import listening_socket, send_buffer_bytes
+from server.http.admission import RefusalReason, Refused
+from server.http.app import create_app
+from server.http.gate import refuse
+from server.http.listener import listening_socket, send_buffer_bytes
 from server.model.cascade import CascadeModel
 from server.model.fakes import EnergyClassifierFactory, FakeAsr, FakeLlm, FakeTts
 from server.settings import Settings
@@ -263,7 +263,7 @@ def server_close_frame(data: bytes) -> tuple[int, str] | None:
 
 @contextlib.asynccontextmanager
 async def served_like_voxgate_serve(app: FastAPI, max_outbound_buffer_ms: int) -> AsyncIterator[str]:
-    """uvicorn on the listening socket `voxgate serve` uses (server/listener.py)."""
+    """uvicorn on the listening socket `voxgate serve` uses (server/http/listener.py)."""
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
     sock = listening_socket(config, max_outbound_buffer_ms)
     server = uvicorn.Server(config)

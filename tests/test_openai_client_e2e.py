@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from openai import AsyncOpenAI
 
-from server.app import create_app
+from server.audio import PcmFrame, resample
+from server.http.app import create_app
 from server.settings import Settings
-from server.streaming.audio import PcmFrame, resample
 from tests.harness import running_server
 
 GOFORWARD = Path("/usr/share/pocketsphinx/test/data/goforward.raw")

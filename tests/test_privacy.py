@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.app import create_app
+from server.audio import PcmFrame
 from server.events import (
     AgentEvent,
     AssistantTurn,
@@ -29,6 +29,7 @@ from server.events import (
     TurnLatency,
     UserTurn,
 )
+from server.http.app import create_app
 from server.logs import JsonFormatter, TextFormatter, error_fields, resolve_log_format
 from server.model.base import Message, SessionOptions
 from server.model.cascade import CascadeModel
@@ -43,7 +44,6 @@ from server.privacy import (
     redact_phones,
 )
 from server.settings import Settings
-from server.streaming.audio import PcmFrame
 from server.streaming.notifier import EventNotifier
 from server.streaming.session_log import SessionLog
 from tests.harness import realtime_client, running_server

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-from server.app import create_app
+from server.audio import PcmFrame
 from server.errors import BackendError
+from server.http.app import create_app
 from server.model.cascade import CascadeModel
 from server.model.fakes import EnergyClassifier, FakeAsr, FakeLlm, FakeTts, tone
 from server.settings import Settings
-from server.streaming.audio import PcmFrame
-from server.streaming.vad import QueuedClassifier
+from server.vad.detector import QueuedClassifier
 from tests.conftest import fake_app
 from tests.harness import decode_audio_deltas, realtime_client, running_server
 

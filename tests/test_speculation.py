@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from server.audio import PcmFrame
 from server.model.fakes import FakeAsr, FakeLlm, tone
-from server.streaming.audio import PcmFrame
 from tests.conftest import fake_app
 from tests.harness import realtime_client, running_server
 

@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 import websockets
 
-from server.app import create_app
+from server.audio import PcmFrame
 from server.events import AgentEvent, AssistantTurn, SessionEnded, SessionStarted, Truncated, TurnLatency
+from server.http.app import create_app
 from server.model.base import Message, SessionOptions
 from server.model.cascade import CascadeModel
 from server.model.fakes import EnergyClassifierFactory, FakeAsr, FakeLlm, FakeTts, tone
 from server.model.phrases import PhraseSplitter, cut_text_to_fraction
 from server.settings import Settings
-from server.streaming.audio import PcmFrame
 from server.telephony.twilio_signature import compute_signature
 from tests.conftest import fake_app
 from tests.harness import running_server

@@ -41,7 +41,7 @@ from examples.customer_service.store import SupportStore
 from examples.customer_service.tools import register_tools
 from server import SessionRequest, SessionSetup, Settings, VoiceAgent
 from server.model.base import OmniModel
-from server.streaming.vad import ClassifierFactory
+from server.vad.detector import ClassifierFactory
 
 TOOL_CAPABLE_LLMS = frozenset({"openai"})  # language models that are offered the tools
 

@@ -25,11 +25,11 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from server.audio import PcmFrame
 from server.errors import BackendError as BackendError  # re-exported for backends
 from server.model.tool_calls import ToolCallRequest as ToolCallRequest  # re-exported
 from server.model.tool_calls import ToolRunner as ToolRunner
 from server.model.tool_calls import ToolSpec as ToolSpec
-from server.streaming.audio import PcmFrame
 
 Role = Literal["system", "user", "assistant", "tool"]
 

@@ -23,6 +23,8 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 
+from server.aio import cancel_and_wait
+from server.audio import PcmFrame, StreamResampler
 from server.model.base import (
     AsrBackend,
     AsrStream,
@@ -42,8 +44,6 @@ from server.model.deadlines import DeadlineIterator, ModelDeadlines
 from server.model.phrases import PhraseSplitter, cut_text_to_fraction
 from server.model.tool_calls import ToolCallRequest
 from server.model.tool_rounds import ToolExchange, complete_with_tools, insert_before, insert_tool_result
-from server.streaming.aio import cancel_and_wait
-from server.streaming.audio import PcmFrame, StreamResampler
 
 OUTPUT_SAMPLE_RATE_HZ = 24_000
 _END = object()

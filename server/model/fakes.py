@@ -13,10 +13,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from server.audio import PcmFrame
 from server.errors import BackendError
 from server.model.base import Message, SessionOptions, ToolCallRequest, Transcript
 from server.model.tool_calls import ToolChoice
-from server.streaming.audio import PcmFrame
 
 
 class FakeAsrStream:

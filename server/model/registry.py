@@ -27,8 +27,8 @@ TTS_BACKENDS: dict[str, str] = {
     "kokoro": "server.model.backends.kokoro_tts:load",
 }
 VAD_BACKENDS: dict[str, str] = {
-    "webrtc": "server.model.backends.webrtc_vad:load",
-    "silero": "server.model.backends.silero_vad:load",
+    "webrtc": "server.vad.webrtc:load",
+    "silero": "server.vad.silero:load",
 }
 
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from server.streaming.audio import FrameChunker, PcmFrame, StreamResampler, ms_to_samples
-from server.streaming.vad import FrameClassifier
+from server.audio import FrameChunker, PcmFrame, StreamResampler, ms_to_samples
+from server.vad.detector import FrameClassifier
 
 _MAX_ARRIVALS = 2000
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
+from server.aio import cancel_and_wait, wait_event
+from server.audio import PcmFrame, StreamResampler, resample
 from server.errors import BackendError, ModelTimeout, ProtocolViolation
 from server.events import (
     AgentEvent,
@@ -53,8 +55,35 @@ from server.model.base import (
 )
 from server.model.tool_calls import ForcedTool, ToolChoice
 from server.privacy import PrivacyOptions
-from server.streaming.aio import cancel_and_wait, wait_event
-from server.streaming.audio import PcmFrame, StreamResampler, resample
+from server.realtime.function_calls import (
+    client_tool_specs,
+    function_call_events,
+    function_call_item,
+    function_call_output_item,
+)
+from server.realtime.wire import (
+    Dialect,
+    EventWriter,
+    InputAudioAppend,
+    InputAudioClear,
+    InputAudioCommit,
+    ItemCreate,
+    ItemDelete,
+    ItemIn,
+    ItemTruncate,
+    OutputAudioClear,
+    ResponseCancel,
+    ResponseCreate,
+    SessionConfig,
+    SessionUpdate,
+    TurnDetectionConfig,
+    apply_session_update,
+    decode_base64_audio,
+    forced_tool_name,
+    is_beta_session_shape,
+    new_id,
+    parse_client_event,
+)
 from server.streaming.capture import InputAudio
 from server.streaming.lifetime import EndSession, LifetimeOptions, SessionEnd, SessionLifetime, WarnExpiring
 from server.streaming.notifier import EventNotifier
@@ -80,37 +109,8 @@ from server.streaming.turns import (
     TurnTaker,
     UserState,
 )
-from server.streaming.vad import ClassifierFactory, FrameClassifier, QueuedClassifier
 from server.tools import SessionTools, ToolBox
-from server.wire import (
-    Dialect,
-    EventWriter,
-    InputAudioAppend,
-    InputAudioClear,
-    InputAudioCommit,
-    ItemCreate,
-    ItemDelete,
-    ItemIn,
-    ItemTruncate,
-    OutputAudioClear,
-    ResponseCancel,
-    ResponseCreate,
-    SessionConfig,
-    SessionUpdate,
-    TurnDetectionConfig,
-    apply_session_update,
-    decode_base64_audio,
-    forced_tool_name,
-    is_beta_session_shape,
-    new_id,
-    parse_client_event,
-)
-from server.wire_tools import (
-    client_tool_specs,
-    function_call_events,
-    function_call_item,
-    function_call_output_item,
-)
+from server.vad.detector import ClassifierFactory, FrameClassifier, QueuedClassifier
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from server.streaming.audio import FrameChunker, PcmFrame, resample
+from server.audio import FrameChunker, PcmFrame, resample
 
 
 @dataclass(frozen=True, slots=True)

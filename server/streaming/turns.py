@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from server.errors import TurnStateError
-from server.streaming.vad import DetectorOptions, SpeechDetector, VoiceStarted, VoiceStopped
+from server.vad.detector import DetectorOptions, SpeechDetector, VoiceStarted, VoiceStopped
 
 
 class UserState(Enum):

@@ -48,8 +48,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from server.aio import cancel_and_wait
 from server.errors import ProtocolViolation
-from server.streaming.aio import cancel_and_wait
 from server.streaming.conversation import Transport, TransportClosed
 from server.telephony.mark_ledger import MarkLedger
 from server.telephony.twilio_signature import is_valid_signature, stream_url

@@ -18,9 +18,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from server.audio import ULAW_8K
 from server.errors import ProtocolViolation
-from server.streaming.audio import ULAW_8K
-from server.wire import decode_base64_audio
+from server.realtime.wire import decode_base64_audio
 
 MULAW_ENCODING = "audio/x-mulaw"
 SAMPLE_RATE_HZ = 8_000

@@ -32,8 +32,8 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from server.app import build_catalog, create_app, preload
 from server.errors import VoiceServerError
+from server.http.app import build_catalog, create_app, preload
 from server.settings import Settings
 from tests.conftest import fake_app
 

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from server.app import WEB_CLIENT_DIR
+from server.http.app import WEB_CLIENT_DIR
 from server.model.fakes import FakeAsr, FakeLlm
 from tests.conftest import fake_app
 from tests.harness import running_server

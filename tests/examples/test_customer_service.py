@@ -50,12 +50,12 @@ from server import (
     TurnLatency,
     UserTurn,
 )
+from server.audio import PcmFrame
 from server.events import ToolCalled
 from server.model import registry
 from server.model.fakes import EnergyClassifierFactory, FakeTts, tone
 from server.model.tool_calls import ToolResult
-from server.streaming.audio import PcmFrame
-from server.streaming.vad import ClassifierFactory
+from server.vad.detector import ClassifierFactory
 from tests.harness import RealtimeTestClient, decode_audio_deltas, realtime_client, running_server
 from tests.model.test_openai_llm import (
     Request,
@@ -642,7 +642,7 @@ async def test_spoken_conversation_calls_order_status_and_answers_with_audio(
     """flite speaks the caller at real time; the fast profile (Silero VAD, pocketsphinx,
     espeak-ng) hears it and the desk's brain answers. Phrasings pocketsphinx hears from flite:
     "twelve thirty four" (digit by digit it hears "one to three floor")."""
-    from server.app import load_vad
+    from server.http.app import load_vad
 
     settings = Settings()
     app = desk_app(tmp_path, vad=load_vad(settings))

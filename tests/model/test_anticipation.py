@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 
+from server.audio import PcmFrame
 from server.model.base import Message, ResponseOptions, SessionOptions, TextDelta, Transcript
 from server.model.cascade import CascadeModel, CascadeSession
 from server.model.fakes import FakeLlm, FakeTts
-from server.streaming.audio import PcmFrame
 
 
 class ScriptedAsrStream:
@@ -160,7 +160,7 @@ async def test_closing_the_session_cancels_a_pending_guess() -> None:
 
 
 def test_only_local_models_beside_a_light_recogniser_anticipate() -> None:
-    from server.app import build_catalog
+    from server.http.app import build_catalog
     from server.model.profiles import ModelCatalog, Profile
     from server.settings import Settings
 

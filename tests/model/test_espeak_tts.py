@@ -5,10 +5,10 @@ import time
 import numpy as np
 import pytest
 
+from server.audio import PcmFrame, Samples
 from server.errors import BackendError
 from server.model.backends.espeak_tts import EspeakTts, load
 from server.model.base import TtsBackend
-from server.streaming.audio import PcmFrame, Samples
 
 pytestmark = pytest.mark.slow
 

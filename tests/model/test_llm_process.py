@@ -129,7 +129,7 @@ def gemma_installed() -> None:
 
 @pytest.fixture
 async def gemma_server(gemma_installed: None) -> AsyncIterator[str]:
-    from server.app import create_app
+    from server.http.app import create_app
     from server.settings import Settings
     from tests.harness import running_server
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from server.audio import AudioFormatError, PcmFrame, Samples, resample
 from server.errors import BackendError, BackendUnavailable
 from server.model.backends import pocketsphinx_asr
 from server.model.backends.espeak_tts import load as load_tts
 from server.model.backends.pocketsphinx_asr import PocketsphinxAsr, load
 from server.model.base import AsrBackend, Transcript
-from server.streaming.audio import AudioFormatError, PcmFrame, Samples, resample
 
 pytestmark = pytest.mark.slow
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from server.audio import AudioFormatError, PcmFrame, Samples
 from server.errors import BackendError, BackendUnavailable
 from server.model.backends import whisper_asr
 from server.model.backends.whisper_asr import WhisperAsr, load
 from server.model.base import AsrBackend, Transcript
-from server.streaming.audio import AudioFormatError, PcmFrame, Samples
 
 RATE = 16_000
 FRAME = RATE * 20 // 1000

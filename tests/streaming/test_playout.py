@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.streaming.audio import PcmFrame
+from server.audio import PcmFrame
 from server.streaming.playout import PlayoutBuffer, PlayoutOptions
 
 RATE = 24_000

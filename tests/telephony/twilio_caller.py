@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import websockets
 
-from server.streaming.audio import PcmFrame, resample, ulaw_decode, ulaw_encode
+from server.audio import PcmFrame, resample, ulaw_decode, ulaw_encode
 
 RATE_HZ = 8_000
 FRAME_MS = 20

@@ -33,9 +33,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from server.audio import PcmFrame, Samples
 from server.errors import BackendError, BackendUnavailable
 from server.model.backends import espeak_library
-from server.streaming.audio import PcmFrame, Samples
 
 log = logging.getLogger(__name__)
 

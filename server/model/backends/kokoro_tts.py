@@ -61,10 +61,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from server.aio import cancel_and_wait
+from server.audio import PcmFrame, Samples
 from server.errors import BackendError, BackendUnavailable
 from server.model.backends import espeak_library
-from server.streaming.aio import cancel_and_wait
-from server.streaming.audio import PcmFrame, Samples
 
 if TYPE_CHECKING:
     import onnxruntime

@@ -60,10 +60,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from server.audio import AudioFormatError, PcmFrame
 from server.errors import BackendError, BackendUnavailable
 from server.model.base import Transcript
 from server.model.worker_process import launch, read_exactly
-from server.streaming.audio import AudioFormatError, PcmFrame
 
 log = logging.getLogger(__name__)
 

@@ -69,9 +69,9 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from server.audio import AudioFormatError, PcmFrame, Samples
 from server.errors import BackendError, BackendUnavailable
 from server.model.base import Transcript
-from server.streaming.audio import AudioFormatError, PcmFrame, Samples
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")

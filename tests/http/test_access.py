@@ -1,6 +1,6 @@
 """Access control: API keys, client secrets, origins, CORS and the loopback rule.
 
-Unit tests of server/access.py (no clock: `now_s` is passed in), then a real server with fake
+Unit tests of server/http/access.py (no clock: `now_s` is passed in), then a real server with fake
 models (tests/conftest.py:fake_app) driven over HTTP and the websocket.
 """
 
@@ -21,7 +21,8 @@ from pydantic import SecretStr
 from websockets.exceptions import InvalidStatus
 
 from server import ClientSecret, InvalidMintRequest, Settings, VoiceAgent
-from server.access import (
+from server.cli import main as cli_main
+from server.http.access import (
     AccessConfigError,
     AccessControl,
     AccessDenied,
@@ -37,8 +38,7 @@ from server.access import (
     read_key_file,
     subprotocol_token,
 )
-from server.app import build_access, create_app
-from server.cli import main as cli_main
+from server.http.app import build_access, create_app
 from server.model.cascade import CascadeModel
 from server.model.fakes import EnergyClassifierFactory, FakeAsr, FakeLlm, FakeTts
 from tests.conftest import fake_app
@@ -58,7 +58,7 @@ def test_keys_are_compared_in_constant_time_against_every_key(monkeypatch: pytes
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(hmac, "compare_digest", counting)  # server.access calls hmac.compare_digest
+    monkeypatch.setattr(hmac, "compare_digest", counting)  # server.http.access calls hmac.compare_digest
     keys = ApiKeys([KEY, OTHER_KEY])
     assert keys.matches(KEY)
     assert len(calls) == 2  # no early exit at the first (matching) key

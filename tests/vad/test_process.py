@@ -12,15 +12,15 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
-from server.app import serve_vad
+from server.audio import AudioFormatError, PcmFrame
 from server.errors import BackendError, BackendUnavailable
+from server.http.app import serve_vad
 from server.metrics import Metrics
-from server.model.backends import silero_vad
-from server.model.backends.silero_vad import SileroVad
 from server.settings import Settings
-from server.streaming.audio import AudioFormatError, PcmFrame
-from server.streaming.vad_batch import BatchedVad
-from server.streaming.vad_process import ProcessVad
+from server.vad import silero as silero_vad
+from server.vad.batch import BatchedVad
+from server.vad.process import ProcessVad
+from server.vad.silero import SileroVad
 
 pytestmark = pytest.mark.slow
 
@@ -156,7 +156,7 @@ async def test_the_server_runs_silero_in_a_worker_and_webrtc_inline() -> None:
 async def test_a_call_survives_its_vad_worker_dying() -> None:
     """The real server (Silero in its worker process, fake models): the worker is killed
     mid-call; the session stays open, keeps reading, and the worker comes back."""
-    from server.app import create_app
+    from server.http.app import create_app
     from server.model.cascade import CascadeModel
     from server.model.fakes import FakeAsr, FakeLlm, FakeTts
     from tests.harness import realtime_client, running_server

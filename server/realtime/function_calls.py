@@ -26,7 +26,7 @@ from typing import Any
 
 from server.errors import ProtocolViolation
 from server.model.tool_calls import ToolSpec
-from server.wire import EventWriter
+from server.realtime.wire import EventWriter
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_CLIENT_TOOLS = 128

@@ -1,4 +1,4 @@
-"""Ids and client-event parsing in server/wire.py."""
+"""Ids and client-event parsing in server/realtime/wire.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from server.errors import ProtocolViolation
-from server.wire import InputAudioAppend, _validate_client_event, new_id, parse_client_event
+from server.realtime.wire import InputAudioAppend, _validate_client_event, new_id, parse_client_event
 
 
 def test_ids_are_the_prefix_and_20_hex_digits() -> None:

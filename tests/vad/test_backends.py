@@ -3,13 +3,14 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from server.audio import AudioFormatError, FrameChunker, PcmFrame, Samples, resample
 from server.errors import BackendError
-from server.model.backends import silero_vad, webrtc_vad
 from server.model.backends.espeak_tts import load as load_tts
-from server.model.backends.silero_vad import SileroVad
-from server.model.backends.webrtc_vad import WebrtcVad, aggressiveness_for
-from server.streaming.audio import AudioFormatError, FrameChunker, PcmFrame, Samples, resample
-from server.streaming.vad import ClassifierFactory, FrameClassifier
+from server.vad import silero as silero_vad
+from server.vad import webrtc as webrtc_vad
+from server.vad.detector import ClassifierFactory, FrameClassifier
+from server.vad.silero import SileroVad
+from server.vad.webrtc import WebrtcVad, aggressiveness_for
 
 RATE = 16_000
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from server.streaming.aio import wait_event
+from server.aio import wait_event
 
 
 async def test_an_event_set_before_returns_true_at_once() -> None:

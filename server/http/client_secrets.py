@@ -8,7 +8,7 @@ The request and answer follow OpenAI's GA API:
     -> 200 {"value": "ek_...", "expires_at": <Unix s>, "session": {<the session it starts with>}}
 
 Bad bodies get 400 with `{"error": {"type", "code", "message", "param"}}`; a client secret
-cannot mint another (403). The decisions are `server.access`'s; this module only does HTTP.
+cannot mint another (403). The decisions are `server.http.access`'s; this module only does HTTP.
 """
 
 from __future__ import annotations
@@ -20,8 +20,15 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from server.access import AccessControl, AccessDenied, InvalidMintRequest, bearer_token, parse_mint_request
-from server.wire import Dialect, EventWriter, apply_session_update
+from server.http.access import (
+    AccessControl,
+    AccessDenied,
+    InvalidMintRequest,
+    bearer_token,
+    parse_mint_request,
+)
+from server.http.runtime import Runtime
+from server.realtime.wire import Dialect, EventWriter, apply_session_update
 
 router = APIRouter()
 
@@ -53,7 +60,7 @@ def require_api_key(request: Request) -> JSONResponse | None:
     return None
 
 
-def _described_session(runtime: Any, session: dict[str, Any]) -> dict[str, Any]:
+def _described_session(runtime: Runtime, session: dict[str, Any]) -> dict[str, Any]:
     """The session object (GA shape) a session opened with the secret starts with: the
     server's defaults with the bound fields applied. No id: each session gets its own."""
     config = runtime.conversation_options().session_config("")

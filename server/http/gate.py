@@ -1,4 +1,4 @@
-"""The websocket upgrade gate: admission decisions (server/admission.py) applied to routes.
+"""The websocket upgrade gate: admission decisions (server/http/admission.py) applied to routes.
 
 `@admission_controlled` goes under `@router.websocket(...)`. Before the handler runs (and
 before anything accepts the websocket) it asks `app.state.admission`; a refused upgrade gets
@@ -29,9 +29,9 @@ from collections.abc import Awaitable, Callable
 from fastapi import WebSocket
 from fastapi.responses import JSONResponse, Response
 
-from server.access import bearer_token, subprotocol_token
-from server.admission import Admission, Admitted, RefusalReason, Refused
-from server.close_codes import CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER
+from server.http.access import bearer_token, subprotocol_token
+from server.http.admission import Admission, Admitted, RefusalReason, Refused
+from server.http.close_codes import CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from server.audio import ALAW_8K, ULAW_8K, AudioFormat, Encoding
 from server.errors import ProtocolViolation
-from server.streaming.audio import ALAW_8K, ULAW_8K, AudioFormat, Encoding
 
 
 class Dialect(Enum):

@@ -21,7 +21,7 @@ price of a process-wide setting. A thread hop per frame, without batching, was w
 
 Order of calls:
 
-    vad = BatchedVad(silero_vad.load())      # once per process
+    vad = BatchedVad(silero.load())          # once per process
     classifier = vad.open(threshold)         # per session
     p = await classifier.classify(frame)     # each VAD frame, in order, from a coroutine
 """
@@ -35,8 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Generic, TypeVar
 
-from server.streaming.audio import PcmFrame
-from server.streaming.vad import BatchableVad, ClassifierFactory, FrameClassifier, QueuedClassifier
+from server.audio import PcmFrame
+from server.vad.detector import BatchableVad, ClassifierFactory, FrameClassifier, QueuedClassifier
 
 DEFAULT_MAX_BATCH: Final = 64
 K = TypeVar("K")  # hashable: the classifier itself, or its id

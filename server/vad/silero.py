@@ -23,8 +23,8 @@ The model also takes a batch: `input` (B, 576) and `state` (2, B, 128), one row 
 classifier. `SileroVad.speech_probabilities` classifies the next frame of B sessions in one
 call, which costs far less per frame than B calls (measured on the 2-core box: 1 frame 0.23
 ms; 8 frames 0.61 ms; 50 frames 3.6 ms, 72 µs each), because a call's fixed cost dominates.
-The server uses that path in a worker process (`server.model.vad_worker`, driven by
-`server.streaming.vad_process`), or on its event loop (`server.streaming.vad_batch`) when
+The server uses that path in a worker process (`server.vad.worker`, driven by
+`server.vad.process`), or on its event loop (`server.vad.batch`) when
 `VOXGATE_VAD_PROCESS=false`; `speech_probability` stays for one classifier used alone.
 The threshold only matters to the `SpeechDetector`; the classifier reports probabilities.
 """
@@ -39,9 +39,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from server.audio import AudioFormatError, PcmFrame
 from server.errors import BackendError, BackendUnavailable
-from server.streaming.audio import AudioFormatError, PcmFrame
-from server.streaming.vad import FrameClassifier
+from server.vad.detector import FrameClassifier
 
 SAMPLE_RATE_HZ = 16_000
 FRAME_MS = 32

@@ -7,17 +7,15 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any
 
 from fastapi import APIRouter, Request, Response, WebSocket
 from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from server.access import AccessControl, AccessDenied, Grant, bearer_token, subprotocol_token
-from server.agent import SessionRequest, SessionSetup
-from server.app import guard_options
-from server.client_secrets import denial_response, require_api_key
-from server.close_codes import (
+from server.errors import BackendUnavailable
+from server.http.access import AccessControl, AccessDenied, Grant, bearer_token, subprotocol_token
+from server.http.client_secrets import denial_response, require_api_key
+from server.http.close_codes import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
     CLOSE_MESSAGE_TOO_BIG,
@@ -26,15 +24,16 @@ from server.close_codes import (
     CLOSE_TRY_AGAIN_LATER,
     CLOSE_UNSUPPORTED_DATA,
 )
-from server.errors import BackendUnavailable
-from server.gate import admission_controlled, close_reason, deny_upgrade
-from server.process_stats import process_stats
-from server.shutdown import SHUTDOWN_REASON
+from server.http.gate import admission_controlled, close_reason, deny_upgrade
+from server.http.process_stats import process_stats
+from server.http.runtime import Runtime, guard_options
+from server.http.session_setup import SessionRequest, SessionSetup
+from server.http.shutdown import SHUTDOWN_REASON
+from server.realtime.wire import Dialect, new_id
 from server.streaming.conversation import Conversation, TransportClosed
 from server.streaming.guard import TransportGuard
 from server.streaming.lifetime import SessionEnd
 from server.telephony.twilio import TwilioMediaStream, TwilioOptions, upgrade_is_signed
-from server.wire import Dialect, new_id
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +81,7 @@ class StarletteTransport:
 async def healthz(request: Request) -> JSONResponse:
     """`status`: ok; degraded while a backend's worker process restarts (its turns wait or
     fail, the server serves); failed (HTTP 503) when one cannot be restarted."""
-    runtime = request.app.state.runtime
+    runtime: Runtime = request.app.state.runtime
     backends = runtime.backend_health()
     states = {str(health["state"]) for health in backends.values()}
     status = "failed" if "failed" in states else "degraded" if states - {"ok"} else "ok"
@@ -129,7 +128,7 @@ def _subprotocol(websocket: WebSocket) -> str | None:
 
 
 async def _session_setup(
-    runtime: Any, websocket: WebSocket, parameters: Mapping[str, str] | None = None
+    runtime: Runtime, websocket: WebSocket, parameters: Mapping[str, str] | None = None
 ) -> SessionSetup:
     """Ask the embedding backend's hook (if any) how to set this session up."""
     if runtime.session_setup is None:
@@ -176,7 +175,7 @@ async def _admit(websocket: WebSocket) -> Grant | None:
 @router.websocket("/v1/realtime")
 @admission_controlled
 async def realtime(websocket: WebSocket) -> None:
-    runtime = websocket.app.state.runtime
+    runtime: Runtime = websocket.app.state.runtime
     if runtime.sessions.is_draining:
         await _refuse_shutting_down(websocket)
         return
@@ -231,8 +230,8 @@ async def realtime(websocket: WebSocket) -> None:
     await _close(websocket, code, reason)
 
 
-def _shutdown_end(runtime: Any) -> tuple[int, str] | None:
-    """Going away, for a session that ended while the server shuts down (server/shutdown.py)."""
+def _shutdown_end(runtime: Runtime) -> tuple[int, str] | None:
+    """Going away, for a session that ended while the server shuts down (server/http/shutdown.py)."""
     return (CLOSE_GOING_AWAY, SHUTDOWN_REASON) if runtime.sessions.is_draining else None
 
 
@@ -244,7 +243,7 @@ async def _refuse_shutting_down(websocket: WebSocket) -> None:
 
 
 def _server_end(
-    runtime: Any, conversation: Conversation | None, guard: TransportGuard
+    runtime: Runtime, conversation: Conversation | None, guard: TransportGuard
 ) -> tuple[int, str] | None:
     """The close code and reason when the server ended the session (a limit), else None."""
     settings = runtime.settings
@@ -281,7 +280,7 @@ async def _close(websocket: WebSocket, code: int, reason: str = "") -> None:
 async def twilio(websocket: WebSocket) -> None:
     """Twilio Media Streams, bidirectional (`<Connect><Stream url="wss://HOST/v1/twilio">`):
     a Conversation behind the TwilioMediaStream adapter. docs/twilio.md has the set-up."""
-    runtime = websocket.app.state.runtime
+    runtime: Runtime = websocket.app.state.runtime
     if runtime.sessions.is_draining:
         await _refuse_shutting_down(websocket)
         return

@@ -23,8 +23,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from server.audio import AudioFormatError, PcmFrame
 from server.errors import BackendError, BackendUnavailable
-from server.streaming.audio import AudioFormatError, PcmFrame
 
 SAMPLE_RATE_HZ = 16_000
 FRAME_MS = 20

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from server.streaming.audio import (
+from server.audio import (
     ALAW_8K,
     ULAW_8K,
     AudioFormat,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from server.admission import (
+from server.http.admission import (
     AT_CAPACITY_RETRY_AFTER_S,
     Admission,
     AdmissionOptions,
@@ -16,7 +16,7 @@ from server.admission import (
     SessionLimiter,
     TokenBuckets,
 )
-from server.gate import credential_fingerprint, refusal_message, refusal_status
+from server.http.gate import credential_fingerprint, refusal_message, refusal_status
 from server.settings import Settings
 from server.streaming.lifetime import EndSession, LifetimeOptions, SessionEnd, SessionLifetime, WarnExpiring
 

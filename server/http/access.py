@@ -34,7 +34,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from server.errors import ProtocolViolation
-from server.wire import SessionConfig, apply_session_update
+from server.realtime.wire import SessionConfig, apply_session_update
 
 CLIENT_SECRET_PREFIX = "ek_"
 SUBPROTOCOL_KEY_PREFIX = "openai-insecure-api-key."

@@ -22,9 +22,9 @@ import pytest
 import websockets
 from fastapi import FastAPI
 
+from server.aio import cancel_and_wait
+from server.http.shutdown import SHUTDOWN_REASON, GracefulServer, app_sessions
 from server.model.fakes import FakeAsr, FakeLlm, FakeTts, tone
-from server.shutdown import SHUTDOWN_REASON, GracefulServer, app_sessions
-from server.streaming.aio import cancel_and_wait
 from tests.conftest import fake_app
 from tests.harness import (
     RealtimeTestClient,

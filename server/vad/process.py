@@ -1,7 +1,7 @@
 """A batching VAD (Silero) run in a worker process: the event loop only packs and unpacks bytes.
 
-Batches form as in `vad_batch` (one per event-loop iteration, at most one frame per session,
-nothing waits to fill one), but each is written to `server.model.vad_worker` over a socket
+Batches form as in `server.vad.batch` (one per event-loop iteration, at most one frame per session,
+nothing waits to fill one), but each is written to `server.vad.worker` over a socket
 pair instead of run on the loop; the answers come back in order and resolve each session's
 future. Batches are pipelined: a new one is sent without waiting for the last answer (the
 worker keeps every session's frames in order). So the inference runs on another core, and
@@ -13,7 +13,7 @@ reopened there with fresh state. Frames that arrive meanwhile wait for it.
 
 Order of calls:
 
-    vad = ProcessVad("silero", silero_vad.load())   # the local backend: frame sizes, thresholds
+    vad = ProcessVad("silero", silero.load())       # the local backend: frame sizes, thresholds
     await vad.start()                               # spawns the worker; BackendUnavailable if not
     classifier = vad.open(threshold)                # per session
     p = await classifier.classify(frame)            # each VAD frame, in order
@@ -36,12 +36,12 @@ from typing import Final
 
 import numpy as np
 
+from server.audio import AudioFormatError, PcmFrame
 from server.errors import BackendError, BackendUnavailable
-from server.model.vad_worker import BATCH, FAILED, FORGET, HEADER, OPEN, OPEN_KIND, PROBABILITIES, READY
 from server.model.worker_process import launch
-from server.streaming.audio import AudioFormatError, PcmFrame
-from server.streaming.vad import ClassifierFactory, QueuedClassifier
-from server.streaming.vad_batch import WaitingFrame, take_batch
+from server.vad.batch import WaitingFrame, take_batch
+from server.vad.detector import ClassifierFactory, QueuedClassifier
+from server.vad.worker import BATCH, FAILED, FORGET, HEADER, OPEN, OPEN_KIND, PROBABILITIES, READY
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +257,7 @@ class ProcessVad:
 
     async def _spawn(self) -> _Worker:
         process, parent_sock = await asyncio.to_thread(
-            launch, "server.model.vad_worker", self.backend, what="the voice activity worker"
+            launch, "server.vad.worker", self.backend, what="the voice activity worker"
         )
         reader, writer = await asyncio.open_connection(sock=parent_sock)
         worker = _Worker(process, reader, writer)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import httpx
 
-from server.process_stats import process_stats, status_kb
+from server.http.process_stats import process_stats, status_kb
 from tests.harness import realtime_client
 
 STATUS = "Name:\tpython\nVmHWM:\t  81234 kB\nVmRSS:\t  80000 kB\nThreads:\t6\n"

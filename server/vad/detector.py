@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from server.streaming.audio import PcmFrame
+from server.audio import PcmFrame
 
 
 class FrameClassifier(Protocol):

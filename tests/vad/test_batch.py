@@ -2,7 +2,7 @@
 
 The backend here is a FAKE (FakeBatchVad): each frame's "probability" is its first sample /
 100, so a result shows which frame it came from, and the fake records every batch it was
-given. The real Silero batch is tested in tests/model/test_vad_backends.py; a whole
+given. The real Silero batch is tested in tests/vad/test_backends.py; a whole
 conversation through the batched path at the end.
 """
 
@@ -15,12 +15,12 @@ import httpx
 import numpy as np
 import pytest
 
+from server.audio import PcmFrame
 from server.model.cascade import CascadeModel
 from server.model.fakes import EnergyClassifierFactory, FakeAsr, FakeLlm, FakeTts
 from server.settings import Settings
-from server.streaming.audio import PcmFrame
-from server.streaming.vad import FrameClassifier
-from server.streaming.vad_batch import BatchedVad, batched
+from server.vad.batch import BatchedVad, batched
+from server.vad.detector import FrameClassifier
 from tests.harness import realtime_client, running_server
 
 
@@ -186,7 +186,7 @@ class BatchingEnergyVad(EnergyClassifierFactory):
 
 
 async def test_a_conversation_detects_its_turn_through_the_batched_path() -> None:
-    from server.app import create_app
+    from server.http.app import create_app
 
     vad = BatchingEnergyVad()
     model = CascadeModel(FakeAsr(["where is my order"]), FakeLlm(["It ships tomorrow."]), FakeTts())

@@ -2,10 +2,10 @@
 
 The server's event loop runs every session; an ONNX inference on it, even batched, took a
 quarter of its time at 50 sessions, and a worker thread in the server's process fights the
-loop for the GIL (server/streaming/vad_batch.py). Here the inference runs in another process,
+loop for the GIL (server/vad/batch.py). Here the inference runs in another process,
 on another core, and the loop only packs and unpacks bytes.
 
-    python -m server.model.vad_worker FD BACKEND      # FD: one end of a socket pair
+    python -m server.vad.worker FD BACKEND      # FD: one end of a socket pair
 
 Messages on the socket, little-endian; each starts with a kind byte and a u32:
     parent -> worker   b"O" id, f32 threshold          open a classifier (before its frames)
@@ -28,7 +28,10 @@ from typing import Final
 
 import numpy as np
 
+from server.audio import PcmFrame
+from server.model.registry import VAD_BACKENDS, resolve
 from server.model.worker_process import read_exactly
+from server.vad.detector import BatchableVad, FrameClassifier
 
 HEADER: Final = struct.Struct("<cI")
 OPEN: Final = struct.Struct("<cIf")
@@ -39,9 +42,6 @@ READY, PROBABILITIES, FAILED = b"R", b"P", b"X"
 def serve(sock: socket.socket, backend: str) -> None:
     """Load `backend` (a VAD registry name whose backend batches), then answer until the
     parent closes its end."""
-    from server.model.registry import VAD_BACKENDS, resolve
-    from server.streaming.audio import PcmFrame
-    from server.streaming.vad import BatchableVad, FrameClassifier
 
     def fail(text: str) -> None:
         payload = text.encode("utf-8", "replace")

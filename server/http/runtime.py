@@ -1,0 +1,87 @@
+"""What every session of one app shares (`Runtime`, `app.state.runtime`), built by the app's
+lifespan (server/http/app.py) and read by the routes for each session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from server.events import EventHandler
+from server.http.session_setup import SessionSetupHook
+from server.http.shutdown import LiveSessions
+from server.metrics import Metrics
+from server.model.base import OmniModel
+from server.model.profiles import ModelCatalog, profile_for_model
+from server.privacy import PrivacyOptions
+from server.settings import Settings
+from server.streaming.conversation import ConversationOptions
+from server.streaming.guard import GuardOptions
+from server.streaming.lifetime import LifetimeOptions
+from server.streaming.playout import PlayoutOptions
+from server.streaming.turns import TurnOptions
+from server.tools import ToolBox
+from server.vad.detector import ClassifierFactory
+
+
+@dataclass(slots=True)
+class Runtime:
+    """What every session shares: loaded models, metrics, defaults."""
+
+    settings: Settings
+    catalog: ModelCatalog | None  # None when one model was given for every session
+    fixed_model: OmniModel | None
+    vad: ClassifierFactory
+    metrics: Metrics
+    on_event: EventHandler | None = None
+    session_setup: SessionSetupHook | None = None
+    tools: ToolBox | None = None  # the embedding code's server-side tools
+    sessions: LiveSessions = field(default_factory=LiveSessions)  # drained at shutdown
+
+    async def model_for(self, requested: str | None) -> OmniModel:
+        """The model a session asked for by name (a profile), loaded on first use."""
+        if self.catalog is None:
+            assert self.fixed_model is not None
+            return self.fixed_model
+        profile = profile_for_model(requested, self.catalog.default_profile)
+        return await self.catalog.model_async(profile)
+
+    def backend_health(self) -> dict[str, dict[str, object]]:
+        """Backends that report their health (worker processes); see ModelCatalog.health."""
+        return self.catalog.health() if self.catalog is not None else {}
+
+    def active_sessions(self) -> int:
+        return int(self.metrics.sessions_active._value.get())
+
+    def conversation_options(
+        self, model: str | None = None, instructions: str | None = None, voice: str | None = None
+    ) -> ConversationOptions:
+        s = self.settings
+        return ConversationOptions(
+            model_name=model or s.model_name,
+            instructions=s.instructions if instructions is None else instructions,
+            voice=s.voice if voice is None else voice,
+            turn=TurnOptions(
+                threshold=s.vad_threshold,
+                min_speech_ms=s.min_speech_ms,
+                barge_in_min_ms=s.barge_in_min_ms,
+                silence_duration_ms=s.silence_duration_ms,
+                speculative_silence_ms=s.speculative_silence_ms if s.speculative_silence_ms >= 0 else None,
+            ),
+            prefix_padding_ms=s.prefix_padding_ms,
+            playout=PlayoutOptions(chunk_ms=s.playout_chunk_ms, lead_ms=s.playout_lead_ms),
+            max_audio_ahead_ms=s.max_audio_ahead_ms,
+            lifetime=LifetimeOptions(
+                max_duration_s=s.session_max_duration_s,
+                warning_s=s.session_warning_s,
+                idle_timeout_s=s.idle_timeout_s,
+            ),
+            privacy=PrivacyOptions(
+                log_transcripts=s.log_transcripts, redact_transcripts=s.redact_transcripts
+            ),
+        )
+
+
+def guard_options(settings: Settings) -> GuardOptions:
+    return GuardOptions(
+        max_outbound_buffer_ms=settings.max_outbound_buffer_ms,
+        max_message_bytes=settings.max_message_bytes,
+    )

@@ -1,0 +1,37 @@
+"""Per-session setup from the embedding backend: what a websocket upgrade looked like
+(`SessionRequest`) and the settings the backend chose for it (`SessionSetup`).
+
+The routes build a SessionRequest for every session and await the hook (if one was given)
+before the session starts; `server.agent` and `server` re-export these types for embedding code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRequest:
+    """The websocket upgrade a session starts from. `parameters`: a Twilio call's
+    `<Parameter>`s (customParameters) with its `call_sid`; empty on /v1/realtime."""
+
+    path: str
+    query: Mapping[str, str]
+    headers: Mapping[str, str]
+    client_host: str | None
+    parameters: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSetup:
+    """Per-session settings from the embedding backend; None leaves the server default.
+    A client's own session.update can still change instructions and voice later."""
+
+    instructions: str | None = None
+    voice: str | None = None
+    profile: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+SessionSetupHook = Callable[[SessionRequest], Awaitable[SessionSetup]]
