@@ -25,24 +25,28 @@ import pytest
 
 from server.audio import PcmFrame
 from server.errors import BackendError, BackendUnavailable
-from server.model.backends.kokoro_tts import (
-    MAX_TOKENS,
+from server.model.backends.kokoro_files import (
     MODEL_FILE_NAME,
+    ModelSource,
+    assemble_model,
+    kokoro_source,
+    load_vocab,
+)
+from server.model.backends.kokoro_phonemes import (
+    MAX_TOKENS,
+    Phonemizer,
+    espeak_to_kokoro,
+    shared_espeak,
+    split_phonemes,
+    text_segments,
+)
+from server.model.backends.kokoro_tts import (
     SAMPLE_RATE_HZ,
     VOICES,
     KokoroOptions,
     KokoroTts,
-    ModelSource,
-    Phonemizer,
-    _shared_espeak,
-    assemble_model,
-    espeak_to_kokoro,
-    kokoro_source,
     load,
     load_from,
-    load_vocab,
-    split_phonemes,
-    text_segments,
     trim_silence,
 )
 from server.model.base import TtsBackend
@@ -93,13 +97,13 @@ def test_split_phonemes_cuts_at_sentences_then_clauses_then_words() -> None:
 
 
 def phonemizer() -> Phonemizer:
-    return Phonemizer(_shared_espeak(), load_vocab(kokoro_source().vocab_path))
+    return Phonemizer(shared_espeak(), load_vocab(kokoro_source().vocab_path))
 
 
 @needs_kokoro
 def test_phonemizer_produces_only_symbols_of_the_vocabulary() -> None:
     vocab = load_vocab(kokoro_source().vocab_path)
-    espeak = _shared_espeak()
+    espeak = shared_espeak()
     texts = [
         SENTENCE,
         "I'm sorry about that! Could you tell me your order number, please?",
