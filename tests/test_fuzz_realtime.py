@@ -39,7 +39,7 @@ from hypothesis import strategies as st
 
 from server.audio import PcmFrame
 from server.model.fakes import FakeAsr, FakeLlm, FakeTts, tone
-from server.realtime.wire import SUPPORTED_PCM_RATES_HZ
+from server.realtime.session_update import SUPPORTED_PCM_RATES_HZ
 from tests.conftest import fake_app
 from tests.fuzz_support import (
     BAD_BASE64,

@@ -34,7 +34,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from server.errors import ProtocolViolation
-from server.realtime.wire import SessionConfig, apply_session_update
+from server.realtime.session_update import apply_session_update
+from server.streaming.session_config import SessionConfig
 
 CLIENT_SECRET_PREFIX = "ek_"
 SUBPROTOCOL_KEY_PREFIX = "openai-insecure-api-key."

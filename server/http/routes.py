@@ -29,10 +29,12 @@ from server.http.process_stats import process_stats
 from server.http.runtime import Runtime, guard_options
 from server.http.session_setup import SessionRequest, SessionSetup
 from server.http.shutdown import SHUTDOWN_REASON
+from server.realtime.port import RealtimePort
 from server.realtime.wire import Dialect, new_id
-from server.streaming.conversation import Conversation, TransportClosed
+from server.streaming.conversation import Conversation
 from server.streaming.guard import TransportGuard
 from server.streaming.lifetime import SessionEnd
+from server.streaming.port import TransportClosed
 from server.telephony.twilio import TwilioMediaStream, TwilioOptions, upgrade_is_signed
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,7 @@ SESSION_END_CLOSE = {
 
 
 class StarletteTransport:
-    """Adapts a Starlette WebSocket to the Conversation's Transport."""
+    """Adapts a Starlette WebSocket to a TextTransport (what a conversation's port reads)."""
 
     def __init__(self, websocket: WebSocket) -> None:
         self._ws = websocket
@@ -208,16 +210,14 @@ async def realtime(websocket: WebSocket) -> None:
         return
     guard = TransportGuard(StarletteTransport(websocket), guard_options(runtime.settings))
     conversation = Conversation(
-        guard,
+        RealtimePort(guard, _dialect(websocket), initial_session=grant.session),
         model,
         runtime.vad,
         runtime.conversation_options(model=requested, instructions=setup.instructions, voice=setup.voice),
         runtime.metrics,
-        _dialect(websocket),
         on_event=runtime.on_event,
         tools=runtime.tools,
         metadata=setup.metadata,
-        session=grant.session,
     )
     try:
         await runtime.sessions.run(conversation)
@@ -311,12 +311,11 @@ async def twilio(websocket: WebSocket) -> None:
         model = await runtime.model_for(requested)
         ids = {"call_sid": start.call_sid or "", "stream_sid": start.stream_sid}
         conversation = Conversation(
-            stream,  # customParameters instructions/voice arrive as the first session.update
+            stream,  # the call's settings (customParameters instructions/voice too) apply at its start
             model,
             runtime.vad,
             runtime.conversation_options(model=requested, instructions=setup.instructions, voice=setup.voice),
             runtime.metrics,
-            Dialect.GA,
             on_event=runtime.on_event,
             tools=runtime.tools,
             metadata={**start.custom_parameters, **ids, **setup.metadata},

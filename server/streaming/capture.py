@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from server.audio import FrameChunker, PcmFrame, StreamResampler, ms_to_samples
-from server.vad.detector import FrameClassifier
+from server.vad.detector import SessionClassifier
 
 _MAX_ARRIVALS = 2000
 
@@ -34,7 +34,7 @@ class InputAudio:
         self,
         input_rate_hz: int,
         model_rate_hz: int,
-        classifier: FrameClassifier,
+        classifier: SessionClassifier,
         preroll_ms: int,
         start_s: float,
     ) -> None:
@@ -66,7 +66,7 @@ class InputAudio:
             self._resampler = StreamResampler(input_rate_hz, self.model_rate_hz)
             self.set_classifier(self._classifier)
 
-    def set_classifier(self, classifier: FrameClassifier) -> None:
+    def set_classifier(self, classifier: SessionClassifier) -> None:
         # The VAD hears the input through a resampler that never holds audio back: the end of
         # a turn is decided on the frame that completes the silence, not ~30 ms later.
         vad_ms = self._vad_samples * 1000 // self._classifier.sample_rate_hz if self._vad_samples else 0

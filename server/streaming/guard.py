@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from server.streaming.conversation import Transport, TransportClosed
 from server.streaming.lifetime import SessionEnd
+from server.streaming.port import TextTransport, TransportClosed
 
 
 class SessionLimitReached(TransportClosed):
@@ -51,7 +51,7 @@ def message_bytes(message: str | bytes) -> int:
 
 
 class TransportGuard:
-    def __init__(self, inner: Transport, options: GuardOptions) -> None:
+    def __init__(self, inner: TextTransport, options: GuardOptions) -> None:
         self._inner = inner
         self._options = options
         self.ended: SessionLimitReached | None = None

@@ -74,6 +74,7 @@ class Reply(Generic[E, A, P]):
     phase: ReplyPhase = field(init=False, default=ReplyPhase.GENERATING)
     is_released: bool = field(init=False)
     audio_stopped: bool = field(init=False, default=False)
+    _discarded: bool = field(init=False, default=False)
     _held: list[E] = field(init=False, default_factory=list)
     _held_audio: list[A] = field(init=False, default_factory=list)
     _held_published: list[P] = field(init=False, default_factory=list)
@@ -135,9 +136,12 @@ class Reply(Generic[E, A, P]):
 
     def adopt(self) -> Adoption[A, P]:
         """held -> released: the turn ended as predicted. Call after `take_held()` has
-        returned nothing, with no await in between."""
-        if self.is_released or self.phase is ReplyPhase.FINISHED:
-            raise TurnStateError(f"adopt() of a reply that is {'released' if self.is_released else 'finished'}")
+        returned nothing, with no await in between. A held reply that already ended (it
+        failed, or a text reply completed) is adopted too: its closing events come out."""
+        if self.is_released or self._discarded:
+            raise TurnStateError(
+                f"adopt() of a reply that is {'released' if self.is_released else 'discarded'}"
+            )
         if self._held:
             raise TurnStateError("adopt() with outputs still held: take_held() first")
         self.is_released = True
@@ -169,6 +173,7 @@ class Reply(Generic[E, A, P]):
         if self.is_released:
             raise TurnStateError("discard() of a released reply: cancel() it")
         self.audio_stopped = True
+        self._discarded = True
         self._held.clear()
         self._held_audio.clear()
         self._held_published.clear()

@@ -1,7 +1,8 @@
-"""TwilioMediaStream: a Conversation `Transport` that speaks Twilio Media Streams outside.
+"""TwilioMediaStream: a conversation's `ClientPort` for Twilio Media Streams.
 
-The Conversation is unchanged: it believes it serves an OpenAI Realtime client that asked for
-mu-law audio both ways and server VAD. This adapter translates, in both directions.
+Twilio's messages become the conversation's typed commands, and its outputs become Twilio's
+media, marks and clears, directly: no OpenAI Realtime JSON in between (one JSON parse per
+inbound frame, one JSON encoding per outbound one, both at this edge).
 
 Order of calls: `await stream.start()` reads `connected`/`start` and returns the call's
 `StreamStart`; hand the stream to a `Conversation` as its transport and run it; `await
@@ -10,12 +11,13 @@ ended on bad input (the route picks the close code), `stream.stopped` whether Tw
 `stop`.
 
 Inbound, Twilio -> conversation (pulled by the conversation's reader through `receive()`):
-- `connected`: dropped. `start`: becomes a `session.update` (audio/pcmu in and out, server
-  VAD that may interrupt, plus `instructions` and `voice` from customParameters if present).
-- `media`: `input_audio_buffer.append` with the same base64 payload (checked first).
+- `connected`: dropped. `start`: the call's settings (`call_settings`: mu-law in and out, server
+  VAD that may interrupt, plus `instructions` and `voice` from customParameters if present),
+  applied as the conversation opens (`opening_settings`).
+- `media`: `AppendAudio` with the decoded mu-law bytes.
 - `dtmf` (option `dtmf="message"`): keys are gathered until `#` or `dtmf_pause_ms` without a
-  key, then become a user text message "[DTMF 12#]" and a `response.create`; a reply that is
-  being spoken is cut first, as if the caller had spoken. With `dtmf="ignore"` keys are dropped.
+  key, then become a user text "[DTMF 12#]" and a `CreateResponse`; a reply that is being
+  spoken is cut first, as if the caller had spoken. With `dtmf="ignore"` keys are dropped.
 - `mark`: fed to the MarkLedger, which keeps the caller's played position.
 - `stop`: the transport closes; the conversation ends cleanly.
 - An unknown event is ignored (debug log): Twilio adds events over time.
@@ -24,23 +26,21 @@ Inbound, Twilio -> conversation (pulled by the conversation's reader through `re
   media format, a payload that is not base64, a streamSid other than the call's, or no
   `start` within `start_timeout_s`.
 
-Outbound, conversation -> Twilio (pushed through `send_text()`):
-- `response.output_audio.delta` -> `media` (already mu-law: the session's output format) and a
-  `mark` named "<item id>@<ms of the item's audio up to here>".
-- `response.done` (cancelled), `conversation.item.truncated`, or
-  `input_audio_buffer.speech_started`, while audio is still queued at Twilio -> `clear`, and a
-  `conversation.item.truncate` back to the conversation with `audio_end_ms` = the item's played
-  position as proven by returned marks (mark_ledger.py explains why marks returning after the
-  clear do not count). It overrides the server's own estimate, which assumes the client plays
-  audio the moment it is sent.
-- `error` is logged; every other event is consumed here.
+Outbound, conversation -> Twilio (pushed through `send()`):
+- `ResponseAudio` -> `media` (already mu-law: the session's output format) and a `mark` named
+  "<item id>@<ms of the item's audio up to here>".
+- `ResponseEnded` (cancelled), `ItemTruncated`, or `SpeechStarted`, while audio is still queued
+  at Twilio -> `clear`, and a `TruncateItem` back to the conversation with `audio_end_ms` = the
+  item's played position as proven by returned marks (mark_ledger.py explains why marks
+  returning after the clear do not count). It overrides the server's own estimate, which
+  assumes the client plays audio the moment it is sent.
+- `Failed` is logged; every other output has no Twilio message and is dropped here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 import time
 from collections import deque
@@ -49,8 +49,30 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from server.aio import cancel_and_wait
+from server.audio import AudioFormat, Encoding
 from server.errors import ProtocolViolation
-from server.streaming.conversation import Transport, TransportClosed
+from server.streaming.commands import (
+    AddUserText,
+    AppendAudio,
+    CancelResponse,
+    Command,
+    CreateResponse,
+    TruncateItem,
+    UpdateSession,
+)
+from server.streaming.outputs import (
+    Failed,
+    ItemTruncated,
+    Output,
+    ResponseAudio,
+    ResponseEnded,
+    ResponseStarted,
+    SessionCreated,
+    SessionUpdated,
+    SpeechStarted,
+)
+from server.streaming.port import SessionView, TextTransport, TransportClosed
+from server.streaming.session_config import SessionConfig, TurnDetectionConfig
 from server.telephony.mark_ledger import MarkLedger
 from server.telephony.twilio_signature import is_valid_signature, stream_url
 from server.telephony.twilio_wire import (
@@ -75,8 +97,8 @@ from server.telephony.twilio_wire import (
 log = logging.getLogger(__name__)
 
 DtmfMode = Literal["message", "ignore"]
-AUDIO_DELTAS = frozenset(("response.output_audio.delta", "response.audio.delta"))
 MAX_DTMF_DIGITS = 32  # a longer run of keys is sent at once
+ULAW_8K = AudioFormat(Encoding.ULAW, SAMPLE_RATE_HZ)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,25 +118,21 @@ class StreamStart:
     custom_parameters: Mapping[str, str]
 
 
-def call_session(parameters: Mapping[str, str]) -> dict[str, Any]:
-    """The `session.update` body for a call: what a Realtime client of Twilio would ask for."""
-    output: dict[str, Any] = {"format": {"type": "audio/pcmu"}}
+def call_settings(config: SessionConfig, parameters: Mapping[str, str]) -> SessionConfig:
+    """A call's session settings, from the server's defaults (`config`, not changed): mu-law
+    audio both ways, server VAD that creates replies and may be interrupted, audio replies,
+    and the `instructions` and `voice` customParameters where the TwiML gives them."""
+    call = config.copy()
+    call.input_format = call.output_format = ULAW_8K
+    turn = call.turn_detection or TurnDetectionConfig()
+    turn.type, turn.create_response, turn.interrupt_response = "server_vad", True, True
+    call.turn_detection = turn
+    call.output_modalities = ["audio"]
     if parameters.get("voice"):
-        output["voice"] = parameters["voice"]
-    session: dict[str, Any] = {
-        "type": "realtime",
-        "output_modalities": ["audio"],
-        "audio": {
-            "input": {
-                "format": {"type": "audio/pcmu"},
-                "turn_detection": {"type": "server_vad", "create_response": True, "interrupt_response": True},
-            },
-            "output": output,
-        },
-    }
+        call.voice = parameters["voice"]
     if "instructions" in parameters:
-        session["instructions"] = parameters["instructions"]
-    return session
+        call.instructions = parameters["instructions"]
+    return call
 
 
 def upgrade_is_signed(
@@ -127,16 +145,17 @@ def upgrade_is_signed(
 
 
 class TwilioMediaStream:
-    """Wraps the websocket's own Transport; is itself the Conversation's Transport."""
+    """Wraps the websocket's text transport; is itself the conversation's ClientPort."""
 
     def __init__(
-        self, inner: Transport, options: TwilioOptions, clock: Callable[[], float] = time.monotonic
+        self, inner: TextTransport, options: TwilioOptions, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._inner = inner
         self._options = options
         self._clock = clock
         self._ledger = MarkLedger(SAMPLE_RATE_HZ)
-        self._inbox: deque[str] = deque()  # client events waiting for the conversation's reader
+        self._inbox: deque[Command] = deque()  # commands waiting for the conversation's reader
+        self._session: SessionView | None = None
         self._pending: asyncio.Task[str | bytes] | None = None  # the websocket read in progress
         self._wake: asyncio.Future[None] | None = None
         self._ended = False
@@ -177,9 +196,18 @@ class TwilioMediaStream:
         pending, self._pending = self._pending, None
         await cancel_and_wait(pending, timeout_s=1.0)
 
-    # --- Transport: inbound -----------------------------------------------------------------
+    # --- ClientPort: inbound ----------------------------------------------------------------
 
-    async def receive(self) -> str:
+    def attach(self, session: SessionView) -> None:
+        self._session = session
+
+    def opening_settings(self) -> UpdateSession | None:
+        """The call's settings (`call_settings`), applied before the session is announced."""
+        if self.started is None or self._session is None:
+            return None
+        return UpdateSession(call_settings(self._session.config, self.started.custom_parameters))
+
+    async def receive(self) -> Command:
         while True:
             if self._inbox:
                 return self._inbox.popleft()
@@ -212,12 +240,12 @@ class TwilioMediaStream:
             self._ended = True
             raise
 
-    def _push(self, event: dict[str, Any], *, first: bool = False) -> None:
-        """Queue an event for the conversation's reader; `first` puts it ahead of the queue."""
+    def _push(self, command: Command, *, first: bool = False) -> None:
+        """Queue a command for the conversation's reader; `first` puts it ahead of the queue."""
         if first:
-            self._inbox.appendleft(json.dumps(event))
+            self._inbox.appendleft(command)
         else:
-            self._inbox.append(json.dumps(event))
+            self._inbox.append(command)
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
 
@@ -257,10 +285,7 @@ class TwilioMediaStream:
             case Media():
                 if event.media.track not in ("inbound", "inbound_track"):
                     return  # a bidirectional stream carries only the caller's track
-                media_audio(event)  # checks the payload; the conversation decodes it again
-                self._inbox.append(
-                    json.dumps({"type": "input_audio_buffer.append", "audio": event.media.payload})
-                )
+                self._inbox.append(AppendAudio(media_audio(event)))
             case Dtmf():
                 self._on_digit(check_digit(event))
             case Mark():
@@ -279,9 +304,6 @@ class TwilioMediaStream:
             call_sid=details.call_sid,
             account_sid=details.account_sid,
             custom_parameters=dict(details.custom_parameters),
-        )
-        self._inbox.append(
-            json.dumps({"type": "session.update", "session": call_session(details.custom_parameters)})
         )
         log.info(
             "twilio stream started",
@@ -330,60 +352,49 @@ class TwilioMediaStream:
         if not digits:
             return
         if self._responding:
-            self._push({"type": "response.cancel"})  # a key press interrupts, as speech does
+            self._push(CancelResponse())  # a key press interrupts, as speech does
         elif self._ledger.is_playing:
             await self._cut("dtmf")
-        self._push(
-            {
-                "type": "conversation.item.create",
-                "item": {
-                    "type": "message",
-                    "role": "user",
-                    "content": [{"type": "input_text", "text": f"[DTMF {digits}]"}],
-                },
-            }
-        )
-        self._push({"type": "response.create"})
+        self._push(AddUserText(f"[DTMF {digits}]"))
+        self._push(CreateResponse())
 
-    # --- Transport: outbound ------------------------------------------------------------------
+    # --- ClientPort: outbound -----------------------------------------------------------------
 
-    async def send_text(self, text: str) -> None:
+    async def send(self, output: Output) -> None:
         if self._ended:
             raise TransportClosed
-        event = json.loads(text)
-        kind = event.get("type")
-        if kind in AUDIO_DELTAS:
-            await self._send_audio(event["item_id"], event["delta"])
-        elif kind == "session.updated":
-            fmt = event["session"].get("audio", {}).get("output", {}).get("format", {})
-            self._configured = fmt.get("type") == "audio/pcmu"
-            if not self._configured:
-                log.error("session output is not mu-law; call audio is dropped", extra=self._fields())
-        elif kind == "response.created":
-            self._responding = True
-        elif kind == "response.done":
-            self._responding = False
-            if event["response"]["status"] == "cancelled":
-                await self._cut("response_cancelled")
-        elif kind == "conversation.item.truncated":
-            await self._on_truncated(event["item_id"], int(event["audio_end_ms"]))
-        elif kind == "input_audio_buffer.speech_started":
-            await self._cut("speech_started")
-        elif kind == "error":
-            error = event.get("error") or {}
-            log.warning(
-                "conversation error on a twilio call",
-                extra={**self._fields(), "code": error.get("code"), "reason": error.get("message")},
-            )
+        match output:
+            case ResponseAudio():
+                await self._send_audio(output.item_id, output.audio)
+            case SessionCreated() | SessionUpdated():
+                self._configured = output.config.output_format == ULAW_8K
+                if not self._configured:
+                    log.error("session output is not mu-law; call audio is dropped", extra=self._fields())
+            case ResponseStarted():
+                self._responding = True
+            case ResponseEnded():
+                self._responding = False
+                if output.status == "cancelled":
+                    await self._cut("response_cancelled")
+            case ItemTruncated():
+                await self._on_truncated(output.item_id, output.audio_end_ms)
+            case SpeechStarted():
+                await self._cut("speech_started")
+            case Failed():
+                log.warning(
+                    "conversation error on a twilio call",
+                    extra={**self._fields(), "code": output.code, "reason": output.message},
+                )
 
-    async def _send_audio(self, item_id: str, payload: str) -> None:
+    async def _send_audio(self, item_id: str, audio: bytes) -> None:
         if not self._configured:
             log.error("reply audio before the session was configured; dropped", extra=self._fields())
             return
         if not self._ledger.accepts(item_id):
             return  # a late chunk of a cleared item: the caller must not hear it
         assert self.started is not None
-        samples = len(base64.b64decode(payload))  # mu-law: one byte per sample
+        samples = len(audio)  # mu-law: one byte per sample
+        payload = base64.b64encode(audio).decode("ascii")
         await self._inner.send_text(media_message(self.started.stream_sid, payload))
         name = self._ledger.push_sent(item_id, samples)
         if name is not None:
@@ -428,15 +439,7 @@ class TwilioMediaStream:
         self._truncated.add(item_id)
         # ahead of anything queued (a key press's message and response.create): the item must
         # be cut while it is still the conversation's last reply
-        self._push(
-            {
-                "type": "conversation.item.truncate",
-                "item_id": item_id,
-                "content_index": 0,
-                "audio_end_ms": audio_end_ms,
-            },
-            first=True,
-        )
+        self._push(TruncateItem(item_id, 0, audio_end_ms), first=True)
 
     def _fields(self) -> dict[str, Any]:
         started = self.started

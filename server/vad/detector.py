@@ -56,6 +56,42 @@ class QueuedClassifier(ABC):
     def speech_probability(self, frame: PcmFrame) -> float: ...
 
 
+class SessionClassifier(Protocol):
+    """What a session's audio loop awaits for each VAD frame, in order, one at a time."""
+
+    @property
+    def frame_ms(self) -> int: ...
+
+    @property
+    def sample_rate_hz(self) -> int: ...
+
+    async def classify(self, frame: PcmFrame) -> float: ...
+
+
+class InlineClassifier:
+    """A classifier cheap enough to run where it is awaited (webrtcvad: a few µs of C)."""
+
+    def __init__(self, inner: FrameClassifier) -> None:
+        self.inner = inner
+
+    @property
+    def frame_ms(self) -> int:
+        return self.inner.frame_ms
+
+    @property
+    def sample_rate_hz(self) -> int:
+        return self.inner.sample_rate_hz
+
+    async def classify(self, frame: PcmFrame) -> float:
+        return self.inner.speech_probability(frame)
+
+
+def session_classifier(classifier: FrameClassifier | QueuedClassifier) -> SessionClassifier:
+    """The classifier a session awaits: a queued one (its frames classified elsewhere, in a
+    shared batch or another process) as it is; any other runs inline."""
+    return classifier if isinstance(classifier, QueuedClassifier) else InlineClassifier(classifier)
+
+
 @runtime_checkable
 class BatchableVad(ClassifierFactory, Protocol):
     """A VAD backend whose model can classify the next frame of several of its classifiers

@@ -109,3 +109,15 @@ def test_truncation_keeps_the_heard_text_and_audio_bookkeeping() -> None:
     assert r.audio_sent_ms == 40.5
     r.truncate("It shipped on Monday")
     assert r.transcript == "It shipped on Monday" and not r.accepts_audio
+
+
+def test_a_prepared_reply_that_failed_while_held_is_adopted_with_its_failure() -> None:
+    r = reply(prepared=True)
+    r.emit("response.created")
+    assert r.fail() is True
+    assert r.close() is True
+    r.emit("response.done failed")
+    assert r.finish() is True
+    assert r.take_held() == ["response.created", "response.done failed"]
+    r.adopt()
+    assert r.is_released and r.is_finished and not r.accepts_audio

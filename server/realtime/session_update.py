@@ -1,0 +1,240 @@
+"""A client's `session.update` (OpenAI Realtime, beta or GA shape) applied to session settings.
+
+`apply_session_update(config, session)` validates every field it finds, and changes `config`
+only if all of them are valid; a bad one raises `ProtocolViolation` naming the field
+(`param`) and the `error.code` to report. No asyncio, no sockets here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from server.audio import ALAW_8K, ULAW_8K, AudioFormat, Encoding
+from server.errors import ProtocolViolation
+from server.streaming.session_config import SessionConfig, TurnDetectionConfig
+
+SUPPORTED_PCM_RATES_HZ = (8_000, 16_000, 24_000, 44_100, 48_000)
+
+
+def is_beta_session_shape(session: dict[str, Any]) -> bool:
+    beta_keys = {
+        "input_audio_format",
+        "output_audio_format",
+        "modalities",
+        "turn_detection",
+        "input_audio_transcription",
+        "max_response_output_tokens",
+        "voice",
+    }
+    return session.get("type") is None and bool(beta_keys & session.keys())
+
+
+def _beta_format(name: object, param: str) -> AudioFormat:
+    if name == "pcm16":
+        return AudioFormat(Encoding.PCM16, 24_000)
+    if name == "g711_ulaw":
+        return ULAW_8K
+    if name == "g711_alaw":
+        return ALAW_8K
+    raise ProtocolViolation(
+        f"unsupported audio format {name!r}; use pcm16, g711_ulaw or g711_alaw",
+        code="invalid_value",
+        param=param,
+    )
+
+
+def _ga_format(fmt: object, param: str) -> AudioFormat:
+    if not isinstance(fmt, dict):
+        raise ProtocolViolation(f"{param} must be an object", code="invalid_value", param=param)
+    kind = fmt.get("type")
+    if kind == "audio/pcm":
+        rate = fmt.get("rate", 24_000)
+        if rate not in SUPPORTED_PCM_RATES_HZ:
+            raise ProtocolViolation(
+                f"unsupported audio/pcm rate {rate!r}; use one of {SUPPORTED_PCM_RATES_HZ}",
+                code="invalid_value",
+                param=f"{param}.rate",
+            )
+        return AudioFormat(Encoding.PCM16, int(rate))
+    if kind == "audio/pcmu":
+        return ULAW_8K
+    if kind == "audio/pcma":
+        return ALAW_8K
+    raise ProtocolViolation(
+        f"unsupported audio format type {kind!r}; use audio/pcm, audio/pcmu or audio/pcma",
+        code="invalid_value",
+        param=f"{param}.type",
+    )
+
+
+def _check_type(value: object, kinds: type | tuple[type, ...], param: str) -> Any:
+    if isinstance(value, bool) and kinds in (int, float, (int, float)):
+        raise ProtocolViolation(f"{param} must be a number", code="invalid_value", param=param)
+    if not isinstance(value, kinds):
+        raise ProtocolViolation(f"{param} has the wrong type", code="invalid_value", param=param)
+    return value
+
+
+def _apply_turn_detection(config: SessionConfig, value: object, param: str) -> None:
+    if value is None:
+        config.turn_detection = None
+        return
+    if not isinstance(value, dict):
+        raise ProtocolViolation(f"{param} must be an object or null", code="invalid_value", param=param)
+    kind = value.get("type", "server_vad")
+    if kind not in ("server_vad", "semantic_vad"):
+        raise ProtocolViolation(
+            f"unsupported turn_detection type {kind!r}", code="invalid_value", param=f"{param}.type"
+        )
+    td = config.turn_detection or TurnDetectionConfig()
+    td.type = "server_vad"  # semantic_vad is served by the same detector
+    if "threshold" in value:
+        threshold = float(_check_type(value["threshold"], (int, float), f"{param}.threshold"))
+        if not 0.0 <= threshold <= 1.0:
+            raise ProtocolViolation(
+                "threshold must be within [0, 1]", code="invalid_value", param=f"{param}.threshold"
+            )
+        td.threshold = threshold
+    for name in ("prefix_padding_ms", "silence_duration_ms"):
+        if name in value:
+            ms = _check_type(value[name], int, f"{param}.{name}")
+            if not 0 <= ms <= 10_000:
+                raise ProtocolViolation(
+                    f"{name} must be within [0, 10000]", code="invalid_value", param=f"{param}.{name}"
+                )
+            setattr(td, name, ms)
+    for name in ("create_response", "interrupt_response"):
+        if name in value:
+            setattr(td, name, _check_type(value[name], bool, f"{param}.{name}"))
+    if "idle_timeout_ms" in value:
+        idle = value["idle_timeout_ms"]
+        td.idle_timeout_ms = None if idle is None else _check_type(idle, int, f"{param}.idle_timeout_ms")
+    config.turn_detection = td
+
+
+def _apply_common(config: SessionConfig, session: dict[str, Any]) -> None:
+    if "instructions" in session:
+        config.instructions = _check_type(session["instructions"], str, "session.instructions")
+    if "temperature" in session:
+        config.temperature = float(_check_type(session["temperature"], (int, float), "session.temperature"))
+    if "tools" in session:
+        config.tools = list(_check_type(session["tools"], list, "session.tools"))
+    if "tool_choice" in session:
+        config.tool_choice = _tool_choice(session["tool_choice"])
+    if "model" in session and isinstance(session["model"], str):
+        config.model = session["model"]
+
+
+TOOL_CHOICE_MODES = ("auto", "none", "required")
+
+
+def _tool_choice(value: object) -> str | dict[str, str]:
+    if isinstance(value, str) and value in TOOL_CHOICE_MODES:
+        return value
+    if isinstance(value, dict) and value.get("type") == "function":
+        name = value.get("name")
+        if isinstance(name, str) and name:
+            return {"type": "function", "name": name}
+    raise ProtocolViolation(
+        'session.tool_choice must be "auto", "none", "required" or {"type": "function", "name": ...}, '
+        f"not {str(value)[:80]!r}",
+        code="invalid_value",
+        param="session.tool_choice",
+    )
+
+
+def _max_tokens(value: object, param: str) -> int | None:
+    if value == "inf" or value is None:
+        return None
+    tokens = _check_type(value, int, param)
+    if tokens < 1:
+        raise ProtocolViolation(f"{param} must be >= 1 or 'inf'", code="invalid_value", param=param)
+    return int(tokens)
+
+
+def _modalities(value: object, param: str) -> list[str]:
+    items = _check_type(value, list, param)
+    if not items or any(m not in ("audio", "text") for m in items):
+        raise ProtocolViolation(f"{param} must list 'audio' and/or 'text'", code="invalid_value", param=param)
+    return ["audio"] if "audio" in items else ["text"]
+
+
+def apply_session_update(config: SessionConfig, session: dict[str, Any]) -> None:
+    """Apply the fields present in a `session.update` (either shape) to `config`.
+
+    Validates everything before changing anything, so a rejected update leaves no trace.
+    """
+    scratch = SessionConfig(**{f: getattr(config, f) for f in config.__dataclass_fields__})
+    if scratch.turn_detection is not None:
+        scratch.turn_detection = TurnDetectionConfig(**vars_of(scratch.turn_detection))
+    _apply_common(scratch, session)
+    if session.get("type") in ("realtime", None) and not is_beta_session_shape(session):
+        _apply_ga(scratch, session)
+    elif session.get("type") not in (None, "realtime"):
+        raise ProtocolViolation(
+            f"session.type {session.get('type')!r} is not supported; use 'realtime'",
+            code="invalid_value",
+            param="session.type",
+        )
+    else:
+        _apply_beta(scratch, session)
+    for name in config.__dataclass_fields__:
+        setattr(config, name, getattr(scratch, name))
+
+
+def vars_of(td: TurnDetectionConfig) -> dict[str, Any]:
+    return {f: getattr(td, f) for f in td.__dataclass_fields__}
+
+
+def _apply_beta(config: SessionConfig, session: dict[str, Any]) -> None:
+    if "voice" in session:
+        config.voice = _check_type(session["voice"], str, "session.voice")
+    if "input_audio_format" in session:
+        config.input_format = _beta_format(session["input_audio_format"], "session.input_audio_format")
+    if "output_audio_format" in session:
+        config.output_format = _beta_format(session["output_audio_format"], "session.output_audio_format")
+    if "turn_detection" in session:
+        _apply_turn_detection(config, session["turn_detection"], "session.turn_detection")
+    if "input_audio_transcription" in session:
+        tr = session["input_audio_transcription"]
+        config.transcription_model = (
+            None
+            if tr is None
+            else str(_check_type(tr, dict, "session.input_audio_transcription").get("model", "voxgate-asr"))
+        )
+    if "modalities" in session:
+        config.output_modalities = _modalities(session["modalities"], "session.modalities")
+    if "max_response_output_tokens" in session:
+        config.max_output_tokens = _max_tokens(
+            session["max_response_output_tokens"], "session.max_response_output_tokens"
+        )
+
+
+def _apply_ga(config: SessionConfig, session: dict[str, Any]) -> None:
+    if "output_modalities" in session:
+        config.output_modalities = _modalities(session["output_modalities"], "session.output_modalities")
+    if "max_output_tokens" in session:
+        config.max_output_tokens = _max_tokens(session["max_output_tokens"], "session.max_output_tokens")
+    audio = session.get("audio")
+    if audio is None:
+        return
+    _check_type(audio, dict, "session.audio")
+    audio_in = audio.get("input") or {}
+    audio_out = audio.get("output") or {}
+    _check_type(audio_in, dict, "session.audio.input")
+    _check_type(audio_out, dict, "session.audio.output")
+    if "format" in audio_in:
+        config.input_format = _ga_format(audio_in["format"], "session.audio.input.format")
+    if "turn_detection" in audio_in:
+        _apply_turn_detection(config, audio_in["turn_detection"], "session.audio.input.turn_detection")
+    if "transcription" in audio_in:
+        tr = audio_in["transcription"]
+        config.transcription_model = (
+            None
+            if tr is None
+            else str(_check_type(tr, dict, "session.audio.input.transcription").get("model", "voxgate-asr"))
+        )
+    if "format" in audio_out:
+        config.output_format = _ga_format(audio_out["format"], "session.audio.output.format")
+    if "voice" in audio_out:
+        config.voice = _check_type(audio_out["voice"], str, "session.audio.output.voice")
