@@ -13,10 +13,10 @@ from server.model.base import OmniModel
 from server.model.profiles import ModelCatalog, profile_for_model
 from server.privacy import PrivacyOptions
 from server.settings import Settings
-from server.streaming.conversation import ConversationOptions
 from server.streaming.guard import GuardOptions
 from server.streaming.lifetime import LifetimeOptions
 from server.streaming.playout import PlayoutOptions
+from server.streaming.session_config import ConversationOptions
 from server.streaming.turns import TurnOptions
 from server.tools import ToolBox
 from server.vad.detector import ClassifierFactory

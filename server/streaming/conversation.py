@@ -23,18 +23,15 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 
 from server.aio import wait_event
 from server.audio import PcmFrame, resample
 from server.errors import BackendError, ProtocolViolation
-from server.events import AgentEvent, EventHandler, SessionEnded, SessionStarted, TurnLatency, UserTurn
+from server.events import AgentEvent, EventHandler, SessionEnded, SessionStarted
 from server.ids import new_id
-from server.logs import error_fields
 from server.metrics import Metrics
 from server.model.base import OmniModel, OmniSession, ResponseOptions, SessionOptions, ToolSpec
 from server.model.tool_calls import ForcedTool, ToolChoice
-from server.privacy import PrivacyOptions
 from server.streaming.capture import InputAudio
 from server.streaming.commands import (
     AddFunctionOutput,
@@ -50,7 +47,7 @@ from server.streaming.commands import (
     TruncateItem,
     UpdateSession,
 )
-from server.streaming.lifetime import EndSession, LifetimeOptions, SessionEnd, SessionLifetime, WarnExpiring
+from server.streaming.lifetime import EndSession, SessionEnd, SessionLifetime, WarnExpiring
 from server.streaming.notifier import EventNotifier
 from server.streaming.outputs import (
     Failed,
@@ -65,16 +62,14 @@ from server.streaming.outputs import (
     SessionUpdated,
     SpeechStarted,
     SpeechStopped,
-    TranscriptCompleted,
-    TranscriptDelta,
-    TranscriptFailed,
     UserAudioAdded,
     UserTextAdded,
 )
-from server.streaming.playout import PlayoutBuffer, PlayoutOptions
+from server.streaming.playout import PlayoutBuffer
 from server.streaming.port import ClientPort, TransportClosed
-from server.streaming.replies import Replies, failure_code
-from server.streaming.session_config import SessionConfig, TurnDetectionConfig, forced_tool_name
+from server.streaming.replies import Replies
+from server.streaming.session_config import ConversationOptions, forced_tool_name
+from server.streaming.transcription import transcribe_turn
 from server.streaming.turns import (
     AbandonPreparedReply,
     AnnounceSpeechStarted,
@@ -89,7 +84,6 @@ from server.streaming.turns import (
     StartReply,
     Tick,
     TurnAction,
-    TurnOptions,
     TurnTaker,
     UserState,
 )
@@ -104,37 +98,7 @@ log = logging.getLogger(__name__)
 SILENCE_BY_ABSENCE_MS = 250  # no audio for this long in the middle of a turn: treat as silence
 MIN_COMMIT_MS = 100
 
-__all__ = ["Conversation", "ConversationOptions", "TransportClosed"]
-
-
-@dataclass(frozen=True, slots=True)
-class ConversationOptions:
-    model_name: str = "voxgate-cascade"
-    instructions: str = ""
-    voice: str = "en-us"
-    turn: TurnOptions = field(default_factory=TurnOptions)
-    prefix_padding_ms: int = 300
-    playout: PlayoutOptions = field(default_factory=PlayoutOptions)
-    max_audio_ahead_ms: int = 10_000
-    lifetime: LifetimeOptions = field(default_factory=LifetimeOptions)
-    privacy: PrivacyOptions = field(default_factory=PrivacyOptions)
-
-    def session_config(self, session_id: str) -> SessionConfig:
-        """The session settings a session with these options starts from."""
-        return SessionConfig(
-            id=session_id,
-            model=self.model_name,
-            instructions=self.instructions,
-            voice=self.voice,
-            turn_detection=TurnDetectionConfig(
-                threshold=self.turn.threshold,
-                prefix_padding_ms=self.prefix_padding_ms,
-                silence_duration_ms=self.turn.silence_duration_ms,
-                create_response=self.turn.create_response,
-                interrupt_response=self.turn.interrupt_response,
-                idle_timeout_ms=self.turn.idle_timeout_ms,
-            ),
-        )
+__all__ = ["Conversation", "ConversationOptions", "TransportClosed"]  # the names routes use
 
 
 class Conversation:
@@ -378,20 +342,7 @@ class Conversation:
         td = config.turn_detection
         if td is not None:
             defaults = self._options.turn
-            self._turns.configure(
-                TurnOptions(
-                    threshold=td.threshold,
-                    min_speech_ms=defaults.min_speech_ms,
-                    barge_in_min_ms=defaults.barge_in_min_ms,
-                    silence_duration_ms=td.silence_duration_ms,
-                    create_response=td.create_response,
-                    interrupt_response=td.interrupt_response,
-                    idle_timeout_ms=td.idle_timeout_ms,
-                    speculative_silence_ms=defaults.speculative_silence_ms,
-                    vad_hangover_ms=defaults.vad_hangover_ms,
-                    vad_min_voiced_ms=defaults.vad_min_voiced_ms,
-                )
-            )
+            self._turns.configure(self._options.turn_options(td))
             if td.threshold != defaults.threshold:
                 self._classifier = session_classifier(self._vad_factory.open(td.threshold))
                 self._input.set_classifier(self._classifier)
@@ -573,42 +524,18 @@ class Conversation:
         emit: Callable[[Output], Awaitable[None]],
         publish: Callable[[AgentEvent], None],
     ) -> Exception | None:
-        """Transcribe the committed turn; returns None, or the recogniser's failure (reported
-        here as TranscriptFailed; the turn then has no transcript)."""
-        session = self.model_session
-        if previous is not None:
-            await asyncio.shield(previous)  # transcripts join the history in turn order
-        final = ""
-        sent = ""  # deltas are increments: a revised hypothesis waits for the final transcript
-        try:
-            async for delta in session.commit_audio():
-                if delta.is_final:
-                    final = delta.text
-                    continue
-                if not delta.text.startswith(sent) or len(delta.text) == len(sent):
-                    continue
-                increment, sent = delta.text[len(sent) :], delta.text
-                await emit(TranscriptDelta(item_id, increment))
-        except Exception as exc:  # the recogniser failed or hung: this turn fails, the session lives
-            log.error(
-                "transcription failed",
-                extra={
-                    "session_id": self.config.id,
-                    "item_id": item_id,
-                    **error_fields(exc, with_message=self._options.privacy.log_transcripts),
-                },
-            )
-            code = failure_code(exc)
-            self._metrics.errors.labels(code=code).inc()
-            error = {"type": "server_error", "code": code, "message": str(exc) or type(exc).__name__}
-            await emit(TranscriptFailed(item_id, error))
-            return exc
-        if session.timings.asr_final_ms is not None:
-            self._metrics.asr_final.observe(session.timings.asr_final_ms / 1000)
-        if self.config.transcription_model is not None:
-            await emit(TranscriptCompleted(item_id, final))
-        publish(UserTurn(self.config.id, item_id, final))
-        return None
+        """Transcribe the committed turn (transcription.py); its failure, or None."""
+        return await transcribe_turn(
+            self.model_session,
+            item_id,
+            previous,
+            emit,
+            publish,
+            session_id=self.config.id,
+            announce_final=self.config.transcription_model is not None,
+            metrics=self._metrics,
+            privacy=self._options.privacy,
+        )
 
     # --- writer: real-time pacing ---------------------------------------------------
 
@@ -636,20 +563,7 @@ class Conversation:
             if reply is None or reply.reply_id != reply_id or not reply.accepts_audio:
                 return  # a stale chunk of an interrupted reply: never sent
             await self._port.send(ResponseAudio(reply.response_id, reply.item_id, audio, frame.duration_ms))
-            latency_s = self._replies.sent_audio(reply, frame.duration_ms)
-        if latency_s is not None:
-            self._metrics.voice_to_voice.observe(latency_s)
-            timings = self._session.timings if self._session is not None else None
-            self._notifier.publish(
-                TurnLatency(
-                    self.config.id,
-                    reply.item_id,
-                    latency_s * 1000,
-                    asr_final_ms=timings.asr_final_ms if timings else None,
-                    llm_first_token_ms=timings.llm_first_token_ms if timings else None,
-                    tts_first_audio_ms=timings.tts_first_audio_ms if timings else None,
-                )
-            )
+            self._replies.sent_audio(reply, frame.duration_ms)
 
     # --- timer: silence by absence of audio ----------------------------------------
 

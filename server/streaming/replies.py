@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from server.aio import cancel_and_wait
 from server.audio import PcmFrame, StreamResampler
 from server.errors import ModelTimeout, ProtocolViolation
-from server.events import AgentEvent, AssistantTurn, Interrupted, ToolCalled, Truncated
+from server.events import AgentEvent, AssistantTurn, Interrupted, ToolCalled, Truncated, TurnLatency
 from server.ids import new_id
 from server.logs import error_fields
 from server.metrics import Metrics
@@ -160,17 +160,29 @@ class Replies:
                 io.released.set()
         return io
 
-    def sent_audio(self, reply: ActiveReply, duration_ms: float) -> float | None:
-        """The writer sent a chunk of `reply`; returns the voice-to-voice latency (s) of its
-        first chunk, once."""
+    def sent_audio(self, reply: ActiveReply, duration_ms: float) -> None:
+        """The writer sent a chunk of `reply`; its first one after the caller's speech ended
+        is the turn's voice-to-voice latency (a histogram, and a TurnLatency event)."""
         reply.sent_audio(duration_ms)
         io = self.io(reply)
         if io.first_audio_sent_s is not None:
-            return None
+            return
         io.first_audio_sent_s = self._clock()
         if io.user_speech_end_s is None:
-            return None
-        return io.first_audio_sent_s - io.user_speech_end_s
+            return
+        latency_s = io.first_audio_sent_s - io.user_speech_end_s
+        self._metrics.voice_to_voice.observe(latency_s)
+        timings = self._host.model_session.timings
+        self._host.publish(
+            TurnLatency(
+                self._host.config.id,
+                reply.item_id,
+                latency_s * 1000,
+                asr_final_ms=timings.asr_final_ms,
+                llm_first_token_ms=timings.llm_first_token_ms,
+                tts_first_audio_ms=timings.tts_first_audio_ms,
+            )
+        )
 
     def all_sent(self, reply: ActiveReply) -> None:
         self.io(reply).all_sent.set()

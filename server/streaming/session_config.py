@@ -11,6 +11,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from server.audio import AudioFormat, Encoding
+from server.privacy import PrivacyOptions
+from server.streaming.lifetime import LifetimeOptions
+from server.streaming.playout import PlayoutOptions
+from server.streaming.turns import TurnOptions
 
 
 @dataclass(slots=True)
@@ -57,3 +61,50 @@ class SessionConfig:
 def forced_tool_name(tool_choice: str | dict[str, str]) -> str | None:
     """The function a session's tool_choice names, if it names one."""
     return tool_choice.get("name") if isinstance(tool_choice, dict) else None
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationOptions:
+    model_name: str = "voxgate-cascade"
+    instructions: str = ""
+    voice: str = "en-us"
+    turn: TurnOptions = field(default_factory=TurnOptions)
+    prefix_padding_ms: int = 300
+    playout: PlayoutOptions = field(default_factory=PlayoutOptions)
+    max_audio_ahead_ms: int = 10_000
+    lifetime: LifetimeOptions = field(default_factory=LifetimeOptions)
+    privacy: PrivacyOptions = field(default_factory=PrivacyOptions)
+
+    def session_config(self, session_id: str) -> SessionConfig:
+        """The session settings a session with these options starts from."""
+        return SessionConfig(
+            id=session_id,
+            model=self.model_name,
+            instructions=self.instructions,
+            voice=self.voice,
+            turn_detection=TurnDetectionConfig(
+                threshold=self.turn.threshold,
+                prefix_padding_ms=self.prefix_padding_ms,
+                silence_duration_ms=self.turn.silence_duration_ms,
+                create_response=self.turn.create_response,
+                interrupt_response=self.turn.interrupt_response,
+                idle_timeout_ms=self.turn.idle_timeout_ms,
+            ),
+        )
+
+    def turn_options(self, turn_detection: TurnDetectionConfig) -> TurnOptions:
+        """The turn-taking options of a session whose client set `turn_detection`; what a
+        client cannot set stays as the server configured it."""
+        defaults = self.turn
+        return TurnOptions(
+            threshold=turn_detection.threshold,
+            min_speech_ms=defaults.min_speech_ms,
+            barge_in_min_ms=defaults.barge_in_min_ms,
+            silence_duration_ms=turn_detection.silence_duration_ms,
+            create_response=turn_detection.create_response,
+            interrupt_response=turn_detection.interrupt_response,
+            idle_timeout_ms=turn_detection.idle_timeout_ms,
+            speculative_silence_ms=defaults.speculative_silence_ms,
+            vad_hangover_ms=defaults.vad_hangover_ms,
+            vad_min_voiced_ms=defaults.vad_min_voiced_ms,
+        )
