@@ -78,7 +78,21 @@ def voice_app() -> tuple[FastAPI, str]:
         preload(settings, catalog)
     except (VoiceServerError, OSError, ImportError):
         return fake_app(), "fake"
-    return create_app(settings, catalog=catalog), "real"
+    app = create_app(settings, catalog=catalog)
+    served = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[Any]:
+        # the app closes only a catalog it built: close this one with it, so its PocketSphinx
+        # decoder processes end with the test instead of whenever the catalog is collected
+        try:
+            async with served(app) as state:
+                yield state
+        finally:
+            await asyncio.to_thread(catalog.close)
+
+    app.router.lifespan_context = lifespan
+    return app, "real"
 
 
 def speech_wav(directory: Path, text: str, *, lead_s: float, tail_s: float, name: str = "speech") -> Path:
