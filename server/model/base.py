@@ -51,17 +51,17 @@ class Message:
 
 @dataclass(frozen=True, slots=True)
 class Capabilities:
-    """What a model does by itself; the server branches on these flags, never on types.
+    """What the server must know of a model; it reads these, never the model's type.
 
-    handles_turn_taking: a full-duplex model listens while it speaks and decides turns
-        itself; the server then forwards all audio and runs no VAD or barge-in of its own.
-    can_truncate: the model can cut its last reply to what the user heard.
     input_sample_rate_hz: the rate `push_audio` expects.
     output_sample_rate_hz: the rate of `AudioChunk` frames.
+
+    Every model truncates its last reply (`truncate_reply`) and leaves turn-taking to the
+    server. A full-duplex model that decides turns itself would add a flag here together with
+    the server code that reads it (an upstream realtime backend, issue 17); flags that no code
+    reads are not kept.
     """
 
-    handles_turn_taking: bool
-    can_truncate: bool
     input_sample_rate_hz: int
     output_sample_rate_hz: int
 

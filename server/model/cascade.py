@@ -102,8 +102,6 @@ class CascadeModel:
         self.anticipate = anticipate
         self.deadlines = deadlines or ModelDeadlines()  # a hung backend fails the call
         self.capabilities = Capabilities(
-            handles_turn_taking=False,
-            can_truncate=True,
             input_sample_rate_hz=asr.sample_rate_hz,
             output_sample_rate_hz=OUTPUT_SAMPLE_RATE_HZ,
         )
