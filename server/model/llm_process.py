@@ -169,11 +169,14 @@ class LlmProcess:
 
     def health(self) -> dict[str, object]:
         """For /healthz: `state` ok (serving), restarting (its worker died; turns wait) or
-        failed (it could not be restarted), with the restarts so far and the last crash."""
+        failed (it could not be restarted); the turns `generating` (0 or 1) and `waiting`;
+        the restarts so far and the last crash."""
         with self._lock:
             worker = self._worker
             return {
                 "state": self._state,
+                "generating": sum(1 for turn in self._turns.values() if turn.started),
+                "waiting": sum(1 for turn in self._turns.values() if not turn.started),
                 "pid": worker.process.pid if worker is not None else None,
                 "cpu_variant": worker.cpu_variant if worker is not None else None,
                 "restarts": self.restarts,
