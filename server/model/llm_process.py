@@ -59,6 +59,7 @@ State = Literal["ok", "restarting", "failed"]
 @dataclass(frozen=True, slots=True)
 class _End:
     error: BaseException | None = None
+    value: float | None = None  # an eot request's answer
 
 
 @dataclass(slots=True)
@@ -131,27 +132,15 @@ class LlmProcess:
     ) -> AsyncGenerator[str, None]:
         """Stream the assistant's next line as text pieces. Closing the generator early stops
         generation within one token. BackendError if the worker dies during this turn."""
-        turn = _Turn(
-            next(self._ids),
-            asyncio.get_running_loop(),
+        turn = self._submit(
             {
                 "op": "turn",
-                "history": [{"role": m.role, "text": m.text, "interrupted": m.interrupted} for m in history],
+                "history": _history(history),
                 "instructions": options.instructions,
                 "temperature": options.temperature,
                 "max_output_tokens": options.max_output_tokens,
-                "queued_at": time.monotonic(),
-            },
+            }
         )
-        turn.request["id"] = turn.id
-        with self._lock:
-            if self._state == "failed":
-                raise BackendUnavailable(f"the language model is unavailable: {self.last_crash}")
-            if self._closing:
-                raise BackendUnavailable("the language model is shut down")
-            self._turns[turn.id] = turn
-            if self._worker is not None:
-                self._send_locked(turn)
         try:
             while True:
                 item = await turn.pieces.get()
@@ -166,6 +155,45 @@ class LlmProcess:
                 await self._stop(turn)
             with self._lock:
                 self._turns.pop(turn.id, None)
+
+    async def end_of_turn_probability(
+        self, history: Sequence[Message], words: str, options: SessionOptions
+    ) -> float:
+        """P(the caller's line is complete after `words`), from the worker's engine (served
+        between replies, in order). BackendError if the worker dies meanwhile."""
+        turn = self._submit(
+            {"op": "eot", "history": _history(history), "words": words, "instructions": options.instructions}
+        )
+        try:
+            while True:
+                item = await turn.pieces.get()
+                if isinstance(item, _End):
+                    turn.ended = True
+                    if item.error is not None:
+                        raise item.error
+                    if item.value is None:
+                        raise BackendError(f"{self.engine} answered an end-of-turn request without a value")
+                    return item.value
+        finally:
+            if not turn.ended:
+                await self._stop(turn)
+            with self._lock:
+                self._turns.pop(turn.id, None)
+
+    def _submit(self, request: dict[str, Any]) -> _Turn:
+        """Register a request and send it (or keep it for the worker being restarted)."""
+        turn = _Turn(next(self._ids), asyncio.get_running_loop(), request)
+        request["id"] = turn.id
+        request["queued_at"] = time.monotonic()
+        with self._lock:
+            if self._state == "failed":
+                raise BackendUnavailable(f"the language model is unavailable: {self.last_crash}")
+            if self._closing:
+                raise BackendUnavailable("the language model is shut down")
+            self._turns[turn.id] = turn
+            if self._worker is not None:
+                self._send_locked(turn)
+        return turn
 
     def health(self) -> dict[str, object]:
         """For /healthz: `state` ok (serving), restarting (its worker died; turns wait) or
@@ -287,6 +315,8 @@ class LlmProcess:
             if message.get("stats") is not None:
                 self.last_stats = self._stats_type(**message["stats"])
             turn.post(_End())
+        elif op == "eot":
+            turn.post(_End(value=float(message["probability"])))
         elif op == "error":
             turn.post(_End(BackendError(f"{self.engine} generation failed: {message['error']}")))
 
@@ -332,6 +362,10 @@ class LlmProcess:
         for turn in waiting:
             turn.post(_End(BackendUnavailable(f"the language model is unavailable: {failure}")))
         return False
+
+
+def _history(history: Sequence[Message]) -> list[dict[str, object]]:
+    return [{"role": m.role, "text": m.text, "interrupted": m.interrupted} for m in history]
 
 
 def _death(process: subprocess.Popen[bytes], cause: BaseException) -> str:

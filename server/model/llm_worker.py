@@ -12,13 +12,17 @@ Messages on the socket: a little-endian u32 length, then that many bytes of UTF-
     parent -> worker  {"op": "turn", "id", "history": [{"role", "text", "interrupted"}],
                        "instructions", "temperature", "max_output_tokens", "queued_at"}
                       {"op": "stop", "id"}              end that turn (or drop it unstarted)
+                      {"op": "eot", "id", "history", "words", "instructions"}
+                                                        P(the caller's line ends after `words`)
     worker -> parent  {"op": "ready", "cpu_variant"}    once, after the model loaded
                       {"op": "started", "id"}           the turn's generation began
                       {"op": "piece", "id", "text"}     reply text, in order
                       {"op": "done", "id", "stats"}     the turn ended (stats: TurnStats)
+                      {"op": "eot", "id", "probability"} the answer to an eot request
                       {"op": "error", "id", "error"}    the turn failed; the worker goes on
                       {"op": "failed", "error"}         the model could not load; it exits
-Turns are served one at a time, in the order they arrive; a stop is read between tokens.
+Turns and eot requests are served one at a time, in the order they arrive; a stop is read
+between tokens.
 `queued_at` is `time.monotonic()` in the parent (one clock for every process on the host).
 """
 
@@ -75,6 +79,8 @@ class Engine(Protocol):
         wait_ms: float = 0.0,
     ) -> Any: ...
 
+    def end_of_turn_probability(self, history: Any, words: str, options: Any) -> float: ...
+
 
 class Inbox:
     """Messages from the parent: turns waiting their go, and the ids told to stop."""
@@ -90,7 +96,7 @@ class Inbox:
         while block or select.select([self._sock], [], [], 0)[0]:
             message = read_message(self._sock)
             block = False
-            if message["op"] == "turn":
+            if message["op"] in ("turn", "eot"):
                 self.turns.append(message)
             elif message["op"] == "stop":
                 self.stopped.add(int(message["id"]))
@@ -124,7 +130,6 @@ def serve(sock: socket.socket, engine_name: str, options: dict[str, Any]) -> Non
                 inbox.stopped.discard(turn_id)
                 send_message(sock, {"op": "done", "id": turn_id, "stats": None})
                 continue
-            send_message(sock, {"op": "started", "id": turn_id})
             history = [
                 Message(m["role"], m["text"], interrupted=bool(m.get("interrupted"))) for m in turn["history"]
             ]
@@ -133,6 +138,19 @@ def serve(sock: socket.socket, engine_name: str, options: dict[str, Any]) -> Non
                 temperature=float(turn.get("temperature", 0.8)),
                 max_output_tokens=turn.get("max_output_tokens"),
             )
+            if turn["op"] == "eot":
+                try:
+                    probability = engine.end_of_turn_probability(history, str(turn["words"]), session)
+                except (EOFError, OSError):
+                    raise
+                except Exception as exc:
+                    send_message(
+                        sock, {"op": "error", "id": turn_id, "error": f"{type(exc).__name__}: {exc}"}
+                    )
+                else:
+                    send_message(sock, {"op": "eot", "id": turn_id, "probability": probability})
+                continue
+            send_message(sock, {"op": "started", "id": turn_id})
 
             def should_stop(turn_id: int = turn_id) -> bool:
                 inbox.poll(block=False)

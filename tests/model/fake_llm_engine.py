@@ -46,6 +46,12 @@ class FakeEngine:
             len(history), len(history), False, wait_ms, self.word_s * 1000, sent, decode_ms, stopped
         )
 
+    def end_of_turn_probability(
+        self, history: Sequence[Message], words: str, options: SessionOptions
+    ) -> float:
+        """Complete when the words end with "please" or "thanks" (a fake rule, no model)."""
+        return 0.9 if words.split()[-1:] in (["please"], ["thanks"]) else 0.01
+
 
 def load(options: Mapping[str, object]) -> FakeEngine:
     """Options: word_s (pace), crash_marker (a path: if that file exists, the worker

@@ -383,3 +383,18 @@ def test_a_corrupt_cached_model_is_assembled_again(tmp_path: Path) -> None:
     (tmp_path / source.file_name).write_bytes(b"GGUF" + bytes(1000))
     path = assemble_model(tmp_path, source)
     assert hashlib.sha256(path.read_bytes()).hexdigest() == source.sha256
+
+
+@pytest.mark.slow
+@needs_llama_cpp
+async def test_complete_caller_lines_score_far_above_cut_ones(gemma: LlmProcess) -> None:
+    """The end-of-turn signal (loadtests/eot_calibration.py measures it on a larger set)."""
+    pairs = [
+        ("where is my order", "where is my"),
+        ("my order number is four eight two one three", "my order number is"),
+        ("can i pay by card", "can i pay by"),
+    ]
+    for complete, cut in pairs:
+        high = await gemma.end_of_turn_probability([], complete, SessionOptions())
+        low = await gemma.end_of_turn_probability([], cut, SessionOptions())
+        assert high > 0.2 > 0.02 > low, (complete, high, cut, low)

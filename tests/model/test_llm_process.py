@@ -183,3 +183,11 @@ async def test_killing_the_gemma_worker_mid_reply_fails_that_reply_only(gemma_se
     assert health["status"] == "ok" and now["state"] == "ok"
     assert now["restarts"] == 1 and now["pid"] != before["pid"]
     assert "SIGSEGV" in now["last_crash"]
+
+
+async def test_end_of_turn_requests_are_answered_in_order_with_replies(fake_llm: LlmProcess) -> None:
+    reply_task = asyncio.create_task(reply(fake_llm, "one two three"))
+    complete = await fake_llm.end_of_turn_probability([], "one more thing please", SessionOptions())
+    partial = await fake_llm.end_of_turn_probability([], "one more thing", SessionOptions())
+    assert (complete, partial) == (0.9, 0.01)
+    assert await reply_task == "you said: one two three"

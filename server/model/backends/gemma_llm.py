@@ -335,6 +335,9 @@ class GemmaEngine:
         self._llama = llama
         self._snapshots = PrefixSnapshots(options.prefix_cache_size)
         self._default_prefix = self._prefix_tokens("")
+        # what may follow a complete customer line: its newline, or the end of its sentence
+        # (the example lines are punctuated; a recogniser's words are not)
+        self._line_ends = [llama.tokenize(end, add_bos=False)[0] for end in (b"\n", b".", b"?", b"!")]
 
     def warm_up(self) -> None:
         """Evaluate the default prefix and keep its KV state (blocking; called by `load_engine`)."""
@@ -422,15 +425,32 @@ class GemmaEngine:
         log.debug("gemma reply done", extra=asdict(stats))
         return stats
 
+    def end_of_turn_probability(
+        self, history: Sequence[Message], words: str, options: SessionOptions
+    ) -> float:
+        """The probability that the caller's line is complete after `words` (as a recogniser
+        writes them: lowercase, unpunctuated): the model's probability that the `Customer:`
+        line of the transcript prompt ends right after them, with its newline or the end of a
+        sentence (". ? !"; the prompt's example lines are punctuated). One forward pass over
+        the tokens the KV cache lacks (20-110 ms on 2 cores; `loadtests/eot_calibration.py`)."""
+        llama = self._llama
+        prefix = self._prefix_tokens(options.instructions)
+        line = f"Customer: {' '.join(words.split())}".encode()
+        prompt = self._prompt_tokens(prefix, history, 1, tail=line)
+        self._ensure_prefix(prefix, lambda: False)
+        self._eval_prefix_of(prompt[:-1], lambda: False)
+        llama.eval(prompt[-1:])  # the last token with its next-token logits
+        return _probability_of(llama, self._line_ends)
+
     def _prefix_tokens(self, instructions: str) -> tuple[int, ...]:
         return tuple(self._llama.tokenize(prefix_text(instructions).encode(), add_bos=True))
 
     def _prompt_tokens(
-        self, prefix: tuple[int, ...], history: Sequence[Message], max_tokens: int
+        self, prefix: tuple[int, ...], history: Sequence[Message], max_tokens: int, tail: bytes = b"Agent:"
     ) -> list[int]:
-        """prefix + as many of the newest history lines as fit + "Agent:"."""
-        tail = self._llama.tokenize(b"Agent:", add_bos=False)
-        budget = self.options.n_ctx - len(prefix) - len(tail) - max_tokens
+        """prefix + as many of the newest history lines as fit + `tail` ("Agent:")."""
+        tail_tokens = self._llama.tokenize(tail, add_bos=False)
+        budget = self.options.n_ctx - len(prefix) - len(tail_tokens) - max_tokens
         budget -= _CONTEXT_MARGIN_TOKENS
         kept: list[list[int]] = []
         for line in reversed(turn_lines(history)):
@@ -442,7 +462,7 @@ class GemmaEngine:
             kept.append(line_tokens)
             budget -= len(line_tokens)
         body = [token for line_tokens in reversed(kept) for token in line_tokens]
-        return [*prefix, *body, *tail]
+        return [*prefix, *body, *tail_tokens]
 
     def _ensure_prefix(self, prefix: tuple[int, ...], should_stop: Callable[[], bool]) -> bool:
         """Make the KV cache start with `prefix`: keep it if it does, else restore its
@@ -523,3 +543,16 @@ def _evaluated_tokens(llama: Llama) -> int:
     llama_cpp.llama_synchronize(llama.ctx)  # decodes are counted when synchronised
     perf = llama_cpp.llama_perf_context(llama.ctx)
     return int(perf.n_p_eval) + int(perf.n_eval)
+
+
+def _probability_of(llama: Llama, tokens: Sequence[int]) -> float:
+    """Softmax probability that the next token is one of `tokens`, from the last decoded
+    position's logits."""
+    import llama_cpp
+    import numpy as np
+
+    pointer = llama_cpp.llama_get_logits_ith(llama.ctx, -1)
+    logits = np.ctypeslib.as_array(pointer, shape=(llama.n_vocab(),)).astype(np.float64)
+    top = logits.max()
+    weights = np.exp(logits - top)
+    return float(weights[list(tokens)].sum() / weights.sum())
