@@ -45,8 +45,13 @@ class Runtime:
         return await self.catalog.model_async(profile)
 
     def backend_health(self) -> dict[str, dict[str, object]]:
-        """Backends that report their health (worker processes); see ModelCatalog.health."""
-        return self.catalog.health() if self.catalog is not None else {}
+        """Backends that report their health (worker processes): the models' (see
+        ModelCatalog.health) and the VAD's when it runs in its worker process."""
+        report = self.catalog.health() if self.catalog is not None else {}
+        vad_health = getattr(self.vad, "health", None)
+        if callable(vad_health):
+            report["voice activity"] = vad_health()
+        return report
 
     def active_sessions(self) -> int:
         return int(self.metrics.sessions_active._value.get())

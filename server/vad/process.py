@@ -93,6 +93,17 @@ class ProcessVad:
         self.frames = 0
         self.restarts = 0
 
+    def health(self) -> dict[str, object]:
+        """For /healthz, as the language model's: `state` ok, restarting (the worker died; its
+        frames counted as silence) or failed (it could not be restarted: sessions end)."""
+        state = "failed" if self._broken is not None else "restarting" if self._worker is None else "ok"
+        return {
+            "state": state,
+            "pid": self.worker_pid,
+            "restarts": self.restarts,
+            "sessions": len(self._open),
+        }
+
     @property
     def worker_pid(self) -> int | None:
         return self._worker.process.pid if self._worker is not None else None

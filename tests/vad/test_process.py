@@ -9,6 +9,7 @@ import os
 import signal
 from collections.abc import AsyncIterator
 
+import httpx
 import numpy as np
 import pytest
 
@@ -98,6 +99,7 @@ async def test_a_killed_worker_fails_its_frames_and_is_replaced(vad: ProcessVad,
     assert probability == pytest.approx(fresh.speech_probability(session_frames[0]), abs=1e-4)
     assert vad.restarts == 1
     assert vad.worker_pid not in (None, old_pid)
+    assert vad.health() == {"state": "ok", "pid": vad.worker_pid, "restarts": 1, "sessions": 1}
 
 
 async def test_close_stops_the_worker_and_refuses_frames(local: SileroVad) -> None:
@@ -175,3 +177,7 @@ async def test_a_call_survives_its_vad_worker_dying() -> None:
         await client.wait_for("session.updated")
         assert vad.restarts == 1 and vad.worker_pid not in (None, old_pid)
         assert client.of_type("error") == []
+        async with httpx.AsyncClient() as http:
+            health = (await http.get(url + "/healthz")).json()
+        assert health["status"] == "ok"
+        assert health["backends"]["voice activity"]["restarts"] == 1
