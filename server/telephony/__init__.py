@@ -1,1 +1,1 @@
-"""Telephony: carriers' media-stream protocols, translated onto an unchanged Conversation."""
+"""Telephony: carriers' media streams, translated to and from the conversation's typed commands and outputs."""

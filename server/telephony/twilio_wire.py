@@ -12,15 +12,15 @@ No asyncio, no sockets here.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from server.audio import ULAW_8K
 from server.errors import ProtocolViolation
-from server.realtime.wire import decode_base64_audio
 
 MULAW_ENCODING = "audio/x-mulaw"
 SAMPLE_RATE_HZ = 8_000
@@ -165,11 +165,14 @@ def check_digit(dtmf: Dtmf) -> str:
 
 
 def media_audio(media: Media) -> bytes:
-    """The mu-law bytes of a media event; raises ProtocolViolation for bad base64."""
+    """The mu-law bytes of a media event; raises ProtocolViolation for bad base64. (The
+    websocket's message limit bounds the size: server/streaming/guard.py.)"""
     try:
-        return decode_base64_audio(media.media.payload, ULAW_8K)
-    except ProtocolViolation as exc:
-        raise ProtocolViolation(f"media: payload: {exc}", code=exc.code, param="media.payload") from exc
+        return base64.b64decode(media.media.payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ProtocolViolation(
+            "media: payload: audio is not valid base64", code="invalid_audio", param="media.payload"
+        ) from exc
 
 
 # --- outbound ----------------------------------------------------------------------------
