@@ -36,7 +36,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -132,53 +132,57 @@ class LlmProcess:
     ) -> AsyncGenerator[str, None]:
         """Stream the assistant's next line as text pieces. Closing the generator early stops
         generation within one token. BackendError if the worker dies during this turn."""
-        turn = self._submit(
-            {
-                "op": "turn",
-                "history": _history(history),
-                "instructions": options.instructions,
-                "temperature": options.temperature,
-                "max_output_tokens": options.max_output_tokens,
-            }
-        )
-        try:
-            while True:
-                item = await turn.pieces.get()
-                if isinstance(item, _End):
-                    turn.ended = True
-                    if item.error is not None:
-                        raise item.error
-                    return
+        request = {
+            "op": "turn",
+            "history": _history(history),
+            "instructions": options.instructions,
+            "temperature": options.temperature,
+            "max_output_tokens": options.max_output_tokens,
+        }
+        async with self._request(request) as turn:
+            while not isinstance(item := await self._next(turn), _End):
                 yield item
-        finally:
-            if not turn.ended:
-                await self._stop(turn)
-            with self._lock:
-                self._turns.pop(turn.id, None)
 
     async def end_of_turn_probability(
         self, history: Sequence[Message], words: str, options: SessionOptions
     ) -> float:
         """P(the caller's line is complete after `words`), from the worker's engine (served
         between replies, in order). BackendError if the worker dies meanwhile."""
-        turn = self._submit(
-            {"op": "eot", "history": _history(history), "words": words, "instructions": options.instructions}
-        )
+        request = {
+            "op": "eot",
+            "history": _history(history),
+            "words": words,
+            "instructions": options.instructions,
+        }
+        async with self._request(request) as turn:
+            while not isinstance(item := await self._next(turn), _End):
+                pass  # an eot request has no pieces
+        if item.value is None:
+            raise BackendError(f"{self.engine} answered an end-of-turn request without a value")
+        return item.value
+
+    @contextlib.asynccontextmanager
+    async def _request(self, request: dict[str, Any]) -> AsyncIterator[_Turn]:
+        """A request to the worker for the length of the block: a block left before the
+        worker's answer ended tells the worker to stop; the turn is forgotten either way."""
+        turn = self._submit(request)
         try:
-            while True:
-                item = await turn.pieces.get()
-                if isinstance(item, _End):
-                    turn.ended = True
-                    if item.error is not None:
-                        raise item.error
-                    if item.value is None:
-                        raise BackendError(f"{self.engine} answered an end-of-turn request without a value")
-                    return item.value
+            yield turn
         finally:
             if not turn.ended:
                 await self._stop(turn)
             with self._lock:
                 self._turns.pop(turn.id, None)
+
+    @staticmethod
+    async def _next(turn: _Turn) -> str | _End:
+        """The turn's next piece, or its end (raising the error it ended with)."""
+        item = await turn.pieces.get()
+        if isinstance(item, _End):
+            turn.ended = True
+            if item.error is not None:
+                raise item.error
+        return item
 
     def _submit(self, request: dict[str, Any]) -> _Turn:
         """Register a request and send it (or keep it for the worker being restarted)."""
@@ -273,18 +277,12 @@ class LlmProcess:
                     send_message(worker.sock, {"op": "stop", "id": turn.id})
         if worker is None:
             return
-        deadline = asyncio.get_running_loop().time() + STOP_WAIT_S
-        while True:
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
-                log.warning("language model turn did not stop in time", extra={"turn": turn.id})
-                return
-            try:
-                item = await asyncio.wait_for(turn.pieces.get(), remaining)
-            except TimeoutError:
-                continue
-            if isinstance(item, _End):
-                return
+        try:
+            async with asyncio.timeout(STOP_WAIT_S):
+                while not isinstance(await turn.pieces.get(), _End):
+                    pass
+        except TimeoutError:
+            log.warning("language model turn did not stop in time", extra={"turn": turn.id})
 
     def _read_answers(self) -> None:
         """The reader thread: route answers to turns; restart the worker when it dies."""

@@ -98,8 +98,6 @@ log = logging.getLogger(__name__)
 SILENCE_BY_ABSENCE_MS = 250  # no audio for this long in the middle of a turn: treat as silence
 MIN_COMMIT_MS = 100
 
-__all__ = ["Conversation", "ConversationOptions", "TransportClosed"]  # the names routes use
-
 
 class Conversation:
     """Run with `await Conversation(...).run()`; returns when the client disconnects."""

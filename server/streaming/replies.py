@@ -45,7 +45,7 @@ from server.streaming.outputs import (
     ResponseText,
 )
 from server.streaming.playout import PlayoutBuffer
-from server.streaming.reply import Reply, ReplyPhase
+from server.streaming.reply import Reply
 from server.streaming.session_config import SessionConfig
 from server.streaming.turns import ReplyFinished, ReplyStarted, TurnTaker
 
@@ -580,6 +580,3 @@ class Replies:
                 client_side=True,
             )
         )
-
-
-__all__ = ["CANCEL_TIMEOUT_S", "ReplyPhase", "Replies", "failure_code"]
