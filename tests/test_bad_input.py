@@ -63,6 +63,17 @@ async def error_for(url: str, raw: str | bytes) -> dict[str, Any]:
             "invalid_value",
             "session.turn_detection.threshold",
         ),
+        (
+            '{"type": "session.update", "session": {"turn_detection": {"type": "semantic_vad", "eagerness": "eager"}}}',
+            "invalid_value",
+            "session.turn_detection.eagerness",
+        ),
+        (
+            '{"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"turn_detection":'
+            ' {"type": "server_vad", "eagerness": "low"}}}}}',
+            "invalid_value",
+            "session.audio.input.turn_detection.eagerness",
+        ),
         ('{"type": "input_audio_buffer.commit"}', "input_audio_buffer_commit_empty", None),
         ('{"type": "response.cancel"}', "response_cancel_not_active", None),
         (

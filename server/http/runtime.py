@@ -13,6 +13,7 @@ from server.model.base import OmniModel
 from server.model.profiles import ModelCatalog, profile_for_model
 from server.privacy import PrivacyOptions
 from server.settings import Settings
+from server.streaming.end_of_turn import semantic_policy
 from server.streaming.guard import GuardOptions
 from server.streaming.lifetime import LifetimeOptions
 from server.streaming.playout import PlayoutOptions
@@ -70,6 +71,7 @@ class Runtime:
                 barge_in_min_ms=s.barge_in_min_ms,
                 silence_duration_ms=s.silence_duration_ms,
                 speculative_silence_ms=s.speculative_silence_ms if s.speculative_silence_ms >= 0 else None,
+                semantic=semantic_policy(s.eagerness) if s.turn_detection == "semantic_vad" else None,
             ),
             prefix_padding_ms=s.prefix_padding_ms,
             playout=PlayoutOptions(chunk_ms=s.playout_chunk_ms, lead_ms=s.playout_lead_ms),

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from server.audio import PcmFrame
 from server.errors import BackendError as BackendError  # re-exported for backends
@@ -79,6 +79,9 @@ class SessionOptions:
     # a reply will follow every committed turn (server VAD with create_response): a model may
     # start it from the recogniser's hypothesis before the final transcript
     anticipate_reply: bool = False
+    # the conversation scores the caller's words at each pause (semantic_vad): a model may
+    # evaluate the words as they are recognised, so that the score and the reply start sooner
+    score_turn_end: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +202,12 @@ class Transcript:
 
 
 class AsrStream(Protocol):
-    """One utterance. push_audio, then end_input; iterate for partials and one final."""
+    """One utterance. push_audio, then end_input; iterate for partials and one final.
+
+    `hypothesis`: the newest partial transcript of the audio pushed so far, as it is being
+    decoded ("" until there is one); read while the caller speaks (semantic end of turn)."""
+
+    hypothesis: str
 
     def push_audio(self, frame: PcmFrame) -> None: ...
 
@@ -222,6 +230,35 @@ class LlmBackend(Protocol):
     ) -> AsyncIterator[str | ToolCallRequest]:
         """Stream the assistant's next message as text pieces. A tool-capable backend offers
         `options.tools` and yields a ToolCallRequest once a call's arguments are complete."""
+        ...
+
+
+@runtime_checkable
+class TurnEndScorer(Protocol):
+    """A language model that can tell whether a caller's line is complete (optional beside
+    LlmBackend; the cascade's semantic end of turn uses it)."""
+
+    async def end_of_turn_probability(
+        self, history: Sequence[Message], words: str, options: SessionOptions
+    ) -> float:
+        """The probability that the user's line ends after `words` (as a recogniser writes
+        them), following `history`. May keep what it evaluated, so a reply to the same
+        words that follows starts sooner (prefill)."""
+        ...
+
+
+@runtime_checkable
+class TurnEndScoring(Protocol):
+    """An OmniSession that can score the words of the turn in progress (optional): the
+    conversation asks when the caller pauses, under semantic_vad."""
+
+    def words_so_far(self) -> str:
+        """The words heard in the uncommitted turn so far ("" if none yet)."""
+        ...
+
+    async def end_of_turn_probability(self, words: str) -> float | None:
+        """The probability that the caller's turn is complete after `words`; None if this
+        session cannot say (no scorer, or the scorer failed)."""
         ...
 
 

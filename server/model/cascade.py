@@ -13,18 +13,28 @@ running generation (its prompt is already evaluated, maybe its first phrase writ
 otherwise it is cancelled and the reply starts from the final transcript as usual. Nothing
 anticipated is ever spoken before `respond()`, and the history only gains the user's words
 from the final transcript.
+
+Semantic end of turn (`TurnEndScoring`, when the language model is a `TurnEndScorer`): the
+conversation asks, at each pause, how complete the recogniser's words so far are. With
+`SessionOptions.score_turn_end` the session also scores each new hypothesis while the caller
+speaks (prefill: one request at a time, never more), so the model has evaluated the caller's
+line by the time they pause: the pause's score is usually ready at once, and the reply's
+prompt shares all but its last tokens with what the model holds. A score that fails or runs
+out of time is None: the turn then ends on the policy's plain silence.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 
 from server.aio import cancel_and_wait
 from server.audio import PcmFrame, StreamResampler
+from server.errors import BackendError
 from server.model.base import (
     AsrBackend,
     AsrStream,
@@ -39,14 +49,18 @@ from server.model.base import (
     TextDelta,
     TranscriptDelta,
     TtsBackend,
+    TurnEndScorer,
 )
 from server.model.deadlines import DeadlineIterator, ModelDeadlines
 from server.model.phrases import PhraseSplitter, cut_text_to_fraction
 from server.model.tool_calls import ToolCallRequest
 from server.model.tool_rounds import ToolExchange, complete_with_tools, insert_before, insert_tool_result
 
+log = logging.getLogger(__name__)
+
 OUTPUT_SAMPLE_RATE_HZ = 24_000
 _END = object()
+_SCORE_TIMEOUT_S = 2.0  # a score later than this is no use: the turn ended on the plain silence
 
 
 @dataclass(slots=True)
@@ -121,6 +135,8 @@ class CascadeSession:
         self._last_reply: _ReplyRecord | None = None
         self._anticipation: _LlmRun | None = None
         self._anticipated_text = ""
+        self._scores: dict[str, asyncio.Task[float | None]] = {}  # this turn's, by words
+        self._prefill: asyncio.Task[float | None] | None = None  # the one prefill in flight
 
     def update(self, options: SessionOptions) -> None:
         self.options = options
@@ -131,18 +147,24 @@ class CascadeSession:
         if self._asr is None:
             self._asr = self._model.asr.open_stream()
         self._asr.push_audio(frame)
+        if self.options.score_turn_end and (self._prefill is None or self._prefill.done()):
+            words = self._asr.hypothesis
+            if words and words not in self._scores:
+                self._prefill = self._score_task(words)
 
     async def clear_audio(self) -> None:
         stream, self._asr = self._asr, None
         if stream is not None:
             await stream.aclose()
         await self._drop_anticipation()
+        await self._drop_scores()
 
     async def commit_audio(self) -> AsyncIterator[TranscriptDelta]:
         stream, self._asr = self._asr, None
         started = time.perf_counter()
         final = ""
         await self._drop_anticipation()
+        await self._drop_scores()  # the reply's request goes next, not behind a prefill
         self.timings.anticipated = None
         if stream is not None:
             try:
@@ -172,6 +194,38 @@ class CascadeSession:
 
     def add_tool_result(self, call_id: str, output: str) -> None:
         insert_tool_result(self._history, Message("tool", output, tool_call_id=call_id))
+
+    # -- semantic end of turn and prefill (see the module docstring)
+
+    def words_so_far(self) -> str:
+        return self._asr.hypothesis if self._asr is not None else ""
+
+    async def end_of_turn_probability(self, words: str) -> float | None:
+        if not words.strip() or not isinstance(self._model.llm, TurnEndScorer):
+            return None
+        task = self._scores.get(words) or self._score_task(words)
+        return await asyncio.shield(task)  # a waiter that leaves does not stop the score
+
+    def _score_task(self, words: str) -> asyncio.Task[float | None]:
+        task = asyncio.create_task(self._score(words), name="cascade-turn-end-score")
+        self._scores[words] = task
+        return task
+
+    async def _score(self, words: str) -> float | None:
+        scorer = self._model.llm
+        if not isinstance(scorer, TurnEndScorer):
+            return None
+        try:
+            async with asyncio.timeout(_SCORE_TIMEOUT_S):
+                return await scorer.end_of_turn_probability(tuple(self._history), words, self.options)
+        except (BackendError, TimeoutError) as exc:
+            log.warning("end-of-turn score failed", extra={"error": str(exc) or type(exc).__name__})
+            return None
+
+    async def _drop_scores(self) -> None:
+        tasks, self._scores, self._prefill = list(self._scores.values()), {}, None
+        for task in tasks:
+            await cancel_and_wait(task, timeout_s=2.0)
 
     # -- anticipation (see the module docstring)
 
@@ -376,3 +430,4 @@ class CascadeSession:
     async def aclose(self) -> None:
         await self.clear_audio()
         await self._drop_anticipation()
+        await self._drop_scores()

@@ -26,9 +26,11 @@ class FakeAsrStream:
         self._fail_with = fail_with
         self._ended = asyncio.Event()
         self.pushed_ms = 0.0
+        self.hypothesis = ""
 
     def push_audio(self, frame: PcmFrame) -> None:
         self.pushed_ms += frame.duration_ms
+        self.hypothesis = self._text  # a fake: it "hears" the scripted words at once
 
     def end_input(self) -> None:
         self._ended.set()

@@ -7,10 +7,12 @@ only if all of them are valid; a bad one raises `ProtocolViolation` naming the f
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from server.audio import ALAW_8K, ULAW_8K, AudioFormat, Encoding
 from server.errors import ProtocolViolation
+from server.streaming.end_of_turn import EAGERNESS_LEVELS
 from server.streaming.session_config import SessionConfig, TurnDetectionConfig
 
 SUPPORTED_PCM_RATES_HZ = (8_000, 16_000, 24_000, 44_100, 48_000)
@@ -87,7 +89,20 @@ def _apply_turn_detection(config: SessionConfig, value: object, param: str) -> N
             f"unsupported turn_detection type {kind!r}", code="invalid_value", param=f"{param}.type"
         )
     td = config.turn_detection or TurnDetectionConfig()
-    td.type = "server_vad"  # semantic_vad is served by the same detector
+    td.type = kind
+    if "eagerness" in value:
+        eagerness = value["eagerness"]
+        if kind != "semantic_vad":
+            raise ProtocolViolation(
+                "eagerness is a setting of semantic_vad", code="invalid_value", param=f"{param}.eagerness"
+            )
+        if eagerness not in EAGERNESS_LEVELS:
+            raise ProtocolViolation(
+                f"eagerness must be one of {', '.join(EAGERNESS_LEVELS)}, not {str(eagerness)[:40]!r}",
+                code="invalid_value",
+                param=f"{param}.eagerness",
+            )
+        td.eagerness = eagerness
     if "threshold" in value:
         threshold = float(_check_type(value["threshold"], (int, float), f"{param}.threshold"))
         if not 0.0 <= threshold <= 1.0:
@@ -166,7 +181,7 @@ def apply_session_update(config: SessionConfig, session: dict[str, Any]) -> None
     """
     scratch = SessionConfig(**{f: getattr(config, f) for f in config.__dataclass_fields__})
     if scratch.turn_detection is not None:
-        scratch.turn_detection = TurnDetectionConfig(**vars_of(scratch.turn_detection))
+        scratch.turn_detection = replace(scratch.turn_detection)
     _apply_common(scratch, session)
     if session.get("type") in ("realtime", None) and not is_beta_session_shape(session):
         _apply_ga(scratch, session)
@@ -182,8 +197,15 @@ def apply_session_update(config: SessionConfig, session: dict[str, Any]) -> None
         setattr(config, name, getattr(scratch, name))
 
 
+SEMANTIC_VAD_FIELDS = ("type", "eagerness", "create_response", "interrupt_response")
+
+
 def vars_of(td: TurnDetectionConfig) -> dict[str, Any]:
-    return {f: getattr(td, f) for f in td.__dataclass_fields__}
+    """The turn_detection object as OpenAI shows it: semantic_vad with its eagerness and
+    switches, server_vad with its VAD settings."""
+    if td.type == "semantic_vad":
+        return {f: getattr(td, f) for f in SEMANTIC_VAD_FIELDS}
+    return {f: getattr(td, f) for f in td.__dataclass_fields__ if f != "eagerness"}
 
 
 def _apply_beta(config: SessionConfig, session: dict[str, Any]) -> None:

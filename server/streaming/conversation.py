@@ -30,7 +30,14 @@ from server.errors import BackendError, ProtocolViolation
 from server.events import AgentEvent, EventHandler, SessionEnded, SessionStarted
 from server.ids import new_id
 from server.metrics import Metrics
-from server.model.base import OmniModel, OmniSession, ResponseOptions, SessionOptions, ToolSpec
+from server.model.base import (
+    OmniModel,
+    OmniSession,
+    ResponseOptions,
+    SessionOptions,
+    ToolSpec,
+    TurnEndScoring,
+)
 from server.model.tool_calls import ForcedTool, ToolChoice
 from server.streaming.capture import InputAudio
 from server.streaming.commands import (
@@ -77,10 +84,12 @@ from server.streaming.turns import (
     BeginCapture,
     CancelReply,
     CommitTurn,
+    CompletionScored,
     DiscardNoise,
     FrameClassified,
     PrepareReply,
     ReportIdle,
+    ScoreCompletion,
     StartReply,
     Tick,
     TurnAction,
@@ -158,6 +167,7 @@ class Conversation:
         self._tasks: asyncio.TaskGroup | None = None
         self._timer_wakeup = asyncio.Event()
         self._transcription: asyncio.Task[Exception | None] | None = None  # result: its failure
+        self._scoring: asyncio.Task[None] | None = None  # the words of the current pause, scored
         self._stop_requested = False
         self._speech_end_s: float | None = None
         self._lifetime = SessionLifetime(options.lifetime, clock())
@@ -256,6 +266,9 @@ class Conversation:
             ),
             anticipate_reply=(
                 self.config.turn_detection is not None and self.config.turn_detection.create_response
+            ),
+            score_turn_end=(
+                self.config.turn_detection is not None and self.config.turn_detection.type == "semantic_vad"
             ),
         )
 
@@ -445,8 +458,32 @@ class Conversation:
                         self.model_session.push_audio(frame)
             case StartReply():
                 await self._start_reply(self._default_response_options())
+            case ScoreCompletion(voice_end_ms=voice_end_ms):
+                self._score_completion(voice_end_ms)
             case ReportIdle(audio_ms=audio_ms):
                 await self.send(IdleTimedOut(audio_ms, new_id("item")))
+
+    def _score_completion(self, voice_end_ms: int) -> None:
+        """Score the words heard so far (read now, before any later audio) in a task of the
+        session; the answer goes back to the TurnTaker as CompletionScored. One at a time: a
+        newer pause replaces the scoring of an older one."""
+        session = self.model_session
+        words = session.words_so_far() if isinstance(session, TurnEndScoring) else None
+        if self._scoring is not None:
+            self._scoring.cancel()  # its answer would be stale; the TurnTaker ignores it anyway
+        self._scoring = self.tasks.create_task(
+            self._answer_score(voice_end_ms, words), name="conversation-turn-end-score"
+        )
+
+    async def _answer_score(self, voice_end_ms: int, words: str | None) -> None:
+        session = self.model_session
+        probability: float | None = None
+        if words is not None and isinstance(session, TurnEndScoring):
+            probability = await session.end_of_turn_probability(words)
+        async with self._ingest_lock:
+            self._turns.receive(CompletionScored(voice_end_ms, probability), now_ms=self._input.input_ms)
+            await self._run_turn_actions()
+        self._timer_wakeup.set()
 
     def _default_response_options(self) -> ResponseOptions:
         return ResponseOptions(with_audio="audio" in self.config.output_modalities)

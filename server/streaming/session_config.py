@@ -12,6 +12,7 @@ from typing import Any
 
 from server.audio import AudioFormat, Encoding
 from server.privacy import PrivacyOptions
+from server.streaming.end_of_turn import semantic_policy
 from server.streaming.lifetime import LifetimeOptions
 from server.streaming.playout import PlayoutOptions
 from server.streaming.turns import TurnOptions
@@ -19,7 +20,12 @@ from server.streaming.turns import TurnOptions
 
 @dataclass(slots=True)
 class TurnDetectionConfig:
+    """`server_vad`: a fixed silence ends the turn; `semantic_vad`: a silence that depends on
+    the caller's words (end_of_turn.py), by `eagerness`; its threshold and padding are the
+    VAD's, its `silence_duration_ms` unused."""
+
     type: str = "server_vad"
+    eagerness: str = "auto"
     threshold: float = 0.5
     prefix_padding_ms: int = 300
     silence_duration_ms: int = 300
@@ -83,6 +89,8 @@ class ConversationOptions:
             instructions=self.instructions,
             voice=self.voice,
             turn_detection=TurnDetectionConfig(
+                type="server_vad" if self.turn.semantic is None else "semantic_vad",
+                eagerness="auto" if self.turn.semantic is None else self.turn.semantic.eagerness,
                 threshold=self.turn.threshold,
                 prefix_padding_ms=self.prefix_padding_ms,
                 silence_duration_ms=self.turn.silence_duration_ms,
@@ -107,4 +115,8 @@ class ConversationOptions:
             speculative_silence_ms=defaults.speculative_silence_ms,
             vad_hangover_ms=defaults.vad_hangover_ms,
             vad_min_voiced_ms=defaults.vad_min_voiced_ms,
+            semantic=semantic_policy(turn_detection.eagerness)
+            if turn_detection.type == "semantic_vad"
+            else None,
+            semantic_hangover_ms=defaults.semantic_hangover_ms,
         )

@@ -22,6 +22,16 @@ and one would be created), PrepareReply lets the loop finish the transcript and 
 reply without sending anything; if the voice resumes, AbandonPreparedReply throws that work
 away unheard; at the end of the turn StartReply adopts it.
 
+Semantic end of turn (`TurnOptions.semantic`, OpenAI's `semantic_vad`): the silence that
+ends the turn depends on the caller's words (end_of_turn.py). The voice's offset is called
+after one unvoiced frame (`semantic_hangover_ms`) instead of the hangover, and ENDPOINTING
+begins with ScoreCompletion: the loop scores the words heard so far and answers with
+CompletionScored (None if it cannot score). Until the score arrives the turn ends after the
+policy's unscored silence; complete words end it after the short silence, and their reply is
+prepared at once; incomplete ones wait longer, their reply prepared `SEMANTIC_PREPARE_LEAD_MS`
+before the wait ends. Onsets bridge gaps as in server VAD (`vad_hangover_ms`), so barge-in and
+noise rejection are the same in both modes.
+
 Invariants:
 - Every AnnounceSpeechStopped follows an AnnounceSpeechStarted of the same turn.
 - CancelReply is issued at most once per reply, and only for the active reply.
@@ -34,6 +44,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from server.errors import TurnStateError
+from server.streaming.end_of_turn import SemanticPolicy
 from server.vad.detector import DetectorOptions, SpeechDetector, VoiceStarted, VoiceStopped
 
 
@@ -57,13 +68,24 @@ class TurnOptions:
     speculative_silence_ms: int | None = None
     vad_hangover_ms: int = 90
     vad_min_voiced_ms: int = 60
+    semantic: SemanticPolicy | None = None  # semantic end of turn; silence_duration_ms unused
+    semantic_hangover_ms: int = 30  # one VAD frame: the pause is scored as soon as it begins
 
-    def detector_options(self) -> DetectorOptions:
+    def detector_options(self, *, user_speaking: bool = False) -> DetectorOptions:
+        """The VAD hysteresis; in semantic mode the offset of a turn's speech is called
+        after `semantic_hangover_ms` (`user_speaking`), while onsets (noise, barge-in) keep
+        the server-VAD hangover."""
+        if self.semantic is not None:
+            hangover_ms = self.semantic_hangover_ms if user_speaking else self.vad_hangover_ms
+        else:
+            hangover_ms = min(self.vad_hangover_ms, self.silence_duration_ms)
         return DetectorOptions(
-            threshold=self.threshold,
-            min_voiced_ms=self.vad_min_voiced_ms,
-            hangover_ms=min(self.vad_hangover_ms, self.silence_duration_ms),
+            threshold=self.threshold, min_voiced_ms=self.vad_min_voiced_ms, hangover_ms=hangover_ms
         )
+
+
+# semantic mode: an incomplete turn's reply is prepared this long before its silence ends
+SEMANTIC_PREPARE_LEAD_MS = 300
 
 
 # --- inputs (past tense) -----------------------------------------------------------------
@@ -100,7 +122,16 @@ class InputCleared:
     """The client cleared or committed the input buffer itself: forget the current turn."""
 
 
-TurnInput = FrameClassified | Tick | ReplyStarted | ReplyFinished | InputCleared
+@dataclass(frozen=True, slots=True)
+class CompletionScored:
+    """The answer to ScoreCompletion(voice_end_ms): the probability that the caller's words
+    end their turn, or None if they cannot be scored."""
+
+    voice_end_ms: int
+    probability: float | None
+
+
+TurnInput = FrameClassified | Tick | ReplyStarted | ReplyFinished | InputCleared | CompletionScored
 
 
 # --- outputs (imperative) ----------------------------------------------------------------
@@ -133,6 +164,14 @@ class CommitTurn:
 @dataclass(frozen=True, slots=True)
 class StartReply:
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreCompletion:
+    """Semantic mode: the voice stopped at `voice_end_ms`; score the words heard so far and
+    answer with CompletionScored(voice_end_ms, ...)."""
+
+    voice_end_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +213,7 @@ TurnAction = (
     | AnnounceSpeechStopped
     | CommitTurn
     | StartReply
+    | ScoreCompletion
     | PrepareReply
     | AbandonPreparedReply
     | CancelReply
@@ -194,6 +234,8 @@ class TurnTaker:
         self._voice_end_ms = 0
         self._active_reply: int | None = None
         self._idle_since_ms: int | None = None
+        self._scored = False  # semantic mode: this pause's words were scored
+        self._completion: float | None = None  # ... and their score (None: cannot be scored)
 
     # -- public API
 
@@ -204,9 +246,17 @@ class TurnTaker:
     def configure(self, options: TurnOptions) -> None:
         """New options take effect from the next frame; the current state is kept."""
         self.options = options
-        self._detector.options = options.detector_options()
+        self._sync_detector()
+
+    def _sync_detector(self) -> None:
+        speaking = self.state is UserState.USER_SPEAKING
+        self._detector.options = self.options.detector_options(user_speaking=speaking)
 
     def receive(self, event: TurnInput, now_ms: int) -> None:
+        self._receive(event, now_ms)
+        self._sync_detector()
+
+    def _receive(self, event: TurnInput, now_ms: int) -> None:
         match event:
             case FrameClassified():
                 for voice in self._detector.push(event.probability, event.start_ms, event.duration_ms):
@@ -226,6 +276,12 @@ class TurnTaker:
                 if self.state is UserState.PREPARED:
                     self._actions.append(AbandonPreparedReply())
                 self.state = UserState.LISTENING
+            case CompletionScored(voice_end_ms=voice_end_ms, probability=probability):
+                endpointing = self.state in (UserState.ENDPOINTING, UserState.PREPARED)
+                if endpointing and voice_end_ms == self._voice_end_ms and not self._scored:
+                    self._scored = True
+                    self._completion = probability
+                    self._check_deadlines(now_ms)
             case _:
                 raise TurnStateError(f"unknown turn input {event!r}")
 
@@ -233,14 +289,26 @@ class TurnTaker:
         out, self._actions = self._actions, []
         return out
 
+    def end_silence_ms(self) -> int:
+        """The silence that ends the current turn: fixed in server VAD; in semantic mode,
+        the policy's for this pause's score."""
+        policy = self.options.semantic
+        if policy is None:
+            return self.options.silence_duration_ms
+        return policy.silence_ms(self._completion if self._scored else None)
+
     def _speculation_deadline(self) -> int | None:
         spec_ms = self.options.speculative_silence_ms
-        if (
-            spec_ms is None
-            or spec_ms >= self.options.silence_duration_ms
-            or not self.options.create_response
-            or self._active_reply is not None
-        ):
+        if spec_ms is None or not self.options.create_response or self._active_reply is not None:
+            return None
+        silence_ms = self.end_silence_ms()
+        policy = self.options.semantic
+        if policy is not None and not (self._scored and self._completion is None):
+            if not self._scored:
+                return None  # wait for the score: complete words are prepared at once
+            if not policy.is_complete(self._completion):
+                spec_ms = max(spec_ms, silence_ms - SEMANTIC_PREPARE_LEAD_MS)
+        if spec_ms >= silence_ms:
             return None
         return self._voice_end_ms + spec_ms
 
@@ -252,7 +320,7 @@ class TurnTaker:
         return self._detector.voiced_run_ms + unclassified_ms < self._detector.options.min_voiced_ms
 
     def next_deadline(self) -> int | None:
-        end = self._voice_end_ms + self.options.silence_duration_ms
+        end = self._voice_end_ms + self.end_silence_ms()
         if self.state is UserState.PREPARED:
             return end
         if self.state is UserState.ENDPOINTING:
@@ -288,6 +356,9 @@ class TurnTaker:
             case (UserState.USER_SPEAKING, VoiceStopped(at_ms=at_ms)):
                 self._voice_end_ms = at_ms
                 self.state = UserState.ENDPOINTING
+                self._scored, self._completion = False, None
+                if self.options.semantic is not None:
+                    self._actions.append(ScoreCompletion(voice_end_ms=at_ms))
             case (UserState.ENDPOINTING, VoiceStarted()):
                 self.state = UserState.USER_SPEAKING  # a pause inside the turn
             case (UserState.PREPARED, VoiceStarted()):
@@ -312,9 +383,7 @@ class TurnTaker:
     def _check_deadlines(self, now_ms: int) -> None:
         while (deadline := self.next_deadline()) is not None and now_ms >= deadline:
             match self.state:
-                case UserState.ENDPOINTING if (
-                    deadline < self._voice_end_ms + self.options.silence_duration_ms
-                ):
+                case UserState.ENDPOINTING if deadline < self._voice_end_ms + self.end_silence_ms():
                     self._actions.append(PrepareReply(audio_end_ms=self._voice_end_ms))
                     self.state = UserState.PREPARED
                 case UserState.ENDPOINTING | UserState.PREPARED:

@@ -120,12 +120,13 @@ class StreamStart:
 
 def call_settings(config: SessionConfig, parameters: Mapping[str, str]) -> SessionConfig:
     """A call's session settings, from the server's defaults (`config`, not changed): mu-law
-    audio both ways, server VAD that creates replies and may be interrupted, audio replies,
-    and the `instructions` and `voice` customParameters where the TwiML gives them."""
+    audio both ways, the server's turn detection (server or semantic VAD; server VAD if it
+    has none) creating replies that may be interrupted, audio replies, and the `instructions`
+    and `voice` customParameters where the TwiML gives them."""
     call = config.copy()
     call.input_format = call.output_format = ULAW_8K
     turn = call.turn_detection or TurnDetectionConfig()
-    turn.type, turn.create_response, turn.interrupt_response = "server_vad", True, True
+    turn.create_response, turn.interrupt_response = True, True
     call.turn_detection = turn
     call.output_modalities = ["audio"]
     if parameters.get("voice"):

@@ -19,6 +19,7 @@ class ScriptedAsrStream:
         self._partials = list(partials)
         self._final = final
         self._ended = asyncio.Event()
+        self.hypothesis = ""
 
     def push_audio(self, frame: PcmFrame) -> None:
         pass

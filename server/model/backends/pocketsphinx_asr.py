@@ -211,6 +211,7 @@ class PocketsphinxStream:
         self._wake_worker: asyncio.Event | None = None
         self._wake_reader: asyncio.Event | None = None
         self._partial: Transcript | None = None  # newest partial not yet read
+        self.hypothesis = ""  # newest partial, read or not
         self._final: Transcript | None = None
         self._error: BackendError | None = None
         self._final_read = False
@@ -298,7 +299,7 @@ class PocketsphinxStream:
                     del self._pending[:_MAX_BATCH_BYTES]
                     text = await self._call(decoder.process, batch)
                     if text and text != last_text:
-                        last_text = text
+                        last_text = self.hypothesis = text
                         self._publish(partial=Transcript(text, is_final=False))
                 if self._input_ended:
                     break

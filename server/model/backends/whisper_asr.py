@@ -252,6 +252,7 @@ class WhisperStream:
         self._wake_worker: asyncio.Event | None = None
         self._wake_reader: asyncio.Event | None = None
         self._partial: Transcript | None = None  # newest partial not yet read
+        self.hypothesis = ""  # newest partial, read or not
         self._final: Transcript | None = None
         self._error: BackendError | None = None
         self._final_read = False
@@ -389,7 +390,7 @@ class WhisperStream:
                     continue
                 text = await self._decode(priority)
                 if text and text != published:
-                    published = text
+                    published = self.hypothesis = text
                     self._publish(partial=Transcript(text, is_final=False))
             end = self._speech_end()
             if end == self._decoded_end:
