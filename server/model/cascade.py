@@ -163,12 +163,13 @@ class CascadeSession:
         stream, self._asr = self._asr, None
         started = time.perf_counter()
         final = ""
-        await self._drop_anticipation()
-        await self._drop_scores()  # the reply's request goes next, not behind a prefill
-        self.timings.anticipated = None
-        if stream is not None:
-            try:
+        try:  # the stream is ours now: closed however this ends (a cancel at any await)
+            if stream is not None:
                 stream.end_input()
+            await self._drop_anticipation()
+            await self._drop_scores()  # the reply's request goes next, not behind a prefill
+            self.timings.anticipated = None
+            if stream is not None:
                 wait_s = self._model.deadlines.asr_final_timeout_s
                 async for transcript in DeadlineIterator(
                     aiter(stream), stage="speech-to-text", first_item_s=wait_s, gap_s=wait_s
@@ -178,7 +179,8 @@ class CascadeSession:
                         break
                     self._anticipate(transcript.text.strip())
                     yield TranscriptDelta(transcript.text, is_final=False)
-            finally:
+        finally:
+            if stream is not None:
                 await stream.aclose()
         self.timings.asr_final_ms = (time.perf_counter() - started) * 1000
         if self._anticipation is not None and not (final and _same_words(final, self._anticipated_text)):

@@ -168,6 +168,7 @@ class Conversation:
         self._timer_wakeup = asyncio.Event()
         self._transcription: asyncio.Task[Exception | None] | None = None  # result: its failure
         self._scoring: asyncio.Task[None] | None = None  # the words of the current pause, scored
+        self._scored_words: str | None = None  # ... which words
         self._stop_requested = False
         self._speech_end_s: float | None = None
         self._lifetime = SessionLifetime(options.lifetime, clock())
@@ -406,6 +407,7 @@ class Conversation:
                 # (a part-frame can't hold a voice onset: that needs vad_min_voiced_ms of frames)
                 self._turns.receive(Tick(), now_ms=self._input.input_ms)
                 await self._run_turn_actions()
+            self._rescore_if_words_changed()
         self._timer_wakeup.set()
 
     def _deadline_due(self) -> bool:
@@ -471,19 +473,46 @@ class Conversation:
         words = session.words_so_far() if isinstance(session, TurnEndScoring) else None
         if self._scoring is not None:
             self._scoring.cancel()  # its answer would be stale; the TurnTaker ignores it anyway
+        self._scored_words = words
         self._scoring = self.tasks.create_task(
             self._answer_score(voice_end_ms, words), name="conversation-turn-end-score"
         )
+
+    def _rescore_if_words_changed(self) -> None:
+        """During a scored pause, score again when the recogniser's words change (its last
+        word often arrives after the voice stopped); one score at a time."""
+        voice_end_ms = self._turns.scoring_pause_ms
+        session = self._session
+        if voice_end_ms is None or not isinstance(session, TurnEndScoring):
+            return
+        if self._scoring is not None and not self._scoring.done():
+            return
+        if session.words_so_far() != self._scored_words:
+            self._score_completion(voice_end_ms)
 
     async def _answer_score(self, voice_end_ms: int, words: str | None) -> None:
         session = self.model_session
         probability: float | None = None
         if words is not None and isinstance(session, TurnEndScoring):
             probability = await session.end_of_turn_probability(words)
+        silence_ms = (
+            self._turns.options.semantic.silence_ms(probability) if self._turns.options.semantic else None
+        )
+        log.info(
+            "turn end scored",
+            extra={
+                "session_id": self.config.id,
+                "voice_end_ms": voice_end_ms,
+                "words": len((words or "").split()),
+                "probability": None if probability is None else round(probability, 4),
+                "silence_ms": silence_ms,
+            },
+        )
         async with self._ingest_lock:
             self._turns.receive(CompletionScored(voice_end_ms, probability), now_ms=self._input.input_ms)
             await self._run_turn_actions()
         self._timer_wakeup.set()
+        self._rescore_if_words_changed()
 
     def _default_response_options(self) -> ResponseOptions:
         return ResponseOptions(with_audio="audio" in self.config.output_modalities)

@@ -26,7 +26,9 @@ Semantic end of turn (`TurnOptions.semantic`, OpenAI's `semantic_vad`): the sile
 ends the turn depends on the caller's words (end_of_turn.py). The voice's offset is called
 after one unvoiced frame (`semantic_hangover_ms`) instead of the hangover, and ENDPOINTING
 begins with ScoreCompletion: the loop scores the words heard so far and answers with
-CompletionScored (None if it cannot score). Until the score arrives the turn ends after the
+CompletionScored (None if it cannot score); it may score the pause again when the recogniser's
+words change (its last word often arrives after the voice stopped), the newest score winning
+until the reply is prepared. Until the score arrives the turn ends after the
 policy's unscored silence; complete words end it after the short silence, and their reply is
 prepared at once; incomplete ones wait longer, their reply prepared `SEMANTIC_PREPARE_LEAD_MS`
 before the wait ends. Onsets bridge gaps as in server VAD (`vad_hangover_ms`), so barge-in and
@@ -243,6 +245,14 @@ class TurnTaker:
     def active_reply(self) -> int | None:
         return self._active_reply
 
+    @property
+    def scoring_pause_ms(self) -> int | None:
+        """Semantic mode: the voice end of the pause whose words are being scored (scores
+        are still taken), else None."""
+        if self.options.semantic is None or self.state is not UserState.ENDPOINTING:
+            return None
+        return self._voice_end_ms
+
     def configure(self, options: TurnOptions) -> None:
         """New options take effect from the next frame; the current state is kept."""
         self.options = options
@@ -277,8 +287,9 @@ class TurnTaker:
                     self._actions.append(AbandonPreparedReply())
                 self.state = UserState.LISTENING
             case CompletionScored(voice_end_ms=voice_end_ms, probability=probability):
-                endpointing = self.state in (UserState.ENDPOINTING, UserState.PREPARED)
-                if endpointing and voice_end_ms == self._voice_end_ms and not self._scored:
+                # a newer score of the same pause (the recogniser caught up with the last word)
+                # replaces the older; once the reply is prepared, the words are final
+                if self.state is UserState.ENDPOINTING and voice_end_ms == self._voice_end_ms:
                     self._scored = True
                     self._completion = probability
                     self._check_deadlines(now_ms)

@@ -97,10 +97,13 @@ def test_a_late_or_stale_score_changes_nothing() -> None:
     taker.receive(CompletionScored(voice_end_ms=400, probability=0.99), now_ms=680)  # the dip's
     assert taker.actions() == []
     assert taker.next_deadline() == 640 + MEDIUM.unscored_silence_ms
-    taker.receive(CompletionScored(voice_end_ms=640, probability=0.99), now_ms=680)
-    taker.receive(CompletionScored(voice_end_ms=640, probability=0.001), now_ms=685)  # a second answer
+    taker.receive(CompletionScored(voice_end_ms=640, probability=0.001), now_ms=680)
+    assert taker.end_silence_ms() == MEDIUM.max_silence_ms
+    taker.receive(CompletionScored(voice_end_ms=640, probability=0.99), now_ms=780)  # the last word came in
     assert taker.actions() == [PrepareReply(audio_end_ms=640)]
+    taker.receive(CompletionScored(voice_end_ms=640, probability=0.001), now_ms=785)  # prepared: words final
     assert taker.next_deadline() == 640 + MEDIUM.complete_silence_ms
+    assert taker.scoring_pause_ms is None
 
 
 def test_an_unscorable_turn_ends_like_server_vad_with_the_unscored_silence() -> None:
