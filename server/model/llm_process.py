@@ -312,6 +312,7 @@ class LlmProcess:
         elif op == "done":
             if message.get("stats") is not None:
                 self.last_stats = self._stats_type(**message["stats"])
+                log.debug("language model turn done", extra={"turn": turn.id, **message["stats"]})
             turn.post(_End())
         elif op == "eot":
             turn.post(_End(value=float(message["probability"])))
