@@ -11,6 +11,10 @@ Sources:
 - "synthetic": sentences spoken by Debian's `flite` (voice `slt`), cached as WAV files in a
   directory so a rerun does not call flite again; `load_synthetic()` raises
   `CorpusUnavailable` when flite is missing and a sentence is not cached yet.
+- "pauses": utterances that each hold ONE mid-sentence pause of 400-800 ms, where the sentence
+  is clearly unfinished, to count how often a server answers into a caller's pause (see
+  `load_pauses()`): customer-service sentences spoken in two parts by four flite voices, and
+  the five long LibriVox sentences of pocketsphinx-testdata split at a gap between words.
 - "file": any directory of 16-bit PCM WAV files, each with an optional transcript in a `.txt`
   file of the same name beside it (`load_directory()`).
 """
@@ -43,8 +47,8 @@ NOISE_MARGIN_DB: Final = 6.0  # ...and this far above the clip's noise floor...
 SPEECH_ABSOLUTE_FLOOR_RMS: Final = 100.0  # ...and above -50 dBFS (int16 units)
 MIN_VOICED_RUN_MS: Final = 30  # shorter voiced runs are clicks, not speech
 
-Source = Literal["human", "synthetic", "file"]
-SOURCES: Final[tuple[Source, ...]] = ("human", "synthetic")
+Source = Literal["human", "synthetic", "pauses", "file"]
+SOURCES: Final[tuple[Source, ...]] = ("human", "synthetic", "pauses")
 
 SYNTHETIC_SENTENCES: Final[tuple[str, ...]] = (
     "Where is my order?",
@@ -74,6 +78,7 @@ class Utterance:
     source: Source
     speech_start_ms: int
     speech_end_ms: int
+    pause_ms: tuple[int, int] | None = None  # (start, end) of an inserted mid-sentence silence
 
     @property
     def duration_ms(self) -> int:
@@ -217,9 +222,9 @@ def load_human(data_dir: Path = HUMAN_DATA_DIR) -> list[Utterance]:
     return utterances
 
 
-def _slug(text: str) -> str:
+def _slug(text: str, voice: str = FLITE_VOICE) -> str:
     words = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    digest = hashlib.sha1(f"{FLITE_VOICE}:{text}".encode()).hexdigest()[:8]
+    digest = hashlib.sha1(f"{voice}:{text}".encode()).hexdigest()[:8]
     return f"{words[:40].rstrip('-')}-{digest}"
 
 
@@ -257,6 +262,209 @@ def load_synthetic(
     return utterances
 
 
+# --- "pauses": one mid-sentence pause per utterance --------------------------------------------
+
+PAUSE_LENGTHS_MS: Final = (400, 500, 600, 700, 800)  # cycled over the utterances, in order
+PAUSE_VOICES: Final = ("kal", "awb", "rms", "slt")  # flite's English voices, cycled likewise
+PAUSE_TRIM_MARGIN_MS: Final = 30  # kept around the speech of a part: a word's fading end
+PAUSE_FADE_MS: Final = 10  # the speech fades out into the pause and in after it: no click
+SPLIT_FRAME_MS: Final = 20  # a human clip is split in the quietest frame of this length...
+SPLIT_SEARCH_MS: Final = 30  # ...within this distance of a word boundary (see LIBRIVOX_SPLITS)
+
+# (the words before the pause, the words after it): cut where the sentence is plainly unfinished
+# (before a number, inside an address or a date, after "because", "to", "at", "with", "that").
+# Held out: none of these is a line of `loadtests.eot_calibration.PAIRS`, which calibrated the
+# end-of-turn detector that this corpus measures.
+PAUSED_SENTENCE_PARTS: Final[tuple[tuple[str, str], ...]] = (
+    ("my account number is", "seven one four nine two"),
+    ("i'm calling because", "my internet stopped working"),
+    ("please send it to", "forty two oak avenue"),
+    ("i live at eighty one", "elm road apartment four"),
+    ("my date of birth is", "the third of march nineteen eighty"),
+    ("the confirmation code is", "six zero two eight"),
+    ("i can't log in because", "the app keeps crashing"),
+    ("could you transfer me to", "the billing department"),
+    ("the bill says i owe", "two hundred and twelve dollars"),
+    ("my zip code is", "nine four one one zero"),
+    ("i'd like to move my appointment to", "next tuesday morning"),
+    ("the technician was supposed to come at", "ten this morning"),
+    ("i'd like to pay with", "my visa card"),
+    ("the last four digits are", "three eight eight one"),
+    ("i was told that", "someone would call me back today"),
+    ("the router in the", "living room keeps blinking red"),
+)
+
+# The long LibriVox sentences of pocketsphinx-testdata (file id: the words before the pause,
+# where they end in ms). They are read fluently: in the middle third of their speech only one
+# holds a gap between words (after "how"), and the quietest 20 ms frame there is a consonant
+# inside a word in all five (the closure of "p" in "disposed", the "f" of "selfish", ...). So
+# the boundaries come from a forced alignment by pocketsphinx (en-us model) of each clip with
+# its transcript, done once and checked by tests/loadtests/test_pauses_corpus.py; each is
+# where the sentence is plainly unfinished, within 35-65 % of the clip's speech span.
+LIBRIVOX_SPLITS: Final[dict[str, tuple[str, int]]] = {
+    "sense_and_sensibility_01_austen_64kb-0870": (
+        "and mister john dashwood had then leisure to consider how",
+        3975,  # a short gap (3950-4000 ms) before "much"
+    ),
+    "sense_and_sensibility_01_austen_64kb-0880": ("he was not an ill", 1480),
+    "sense_and_sensibility_01_austen_64kb-0890": ("unless to be rather cold hearted and", 2390),
+    "sense_and_sensibility_01_austen_64kb-0920": (
+        "had he married a more a amiable woman he might have",
+        3190,
+    ),
+    "sense_and_sensibility_01_austen_64kb-0930": ("he might even have been made", 1700),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PausedSentence:
+    """One sentence of the "pauses" corpus: spoken by `voice`, `pause_ms` of silence after `first`."""
+
+    first: str
+    second: str
+    voice: str
+    pause_ms: int
+
+    @property
+    def text(self) -> str:
+        return f"{self.first} {self.second}"
+
+
+def paused_sentences(
+    parts: Sequence[tuple[str, str]] = PAUSED_SENTENCE_PARTS,
+) -> list[PausedSentence]:
+    """The sentences with their voice and pause length, both cycled in order (deterministic)."""
+    return [
+        PausedSentence(
+            first, second, PAUSE_VOICES[i % len(PAUSE_VOICES)], PAUSE_LENGTHS_MS[i % len(PAUSE_LENGTHS_MS)]
+        )
+        for i, (first, second) in enumerate(parts)
+    ]
+
+
+def insert_pause(utterance: Utterance, at_ms: int, pause_ms: int, name: str) -> Utterance:
+    """`utterance` with `pause_ms` of digital silence (zeros) inserted at `at_ms`, a "pauses" clip.
+
+    The audio fades out over the `PAUSE_FADE_MS` before the cut and in over those after it, so
+    the cut clicks neither into nor out of the silence. `at_ms` must fall inside the speech span; the span keeps its start and its end moves by
+    `pause_ms`, so it still ends where the speech of the whole clip ends.
+    """
+    if not utterance.speech_start_ms < at_ms < utterance.speech_end_ms:
+        raise ValueError(
+            f"a pause at {at_ms} ms is outside the speech of {utterance.name!r} "
+            f"({utterance.speech_start_ms}-{utterance.speech_end_ms} ms)"
+        )
+    cut = at_ms * SAMPLE_RATE_HZ // 1000
+    fade = min(PAUSE_FADE_MS * SAMPLE_RATE_HZ // 1000, cut, len(utterance.samples) - cut)
+    ramp = np.linspace(1.0, 0.0, fade + 1)[1:]  # ends at 0: the speech meets the silence at 0
+    before = utterance.samples[:cut].astype(np.float64)
+    after = utterance.samples[cut:].astype(np.float64)
+    before[len(before) - fade :] *= ramp
+    after[:fade] *= ramp[::-1]
+    silence = np.zeros(pause_ms * SAMPLE_RATE_HZ // 1000)
+    samples = np.round(np.concatenate((before, silence, after))).astype(np.int16)
+    return Utterance(
+        name=name,
+        samples=samples,
+        reference=utterance.reference,
+        source="pauses",
+        speech_start_ms=utterance.speech_start_ms,
+        speech_end_ms=utterance.speech_end_ms + pause_ms,
+        pause_ms=(at_ms, at_ms + pause_ms),
+    )
+
+
+def quietest_frame_ms(
+    samples: NDArray[np.int16], low_ms: int, high_ms: int, frame_ms: int = SPLIT_FRAME_MS
+) -> int:
+    """The middle (ms) of the lowest-RMS `frame_ms` frame lying wholly within `low_ms`-`high_ms`
+    (frames start every millisecond; the first of equally quiet ones wins)."""
+    per_ms = SAMPLE_RATE_HZ // 1000
+    region = samples[low_ms * per_ms : high_ms * per_ms].astype(np.float64)
+    starts = (len(region) // per_ms - frame_ms) + 1
+    if starts < 1:
+        raise ValueError(f"no {frame_ms} ms frame fits between {low_ms} and {high_ms} ms")
+    energy = np.concatenate(([0.0], np.cumsum(region**2)))
+    width = frame_ms * per_ms
+    offsets = np.arange(starts) * per_ms
+    mean_square = (energy[offsets + width] - energy[offsets]) / width
+    return low_ms + int(np.argmin(mean_square)) + frame_ms // 2
+
+
+def _flite_part(text: str, voice: str, cache_dir: Path) -> NDArray[np.int16]:
+    """`text` spoken by flite's `voice`, at 24 kHz, synthesised once into `cache_dir`."""
+    path = cache_dir / f"part-{voice}-{_slug(text, voice)}.wav"
+    if not path.exists():
+        synthesize_with_flite(text, path, voice)
+    samples, rate = read_wav(path)
+    return to_24k(samples, rate)
+
+
+def _speech_span_or_fail(samples: NDArray[np.int16], what: str) -> tuple[int, int]:
+    span = speech_span_ms(samples, SAMPLE_RATE_HZ)
+    if span is None:
+        raise ValueError(f"{what} holds no speech above the energy threshold")
+    return span
+
+
+def load_pauses_synthetic(
+    cache_dir: Path = DEFAULT_CACHE_DIR, sentences: Sequence[PausedSentence] | None = None
+) -> list[Utterance]:
+    """Each sentence's two parts spoken separately by its flite voice, joined by its pause.
+
+    The first part ends `PAUSE_TRIM_MARGIN_MS` after its speech, the second starts as long
+    before its own (each part's speech found by `speech_span_ms`), and the pause goes between
+    them, so the gap between voiced frames is the pause plus up to 2 x 30 ms of the voice's
+    fading end and near-silence (-60 dBFS). The clip keeps flite's lead-in before the first
+    part and its tail after the second. Flite speaks the first part as a sentence of its own,
+    so its last words fall in pitch as a finished sentence would: the pause is unfinished in
+    its words, not (as a caller's often is) in its tune. The parts are cached in `cache_dir`
+    (named by voice and words); the join is recomputed on every load.
+    """
+    utterances = []
+    for sentence in paused_sentences() if sentences is None else sentences:
+        first = _flite_part(sentence.first, sentence.voice, cache_dir)
+        second = _flite_part(sentence.second, sentence.voice, cache_dir)
+        first_end_ms = _speech_span_or_fail(first, repr(sentence.first))[1] + PAUSE_TRIM_MARGIN_MS
+        second_start_ms = _speech_span_or_fail(second, repr(sentence.second))[0] - PAUSE_TRIM_MARGIN_MS
+        per_ms = SAMPLE_RATE_HZ // 1000
+        first = first[: min(len(first) // per_ms, first_end_ms) * per_ms]  # whole ms: an exact pause
+        second = second[max(0, second_start_ms) * per_ms :]
+        whole = make_utterance(
+            sentence.text, np.concatenate((first, second)), SAMPLE_RATE_HZ, sentence.text, "pauses"
+        )
+        name = f"pauses-{sentence.voice}-{sentence.pause_ms}ms-{_slug(sentence.text, sentence.voice)}"
+        utterances.append(insert_pause(whole, len(first) // per_ms, sentence.pause_ms, name))
+    return utterances
+
+
+def load_pauses_human(data_dir: Path = HUMAN_DATA_DIR) -> list[Utterance]:
+    """The long LibriVox sentences of pocketsphinx-testdata, each with a pause between words.
+
+    The pause goes in the middle of the quietest 20 ms frame within 30 ms of the word boundary
+    that `LIBRIVOX_SPLITS` names, its length cycled over `PAUSE_LENGTHS_MS`. It is digital
+    silence inside a real recording: the room noise drops to zero there and comes back after,
+    which a listener would notice but a server's VAD simply hears as silence. The reader did
+    not pause there, so the words before it keep the tune of an unfinished sentence.
+    """
+    by_name = {u.name: u for u in load_human(data_dir)}
+    utterances = []
+    for i, (fileid, (_, boundary_ms)) in enumerate(LIBRIVOX_SPLITS.items()):
+        utterance = by_name[fileid]
+        at_ms = quietest_frame_ms(
+            utterance.samples, boundary_ms - SPLIT_SEARCH_MS, boundary_ms + SPLIT_SEARCH_MS
+        )
+        pause_ms = PAUSE_LENGTHS_MS[i % len(PAUSE_LENGTHS_MS)]
+        utterances.append(insert_pause(utterance, at_ms, pause_ms, f"pauses-{fileid}"))
+    return utterances
+
+
+def load_pauses(cache_dir: Path = DEFAULT_CACHE_DIR, data_dir: Path = HUMAN_DATA_DIR) -> list[Utterance]:
+    """The "pauses" source: the flite sentences (16), then the human ones (5). Raises
+    CorpusUnavailable if either half cannot be made here, so runs stay comparable."""
+    return load_pauses_synthetic(cache_dir) + load_pauses_human(data_dir)
+
+
 def load_directory(directory: Path) -> list[Utterance]:
     """Every `*.wav` in `directory` (sorted by name), its reference from `NAME.txt` if present.
 
@@ -284,13 +492,15 @@ def load_directory(directory: Path) -> list[Utterance]:
 def load_corpus(
     sources: Iterable[str], *, data_dir: Path = HUMAN_DATA_DIR, cache_dir: Path = DEFAULT_CACHE_DIR
 ) -> list[Utterance]:
-    """The utterances of the named sources ("human", "synthetic"), in that order."""
+    """The utterances of the named sources ("human", "synthetic", "pauses"), in that order."""
     utterances: list[Utterance] = []
     for source in sources:
         if source == "human":
             utterances += load_human(data_dir)
         elif source == "synthetic":
             utterances += load_synthetic(cache_dir)
+        elif source == "pauses":
+            utterances += load_pauses(cache_dir, data_dir)
         else:
             raise ValueError(f"unknown corpus source {source!r}; use {', '.join(SOURCES)}")
     return utterances
