@@ -10,8 +10,13 @@ worker process, as the server would ask.
 
     python -m loadtests.eot_calibration
 
-Text only: the same set spoken (flite/espeak voices, pauses of 400-800 ms) through the
-recogniser, and the adaptive silence built on this signal, are the rest of issue 14.
+Two sets: PAIRS below, on which the thresholds were chosen, and the held-out sentences of the
+spoken "pauses" corpus (`loadtests.corpus.PAUSED_SENTENCE_PARTS`: the whole sentence, and the
+words before its pause). For each eagerness of `semantic_vad` (server/streaming/end_of_turn.py)
+it prints, on each set, the share of complete lines that end the turn on the short silence,
+the share of cut lines that would (a premature answer if the caller pauses longer than that
+silence), and the silence each would wait. The spoken test of the same policy, through the
+recogniser and the VAD, is `python -m loadtests.bench_latency --corpus pauses`.
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ import sys
 import time
 from collections.abc import Sequence
 
+from loadtests.corpus import PAUSED_SENTENCE_PARTS
 from server.model.backends.gemma_llm import load
 from server.model.base import Message, SessionOptions
+from server.streaming.end_of_turn import POLICIES
 
 # (the complete line, the same line cut where a caller pauses)
 PAIRS: tuple[tuple[str, str], ...] = (
@@ -76,6 +83,32 @@ async def score(words: Sequence[str], with_history: bool) -> list[tuple[float, f
         llm.close()
 
 
+def held_out_pairs() -> list[tuple[str, str]]:
+    """(complete, cut) lines of the spoken pause corpus, as a recogniser writes them."""
+    return [
+        (" ".join(f"{first} {rest}".replace("'", "").split()), first.replace("'", ""))
+        for first, rest in PAUSED_SENTENCE_PARTS
+    ]
+
+
+def policy_table(name: str, complete_p: Sequence[float], cut_p: Sequence[float]) -> list[str]:
+    """Per eagerness: complete lines ending on the short silence, cut lines that would too,
+    and the median silence waited after each kind."""
+    rows = [
+        f"{name}: eagerness  threshold  complete on short silence  cut on short silence  median wait complete / cut"
+    ]
+    for eagerness, policy in POLICIES.items():
+        hit = sum(policy.is_complete(p) for p in complete_p) / len(complete_p)
+        premature = sum(policy.is_complete(p) for p in cut_p) / len(cut_p)
+        wait_complete = statistics.median(policy.silence_ms(p) for p in complete_p)
+        wait_cut = statistics.median(policy.silence_ms(p) for p in cut_p)
+        rows.append(
+            f"  {eagerness:8s}  {policy.complete_probability:5.2f}      {hit:6.0%}                    "
+            f"{premature:6.0%}              {wait_complete:5.0f} / {wait_cut:5.0f} ms"
+        )
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m loadtests.eot_calibration", description=__doc__.splitlines()[0]
@@ -84,9 +117,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     complete = sorted({c for c, _ in PAIRS})
     cut = [c for _, c in PAIRS]
-    scored = asyncio.run(score([*complete, *cut], with_history=not args.no_history))
-    complete_p = [p for p, _ in scored[: len(complete)]]
-    cut_p = [p for p, _ in scored[len(complete) :]]
+    held_out = held_out_pairs()
+    held_complete = [c for c, _ in held_out]
+    held_cut = [c for _, c in held_out]
+    lines = [*complete, *cut, *held_complete, *held_cut]
+    scored = asyncio.run(score(lines, with_history=not args.no_history))
+    probabilities = [p for p, _ in scored]
+    complete_p = probabilities[: len(complete)]
+    cut_p = probabilities[len(complete) : len(complete) + len(cut)]
+    held_complete_p = probabilities[len(complete) + len(cut) : len(complete) + len(cut) + len(held_out)]
+    held_cut_p = probabilities[len(complete) + len(cut) + len(held_out) :]
     print("complete lines:")
     for line, p in zip(complete, complete_p, strict=True):
         print(f"  {p:6.3f}  {line}")
@@ -98,6 +138,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         hit = sum(p >= threshold for p in complete_p) / len(complete_p)
         premature = sum(p >= threshold for p in cut_p) / len(cut_p)
         print(f"  {threshold:5.2f}    {hit:6.0%}             {premature:6.0%}")
+    print("held-out sentences (the spoken pause corpus): complete | cut")
+    for (line, _), p, q in zip(held_out, held_complete_p, held_cut_p, strict=True):
+        print(f"  {p:6.3f} | {q:6.3f}  {line}")
+    print("\n".join(policy_table("calibration set", complete_p, cut_p)))
+    print("\n".join(policy_table("held-out set", held_complete_p, held_cut_p)))
     times = [ms for _, ms in scored]
     print(
         f"time per request through the worker: median {statistics.median(times):.0f} ms,"
