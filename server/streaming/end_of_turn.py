@@ -9,8 +9,10 @@ is not answered in the pause. Between the two the wait grows as the probability 
 log scale (the scores of unfinished lines spread over decades: 0.001-0.1).
 
 Pure functions and frozen values; the TurnTaker (turns.py) asks `silence_ms(probability)`.
-The thresholds come from `python -m loadtests.eot_calibration` (BENCHMARKS.md): on its text
-set, 0.2 takes 91 % of complete lines and none of the cut ones.
+The thresholds come from `python -m loadtests.eot_calibration` and the spoken pause corpus
+(`python -m loadtests.bench_latency --corpus pauses`, BENCHMARKS.md): on text 0.2-0.3 separates
+complete lines from cut ones; spoken, the recogniser's errors make some cut lines look complete
+(0.2-0.3), so medium asks for 0.3.
 """
 
 from __future__ import annotations
@@ -58,9 +60,9 @@ class SemanticPolicy:
 
 
 POLICIES: dict[str, SemanticPolicy] = {
-    "low": SemanticPolicy("low", 0.3, 500, 2000, 8000, 800),
-    "medium": SemanticPolicy("medium", 0.2, 200, 1000, 4000, 500),
-    "high": SemanticPolicy("high", 0.1, 120, 500, 2000, 300),
+    "low": SemanticPolicy("low", 0.4, 400, 1500, 8000, 800),
+    "medium": SemanticPolicy("medium", 0.3, 200, 800, 4000, 500),
+    "high": SemanticPolicy("high", 0.15, 120, 400, 2000, 300),
 }
 
 
