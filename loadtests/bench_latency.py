@@ -9,6 +9,14 @@ counts, and writes every raw sample to a JSON file.
     python -m loadtests.bench_latency --url ws://127.0.0.1:8000/v1/realtime --corpus human
     python -m loadtests.bench_latency --spawn "VOXGATE_LLM=rules" --corpus human,synthetic \\
         --repeat 2 --barge-in --out results/latency.json
+    python -m loadtests.bench_latency --spawn "" --corpus pauses,human,synthetic \\
+        --turn-detection semantic_vad --eagerness auto --out results/semantic.json
+
+Turn detection: `--silence-ms N` (default 300) sets server VAD's silence by `session.update`,
+`--turn-detection semantic_vad [--eagerness E]` asks for semantic VAD instead, and
+`--silence-ms -1` without `--turn-detection` sends no update (the server's own settings). The
+report counts, per corpus source, the utterances the server cut into several turns: answers
+into a pause of the caller (the "pauses" source holds one in every utterance).
 
 With `--spawn "ENV=VALUE ..."` it starts `python -m server serve` itself on a free port with
 those environment variables, waits for /healthz, runs, reads the server's peak RSS (VmHWM in
@@ -43,11 +51,22 @@ import httpx
 
 from loadtests.corpus import DEFAULT_CACHE_DIR, HUMAN_DATA_DIR, CorpusUnavailable, Utterance, load_corpus
 from loadtests.recorder import TurnResult
-from loadtests.session import BargeInPlan, SessionOptions, SessionResult, TurnPlan, run_session
+from loadtests.session import (
+    EAGERNESS_LEVELS,
+    TURN_DETECTION_TYPES,
+    BargeInPlan,
+    Eagerness,
+    SessionOptions,
+    SessionResult,
+    TurnDetectionType,
+    TurnPlan,
+    run_session,
+)
 from loadtests.stats import Summary, summarize
 from loadtests.wer import WordErrors, word_errors
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SILENCE_MS = 300  # server VAD's silence_duration_ms unless --silence-ms says otherwise
 
 TURN_METRICS: dict[str, Callable[[TurnResult], float | None]] = {
     "voice_to_voice_ms": lambda t: t.voice_to_voice_ms,
@@ -219,6 +238,43 @@ async def _stop(process: asyncio.subprocess.Process) -> int | None:
 # --- planning and running -------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class TurnDetectionChoice:
+    """The `SessionOptions` fields that say what `session.update` asks for."""
+
+    turn_detection: TurnDetectionType | None
+    eagerness: Eagerness | None
+    silence_duration_ms: int | None
+
+
+def turn_detection_options(
+    turn_detection: str | None, eagerness: str | None, silence_ms: int | None
+) -> TurnDetectionChoice:
+    """What --turn-detection, --eagerness and --silence-ms (None where not given) ask for;
+    raises BenchError on a combination that means nothing.
+
+    No --turn-detection: server VAD with --silence-ms (default 300), or with -1 no update at
+    all. server_vad: the same, but -1 still asks for server VAD, at the server's silence.
+    semantic_vad: eagerness if given (else the server's); it takes no silence.
+    """
+    kind = next((t for t in TURN_DETECTION_TYPES if t == turn_detection), None)
+    level = next((e for e in EAGERNESS_LEVELS if e == eagerness), None)
+    if kind is None and turn_detection is not None:
+        raise BenchError(
+            f"--turn-detection takes {' or '.join(TURN_DETECTION_TYPES)}, not {turn_detection!r}"
+        )
+    if level is None and eagerness is not None:
+        raise BenchError(f"--eagerness takes {', '.join(EAGERNESS_LEVELS)}, not {eagerness!r}")
+    if kind == "semantic_vad":
+        if silence_ms is not None:
+            raise BenchError("--silence-ms sets server_vad's silence; semantic_vad has none")
+        return TurnDetectionChoice(kind, level, None)
+    if level is not None:
+        raise BenchError("--eagerness needs --turn-detection semantic_vad")
+    silence = DEFAULT_SILENCE_MS if silence_ms is None else silence_ms
+    return TurnDetectionChoice(kind, None, None if silence < 0 else silence)
+
+
 def plan_turns(
     corpus: Sequence[Utterance],
     repeat: int,
@@ -313,6 +369,54 @@ def barge_in_counts(turns: Sequence[TurnResult]) -> dict[str, int]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class SourceCuts:
+    """Utterances of one corpus source, and those the server cut into several turns."""
+
+    turns: int
+    cut: int  # the server committed a turn inside the utterance: it answered into a pause
+
+    @property
+    def rate(self) -> float:
+        return self.cut / self.turns if self.turns else 0.0
+
+
+def premature_by_source(turns: Sequence[TurnResult]) -> dict[str, SourceCuts]:
+    """Per corpus source (in the order they first come): turns, and turns with commits > 1."""
+    result: dict[str, SourceCuts] = {}
+    for source in dict.fromkeys(t.source for t in turns):
+        mine = [t for t in turns if t.source == source]
+        result[source] = SourceCuts(len(mine), sum(t.commits > 1 for t in mine))
+    return result
+
+
+def describe_turn_detection(detection: dict[str, Any] | None) -> str:
+    """`server_vad, silence 300 ms`, `semantic_vad, eagerness auto`, or `none`."""
+    if detection is None:
+        return "none"
+    words = [str(detection.get("type", "server_vad"))]
+    if "eagerness" in detection:
+        words.append(f"eagerness {detection['eagerness']}")
+    if "silence_duration_ms" in detection and words[0] == "server_vad":
+        words.append(f"silence {detection['silence_duration_ms']} ms")
+    return ", ".join(words)
+
+
+def turn_detection_line(sessions: Sequence[SessionResult]) -> str:
+    """What the sessions asked for and what the server announced, flagging a different type."""
+    sent = {describe_turn_detection(s.turn_detection_sent) for s in sessions if s.turn_detection_sent}
+    announced = {describe_turn_detection(s.turn_detection) for s in sessions if s.turn_detection}
+    line = "turn detection: sent " + ("; ".join(sorted(sent)) or "nothing (the server's own)")
+    line += "; the server announced " + ("; ".join(sorted(announced)) or "nothing")
+    differs = any(
+        s.turn_detection_sent is not None
+        and s.turn_detection is not None
+        and s.turn_detection_sent.get("type") != s.turn_detection.get("type", "server_vad")
+        for s in sessions
+    )
+    return line + (" (NOT the type asked for)" if differs else "")
+
+
 def error_counts(sessions: Sequence[SessionResult]) -> dict[str, int]:
     counts: Counter[str] = Counter()
     for session in sessions:
@@ -353,6 +457,13 @@ def format_report(sessions: Sequence[SessionResult], server: ServerStats | None)
         + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items()))
         + f"; utterances cut in several turns by the server: {splits}"
     )
+    cuts = premature_by_source(turns)
+    if cuts:
+        lines.append(
+            "premature answers (server committed a turn inside the utterance): "
+            + ", ".join(f"{source} {c.cut}/{c.turns} ({c.rate:.1%})" for source, c in cuts.items())
+        )
+    lines.append(turn_detection_line(sessions))
     late = max((s.max_frame_lateness_ms for s in sessions), default=0.0)
     lines.append(f"client health: microphone at most {late:.0f} ms late (above 20 ms, this client lagged)")
     errors = error_counts(sessions)
@@ -404,6 +515,10 @@ def report_json(
             for source, w in wer_by_source(all_turns(sessions)).items()
         },
         "barge_in": barge_in_counts(all_turns(sessions)),
+        "premature_answers": {
+            source: {"turns": c.turns, "cut": c.cut, "rate": c.rate}
+            for source, c in premature_by_source(all_turns(sessions)).items()
+        },
         "errors": error_counts(sessions),
         "sessions": [{k: v for k, v in dataclasses.asdict(s).items() if k != "turns"} for s in sessions],
         "turns": turns,
@@ -424,14 +539,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--beta", action="store_true", help="speak the beta dialect (OpenAI-Beta: realtime=v1)"
     )
-    parser.add_argument("--corpus", default="human", help="comma-separated: human,synthetic (default human)")
+    parser.add_argument(
+        "--corpus", default="human", help="comma-separated: human,synthetic,pauses (default human)"
+    )
     parser.add_argument("--limit", type=int, default=None, help="use only the first N utterances")
     parser.add_argument("--repeat", type=int, default=1, help="speak each utterance N times (default 1)")
     parser.add_argument(
+        "--turn-detection",
+        choices=TURN_DETECTION_TYPES,
+        default=None,
+        help="turn detection to ask for by session.update (default server_vad with --silence-ms)",
+    )
+    parser.add_argument(
+        "--eagerness",
+        choices=EAGERNESS_LEVELS,
+        default=None,
+        help="semantic_vad's eagerness (only with --turn-detection semantic_vad; default the server's)",
+    )
+    parser.add_argument(
         "--silence-ms",
         type=int,
-        default=300,
-        help="server VAD silence_duration_ms, set by session.update; -1 keeps the server's (default 300)",
+        default=None,
+        help=f"server VAD silence_duration_ms, set by session.update (default {DEFAULT_SILENCE_MS}); "
+        "-1 keeps the server's, and without --turn-detection sends no update at all",
     )
     parser.add_argument(
         "--pause-ms", type=int, default=1000, help="silence between a reply and the next turn"
@@ -470,6 +600,7 @@ class BenchOutcome:
 
 async def run(args: argparse.Namespace) -> BenchOutcome:
     """Load the corpus, (spawn the server,) run the sessions. Raises BenchError if it cannot."""
+    detection = turn_detection_options(args.turn_detection, args.eagerness, args.silence_ms)
     try:
         corpus = load_corpus(
             [s.strip() for s in args.corpus.split(",") if s.strip()],
@@ -492,7 +623,9 @@ async def run(args: argparse.Namespace) -> BenchOutcome:
         model=args.model,
         api_key=args.api_key,
         beta=args.beta,
-        silence_duration_ms=None if args.silence_ms < 0 else args.silence_ms,
+        turn_detection=detection.turn_detection,
+        silence_duration_ms=detection.silence_duration_ms,
+        eagerness=detection.eagerness,
         pause_ms=args.pause_ms,
         reply_timeout_s=args.reply_timeout_s,
     )
@@ -503,7 +636,10 @@ async def run(args: argparse.Namespace) -> BenchOutcome:
         "corpus": args.corpus,
         "utterances": [u.name for u in corpus],
         "repeat": args.repeat,
-        "silence_ms": args.silence_ms,
+        "silence_ms": args.silence_ms,  # as given: None (the default), -1 (the server's) or ms
+        "turn_detection": args.turn_detection,
+        "eagerness": args.eagerness,
+        "silence_duration_ms": detection.silence_duration_ms,  # asked for; None: not set
         "pause_ms": args.pause_ms,
         "barge_in": args.barge_in,
         "barge_in_probability": args.barge_in_probability,

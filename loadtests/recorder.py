@@ -58,10 +58,11 @@ class TurnResult:
     reference: str
     utterance_ms: int
     speech_end_ms: int
+    pause_ms: tuple[int, int] | None = None  # the utterance's inserted mid-sentence silence, if any
     voice_to_voice_ms: float | None = None
     # first reply audio after the frame that completed the server's end-of-turn silence
     # (its speech_stopped audio_end_ms + silence_duration_ms): what the server took once it
-    # could know the turn was over
+    # could know the turn was over; None with semantic VAD, which has no fixed silence
     endpoint_to_audio_ms: float | None = None
     speech_started_ms: float | None = None  # from the first voiced frame sent, not the end
     speech_stopped_ms: float | None = None
@@ -196,6 +197,7 @@ class TurnRecorder:
             reference=utterance.reference,
             utterance_ms=utterance.duration_ms,
             speech_end_ms=utterance.speech_end_ms,
+            pause_ms=utterance.pause_ms,
             voice_to_voice_ms=since_origin(self.first_audio_s),
             endpoint_to_audio_ms=(
                 None

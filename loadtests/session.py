@@ -10,7 +10,8 @@ and the session closes after the current one.
 
 What the session does:
 1. connects to `ws://HOST:PORT/v1/realtime?model=...` and waits for `session.created`;
-   optionally sends `session.update` (server VAD with `silence_duration_ms`) and waits for
+   optionally sends `session.update` (`turn_detection`: server VAD with `silence_duration_ms`,
+   or semantic VAD with `eagerness`; see `turn_detection_request`) and waits for
    `session.updated`;
 2. starts the `Microphone`: 20 ms frames of pcm16 24 kHz (`input_audio_buffer.append`) sent on
    an absolute schedule of the monotonic clock, frame k at start + (k + 1) * 20 ms, the moment
@@ -35,7 +36,8 @@ message; send times as soon as `websocket.send` returns):
   server's end-of-turn silence, i.e. that brought the input stream to the `audio_end_ms` of
   the turn's `speech_stopped` plus `silence_duration_ms` (the value this session set, else
   the one `session.created` announced). The server cannot end the turn before that frame
-  arrives, so with an instant model this is what the server (and the network) add;
+  arrives, so with an instant model this is what the server (and the network) add. With
+  semantic VAD (asked for, or announced) there is no fixed silence: it is not measured (None);
 - the reply of a turn is the first response created after the origin. A response created
   while the utterance was still being spoken (the server cut the utterance at a pause) is
   counted in `TurnResult.responses`, and each input item the server committed for the
@@ -71,6 +73,10 @@ from loadtests.microphone import Microphone
 from loadtests.recorder import TurnRecorder, TurnResult, str_or_none
 
 ErrorKind = Literal["connect", "timeout", "closed", "server_error", "protocol", "deadline"]
+TurnDetectionType = Literal["server_vad", "semantic_vad"]
+Eagerness = Literal["low", "medium", "high", "auto"]
+TURN_DETECTION_TYPES: tuple[TurnDetectionType, ...] = ("server_vad", "semantic_vad")
+EAGERNESS_LEVELS: tuple[Eagerness, ...] = ("low", "medium", "high", "auto")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +87,10 @@ class SessionOptions:
     model: str = "voxgate-cascade"  # sent as ?model= unless the url already has one
     api_key: str | None = None  # sent as `Authorization: Bearer ...`
     beta: bool = False  # speak the beta dialect (`OpenAI-Beta: realtime=v1`)
-    silence_duration_ms: int | None = None  # None: keep the server's turn detection as is
+    # what `session.update` asks for; all None: keep the server's turn detection as is
+    turn_detection: TurnDetectionType | None = None  # None: server_vad if silence_duration_ms
+    silence_duration_ms: int | None = None  # server_vad's; None: the server's
+    eagerness: Eagerness | None = None  # semantic_vad's; None: the server's
     frame_ms: int = 20
     lead_silence_ms: int = 500  # silence before the first turn
     pause_ms: int = 1000  # silence after a reply ends, before the next turn
@@ -90,6 +99,13 @@ class SessionOptions:
     reply_timeout_s: float = 30.0  # from the end of an utterance's audio to its response.done
     transcript_grace_s: float = 2.0  # after response.done, wait this long for a user transcript
     deadline_s: float = 600.0  # the whole session, connection to close
+
+    def __post_init__(self) -> None:
+        semantic = self.turn_detection == "semantic_vad"
+        if semantic and self.silence_duration_ms is not None:
+            raise ValueError("semantic_vad has no silence_duration_ms; it is server_vad's")
+        if not semantic and self.eagerness is not None:
+            raise ValueError("eagerness is semantic_vad's; set turn_detection='semantic_vad'")
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +136,9 @@ class SessionError:
 class SessionResult:
     url: str
     session_id: str | None = None  # from session.created
-    silence_duration_ms: int | None = None  # the server VAD's, as set or announced
+    silence_duration_ms: int | None = None  # the server VAD's, as set or announced; None: semantic
+    turn_detection_sent: dict[str, Any] | None = None  # in session.update; None: nothing sent
+    turn_detection: dict[str, Any] | None = None  # as session.updated (else .created) announced it
     turns: list[TurnResult] = field(default_factory=list)
     errors: list[SessionError] = field(default_factory=list)
     connect_ms: float | None = None  # connecting to session.created
@@ -176,16 +194,63 @@ def session_url(url: str, model: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-def silence_duration_of(session: object) -> int | None:
-    """`silence_duration_ms` of a session object (GA or beta shape), if it has server VAD."""
+def turn_detection_of(session: object) -> dict[str, Any] | None:
+    """The `turn_detection` object of a session object (GA or beta shape), if it has one."""
     if not isinstance(session, dict):
         return None
     audio = session.get("audio")
     detection = session.get("turn_detection")
     if isinstance(audio, dict) and isinstance(audio.get("input"), dict):
         detection = audio["input"].get("turn_detection", detection)
-    value = detection.get("silence_duration_ms") if isinstance(detection, dict) else None
-    return value if isinstance(value, int) else None
+    return detection if isinstance(detection, dict) else None
+
+
+def silence_duration_of(session: object) -> int | None:
+    """`silence_duration_ms` of a session object (GA or beta shape), if it has server VAD:
+    None for semantic VAD, which ends a turn after no fixed silence."""
+    detection = turn_detection_of(session)
+    if detection is None or detection.get("type", "server_vad") != "server_vad":
+        return None
+    value = detection.get("silence_duration_ms")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def turn_detection_request(options: SessionOptions) -> dict[str, Any] | None:
+    """The `turn_detection` object that `session.update` sends, or None to send no update.
+
+    `semantic_vad` goes as `{"type": "semantic_vad", "eagerness": ...}` (eagerness only if
+    set); `server_vad` (asked for, or implied by a `silence_duration_ms`) as `{"type":
+    "server_vad", "silence_duration_ms": ...}` (the silence only if set).
+    """
+    if options.turn_detection == "semantic_vad":
+        detection: dict[str, Any] = {"type": "semantic_vad"}
+        if options.eagerness is not None:
+            detection["eagerness"] = options.eagerness
+        return detection
+    if options.turn_detection is None and options.silence_duration_ms is None:
+        return None
+    detection = {"type": "server_vad"}
+    if options.silence_duration_ms is not None:
+        detection["silence_duration_ms"] = options.silence_duration_ms
+    return detection
+
+
+def session_update(turn_detection: dict[str, Any], beta: bool) -> dict[str, Any]:
+    """The `session.update` event setting pcm16 24 kHz audio and `turn_detection`: in the
+    beta dialect `session.turn_detection`, in the GA one `session.audio.input.turn_detection`."""
+    if beta:
+        session: dict[str, Any] = {
+            "input_audio_format": "pcm16",
+            "output_audio_format": "pcm16",
+            "turn_detection": turn_detection,
+        }
+    else:
+        pcm = {"type": "audio/pcm", "rate": SAMPLE_RATE_HZ}
+        session = {
+            "type": "realtime",
+            "audio": {"input": {"format": pcm, "turn_detection": turn_detection}, "output": {"format": pcm}},
+        }
+    return {"type": "session.update", "session": session}
 
 
 class _SessionRunner:
@@ -346,12 +411,20 @@ class _SessionRunner:
         session = created.event.get("session")
         if isinstance(session, dict):
             self.result.session_id = str_or_none(session.get("id"))
+            self.result.turn_detection = turn_detection_of(session)
             if self._silence_ms is None:
                 self._silence_ms = silence_duration_of(session)
-        if options.silence_duration_ms is not None:
-            await ws.send(json.dumps(self._session_update(options.silence_duration_ms)))
+        request = turn_detection_request(options)
+        if request is not None:
+            self.result.turn_detection_sent = request
+            await ws.send(json.dumps(session_update(request, options.beta)))
             updated = await self._expect("session.updated")
-            self._silence_ms = silence_duration_of(updated.event.get("session")) or self._silence_ms
+            announced = updated.event.get("session")
+            self.result.turn_detection = turn_detection_of(announced) or self.result.turn_detection
+            if request["type"] == "semantic_vad":
+                self._silence_ms = None  # whatever the server echoes, we asked for no fixed silence
+            else:
+                self._silence_ms = silence_duration_of(announced) or self._silence_ms
         self.result.silence_duration_ms = self._silence_ms
         self._mic = Microphone(ws.send, options.frame_ms)
         self._mic_task = tasks.create_task(self._mic.run(), name="bench-microphone")
@@ -361,22 +434,6 @@ class _SessionRunner:
                 break
             await self._run_turn(index, plan, self._mic)
             await self._listen((options.pause_ms if plan.pause_ms is None else plan.pause_ms) / 1000)
-
-    def _session_update(self, silence_duration_ms: int) -> dict[str, Any]:
-        vad = {"type": "server_vad", "silence_duration_ms": silence_duration_ms}
-        if self._options.beta:
-            session: dict[str, Any] = {
-                "input_audio_format": "pcm16",
-                "output_audio_format": "pcm16",
-                "turn_detection": vad,
-            }
-        else:
-            pcm = {"type": "audio/pcm", "rate": SAMPLE_RATE_HZ}
-            session = {
-                "type": "realtime",
-                "audio": {"input": {"format": pcm, "turn_detection": vad}, "output": {"format": pcm}},
-            }
-        return {"type": "session.update", "session": session}
 
     async def _listen(self, duration_s: float) -> None:
         """Read (and drop) events for `duration_s`, so errors and closes are still seen."""
