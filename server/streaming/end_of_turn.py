@@ -4,9 +4,11 @@
 caller's words are: the language model's probability that their line ends where the voice
 stopped (`GemmaEngine.end_of_turn_probability`). Complete words end the turn after a short
 silence; words that cannot end a sentence ("my order number is") wait up to the eagerness'
-maximum (OpenAI's 8 / 4 / 2 s for low / medium / high), so a caller who stops to find a number
-is not answered in the pause. Between the two the wait grows as the probability falls, on a
-log scale (the scores of unfinished lines spread over decades: 0.001-0.1).
+maximum (8 / 3 / 1.5 s for low / medium / high; OpenAI documents 8 / 4 / 2 s), so a caller who
+stops to find a number is not answered in the pause. Medium's 3 s, not 4: a complete line the
+model misjudges (a number, a line unlike a customer's) waits the maximum too. Between the two
+the wait grows as the probability falls, on a log scale (the scores of unfinished lines spread
+over decades: 0.001-0.1).
 
 Pure functions and frozen values; the TurnTaker (turns.py) asks `silence_ms(probability)`.
 The thresholds come from `python -m loadtests.eot_calibration` and the spoken pause corpus
@@ -61,8 +63,8 @@ class SemanticPolicy:
 
 POLICIES: dict[str, SemanticPolicy] = {
     "low": SemanticPolicy("low", 0.4, 400, 1500, 8000, 800),
-    "medium": SemanticPolicy("medium", 0.3, 200, 800, 4000, 500),
-    "high": SemanticPolicy("high", 0.15, 120, 400, 2000, 300),
+    "medium": SemanticPolicy("medium", 0.3, 200, 900, 3000, 500),
+    "high": SemanticPolicy("high", 0.15, 120, 400, 1500, 300),
 }
 
 

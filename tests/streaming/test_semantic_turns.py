@@ -43,7 +43,7 @@ def test_policy_waits_longer_the_less_complete_the_words() -> None:
     assert MEDIUM.uncertain_silence_ms <= waits[0] < waits[1] < waits[2] < waits[3] == MEDIUM.max_silence_ms
     assert MEDIUM.silence_ms(None) == MEDIUM.unscored_silence_ms
     assert semantic_policy("auto") == replace(MEDIUM, eagerness="auto")
-    assert [POLICIES[e].max_silence_ms for e in ("low", "medium", "high")] == [8000, 4000, 2000]
+    assert [POLICIES[e].max_silence_ms for e in ("low", "medium", "high")] == [8000, 3000, 1500]
     with pytest.raises(ValueError, match="eagerness"):
         semantic_policy("eager")
 
