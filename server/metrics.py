@@ -58,6 +58,16 @@ class Metrics:
         self.tts_first_audio = hist(
             "voxgate_tts_first_audio_seconds", "First phrase to speech -> its first audio"
         )
+        self.turn_end_score = hist(
+            "voxgate_turn_end_score_seconds",
+            "semantic_vad: the caller paused -> their words scored (often at once: scored as spoken)",
+        )
+        self.turn_end_scores = Counter(
+            "voxgate_turn_end_scores",
+            "semantic_vad pauses scored, by outcome (complete, incomplete, unscored)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.barge_in_reaction = hist(
             "voxgate_barge_in_reaction_seconds",
             "Barge-in detected (speech during a reply) -> reply audio stopped",

@@ -493,11 +493,17 @@ class Conversation:
     async def _answer_score(self, voice_end_ms: int, words: str | None) -> None:
         session = self.model_session
         probability: float | None = None
+        started_s = self._clock()
         if words is not None and isinstance(session, TurnEndScoring):
             probability = await session.end_of_turn_probability(words)
-        silence_ms = (
-            self._turns.options.semantic.silence_ms(probability) if self._turns.options.semantic else None
-        )
+        policy = self._turns.options.semantic
+        silence_ms = policy.silence_ms(probability) if policy is not None else None
+        if probability is None:
+            outcome = "unscored"
+        else:
+            self._metrics.turn_end_score.observe(self._clock() - started_s)
+            outcome = "complete" if policy is not None and policy.is_complete(probability) else "incomplete"
+        self._metrics.turn_end_scores.labels(outcome=outcome).inc()
         log.info(
             "turn end scored",
             extra={

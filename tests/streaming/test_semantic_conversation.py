@@ -68,7 +68,7 @@ def silence(ms: int) -> PcmFrame:
 def test_complete_words_end_the_turn_after_the_short_silence() -> None:
     llm = FakeScoringLlm(["It ships today."], scores={"where is my order": 0.9})
 
-    async def script(port: MemoryPort, _: Conversation) -> None:
+    async def script(port: MemoryPort, conversation: Conversation) -> None:
         clock = asyncio.get_running_loop().time
         await port.stream(silence(200))
         await port.stream(tone(600))
@@ -77,6 +77,8 @@ def test_complete_words_end_the_turn_after_the_short_silence() -> None:
         waited_ms = (first_audio.at_s - speech_end) * 1000
         assert POLICY.complete_silence_ms <= waited_ms <= POLICY.complete_silence_ms + 20
         assert [s.audio_end_ms for s in port.all(SpeechStopped)] == [800]
+        scores = conversation._metrics.turn_end_scores  # the histogram and counter of /metrics
+        assert scores.labels(outcome="complete")._value.get() == 1
 
     converse_semantic(script, FakeAsr(["where is my order"]), llm)
     assert llm.scored == ["where is my order"]  # scored once while the caller spoke (prefill), reused
