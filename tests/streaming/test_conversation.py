@@ -37,12 +37,13 @@ def converse(
     script: Callable[[MemoryPort, Conversation], Awaitable[None]],
     asr: FakeAsr | None = None,
     llm: FakeLlm | None = None,
+    options: ConversationOptions = OPTIONS,
 ) -> MemoryPort:
     """Run `script` against a fresh conversation on the virtual clock; returns the port."""
 
     async def main() -> MemoryPort:
         port = MemoryPort()
-        conversation = caller_conversation(port, asr, llm, options=OPTIONS)
+        conversation = caller_conversation(port, asr, llm, options=options)
         running = asyncio.create_task(conversation.run())
         await asyncio.sleep(0)
         try:

@@ -7,6 +7,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
+import pytest
+
 from server.audio import PcmFrame
 from server.model.base import Message, SessionOptions
 from server.model.fakes import FakeAsr, FakeLlm, tone
@@ -16,8 +18,8 @@ from server.streaming.end_of_turn import semantic_policy
 from server.streaming.outputs import InputCommitted, ResponseAudio, SpeechStopped
 from server.streaming.session_config import ConversationOptions
 from server.streaming.turns import TurnOptions
-from tests.streaming.memory_port import MemoryPort, caller_conversation
-from tests.streaming.virtual_time import run_virtual
+from tests.streaming.memory_port import MemoryPort
+from tests.streaming.test_conversation import converse
 
 POLICY = semantic_policy("auto")
 OPTIONS = ConversationOptions(turn=TurnOptions(semantic=POLICY, speculative_silence_ms=0))
@@ -40,25 +42,13 @@ class FakeScoringLlm(FakeLlm):
         return self.scores.get(words, 0.5)
 
 
-Script = Callable[[MemoryPort, Conversation], Awaitable[None]]
-
-
 def converse_semantic(
-    script: Script, asr: FakeAsr, llm: FakeLlm, options: ConversationOptions = OPTIONS
+    script: Callable[[MemoryPort, Conversation], Awaitable[None]],
+    asr: FakeAsr,
+    llm: FakeLlm,
+    options: ConversationOptions = OPTIONS,
 ) -> MemoryPort:
-    async def main() -> MemoryPort:
-        port = MemoryPort()
-        conversation = caller_conversation(port, asr, llm, options=options)
-        running = asyncio.create_task(conversation.run())
-        await asyncio.sleep(0)
-        try:
-            await script(port, conversation)
-        finally:
-            port.hang_up()
-            await asyncio.wait_for(running, 5)
-        return port
-
-    return run_virtual(main)
+    return converse(script, asr, llm, options)
 
 
 def silence(ms: int) -> PcmFrame:
@@ -98,9 +88,15 @@ def test_a_caller_pausing_mid_sentence_is_not_answered_in_the_pause() -> None:
     converse_semantic(script, FakeAsr(["my order number is"]), llm)
 
 
-def test_a_slow_score_ends_the_turn_on_the_unscored_silence() -> None:
-    llm = FakeScoringLlm(["Sure."], scores={"hello": 0.9}, delay_s=5.0)
-
+@pytest.mark.parametrize(
+    "llm",
+    [
+        FakeScoringLlm(["Sure."], scores={"hello": 0.9}, delay_s=5.0),  # a score too late
+        FakeLlm(["Hi."]),  # a model that cannot score
+    ],
+    ids=["slow-score", "no-scorer"],
+)
+def test_the_turn_ends_on_the_unscored_silence_without_a_score_in_time(llm: FakeLlm) -> None:
     async def script(port: MemoryPort, _: Conversation) -> None:
         clock = asyncio.get_running_loop().time
         await port.stream(tone(600))
@@ -111,18 +107,6 @@ def test_a_slow_score_ends_the_turn_on_the_unscored_silence() -> None:
         await port.stream_until(ResponseAudio)
 
     converse_semantic(script, FakeAsr(["hello"]), llm)
-
-
-def test_a_model_that_cannot_score_gets_the_unscored_silence() -> None:
-    async def script(port: MemoryPort, _: Conversation) -> None:
-        clock = asyncio.get_running_loop().time
-        await port.stream(tone(600))
-        speech_end = clock()
-        stopped = await port.stream_until(SpeechStopped)
-        waited_ms = (stopped.at_s - speech_end) * 1000
-        assert POLICY.unscored_silence_ms <= waited_ms <= POLICY.unscored_silence_ms + 20
-
-    converse_semantic(script, FakeAsr(["hello"]), FakeLlm(["Hi."]))
 
 
 def test_high_eagerness_answers_sooner_than_low() -> None:
