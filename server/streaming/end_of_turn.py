@@ -14,7 +14,8 @@ Pure functions and frozen values; the TurnTaker (turns.py) asks `silence_ms(prob
 The thresholds come from `python -m loadtests.eot_calibration` and the spoken pause corpus
 (`python -m loadtests.bench_latency --corpus pauses`, BENCHMARKS.md): on text 0.2-0.3 separates
 complete lines from cut ones; spoken, the recogniser's errors make some cut lines look complete
-(0.2-0.3), so medium asks for 0.3.
+(0.2-0.4: "the technician was supposed to command"), so medium asks for 0.4 (chosen after
+two runs of the pause corpus at 0.3 answered 6 of 42 pauses; see BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ class SemanticPolicy:
     uncertain_silence_ms: the wait just below it, growing to `max_silence_ms` at
         `floor_probability` and below.
     unscored_silence_ms: the wait while no score is known (not yet, or the model cannot
-        score: then `semantic_vad` is plain server VAD with this silence).
+        score: then `semantic_vad` is plain server VAD with this silence; medium's is the
+        server-VAD default, 250 ms).
     """
 
     eagerness: str
@@ -62,9 +64,9 @@ class SemanticPolicy:
 
 
 POLICIES: dict[str, SemanticPolicy] = {
-    "low": SemanticPolicy("low", 0.4, 400, 1500, 8000, 800),
-    "medium": SemanticPolicy("medium", 0.3, 200, 900, 3000, 500),
-    "high": SemanticPolicy("high", 0.15, 120, 400, 1500, 300),
+    "low": SemanticPolicy("low", 0.5, 400, 1500, 8000, 500),
+    "medium": SemanticPolicy("medium", 0.4, 200, 900, 3000, 250),
+    "high": SemanticPolicy("high", 0.15, 120, 400, 1500, 200),
 }
 
 

@@ -31,7 +31,8 @@ SEMANTIC = replace(OPTIONS, semantic=MEDIUM, speculative_silence_ms=0)
 
 
 def silence_until(taker: TurnTaker, start_ms: int, end_ms: int) -> list[tuple[int, TurnAction]]:
-    return feed(taker, "." * ((end_ms - start_ms) // FRAME_MS), start_ms)
+    """Silent frames from `start_ms` until the clock reaches `end_ms` (or the frame after)."""
+    return feed(taker, "." * -(-(end_ms - start_ms) // FRAME_MS), start_ms)
 
 
 def test_policy_waits_longer_the_less_complete_the_words() -> None:
@@ -117,7 +118,7 @@ def test_an_unscorable_turn_ends_like_server_vad_with_the_unscored_silence() -> 
 
 def test_no_score_in_time_ends_the_turn_after_the_unscored_silence() -> None:
     taker = TurnTaker(SEMANTIC)
-    timeline = feed(taker, "S" * 20 + "." * (MEDIUM.unscored_silence_ms // FRAME_MS))
+    timeline = feed(taker, "S" * 20 + "." * -(-MEDIUM.unscored_silence_ms // FRAME_MS))
     assert kinds(timeline)[-3:] == [AnnounceSpeechStopped, CommitTurn, StartReply]
     assert PrepareReply not in kinds(timeline)
 
