@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     silence_duration_ms: int = Field(default=250, ge=0, le=10_000)
     # how a turn ends: "server_vad" after silence_duration_ms of silence; "semantic_vad" after
     # a silence that depends on the caller's words (server/streaming/end_of_turn.py), by eagerness
-    turn_detection: Literal["server_vad", "semantic_vad"] = "semantic_vad"
+    turn_detection: Literal["server_vad", "semantic_vad"] = "server_vad"
     eagerness: Literal["low", "medium", "high", "auto"] = "auto"
 
     # turn-taking details that the protocol does not expose
