@@ -203,7 +203,7 @@ class CascadeSession:
         return self._asr.hypothesis if self._asr is not None else ""
 
     async def end_of_turn_probability(self, words: str) -> float | None:
-        if not words.strip() or not isinstance(self._model.llm, TurnEndScorer):
+        if not words.strip():
             return None
         task = self._scores.get(words) or self._score_task(words)
         return await asyncio.shield(task)  # a waiter that leaves does not stop the score

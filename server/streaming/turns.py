@@ -231,6 +231,7 @@ class TurnTaker:
         self.options = options
         self.state = UserState.LISTENING
         self._detector = SpeechDetector(options.detector_options())
+        self._detector_speaking = False  # the state the detector's options were built for
         self._actions: list[TurnAction] = []
         self._onset_ms = 0
         self._voice_end_ms = 0
@@ -256,11 +257,15 @@ class TurnTaker:
     def configure(self, options: TurnOptions) -> None:
         """New options take effect from the next frame; the current state is kept."""
         self.options = options
-        self._sync_detector()
+        self._sync_detector(force=True)
 
-    def _sync_detector(self) -> None:
+    def _sync_detector(self, *, force: bool = False) -> None:
+        """The detector's hysteresis follows the state (semantic mode); rebuilt only when
+        the state crosses USER_SPEAKING or the options change, not on every frame."""
         speaking = self.state is UserState.USER_SPEAKING
-        self._detector.options = self.options.detector_options(user_speaking=speaking)
+        if force or speaking != self._detector_speaking:
+            self._detector_speaking = speaking
+            self._detector.options = self.options.detector_options(user_speaking=speaking)
 
     def receive(self, event: TurnInput, now_ms: int) -> None:
         self._receive(event, now_ms)
