@@ -51,6 +51,20 @@ class Interrupted:
 
 
 @dataclass(frozen=True, slots=True)
+class FalseInterruption:
+    """The caller spoke over a reply but did not take the floor: `kind` is "backchannel"
+    ("uh-huh", "yeah": `transcript` is what the recogniser heard) or "noise" (no words). The
+    reply paused and went on where it stopped; the caller heard `silence_ms` of silence
+    (the server's estimate). Nothing of it entered the conversation."""
+
+    session_id: str
+    item_id: str
+    kind: str
+    transcript: str
+    silence_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class Truncated:
     """The reply's place in the conversation was cut to what the caller heard: `heard_ms` of
     its audio, whose words are `text`. `source` is "server" (the server's estimate of the
@@ -110,6 +124,7 @@ AgentEvent = (
     | UserTurn
     | AssistantTurn
     | Interrupted
+    | FalseInterruption
     | Truncated
     | TurnLatency
     | SessionEnded

@@ -83,6 +83,17 @@ class Metrics:
         self.interruptions = Counter(
             "voxgate_interruptions", "Replies cut by barge-in", registry=self.registry
         )
+        self.false_interruptions = Counter(
+            "voxgate_false_interruptions",
+            "Speech over a reply that did not take the floor, by kind (backchannel, noise); the"
+            " reply paused and resumed",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.barge_in_silence = hist(
+            "voxgate_barge_in_silence_seconds",
+            "Silence the caller heard while the reply paused for speech that did not take the floor",
+        )
         self.noise_ignored = Counter(
             "voxgate_noise_ignored", "Voiced bursts too short to be a turn", registry=self.registry
         )

@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     # turn-taking details that the protocol does not expose
     min_speech_ms: int = Field(default=120, ge=0, le=5000)
     barge_in_min_ms: int = Field(default=250, ge=0, le=5000)
+    # what speech over a reply does (server/streaming/interruptions.py): "words" pauses the
+    # reply and lets the recogniser's words decide (a real interruption cancels it; "uh-huh",
+    # "yeah" or a cough resume it where it paused); "voice": any barge_in_min_ms of voice cancels
+    barge_in_mode: Literal["voice", "words"] = "words"
     # start the reply this long into the end-of-turn silence, unheard until the turn ends;
     # negative disables speculation
     speculative_silence_ms: int = Field(default=0, le=10_000)

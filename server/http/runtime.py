@@ -15,6 +15,7 @@ from server.privacy import PrivacyOptions
 from server.settings import Settings
 from server.streaming.end_of_turn import semantic_policy
 from server.streaming.guard import GuardOptions
+from server.streaming.interruptions import InterruptionPolicy
 from server.streaming.lifetime import LifetimeOptions
 from server.streaming.playout import PlayoutOptions
 from server.streaming.session_config import ConversationOptions
@@ -72,6 +73,7 @@ class Runtime:
                 silence_duration_ms=s.silence_duration_ms,
                 speculative_silence_ms=s.speculative_silence_ms if s.speculative_silence_ms >= 0 else None,
                 semantic=semantic_policy(s.eagerness) if s.turn_detection == "semantic_vad" else None,
+                interruption=InterruptionPolicy() if s.barge_in_mode == "words" else None,
             ),
             prefix_padding_ms=s.prefix_padding_ms,
             playout=PlayoutOptions(chunk_ms=s.playout_chunk_ms, lead_ms=s.playout_lead_ms),

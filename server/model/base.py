@@ -248,13 +248,20 @@ class TurnEndScorer(Protocol):
 
 
 @runtime_checkable
-class TurnEndScoring(Protocol):
-    """An OmniSession that can score the words of the turn in progress (optional): the
-    conversation asks when the caller pauses, under semantic_vad."""
+class HearsWords(Protocol):
+    """An OmniSession that can say which words it has heard of the uncommitted input so far
+    (optional): the conversation reads them to tell a backchannel from an interruption
+    (server/streaming/interruptions.py) and, with TurnEndScoring, to score a pause."""
 
     def words_so_far(self) -> str:
         """The words heard in the uncommitted turn so far ("" if none yet)."""
         ...
+
+
+@runtime_checkable
+class TurnEndScoring(HearsWords, Protocol):
+    """An OmniSession that can score the words of the turn in progress (optional): the
+    conversation asks when the caller pauses, under semantic_vad."""
 
     async def end_of_turn_probability(self, words: str) -> float | None:
         """The probability that the caller's turn is complete after `words`; None if this

@@ -27,10 +27,11 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from server.aio import wait_event
 from server.audio import PcmFrame, resample
 from server.errors import BackendError, ProtocolViolation
-from server.events import AgentEvent, EventHandler, SessionEnded, SessionStarted
+from server.events import AgentEvent, EventHandler, FalseInterruption, SessionEnded, SessionStarted
 from server.ids import new_id
 from server.metrics import Metrics
 from server.model.base import (
+    HearsWords,
     OmniModel,
     OmniSession,
     ResponseOptions,
@@ -87,14 +88,18 @@ from server.streaming.turns import (
     CompletionScored,
     DiscardNoise,
     FrameClassified,
+    IgnoreOverlap,
+    PauseReply,
     PrepareReply,
     ReportIdle,
+    ResumeReply,
     ScoreCompletion,
     StartReply,
     Tick,
     TurnAction,
     TurnTaker,
     UserState,
+    WordsHeard,
 )
 from server.streaming.turns import (
     InputCleared as TurnInputCleared,
@@ -169,6 +174,7 @@ class Conversation:
         self._transcription: asyncio.Task[Exception | None] | None = None  # result: its failure
         self._scoring: asyncio.Task[None] | None = None  # the words of the current pause, scored
         self._scored_words: str | None = None  # ... which words
+        self._overlap_words = ""  # the words the TurnTaker last heard over a paused reply
         self._stop_requested = False
         self._speech_end_s: float | None = None
         self._lifetime = SessionLifetime(options.lifetime, clock())
@@ -408,7 +414,21 @@ class Conversation:
                 self._turns.receive(Tick(), now_ms=self._input.input_ms)
                 await self._run_turn_actions()
             self._rescore_if_words_changed()
+            await self._hear_overlap_words()
         self._timer_wakeup.set()
+
+    async def _hear_overlap_words(self) -> None:
+        """While the caller talks over a paused reply, pass the recogniser's words to the
+        TurnTaker whenever they change: they decide whether it is an interruption."""
+        session = self._session
+        if not self._turns.wants_words or not isinstance(session, HearsWords):
+            self._overlap_words = ""
+            return
+        words = session.words_so_far()
+        if words != self._overlap_words:
+            self._overlap_words = words
+            self._turns.receive(WordsHeard(words), now_ms=self._input.input_ms)
+            await self._run_turn_actions()
 
     def _deadline_due(self) -> bool:
         deadline = self._turns.next_deadline()
@@ -445,6 +465,12 @@ class Conversation:
                 await self._drop_capture()
             case CancelReply(reason=reason):
                 await self._replies.cancel(reason=reason)
+            case PauseReply(reply_id=reply_id):
+                self._replies.pause(reply_id)
+            case ResumeReply(reply_id=reply_id):
+                self._replies.resume(reply_id)
+            case IgnoreOverlap():
+                await self._ignore_overlap(action)
             case AnnounceSpeechStarted(audio_start_ms=start_ms):
                 self._input_item_id = new_id("item")
                 await self.send(SpeechStarted(start_ms, self._input_item_id))
@@ -464,6 +490,35 @@ class Conversation:
                 self._score_completion(voice_end_ms)
             case ReportIdle(audio_ms=audio_ms):
                 await self.send(IdleTimedOut(audio_ms, new_id("item")))
+
+    async def _ignore_overlap(self, action: IgnoreOverlap) -> None:
+        """Speech over the reply was a backchannel or noise: forget its audio, let the
+        reply go on, and tell the embedding code."""
+        await self._drop_capture()
+        self._metrics.false_interruptions.labels(kind=action.kind.value).inc()
+        if action.paused_reply is None:
+            return
+        silence_ms = self._replies.resume(action.paused_reply)
+        self._metrics.barge_in_silence.observe(silence_ms / 1000)
+        reply = self._replies.current
+        log.info(
+            "false interruption",
+            extra={
+                "session_id": self.config.id,
+                "kind": action.kind.value,
+                "speech_ms": action.end_ms - action.start_ms,
+                "silence_ms": round(silence_ms),
+            },
+        )
+        self._notifier.publish(
+            FalseInterruption(
+                self.config.id,
+                reply.item_id if reply is not None else "",
+                action.kind.value,
+                action.words,
+                round(silence_ms),
+            )
+        )
 
     def _score_completion(self, voice_end_ms: int) -> None:
         """Score the words heard so far (read now, before any later audio) in a task of the

@@ -12,7 +12,12 @@ chunk of d ms at time t, the client will have played everything sent when
 `play_end_ms = max(play_end_ms, t) + d`, and at time `now` it has heard
 `sent_ms - max(0, play_end_ms - now)`. Any client jitter buffer is `client_buffer_ms`.
 
+Pausing (the caller talks over the reply, turns.py): `pause(now_ms)` stops `due()` until
+`resume(now_ms)`; the queue is kept, so the reply goes on exactly where it stopped, and what
+the client heard stays exact (nothing is sent meanwhile, it plays out what it holds).
+
 Invariants:
+- Nothing is returned by `due()` while paused.
 - Chunks come out in the order pushed, each `chunk_ms` long except the last of a reply.
 - After `clear()` or `begin()` no chunk of an earlier reply is ever returned.
 """
@@ -51,6 +56,7 @@ class PlayoutBuffer:
         self._input_done = False
         self._sent_ms = 0.0
         self._play_end_ms: float | None = None
+        self._paused_at_ms: float | None = None
 
     # -- input
 
@@ -65,6 +71,7 @@ class PlayoutBuffer:
         self._input_done = False
         self._sent_ms = 0.0
         self._play_end_ms = None
+        self._paused_at_ms = None
 
     def push(self, frame: PcmFrame) -> None:
         if frame.sample_rate_hz != self.sample_rate_hz:
@@ -86,9 +93,28 @@ class PlayoutBuffer:
     def sent_ms(self) -> float:
         return self._sent_ms
 
+    @property
+    def is_paused(self) -> bool:
+        return self._paused_at_ms is not None
+
+    def pause(self, now_ms: float) -> None:
+        """Send nothing more until `resume()`; the client plays out what it holds."""
+        if self._paused_at_ms is None:
+            self._paused_at_ms = now_ms
+
+    def resume(self, now_ms: float) -> float:
+        """Send again from where the reply stopped. Returns the silence the listener heard
+        (ms): from when their buffer ran dry to now; 0 if it never did, or nothing was paused."""
+        paused_at, self._paused_at_ms = self._paused_at_ms, None
+        if paused_at is None:
+            return 0.0
+        ran_dry_ms = paused_at if self._play_end_ms is None else max(paused_at, self._play_end_ms)
+        return max(0.0, now_ms - ran_dry_ms)
+
     def next_due_ms(self, now_ms: float) -> float | None:
-        """When the next queued chunk may be sent (<= now_ms if already due); None if none."""
-        if not self._queue:
+        """When the next queued chunk may be sent (<= now_ms if already due); None if none
+        (or paused)."""
+        if not self._queue or self._paused_at_ms is not None:
             return None
         if self._play_end_ms is None:
             return now_ms
@@ -98,7 +124,7 @@ class PlayoutBuffer:
         """Chunks to send now; they count as sent at `now_ms`."""
         out: list[OutboundChunk] = []
         assert self.reply_id is not None or not self._queue
-        while self._queue:
+        while self._queue and self._paused_at_ms is None:
             play_end = now_ms if self._play_end_ms is None else max(self._play_end_ms, now_ms)
             if play_end - now_ms >= self.options.lead_ms:
                 break
@@ -135,6 +161,7 @@ class PlayoutBuffer:
     def clear(self, now_ms: float) -> int:
         """Drop every unsent chunk; returns `heard_ms(now_ms)` of the reply."""
         heard = self.heard_ms(now_ms)
+        self._paused_at_ms = None
         self._queue.clear()
         self._chunker = FrameChunker(self.options.chunk_ms, self.sample_rate_hz)
         self._input_done = True

@@ -302,6 +302,7 @@ class Replies:
             self._playout_wakeup.set()
 
     async def _finish_previous(self, previous: ActiveReply) -> None:
+        self.resume(previous.reply_id)  # a paused reply could never finish
         task = self.io(previous).task
         if previous.is_generating and task is not None:
             await asyncio.wait({task}, timeout=FINISH_PREVIOUS_TIMEOUT_S)
@@ -435,6 +436,24 @@ class Replies:
             ),
         )
         self._metrics.responses.labels(status=status).inc()
+
+    # --- pausing (the caller talks over the reply) ----------------------------------------------
+
+    def pause(self, reply_id: int) -> None:
+        """Stop sending the reply's audio; the rest stays queued (turns.py decides)."""
+        reply = self.current
+        if reply is not None and reply.reply_id == reply_id and not reply.is_finished:
+            self._playout.pause(self._clock() * 1000)
+
+    def resume(self, reply_id: int) -> float:
+        """Send the paused reply's audio again from where it stopped. Returns the silence
+        the caller heard meanwhile (ms), 0 if it was not paused."""
+        reply = self.current
+        if reply is None or reply.reply_id != reply_id or not self._playout.is_paused:
+            return 0.0
+        silence_ms = self._playout.resume(self._clock() * 1000)
+        self._playout_wakeup.set()
+        return silence_ms
 
     # --- stopping ------------------------------------------------------------------------------
 

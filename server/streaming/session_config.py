@@ -119,4 +119,5 @@ class ConversationOptions:
             if turn_detection.type == "semantic_vad"
             else None,
             semantic_hangover_ms=defaults.semantic_hangover_ms,
+            interruption=defaults.interruption,
         )

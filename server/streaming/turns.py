@@ -34,7 +34,27 @@ prepared at once; incomplete ones wait longer, their reply prepared `SEMANTIC_PR
 before the wait ends. Onsets bridge gaps as in server VAD (`vad_hangover_ms`), so barge-in and
 noise rejection are the same in both modes.
 
+Interruptions decided on words (`TurnOptions.interruption`, the `words` barge-in mode; see
+interruptions.py). While a reply is active and may be interrupted, a voice that has been
+voiced for `pause_after_ms` pauses the reply's audio (PauseReply); at `barge_in_min_ms` it is
+an OVERLAP, judged by the recogniser's words (WordsHeard, fed by the loop whenever they
+change) and its length:
+
+    VOICE_PENDING --voiced >= barge_in_min_ms--> OVERLAP --voice offset--> OVERLAP_ENDING
+          | too short: noise                        |  interruption words, or     | settle_ms later:
+          v                                         |  voice past decide_within   | words judged
+    IgnoreOverlap (resumes the reply)               v                             v
+                                   CancelReply + AnnounceSpeechStarted   backchannel / noise:
+                                   (then USER_SPEAKING / ENDPOINTING)    IgnoreOverlap
+
+A voice resuming in OVERLAP_ENDING goes back to OVERLAP. If the reply ends while the overlap is
+undecided (it had sent all its audio), the overlap is an ordinary turn. Nothing is announced
+before the decision, so a client that stops its playback on `speech_started` never does so for
+a backchannel. In the `voice` mode (interruption None) any voice of `barge_in_min_ms` cancels.
+
 Invariants:
+- A paused reply is resumed (IgnoreOverlap, or ResumeReply when the input is cleared) or
+  cancelled (CancelReply) or ends by itself; PauseReply is issued at most once per overlap.
 - Every AnnounceSpeechStopped follows an AnnounceSpeechStarted of the same turn.
 - CancelReply is issued at most once per reply, and only for the active reply.
 - All times are input-stream milliseconds; nothing here reads a clock.
@@ -47,6 +67,7 @@ from enum import Enum
 
 from server.errors import TurnStateError
 from server.streaming.end_of_turn import SemanticPolicy
+from server.streaming.interruptions import InterruptionPolicy, OverlapKind, classify_overlap
 from server.vad.detector import DetectorOptions, SpeechDetector, VoiceStarted, VoiceStopped
 
 
@@ -56,6 +77,8 @@ class UserState(Enum):
     USER_SPEAKING = "user_speaking"
     ENDPOINTING = "endpointing"
     PREPARED = "prepared"  # still endpointing, and a reply is being prepared speculatively
+    OVERLAP = "overlap"  # talking over the paused reply; interruption or backchannel undecided
+    OVERLAP_ENDING = "overlap_ending"  # ... the voice stopped; its last words are awaited
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +95,7 @@ class TurnOptions:
     vad_min_voiced_ms: int = 60
     semantic: SemanticPolicy | None = None  # semantic end of turn; silence_duration_ms unused
     semantic_hangover_ms: int = 30  # one VAD frame: the pause is scored as soon as it begins
+    interruption: InterruptionPolicy | None = None  # `words` barge-in mode; None: `voice`
 
     def detector_options(self, *, user_speaking: bool = False) -> DetectorOptions:
         """The VAD hysteresis; in semantic mode the offset of a turn's speech is called
@@ -133,7 +157,17 @@ class CompletionScored:
     probability: float | None
 
 
-TurnInput = FrameClassified | Tick | ReplyStarted | ReplyFinished | InputCleared | CompletionScored
+@dataclass(frozen=True, slots=True)
+class WordsHeard:
+    """The recogniser's words for the caller's current speech changed (fed while the caller
+    talks over a reply, `TurnTaker.wants_words`)."""
+
+    words: str
+
+
+TurnInput = (
+    FrameClassified | Tick | ReplyStarted | ReplyFinished | InputCleared | CompletionScored | WordsHeard
+)
 
 
 # --- outputs (imperative) ----------------------------------------------------------------
@@ -195,6 +229,33 @@ class CancelReply:
 
 
 @dataclass(frozen=True, slots=True)
+class PauseReply:
+    """The caller is talking over the reply: stop sending its audio, keep the rest queued."""
+
+    reply_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeReply:
+    """The client cleared the input while the reply was paused: send its audio again from
+    where it stopped."""
+
+    reply_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class IgnoreOverlap:
+    """Speech over the reply in [start_ms, end_ms) was a backchannel or noise, not a turn:
+    drop its audio (nothing was announced) and resume `paused_reply` where it stopped."""
+
+    kind: OverlapKind
+    words: str
+    start_ms: int
+    end_ms: int
+    paused_reply: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class DiscardNoise:
     """A voiced burst too short to be a turn (cough, click); nothing was announced."""
 
@@ -219,6 +280,9 @@ TurnAction = (
     | PrepareReply
     | AbandonPreparedReply
     | CancelReply
+    | PauseReply
+    | ResumeReply
+    | IgnoreOverlap
     | DiscardNoise
     | ReportIdle
 )
@@ -239,6 +303,8 @@ class TurnTaker:
         self._idle_since_ms: int | None = None
         self._scored = False  # semantic mode: this pause's words were scored
         self._completion: float | None = None  # ... and their score (None: cannot be scored)
+        self._paused_reply: int | None = None  # the active reply, paused by this overlap
+        self._overlap_words = ""  # the recogniser's words for the speech over the reply
 
     # -- public API
 
@@ -253,6 +319,11 @@ class TurnTaker:
         if self.options.semantic is None or self.state is not UserState.ENDPOINTING:
             return None
         return self._voice_end_ms
+
+    @property
+    def wants_words(self) -> bool:
+        """The caller is talking over a paused reply: feed WordsHeard when their words change."""
+        return self._paused_reply is not None
 
     def configure(self, options: TurnOptions) -> None:
         """New options take effect from the next frame; the current state is kept."""
@@ -287,10 +358,20 @@ class TurnTaker:
                 if self._active_reply == reply_id:
                     self._active_reply = None
                     self._idle_since_ms = now_ms
+                    self._paused_reply = None
+                    if self.state in (UserState.OVERLAP, UserState.OVERLAP_ENDING):
+                        self._take_floor(now_ms)  # nothing left to interrupt: a turn of its own
+                        self._check_deadlines(now_ms)
             case InputCleared():
                 if self.state is UserState.PREPARED:
                     self._actions.append(AbandonPreparedReply())
+                self._resume_paused()
                 self.state = UserState.LISTENING
+            case WordsHeard(words=words):
+                self._overlap_words = words
+                if self.state in (UserState.OVERLAP, UserState.OVERLAP_ENDING):
+                    self._judge_overlap(now_ms, final=False)
+                    self._check_deadlines(now_ms)
             case CompletionScored(voice_end_ms=voice_end_ms, probability=probability):
                 # a newer score of the same pause (the recogniser caught up with the last word)
                 # replaces the older; once the reply is prepared, the words are final
@@ -342,6 +423,8 @@ class TurnTaker:
         if self.state is UserState.ENDPOINTING:
             spec = self._speculation_deadline()
             return end if spec is None else min(spec, end)
+        if self.state is UserState.OVERLAP_ENDING and self.options.interruption is not None:
+            return self._voice_end_ms + self.options.interruption.settle_ms
         if (
             self.state is UserState.LISTENING
             and self._idle_since_ms is not None
@@ -352,23 +435,79 @@ class TurnTaker:
 
     # -- transitions
 
+    def _interruptible(self) -> bool:
+        return self._active_reply is not None and self.options.interrupt_response
+
     def _required_voice_ms(self) -> int:
-        if self._active_reply is not None and self.options.interrupt_response:
+        if self._interruptible():
             return max(self.options.barge_in_min_ms, self.options.min_speech_ms)
         return self.options.min_speech_ms
+
+    def _resume_paused(self) -> None:
+        if self._paused_reply is not None:
+            self._actions.append(ResumeReply(self._paused_reply))
+            self._paused_reply = None
+
+    def _ignore_overlap(self, kind: OverlapKind, end_ms: int) -> None:
+        paused, self._paused_reply = self._paused_reply, None
+        self._actions.append(IgnoreOverlap(kind, self._overlap_words, self._onset_ms, end_ms, paused))
+        self.state = UserState.LISTENING
+        if self._active_reply is None:
+            self._idle_since_ms = end_ms
+
+    def _take_floor(self, now_ms: int) -> None:
+        """The speech over the reply is a turn: cancel the reply (if still active) and
+        announce the speech; the turn goes on from where the voice is."""
+        if self._interruptible():
+            assert self._active_reply is not None
+            self._actions.append(CancelReply(self._active_reply, reason="turn_detected"))
+            self._active_reply = None
+        self._paused_reply = None
+        self._actions.append(AnnounceSpeechStarted(audio_start_ms=self._onset_ms))
+        if self.state is UserState.OVERLAP_ENDING:
+            self.state = UserState.ENDPOINTING
+            self._scored, self._completion = False, None
+            if self.options.semantic is not None:
+                self._actions.append(ScoreCompletion(voice_end_ms=self._voice_end_ms))
+        else:
+            self.state = UserState.USER_SPEAKING
+
+    def _judge_overlap(self, now_ms: int, *, final: bool) -> None:
+        policy = self.options.interruption
+        assert policy is not None
+        kind = classify_overlap(self._overlap_words, policy, final=final)
+        if (
+            kind is None
+            and self.state is UserState.OVERLAP
+            and now_ms - self._onset_ms >= policy.decide_within_ms
+        ):
+            kind = OverlapKind.INTERRUPTION  # still talking: whatever the words, they want the floor
+        if kind is OverlapKind.INTERRUPTION:
+            self._take_floor(now_ms)
+        elif kind is not None:
+            self._ignore_overlap(kind, self._voice_end_ms)
 
     def _on_voice(self, voice: VoiceStarted | VoiceStopped, now_ms: int) -> None:
         match (self.state, voice):
             case (UserState.LISTENING, VoiceStarted(at_ms=at_ms)):
                 self._onset_ms = at_ms
+                self._overlap_words = ""
                 self._idle_since_ms = None
                 self.state = UserState.VOICE_PENDING
                 self._actions.append(BeginCapture(from_ms=at_ms))
             case (UserState.VOICE_PENDING, VoiceStopped(at_ms=at_ms)):
+                if self._paused_reply is not None:
+                    self._ignore_overlap(OverlapKind.NOISE, at_ms)
+                    return
                 self._actions.append(DiscardNoise(start_ms=self._onset_ms, end_ms=at_ms))
                 self.state = UserState.LISTENING
                 if self._active_reply is None:
                     self._idle_since_ms = now_ms
+            case (UserState.OVERLAP, VoiceStopped(at_ms=at_ms)):
+                self._voice_end_ms = at_ms
+                self.state = UserState.OVERLAP_ENDING
+            case (UserState.OVERLAP_ENDING, VoiceStarted()):
+                self.state = UserState.OVERLAP
             case (UserState.USER_SPEAKING, VoiceStopped(at_ms=at_ms)):
                 self._voice_end_ms = at_ms
                 self.state = UserState.ENDPOINTING
@@ -386,11 +525,26 @@ class TurnTaker:
                 raise TurnStateError(f"{voice!r} in state {self.state.value}")
 
     def _check_pending(self, now_ms: int) -> None:
+        policy = self.options.interruption
+        if self.state is UserState.OVERLAP:
+            self._judge_overlap(now_ms, final=False)
+            return
         if self.state is not UserState.VOICE_PENDING:
             return
-        if self._detector.voiced_run_ms < self._required_voice_ms():
+        voiced_ms = self._detector.voiced_run_ms
+        if policy is not None and self._interruptible():
+            assert self._active_reply is not None
+            if self._paused_reply is None and voiced_ms >= policy.pause_after_ms:
+                self._paused_reply = self._active_reply
+                self._actions.append(PauseReply(self._active_reply))
+            if voiced_ms >= self._required_voice_ms():
+                self.state = UserState.OVERLAP
+                self._judge_overlap(now_ms, final=False)
             return
-        if self._active_reply is not None and self.options.interrupt_response:
+        if voiced_ms < self._required_voice_ms():
+            return
+        if self._interruptible():
+            assert self._active_reply is not None
             self._actions.append(CancelReply(self._active_reply, reason="turn_detected"))
             self._active_reply = None
         self._actions.append(AnnounceSpeechStarted(audio_start_ms=self._onset_ms))
@@ -402,6 +556,8 @@ class TurnTaker:
                 case UserState.ENDPOINTING if deadline < self._voice_end_ms + self.end_silence_ms():
                     self._actions.append(PrepareReply(audio_end_ms=self._voice_end_ms))
                     self.state = UserState.PREPARED
+                case UserState.OVERLAP_ENDING:
+                    self._judge_overlap(now_ms, final=True)
                 case UserState.ENDPOINTING | UserState.PREPARED:
                     self._actions.append(AnnounceSpeechStopped(audio_end_ms=self._voice_end_ms))
                     self._actions.append(CommitTurn(audio_end_ms=self._voice_end_ms))

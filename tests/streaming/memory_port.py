@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from server.audio import PcmFrame
+from server.events import EventHandler
 from server.metrics import Metrics
 from server.model.cascade import CascadeModel
 from server.model.fakes import EnergyClassifierFactory, FakeAsr, FakeLlm, FakeTts
@@ -100,6 +101,7 @@ def caller_conversation(
     llm: FakeLlm | None = None,
     tts: FakeTts | None = None,
     options: ConversationOptions | None = None,
+    on_event: EventHandler | None = None,
 ) -> Conversation:
     """A conversation with the fake models and the energy VAD, on the running loop's clock."""
     model = CascadeModel(asr or FakeAsr(), llm or FakeLlm(), tts or FakeTts())
@@ -110,4 +112,5 @@ def caller_conversation(
         options or ConversationOptions(),
         Metrics(),
         clock=asyncio.get_running_loop().time,
+        on_event=on_event,
     )

@@ -83,3 +83,34 @@ def test_audio_at_another_rate_is_resampled_not_refused() -> None:
     chunks = buf.due(0)
     assert chunks and all(c.frame.sample_rate_hz == 8_000 for c in chunks)
     assert sum(c.frame.duration_ms for c in chunks) == 100
+
+
+def test_pause_holds_the_rest_and_resume_goes_on_where_it_stopped() -> None:
+    buf = buffer_with(1000)
+    sent = buf.due(0) + buf.due(20) + buf.due(40)  # 140 ms sent; the client plays until 140
+    buf.pause(40)
+    assert buf.is_paused
+    assert buf.due(60) == [] and buf.due(500) == []
+    assert buf.next_due_ms(500) is None
+    assert buf.heard_ms(500) == 140  # it played out what it held, nothing more
+    # silence heard: from when the client ran dry (140) to the resumption
+    assert buf.resume(500) == 360
+    resumed = buf.due(500)
+    assert [c.offset_ms for c in resumed] == [140.0, 160.0, 180.0, 200.0, 220.0]  # no gap, no repeat
+    assert sum(c.frame.duration_ms for c in sent + resumed) == 240
+
+
+def test_a_pause_shorter_than_the_lead_is_never_heard() -> None:
+    buf = buffer_with(1000)
+    buf.due(0)  # 100 ms held by the client
+    buf.pause(0)
+    assert buf.resume(60) == 0.0
+
+
+def test_clear_ends_a_pause() -> None:
+    buf = buffer_with(1000)
+    buf.due(0)
+    buf.pause(10)
+    assert buf.clear(50) == 50
+    assert not buf.is_paused
+    assert buf.resume(60) == 0.0

@@ -1,0 +1,92 @@
+"""Is the caller interrupting, or only saying "uh-huh"? Decided on their words (no I/O).
+
+When the caller talks over a reply in `words` barge-in mode (turns.py), the reply's audio
+pauses and the recogniser's words decide what the overlap was:
+
+- an **interruption**: a word that takes the floor ("wait", "stop", "no", "actually",
+  "what"), or more words than a backchannel holds (one of them not a listener's), or voice
+  that goes on past `decide_within_ms`: the reply is cancelled and the caller's speech is a
+  turn;
+- a **backchannel**: only listener words ("uh-huh", "yeah", "right", "okay", "mm-hmm"), or
+  a few unclear ones in a short burst: the reply resumes where it paused;
+- **noise**: no words at all (a cough, a door, a keyboard): the reply resumes.
+
+Why unclear short bursts resume rather than cancel: the recogniser has no lexical entry for
+"uh-huh" or "mm-hmm" and hears them as one or two unrelated words ("ahead", "the flood",
+"aha" in our measurements, loadtests/bench_barge_in.py), while a caller who really wants
+the floor keeps talking, which `decide_within_ms` and the word count catch, or uses one of
+the words that take it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+
+BACKCHANNEL_WORDS = frozenset(
+    {
+        # listener tokens as a recogniser spells them, and what it hears for them
+        "uh", "huh", "uhhuh", "uh-huh", "aha", "ah", "oh", "um", "umm", "hm", "hmm", "mm", "mmm",
+        "mhm", "mm-hmm", "mmhmm", "yeah", "yea", "yes", "yep", "yup", "ya", "right", "okay", "ok",
+        "alright", "all", "sure", "i", "see", "got", "it", "cool", "nice", "great", "wow",
+        "really", "true", "exactly", "indeed", "fine", "good", "perfect", "thanks", "thank",
+        "you", "uhuh", "gotcha", "makes", "sense", "interesting", "totally", "absolutely",
+        "definitely", "of", "course", "a", "the",
+    }
+)  # fmt: skip
+
+INTERRUPTION_WORDS = frozenset(
+    {
+        # words that take the floor, even alone
+        "wait", "stop", "no", "nope", "hold", "hang", "sorry", "excuse", "pardon", "actually",
+        "but", "what", "why", "how", "where", "please", "hello", "hey", "listen", "repeat",
+        "again", "cancel", "enough", "not", "don't", "didn't", "isn't", "wrong", "never",
+        "question",
+    }
+)  # fmt: skip
+
+_WORD = re.compile(r"[a-z']+(?:-[a-z']+)*")
+
+
+class OverlapKind(Enum):
+    INTERRUPTION = "interruption"
+    BACKCHANNEL = "backchannel"
+    NOISE = "noise"
+
+
+@dataclass(frozen=True, slots=True)
+class InterruptionPolicy:
+    """How speech over a reply is judged (`words` barge-in mode).
+
+    `pause_after_ms`: voiced time before the reply's audio pauses (the client's buffer, at
+    most the playout lead, plays on meanwhile, so shorter clicks are never heard as a gap);
+    `decide_within_ms`: voiced time after which speech still going on is an interruption
+    whatever its words; `settle_ms`: after the voice stops, how long the recogniser's last
+    words are awaited; `max_backchannel_words`: more words than this, one of them not a
+    listener's, is an interruption."""
+
+    pause_after_ms: int = 120
+    decide_within_ms: int = 1000
+    settle_ms: int = 150
+    max_backchannel_words: int = 2
+    backchannel_words: frozenset[str] = field(default=BACKCHANNEL_WORDS)
+    interruption_words: frozenset[str] = field(default=INTERRUPTION_WORDS)
+
+
+def words_of(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def classify_overlap(text: str, policy: InterruptionPolicy, *, final: bool) -> OverlapKind | None:
+    """What the words heard over the reply make of the overlap; None while undecided
+    (`final`: the voice has stopped and its words have settled, so it is decided)."""
+    words = words_of(text)
+    if any(word in policy.interruption_words for word in words):
+        return OverlapKind.INTERRUPTION
+    unknown = [word for word in words if word not in policy.backchannel_words]
+    if unknown and len(words) > policy.max_backchannel_words:
+        return OverlapKind.INTERRUPTION
+    if not final:
+        return None
+    return OverlapKind.BACKCHANNEL if words else OverlapKind.NOISE

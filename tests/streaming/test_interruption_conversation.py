@@ -1,0 +1,168 @@
+"""Barge-in decided on words, through a whole conversation on the virtual clock (fake models,
+named as such): a backchannel or a cough pauses the reply and it goes on exactly where it
+stopped; a real interruption cancels it, and what the caller heard stops at the pause."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+from server.events import AgentEvent, FalseInterruption, Interrupted
+from server.model.fakes import FakeAsr, FakeLlm, tone
+from server.streaming.conversation import Conversation
+from server.streaming.interruptions import InterruptionPolicy
+from server.streaming.outputs import ItemTruncated, ResponseAudio, ResponseEnded, SpeechStarted
+from server.streaming.session_config import ConversationOptions
+from tests.streaming.memory_port import MemoryPort, caller_conversation
+from tests.streaming.test_conversation import LONG_REPLY, silence
+from tests.streaming.virtual_time import run_virtual
+
+POLICY = InterruptionPolicy()
+WORDS = ConversationOptions()
+WORDS = replace(WORDS, turn=replace(WORDS.turn, interruption=POLICY))
+
+
+def converse_words(
+    script: object, asr: FakeAsr, llm: FakeLlm, options: ConversationOptions = WORDS
+) -> tuple[MemoryPort, list[AgentEvent]]:
+    events: list[AgentEvent] = []
+
+    async def on_event(event: AgentEvent) -> None:
+        events.append(event)
+
+    async def main() -> MemoryPort:
+        port = MemoryPort()
+        conversation = caller_conversation(port, asr, llm, options=options, on_event=on_event)
+        running = asyncio.create_task(conversation.run())
+        await asyncio.sleep(0)
+        try:
+            await script(port, conversation)  # type: ignore[operator]
+        finally:
+            port.hang_up()
+            await asyncio.wait_for(running, 5)
+        return port
+
+    return run_virtual(main), events
+
+
+def reply_audio(port: MemoryPort, response_id: str) -> list[tuple[float, float]]:
+    """(sent at, duration ms) of each chunk of the response."""
+    return [
+        (s.at_s, s.output.duration_ms)
+        for s in port.sent
+        if isinstance(s.output, ResponseAudio) and s.output.response_id == response_id
+    ]
+
+
+def longest_gap_ms(chunks: list[tuple[float, float]]) -> float:
+    return max((b[0] - a[0]) * 1000 for a, b in zip(chunks, chunks[1:], strict=False))
+
+
+def test_backchannel_pauses_the_reply_and_it_goes_on_where_it_stopped() -> None:
+    llm = FakeLlm([LONG_REPLY])
+    spoken: dict[str, float] = {}
+
+    async def script(port: MemoryPort, _: Conversation) -> None:
+        loop = asyncio.get_running_loop()
+        await port.stream(tone(600))
+        first = await port.stream_until(ResponseAudio)
+        assert isinstance(first.output, ResponseAudio)
+        await port.stream(silence(800))
+        spoken["onset_s"] = loop.time()
+        await port.stream(tone(400))  # "yeah", over the reply
+        spoken["end_s"] = loop.time()
+        done = await port.stream_until(ResponseEnded)
+        assert isinstance(done.output, ResponseEnded)
+        assert done.output.status == "completed"
+
+    async def undisturbed(port: MemoryPort, _: Conversation) -> None:
+        await port.stream(tone(600))
+        await port.stream_until(ResponseEnded)
+
+    alone, _ = converse_words(undisturbed, FakeAsr(["where is my order"]), FakeLlm([LONG_REPLY]))
+    port, events = converse_words(script, FakeAsr(["where is my order", "yeah"]), llm)
+    (response_id,) = {a.response_id for a in port.all(ResponseAudio)}
+    chunks = reply_audio(port, response_id)
+    # nothing was lost or repeated: the audio sent is the whole reply, once, as without the "yeah"
+    assert [a.audio for a in port.all(ResponseAudio)] == [a.audio for a in alone.all(ResponseAudio)]
+    assert len(llm.calls) == 1  # "yeah" never reached the language model
+    assert len(port.all(SpeechStarted)) == 1  # the backchannel was never announced
+    assert port.all(ItemTruncated) == []
+    # the pause: nothing sent from pause_after_ms into the overlap until it was judged
+    paused = [at for at, _ in chunks if spoken["onset_s"] + 0.2 < at < spoken["end_s"]]
+    assert paused == []
+    assert longest_gap_ms(chunks) >= 400
+    (false,) = [e for e in events if isinstance(e, FalseInterruption)]
+    assert (false.kind, false.transcript) == ("backchannel", "yeah")
+    # the caller heard silence from when their buffer (<= the playout lead) ran dry to the
+    # resumption: the voice's end + settle_ms, at most
+    assert 0 < false.silence_ms <= 400 + 90 + POLICY.settle_ms
+    assert not any(isinstance(e, Interrupted) for e in events)
+
+
+def test_a_cough_with_no_words_pauses_and_resumes_as_noise() -> None:
+    async def script(port: MemoryPort, _: Conversation) -> None:
+        await port.stream(tone(600))
+        await port.stream_until(ResponseAudio)
+        await port.stream(silence(600))
+        await port.stream(tone(200))
+        done = await port.stream_until(ResponseEnded)
+        assert isinstance(done.output, ResponseEnded) and done.output.status == "completed"
+
+    port, events = converse_words(script, FakeAsr(["where is my order", ""]), FakeLlm([LONG_REPLY]))
+    (false,) = [e for e in events if isinstance(e, FalseInterruption)]
+    assert false.kind == "noise"
+    assert len(port.all(SpeechStarted)) == 1
+
+
+def test_a_real_interruption_cancels_and_the_caller_heard_up_to_the_pause() -> None:
+    llm = FakeLlm([LONG_REPLY, "Of course."])
+    times: dict[str, float] = {}
+
+    async def script(port: MemoryPort, _: Conversation) -> None:
+        loop = asyncio.get_running_loop()
+        await port.stream(tone(600))
+        first = await port.stream_until(ResponseAudio)
+        times["first_audio_s"] = first.at_s
+        await port.stream(silence(800))
+        times["onset_s"] = loop.time()
+        await port.stream(tone(900))
+        cancelled = await port.stream_until(ResponseEnded)
+        assert isinstance(cancelled.output, ResponseEnded)
+        assert (cancelled.output.status, cancelled.output.reason) == ("cancelled", "turn_detected")
+        await port.stream_until(ResponseEnded, after=port.index(cancelled) + 1)
+
+    port, events = converse_words(script, FakeAsr(["where is my order", "wait I need the blue one"]), llm)
+    first_response = port.all(ResponseAudio)[0].response_id
+    chunks = reply_audio(port, first_response)
+    # the last stale chunk left when the reply paused: pause_after_ms of voice (one 20 ms
+    # frame of framing) after the interruption began, never at the cancel
+    last_sent_s = chunks[-1][0]
+    assert last_sent_s - times["onset_s"] <= (POLICY.pause_after_ms + 40) / 1000
+    (truncated,) = port.all(ItemTruncated)
+    sent_ms = sum(d for _, d in chunks)
+    assert sent_ms - WORDS.playout.lead_ms - 40 <= truncated.audio_end_ms <= sent_ms
+    assert [e.heard_ms for e in events if isinstance(e, Interrupted)] == [truncated.audio_end_ms]
+    assert not any(isinstance(e, FalseInterruption) for e in events)
+    assistant = [m for m in llm.calls[1] if m.role == "assistant"]
+    assert assistant[0].interrupted and LONG_REPLY.startswith(assistant[0].text)
+    assert [m.text for m in llm.calls[1] if m.role == "user"] == [
+        "where is my order",
+        "wait I need the blue one",
+    ]
+    started = port.all(SpeechStarted)
+    assert len(started) == 2
+
+
+def test_voice_mode_cancels_a_backchannel_as_before() -> None:
+    async def script(port: MemoryPort, _: Conversation) -> None:
+        await port.stream(tone(600))
+        await port.stream_until(ResponseAudio)
+        await port.stream(silence(800))
+        await port.stream(tone(400))
+        ended = await port.stream_until(ResponseEnded)
+        assert isinstance(ended.output, ResponseEnded) and ended.output.status == "cancelled"
+
+    converse_words(
+        script, FakeAsr(["where is my order", "yeah"]), FakeLlm([LONG_REPLY, "Ok."]), ConversationOptions()
+    )

@@ -1,0 +1,221 @@
+"""Barge-in decided on words: TurnTaker timelines over a reply, and the word classifier."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from server.streaming.interruptions import InterruptionPolicy, OverlapKind, classify_overlap
+from server.streaming.turns import (
+    AnnounceSpeechStarted,
+    AnnounceSpeechStopped,
+    BeginCapture,
+    CancelReply,
+    CommitTurn,
+    DiscardNoise,
+    IgnoreOverlap,
+    InputCleared,
+    PauseReply,
+    ReplyFinished,
+    ReplyStarted,
+    ResumeReply,
+    StartReply,
+    Tick,
+    TurnAction,
+    TurnOptions,
+    TurnTaker,
+    UserState,
+    WordsHeard,
+)
+from tests.streaming.test_turns import FRAME_MS, OPTIONS, feed, kinds
+
+POLICY = InterruptionPolicy(pause_after_ms=120, decide_within_ms=1000, settle_ms=150)
+WORDS = replace(OPTIONS, interruption=POLICY)
+
+
+def replying(options: TurnOptions = WORDS, reply_id: int = 5) -> TurnTaker:
+    taker = TurnTaker(options)
+    taker.receive(ReplyStarted(reply_id), 0)
+    return taker
+
+
+def run(taker: TurnTaker, script: list[str | WordsHeard], start_ms: int = 0) -> list[tuple[int, TurnAction]]:
+    """Frames (`feed` patterns) and words, in order; then Ticks until nothing is due."""
+    out: list[tuple[int, TurnAction]] = []
+    now = start_ms
+    for step in script:
+        if isinstance(step, WordsHeard):
+            taker.receive(step, now)
+            out += [(now, a) for a in taker.actions()]
+        else:
+            out += feed(taker, step, now)
+            now += len(step) * FRAME_MS
+    return out
+
+
+def test_backchannel_pauses_then_resumes_the_reply_without_announcing() -> None:
+    taker = replying()
+    timeline = run(taker, ["." * 5 + "S" * 8, WordsHeard("yeah"), "S" * 7 + "." * 20])
+    assert kinds(timeline) == [BeginCapture, PauseReply, IgnoreOverlap]
+    pause_at = next(t for t, a in timeline if isinstance(a, PauseReply))
+    assert pause_at == 100 + 120  # onset + pause_after_ms
+    ignored = next(a for _, a in timeline if isinstance(a, IgnoreOverlap))
+    assert ignored == IgnoreOverlap(OverlapKind.BACKCHANNEL, "yeah", 100, 400, paused_reply=5)
+    resume_at = next(t for t, a in timeline if isinstance(a, IgnoreOverlap))
+    assert resume_at == 560  # the voice's end + settle_ms (550), on the next frame's edge
+    assert taker.active_reply == 5
+    assert taker.state is UserState.LISTENING
+
+
+def test_real_interruption_cancels_on_its_first_words() -> None:
+    taker = replying()
+    timeline = run(taker, ["S" * 14, WordsHeard("wait"), "S" * 20])
+    assert kinds(timeline)[:4] == [BeginCapture, PauseReply, CancelReply, AnnounceSpeechStarted]
+    cancel_at = next(t for t, a in timeline if isinstance(a, CancelReply))
+    assert cancel_at == 14 * FRAME_MS  # when the word arrived, after barge_in_min_ms
+    assert next(a for _, a in timeline if isinstance(a, AnnounceSpeechStarted)).audio_start_ms == 0
+    assert taker.state is UserState.USER_SPEAKING
+    assert taker.active_reply is None
+
+
+def test_words_before_barge_in_min_wait_for_it() -> None:
+    taker = replying()
+    timeline = run(taker, ["S" * 8, WordsHeard("stop"), "S" * 10])
+    cancel_at = next(t for t, a in timeline if isinstance(a, CancelReply))
+    assert cancel_at == 260  # the first frame at or past barge_in_min_ms (250)
+
+
+def test_speech_past_decide_within_is_an_interruption_without_words() -> None:
+    taker = replying()
+    timeline = run(taker, ["S" * 60])
+    cancel_at = next(t for t, a in timeline if isinstance(a, CancelReply))
+    assert cancel_at == 1000
+    assert AnnounceSpeechStarted in kinds(timeline)
+
+
+def test_many_unknown_words_are_an_interruption() -> None:
+    taker = replying()
+    timeline = run(taker, ["S" * 15, WordsHeard("the blue shirt"), "S" * 5])
+    assert CancelReply in kinds(timeline)
+
+
+def test_short_noise_over_the_reply_never_pauses_it() -> None:
+    taker = replying()
+    timeline = run(taker, ["S" * 4 + "." * 20])  # 80 ms click < pause_after_ms
+    assert kinds(timeline) == [BeginCapture, DiscardNoise]
+
+
+def test_cough_pauses_then_resumes_as_noise() -> None:
+    taker = replying()
+    timeline = run(taker, ["S" * 10 + "." * 20])  # 200 ms: pauses, too short for an overlap
+    assert kinds(timeline) == [BeginCapture, PauseReply, IgnoreOverlap]
+    ignored = next(a for _, a in timeline if isinstance(a, IgnoreOverlap))
+    assert ignored.kind is OverlapKind.NOISE
+
+
+def test_wordless_overlap_resumes_after_settling_as_noise() -> None:
+    taker = replying()
+    timeline = run(taker, ["S" * 20 + "." * 20])
+    assert kinds(timeline) == [BeginCapture, PauseReply, IgnoreOverlap]
+    assert next(a for _, a in timeline if isinstance(a, IgnoreOverlap)).kind is OverlapKind.NOISE
+
+
+def test_interruption_words_after_the_voice_stopped_end_the_turn_normally() -> None:
+    taker = replying()
+    timeline = run(taker, ["S" * 20 + "." * 5, WordsHeard("no"), "." * 20])
+    assert kinds(timeline) == [
+        BeginCapture,
+        PauseReply,
+        CancelReply,
+        AnnounceSpeechStarted,
+        AnnounceSpeechStopped,
+        CommitTurn,
+        StartReply,
+    ]
+    stopped = next(a for _, a in timeline if isinstance(a, AnnounceSpeechStopped))
+    assert stopped.audio_end_ms == 400
+
+
+def test_voice_resuming_while_settling_goes_on_judging() -> None:
+    taker = replying()
+    timeline = run(taker, ["S" * 15 + "." * 5 + "S" * 10, WordsHeard("yeah yeah"), "." * 20])
+    assert kinds(timeline) == [BeginCapture, PauseReply, IgnoreOverlap]
+
+
+def test_reply_ending_during_an_overlap_makes_it_a_turn() -> None:
+    taker = replying()
+    timeline = run(taker, ["S" * 15])
+    taker.receive(ReplyFinished(5), 300)
+    after = taker.actions()
+    assert after == [AnnounceSpeechStarted(audio_start_ms=0)]
+    assert CancelReply not in kinds(timeline)
+    assert taker.state is UserState.USER_SPEAKING
+
+
+def test_clearing_the_input_resumes_a_paused_reply() -> None:
+    taker = replying()
+    run(taker, ["S" * 8])
+    taker.receive(InputCleared(), 160)
+    assert taker.actions() == [ResumeReply(5)]
+    assert taker.state is UserState.LISTENING
+
+
+def test_interrupt_response_false_neither_pauses_nor_cancels() -> None:
+    taker = replying(replace(WORDS, interrupt_response=False))
+    timeline = run(taker, ["S" * 30 + "." * 20])
+    assert PauseReply not in kinds(timeline)
+    assert CancelReply not in kinds(timeline)
+    assert AnnounceSpeechStarted in kinds(timeline)
+
+
+def test_without_a_reply_speech_is_a_turn_as_in_voice_mode() -> None:
+    taker = TurnTaker(WORDS)
+    timeline = run(taker, ["S" * 20 + "." * 20])
+    assert kinds(timeline) == [
+        BeginCapture,
+        AnnounceSpeechStarted,
+        AnnounceSpeechStopped,
+        CommitTurn,
+        StartReply,
+    ]
+
+
+def test_pause_is_issued_once_per_overlap_and_resume_matches_it() -> None:
+    taker = replying()
+    timeline = run(taker, ["S" * 10 + "." * 20 + "S" * 10 + "." * 20])
+    order = [a for _, a in timeline if isinstance(a, PauseReply | IgnoreOverlap)]
+    assert [type(a) for a in order] == [PauseReply, IgnoreOverlap, PauseReply, IgnoreOverlap]
+    assert all(a.paused_reply == 5 for a in order if isinstance(a, IgnoreOverlap))
+
+
+def test_settle_deadline_is_reported_and_ticks_decide() -> None:
+    taker = replying()
+    run(taker, ["S" * 20 + "." * 5])
+    assert taker.state is UserState.OVERLAP_ENDING
+    deadline = taker.next_deadline()
+    assert deadline is not None
+    taker.receive(Tick(), deadline)
+    assert [type(a) for a in taker.actions()] == [IgnoreOverlap]
+
+
+@pytest.mark.parametrize(
+    ("words", "final", "kind"),
+    [
+        ("yeah", True, OverlapKind.BACKCHANNEL),
+        ("uh huh", True, OverlapKind.BACKCHANNEL),
+        ("okay right", True, OverlapKind.BACKCHANNEL),
+        ("ahead", True, OverlapKind.BACKCHANNEL),  # what the recogniser hears for "uh-huh"
+        ("the flood", True, OverlapKind.BACKCHANNEL),
+        ("", True, OverlapKind.NOISE),
+        ("", False, None),
+        ("yeah", False, None),
+        ("wait", False, OverlapKind.INTERRUPTION),
+        ("No.", True, OverlapKind.INTERRUPTION),
+        ("what about the refund", False, OverlapKind.INTERRUPTION),
+        ("the blue shirt", False, OverlapKind.INTERRUPTION),
+        ("i need the other one", False, OverlapKind.INTERRUPTION),
+    ],
+)
+def test_classify_overlap(words: str, final: bool, kind: OverlapKind | None) -> None:
+    assert classify_overlap(words, POLICY, final=final) is kind
