@@ -53,7 +53,8 @@ class Interrupted:
 @dataclass(frozen=True, slots=True)
 class FalseInterruption:
     """The caller spoke over a reply but did not take the floor: `kind` is "backchannel"
-    ("uh-huh", "yeah": `transcript` is what the recogniser heard) or "noise" (no words). The
+    ("uh-huh", "yeah": `transcript` is what the recogniser heard), "noise" (no words) or
+    "echo" (the reply's own words came back through the caller's microphone). The
     reply paused and went on where it stopped; the caller heard `silence_ms` of silence
     (the server's estimate). Nothing of it entered the conversation."""
 

@@ -427,7 +427,9 @@ class Conversation:
         words = session.words_so_far()
         if words != self._overlap_words:
             self._overlap_words = words
-            self._turns.receive(WordsHeard(words), now_ms=self._input.input_ms)
+            reply = self._replies.current
+            reply_text = reply.transcript if reply is not None else ""
+            self._turns.receive(WordsHeard(words, reply_text), now_ms=self._input.input_ms)
             await self._run_turn_actions()
 
     def _deadline_due(self) -> bool:

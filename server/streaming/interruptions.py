@@ -9,7 +9,11 @@ pauses and the recogniser's words decide what the overlap was:
   turn;
 - a **backchannel**: only listener words ("uh-huh", "yeah", "right", "okay", "mm-hmm"), or
   a few unclear ones in a short burst: the reply resumes where it paused;
-- **noise**: no words at all (a cough, a door, a keyboard): the reply resumes.
+- **noise**: no words at all (a cough, a door, a keyboard): the reply resumes;
+- **echo**: words the reply itself has been saying (its own voice came back through a
+  speakerphone or a phone line's echo, past the echo canceller): the reply resumes. The
+  server knows what it said, so its own words cannot take the floor from it; while they are
+  heard, voice going on past `decide_within_ms` is not an interruption either.
 
 Why unclear short bursts resume rather than cancel: the recogniser has no lexical entry for
 "uh-huh" or "mm-hmm" and hears them as one or two unrelated words ("ahead", "the flood",
@@ -53,6 +57,7 @@ class OverlapKind(Enum):
     INTERRUPTION = "interruption"
     BACKCHANNEL = "backchannel"
     NOISE = "noise"
+    ECHO = "echo"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +75,9 @@ class InterruptionPolicy:
     decide_within_ms: int = 1000
     settle_ms: int = 150
     max_backchannel_words: int = 2
+    echo_min_words: int = 2  # words heard before they can be judged an echo of the reply
+    echo_share: float = 0.6  # ... and the share of them among the reply's latest words
+    echo_window_words: int = 40  # the reply's latest words (text runs ahead of the audio)
     backchannel_words: frozenset[str] = field(default=BACKCHANNEL_WORDS)
     interruption_words: frozenset[str] = field(default=INTERRUPTION_WORDS)
 
@@ -78,10 +86,24 @@ def words_of(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
-def classify_overlap(text: str, policy: InterruptionPolicy, *, final: bool) -> OverlapKind | None:
-    """What the words heard over the reply make of the overlap; None while undecided
-    (`final`: the voice has stopped and its words have settled, so it is decided)."""
+def echoes_reply(text: str, reply_text: str, policy: InterruptionPolicy) -> bool:
+    """Whether the words heard are mostly the reply's own latest words."""
     words = words_of(text)
+    if len(words) < policy.echo_min_words:
+        return False
+    recent = set(words_of(reply_text)[-policy.echo_window_words :])
+    return sum(word in recent for word in words) >= policy.echo_share * len(words)
+
+
+def classify_overlap(
+    text: str, policy: InterruptionPolicy, *, final: bool, reply_text: str = ""
+) -> OverlapKind | None:
+    """What the words heard over the reply (whose text so far is `reply_text`) make of the
+    overlap; None while undecided (`final`: the voice has stopped and its words have
+    settled, so it is decided)."""
+    words = words_of(text)
+    if echoes_reply(text, reply_text, policy):
+        return OverlapKind.ECHO if final else None
     if any(word in policy.interruption_words for word in words):
         return OverlapKind.INTERRUPTION
     unknown = [word for word in words if word not in policy.backchannel_words]

@@ -67,7 +67,7 @@ from enum import Enum
 
 from server.errors import TurnStateError
 from server.streaming.end_of_turn import SemanticPolicy
-from server.streaming.interruptions import InterruptionPolicy, OverlapKind, classify_overlap
+from server.streaming.interruptions import InterruptionPolicy, OverlapKind, classify_overlap, echoes_reply
 from server.vad.detector import DetectorOptions, SpeechDetector, VoiceStarted, VoiceStopped
 
 
@@ -160,9 +160,10 @@ class CompletionScored:
 @dataclass(frozen=True, slots=True)
 class WordsHeard:
     """The recogniser's words for the caller's current speech changed (fed while the caller
-    talks over a reply, `TurnTaker.wants_words`)."""
+    talks over a reply, `TurnTaker.wants_words`); `reply_text`: the reply's text so far."""
 
     words: str
+    reply_text: str = ""
 
 
 TurnInput = (
@@ -305,6 +306,7 @@ class TurnTaker:
         self._completion: float | None = None  # ... and their score (None: cannot be scored)
         self._paused_reply: int | None = None  # the active reply, paused by this overlap
         self._overlap_words = ""  # the recogniser's words for the speech over the reply
+        self._reply_text = ""  # ... and the text of that reply so far
 
     # -- public API
 
@@ -367,8 +369,8 @@ class TurnTaker:
                     self._actions.append(AbandonPreparedReply())
                 self._resume_paused()
                 self.state = UserState.LISTENING
-            case WordsHeard(words=words):
-                self._overlap_words = words
+            case WordsHeard(words=words, reply_text=reply_text):
+                self._overlap_words, self._reply_text = words, reply_text
                 if self.state in (UserState.OVERLAP, UserState.OVERLAP_ENDING):
                     self._judge_overlap(now_ms, final=False)
                     self._check_deadlines(now_ms)
@@ -475,11 +477,13 @@ class TurnTaker:
     def _judge_overlap(self, now_ms: int, *, final: bool) -> None:
         policy = self.options.interruption
         assert policy is not None
-        kind = classify_overlap(self._overlap_words, policy, final=final)
+        words, reply_text = self._overlap_words, self._reply_text
+        kind = classify_overlap(words, policy, final=final, reply_text=reply_text)
         if (
             kind is None
             and self.state is UserState.OVERLAP
             and now_ms - self._onset_ms >= policy.decide_within_ms
+            and not echoes_reply(words, reply_text, policy)
         ):
             kind = OverlapKind.INTERRUPTION  # still talking: whatever the words, they want the floor
         if kind is OverlapKind.INTERRUPTION:
@@ -491,7 +495,7 @@ class TurnTaker:
         match (self.state, voice):
             case (UserState.LISTENING, VoiceStarted(at_ms=at_ms)):
                 self._onset_ms = at_ms
-                self._overlap_words = ""
+                self._overlap_words = self._reply_text = ""
                 self._idle_since_ms = None
                 self.state = UserState.VOICE_PENDING
                 self._actions.append(BeginCapture(from_ms=at_ms))

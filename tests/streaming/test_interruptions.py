@@ -219,3 +219,30 @@ def test_settle_deadline_is_reported_and_ticks_decide() -> None:
 )
 def test_classify_overlap(words: str, final: bool, kind: OverlapKind | None) -> None:
     assert classify_overlap(words, POLICY, final=final) is kind
+
+
+REPLY_TEXT = "Your order left our warehouse this morning and should arrive on Thursday"
+
+
+@pytest.mark.parametrize(
+    ("words", "final", "kind"),
+    [
+        ("should arrive on thursday", True, OverlapKind.ECHO),
+        ("should arrive on thursday", False, None),  # not an interruption while it rings on
+        ("our warehouse this morning but", True, OverlapKind.ECHO),
+        ("what about the refund", False, OverlapKind.INTERRUPTION),
+        ("thursday", True, OverlapKind.BACKCHANNEL),  # one word is too few to call it an echo
+    ],
+)
+def test_the_replys_own_words_are_an_echo(words: str, final: bool, kind: OverlapKind | None) -> None:
+    assert classify_overlap(words, POLICY, final=final, reply_text=REPLY_TEXT) is kind
+
+
+def test_an_echo_of_the_reply_resumes_it_even_past_decide_within() -> None:
+    taker = replying()
+    timeline = run(
+        taker, ["S" * 30, WordsHeard("should arrive on thursday", REPLY_TEXT), "S" * 30 + "." * 20]
+    )
+    assert CancelReply not in kinds(timeline)
+    ignored = next(a for _, a in timeline if isinstance(a, IgnoreOverlap))
+    assert ignored.kind is OverlapKind.ECHO and ignored.paused_reply == 5
