@@ -13,8 +13,12 @@ Invariants:
   `process` returns whole 10 ms blocks and holds back the remainder (< 10 ms) for the next
   call; `flush` returns it (processed, zero-padded to a block, the padding dropped).
 - `far` must be aligned with `near` sample for sample: the far end as it was being played
-  while `near` was captured. The canceller finds the echo path's delay itself (measured up to
-  250 ms of delay behind a 0.3 s room), so no delay needs to be configured.
+  while `near` was captured, so that its echo arrives in `near` 0-400 ms later. The canceller
+  finds the echo path's delay itself: measured converged (22-28 dB) from 30 to 400 ms behind
+  a 0.3 s room, and failed (1-2 dB) at 600 and 1000 ms; `set_stream_delay_ms` did not change
+  that (and refuses hints above 500 ms). Echo that comes back *before* its `far` samples are
+  given (a reference taken too late) cannot be cancelled at all, so take `far` from the
+  earliest point the audio is known to play, and keep the lead under ~400 ms.
 - WebRTC's audio processing delays the caller's audio by under one block (≈9 ms at 16 kHz with
   the echo canceller, ≈7 ms with noise suppression alone) and phase-shifts it (its high-pass
   filter inverts speech polarity); neither matters to a VAD or a recogniser.
@@ -23,11 +27,13 @@ The processor is WebRTC's audio processing module (AEC3 echo canceller, its nois
 an 80 Hz high-pass filter) from the `livekit` package (`livekit.rtc.AudioProcessingModule`).
 It needs no LiveKit server, room or asyncio loop: each call is one synchronous FFI request
 into `liblivekit_ffi.so`. Measured on the shared 2-core box (`python -m loadtests.measure_echo`):
-ERLE 17-27 dB after the first second for echo at -6/-12/-20 dB and 30-250 ms delay, and
-no voiced runs >= 60 ms left for Silero VAD, where the raw echo gives 3-5 runs >= 250 ms
-every 8 s; ≈11 ms of CPU per second of audio (≈0.2 ms per 20 ms chunk). Rejected:
-speexdsp's canceller (`pyaec`, 512 ms filter): 8.5-12 dB, 3-5 false runs >= 250 ms remain,
-and twice the CPU. See BENCHMARKS/the report of the `echo` branch for the tables.
+ERLE 17-28 dB after the first second for echo at -6/-12/-20 dB and 30-250 ms delay (the
+noise floor at -45 dBFS caps it at -20 dB), and no voiced run >= 60 ms left for Silero VAD,
+where the raw echo gives 5-6 runs >= 250 ms per 10 s of reply; ≈7-11 ms of CPU per second of
+audio, 0.23-0.32 ms per 20 ms chunk at 8-48 kHz. The price is double talk: while the caller
+talks over an echo at -6 dB, the VAD finds 76-82 % of the caller's voiced frames (88-93 % at
+-12 dB, 96-97 % at -20 dB). Rejected: speexdsp's canceller (`pyaec`, 512 ms filter):
+8.5-12.7 dB, 3-4 false runs >= 250 ms remain, and twice the CPU. Tables: BENCHMARKS.md.
 
 Noise reduction levels (the OpenAI Realtime `input_audio_noise_reduction.type`). The `livekit`
 build exposes WebRTC's suppressor only as on/off (its level measures as "moderate": the same
@@ -36,15 +42,21 @@ build exposes WebRTC's suppressor only as on/off (its level measures as "moderat
   moderate: stationary noise -12 to -17 dB, Silero VAD recall on speech in pink noise at
   10 dB SNR 0.95 -> 0.90;
 - "far_field" (a laptop or speakerphone microphone, more room noise): a second suppressor pass
-  on the output of the first, about as strong as WebRTC's "high"/"very high" levels.
+  on the output of the first: white/pink noise -24.7/-28.6 dB, stronger than webrtc-noise-gain's
+  "very high" level 4 (-21.0/-25.5 dB), at the same speech cost (VAD recall 0.89).
 WebRTC's automatic gain control was tried for far_field and rejected: it lifted coughs and
 keyboard clicks by 6-7 dB and cut the VAD's recall on speech to 0.85.
 Neither level removes transients (coughs, clicks) or music; Silero VAD ignored all of the
 synthetic noises with or without suppression (0 voiced runs).
 
-Thread safety: a processor is not thread-safe (one call at a time), but any one thread may
-drive it: `process` may run in a worker thread (`asyncio.to_thread`). The FFI library starts
-its own runtime threads once per process, on the first `open_input_processor`.
+Threads and processes: a processor is not thread-safe (one call at a time), but any thread
+may drive it, and sessions in different threads run at once (tested with two sessions under
+`asyncio.to_thread`). A 20 ms chunk costs ~0.3 ms, so calling `process` on the event loop is
+also acceptable for a few sessions. The first `open_input_processor` imports `livekit`
+(≈0.1-0.2 s, +19 MB RSS) and starts the FFI library's runtime (5 native threads). The
+library cannot be used across fork(): a child process forked after the parent used it must
+not use it (livekit raises RuntimeError). A panic inside the library makes livekit send
+SIGTERM to the whole process.
 """
 
 from __future__ import annotations

@@ -94,7 +94,7 @@ def power_db(x: Signal) -> float:
 # --- echo ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("rate_hz", [8_000, 16_000, 48_000])
+@pytest.mark.parametrize("rate_hz", [8_000, 16_000, 24_000, 48_000])
 @pytest.mark.parametrize(("delay_ms", "level_db"), [(40, -6.0), (200, -12.0)])
 def test_echo_is_reduced_after_convergence(rate_hz: int, delay_ms: int, level_db: float) -> None:
     """Measured (loadtests.measure_echo, flite speech): 17-27 dB over noise at -45 dBFS; here
