@@ -25,7 +25,7 @@ from fastapi import FastAPI
 
 from server.http.app import create_app, load_vad
 from server.model.cascade import CascadeModel
-from server.model.fakes import EnergyClassifierFactory, FakeAsr, FakeLlm, FakeTts
+from server.model.fakes import FAKE_AUDIO_SETTINGS, EnergyClassifierFactory, FakeAsr, FakeLlm, FakeTts
 from server.settings import Settings
 from server.vad.detector import ClassifierFactory
 
@@ -40,14 +40,17 @@ def fake_model_app(vad: str | None = None, reply: str = REPLY, vad_process: bool
     """The Voxgate app with the instant fake models, answering `reply` to every turn, and the
     named VAD: `webrtc`, `silero`, `energy` (the fake), or None for the server's default;
     `vad_process` False keeps Silero's batches on the event loop.
-    Admission limits are off: the load generator opens many sessions from one address."""
+    Admission limits are off: the load generator opens many sessions from one address; echo
+    cancellation is off (FAKE_AUDIO_SETTINGS: the fakes speak in tones)."""
     model = CascadeModel(FakeAsr(), FakeLlm([reply]), FakeTts())
     if vad == "energy":
-        config = Settings.model_validate(UNLIMITED)
+        config = Settings.model_validate({**UNLIMITED, **FAKE_AUDIO_SETTINGS})
         classifier: ClassifierFactory = EnergyClassifierFactory()
         return create_app(config, model=model, vad=classifier)
     chosen = {} if vad is None else {"vad": vad}
-    config = Settings.model_validate({**UNLIMITED, **chosen, "vad_process": vad_process})
+    config = Settings.model_validate(
+        {**UNLIMITED, **FAKE_AUDIO_SETTINGS, **chosen, "vad_process": vad_process}
+    )
     load_vad(config)  # a missing backend fails here, before the server starts
     return create_app(config, model=model)  # the app loads the VAD by name, as `voxgate serve` does
 

@@ -81,6 +81,13 @@ class Settings(BaseSettings):
     # it saved, so turn it off on a box run at capacity
     anticipate_replies: bool = True
 
+    # the caller's audio is cleaned before VAD and recognition (server/audio_processing.py):
+    # the echo of the reply it is hearing cancelled (speakerphones, phone lines, clients
+    # without their own echo cancellation), and noise reduced: the sessions' default for
+    # OpenAI's input_audio_noise_reduction ("none": off, as OpenAI's default)
+    echo_cancellation: bool = True
+    noise_reduction: Literal["none", "near_field", "far_field"] = "none"
+
     # outbound pacing
     playout_chunk_ms: int = Field(default=20, ge=10, le=100)
     playout_lead_ms: int = Field(default=150, ge=0, le=200)

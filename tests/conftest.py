@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from server.events import EventHandler
 from server.http.app import create_app
 from server.model.cascade import CascadeModel
-from server.model.fakes import EnergyClassifierFactory, FakeAsr, FakeLlm, FakeTts
+from server.model.fakes import FAKE_AUDIO_SETTINGS, EnergyClassifierFactory, FakeAsr, FakeLlm, FakeTts
 from server.settings import Settings
 from tests.harness import running_server
 
@@ -21,6 +21,7 @@ def fake_app(
     **settings: object,
 ) -> FastAPI:
     model = CascadeModel(asr or FakeAsr(), llm or FakeLlm(), tts or FakeTts())
+    settings = {**FAKE_AUDIO_SETTINGS, **settings}  # unless a test asks for echo cancellation
     return create_app(Settings(**settings), model=model, vad=EnergyClassifierFactory(), on_event=on_event)  # type: ignore[arg-type]
 
 

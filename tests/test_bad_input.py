@@ -74,6 +74,23 @@ async def error_for(url: str, raw: str | bytes) -> dict[str, Any]:
             "invalid_value",
             "session.audio.input.turn_detection.eagerness",
         ),
+        (
+            '{"type": "session.update", "session": {"input_audio_noise_reduction": {"type": "loud_room"}}}',
+            "invalid_value",
+            "session.input_audio_noise_reduction.type",
+        ),
+        (
+            '{"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"noise_reduction":'
+            ' "near_field"}}}}',
+            "invalid_value",
+            "session.audio.input.noise_reduction",
+        ),
+        (
+            '{"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"format": '
+            '{"type": "audio/pcm", "rate": 44100}, "noise_reduction": {"type": "far_field"}}}}}',
+            "invalid_value",
+            "session.audio.input.noise_reduction",
+        ),
         ('{"type": "input_audio_buffer.commit"}', "input_audio_buffer_commit_empty", None),
         ('{"type": "response.cancel"}', "response_cancel_not_active", None),
         (

@@ -16,7 +16,14 @@ from server import Settings, VoiceAgent
 from server.audio import PcmFrame
 from server.events import AgentEvent, AssistantTurn, ToolCalled
 from server.model.cascade import CascadeModel
-from server.model.fakes import EnergyClassifierFactory, FakeAsr, FakeToolCallingLlm, FakeTts, tone
+from server.model.fakes import (
+    FAKE_AUDIO_SETTINGS,
+    EnergyClassifierFactory,
+    FakeAsr,
+    FakeToolCallingLlm,
+    FakeTts,
+    tone,
+)
 from server.model.tool_calls import ForcedTool, ToolCallRequest
 from tests.harness import RealtimeTestClient, realtime_client, running_server
 
@@ -29,7 +36,12 @@ def agent_with(llm: FakeToolCallingLlm, events: list[AgentEvent] | None = None) 
             events.append(event)
 
     model = CascadeModel(FakeAsr(["stop please"]), llm, FakeTts(ms_per_char=20))
-    return VoiceAgent(Settings(), model=model, vad=EnergyClassifierFactory(), on_event=on_event)
+    return VoiceAgent(
+        Settings.model_validate(FAKE_AUDIO_SETTINGS),
+        model=model,
+        vad=EnergyClassifierFactory(),
+        on_event=on_event,
+    )
 
 
 @asynccontextmanager

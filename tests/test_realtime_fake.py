@@ -8,7 +8,7 @@ from server.audio import PcmFrame
 from server.errors import BackendError
 from server.http.app import create_app
 from server.model.cascade import CascadeModel
-from server.model.fakes import EnergyClassifier, FakeAsr, FakeLlm, FakeTts, tone
+from server.model.fakes import FAKE_AUDIO_SETTINGS, EnergyClassifier, FakeAsr, FakeLlm, FakeTts, tone
 from server.settings import Settings
 from server.vad.detector import QueuedClassifier
 from tests.conftest import fake_app
@@ -113,7 +113,9 @@ async def test_the_turn_ends_without_waiting_for_the_vad_on_audio_too_short_to_c
     nothing."""
     vad = HeldEnergyVad(hold_from_ms=1040)
     model = CascadeModel(FakeAsr(["hello"]), FakeLlm(["Hi there."]), FakeTts())
-    app = create_app(Settings(silence_duration_ms=250), model=model, vad=vad)
+    app = create_app(
+        Settings.model_validate({"silence_duration_ms": 250, **FAKE_AUDIO_SETTINGS}), model=model, vad=vad
+    )
     async with running_server(app) as url, realtime_client(url) as client:
         await client.wait_for("session.created")
         await client.stream(PcmFrame.silence(200, 24_000))

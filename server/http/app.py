@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
+from server.audio_processing import ProcessingOptions, open_input_processor
 from server.errors import BackendUnavailable
 from server.events import EventHandler
 from server.http.access import AccessControl, ApiKeys, OriginPolicy, read_key_file
@@ -95,6 +96,17 @@ def preload(settings: Settings, catalog: ModelCatalog) -> None:
         catalog.model(name)
 
 
+def check_input_processing(settings: Settings) -> None:
+    """Load the input audio processor now if the settings use it, so that a missing library
+    fails at startup rather than in every session."""
+    options = ProcessingOptions(
+        echo_cancellation=settings.echo_cancellation,
+        noise_reduction=None if settings.noise_reduction == "none" else settings.noise_reduction,
+    )
+    if options.enabled:
+        open_input_processor(options, 16_000).close()
+
+
 def load_vad(settings: Settings) -> ClassifierFactory:
     factory: ClassifierFactory = resolve(VAD_BACKENDS, settings.vad, "voice activity")(None)
     return factory
@@ -167,6 +179,7 @@ def create_app(
         models = None if model is not None else (catalog or build_catalog(settings, brain))
         if models is not None:
             await asyncio.to_thread(preload, settings, models)
+        await asyncio.to_thread(check_input_processing, settings)
         metrics = Metrics()
         served_vad = await serve_vad(settings, vad, metrics)
         app.state.runtime = Runtime(

@@ -149,6 +149,12 @@ class EnergyClassifierFactory:
         return EnergyClassifier(self.rms_threshold)
 
 
+# Settings for a server whose audio is the fakes' pure tones: the echo canceller takes a tone
+# spoken over the reply's tone for its echo (WebRTC's suppressor silences it during double
+# talk), so a tone barge-in would vanish. Echo cancellation is tested on its own.
+FAKE_AUDIO_SETTINGS: dict[str, object] = {"echo_cancellation": False}
+
+
 def tone(duration_ms: int, sample_rate_hz: int = 24_000, amplitude: int = 8000) -> PcmFrame:
     """A loud 300 Hz tone: 'speech' to EnergyClassifier."""
     t = np.arange(duration_ms * sample_rate_hz // 1000) / sample_rate_hz

@@ -25,6 +25,7 @@ def is_beta_session_shape(session: dict[str, Any]) -> bool:
         "modalities",
         "turn_detection",
         "input_audio_transcription",
+        "input_audio_noise_reduction",
         "max_response_output_tokens",
         "voice",
     }
@@ -208,6 +209,23 @@ def vars_of(td: TurnDetectionConfig) -> dict[str, Any]:
     return {f: getattr(td, f) for f in td.__dataclass_fields__ if f != "eagerness"}
 
 
+NOISE_REDUCTION_TYPES = ("near_field", "far_field")
+
+
+def _noise_reduction(value: object, param: str) -> str | None:
+    """OpenAI's noise reduction object: {"type": "near_field" | "far_field"}, or null (off)."""
+    if value is None:
+        return None
+    kind = _check_type(value, dict, param).get("type")
+    if kind not in NOISE_REDUCTION_TYPES:
+        raise ProtocolViolation(
+            f"unsupported noise reduction type {kind!r}; expected one of {', '.join(NOISE_REDUCTION_TYPES)}",
+            code="invalid_value",
+            param=f"{param}.type",
+        )
+    return str(kind)
+
+
 def _apply_beta(config: SessionConfig, session: dict[str, Any]) -> None:
     if "voice" in session:
         config.voice = _check_type(session["voice"], str, "session.voice")
@@ -223,6 +241,10 @@ def _apply_beta(config: SessionConfig, session: dict[str, Any]) -> None:
             None
             if tr is None
             else str(_check_type(tr, dict, "session.input_audio_transcription").get("model", "voxgate-asr"))
+        )
+    if "input_audio_noise_reduction" in session:
+        config.noise_reduction = _noise_reduction(
+            session["input_audio_noise_reduction"], "session.input_audio_noise_reduction"
         )
     if "modalities" in session:
         config.output_modalities = _modalities(session["modalities"], "session.modalities")
@@ -255,6 +277,10 @@ def _apply_ga(config: SessionConfig, session: dict[str, Any]) -> None:
             None
             if tr is None
             else str(_check_type(tr, dict, "session.audio.input.transcription").get("model", "voxgate-asr"))
+        )
+    if "noise_reduction" in audio_in:
+        config.noise_reduction = _noise_reduction(
+            audio_in["noise_reduction"], "session.audio.input.noise_reduction"
         )
     if "format" in audio_out:
         config.output_format = _ga_format(audio_out["format"], "session.audio.output.format")

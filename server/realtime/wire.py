@@ -216,6 +216,10 @@ def _ga_format_obj(fmt: AudioFormat) -> dict[str, Any]:
     return {"type": "audio/pcmu" if fmt.encoding is Encoding.ULAW else "audio/pcma"}
 
 
+def _noise_reduction_obj(noise_reduction: str | None) -> dict[str, str] | None:
+    return None if noise_reduction is None else {"type": noise_reduction}
+
+
 def _turn_detection_obj(td: TurnDetectionConfig | None) -> dict[str, Any] | None:
     return None if td is None else vars_of(td)
 
@@ -273,6 +277,7 @@ class EventWriter:
                     None if config.transcription_model is None else {"model": config.transcription_model}
                 ),
                 "turn_detection": _turn_detection_obj(config.turn_detection),
+                "input_audio_noise_reduction": _noise_reduction_obj(config.noise_reduction),
                 "tools": config.tools,
                 "tool_choice": config.tool_choice,
                 "temperature": config.temperature,
@@ -292,7 +297,7 @@ class EventWriter:
                         None if config.transcription_model is None else {"model": config.transcription_model}
                     ),
                     "turn_detection": _turn_detection_obj(config.turn_detection),
-                    "noise_reduction": None,
+                    "noise_reduction": _noise_reduction_obj(config.noise_reduction),
                 },
                 "output": {
                     "format": _ga_format_obj(config.output_format),

@@ -1,9 +1,17 @@
 """InputAudio: the caller's audio on its own clock (no asyncio, no sockets).
 
-Converts appended audio to the model's rate, keeps the input stream's clock by sample count,
-cuts it into the VAD's fixed frames (the caller classifies them), keeps a short pre-roll (so a
-turn can start before its onset was confirmed) and remembers when each stretch of audio
-arrived (to time latency from the end of speech as the server received it).
+Cleans it first when asked (echo cancellation against the reply audio the caller is hearing,
+noise reduction: server/audio_processing.py), converts it to the model's rate, keeps the
+input stream's clock by sample count, cuts it into the VAD's fixed frames (the caller
+classifies them), keeps a short pre-roll (so a turn can start before its onset was
+confirmed) and remembers when each stretch of audio arrived (to time latency from the end of
+speech as the server received it).
+
+The echo canceller's far end: the conversation reports each chunk of reply audio with the
+time the caller starts hearing it (`reply_plays(frame, at_s)`); that time is placed on the
+input stream's clock from the newest input's arrival (echo_reference.py). The echo itself
+comes back later than that by the network's round trip and the device's delay, which the
+canceller finds.
 
 `now_s` values are passed in by the caller; nothing here reads a clock.
 """
@@ -14,6 +22,8 @@ from collections import deque
 from dataclasses import dataclass
 
 from server.audio import FrameChunker, PcmFrame, StreamResampler, ms_to_samples
+from server.audio_processing import InputProcessor
+from server.streaming.echo_reference import EchoReference
 from server.vad.detector import SessionClassifier
 
 _MAX_ARRIVALS = 2000
@@ -52,6 +62,27 @@ class InputAudio:
         self._arrivals: deque[tuple[int, float]] = deque()  # (input ms at end of a push, when)
         self._classifier = classifier
         self.set_classifier(classifier)
+        self._processor: InputProcessor | None = None
+        self._reference = EchoReference(input_rate_hz)
+
+    @property
+    def processor(self) -> InputProcessor | None:
+        return self._processor
+
+    def set_processor(self, processor: InputProcessor | None) -> None:
+        """Clean the caller's audio with `processor` from now on (None: as it comes); the
+        previous one is closed, and what it held back (< 10 ms) is lost."""
+        if self._processor is not None:
+            self._processor.close()
+        self._processor = processor
+        self._reference.reset()
+
+    def reply_plays(self, frame: PcmFrame, at_s: float) -> None:
+        """Reply audio the caller starts hearing at `at_s`: the echo canceller's reference."""
+        if self._processor is None or self.last_push_s is None:
+            return
+        at_sample = self._reference.position + round((at_s - self.last_push_s) * self.input_rate_hz)
+        self._reference.played(frame, at_sample)
 
     @property
     def input_ms(self) -> int:
@@ -65,6 +96,7 @@ class InputAudio:
             self.input_rate_hz = input_rate_hz
             self._resampler = StreamResampler(input_rate_hz, self.model_rate_hz)
             self.set_classifier(self._classifier)
+            self._reference.reset(input_rate_hz)
 
     def set_classifier(self, classifier: SessionClassifier) -> None:
         # The VAD hears the input through a resampler that never holds audio back: the end of
@@ -84,6 +116,8 @@ class InputAudio:
         resampler holds some back), and the VAD frames it completed (none unless `classify`)."""
         self._input_samples += frame.sample_count
         self.last_push_s = now_s
+        if self._processor is not None:
+            frame = self._processor.process(frame, self._reference.take(frame.sample_count))
         self._arrivals.append((self.input_ms, now_s))
         if len(self._arrivals) > _MAX_ARRIVALS:
             self._arrivals.popleft()

@@ -26,7 +26,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from server.aio import wait_event
 from server.audio import PcmFrame, resample
-from server.errors import BackendError, ProtocolViolation
+from server.audio_processing import SUPPORTED_RATES_HZ, ProcessingOptions, open_input_processor
+from server.errors import BackendError, BackendUnavailable, ProtocolViolation
 from server.events import AgentEvent, EventHandler, FalseInterruption, SessionEnded, SessionStarted
 from server.ids import new_id
 from server.metrics import Metrics
@@ -76,7 +77,7 @@ from server.streaming.outputs import (
 from server.streaming.playout import PlayoutBuffer
 from server.streaming.port import ClientPort, TransportClosed
 from server.streaming.replies import Replies
-from server.streaming.session_config import ConversationOptions, forced_tool_name
+from server.streaming.session_config import ConversationOptions, SessionConfig, forced_tool_name
 from server.streaming.transcription import transcribe_turn
 from server.streaming.turns import (
     AbandonPreparedReply,
@@ -155,6 +156,7 @@ class Conversation:
             preroll_ms=options.prefix_padding_ms + 1000,
             start_s=clock(),
         )
+        self._processing: tuple[ProcessingOptions, int] | None = None  # what the input processor does
         self._capturing = False
         self._captured: list[PcmFrame] = []  # this turn's audio, replayed if a speculation is abandoned
         self._captured_ms = 0
@@ -213,6 +215,7 @@ class Conversation:
         self._metrics.sessions_active.inc()
         try:
             self._session = await self._model.open(self._session_options())
+            self._update_processing(self.config)
             opening = self._port.opening_settings()
             if opening is not None:
                 self._configure(opening)
@@ -235,6 +238,7 @@ class Conversation:
             await self._replies.aclose()
             if self._session is not None:
                 await self._session.aclose()
+            self._input.set_processor(None)
             self._metrics.sessions_active.dec()
             self._notifier.publish(SessionEnded(self.config.id))
             await self._notifier.drain()
@@ -352,11 +356,13 @@ class Conversation:
                 code="invalid_value",
                 param="session.tool_choice.name",
             )
+        self._check_processing(config)
         old_in = self.config.input_format
         self.config = config
         self._client_tools = client_tools
         if config.input_format != old_in:
             self._input.set_input_rate(config.input_format.sample_rate_hz)
+        self._update_processing(config)
         td = config.turn_detection
         if td is not None:
             defaults = self._options.turn
@@ -368,6 +374,44 @@ class Conversation:
         self.model_session.update(self._session_options())
 
     # --- input audio ----------------------------------------------------------------
+
+    def _processing_for(self, config: SessionConfig) -> ProcessingOptions:
+        noise = config.noise_reduction
+        return ProcessingOptions(
+            echo_cancellation=self._options.echo_cancellation,
+            noise_reduction="near_field"
+            if noise == "near_field"
+            else "far_field"
+            if noise == "far_field"
+            else None,
+        )
+
+    def _check_processing(self, config: SessionConfig) -> None:
+        """A session asking for noise reduction at an input rate it cannot work at is told so."""
+        rate = config.input_format.sample_rate_hz
+        if config.noise_reduction is not None and rate not in SUPPORTED_RATES_HZ:
+            raise ProtocolViolation(
+                f"noise reduction works on input audio at {', '.join(map(str, SUPPORTED_RATES_HZ))} Hz,"
+                f" not {rate} Hz",
+                code="invalid_value",
+                param="session.audio.input.noise_reduction",
+            )
+
+    def _update_processing(self, config: SessionConfig) -> None:
+        """(Re)build the input processor when what it does or the input rate changed."""
+        options = self._processing_for(config)
+        rate = config.input_format.sample_rate_hz
+        if self._processing == (options, rate):
+            return
+        self._processing = (options, rate)
+        if not options.enabled or rate not in SUPPORTED_RATES_HZ:
+            self._input.set_processor(None)  # (echo cancellation only: 44.1 kHz input goes without)
+            return
+        try:
+            self._input.set_processor(open_input_processor(options, rate))
+        except BackendUnavailable as exc:  # checked at startup: only if the library broke since
+            log.error("input audio processing unavailable", extra={"error": str(exc)})
+            self._input.set_processor(None)
 
     async def _on_append(self, audio: bytes) -> None:
         if not audio:
@@ -671,7 +715,8 @@ class Conversation:
             now_ms = self._clock() * 1000
             reply = self._replies.current
             for chunk in self._playout.due(now_ms):
-                await self._send_chunk(chunk.reply_id, chunk.frame)
+                if await self._send_chunk(chunk.reply_id, chunk.frame):
+                    self._input.reply_plays(chunk.frame, chunk.plays_at_ms / 1000)
             if reply is not None and self._playout.reply_id == reply.reply_id and self._playout.is_sent():
                 self._replies.all_sent(reply)
             next_ms = self._playout.next_due_ms(self._clock() * 1000)
@@ -680,7 +725,8 @@ class Conversation:
             timeout = None if next_ms is None else max(0.001, next_ms / 1000 - self._clock() + 0.0005)
             await wait_event(self._playout_wakeup, timeout)
 
-    async def _send_chunk(self, reply_id: int, frame: PcmFrame) -> None:
+    async def _send_chunk(self, reply_id: int, frame: PcmFrame) -> bool:
+        """Send a chunk of reply audio, unless its reply was interrupted; whether it was sent."""
         fmt = self.config.output_format
         if frame.sample_rate_hz != fmt.sample_rate_hz:  # a session.update changed it mid-reply
             frame = resample(frame, fmt.sample_rate_hz)
@@ -688,9 +734,10 @@ class Conversation:
         async with self._send_lock:
             reply = self._replies.current
             if reply is None or reply.reply_id != reply_id or not reply.accepts_audio:
-                return  # a stale chunk of an interrupted reply: never sent
+                return False  # a stale chunk of an interrupted reply: never sent
             await self._port.send(ResponseAudio(reply.response_id, reply.item_id, audio, frame.duration_ms))
             self._replies.sent_audio(reply, frame.duration_ms)
+            return True
 
     # --- timer: silence by absence of audio ----------------------------------------
 

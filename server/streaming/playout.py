@@ -42,6 +42,7 @@ class OutboundChunk:
     reply_id: int
     frame: PcmFrame
     offset_ms: float  # where this chunk starts within the reply's audio
+    plays_at_ms: float = 0.0  # when the client starts playing it (the model above)
 
 
 class PlayoutBuffer:
@@ -129,7 +130,7 @@ class PlayoutBuffer:
             if play_end - now_ms >= self.options.lead_ms:
                 break
             frame = self._queue.popleft()
-            out.append(OutboundChunk(self.reply_id or 0, frame, self._sent_ms))
+            out.append(OutboundChunk(self.reply_id or 0, frame, self._sent_ms, play_end))
             self._sent_ms += frame.duration_ms
             self._play_end_ms = play_end + frame.duration_ms
         return out

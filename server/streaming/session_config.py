@@ -47,6 +47,7 @@ class SessionConfig:
     output_format: AudioFormat = field(default_factory=lambda: AudioFormat(Encoding.PCM16, 24_000))
     turn_detection: TurnDetectionConfig | None = field(default_factory=TurnDetectionConfig)
     transcription_model: str | None = "voxgate-asr"
+    noise_reduction: str | None = None  # "near_field" | "far_field" | None (server/audio_processing.py)
     output_modalities: list[str] = field(default_factory=lambda: ["audio"])
     temperature: float = 0.8
     max_output_tokens: int | None = None
@@ -80,6 +81,10 @@ class ConversationOptions:
     max_audio_ahead_ms: int = 10_000
     lifetime: LifetimeOptions = field(default_factory=LifetimeOptions)
     privacy: PrivacyOptions = field(default_factory=PrivacyOptions)
+    # clean the caller's audio (server/audio_processing.py): cancel the echo of the reply in
+    # it (a server setting: no protocol field), and the sessions' default noise reduction
+    echo_cancellation: bool = False
+    noise_reduction: str | None = None
 
     def session_config(self, session_id: str) -> SessionConfig:
         """The session settings a session with these options starts from."""
@@ -98,6 +103,7 @@ class ConversationOptions:
                 interrupt_response=self.turn.interrupt_response,
                 idle_timeout_ms=self.turn.idle_timeout_ms,
             ),
+            noise_reduction=self.noise_reduction,
         )
 
     def turn_options(self, turn_detection: TurnDetectionConfig) -> TurnOptions:

@@ -48,7 +48,8 @@ change) and its length:
                                    (then USER_SPEAKING / ENDPOINTING)    IgnoreOverlap
 
 A voice resuming in OVERLAP_ENDING goes back to OVERLAP. If the reply ends while the overlap is
-undecided (it had sent all its audio), the overlap is an ordinary turn. Nothing is announced
+undecided (it had sent all its audio), the overlap is an ordinary turn, unless its words so far
+are the reply's own (its echo's tail, still judged as one). Nothing is announced
 before the decision, so a client that stops its playback on `speech_started` never does so for
 a backchannel. In the `voice` mode (interruption None) any voice of `barge_in_min_ms` cancels.
 
@@ -361,7 +362,11 @@ class TurnTaker:
                     self._active_reply = None
                     self._idle_since_ms = now_ms
                     self._paused_reply = None
-                    if self.state in (UserState.OVERLAP, UserState.OVERLAP_ENDING):
+                    overlapping = self.state in (UserState.OVERLAP, UserState.OVERLAP_ENDING)
+                    policy = self.options.interruption
+                    if overlapping and not (
+                        policy is not None and echoes_reply(self._overlap_words, self._reply_text, policy)
+                    ):
                         self._take_floor(now_ms)  # nothing left to interrupt: a turn of its own
                         self._check_deadlines(now_ms)
             case InputCleared():

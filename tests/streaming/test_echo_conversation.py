@@ -1,0 +1,126 @@
+"""The reply's echo in the caller's microphone, through a whole conversation on the virtual
+clock: a FAKE caller plays the reply audio as it arrives and its microphone hears it back,
+delayed and quieter. Without echo cancellation the reply interrupts itself; with it, the reply
+plays to the end. (Fake models, named as such: the reply is a 220 Hz tone.)"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from server.audio import PcmFrame
+from server.model.fakes import FakeAsr, FakeLlm, tone
+from server.streaming.conversation import Conversation
+from server.streaming.interruptions import InterruptionPolicy
+from server.streaming.outputs import ResponseAudio, ResponseEnded, SpeechStarted
+from server.streaming.session_config import ConversationOptions
+from tests.streaming.memory_port import MemoryPort
+from tests.streaming.test_conversation import LONG_REPLY, converse
+
+RATE = 24_000
+FRAME_MS = 20
+
+
+class EchoingCaller:
+    """Plays reply audio back to back as it arrives; the microphone hears it `delay_ms` later
+    at `level_db`."""
+
+    def __init__(self, port: MemoryPort, delay_ms: int, level_db: float) -> None:
+        self._port = port
+        self._delay = RATE * delay_ms // 1000
+        self._gain = 10 ** (level_db / 20)
+        self._played = np.zeros(RATE * 60, dtype=np.float64)  # what the speaker played, by sample
+        self._seen = 0  # outputs of the port already placed on the speaker
+        self._play_end = 0
+        self._start_s = asyncio.get_running_loop().time()
+
+    def _place_new_audio(self) -> None:
+        for sent in self._port.sent[self._seen :]:
+            if isinstance(sent.output, ResponseAudio):
+                samples = np.frombuffer(sent.output.audio, dtype="<i2").astype(np.float64)
+                arrival = round((sent.at_s - self._start_s) * RATE)
+                start = max(arrival, self._play_end)
+                self._played[start : start + len(samples)] = samples
+                self._play_end = start + len(samples)
+        self._seen = len(self._port.sent)
+
+    async def listen(self, ms: int, speech: PcmFrame | None = None) -> None:
+        """`ms` of microphone audio at real time: the echo, plus `speech` if given."""
+        step = RATE * FRAME_MS // 1000
+        for k in range(ms // FRAME_MS):
+            await asyncio.sleep(FRAME_MS / 1000)
+            self._place_new_audio()
+            end = round((asyncio.get_running_loop().time() - self._start_s) * RATE)
+            heard_end = max(0, end - self._delay)
+            mic = self._played[max(0, heard_end - step) : heard_end] * self._gain
+            mic = np.pad(mic, (step - len(mic), 0))
+            if speech is not None and k * step < speech.sample_count:
+                part = speech.samples[k * step : (k + 1) * step].astype(np.float64)
+                mic[: len(part)] += part
+            frame = PcmFrame(np.clip(mic, -32768, 32767).astype(np.int16), RATE)
+            await self._port.stream(frame)
+
+
+def run_with_echo(echo_cancellation: bool, words: bool = False) -> tuple[MemoryPort, list[str]]:
+    statuses: list[str] = []
+
+    async def script(port: MemoryPort, _: Conversation) -> None:
+        caller = EchoingCaller(port, delay_ms=100, level_db=-6)
+        await caller.listen(600, speech=tone(600))
+        while not port.all(ResponseEnded) and caller._play_end < RATE * 30:
+            await caller.listen(200)
+        await caller.listen(1000)
+        statuses.extend(e.status for e in port.all(ResponseEnded))
+
+    options = replace(ConversationOptions(), echo_cancellation=echo_cancellation)
+    if words:
+        options = replace(options, turn=replace(options.turn, interruption=InterruptionPolicy()))
+    port = converse(
+        script, FakeAsr(["where is my order", "your order left"]), FakeLlm([LONG_REPLY, "Ok."]), options
+    )
+    return port, statuses
+
+
+@pytest.mark.parametrize(("echo_cancellation", "interrupted"), [(False, True), (True, False)])
+def test_the_replys_echo_interrupts_it_only_without_echo_cancellation(
+    echo_cancellation: bool, interrupted: bool
+) -> None:
+    port, statuses = run_with_echo(echo_cancellation)
+    assert statuses[0] == ("cancelled" if interrupted else "completed")
+    assert (len(port.all(SpeechStarted)) > 1) is interrupted
+
+
+def test_without_echo_cancellation_the_echo_guard_keeps_the_reply_in_words_mode() -> None:
+    """The recogniser hears the reply's own words ("your order left"): an echo, never an
+    interruption; the reply pauses while it rings, and goes on to the end. (What the guard
+    cannot do: the echo's tail after the reply has ended is heard as a turn of the caller's;
+    only the canceller removes that.)"""
+    port, statuses = run_with_echo(echo_cancellation=False, words=True)
+    assert statuses[0] == "completed"
+    first_reply = port.all(ResponseAudio)[0].response_id
+    chunks = [
+        s.at_s
+        for s in port.sent
+        if isinstance(s.output, ResponseAudio) and s.output.response_id == first_reply
+    ]
+    assert max(b - a for a, b in zip(chunks, chunks[1:], strict=False)) > 0.2  # it paused while its echo rang
+
+
+@pytest.mark.parametrize(("noise_reduction", "speech_started"), [(None, True), ("far_field", False)])
+def test_noise_reduction_keeps_steady_noise_from_passing_for_speech(
+    noise_reduction: str | None, speech_started: bool
+) -> None:
+    """A hum of white noise loud enough for the FAKE energy VAD to call speech: with the
+    session's noise reduction on, it is suppressed before the VAD hears it."""
+    rng = np.random.default_rng(7)
+    noise = PcmFrame(np.clip(rng.normal(0, 900, RATE * 4), -32768, 32767).astype(np.int16), RATE)
+
+    async def script(port: MemoryPort, _: Conversation) -> None:
+        await port.stream(noise)
+
+    options = replace(ConversationOptions(), noise_reduction=noise_reduction)
+    port = converse(script, FakeAsr(["hello"]), FakeLlm(["Hi."]), options)
+    assert bool(port.all(SpeechStarted)) is speech_started
