@@ -18,7 +18,15 @@ import pytest
 import websockets
 
 from server.audio import PcmFrame
-from server.events import AgentEvent, AssistantTurn, SessionEnded, SessionStarted, Truncated, TurnLatency
+from server.events import (
+    AgentEvent,
+    AssistantTurn,
+    FalseInterruption,
+    SessionEnded,
+    SessionStarted,
+    Truncated,
+    TurnLatency,
+)
 from server.http.app import create_app
 from server.model.base import Message, SessionOptions
 from server.model.cascade import CascadeModel
@@ -197,6 +205,33 @@ async def test_barge_in_clears_twilio_and_cuts_the_history_to_the_played_positio
             await caller.stop()
             assert await caller.wait_closed() == (1000, "")
         await no_session_left(url, baseline)
+
+
+async def test_a_backchannel_pauses_the_call_audio_and_it_resumes_with_its_marks_in_order() -> None:
+    """Words barge-in on a phone call: "yeah" over the reply pauses it (no clear, nothing
+    truncated); it then plays to its end, and the marks Twilio returns count every chunk once."""
+    events: list[AgentEvent] = []
+
+    async def on_event(event: AgentEvent) -> None:
+        events.append(event)
+
+    app = fake_app(FakeAsr(["where is my order", "yeah"]), FakeLlm([LONG_REPLY]), on_event=on_event)
+    async with running_server(app) as url, twilio_call(url) as caller:
+        await caller.start()
+        await speak_until_reply(caller)
+        for _ in range(30):
+            await caller.speak(tone(20, amplitude=0))
+        await caller.speak(tone(400))
+        for _ in range(50):
+            await caller.speak(tone(20, amplitude=0))
+        await caller.wait_played_out(quiet_s=0.5)
+    assert caller.clears == []
+    positions = [m.position_ms for m in caller.marks if m.played]
+    assert positions == sorted(positions) and len(set(positions)) == len(positions)
+    assert not any(isinstance(e, Truncated) for e in events)
+    assert [e.kind for e in events if isinstance(e, FalseInterruption)] == ["backchannel"]
+    turn = next(e for e in events if isinstance(e, AssistantTurn))
+    assert (turn.status, turn.interrupted, turn.text) == ("completed", False, LONG_REPLY)
 
 
 async def test_dtmf_keys_become_a_user_message_and_interrupt_a_reply(
