@@ -82,7 +82,7 @@ class TurnResult:
     audio_stalls: int = 0
     audio_stall_ms: float = 0.0
     max_audio_stall_ms: float = 0.0
-    speech_started_during_reply: int = 0  # input_audio_buffer.speech_started while the reply ran
+    speech_started_during_reply: int = 0  # input_audio_buffer.speech_started after the reply was created
     malformed_audio: int = 0  # audio deltas whose payload was not base64 pcm16
     response_status: str | None = None
     response_reason: str | None = None
@@ -156,7 +156,9 @@ class TurnRecorder:
         if self.response_id is None:
             self._observe_input(kind, event, t)
             return
-        if kind == "input_audio_buffer.speech_started" and self.done_s is None:
+        if kind == "input_audio_buffer.speech_started":
+            # a server announces a barge-in's speech just after it cancelled the reply, so
+            # every one after the reply was created counts, not only those before its end
             self.speech_started_during_reply.append(t)
             return
         response = event.get("response")
