@@ -79,6 +79,7 @@ DEFAULT_INSTRUCTIONS: Final = (
     "You are a customer-service agent on the phone. Answer every question in four or five "
     "complete sentences, politely and in detail."
 )
+LINGER_MS: Final = 500  # after the reply's end: catches the speech_started that follows a cancel
 HUMAN_INTERRUPTIONS: Final = ("goforward", "cards-001", "cards-002")  # short pocketsphinx clips
 
 
@@ -393,7 +394,7 @@ async def run_trial(trial: Trial, target: Target, options: SessionOptions, seed:
     barge_in = None
     if trial.overlay is not None:
         barge_in = BargeInPlan(trial.overlay, trial.after_ms, expects_reply=trial.scenario == "real")
-    plans = [TurnPlan(trial.question, barge_in)]
+    plans = [TurnPlan(trial.question, barge_in, linger_ms=LINGER_MS)]
     session_options = dataclasses.replace(
         options, url=target.url, deadline_s=session_deadline_s(plans, options)
     )

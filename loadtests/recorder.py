@@ -120,6 +120,7 @@ class TurnRecorder:
         # an overlay that needs no answer (see BargeInPlan.expects_reply): how long after its
         # last frame to wait for a response to it; None: wait for one
         self.reply_grace_s: float | None = None
+        self.linger_s = 0.0  # after response.done, still recorded this long (TurnPlan.linger_ms)
         self.speech_started_during_reply: list[float] = []
         self._started_s: float | None = None
         self._stopped_s: float | None = None

@@ -133,6 +133,9 @@ class TurnPlan:
     utterance: Utterance
     barge_in: BargeInPlan | None = None
     pause_ms: int | None = None  # silence after this turn's reply; None: SessionOptions.pause_ms
+    # after the reply's response.done, keep recording this long: a server announces the
+    # speech_started of a barge-in just after the cancellation it caused
+    linger_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -473,6 +476,7 @@ class _SessionRunner:
     async def _run_turn(self, index: int, plan: TurnPlan, mic: Microphone) -> None:
         options = self._options
         main = TurnRecorder(index, mic.say(plan.utterance), "turn")
+        main.linger_s = plan.linger_ms / 1000
         if plan.barge_in is not None:
             main.barge_in_after_ms = plan.barge_in.after_ms
         self._active = [main]
@@ -496,6 +500,8 @@ class _SessionRunner:
             for recorder in pending:
                 if recorder.done_s is not None:
                     wake = min(wake, recorder.done_s + options.transcript_grace_s)
+                    if now < recorder.done_s + recorder.linger_s:
+                        wake = min(wake, recorder.done_s + recorder.linger_s)
                 unanswered_s = recorder.unanswered_until_s
                 if unanswered_s is not None:  # still being spoken (inf): look again soon
                     wake = min(wake, now + 0.1 if math.isinf(unanswered_s) else max(unanswered_s, now + 0.01))
@@ -527,6 +533,8 @@ class _SessionRunner:
             unanswered_s = recorder.unanswered_until_s
             main_done = self._main is not None and self._main.is_done
             return unanswered_s is not None and main_done and now >= unanswered_s
+        if now < recorder.done_s + recorder.linger_s:
+            return False
         return (
             not recorder.is_missing_transcripts or now >= recorder.done_s + self._options.transcript_grace_s
         )

@@ -196,5 +196,6 @@ async def test_trials_against_the_server_with_fake_models() -> None:
         real = Trial(1, "real", "clean", QUESTION, RoomOptions(), tone_clip("stop"), after_ms=300)
         interrupted = await run_trial(real, target, options, seed=0)
     assert echo.error is None and echo.is_self_interrupted and echo.status == "cancelled"
+    assert echo.speech_started == 1  # announced after the cancellation: the trial lingers for it
     assert interrupted.error is None and interrupted.overlay_sent and interrupted.status == "cancelled"
     assert interrupted.stale_audio_ms is not None and interrupted.stale_audio_ms >= 0
