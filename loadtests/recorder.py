@@ -39,6 +39,7 @@ class BargeInResult:
 
     interrupter: str
     planned_after_ms: int
+    expects_reply: bool = True  # False: a backchannel or a noise, which should not interrupt
     sent: bool = False
     started_after_ms: float | None = None  # reply heard when the interrupter's first voiced frame went
     reaction_ms: float | None = None
@@ -107,6 +108,7 @@ class TurnRecorder:
         self.role = role
         self.interrupter: Speech | None = None
         self.barge_in_after_ms: int | None = None
+        self.barge_in_expects_reply = True
         self.response_id: str | None = None
         self.created_s: float | None = None
         self.done_s: float | None = None
@@ -266,6 +268,7 @@ class TurnRecorder:
         result = BargeInResult(
             interrupter="" if interrupter is None else interrupter.utterance.name,
             planned_after_ms=self.barge_in_after_ms,
+            expects_reply=self.barge_in_expects_reply,
             status=self.status,
             reason=self.reason,
         )

@@ -479,6 +479,7 @@ class _SessionRunner:
         main.linger_s = plan.linger_ms / 1000
         if plan.barge_in is not None:
             main.barge_in_after_ms = plan.barge_in.after_ms
+            main.barge_in_expects_reply = plan.barge_in.expects_reply
         self._active = [main]
         self._main = main
         deadline = time.monotonic() + plan.utterance.duration_ms / 1000 + options.reply_timeout_s
