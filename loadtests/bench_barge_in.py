@@ -75,10 +75,13 @@ from loadtests.stats import summarize
 
 Scenario = Literal["echo", "backchannel", "noise", "real"]
 SCENARIOS: Final[tuple[Scenario, ...]] = ("echo", "backchannel", "noise", "real")
+# long replies, so that an overlay 600-1500 ms in lands mid-reply; Voxgate's fast profile caps
+# a reply at two sentences, so they are asked to be long ones
 DEFAULT_INSTRUCTIONS: Final = (
-    "You are a customer-service agent on the phone. Answer every question in four or five "
-    "complete sentences, politely and in detail."
+    "You are a customer-service agent on the phone. Answer every question in two long, detailed "
+    "sentences of at least twenty words each."
 )
+DEFAULT_MAX_OUTPUT_TOKENS: Final = 200
 LINGER_MS: Final = 500  # after the reply's end: catches the speech_started that follows a cancel
 HUMAN_INTERRUPTIONS: Final = ("goforward", "cards-001", "cards-002")  # short pocketsphinx clips
 
@@ -503,6 +506,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--after-ms", default="600-1500", help="reply heard before the overlay, a range (default %(default)s)"
     )
     add("--instructions", default=DEFAULT_INSTRUCTIONS, help="session instructions ('' to send none)")
+    add(
+        "--max-output-tokens",
+        type=int,
+        default=DEFAULT_MAX_OUTPUT_TOKENS,
+        help="reply cap sent in session.update (default %(default)s; 0: send none)",
+    )
     add("--model", default="voxgate-cascade", help="sent as ?model=")
     add("--silence-ms", type=int, default=300, help="server VAD silence_duration_ms (-1: the server's)")
     add("--reply-timeout-s", type=float, default=30.0, help="wait for a reply at most this long")
@@ -554,6 +563,7 @@ async def run(args: argparse.Namespace, progress: Callable[[TrialOutcome], None]
         model=args.model,
         silence_duration_ms=None if args.silence_ms < 0 else args.silence_ms,
         instructions=args.instructions or None,
+        max_output_tokens=args.max_output_tokens if args.max_output_tokens > 0 else None,
         lead_silence_ms=500,
         pause_ms=500,
         reply_timeout_s=args.reply_timeout_s,
@@ -562,6 +572,7 @@ async def run(args: argparse.Namespace, progress: Callable[[TrialOutcome], None]
         "argv": sys.argv[1:],
         "plan": dataclasses.asdict(options),
         "instructions": session.instructions,
+        "max_output_tokens": session.max_output_tokens,
         "silence_duration_ms": session.silence_duration_ms,
         "seed": args.seed,
         "trials": len(trials),

@@ -99,6 +99,7 @@ class SessionOptions:
     silence_duration_ms: int | None = None  # server_vad's; None: the server's
     eagerness: Eagerness | None = None  # semantic_vad's; None: the server's
     instructions: str | None = None  # sent in session.update if set
+    max_output_tokens: int | None = None  # likewise (beta: max_response_output_tokens)
     frame_ms: int = 20
     lead_silence_ms: int = 500  # silence before the first turn
     pause_ms: int = 1000  # silence after a reply ends, before the next turn
@@ -253,11 +254,15 @@ def turn_detection_request(options: SessionOptions) -> dict[str, Any] | None:
 
 
 def session_update(
-    turn_detection: dict[str, Any] | None, beta: bool, instructions: str | None = None
+    turn_detection: dict[str, Any] | None,
+    beta: bool,
+    instructions: str | None = None,
+    max_output_tokens: int | None = None,
 ) -> dict[str, Any]:
     """The `session.update` event setting pcm16 24 kHz audio, `turn_detection` (if not None;
     in the beta dialect `session.turn_detection`, in the GA one
-    `session.audio.input.turn_detection`) and `instructions` (if not None)."""
+    `session.audio.input.turn_detection`), `instructions` and `max_output_tokens` (beta:
+    `max_response_output_tokens`) if not None."""
     if beta:
         session: dict[str, Any] = {"input_audio_format": "pcm16", "output_audio_format": "pcm16"}
         if turn_detection is not None:
@@ -270,6 +275,8 @@ def session_update(
         session = {"type": "realtime", "audio": {"input": audio_input, "output": {"format": pcm}}}
     if instructions is not None:
         session["instructions"] = instructions
+    if max_output_tokens is not None:
+        session["max_response_output_tokens" if beta else "max_output_tokens"] = max_output_tokens
     return {"type": "session.update", "session": session}
 
 
@@ -445,9 +452,11 @@ class _SessionRunner:
             if self._silence_ms is None:
                 self._silence_ms = silence_duration_of(session)
         request = turn_detection_request(options)
-        if request is not None or options.instructions is not None:
+        extra = (options.instructions, options.max_output_tokens)
+        if request is not None or any(value is not None for value in extra):
             self.result.turn_detection_sent = request
-            await ws.send(json.dumps(session_update(request, options.beta, options.instructions)))
+            update = session_update(request, options.beta, options.instructions, options.max_output_tokens)
+            await ws.send(json.dumps(update))
             updated = await self._expect("session.updated")
             announced = updated.event.get("session")
             self.result.turn_detection = turn_detection_of(announced) or self.result.turn_detection
