@@ -24,6 +24,8 @@ What the session does:
    that `expects_reply` False (a backchannel, a noise) need not be answered: the turn ends
    when the talked-over reply has ended and, unless the server started a response to the
    overlay (then that one's end), `reply_grace_s` after the overlay's last frame was sent;
+   A turn's `linger_ms` keeps recording after its reply's response.done (a server announces
+   a barge-in's speech_started just after the cancellation it caused);
 4. with a `Room` (`loadtests.room`), the microphone hears the room too: every reply audio
    delta is pushed on its player as it is received, and its echo and noise go into each frame.
 

@@ -34,7 +34,7 @@ from loadtests.session import SessionResult
 from server.model.fakes import FakeAsr, FakeLlm
 from tests.conftest import fake_app
 from tests.harness import running_server
-from tests.loadtests.scripted_server import quick_options, tone_clip
+from tests.loadtests.scripted_server import Script, quick_options, scripted_server, tone_clip
 
 QUESTION = tone_clip("question")
 OVERLAY = tone_clip("uh-huh", lead_ms=100, tone_ms=300, tail_ms=100)
@@ -199,3 +199,18 @@ async def test_trials_against_the_server_with_fake_models() -> None:
     assert echo.speech_started == 1  # announced after the cancellation: the trial lingers for it
     assert interrupted.error is None and interrupted.overlay_sent and interrupted.status == "cancelled"
     assert interrupted.stale_audio_ms is not None and interrupted.stale_audio_ms >= 0
+
+
+async def test_a_backchannel_over_a_server_that_holds_the_reply_then_resumes() -> None:
+    """The scripted fake server holds its reply for 300 ms when voice starts over it and neither
+    cancels nor answers: the trial waits out the unanswered overlay and sees the reply complete,
+    with a pause after the backchannel began."""
+    script = Script(reply_audio_ms=1500, backchannel_hold_ms=300)
+    async with scripted_server(script) as (url, log):
+        options = quick_options(url)
+        backchannel = Trial(0, "backchannel", "uh-huh", QUESTION, RoomOptions(), OVERLAY, after_ms=400)
+        outcome = await run_trial(backchannel, Target("scripted", url), options, seed=0)
+    assert outcome.error is None and outcome.overlay_sent
+    assert outcome.status == "completed" and not outcome.is_self_interrupted
+    assert outcome.pause_ms is not None and outcome.pause_ms > 0 and outcome.stalls >= 1
+    assert len(log.speech_end_received) == 1  # the server answered the question only
