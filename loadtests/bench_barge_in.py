@@ -14,7 +14,8 @@ caller's microphone hears during the reply depends on the scenario:
   the reply completes, with a short pause (the player's longest stall that began after the
   backchannel's first voiced frame was sent);
 - noise: the same, with a door slam, a cough, keyboard clicks or a burst of music;
-- real: a real interruption (four flite voices and human recordings), without and with echo
+- real: a real interruption (the corpus's sentences in flite's four voices, and short human
+  recordings of pocketsphinx-testdata), without and with echo
   (`--real-echo-db`, `--real-echo-delay-ms`). Wanted: the reply is `cancelled` with reason
   `turn_detected`, and little stale audio: the time from sending the interruption's first
   voiced frame to receiving the cancelled reply's last audio delta (`BargeInResult.reaction_ms`).
