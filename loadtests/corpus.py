@@ -47,7 +47,7 @@ NOISE_MARGIN_DB: Final = 6.0  # ...and this far above the clip's noise floor...
 SPEECH_ABSOLUTE_FLOOR_RMS: Final = 100.0  # ...and above -50 dBFS (int16 units)
 MIN_VOICED_RUN_MS: Final = 30  # shorter voiced runs are clicks, not speech
 
-Source = Literal["human", "synthetic", "pauses", "file"]
+Source = Literal["human", "synthetic", "pauses", "file", "noise"]  # noise: loadtests.overlays
 SOURCES: Final[tuple[Source, ...]] = ("human", "synthetic", "pauses")
 
 SYNTHETIC_SENTENCES: Final[tuple[str, ...]] = (

@@ -14,7 +14,11 @@ A caller is one simulated person on one connection (see `loadtests.session` for 
 session speaks and what it measures). It says utterances drawn at random from the corpus,
 waits for each reply and is silent for a random pause (`pause_ms` range) before the next, like
 a person; with probability `barge_in_rate` it talks over a reply once a random amount
-(`barge_in_after_ms` range) of it has been heard, with another utterance. If its session is
+(`barge_in_after_ms` range) of it has been heard, with another utterance; otherwise, with
+probability `backchannel_rate`, it says a backchannel ("uh-huh", from `backchannels`) over the
+reply once `backchannel_after_ms` of it has been heard, which should not interrupt it. With a
+`room`, every session's microphone also hears the echo of the reply and the room's noise
+(`loadtests.room`). If its session is
 refused or drops (closed by the server, a stalled reply), it calls again `redial_s` later, so
 the offered load stays at N; every session is kept, with its caller and attempt number.
 
@@ -36,6 +40,7 @@ from typing import Final
 
 from loadtests.corpus import Utterance
 from loadtests.recorder import TurnResult
+from loadtests.room import Room, RoomOptions
 from loadtests.session import BargeInPlan, SessionOptions, SessionResult, TurnPlan, run_session
 
 HARD_MARGIN_S: Final = 5.0
@@ -59,6 +64,10 @@ class LoadPlan:
     pause_ms: tuple[int, int] = (800, 2000)
     redial_s: float = 1.0
     seed: int = 0
+    room: RoomOptions | None = None  # echo and noise mixed into every session's microphone
+    backchannel_rate: float = 0.0
+    backchannel_after_ms: tuple[int, int] = (600, 1500)
+    backchannels: tuple[Utterance, ...] = ()
     caller_ids: range | None = None  # the callers this process runs; None: all of them
 
     def __post_init__(self) -> None:
@@ -68,6 +77,10 @@ class LoadPlan:
             raise ValueError("duration must be positive, ramp and grace not negative")
         if not 0.0 <= self.barge_in_rate <= 1.0:
             raise ValueError("barge_in_rate must be within [0, 1]")
+        if not 0.0 <= self.backchannel_rate <= 1.0:
+            raise ValueError("backchannel_rate must be within [0, 1]")
+        if self.backchannel_rate > 0 and not self.backchannels:
+            raise ValueError("a backchannel_rate needs backchannel clips")
 
     @property
     def callers(self) -> range:
@@ -153,8 +166,12 @@ def plan_call(
     barge_in_rate: float,
     barge_in_after_ms: tuple[int, int],
     pause_ms: tuple[int, int],
+    backchannel_rate: float = 0.0,
+    backchannel_after_ms: tuple[int, int] = (600, 1500),
+    backchannels: Sequence[Utterance] = (),
 ) -> list[TurnPlan]:
-    """`count` turns: random utterances, random pauses, some talked over by another utterance."""
+    """`count` turns: random utterances, random pauses, some talked over by another utterance,
+    some (of the others) with a backchannel over the reply."""
     plans = []
     for _ in range(count):
         utterance = rng.choice(corpus)
@@ -162,6 +179,9 @@ def plan_call(
         if barge_in_rate > 0 and rng.random() < barge_in_rate:
             others = [u for u in corpus if u is not utterance] or list(corpus)
             barge_in = BargeInPlan(rng.choice(others), rng.randint(*barge_in_after_ms))
+        elif backchannel_rate > 0 and rng.random() < backchannel_rate:
+            clip = rng.choice(backchannels)
+            barge_in = BargeInPlan(clip, rng.randint(*backchannel_after_ms), expects_reply=False)
         plans.append(TurnPlan(utterance, barge_in, pause_ms=rng.randint(*pause_ms)))
     return plans
 
@@ -240,14 +260,20 @@ class Load:
                 barge_in_rate=plan.barge_in_rate,
                 barge_in_after_ms=plan.barge_in_after_ms,
                 pause_ms=plan.pause_ms,
+                backchannel_rate=plan.backchannel_rate,
+                backchannel_after_ms=plan.backchannel_after_ms,
+                backchannels=plan.backchannels,
             )
             record = CallerSession(
                 caller, attempt, time.monotonic() - self._t0, SessionResult(url=plan.session.url)
             )
             self._result.sessions.append(record)
             options = dataclasses.replace(plan.session, deadline_s=remaining_s)
+            room = None
+            if plan.room is not None and not plan.room.is_quiet:
+                room = Room(plan.room, time.monotonic(), seed=plan.seed * 1_000_003 + caller * 1009 + attempt)
             try:
-                await run_session(options, turns, result=record.result, stop=self._stop)
+                await run_session(options, turns, result=record.result, stop=self._stop, room=room)
             finally:
                 record.ended_s = time.monotonic() - self._t0
             attempt += 1

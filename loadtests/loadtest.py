@@ -3,10 +3,18 @@
     voxgate loadtest --url ws://127.0.0.1:8000/v1/realtime --sessions 8 --duration 60s \\
         --ramp 10s --barge-in-rate 0.3 --target voice_to_voice_p95=500ms --out results/
     voxgate loadtest --url ws://127.0.0.1:8000/v1/realtime --sweep 1,2,4,8,16 --duration 30s
+    voxgate loadtest --url ws://127.0.0.1:8000/v1/realtime --sessions 4 --duration 60s \
+        --echo-db -12 --echo-delay-ms 120 --backchannel-rate 0.3
 
 N callers (see `loadtests.load`) speak recorded and synthetic speech (the corpus, or `--audio
 DIR` of WAV files with optional .txt transcripts beside them) to the server at real time in
 20 ms frames for the duration; every turn is timed at the client (see `loadtests.session`).
+Real rooms: `--echo-db DB --echo-delay-ms MS` mixes the echo of the reply (as the caller's
+loudspeaker plays it, through a synthetic room, `--rt60`) and `--noise-db` background noise
+into every microphone (`loadtests.room`); `--backchannel-rate R` says "uh-huh", "yeah", ...
+over that share of the replies not talked over (`loadtests.overlays`), which should not stop
+them. The summary then counts self-interruptions (replies cancelled that nobody talked over),
+the backchannels' completed replies, and `backchannel_pause` (the gap a caller hears).
 Before and after each step the server's `/metrics` (same host and port as --url) is scraped,
 and its own per-stage histograms are printed beside the client's figures.
 
@@ -51,6 +59,7 @@ from loadtests.corpus import (
 )
 from loadtests.histogram import LatencyHistogram
 from loadtests.load import LoadPlan, LoadSnapshot
+from loadtests.overlays import load_backchannels
 from loadtests.plot import PlotUnavailable, plot_distribution, plot_sweep
 from loadtests.prometheus import ScrapeError, metrics_url, scrape
 from loadtests.report import (
@@ -63,6 +72,7 @@ from loadtests.report import (
     summarize_step,
     write_samples_csv,
 )
+from loadtests.room import EchoOptions, RoomOptions
 from loadtests.session import SessionOptions
 from loadtests.step import run_step
 from loadtests.target import Capacity, Target, capacity, parse_duration_s, parse_sweep, parse_target
@@ -221,6 +231,21 @@ def build_parser(prog: str = "python -m loadtests.loadtest") -> argparse.Argumen
         default="800ms-2s",
         help="silence between a reply and the next turn, a range (default %(default)s)",
     )
+    add(
+        "--echo-db",
+        type=float,
+        default=None,
+        help="mix the reply's echo into every microphone at this level (dB)",
+    )
+    add("--echo-delay-ms", type=float, default=120.0, help="the echo's delay (default %(default)s)")
+    add("--rt60", default="300ms", help="the echo's room reverberation time (default %(default)s; 0: none)")
+    add("--noise-db", type=float, default=None, help="background noise in every microphone, dBFS RMS")
+    add("--backchannel-rate", type=float, default=0.0, help="share of replies with an uh-huh over them")
+    add(
+        "--backchannel-after",
+        default="600ms-1500ms",
+        help="reply heard before the backchannel, a range (default %(default)s)",
+    )
     add("--target", action="append", default=[], help="e.g. voice_to_voice_p95=500ms (repeatable)")
     add("--out", type=Path, default=Path("results"), help="directory for the JSON, CSV and PNG files")
     add("--name", default=None, help="file name stem (default loadtest-YYYYmmdd-HHMMSS)")
@@ -308,6 +333,10 @@ def settings_from_args(args: argparse.Namespace) -> StepSettings:
             barge_in_after_ms=parse_range_ms(args.barge_in_after),
             pause_ms=parse_range_ms(args.pause),
             seed=args.seed,
+            room=room_options(args),
+            backchannel_rate=args.backchannel_rate,
+            backchannel_after_ms=parse_range_ms(args.backchannel_after),
+            backchannels=tuple(load_backchannels(args.cache_dir)) if args.backchannel_rate > 0 else (),
         )
         if args.processes < 1:
             raise ValueError("--processes must be at least 1")
@@ -320,8 +349,19 @@ def settings_from_args(args: argparse.Namespace) -> StepSettings:
             progress_every_s=parse_duration_s(args.progress_every),
             settle_s=parse_duration_s(args.settle),
         )
-    except ValueError as exc:
+    except (ValueError, CorpusUnavailable) as exc:
         raise LoadtestError(str(exc)) from exc
+
+
+def room_options(args: argparse.Namespace) -> RoomOptions | None:
+    """The room of --echo-db, --echo-delay-ms, --rt60 and --noise-db; None if neither is set."""
+    echo = None
+    if args.echo_db is not None:
+        echo = EchoOptions(
+            delay_ms=args.echo_delay_ms, level_db=args.echo_db, rt60_s=parse_duration_s(args.rt60)
+        )
+    room = RoomOptions(echo=echo, noise_db=args.noise_db)
+    return None if room.is_quiet else room
 
 
 def machine_description() -> dict[str, Any]:
@@ -399,7 +439,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m loadtests.loa
     print(
         f"loadtest: {args.url}, sessions {','.join(map(str, settings.counts))}, {plan.duration_s:g} s each "
         f"(ramp {plan.ramp_s:g} s, grace {plan.grace_s:g} s), {len(corpus)} utterances, "
-        f"barge-in rate {plan.barge_in_rate:g}, {settings.processes} process(es)",
+        f"barge-in rate {plan.barge_in_rate:g}, backchannel rate {plan.backchannel_rate:g}, "
+        f"echo {'none' if plan.room is None or plan.room.echo is None else f'{plan.room.echo.level_db:g} dB'}, "
+        f"{settings.processes} process(es)",
         file=sys.stderr,
         flush=True,
     )
@@ -412,6 +454,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m loadtests.loa
         "ramp_s": plan.ramp_s,
         "grace_s": plan.grace_s,
         "barge_in_rate": plan.barge_in_rate,
+        "backchannel_rate": plan.backchannel_rate,
+        "room": None if plan.room is None else dataclasses.asdict(plan.room),
         "processes": settings.processes,
         "targets": [t.label + "=" + t.format_limit() for t in settings.targets],
         "utterances": [u.name for u in corpus],

@@ -7,6 +7,11 @@ would have captured it; it never stops, sending digital silence when nothing is 
 sample, the last voiced sample and the clip's end were sent. Those send times are the origins
 of every latency the benchmark reports. `sent_s_at()` tells when the frame that completed a
 given amount of input audio went out (the server's stream time, e.g. its end-of-turn deadline).
+
+With a `background` (a `loadtests.room.Room`: the echo of the reply, room noise), every frame
+is the queued speech plus `background.pull(capture_start_s, samples)`, clipped to int16, where
+frame k's capture starts at start + k * frame_ms; the landmarks still come from the utterance
+alone.
 """
 
 from __future__ import annotations
@@ -19,14 +24,21 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+from numpy.typing import NDArray
 from websockets.exceptions import ConnectionClosed
 
 from loadtests.corpus import SAMPLE_RATE_HZ, Utterance
 
 SENT_HISTORY_FRAMES = 3000  # send times kept for `sent_s_at`: 60 s of 20 ms frames
+
+
+class Background(Protocol):
+    def pull(self, start_s: float, n: int) -> NDArray[np.float64]:
+        """The `n` samples (int16 units, float) heard from `start_s` besides the caller's speech."""
+        ...
 
 
 @dataclass(slots=True, eq=False)
@@ -55,12 +67,14 @@ class Microphone:
         frame_ms: int = 20,
         clock: Callable[[], float] = time.monotonic,
         history_frames: int = SENT_HISTORY_FRAMES,
+        background: Background | None = None,
     ) -> None:
         self._send = send
         self._clock = clock
         self.frame_ms = frame_ms
         self._frame_samples = SAMPLE_RATE_HZ * frame_ms // 1000
         self._silence = _append_event(np.zeros(self._frame_samples, dtype=np.int16))
+        self._background = background
         self._queue: deque[Speech] = deque()
         self.frames_sent = 0
         self.late_frames = 0
@@ -103,7 +117,7 @@ class Microphone:
                 self.max_lateness_s = max(self.max_lateness_s, -delay)
                 if -delay > frame_s:
                     self.late_frames += 1
-            payload, speech, landmarks = self._next_frame()
+            payload, speech, landmarks = self._next_frame(start + k * frame_s)
             try:
                 await self._send(payload)
             except ConnectionClosed:
@@ -116,9 +130,18 @@ class Microphone:
                 for landmark in landmarks:
                     setattr(speech, landmark, sent)
 
-    def _next_frame(self) -> tuple[str, Speech | None, list[str]]:
+    def _next_frame(self, capture_start_s: float) -> tuple[str, Speech | None, list[str]]:
+        payload, speech, landmarks = self._next_speech()
+        if self._background is None:
+            return _append_event(payload) if payload is not None else self._silence, speech, landmarks
+        mixed = self._background.pull(capture_start_s, self._frame_samples)
+        if payload is not None:
+            mixed = mixed + payload
+        return _append_event(np.clip(np.round(mixed), -32768, 32767).astype(np.int16)), speech, landmarks
+
+    def _next_speech(self) -> tuple[NDArray[np.int16] | None, Speech | None, list[str]]:
         if not self._queue:
-            return self._silence, None, []
+            return None, None, []
         speech = self._queue[0]
         n = self._frame_samples
         utterance = speech.utterance
@@ -138,7 +161,7 @@ class Microphone:
         if index >= last:
             landmarks.append("done_sent_s")
             self._queue.popleft()
-        return _append_event(chunk), speech, landmarks
+        return chunk, speech, landmarks
 
 
 def _append_event(samples: np.ndarray[Any, np.dtype[np.int16]]) -> str:

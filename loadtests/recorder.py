@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
 
 from loadtests.corpus import SAMPLE_RATE_HZ
 from loadtests.microphone import Speech
@@ -35,10 +39,14 @@ class BargeInResult:
 
     interrupter: str
     planned_after_ms: int
+    expects_reply: bool = True  # False: a backchannel or a noise, which should not interrupt
     sent: bool = False
     started_after_ms: float | None = None  # reply heard when the interrupter's first voiced frame went
     reaction_ms: float | None = None
     audio_after_interrupt_ms: float | None = None
+    # the player's longest wait on reply audio that began after the interrupter's first voiced
+    # frame was sent: the pause a caller hears when the server holds the reply, then resumes it
+    max_stall_after_interrupt_ms: float | None = None
     status: str | None = None  # the interrupted response's final status
     reason: str | None = None
 
@@ -75,6 +83,7 @@ class TurnResult:
     audio_stalls: int = 0
     audio_stall_ms: float = 0.0
     max_audio_stall_ms: float = 0.0
+    speech_started_during_reply: int = 0  # input_audio_buffer.speech_started after the reply was created
     malformed_audio: int = 0  # audio deltas whose payload was not base64 pcm16
     response_status: str | None = None
     response_reason: str | None = None
@@ -99,6 +108,7 @@ class TurnRecorder:
         self.role = role
         self.interrupter: Speech | None = None
         self.barge_in_after_ms: int | None = None
+        self.barge_in_expects_reply = True
         self.response_id: str | None = None
         self.created_s: float | None = None
         self.done_s: float | None = None
@@ -109,6 +119,11 @@ class TurnRecorder:
         self.malformed_audio = 0
         self.stopped_audio_end_ms: int | None = None  # the server's end of speech, stream time
         self.endpoint_sent_s: float | None = None  # set by the session: see TurnResult
+        # an overlay that needs no answer (see BargeInPlan.expects_reply): how long after its
+        # last frame to wait for a response to it; None: wait for one
+        self.reply_grace_s: float | None = None
+        self.linger_s = 0.0  # after response.done, still recorded this long (TurnPlan.linger_ms)
+        self.speech_started_during_reply: list[float] = []
         self._started_s: float | None = None
         self._stopped_s: float | None = None
         self._items: list[str] = []
@@ -120,6 +135,15 @@ class TurnRecorder:
     @property
     def is_done(self) -> bool:
         return self.done_s is not None
+
+    @property
+    def unanswered_until_s(self) -> float | None:
+        """For an overlay that needs no answer and got none so far: when to stop waiting for
+        one (inf while it is still being spoken). None for everything else."""
+        if self.reply_grace_s is None or self.response_id is not None:
+            return None
+        sent = self.speech.done_sent_s
+        return math.inf if sent is None else sent + self.reply_grace_s
 
     @property
     def is_missing_transcripts(self) -> bool:
@@ -134,6 +158,11 @@ class TurnRecorder:
             return
         if self.response_id is None:
             self._observe_input(kind, event, t)
+            return
+        if kind == "input_audio_buffer.speech_started":
+            # a server announces a barge-in's speech just after it cancelled the reply, so
+            # every one after the reply was created counts, not only those before its end
+            self.speech_started_during_reply.append(t)
             return
         response = event.get("response")
         if kind == "response.done" and isinstance(response, dict) and response.get("id") == self.response_id:
@@ -221,6 +250,7 @@ class TurnRecorder:
             audio_stalls=len(stalls),
             audio_stall_ms=sum(stalls),
             max_audio_stall_ms=max(stalls, default=0.0),
+            speech_started_during_reply=len(self.speech_started_during_reply),
             malformed_audio=self.malformed_audio,
             response_status=self.status,
             response_reason=self.reason,
@@ -238,6 +268,7 @@ class TurnRecorder:
         result = BargeInResult(
             interrupter="" if interrupter is None else interrupter.utterance.name,
             planned_after_ms=self.barge_in_after_ms,
+            expects_reply=self.barge_in_expects_reply,
             status=self.status,
             reason=self.reason,
         )
@@ -250,6 +281,9 @@ class TurnRecorder:
         after = [(t, ms) for t, ms in self.audio if t >= start]
         result.audio_after_interrupt_ms = sum(ms for _, ms in after)
         result.reaction_ms = max(0.0, (after[-1][0] - start) * 1000) if after else 0.0
+        result.max_stall_after_interrupt_ms = max(
+            (ms for t, ms in audio_stall_spans(self.audio) if t - ms / 1000 >= start), default=0.0
+        )
         return result
 
 
@@ -260,12 +294,18 @@ def audio_stalls_ms(arrivals: Sequence[tuple[float, float]]) -> list[float]:
     everything before it has played leaves a stall of the difference. Stalls shorter than
     STALL_TOLERANCE_MS are scheduling noise and are not reported.
     """
-    stalls: list[float] = []
+    return [ms for _, ms in audio_stall_spans(arrivals)]
+
+
+def audio_stall_spans(arrivals: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The stalls of `audio_stalls_ms` as (time s the player resumed, stall ms): the stall
+    began at resume - ms / 1000."""
+    stalls: list[tuple[float, float]] = []
     plays_until: float | None = None
     for t, ms in arrivals:
         if plays_until is None or t >= plays_until:
             if plays_until is not None and (t - plays_until) * 1000 >= STALL_TOLERANCE_MS:
-                stalls.append((t - plays_until) * 1000)
+                stalls.append((t, (t - plays_until) * 1000))
             plays_until = t
         plays_until += ms / 1000
     return stalls
@@ -279,6 +319,17 @@ def _pcm16_duration_ms(delta: object) -> float | None:
         return len(base64.b64decode(delta, validate=True)) / 2 * 1000 / SAMPLE_RATE_HZ
     except (binascii.Error, ValueError):
         return None
+
+
+def pcm16_samples(delta: object) -> NDArray[np.int16] | None:
+    """The samples of a base64 pcm16 (little-endian) payload, or None if it is not one."""
+    if not isinstance(delta, str):
+        return None
+    try:
+        raw = base64.b64decode(delta, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return np.frombuffer(raw[: len(raw) // 2 * 2], dtype="<i2").astype(np.int16)
 
 
 def str_or_none(value: object) -> str | None:

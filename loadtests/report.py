@@ -15,6 +15,9 @@ each starts and ends). The metrics, per turn unless said (`METRICS`):
 - barge_in_reaction: first interrupting frame sent -> last audio of the interrupted reply;
 - audio_after_interrupt: reply audio (ms of it) received after that frame;
 - audio_gap: the longest wait of a real-time player on reply audio (turns that had one);
+- backchannel_pause: the longest such wait that began after a backchannel said over the reply
+  went out (0 when the reply went on without one; the reply may also have been cancelled:
+  see the counts);
 - connect: opening the websocket -> session.created, per session.
 """
 
@@ -42,12 +45,31 @@ class Metric:
 
 
 def _barge_in_reaction(turn: TurnResult) -> float | None:
-    return turn.barge_in.reaction_ms if turn.barge_in is not None and turn.barge_in.sent else None
+    b = turn.barge_in
+    return b.reaction_ms if b is not None and b.sent and b.expects_reply else None
 
 
 def _audio_after_interrupt(turn: TurnResult) -> float | None:
     b = turn.barge_in
-    return b.audio_after_interrupt_ms if b is not None and b.sent else None
+    return b.audio_after_interrupt_ms if b is not None and b.sent and b.expects_reply else None
+
+
+def _backchannel_pause(turn: TurnResult) -> float | None:
+    b = turn.barge_in
+    return b.max_stall_after_interrupt_ms if b is not None and b.sent and not b.expects_reply else None
+
+
+def is_self_interruption(turn: TurnResult) -> bool:
+    """A reply cancelled `turn_detected` although the caller said nothing over it (no barge-in
+    went out, or only a backchannel): the server heard its own echo, or noise."""
+    b = turn.barge_in
+    talked_over = b is not None and b.sent and b.expects_reply
+    return (
+        turn.role == "turn"
+        and not talked_over
+        and turn.response_status == "cancelled"
+        and turn.response_reason == "turn_detected"
+    )
 
 
 METRICS: Final[dict[str, Metric]] = {
@@ -72,6 +94,9 @@ METRICS: Final[dict[str, Metric]] = {
     "audio_gap": Metric(
         "longest gap of a reply arriving slower than real time (turns with a gap)",
         lambda t: t.max_audio_stall_ms if t.audio_stalls else None,
+    ),
+    "backchannel_pause": Metric(
+        "longest gap in the reply after a backchannel said over it began", _backchannel_pause
     ),
 }
 CONNECT_METRIC: Final = "connect"  # per session: connecting -> session.created
@@ -103,6 +128,8 @@ class Counts:
     gaps: int
     gap_ms: float
     barge_ins: dict[str, int]
+    backchannels: dict[str, int]
+    self_interruptions: int  # see is_self_interruption
     malformed: int  # non-JSON or typeless events, undecodable audio
     server_errors: dict[str, int]  # error events by code
     errors: dict[str, int]  # client-side error records by kind
@@ -125,7 +152,9 @@ def count(result: LoadResult) -> Counts:
             errors[error.kind] += 1
             if error.kind == "server_error":
                 server_errors[error.code or "?"] += 1
-    planned = [t.barge_in for t in turns if t.barge_in is not None]
+    planned = [t.barge_in for t in turns if t.barge_in is not None and t.barge_in.expects_reply]
+    overlays = [t for t in turns if t.barge_in is not None and not t.barge_in.expects_reply]
+    said = [t for t in overlays if t.barge_in is not None and t.barge_in.sent]
     return Counts(
         callers=result.callers,
         sessions=len(sessions),
@@ -148,6 +177,14 @@ def count(result: LoadResult) -> Counts:
             "not_cancelled": sum(b.sent and not b.is_cancelled_by_turn for b in planned),
             "reply_ended_first": sum(not b.sent for b in planned),
         },
+        backchannels={
+            "planned": len(overlays),
+            "sent": len(said),
+            "completed": sum(t.response_status == "completed" for t in said),
+            "cancelled": sum(t.response_status == "cancelled" for t in said),
+            "reply_ended_first": len(overlays) - len(said),
+        },
+        self_interruptions=sum(is_self_interruption(t) for t in turns),
         malformed=errors["protocol"] + sum(t.malformed_audio for t in turns),
         server_errors=dict(server_errors),
         errors=dict(errors),
@@ -263,6 +300,17 @@ def format_counts(step: StepReport) -> list[str]:
             f"(turn_detected), {b['not_cancelled']} not cancelled, {b['reply_ended_first']} replies ended first"
         )
     server_errors = ", ".join(f"{k} {v}" for k, v in sorted(c.server_errors.items())) or "none"
+    bc = c.backchannels
+    if bc["planned"]:
+        rate = f"{bc['completed'] / bc['sent']:.0%}" if bc["sent"] else "-"
+        lines.append(
+            f"backchannels: {bc['planned']} planned, {bc['sent']} said over a reply: {bc['completed']} "
+            f"replies completed ({rate}), {bc['cancelled']} cancelled; {bc['reply_ended_first']} replies "
+            "ended first (pauses: backchannel_pause above)"
+        )
+    lines.append(
+        f"self-interruptions: {c.self_interruptions} replies cancelled (turn_detected) that nobody talked over"
+    )
     errors = ", ".join(f"{k} {v}" for k, v in sorted(c.errors.items())) or "none"
     lines.append(f"errors: {errors}; malformed events {c.malformed}; server error events: {server_errors}")
     cpu_share = r.client_cpu_s / r.wall_s if r.wall_s > 0 else 0.0

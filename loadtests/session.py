@@ -11,8 +11,8 @@ and the session closes after the current one.
 What the session does:
 1. connects to `ws://HOST:PORT/v1/realtime?model=...` and waits for `session.created`;
    optionally sends `session.update` (`turn_detection`: server VAD with `silence_duration_ms`,
-   or semantic VAD with `eagerness`; see `turn_detection_request`) and waits for
-   `session.updated`;
+   or semantic VAD with `eagerness`; see `turn_detection_request`; and `instructions`, if set)
+   and waits for `session.updated`;
 2. starts the `Microphone`: 20 ms frames of pcm16 24 kHz (`input_audio_buffer.append`) sent on
    an absolute schedule of the monotonic clock, frame k at start + (k + 1) * 20 ms, the moment
    a live microphone would have captured it. It never stops: silence when nothing is spoken;
@@ -20,7 +20,14 @@ What the session does:
    it has ended (`response.done`), then streams `pause_ms` more silence. With a `BargeInPlan`,
    once `after_ms` of reply audio has been heard (wall time since the reply's first audio
    arrived, i.e. a listener that plays audio as it arrives), the interrupting utterance is
-   spoken over the reply; it is then a turn of its own, measured the same way.
+   spoken over the reply; it is then a turn of its own, measured the same way. A barge-in
+   that `expects_reply` False (a backchannel, a noise) need not be answered: the turn ends
+   when the talked-over reply has ended and, unless the server started a response to the
+   overlay (then that one's end), `reply_grace_s` after the overlay's last frame was sent;
+   A turn's `linger_ms` keeps recording after its reply's response.done (a server announces
+   a barge-in's speech_started just after the cancellation it caused);
+4. with a `Room` (`loadtests.room`), the microphone hears the room too: every reply audio
+   delta is pushed on its player as it is received, and its echo and noise go into each frame.
 
 What is measured, all on `time.monotonic()` (receive times are taken as the reader gets each
 message; send times as soon as `websocket.send` returns):
@@ -59,6 +66,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -70,7 +78,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from loadtests.corpus import SAMPLE_RATE_HZ, Utterance
 from loadtests.microphone import Microphone
-from loadtests.recorder import TurnRecorder, TurnResult, str_or_none
+from loadtests.recorder import AUDIO_DELTA_EVENTS, TurnRecorder, TurnResult, pcm16_samples, str_or_none
+from loadtests.room import Room
 
 ErrorKind = Literal["connect", "timeout", "closed", "server_error", "protocol", "deadline"]
 TurnDetectionType = Literal["server_vad", "semantic_vad"]
@@ -91,6 +100,8 @@ class SessionOptions:
     turn_detection: TurnDetectionType | None = None  # None: server_vad if silence_duration_ms
     silence_duration_ms: int | None = None  # server_vad's; None: the server's
     eagerness: Eagerness | None = None  # semantic_vad's; None: the server's
+    instructions: str | None = None  # sent in session.update if set
+    max_output_tokens: int | None = None  # likewise (beta: max_response_output_tokens)
     frame_ms: int = 20
     lead_silence_ms: int = 500  # silence before the first turn
     pause_ms: int = 1000  # silence after a reply ends, before the next turn
@@ -110,10 +121,14 @@ class SessionOptions:
 
 @dataclass(frozen=True, slots=True)
 class BargeInPlan:
-    """Speak `utterance` over the reply once `after_ms` of it has been heard."""
+    """Speak `utterance` over the reply once `after_ms` of it has been heard. With
+    `expects_reply` False (a backchannel, a noise: nothing to answer), the turn does not wait
+    for a reply to it beyond `reply_grace_s` after its last frame (see the module docstring)."""
 
     utterance: Utterance
     after_ms: int = 500
+    expects_reply: bool = True
+    reply_grace_s: float = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +136,9 @@ class TurnPlan:
     utterance: Utterance
     barge_in: BargeInPlan | None = None
     pause_ms: int | None = None  # silence after this turn's reply; None: SessionOptions.pause_ms
+    # after the reply's response.done, keep recording this long: a server announces the
+    # speech_started of a barge-in just after the cancellation it caused
+    linger_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,13 +192,15 @@ async def run_session(
     *,
     result: SessionResult | None = None,
     stop: asyncio.Event | None = None,
+    room: Room | None = None,
 ) -> SessionResult:
     """Run the turns in one session; see the module docstring. Never hangs, never raises on
     server misbehaviour: failures end up in `SessionResult.errors`.
 
     `result`, if given, is filled in (and returned) as the session goes; `stop`, once set,
-    lets the current turn finish and starts no other."""
-    runner = _SessionRunner(options, result, stop)
+    lets the current turn finish and starts no other. `room`, if given, is what the microphone
+    hears besides the caller (its origin should be about now: the session's monotonic clock)."""
+    runner = _SessionRunner(options, result, stop, room)
     await runner.run(turns)
     return runner.result
 
@@ -235,38 +255,53 @@ def turn_detection_request(options: SessionOptions) -> dict[str, Any] | None:
     return detection
 
 
-def session_update(turn_detection: dict[str, Any], beta: bool) -> dict[str, Any]:
-    """The `session.update` event setting pcm16 24 kHz audio and `turn_detection`: in the
-    beta dialect `session.turn_detection`, in the GA one `session.audio.input.turn_detection`."""
+def session_update(
+    turn_detection: dict[str, Any] | None,
+    beta: bool,
+    instructions: str | None = None,
+    max_output_tokens: int | None = None,
+) -> dict[str, Any]:
+    """The `session.update` event setting pcm16 24 kHz audio, `turn_detection` (if not None;
+    in the beta dialect `session.turn_detection`, in the GA one
+    `session.audio.input.turn_detection`), `instructions` and `max_output_tokens` (beta:
+    `max_response_output_tokens`) if not None."""
     if beta:
-        session: dict[str, Any] = {
-            "input_audio_format": "pcm16",
-            "output_audio_format": "pcm16",
-            "turn_detection": turn_detection,
-        }
+        session: dict[str, Any] = {"input_audio_format": "pcm16", "output_audio_format": "pcm16"}
+        if turn_detection is not None:
+            session["turn_detection"] = turn_detection
     else:
         pcm = {"type": "audio/pcm", "rate": SAMPLE_RATE_HZ}
-        session = {
-            "type": "realtime",
-            "audio": {"input": {"format": pcm, "turn_detection": turn_detection}, "output": {"format": pcm}},
-        }
+        audio_input: dict[str, Any] = {"format": pcm}
+        if turn_detection is not None:
+            audio_input["turn_detection"] = turn_detection
+        session = {"type": "realtime", "audio": {"input": audio_input, "output": {"format": pcm}}}
+    if instructions is not None:
+        session["instructions"] = instructions
+    if max_output_tokens is not None:
+        session["max_response_output_tokens" if beta else "max_output_tokens"] = max_output_tokens
     return {"type": "session.update", "session": session}
 
 
 class _SessionRunner:
     def __init__(
-        self, options: SessionOptions, result: SessionResult | None, stop: asyncio.Event | None
+        self,
+        options: SessionOptions,
+        result: SessionResult | None,
+        stop: asyncio.Event | None,
+        room: Room | None = None,
     ) -> None:
         self._options = options
         self._url = session_url(options.url, options.model)
         self.result = result if result is not None else SessionResult(url=self._url)
         self.result.url = self._url
         self._stop = stop
+        self._room = room
         self._silence_ms: int | None = options.silence_duration_ms
         self._start = time.monotonic()
         self._events: asyncio.Queue[_Received | _Closed] = asyncio.Queue()
         self._active: list[TurnRecorder] = []
         self._mic: Microphone | None = None
+        self._main: TurnRecorder | None = None
         self._mic_task: asyncio.Task[None] | None = None
 
     def _error(self, kind: ErrorKind, message: str, turn: int | None = None, code: str | None = None) -> None:
@@ -349,6 +384,10 @@ class _SessionRunner:
                 if not isinstance(event.get("type"), str):
                     self._error("protocol", "the server sent an event without a type")
                     continue
+                if self._room is not None and event["type"] in AUDIO_DELTA_EVENTS:
+                    samples = pcm16_samples(event.get("delta"))
+                    if samples is not None:
+                        self._room.push_reply(samples, t)
                 self._events.put_nowait(_Received(t, event))
         except ConnectionClosed:
             pass
@@ -415,18 +454,22 @@ class _SessionRunner:
             if self._silence_ms is None:
                 self._silence_ms = silence_duration_of(session)
         request = turn_detection_request(options)
-        if request is not None:
+        extra = (options.instructions, options.max_output_tokens)
+        if request is not None or any(value is not None for value in extra):
             self.result.turn_detection_sent = request
-            await ws.send(json.dumps(session_update(request, options.beta)))
+            update = session_update(request, options.beta, options.instructions, options.max_output_tokens)
+            await ws.send(json.dumps(update))
             updated = await self._expect("session.updated")
             announced = updated.event.get("session")
             self.result.turn_detection = turn_detection_of(announced) or self.result.turn_detection
-            if request["type"] == "semantic_vad":
+            if request is None:
+                pass  # the server's turn detection, as session.created announced it
+            elif request["type"] == "semantic_vad":
                 self._silence_ms = None  # whatever the server echoes, we asked for no fixed silence
             else:
                 self._silence_ms = silence_duration_of(announced) or self._silence_ms
         self.result.silence_duration_ms = self._silence_ms
-        self._mic = Microphone(ws.send, options.frame_ms)
+        self._mic = Microphone(ws.send, options.frame_ms, background=self._room)
         self._mic_task = tasks.create_task(self._mic.run(), name="bench-microphone")
         await self._listen(options.lead_silence_ms / 1000)
         for index, plan in enumerate(turns):
@@ -444,9 +487,12 @@ class _SessionRunner:
     async def _run_turn(self, index: int, plan: TurnPlan, mic: Microphone) -> None:
         options = self._options
         main = TurnRecorder(index, mic.say(plan.utterance), "turn")
+        main.linger_s = plan.linger_ms / 1000
         if plan.barge_in is not None:
             main.barge_in_after_ms = plan.barge_in.after_ms
+            main.barge_in_expects_reply = plan.barge_in.expects_reply
         self._active = [main]
+        self._main = main
         deadline = time.monotonic() + plan.utterance.duration_ms / 1000 + options.reply_timeout_s
         while True:
             now = time.monotonic()
@@ -466,13 +512,21 @@ class _SessionRunner:
             for recorder in pending:
                 if recorder.done_s is not None:
                     wake = min(wake, recorder.done_s + options.transcript_grace_s)
+                    if now < recorder.done_s + recorder.linger_s:
+                        wake = min(wake, recorder.done_s + recorder.linger_s)
+                unanswered_s = recorder.unanswered_until_s
+                if unanswered_s is not None:  # still being spoken (inf): look again soon
+                    wake = min(wake, now + 0.1 if math.isinf(unanswered_s) else max(unanswered_s, now + 0.01))
             barge_in = plan.barge_in
             if barge_in is not None and main.interrupter is None and main.first_audio_s is not None:
                 if main.is_done:
                     pass  # the reply ended before the barge-in point: nothing to interrupt
                 elif now >= main.first_audio_s + barge_in.after_ms / 1000:
                     main.interrupter = mic.say(barge_in.utterance)
-                    self._active.append(TurnRecorder(index, main.interrupter, "interruption"))
+                    overlay = TurnRecorder(index, main.interrupter, "interruption")
+                    if not barge_in.expects_reply:
+                        overlay.reply_grace_s = barge_in.reply_grace_s
+                    self._active.append(overlay)
                     deadline = max(
                         deadline, now + barge_in.utterance.duration_ms / 1000 + options.reply_timeout_s
                     )
@@ -487,6 +541,11 @@ class _SessionRunner:
 
     def _is_finished(self, recorder: TurnRecorder, now: float) -> bool:
         if recorder.done_s is None:
+            # an overlay that needs no answer, still unanswered once the reply it talked over ended
+            unanswered_s = recorder.unanswered_until_s
+            main_done = self._main is not None and self._main.is_done
+            return unanswered_s is not None and main_done and now >= unanswered_s
+        if now < recorder.done_s + recorder.linger_s:
             return False
         return (
             not recorder.is_missing_transcripts or now >= recorder.done_s + self._options.transcript_grace_s

@@ -85,6 +85,9 @@ class Script:
     malformed: bool = False  # after response.created: non-JSON, an event without type, bad audio
     hang_after_chunks: int | None = None  # stop sending the reply after this many chunks
     first_audio_ms_per_session: float = 0.0  # first audio this much later per open session
+    # a server that tells backchannels from interruptions: voice over a reply holds the reply
+    # for this long, then it resumes where it paused; that voice is neither a barge-in nor a turn
+    backchannel_hold_ms: int | None = None
 
 
 @dataclass
@@ -134,6 +137,8 @@ class ScriptedConnection:
         self.turns = 0
         self.reply: asyncio.Task[None] | None = None
         self.interrupted_at: float | None = None
+        self.held_at: float | None = None  # voice over the reply began (backchannel_hold_ms)
+        self.in_overlay = False
         self.tasks: set[asyncio.Task[None]] = set()
 
     def record(self, name: str, value: Any) -> None:
@@ -184,6 +189,11 @@ class ScriptedConnection:
         if voiced:
             if not self.in_speech:
                 self.in_speech = True
+                replying = self.reply is not None and not self.reply.done()
+                if replying and self.script.backchannel_hold_ms is not None:
+                    self.held_at, self.in_overlay = t, True
+                    self.last_voiced_s = t
+                    return
                 self.record("onsets_received", t)
                 self.spawn(self.announce_start(t, self.item_id))
                 if self.reply is not None and not self.reply.done():
@@ -199,6 +209,9 @@ class ScriptedConnection:
         if self.silent_frames < self.script.end_silence_frames:
             return
         self.in_speech = False
+        if self.in_overlay:
+            self.in_overlay = False
+            return
         self.record("speech_end_received", self.last_voiced_s)
         self.record("endpoint_received", t)
         if self.script.close_at_speech_end:
@@ -245,8 +258,13 @@ class ScriptedConnection:
         # paced from when the first chunk really went out: a late start must not turn into
         # a catch-up burst, which would give the client more buffer than the script says
         start = time.monotonic()
+        lead_frames = script.lead_ms // 20
         for k in range(script.reply_audio_ms // 20):
-            due = start + max(0, k - script.lead_ms // 20) * 0.02
+            if self.held_at is not None and script.backchannel_hold_ms is not None:
+                await self.at(self.held_at, script.backchannel_hold_ms)  # hold, then resume here
+                self.held_at = None
+                start = time.monotonic() - max(0, k - lead_frames) * 0.02
+            due = start + max(0, k - lead_frames) * 0.02
             if script.pause_after_ms is not None and k >= script.pause_after_ms // 20:
                 due += script.pause_ms / 1000
             if self.interrupted_at is not None:

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from loadtests.gateway_overhead import cpu_seconds
 from loadtests.histogram import LatencyHistogram, merge
 from loadtests.load import CallerSession, LoadPlan, LoadResult, LoadSnapshot, plan_call, turns_needed
-from loadtests.loadtest import check_url, parse_range_ms
+from loadtests.loadtest import build_parser, check_url, parse_range_ms, room_options, settings_from_args
 from loadtests.plot import plot_distribution, plot_sweep
 from loadtests.prometheus import HistogramState, ScrapeError, metrics_url, parse_metrics, stage_view
 from loadtests.recorder import BargeInResult, TurnResult
@@ -270,3 +270,74 @@ def test_cpu_seconds_from_proc() -> None:
     used = cpu_seconds(os.getpid())
     assert used is not None and used > 0
     assert cpu_seconds(2**22 + 12345) is None
+
+
+def test_callers_say_backchannels_over_the_replies_not_talked_over() -> None:
+    corpus = [tone_clip("a"), tone_clip("b")]
+    backchannels = [tone_clip("bc-yeah", reference="yeah")]
+    plans = plan_call(
+        corpus,
+        random.Random("0:1"),
+        2000,
+        barge_in_rate=0.2,
+        barge_in_after_ms=(200, 400),
+        pause_ms=(500, 900),
+        backchannel_rate=0.5,
+        backchannel_after_ms=(600, 1500),
+        backchannels=backchannels,
+    )
+    overlays = [p.barge_in for p in plans if p.barge_in is not None and not p.barge_in.expects_reply]
+    interruptions = [p.barge_in for p in plans if p.barge_in is not None and p.barge_in.expects_reply]
+    assert 0.15 < len(interruptions) / len(plans) < 0.25
+    assert 0.35 < len(overlays) / len(plans) < 0.45  # half of the 80 % not talked over
+    assert all(b.utterance.name == "bc-yeah" and 600 <= b.after_ms <= 1500 for b in overlays)
+    with pytest.raises(ValueError, match="backchannel clips"):
+        LoadPlan(SessionOptions(url="ws://x"), sessions=1, duration_s=1, backchannel_rate=0.3)
+
+
+def test_counts_of_self_interruptions_and_backchannels() -> None:
+    def overlay(sent: bool, stall_ms: float) -> BargeInResult:
+        return BargeInResult("bc", 800, expects_reply=False, sent=sent, max_stall_after_interrupt_ms=stall_ms)
+
+    real = BargeInResult("b", 500, sent=True, reaction_ms=200.0)
+    turns = [
+        _turn(0, 400.0, response_status="cancelled", response_reason="turn_detected"),  # echo
+        _turn(1, 400.0, response_status="cancelled", response_reason="turn_detected", barge_in=real),
+        _turn(2, 400.0, response_status="completed", barge_in=overlay(True, 300.0)),
+        _turn(
+            3,
+            400.0,
+            response_status="cancelled",
+            response_reason="turn_detected",
+            barge_in=overlay(True, 0.0),
+        ),
+        _turn(4, 400.0, response_status="completed", barge_in=overlay(False, 0.0)),
+    ]
+    result = _load_result([_session(0, turns)])
+    counts = count(result)
+    assert counts.self_interruptions == 2  # the echo, and the reply a backchannel cancelled
+    assert counts.backchannels == {
+        "planned": 3,
+        "sent": 2,
+        "completed": 1,
+        "cancelled": 1,
+        "reply_ended_first": 1,
+    }
+    assert counts.barge_ins["planned"] == 1 and counts.barge_ins["cancelled"] == 0  # status not on it
+    histograms = histograms_of(result.sessions)
+    assert histograms["backchannel_pause"].count == 2 and histograms["barge_in_reaction"].count == 1
+    text = format_step(summarize_step(result, histograms, []))
+    assert "backchannels: 3 planned, 2 said over a reply: 1 replies completed (50%)" in text
+    assert "self-interruptions: 2 replies" in text
+
+
+def test_loadtest_options_build_the_room_and_load_backchannels(tmp_path: Path) -> None:
+    args = build_parser().parse_args(
+        ["--url", "ws://x/v1/realtime", "--echo-db", "-12", "--echo-delay-ms", "80", "--noise-db", "-55"]
+    )
+    room = room_options(args)
+    assert room is not None and room.echo is not None and room.noise_db == -55
+    assert (room.echo.level_db, room.echo.delay_ms, room.echo.rt60_s) == (-12, 80, 0.3)
+    assert room_options(build_parser().parse_args(["--url", "ws://x/v1/realtime"])) is None
+    settings = settings_from_args(args)
+    assert settings.plan.room == room and settings.plan.backchannels == ()
