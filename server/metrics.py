@@ -94,6 +94,11 @@ class Metrics:
             "voxgate_barge_in_silence_seconds",
             "Silence the caller heard while the reply paused for speech that did not take the floor",
         )
+        self.echo_frames = Counter(
+            "voxgate_echo_frames",
+            "VAD frames of the caller's audio explained by the reply's own echo (heard as silence)",
+            registry=self.registry,
+        )
         self.noise_ignored = Counter(
             "voxgate_noise_ignored", "Voiced bursts too short to be a turn", registry=self.registry
         )

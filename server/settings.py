@@ -81,11 +81,15 @@ class Settings(BaseSettings):
     # it saved, so turn it off on a box run at capacity
     anticipate_replies: bool = True
 
-    # the caller's audio is cleaned before VAD and recognition (server/audio_processing.py):
-    # the echo of the reply it is hearing cancelled (speakerphones, phone lines, clients
-    # without their own echo cancellation), and noise reduced: the sessions' default for
-    # OpenAI's input_audio_noise_reduction ("none": off, as OpenAI's default)
-    echo_cancellation: bool = True
+    # the reply's echo in the caller's audio (speakerphones, phone lines, clients without
+    # their own echo cancellation): echo_gate counts frames that the echo explains as silence
+    # for turn-taking, leaving the audio whole (server/streaming/echo_gate.py); echo_cancellation
+    # runs WebRTC's canceller on the audio itself (server/audio_processing.py), which also
+    # silences a caller who talks over the reply (measured: BENCHMARKS.md), so it is off.
+    # noise_reduction is the sessions' default for OpenAI's input_audio_noise_reduction
+    # ("none": off, as OpenAI's default)
+    echo_gate: bool = True
+    echo_cancellation: bool = False
     noise_reduction: Literal["none", "near_field", "far_field"] = "none"
 
     # outbound pacing

@@ -86,6 +86,7 @@ class Runtime:
             privacy=PrivacyOptions(
                 log_transcripts=s.log_transcripts, redact_transcripts=s.redact_transcripts
             ),
+            echo_gate=s.echo_gate,
             echo_cancellation=s.echo_cancellation,
             noise_reduction=None if s.noise_reduction == "none" else s.noise_reduction,
         )

@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+import numpy as np
+
 from server.audio import FrameChunker, PcmFrame, StreamResampler, ms_to_samples
 from server.audio_processing import InputProcessor
 from server.streaming.echo_reference import EchoReference
@@ -37,6 +39,7 @@ class VadFrame:
     start_ms: int
     duration_ms: int
     frame: PcmFrame
+    reference: PcmFrame | None = None  # the reply audio the caller heard over the same span
 
 
 class InputAudio:
@@ -64,6 +67,7 @@ class InputAudio:
         self.set_classifier(classifier)
         self._processor: InputProcessor | None = None
         self._reference = EchoReference(input_rate_hz)
+        self.tracks_reply = False  # keep the reply the caller hears beside their audio (echo)
 
     @property
     def processor(self) -> InputProcessor | None:
@@ -78,8 +82,9 @@ class InputAudio:
         self._reference.reset()
 
     def reply_plays(self, frame: PcmFrame, at_s: float) -> None:
-        """Reply audio the caller starts hearing at `at_s`: the echo canceller's reference."""
-        if self._processor is None or self.last_push_s is None:
+        """Reply audio the caller starts hearing at `at_s`: the reference of its echo, for the
+        echo canceller and the VAD frames (`tracks_reply`)."""
+        if not self.tracks_reply or self.last_push_s is None:
             return
         at_sample = self._reference.position + round((at_s - self.last_push_s) * self.input_rate_hz)
         self._reference.played(frame, at_sample)
@@ -105,6 +110,10 @@ class InputAudio:
         self._classifier = classifier
         self._vad_resampler = StreamResampler(self.input_rate_hz, classifier.sample_rate_hz, quality="QQ")
         self._vad_chunker = FrameChunker(classifier.frame_ms, classifier.sample_rate_hz)
+        # the reply's reference goes through the same steps, so its frames match the VAD's
+        self._ref_resampler = StreamResampler(self.input_rate_hz, classifier.sample_rate_hz, quality="QQ")
+        self._ref_chunker = FrameChunker(classifier.frame_ms, classifier.sample_rate_hz)
+        self._ref_frames: deque[PcmFrame] = deque(maxlen=64)
         self._vad_samples = vad_ms * classifier.sample_rate_hz // 1000  # the clock goes on
 
     def ahead_ms(self, extra_ms: float, now_s: float) -> float:
@@ -116,12 +125,14 @@ class InputAudio:
         resampler holds some back), and the VAD frames it completed (none unless `classify`)."""
         self._input_samples += frame.sample_count
         self.last_push_s = now_s
+        far = self._reference.take(frame.sample_count) if self.tracks_reply else None
         if self._processor is not None:
-            frame = self._processor.process(frame, self._reference.take(frame.sample_count))
+            silence = PcmFrame(np.zeros(frame.sample_count, dtype=np.int16), frame.sample_rate_hz)
+            frame = self._processor.process(frame, far if far is not None else silence)
         self._arrivals.append((self.input_ms, now_s))
         if len(self._arrivals) > _MAX_ARRIVALS:
             self._arrivals.popleft()
-        vad_frames = self._vad_frames(frame) if classify else []
+        vad_frames = self._vad_frames(frame, far) if classify else []
         model_frame = self._resampler.push(frame)
         if model_frame.sample_count:
             start_ms = self._model_samples * 1000 // self.model_rate_hz
@@ -135,12 +146,15 @@ class InputAudio:
                 self._preroll.popleft()
         return model_frame, vad_frames
 
-    def _vad_frames(self, frame: PcmFrame) -> list[VadFrame]:
+    def _vad_frames(self, frame: PcmFrame, far: PcmFrame | None) -> list[VadFrame]:
         out: list[VadFrame] = []
+        if far is not None:
+            self._ref_frames.extend(self._ref_chunker.push(self._ref_resampler.push(far)))
         for chunk in self._vad_chunker.push(self._vad_resampler.push(frame)):
             start_ms = self._vad_samples * 1000 // chunk.sample_rate_hz
             self._vad_samples += chunk.sample_count
-            out.append(VadFrame(start_ms, self._classifier.frame_ms, chunk))
+            reference = self._ref_frames.popleft() if self._ref_frames else None
+            out.append(VadFrame(start_ms, self._classifier.frame_ms, chunk, reference))
         return out
 
     def preroll_since(self, from_ms: int) -> list[PcmFrame]:

@@ -41,7 +41,7 @@ from server.model.base import (
     TurnEndScoring,
 )
 from server.model.tool_calls import ForcedTool, ToolChoice
-from server.streaming.capture import InputAudio
+from server.streaming.capture import InputAudio, VadFrame
 from server.streaming.commands import (
     AddFunctionOutput,
     AddUserText,
@@ -56,6 +56,7 @@ from server.streaming.commands import (
     TruncateItem,
     UpdateSession,
 )
+from server.streaming.echo_gate import EchoGate, EchoGateOptions
 from server.streaming.lifetime import EndSession, SessionEnd, SessionLifetime, WarnExpiring
 from server.streaming.notifier import EventNotifier
 from server.streaming.outputs import (
@@ -157,6 +158,9 @@ class Conversation:
             start_s=clock(),
         )
         self._processing: tuple[ProcessingOptions, int] | None = None  # what the input processor does
+        self._echo_gate = (
+            EchoGate(EchoGateOptions(), self._classifier.frame_ms) if options.echo_gate else None
+        )
         self._capturing = False
         self._captured: list[PcmFrame] = []  # this turn's audio, replayed if a speculation is abandoned
         self._captured_ms = 0
@@ -404,6 +408,7 @@ class Conversation:
         if self._processing == (options, rate):
             return
         self._processing = (options, rate)
+        self._input.tracks_reply = self._echo_gate is not None or options.echo_cancellation
         if not options.enabled or rate not in SUPPORTED_RATES_HZ:
             self._input.set_processor(None)  # (echo cancellation only: 44.1 kHz input goes without)
             return
@@ -448,7 +453,9 @@ class Conversation:
                     self._turns.receive(Tick(), now_ms=self._input.input_ms)
                     await self._run_turn_actions()
             for vad_frame in vad_frames:
-                probability = await self._speech_probability(vad_frame.frame)
+                probability = await self._speech_probability(vad_frame.frame)  # keeps the VAD's state
+                if self._is_echo(vad_frame):
+                    probability = 0.0
                 classified = FrameClassified(vad_frame.start_ms, vad_frame.duration_ms, probability)
                 self._turns.receive(classified, now_ms=vad_frame.start_ms + vad_frame.duration_ms)
                 await self._run_turn_actions()
@@ -475,6 +482,15 @@ class Conversation:
             reply_text = reply.transcript if reply is not None else ""
             self._turns.receive(WordsHeard(words, reply_text), now_ms=self._input.input_ms)
             await self._run_turn_actions()
+
+    def _is_echo(self, vad_frame: VadFrame) -> bool:
+        """The frame is explained by the reply's echo (echo_gate.py): silence to the VAD."""
+        if self._echo_gate is None or vad_frame.reference is None:
+            return False
+        if self._echo_gate.is_echo(vad_frame.frame, vad_frame.reference):
+            self._metrics.echo_frames.inc()
+            return True
+        return False
 
     def _deadline_due(self) -> bool:
         deadline = self._turns.next_deadline()

@@ -81,8 +81,10 @@ class ConversationOptions:
     max_audio_ahead_ms: int = 10_000
     lifetime: LifetimeOptions = field(default_factory=LifetimeOptions)
     privacy: PrivacyOptions = field(default_factory=PrivacyOptions)
-    # clean the caller's audio (server/audio_processing.py): cancel the echo of the reply in
-    # it (a server setting: no protocol field), and the sessions' default noise reduction
+    # the reply's echo in the caller's audio (server settings: no protocol field): frames the
+    # echo explains count as silence for turn-taking (echo_gate.py); and/or the audio is
+    # cleaned of it (server/audio_processing.py); the sessions' default noise reduction
+    echo_gate: bool = False
     echo_cancellation: bool = False
     noise_reduction: str | None = None
 

@@ -185,9 +185,15 @@ def test_compare_specs() -> None:
 
 
 async def test_trials_against_the_server_with_fake_models() -> None:
-    """Voxgate today (fake models, energy VAD): a loud echo of its own reply interrupts it, and
-    a tone said over the reply cancels it, and the benchmark sees both through the protocol."""
-    app = fake_app(FakeAsr(["hello"]), FakeLlm(["Sure, I can help with that, let me look it up."] * 2))
+    """Voxgate without its echo gate, in the `voice` barge-in mode (fake models, energy VAD): a
+    loud echo of its own reply interrupts it, and a tone said over the reply cancels it, and the
+    benchmark sees both through the protocol."""
+    app = fake_app(
+        FakeAsr(["hello"]),
+        FakeLlm(["Sure, I can help with that, let me look it up."] * 2),
+        echo_gate=False,
+        barge_in_mode="voice",
+    )
     async with running_server(app) as base_url:
         target = Target("fake", base_url.replace("http://", "ws://") + "/v1/realtime")
         options = quick_options(target.url, silence_duration_ms=200)

@@ -64,18 +64,26 @@ class EchoingCaller:
             await self._port.stream(frame)
 
 
-def run_with_echo(echo_cancellation: bool, words: bool = False) -> tuple[MemoryPort, list[str]]:
+def run_with_echo(
+    echo_cancellation: bool, words: bool = False, echo_gate: bool = False, barge_in: PcmFrame | None = None
+) -> tuple[MemoryPort, list[str]]:
+    """A question, then the reply's echo at -6 dB, 100 ms late; `barge_in` said over it 1.5 s in."""
     statuses: list[str] = []
 
     async def script(port: MemoryPort, _: Conversation) -> None:
         caller = EchoingCaller(port, delay_ms=100, level_db=-6)
         await caller.listen(600, speech=tone(600))
+        while not port.all(ResponseAudio):
+            await caller.listen(20)
+        if barge_in is not None:
+            await caller.listen(1500)
+            await caller.listen(barge_in.sample_count * 1000 // RATE, speech=barge_in)
         while not port.all(ResponseEnded) and caller._play_end < RATE * 30:
             await caller.listen(200)
         await caller.listen(1000)
         statuses.extend(e.status for e in port.all(ResponseEnded))
 
-    options = replace(ConversationOptions(), echo_cancellation=echo_cancellation)
+    options = replace(ConversationOptions(), echo_cancellation=echo_cancellation, echo_gate=echo_gate)
     if words:
         options = replace(options, turn=replace(options.turn, interruption=InterruptionPolicy()))
     port = converse(
@@ -84,13 +92,22 @@ def run_with_echo(echo_cancellation: bool, words: bool = False) -> tuple[MemoryP
     return port, statuses
 
 
-@pytest.mark.parametrize(("echo_cancellation", "interrupted"), [(False, True), (True, False)])
-def test_the_replys_echo_interrupts_it_only_without_echo_cancellation(
-    echo_cancellation: bool, interrupted: bool
+@pytest.mark.parametrize(
+    ("echo_cancellation", "echo_gate", "interrupted"),
+    [(False, False, True), (True, False, False), (False, True, False)],
+)
+def test_the_replys_echo_interrupts_it_only_without_echo_handling(
+    echo_cancellation: bool, echo_gate: bool, interrupted: bool
 ) -> None:
-    port, statuses = run_with_echo(echo_cancellation)
+    port, statuses = run_with_echo(echo_cancellation, echo_gate=echo_gate)
     assert statuses[0] == ("cancelled" if interrupted else "completed")
     assert (len(port.all(SpeechStarted)) > 1) is interrupted
+
+
+def test_behind_the_echo_gate_a_caller_louder_than_the_echo_still_interrupts() -> None:
+    port, statuses = run_with_echo(False, echo_gate=True, barge_in=tone(800, amplitude=16000))
+    assert statuses[0] == "cancelled"
+    assert len(port.all(SpeechStarted)) == 2
 
 
 def test_without_echo_cancellation_the_echo_guard_keeps_the_reply_in_words_mode() -> None:

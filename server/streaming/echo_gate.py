@@ -1,0 +1,136 @@
+"""EchoGate: is this VAD frame the reply's own echo, or the caller? Decided by energy (no I/O).
+
+A speakerphone or a phone line brings the reply back into the caller's microphone; a VAD
+cannot tell that voice from the caller's. The server knows what the caller is hearing (the
+reply audio placed on the input clock, echo_reference.py), so it can tell how loud the echo of
+it can be: a double-talk detector in the manner of Geigel's, with the echo's level learned.
+
+For each frame, with the reference of the last `window_ms` (the longest echo delay covered):
+- `reference_peak` = the loudest reference frame in the window (mean square);
+- the echo return, `mic / reference_peak`, is learned as the median of that ratio over the
+  last `history_ms` of frames with the reference active (the caller talking over the reply is
+  rare, so the median is the echo's; a headset or a client's own canceller gives almost 0);
+- the frame is **echo** when the reference is active and the microphone is no louder than the
+  echo could be: `mic <= return * reference_peak * margin`. The conversation then counts it
+  as silence for turn-taking; the audio itself is untouched, so the recogniser hears the
+  caller whole (unlike an echo canceller's suppressor, which silences a caller in double
+  talk: measured in BENCHMARKS.md).
+
+Until `min_history_ms` of active reference has been seen (the first reply's first moments),
+the return is unknown and taken as `initial_return_db`, the loudest echo expected: early in
+the session's first reply a caller must speak within 6 dB of the reply's level to be heard, and
+an echo louder than -12 dB may get through (the issue's target is 0 self-interruptions at
+-12 dB and below). With the
+delay estimated (the lag at which the microphone's energy follows the reference's best), the
+echo expected now is the reference at that delay and its room tail, not the window's loudest.
+The window and history are in frames, so nothing here reads a clock.
+
+The cost: a caller talking over an echo louder than `margin` below their own voice is not
+heard until the reply pauses or ends (measured: BENCHMARKS.md, "Barge-in in real rooms").
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from server.audio import PcmFrame
+
+
+@dataclass(frozen=True, slots=True)
+class EchoGateOptions:
+    window_ms: int = 400  # echo delays covered (the reply's play time to its echo at the server)
+    history_ms: int = 4000  # the echo's delay and return are learned over this much
+    min_history_ms: int = 480  # ... known once this much active reference has been seen
+    initial_return_db: float = -12.0  # until then, the loudest echo the gate expects
+    tail_db_per_100ms: float = 12.0  # how fast the room's echo dies away (RT60 0.5 s)
+    margin_db: float = 6.0  # the caller must be this much louder than the echo could be
+    active_rms: float = 100.0  # reference quieter than this (int16 units) plays no echo
+    min_delay_correlation: float = 0.3  # a weaker delay estimate is not trusted
+
+
+class EchoGate:
+    def __init__(self, options: EchoGateOptions, frame_ms: int) -> None:
+        self.options = options
+        self.frame_ms = frame_ms
+        self._window = max(1, options.window_ms // frame_ms)
+        self._history = max(self._window + 2, options.history_ms // frame_ms)
+        self._tail = 10 ** (-options.tail_db_per_100ms * frame_ms / 1000)  # power per frame
+        self._references: deque[float] = deque(maxlen=self._history + self._window + 1)
+        self._mics: deque[float] = deque(maxlen=self._history)
+        self._returns: deque[float] = deque(maxlen=self._history)
+        self._margin = 10 ** (options.margin_db / 10)
+        self._active = options.active_rms**2
+        self.delay_frames: int | None = None  # the echo's delay, once estimated
+        self._since_estimate = 0
+
+    @property
+    def echo_return(self) -> float | None:
+        """The learned echo return (a power ratio), None until known."""
+        if len(self._returns) * self.frame_ms < self.options.min_history_ms:
+            return None
+        return float(np.median(np.fromiter(self._returns, dtype=np.float64)))
+
+    def is_echo(self, mic: PcmFrame, reference: PcmFrame) -> bool:
+        """Whether the microphone frame is explained by the echo of `reference` (the reply
+        audio over the same span of the input stream)."""
+        power = _power(mic)
+        self._references.append(_power(reference))
+        self._mics.append(power)
+        self._since_estimate += 1
+        if self._since_estimate >= 8:
+            self._since_estimate = 0
+            self._estimate_delay()
+        envelope = self._echo_envelope()
+        if envelope < self._active:
+            return False
+        echo_return = self.echo_return
+        self._returns.append(power / envelope)
+        if echo_return is None:
+            echo_return = 10 ** (self.options.initial_return_db / 10)
+        return power <= echo_return * envelope * self._margin
+
+    def _echo_envelope(self) -> float:
+        """The loudest the echo can be now (before the return): the reference at the echo's
+        delay and its room tail; with the delay unknown, the loudest of the window."""
+        refs = self._references
+        if self.delay_frames is None:
+            return max(list(refs)[-self._window - 1 :])
+        newest = len(refs) - 1 - self.delay_frames
+        envelope = 0.0
+        weight = 1.0
+        # one frame either side of the delay at full weight (a delay between two frames, an
+        # estimate one off), then the room's tail
+        for index in range(newest + 1, max(-1, newest - self._window), -1):
+            if 0 <= index < len(refs):
+                envelope = max(envelope, refs[index] * weight)
+            if index <= newest - 1:
+                weight *= self._tail
+        return envelope
+
+    def _estimate_delay(self) -> None:
+        """The lag (frames) at which the microphone's energy follows the reference's best."""
+        count = len(self._mics)
+        if count * self.frame_ms < self.options.min_history_ms:
+            return
+        refs = np.log10(np.fromiter(self._references, dtype=np.float64) + 1.0)
+        mics = np.log10(np.fromiter(self._mics, dtype=np.float64) + 1.0)
+        best_lag, best_corr = None, self.options.min_delay_correlation
+        for lag in range(self._window + 1):
+            ref = refs[len(refs) - count - lag : len(refs) - lag] if lag else refs[len(refs) - count :]
+            if len(ref) != count or float(np.std(ref)) == 0.0 or float(np.std(mics)) == 0.0:
+                continue
+            corr = float(np.corrcoef(ref, mics)[0, 1])
+            if corr > best_corr:
+                best_lag, best_corr = lag, corr
+        if best_lag is not None:
+            self.delay_frames = best_lag
+
+
+def _power(frame: PcmFrame) -> float:
+    if frame.sample_count == 0:
+        return 0.0
+    samples = frame.samples.astype(np.float64)
+    return float(np.mean(samples * samples))

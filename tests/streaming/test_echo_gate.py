@@ -1,0 +1,94 @@
+"""EchoGate: frames of the reply's echo are told from the caller's voice by energy alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from server.audio import PcmFrame
+from server.streaming.echo_gate import EchoGate, EchoGateOptions
+
+RATE = 16_000
+FRAME = 512  # 32 ms
+
+
+def speechlike(seconds: float, seed: int, level: float = 3000.0) -> np.ndarray:
+    """Noise under a syllable-rate envelope: loud and quiet stretches, as speech has."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * RATE)
+    t = np.arange(n) / RATE
+    envelope = 0.15 + 0.85 * np.abs(np.sin(2 * np.pi * 2.5 * t + rng.uniform(0, 3)))
+    return rng.normal(0, level, n) * envelope
+
+
+def frames(x: np.ndarray) -> list[PcmFrame]:
+    x = np.clip(x, -32768, 32767).astype(np.int16)
+    return [PcmFrame(x[i : i + FRAME], RATE) for i in range(0, len(x) - FRAME + 1, FRAME)]
+
+
+def run(mic: np.ndarray, reference: np.ndarray, gate: EchoGate | None = None) -> list[bool]:
+    gate = gate or EchoGate(EchoGateOptions(), frame_ms=32)
+    return [gate.is_echo(m, r) for m, r in zip(frames(mic), frames(reference), strict=True)]
+
+
+def echo_of(reference: np.ndarray, delay_ms: int, level_db: float) -> np.ndarray:
+    delay = RATE * delay_ms // 1000
+    out = np.zeros_like(reference)
+    out[delay:] = reference[: len(reference) - delay] * 10 ** (level_db / 20)
+    return out
+
+
+@pytest.mark.parametrize("delay_ms", [30, 120, 250])
+@pytest.mark.parametrize("level_db", [-6, -12, -20])
+def test_the_echo_alone_is_echo(delay_ms: int, level_db: float) -> None:
+    reference = speechlike(6, seed=1)
+    mic = echo_of(reference, delay_ms, level_db) + np.random.default_rng(2).normal(0, 20, len(reference))
+    decisions = run(mic, reference)
+    loud = [i for i, f in enumerate(frames(mic)) if np.sqrt(np.mean(f.samples.astype(float) ** 2)) > 200]
+    passed = [i for i in loud if not decisions[i]]
+    assert len(passed) <= len(loud) // 20  # nearly every audible echo frame is caught
+
+
+def test_the_delay_is_learned() -> None:
+    reference = speechlike(6, seed=3)
+    gate = EchoGate(EchoGateOptions(), frame_ms=32)
+    run(echo_of(reference, 160, -12), reference, gate)
+    assert gate.delay_frames == 5
+    assert gate.echo_return == pytest.approx(10 ** (-12 / 10), rel=1.0)
+
+
+def test_a_caller_louder_than_the_echo_is_heard() -> None:
+    reference = speechlike(8, seed=4)
+    caller = np.zeros_like(reference)
+    start = 4 * RATE
+    caller[start : start + 2 * RATE] = speechlike(2, seed=5, level=3000.0)
+    mic = echo_of(reference, 120, -20) + caller
+    decisions = run(mic, reference)
+    spoken = range(start // FRAME + 1, (start + 2 * RATE) // FRAME - 1)
+    heard = [i for i in spoken if not decisions[i]]
+    assert len(heard) >= 0.7 * len(spoken)
+
+
+def test_without_an_echo_path_the_caller_is_heard_even_below_the_replys_level() -> None:
+    """A headset, or a client with its own canceller: the return learned is ~0."""
+    reference = speechlike(8, seed=6)
+    caller = np.zeros_like(reference)
+    start = 3 * RATE
+    caller[start : start + 2 * RATE] = speechlike(2, seed=7, level=800.0)
+    mic = caller + np.random.default_rng(8).normal(0, 10, len(reference))
+    decisions = run(mic, reference)
+    spoken = range(start // FRAME + 1, (start + 2 * RATE) // FRAME - 1)
+    assert sum(not decisions[i] for i in spoken) >= 0.9 * len(spoken)
+
+
+def test_with_no_reply_playing_nothing_is_echo() -> None:
+    mic = speechlike(2, seed=9)
+    assert not any(run(mic, np.zeros_like(mic)))
+
+
+def test_before_the_return_is_known_the_initial_guess_applies() -> None:
+    gate = EchoGate(EchoGateOptions(initial_return_db=-6.0, margin_db=6.0), frame_ms=32)  # 0 dB in all
+    reference = PcmFrame(np.full(FRAME, 2000, dtype=np.int16), RATE)
+    assert gate.echo_return is None
+    assert gate.is_echo(PcmFrame(np.full(FRAME, 1500, dtype=np.int16), RATE), reference)  # quieter
+    assert not gate.is_echo(PcmFrame(np.full(FRAME, 3000, dtype=np.int16), RATE), reference)  # louder
