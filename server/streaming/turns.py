@@ -48,8 +48,8 @@ change) and its length:
                                    (then USER_SPEAKING / ENDPOINTING)    IgnoreOverlap
 
 A voice resuming in OVERLAP_ENDING goes back to OVERLAP. If the reply ends while the overlap is
-undecided (it had sent all its audio), the overlap is an ordinary turn, unless its words so far
-are the reply's own (its echo's tail, still judged as one). Nothing is announced
+undecided (it had sent all its audio), the overlap is still judged as one (the reply's echo
+outlasts it), except that a backchannel is then a turn: "yes" answers the reply's question. Nothing is announced
 before the decision, so a client that stops its playback on `speech_started` never does so for
 a backchannel. In the `voice` mode (interruption None) any voice of `barge_in_min_ms` cancels.
 
@@ -306,6 +306,7 @@ class TurnTaker:
         self._scored = False  # semantic mode: this pause's words were scored
         self._completion: float | None = None  # ... and their score (None: cannot be scored)
         self._paused_reply: int | None = None  # the active reply, paused by this overlap
+        self._over_reply = False  # the caller's current voice began over a reply (it paused it)
         self._overlap_words = ""  # the recogniser's words for the speech over the reply
         self._reply_text = ""  # ... and the text of that reply so far
 
@@ -326,7 +327,7 @@ class TurnTaker:
     @property
     def wants_words(self) -> bool:
         """The caller is talking over a paused reply: feed WordsHeard when their words change."""
-        return self._paused_reply is not None
+        return self._over_reply
 
     def configure(self, options: TurnOptions) -> None:
         """New options take effect from the next frame; the current state is kept."""
@@ -361,18 +362,14 @@ class TurnTaker:
                 if self._active_reply == reply_id:
                     self._active_reply = None
                     self._idle_since_ms = now_ms
+                    # nothing left to pause; a voice that began over it is still judged as an
+                    # overlap (its echo's tail is no turn), but words are then an answer
                     self._paused_reply = None
-                    overlapping = self.state in (UserState.OVERLAP, UserState.OVERLAP_ENDING)
-                    policy = self.options.interruption
-                    if overlapping and not (
-                        policy is not None and echoes_reply(self._overlap_words, self._reply_text, policy)
-                    ):
-                        self._take_floor(now_ms)  # nothing left to interrupt: a turn of its own
-                        self._check_deadlines(now_ms)
             case InputCleared():
                 if self.state is UserState.PREPARED:
                     self._actions.append(AbandonPreparedReply())
                 self._resume_paused()
+                self._over_reply = False
                 self.state = UserState.LISTENING
             case WordsHeard(words=words, reply_text=reply_text):
                 self._overlap_words, self._reply_text = words, reply_text
@@ -457,6 +454,7 @@ class TurnTaker:
 
     def _ignore_overlap(self, kind: OverlapKind, end_ms: int) -> None:
         paused, self._paused_reply = self._paused_reply, None
+        self._over_reply = False
         self._actions.append(IgnoreOverlap(kind, self._overlap_words, self._onset_ms, end_ms, paused))
         self.state = UserState.LISTENING
         if self._active_reply is None:
@@ -470,6 +468,7 @@ class TurnTaker:
             self._actions.append(CancelReply(self._active_reply, reason="turn_detected"))
             self._active_reply = None
         self._paused_reply = None
+        self._over_reply = False
         self._actions.append(AnnounceSpeechStarted(audio_start_ms=self._onset_ms))
         if self.state is UserState.OVERLAP_ENDING:
             self.state = UserState.ENDPOINTING
@@ -491,6 +490,8 @@ class TurnTaker:
             and not echoes_reply(words, reply_text, policy)
         ):
             kind = OverlapKind.INTERRUPTION  # still talking: whatever the words, they want the floor
+        if kind is OverlapKind.BACKCHANNEL and self._active_reply is None:
+            kind = OverlapKind.INTERRUPTION  # the reply ended meanwhile: "yes" answers it
         if kind is OverlapKind.INTERRUPTION:
             self._take_floor(now_ms)
         elif kind is not None:
@@ -500,12 +501,13 @@ class TurnTaker:
         match (self.state, voice):
             case (UserState.LISTENING, VoiceStarted(at_ms=at_ms)):
                 self._onset_ms = at_ms
+                self._over_reply = False
                 self._overlap_words = self._reply_text = ""
                 self._idle_since_ms = None
                 self.state = UserState.VOICE_PENDING
                 self._actions.append(BeginCapture(from_ms=at_ms))
             case (UserState.VOICE_PENDING, VoiceStopped(at_ms=at_ms)):
-                if self._paused_reply is not None:
+                if self._over_reply:
                     self._ignore_overlap(OverlapKind.NOISE, at_ms)
                     return
                 self._actions.append(DiscardNoise(start_ms=self._onset_ms, end_ms=at_ms))
@@ -541,12 +543,12 @@ class TurnTaker:
         if self.state is not UserState.VOICE_PENDING:
             return
         voiced_ms = self._detector.voiced_run_ms
-        if policy is not None and self._interruptible():
-            assert self._active_reply is not None
-            if self._paused_reply is None and voiced_ms >= policy.pause_after_ms:
+        if policy is not None and (self._interruptible() or self._over_reply):
+            if self._active_reply is not None and not self._over_reply and voiced_ms >= policy.pause_after_ms:
+                self._over_reply = True
                 self._paused_reply = self._active_reply
                 self._actions.append(PauseReply(self._active_reply))
-            if voiced_ms >= self._required_voice_ms():
+            if voiced_ms >= max(self.options.barge_in_min_ms, self.options.min_speech_ms):
                 self.state = UserState.OVERLAP
                 self._judge_overlap(now_ms, final=False)
             return

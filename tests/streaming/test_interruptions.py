@@ -143,14 +143,28 @@ def test_voice_resuming_while_settling_goes_on_judging() -> None:
     assert kinds(timeline) == [BeginCapture, PauseReply, IgnoreOverlap]
 
 
-def test_reply_ending_during_an_overlap_makes_it_a_turn() -> None:
+def test_an_answer_over_the_replys_last_words_is_a_turn_once_it_has_ended() -> None:
+    """The reply ends (it had sent everything) while the caller's "yes" is judged: a listener's
+    word after the reply's question is an answer."""
     taker = replying()
-    timeline = run(taker, ["S" * 15])
+    run(taker, ["S" * 15])
     taker.receive(ReplyFinished(5), 300)
-    after = taker.actions()
-    assert after == [AnnounceSpeechStarted(audio_start_ms=0)]
-    assert CancelReply not in kinds(timeline)
-    assert taker.state is UserState.USER_SPEAKING
+    assert taker.actions() == []  # still judged as an overlap
+    timeline = run(taker, [WordsHeard("yes"), "S" * 5 + "." * 30], start_ms=300)
+    assert kinds(timeline)[:1] == [AnnounceSpeechStarted]
+    assert CommitTurn in kinds(timeline) and CancelReply not in kinds(timeline)
+
+
+def test_the_replys_echo_outlasting_it_is_no_turn() -> None:
+    """Wordless voice (the echo's tail, leaking past the gate) that began over the reply and
+    goes on after it ended is judged as the overlap it was, not taken for a turn."""
+    taker = replying()
+    run(taker, ["S" * 10])
+    taker.receive(ReplyFinished(5), 200)
+    timeline = run(taker, ["S" * 5 + "." * 30], start_ms=200)
+    assert AnnounceSpeechStarted not in kinds(timeline)
+    ignored = next(a for _, a in timeline if isinstance(a, IgnoreOverlap))
+    assert ignored.kind is OverlapKind.NOISE and ignored.paused_reply is None
 
 
 def test_clearing_the_input_resumes_a_paused_reply() -> None:

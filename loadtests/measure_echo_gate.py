@@ -1,0 +1,140 @@
+"""Measure the echo gate (server/streaming/echo_gate.py) offline: how much of the reply's echo
+reaches turn-taking as voice, and how much of a caller talking over it still does.
+
+    python -m loadtests.measure_echo_gate        # ~1 min on one core
+
+The reply: flite sentences in two voices (14 s). The microphone hears it `delay` later, `level`
+down, through a 0.3 s (RT60) synthetic room (loadtests.room), over noise. Silero VAD (0.5) runs on
+the microphone, and the gate zeroes the frames it calls echo; the voiced runs are those of the
+server's own detector (60 ms onset, 90 ms gaps bridged), so ">= 120" is a reply paused (words
+mode) and ">= 250" a barge-in. Double talk: a caller's utterance (backchannels and sentences, in
+other flite voices) over the -6/-12/-20 dB echo, or none (-60): the longest voiced run the
+detector builds of it, with the gate, against the 250 ms a barge-in needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from loadtests.corpus import read_wav, synthesize_with_flite
+from loadtests.room import room_impulse_response
+from server.audio import PcmFrame, resample
+from server.streaming.echo_gate import EchoGate, EchoGateOptions
+from server.vad import silero
+from server.vad.detector import DetectorOptions, SpeechDetector
+
+RATE = 16_000
+FRAME = 512  # Silero's 32 ms
+REPLY = [
+    (
+        "slt",
+        "Your order left our warehouse this morning and it should arrive on Thursday with the tracking link.",
+    ),
+    (
+        "awb",
+        "I can also change the delivery address or send the parcel to a pickup point near you if that helps.",
+    ),
+]
+CALLERS = [
+    ("kal", "yeah"),
+    ("rms", "okay"),
+    ("slt", "i see"),
+    ("awb", "can you repeat that"),
+    ("rms", "actually I need the other one"),
+]
+
+Signal = npt.NDArray[np.float64]
+
+
+def speech(voice: str, text: str, cache: Path) -> Signal:
+    path = cache / f"{voice}-{abs(hash(text))}.wav"
+    if not path.exists():
+        synthesize_with_flite(text, path, voice=voice)
+    samples, rate = read_wav(path)
+    return resample(PcmFrame(samples, rate), RATE).samples.astype(np.float64)
+
+
+def voiced_runs_ms(voiced: Sequence[bool]) -> list[int]:
+    """The longest voiced run of each burst, as the server's detector counts it."""
+    detector = SpeechDetector(DetectorOptions(threshold=0.5, min_voiced_ms=60, hangover_ms=90))
+    runs: list[int] = []
+    best = 0
+    for i, v in enumerate(voiced):
+        detector.push(1.0 if v else 0.0, i * 32, 32)
+        run = detector.voiced_run_ms
+        if run == 0 and best:
+            runs.append(best)
+            best = 0
+        best = max(best, run)
+    return [*runs, best] if best else runs
+
+
+def voiced(mic: Signal, reference: Signal, margin_db: float) -> tuple[list[bool], list[bool]]:
+    """Per frame: Silero's voiced, and voiced with the gate."""
+    classifier = silero.load().open(0.5)
+    gate = EchoGate(EchoGateOptions(margin_db=margin_db), frame_ms=32)
+    raw: list[bool] = []
+    gated: list[bool] = []
+    for i in range(0, len(mic) - FRAME + 1, FRAME):
+        frame = PcmFrame(np.clip(mic[i : i + FRAME], -32768, 32767).astype(np.int16), RATE)
+        ref = PcmFrame(np.clip(reference[i : i + FRAME], -32768, 32767).astype(np.int16), RATE)
+        is_voiced = classifier.speech_probability(frame) > 0.5
+        is_echo = gate.is_echo(frame, ref)
+        raw.append(is_voiced)
+        gated.append(is_voiced and not is_echo)
+    return raw, gated
+
+
+def microphone(reply: Signal, level_db: float, delay_ms: int, near: Signal | None, at: int) -> Signal:
+    echo = np.convolve(reply, room_impulse_response(0.3, rate_hz=RATE))[: len(reply)] * 10 ** (level_db / 20)
+    mic = np.random.default_rng(0).normal(0, 30, len(reply) + RATE)
+    delay = RATE * delay_ms // 1000
+    mic[delay : delay + len(echo)] += echo[: len(mic) - delay]
+    if near is not None:
+        mic[at : at + len(near)] += near
+    return mic
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.measure_echo_gate", description=__doc__)
+    parser.add_argument("--margin-db", type=float, default=EchoGateOptions().margin_db)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(tmp)
+        reply = np.concatenate([speech(v, t, cache) for v, t in REPLY] * 2)
+        callers = [(f"{v}: {t}", speech(v, t, cache)) for v, t in CALLERS]
+    reference = np.zeros(len(reply) + RATE)
+    reference[: len(reply)] = reply
+    print(f"reply {len(reply) / RATE:.1f} s; echo alone: voiced runs >= 250 / >= 120 ms")
+    print(f"{'level dB':>8} {'delay ms':>8} {'no gate':>10} {'gate':>10}")
+    for level_db in (-6, -12, -20):
+        for delay_ms in (30, 120, 250):
+            raw, gated = voiced(microphone(reply, level_db, delay_ms, None, 0), reference, args.margin_db)
+            r, g = voiced_runs_ms(raw), voiced_runs_ms(gated)
+            print(
+                f"{level_db:>8} {delay_ms:>8} {sum(x >= 250 for x in r):>4} / {sum(x >= 120 for x in r):<3}"
+                f" {sum(x >= 250 for x in g):>4} / {sum(x >= 120 for x in g):<3}"
+            )
+    print(
+        "\ndouble talk (echo 120 ms late): the caller's longest voiced run with the gate, ms (>= 250: heard)"
+    )
+    print(f"{'caller':<40}" + "".join(f"{f'{lv} dB':>9}" for lv in (-6, -12, -20, -60)))
+    at = 2 * RATE
+    for name, near in callers:
+        cells = []
+        for level_db in (-6, -12, -20, -60):
+            _, gated = voiced(microphone(reply, level_db, 120, near, at), reference, args.margin_db)
+            span = gated[at // FRAME : (at + len(near)) // FRAME + 1]
+            cells.append(max(voiced_runs_ms(span) or [0]))
+        print(f"{name:<40}" + "".join(f"{c:>9}" for c in cells))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
