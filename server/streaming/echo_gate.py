@@ -16,7 +16,10 @@ For each frame, with the reference of the last `window_ms` (the longest echo del
   caller whole (unlike an echo canceller's suppressor, which silences a caller in double
   talk: measured in BENCHMARKS.md).
 
-Until `min_history_ms` of active reference has been seen (the first reply's first moments),
+The return is learned only once the reference has played for `window_ms` (before that the
+microphone may be quiet only because the echo has not come back yet, which would teach the
+gate that there is none). Until `min_history_ms` more has been seen (the first reply's first
+second or so),
 the return is unknown and taken as `initial_return_db`, the loudest echo expected: early in
 the session's first reply a caller must speak within 6 dB of the reply's level to be heard, and
 an echo louder than -12 dB may get through (the issue's target is 0 self-interruptions at
@@ -65,6 +68,7 @@ class EchoGate:
         self._active = options.active_rms**2
         self.delay_frames: int | None = None  # the echo's delay, once estimated
         self._since_estimate = 0
+        self._active_frames = 0  # frames with the reference playing, so far
 
     @property
     def echo_return(self) -> float | None:
@@ -87,7 +91,9 @@ class EchoGate:
         if envelope < self._active:
             return False
         echo_return = self.echo_return
-        self._returns.append(power / envelope)
+        self._active_frames += 1
+        if self._active_frames > self._window:  # any echo of the window's reference is back by now
+            self._returns.append(power / envelope)
         if echo_return is None:
             echo_return = 10 ** (self.options.initial_return_db / 10)
         return power <= echo_return * envelope * self._margin
