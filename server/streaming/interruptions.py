@@ -68,14 +68,12 @@ class InterruptionPolicy:
     most the playout lead, plays on meanwhile, so shorter clicks are never heard as a gap);
     `decide_within_ms`: voiced time after which speech still going on is an interruption
     whatever its words; `settle_ms`: after the voice stops, how long the recogniser's last
-    words are awaited (`unclear_settle_ms` if some are not a listener's: a caller pausing
-    inside a sentence goes on within it); `max_backchannel_words`: more words than this, one of them not a
+    words are awaited; `max_backchannel_words`: more words than this, one of them not a
     listener's, is an interruption."""
 
     pause_after_ms: int = 120
     decide_within_ms: int = 1000
     settle_ms: int = 150
-    unclear_settle_ms: int = 300  # ... when the words so far are not all a listener's
     max_backchannel_words: int = 2
     echo_min_words: int = 2  # words heard before they can be judged an echo of the reply
     echo_share: float = 0.6  # ... and the share of them among the reply's latest words
@@ -86,14 +84,6 @@ class InterruptionPolicy:
 
 def words_of(text: str) -> list[str]:
     return _WORD.findall(text.lower())
-
-
-def settle_ms(text: str, policy: InterruptionPolicy) -> int:
-    """How long after the voice stops its words are awaited before they are judged."""
-    words = words_of(text)
-    if all(word in policy.backchannel_words for word in words):
-        return policy.settle_ms
-    return policy.unclear_settle_ms
 
 
 def echoes_reply(text: str, reply_text: str, policy: InterruptionPolicy) -> bool:

@@ -73,7 +73,6 @@ from server.streaming.interruptions import (
     OverlapKind,
     classify_overlap,
     echoes_reply,
-    settle_ms,
 )
 from server.vad.detector import DetectorOptions, SpeechDetector, VoiceStarted, VoiceStopped
 
@@ -434,7 +433,7 @@ class TurnTaker:
             spec = self._speculation_deadline()
             return end if spec is None else min(spec, end)
         if self.state is UserState.OVERLAP_ENDING and self.options.interruption is not None:
-            return self._voice_end_ms + settle_ms(self._overlap_words, self.options.interruption)
+            return self._voice_end_ms + self.options.interruption.settle_ms
         if (
             self.state is UserState.LISTENING
             and self._idle_since_ms is not None

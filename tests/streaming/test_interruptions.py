@@ -260,12 +260,3 @@ def test_an_echo_of_the_reply_resumes_it_even_past_decide_within() -> None:
     assert CancelReply not in kinds(timeline)
     ignored = next(a for _, a in timeline if isinstance(a, IgnoreOverlap))
     assert ignored.kind is OverlapKind.ECHO and ignored.paused_reply == 5
-
-
-def test_unclear_words_are_awaited_longer_than_a_listeners() -> None:
-    """ "can you" then a pause: maybe a sentence going on, so its words settle longer."""
-    clear, unclear = replying(), replying()
-    run(clear, ["S" * 15, WordsHeard("yeah"), "S" * 2 + "." * 5])
-    run(unclear, ["S" * 15, WordsHeard("the flood"), "S" * 2 + "." * 5])
-    assert clear.next_deadline() == 340 + POLICY.settle_ms
-    assert unclear.next_deadline() == 340 + POLICY.unclear_settle_ms
