@@ -228,23 +228,31 @@ def _slug(text: str, voice: str = FLITE_VOICE) -> str:
     return f"{words[:40].rstrip('-')}-{digest}"
 
 
-def synthesize_with_flite(text: str, path: Path, voice: str = FLITE_VOICE, timeout_s: float = 60.0) -> None:
-    """Write `text` spoken by flite to the WAV file `path` (atomically: no half-written cache)."""
-    flite = shutil.which("flite")
-    if flite is None:
-        raise CorpusUnavailable("flite is not installed (Debian package flite; scripts/system-deps.sh)")
+def synthesize(program: str, argv: Sequence[str], text: str, path: Path, timeout_s: float = 60.0) -> None:
+    """Run the speech synthesiser `program` with `argv`, where "{out}" stands for the WAV file it
+    writes; the file lands at `path` atomically (no half-written cache)."""
+    executable = shutil.which(program)
+    if executable is None:
+        raise CorpusUnavailable(
+            f"{program} is not installed (Debian package {program}; scripts/system-deps.sh)"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial.wav")
     try:
         subprocess.run(
-            [flite, "-voice", voice, "-t", text, "-o", str(partial)],
+            [executable, *(str(partial) if a == "{out}" else a for a in argv)],
             check=True,
             capture_output=True,
             timeout=timeout_s,
         )
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        raise CorpusUnavailable(f"flite failed for {text!r}: {exc}") from exc
+        raise CorpusUnavailable(f"{program} failed for {text!r}: {exc}") from exc
     partial.replace(path)
+
+
+def synthesize_with_flite(text: str, path: Path, voice: str = FLITE_VOICE, timeout_s: float = 60.0) -> None:
+    """Write `text` spoken by flite to the WAV file `path`."""
+    synthesize("flite", ["-voice", voice, "-t", text, "-o", "{out}"], text, path, timeout_s)
 
 
 def load_synthetic(

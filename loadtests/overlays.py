@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import math
 import re
-import shutil
-import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
@@ -41,6 +39,7 @@ from loadtests.corpus import (
     Utterance,
     make_utterance,
     read_wav,
+    synthesize,
     synthesize_with_flite,
 )
 from loadtests.room import FULL_SCALE
@@ -216,21 +215,7 @@ def voiced_share(samples: NDArray[np.int16], rate_hz: int = SAMPLE_RATE_HZ) -> f
 
 
 def synthesize_with_espeak(text: str, path: Path, voice: str, timeout_s: float = 60.0) -> None:
-    espeak = shutil.which("espeak-ng")
-    if espeak is None:
-        raise CorpusUnavailable("espeak-ng is not installed (Debian package espeak-ng)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial.wav")
-    try:
-        subprocess.run(
-            [espeak, "-v", voice, "-w", str(partial), text],
-            check=True,
-            capture_output=True,
-            timeout=timeout_s,
-        )
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        raise CorpusUnavailable(f"espeak-ng failed for {text!r}: {exc}") from exc
-    partial.replace(path)
+    synthesize("espeak-ng", ["-v", voice, "-w", "{out}", text], text, path, timeout_s)
 
 
 def _spoken(engine: str, voice: str, text: str, cache_dir: Path) -> tuple[NDArray[np.int16], int]:
