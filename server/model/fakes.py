@@ -151,8 +151,9 @@ class EnergyClassifierFactory:
 
 # Settings for a server whose audio is the fakes' pure tones: the echo canceller takes a tone
 # spoken over the reply's tone for its echo (WebRTC's suppressor silences it during double
-# talk), so a tone barge-in would vanish. Echo cancellation is tested on its own.
-FAKE_AUDIO_SETTINGS: dict[str, object] = {"echo_cancellation": False}
+# talk), and the echo gate learns a steady tone held over a whole reply as the echo's level, so
+# a tone barge-in would vanish. Both are tested on their own (tests/streaming/test_echo_*.py).
+FAKE_AUDIO_SETTINGS: dict[str, object] = {"echo_cancellation": False, "echo_gate": False}
 
 
 def tone(duration_ms: int, sample_rate_hz: int = 24_000, amplitude: int = 8000) -> PcmFrame:

@@ -225,6 +225,8 @@ class Replies:
         if prepared is not None:
             self._metrics.speculations.labels(outcome="adopted").inc()
             await self._adopt(prepared)
+            if prepared.is_finished:  # it failed while held: its ReplyFinished went unheard
+                self._turns.receive(ReplyFinished(prepared.reply_id), self._host.input_ms())
             return
         self.io(reply).task = self._host.tasks.create_task(
             self._run(reply, options, transcription), name=f"reply-{reply.reply_id}"

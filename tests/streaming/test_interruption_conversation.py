@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
+from server.errors import BackendError
 from server.events import AgentEvent, FalseInterruption, Interrupted
-from server.model.fakes import FakeAsr, FakeLlm, tone
+from server.model.fakes import FakeAsr, FakeAsrStream, FakeLlm, tone
 from server.streaming.conversation import Conversation
 from server.streaming.interruptions import InterruptionPolicy
 from server.streaming.outputs import ItemTruncated, ResponseAudio, ResponseEnded, SpeechStarted
@@ -166,3 +167,30 @@ def test_voice_mode_cancels_a_backchannel_as_before() -> None:
     converse_words(
         script, FakeAsr(["where is my order", "yeah"]), FakeLlm([LONG_REPLY, "Ok."]), ConversationOptions()
     )
+
+
+class FailingOnceAsr(FakeAsr):
+    """A FAKE recogniser whose first stream fails at the end of its turn, the others not."""
+
+    def open_stream(self) -> FakeAsrStream:
+        stream = super().open_stream()
+        if len(self.streams) == 1:
+            stream._fail_with = BackendError
+        return stream
+
+
+def test_a_reply_that_failed_while_prepared_leaves_no_reply_to_talk_over() -> None:
+    """The turn's transcript fails while its reply is prepared (speculation); the reply is
+    adopted already finished. The next turn must be a turn, not an overlap of that reply."""
+    options = replace(WORDS, turn=replace(WORDS.turn, speculative_silence_ms=0))
+
+    async def script(port: MemoryPort, _: Conversation) -> None:
+        await port.stream(tone(600))
+        failed = await port.stream_until(ResponseEnded)
+        assert isinstance(failed.output, ResponseEnded) and failed.output.status == "failed"
+        await port.stream(silence(300))
+        await port.stream(tone(600))
+        answered = await port.stream_until(ResponseEnded, after=port.index(failed) + 1)
+        assert isinstance(answered.output, ResponseEnded) and answered.output.status == "completed"
+
+    converse_words(script, FailingOnceAsr(["where is my order", "okay"]), FakeLlm(["Hi."]), options)
