@@ -125,10 +125,13 @@ class EchoGate:
         mics = np.log10(np.fromiter(self._mics, dtype=np.float64) + 1.0)
         best_lag, best_corr = None, self.options.min_delay_correlation
         for lag in range(self._window + 1):
-            ref = refs[len(refs) - count - lag : len(refs) - lag] if lag else refs[len(refs) - count :]
-            if len(ref) != count or float(np.std(ref)) == 0.0 or float(np.std(mics)) == 0.0:
+            n = min(count, len(refs) - lag)  # the newest frames that have a reference `lag` before
+            if n * self.frame_ms < self.options.min_history_ms:
                 continue
-            corr = float(np.corrcoef(ref, mics)[0, 1])
+            ref, mic = refs[len(refs) - lag - n : len(refs) - lag], mics[count - n :]
+            if float(np.std(ref)) == 0.0 or float(np.std(mic)) == 0.0:
+                continue
+            corr = float(np.corrcoef(ref, mic)[0, 1])
             if corr > best_corr:
                 best_lag, best_corr = lag, corr
         if best_lag is not None:

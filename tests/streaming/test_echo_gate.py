@@ -92,3 +92,12 @@ def test_before_the_return_is_known_the_initial_guess_applies() -> None:
     assert gate.echo_return is None
     assert gate.is_echo(PcmFrame(np.full(FRAME, 1500, dtype=np.int16), RATE), reference)  # quieter
     assert not gate.is_echo(PcmFrame(np.full(FRAME, 3000, dtype=np.int16), RATE), reference)  # louder
+
+
+def test_a_long_delay_is_learned_within_the_first_seconds() -> None:
+    """Before the history is full the lag is estimated over what there is (it once stayed 0
+    for the first 4 s, and a short reply's echo got through)."""
+    reference = speechlike(2, seed=10)
+    gate = EchoGate(EchoGateOptions(), frame_ms=32)
+    run(echo_of(reference, 250, -12), reference, gate)
+    assert gate.delay_frames in (7, 8)
