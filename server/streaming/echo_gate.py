@@ -123,7 +123,7 @@ class EchoGate:
             return
         refs = np.log10(np.fromiter(self._references, dtype=np.float64) + 1.0)
         mics = np.log10(np.fromiter(self._mics, dtype=np.float64) + 1.0)
-        best_lag, best_corr = None, self.options.min_delay_correlation
+        correlations: dict[int, float] = {}
         for lag in range(self._window + 1):
             n = min(count, len(refs) - lag)  # the newest frames that have a reference `lag` before
             if n * self.frame_ms < self.options.min_history_ms:
@@ -131,11 +131,18 @@ class EchoGate:
             ref, mic = refs[len(refs) - lag - n : len(refs) - lag], mics[count - n :]
             if float(np.std(ref)) == 0.0 or float(np.std(mic)) == 0.0:
                 continue
-            corr = float(np.corrcoef(ref, mic)[0, 1])
-            if corr > best_corr:
-                best_lag, best_corr = lag, corr
-        if best_lag is not None:
+            correlations[lag] = float(np.corrcoef(ref, mic)[0, 1])
+        if len(correlations) <= self._window // 2:
+            return
+        best_lag = max(correlations, key=correlations.__getitem__)
+        best = correlations[best_lag]
+        typical = float(np.median(list(correlations.values())))
+        # a clear peak, or none: a steady reference (a tone, a hum) has no delay to find, and a
+        # wrong one would let its echo through; the window's loudest stands in for it
+        if best >= self.options.min_delay_correlation and best - typical >= 0.1:
             self.delay_frames = best_lag
+        else:
+            self.delay_frames = None
 
 
 def _power(frame: PcmFrame) -> float:
