@@ -69,10 +69,6 @@ class InputAudio:
         self._reference = EchoReference(input_rate_hz)
         self.tracks_reply = False  # keep the reply the caller hears beside their audio (echo)
 
-    @property
-    def processor(self) -> InputProcessor | None:
-        return self._processor
-
     def set_processor(self, processor: InputProcessor | None) -> None:
         """Clean the caller's audio with `processor` from now on (None: as it comes); the
         previous one is closed, and what it held back (< 10 ms) is lost."""

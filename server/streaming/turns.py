@@ -447,10 +447,12 @@ class TurnTaker:
     def _interruptible(self) -> bool:
         return self._active_reply is not None and self.options.interrupt_response
 
+    def _barge_in_voice_ms(self) -> int:
+        """Voice needed over a reply before it counts: a cough must not cut the assistant off."""
+        return max(self.options.barge_in_min_ms, self.options.min_speech_ms)
+
     def _required_voice_ms(self) -> int:
-        if self._interruptible():
-            return max(self.options.barge_in_min_ms, self.options.min_speech_ms)
-        return self.options.min_speech_ms
+        return self._barge_in_voice_ms() if self._interruptible() else self.options.min_speech_ms
 
     def _resume_paused(self) -> None:
         if self._paused_reply is not None:
@@ -553,7 +555,7 @@ class TurnTaker:
                 self._over_reply = True
                 self._paused_reply = self._active_reply
                 self._actions.append(PauseReply(self._active_reply))
-            if voiced_ms >= max(self.options.barge_in_min_ms, self.options.min_speech_ms):
+            if voiced_ms >= self._barge_in_voice_ms():
                 self.state = UserState.OVERLAP
                 self._judge_overlap(now_ms, final=False)
             return
