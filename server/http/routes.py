@@ -98,6 +98,25 @@ async def healthz(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=503 if status == "failed" else 200)
 
 
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    """Whether a load balancer should send this process new sessions: 503 while it drains
+    (SIGTERM: readiness flips before anything else), is at its session limit, or a backend
+    failed; 200 otherwise. `/healthz` is liveness: it stays 200 while draining."""
+    runtime: Runtime = request.app.state.runtime
+    admission = request.app.state.admission
+    if runtime.sessions.is_draining:
+        status = "draining"
+    elif admission.active >= admission.maximum:
+        status = "at_capacity"
+    elif any(health["state"] == "failed" for health in runtime.backend_health().values()):
+        status = "failed"
+    else:
+        status = "ready"
+    body = {"status": status, "sessions": admission.active, "max_sessions": admission.maximum}
+    return JSONResponse(body, status_code=200 if status == "ready" else 503)
+
+
 @router.get("/debug/stats")
 async def debug_stats(request: Request) -> Response:
     """RSS, open fds, asyncio tasks and live sessions of the server process (soak runs);

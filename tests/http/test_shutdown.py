@@ -133,6 +133,29 @@ async def test_upgrade_while_draining_is_refused_with_503() -> None:
             await cancel_and_wait(drain, timeout_s=5)
 
 
+async def test_readyz_flips_to_503_when_draining_and_at_capacity_while_healthz_stays_200() -> None:
+    app = fake_app(llm=FakeLlm([REPLY]), tts=FakeTts(), max_sessions=1)
+    async with running_server(app) as url, httpx.AsyncClient() as http:
+        ready = await http.get(url + "/readyz")
+        assert (ready.status_code, ready.json()["status"]) == (200, "ready")
+        async with realtime_client(url) as busy:
+            await busy.wait_for("session.created")
+            full = await http.get(url + "/readyz")
+            assert (full.status_code, full.json()["status"]) == (503, "at_capacity")
+        for _ in range(100):  # the slot is released as the session's handler returns
+            if (await http.get(url + "/readyz")).status_code == 200:
+                break
+            await asyncio.sleep(0.02)
+        drain = asyncio.create_task(app.state.runtime.sessions.drain(grace_s=5))
+        try:
+            await asyncio.sleep(0.05)
+            draining = await http.get(url + "/readyz")
+            assert (draining.status_code, draining.json()["status"]) == (503, "draining")
+            assert (await http.get(url + "/healthz")).status_code == 200  # alive: do not restart it
+        finally:
+            await cancel_and_wait(drain, timeout_s=5)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
