@@ -52,6 +52,7 @@ from server.http.session_setup import SessionSetupHook as SessionSetupHook  # re
 from server.model.base import Message, OmniModel, SessionOptions
 from server.model.tool_calls import ToolResult, ToolRunner
 from server.settings import Settings
+from server.telephony.call_parameters import CallParameters, check_call_parameters, check_call_sid
 from server.tools import DEFAULT_FILLER_AFTER_MS, DEFAULT_TIMEOUT_S, Tool, ToolBox
 from server.vad.detector import ClassifierFactory
 
@@ -200,7 +201,7 @@ class VoiceAgent:
             )
         return self._app
 
-    def mint_client_secret(
+    async def mint_client_secret(
         self, session: Mapping[str, Any] | None = None, ttl_s: int | None = None
     ) -> ClientSecret:
         """A client secret (`.value`, `ek_...`) for a browser page: a session opened with it
@@ -209,7 +210,18 @@ class VoiceAgent:
         the client_secret_ttl_s setting) seconds from now. Raises InvalidMintRequest naming the
         bad field."""
         access: AccessControl = self.app().state.access
-        return access.mint(dict(session or {}), ttl_s, now_s=time.time())
+        return await access.mint(dict(session or {}), ttl_s, now_s=time.time())
+
+    async def set_call_parameters(
+        self, call_sid: str, parameters: Mapping[str, str], ttl_s: int = 600
+    ) -> None:
+        """Leave parameters (instructions, voice, model, anything for your session_setup hook)
+        for a Twilio call's media stream, from your voice webhook before it answers with
+        `<Connect><Stream>`: the replica that takes the stream reads them at its start (in
+        Redis when VOXGATE_REDIS_URL is set). Raises ProtocolViolation naming a bad field."""
+        checked, ttl = check_call_parameters({"parameters": dict(parameters), "ttl_s": ttl_s})
+        calls: CallParameters = self.app().state.calls
+        await calls.put(check_call_sid(call_sid), checked, ttl, now_s=time.time())
 
     def mount(self, host: FastAPI, path: str = "/voxgate") -> None:
         """Serve Voxgate under `path` of `host`; its models load with the host's lifespan."""

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     except BackendUnavailable as exc:
         print(f"voxgate: cannot start: {exc}", file=sys.stderr)
         return 2
-    app = create_app(settings, catalog=catalog, access=access)
+    app = create_app(settings, catalog=catalog)  # its own access control: with Redis, secrets are shared
     print(
         f"Voxgate listening on http://{settings.host}:{settings.port}/  "
         f"(websocket ws://{settings.host}:{settings.port}/v1/realtime)",

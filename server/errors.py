@@ -43,3 +43,8 @@ class BackendUnavailable(BackendError):
 
 class TurnStateError(VoiceServerError):
     """The turn-taking state machine got an event it cannot be in: a bug, not bad input."""
+
+
+class SharedStateUnavailable(VoiceServerError):
+    """The shared state (Redis) did not answer in time or refused the command; each caller
+    applies its documented fallback (docs/operations.md, "When Redis fails")."""

@@ -138,5 +138,14 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.shared_state_failures = Counter(
+            "voxgate_shared_state_failures",
+            "Redis commands that failed or timed out, by operation (rate_limit, session_slot,"
+            " slot_release, slot_renewal, slot_counts, client_secret, call_parameters); each"
+            " limit's fallback applied (docs/operations.md)",
+            ["operation"],
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

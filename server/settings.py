@@ -6,6 +6,7 @@ small option objects.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any, Literal
 
@@ -129,6 +130,32 @@ class Settings(BaseSettings):
     # back) ends the session with close 1008
     max_outbound_buffer_ms: int = Field(default=2000, ge=100, le=600_000)
 
+    # Shared state across replicas (docs/operations.md, "Replicas"). With a Redis URL
+    # (redis://host:6379/0, rediss:// for TLS), connection-rate limits, client secrets and
+    # Twilio call parameters are shared by every process that uses the same Redis and
+    # `redis_prefix`, and sessions are counted per replica and globally; without one each
+    # process keeps them in memory. max_sessions above stays a per-process cap either way
+    redis_url: SecretStr | None = None
+    redis_prefix: str = Field(default="voxgate", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    # this replica's name (a machine or pod; its worker processes share it): the key of its
+    # session count in Redis and the `replica` label of its metrics
+    replica_id: str = Field(
+        default_factory=socket.gethostname, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$"
+    )
+    # sessions on this replica (all its processes) and on all replicas together; 0: no cap.
+    # Need redis_url
+    replica_max_sessions: int = Field(default=0, ge=0, le=1_000_000)
+    global_max_sessions: int = Field(default=0, ge=0, le=10_000_000)
+    # a session's place in those counts expires this long after its replica last renewed it
+    # (every third of it), so the sessions of a replica that died stop counting
+    redis_slot_ttl_s: float = Field(default=30.0, ge=3, le=3600)
+    # a Redis command that takes longer than this fails (the limit's fallback applies)
+    redis_timeout_s: float = Field(default=0.5, gt=0, le=30)
+    # Redis unreachable: "open" admits on the per-process limits alone (the replica and global
+    # caps are not checked), "closed" refuses new sessions (HTTP 503). Rate limits always fall
+    # back to per-process buckets; client secrets cannot be checked, so they are refused (503)
+    redis_session_caps_on_failure: Literal["open", "closed"] = "open"
+
     # Twilio Media Streams (/v1/twilio; docs/twilio.md)
     # the account's auth token: when set, a websocket upgrade without a valid X-Twilio-Signature
     # is refused (HTTP 403)
@@ -148,4 +175,12 @@ class Settings(BaseSettings):
                 f"session_warning_s ({self.session_warning_s}) must be less than "
                 f"session_max_duration_s ({self.session_max_duration_s})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_shared_caps(self) -> Settings:
+        if self.redis_url is None:
+            for name in ("replica_max_sessions", "global_max_sessions"):
+                if getattr(self, name):
+                    raise ValueError(f"{name} counts sessions in Redis: set redis_url too")
         return self

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
@@ -11,6 +12,7 @@ from server.model.cascade import CascadeModel
 from server.model.fakes import FAKE_AUDIO_SETTINGS, EnergyClassifierFactory, FakeAsr, FakeLlm, FakeTts
 from server.settings import Settings
 from tests.harness import running_server
+from tests.redis_server import RedisProcess, redis_server
 
 
 def fake_app(
@@ -29,3 +31,10 @@ def fake_app(
 async def fake_server() -> AsyncIterator[str]:
     async with running_server(fake_app()) as url:
         yield url
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A real redis-server of this test's own (tests/redis_server.py)."""
+    with redis_server(tmp_path) as process:
+        yield process

@@ -1,6 +1,7 @@
 """Who may use the server: API keys, short-lived client secrets, browser origins.
 
-Pure logic: nothing here awaits or reads the clock (callers pass `now_s`, Unix seconds).
+Decisions only: nothing here reads the clock (callers pass `now_s`, Unix seconds); the only
+awaits are a client-secret table's, which may be Redis (`RedisClientSecrets`).
 `routes.py` and `client_secrets.py` feed it requests; `cli.py` asks `bind_refusal()` before
 serving.
 
@@ -8,8 +9,9 @@ Invariants:
 - An API key is compared with `hmac.compare_digest` against every configured key, without
   stopping at the first match, so timing tells nothing about which key (or how much of one)
   matched.
-- A client secret (`ek_...`) is a random token; the table holds only its SHA-256 digest, the
-  session it is bound to and its expiry. It opens any number of sessions until `expires_at_s`
+- A client secret (`ek_...`) is a random token; the table (this process's memory, or Redis
+  shared by every replica) holds only its SHA-256 digest, the session it is bound to and its
+  expiry. It opens any number of sessions until `expires_at_s`
   (OpenAI's GA client secrets behave alike: only an expiry is documented), never mints another
   secret, and is never accepted where an API key is required (`/metrics`, minting).
 - With no keys configured the server is open: credentials that are not client secrets are
@@ -30,7 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from server.errors import ProtocolViolation
@@ -221,15 +223,57 @@ def check_ttl(ttl_s: int, param: str) -> None:
         )
 
 
-def _digest(value: str) -> bytes:
+def secret_digest(value: str) -> bytes:
+    """What a secret table keys a secret by: its SHA-256 (the secret itself is never held)."""
     return hashlib.sha256(value.encode("utf-8", errors="replace")).digest()
+
+
+def new_secret_value() -> str:
+    return CLIENT_SECRET_PREFIX + secrets.token_urlsafe(_SECRET_BYTES)
+
+
+def too_many_secrets(max_live: int) -> AccessDenied:
+    return AccessDenied(
+        f"{max_live} client secrets are live; wait for some to expire",
+        code="too_many_client_secrets",
+        status=429,
+    )
+
+
+def checked_secret(
+    value: str, expires_at_s: int | None, session: Mapping[str, Any], now_s: float
+) -> ClientSecret:
+    """The secret a table found (`expires_at_s` None: not found), or AccessDenied."""
+    if expires_at_s is None:
+        raise AccessDenied("unknown client secret", code="invalid_client_secret")
+    if now_s >= expires_at_s:
+        raise AccessDenied("the client secret has expired; mint a new one", code="expired_client_secret")
+    return ClientSecret(value, expires_at_s, session)
+
+
+class ClientSecrets(Protocol):
+    """Where minted client secrets live: this process (`ClientSecretStore`) or Redis, shared
+    by every replica (`server/shared/redis_state.py` through `RedisClientSecrets`)."""
+
+    async def mint(self, session: Mapping[str, Any], ttl_s: int, now_s: float) -> ClientSecret:
+        """A new secret bound to `session` (validated: `check_session`), expiring `ttl_s`
+        after `now_s`. Raises AccessDenied (429) when too many are live."""
+        ...
+
+    async def verify(self, value: str, now_s: float) -> ClientSecret:
+        """The live secret `value`, or AccessDenied (unknown, expired)."""
+        ...
+
+    async def revoke(self, value: str) -> bool:
+        """Forget a secret before it expires; whether it was live."""
+        ...
 
 
 class ClientSecretStore:
     """Minted client secrets, in memory (one server process; secrets die with it).
 
-    `mint()` drops expired entries first and refuses beyond `max_live` live secrets;
-    `verify()` returns the secret or raises AccessDenied.
+    `mint()` drops expired entries first and refuses beyond `max_live` live secrets. The
+    methods are coroutines only to fit `ClientSecrets`: nothing here awaits.
     """
 
     def __init__(self, max_live: int = MAX_LIVE_CLIENT_SECRETS) -> None:
@@ -239,40 +283,82 @@ class ClientSecretStore:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def mint(self, session: Mapping[str, Any], ttl_s: int, now_s: float) -> ClientSecret:
-        """A new secret bound to `session` (already validated: `check_session`), expiring
-        `ttl_s` after `now_s`. Raises AccessDenied (429) when too many are live."""
+    async def mint(self, session: Mapping[str, Any], ttl_s: int, now_s: float) -> ClientSecret:
         check_ttl(ttl_s, "ttl_s")
         self.purge(now_s)
         if len(self._entries) >= self._max_live:
-            raise AccessDenied(
-                f"{self._max_live} client secrets are live; wait for some to expire",
-                code="too_many_client_secrets",
-                status=429,
-            )
-        value = CLIENT_SECRET_PREFIX + secrets.token_urlsafe(_SECRET_BYTES)
+            raise too_many_secrets(self._max_live)
+        value = new_secret_value()
         expires_at_s = int(now_s) + ttl_s
         bound = dict(session)
-        self._entries[_digest(value)] = _Entry(expires_at_s, bound)
+        self._entries[secret_digest(value)] = _Entry(expires_at_s, bound)
         return ClientSecret(value, expires_at_s, bound)
 
-    def verify(self, value: str, now_s: float) -> ClientSecret:
-        entry = self._entries.get(_digest(value))
-        if entry is None:
-            raise AccessDenied("unknown client secret", code="invalid_client_secret")
-        if now_s >= entry.expires_at_s:
-            del self._entries[_digest(value)]
-            raise AccessDenied("the client secret has expired; mint a new one", code="expired_client_secret")
-        return ClientSecret(value, entry.expires_at_s, entry.session)
+    async def verify(self, value: str, now_s: float) -> ClientSecret:
+        entry = self._entries.get(secret_digest(value))
+        if entry is not None and now_s >= entry.expires_at_s:
+            del self._entries[secret_digest(value)]
+        return checked_secret(
+            value,
+            None if entry is None else entry.expires_at_s,
+            {} if entry is None else entry.session,
+            now_s,
+        )
 
-    def revoke(self, value: str) -> bool:
-        """Forget a secret before it expires; whether it was live."""
-        return self._entries.pop(_digest(value), None) is not None
+    async def revoke(self, value: str) -> bool:
+        return self._entries.pop(secret_digest(value), None) is not None
 
     def purge(self, now_s: float) -> None:
         expired = [d for d, e in self._entries.items() if now_s >= e.expires_at_s]
         for digest in expired:
             del self._entries[digest]
+
+
+class SecretRecords(Protocol):
+    """Storage for `RedisClientSecrets` (server/shared/redis_state.RedisState)."""
+
+    async def store_secret(
+        self, digest_hex: str, record: Mapping[str, Any], expires_at_s: int, max_live: int, keep_s: int
+    ) -> bool: ...
+
+    async def load_secret(self, digest_hex: str) -> dict[str, Any] | None: ...
+
+    async def delete_secret(self, digest_hex: str) -> bool: ...
+
+
+# Redis keeps a record this long past its expiry, so that using it then says "expired"
+EXPIRED_SECRET_KEPT_S = 3600
+
+
+class RedisClientSecrets:
+    """Client secrets in Redis: minted on any replica, accepted by every replica until they
+    expire. Redis unreachable: SharedStateUnavailable (the route answers 503)."""
+
+    def __init__(self, records: SecretRecords, max_live: int = MAX_LIVE_CLIENT_SECRETS) -> None:
+        self._records = records
+        self._max_live = max_live
+
+    async def mint(self, session: Mapping[str, Any], ttl_s: int, now_s: float) -> ClientSecret:
+        check_ttl(ttl_s, "ttl_s")
+        value = new_secret_value()
+        expires_at_s = int(now_s) + ttl_s
+        bound = dict(session)
+        record = {"expires_at_s": expires_at_s, "session": bound}
+        digest = secret_digest(value).hex()
+        if not await self._records.store_secret(
+            digest, record, expires_at_s, self._max_live, EXPIRED_SECRET_KEPT_S
+        ):
+            raise too_many_secrets(self._max_live)
+        return ClientSecret(value, expires_at_s, bound)
+
+    async def verify(self, value: str, now_s: float) -> ClientSecret:
+        record = await self._records.load_secret(secret_digest(value).hex())
+        if record is None:
+            return checked_secret(value, None, {}, now_s)
+        return checked_secret(value, int(record["expires_at_s"]), dict(record["session"]), now_s)
+
+    async def revoke(self, value: str) -> bool:
+        return await self._records.delete_secret(secret_digest(value).hex())
 
 
 # --- origins -------------------------------------------------------------------------------
@@ -387,24 +473,25 @@ class AccessControl:
         self,
         keys: ApiKeys,
         origins: OriginPolicy,
-        secrets: ClientSecretStore | None = None,
+        secrets: ClientSecrets | None = None,
         default_ttl_s: int = DEFAULT_CLIENT_SECRET_TTL_S,
     ) -> None:
         check_ttl(default_ttl_s, "client_secret_ttl_s")
         self.keys = keys
         self.origins = origins
-        self.secrets = secrets if secrets is not None else ClientSecretStore()
+        self.secrets: ClientSecrets = secrets if secrets is not None else ClientSecretStore()
         self.default_ttl_s = default_ttl_s
 
     @property
     def requires_key(self) -> bool:
         return self.keys.required
 
-    def authenticate(self, credential: str | None, now_s: float) -> Grant:
+    async def authenticate(self, credential: str | None, now_s: float) -> Grant:
         """What a session request with this bearer token (or subprotocol key) may do.
-        Raises AccessDenied."""
+        Raises AccessDenied, or SharedStateUnavailable when the secrets are in Redis and it
+        does not answer."""
         if credential is not None and credential.startswith(CLIENT_SECRET_PREFIX):
-            secret = self.secrets.verify(credential, now_s)
+            secret = await self.secrets.verify(credential, now_s)
             return Grant(GrantKind.CLIENT_SECRET, secret.session)
         if not self.keys.required:
             return Grant(GrantKind.OPEN)
@@ -433,12 +520,13 @@ class AccessControl:
             raise AccessDenied("invalid API key", code="invalid_api_key")
         return GrantKind.API_KEY
 
-    def mint(self, session: object = None, ttl_s: int | None = None, *, now_s: float) -> ClientSecret:
+    async def mint(self, session: object = None, ttl_s: int | None = None, *, now_s: float) -> ClientSecret:
         """A client secret bound to `session` (GA session object, validated), living `ttl_s`
-        (default: the configured TTL). Raises InvalidMintRequest or AccessDenied (429)."""
+        (default: the configured TTL). Raises InvalidMintRequest, AccessDenied (429) or
+        SharedStateUnavailable."""
         ttl = self.default_ttl_s if ttl_s is None else ttl_s
         check_ttl(ttl, "ttl_s")
-        return self.secrets.mint(check_session(session or {}), ttl, now_s)
+        return await self.secrets.mint(check_session(session or {}), ttl, now_s)
 
 
 def bind_refusal(host: str, requires_key: bool, allow_unauthenticated: bool) -> str | None:

@@ -64,6 +64,8 @@ class RefusalReason(Enum):
     AT_CAPACITY = "at_capacity"
     IP_RATE_LIMITED = "ip_rate_limited"
     KEY_RATE_LIMITED = "key_rate_limited"
+    GLOBAL_AT_CAPACITY = "global_at_capacity"  # every replica together (server/shared/cluster.py)
+    SHARED_STATE_UNAVAILABLE = "shared_state_unavailable"  # Redis unreachable, caps fail closed
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,12 +13,15 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
+from server.aio import cancel_and_wait
 from server.audio_processing import ProcessingOptions, open_input_processor
 from server.errors import BackendUnavailable
 from server.events import EventHandler
-from server.http.access import AccessControl, ApiKeys, OriginPolicy, read_key_file
+from server.http.access import AccessControl, ApiKeys, OriginPolicy, RedisClientSecrets, read_key_file
 from server.http.admission import Admission, AdmissionOptions, RateLimit
+from server.http.calls import router as calls_router
 from server.http.client_secrets import router as client_secrets_router
+from server.http.cluster_admission import ClusterAdmission, ClusterOptions
 from server.http.routes import router
 from server.http.runtime import Runtime
 from server.http.session_setup import SessionSetupHook
@@ -28,6 +31,8 @@ from server.model.deadlines import ModelDeadlines
 from server.model.profiles import PROFILES, ModelCatalog, Profile
 from server.model.registry import VAD_BACKENDS, resolve
 from server.settings import Settings
+from server.shared.redis_state import RedisState
+from server.telephony.call_parameters import LocalCallParameters, RedisCallParameters
 from server.tools import ToolBox
 from server.vad.batch import batched
 from server.vad.detector import BatchableVad, ClassifierFactory
@@ -132,25 +137,58 @@ async def serve_vad(
     return batched(factory, on_batch=on_batch)
 
 
-def build_access(settings: Settings) -> AccessControl:
-    """Keys (from settings and the key file), origins and the client-secret TTL; raises
-    AccessConfigError when they cannot be used (the server must not start)."""
+def build_access(settings: Settings, shared: RedisState | None = None) -> AccessControl:
+    """Keys (from settings and the key file), origins and the client-secret TTL, the secrets
+    in `shared` Redis when given; raises AccessConfigError when they cannot be used (the
+    server must not start)."""
     keys = [key.get_secret_value() for key in settings.api_keys]
     if settings.api_keys_file is not None:
         keys += read_key_file(settings.api_keys_file)
     return AccessControl(
-        ApiKeys(keys), OriginPolicy(settings.allowed_origins), default_ttl_s=settings.client_secret_ttl_s
+        ApiKeys(keys),
+        OriginPolicy(settings.allowed_origins),
+        secrets=None if shared is None else RedisClientSecrets(shared),
+        default_ttl_s=settings.client_secret_ttl_s,
+    )
+
+
+def rate_limits(settings: Settings) -> tuple[RateLimit, RateLimit]:
+    """(per client address, per API key)."""
+    return (
+        RateLimit(settings.ip_connections_per_minute, settings.ip_connection_burst),
+        RateLimit(settings.key_connections_per_minute, settings.key_connection_burst),
     )
 
 
 def build_admission(settings: Settings) -> Admission:
-    """The session limit and connection-rate limits of one app (docs/operations.md)."""
-    return Admission(
-        AdmissionOptions(
-            max_sessions=settings.max_sessions,
-            per_ip=RateLimit(settings.ip_connections_per_minute, settings.ip_connection_burst),
-            per_key=RateLimit(settings.key_connections_per_minute, settings.key_connection_burst),
-        )
+    """The session limit and connection-rate limits of one process (docs/operations.md); with
+    Redis the rate limits are the cluster's (`build_cluster`), so they are off here."""
+    per_ip, per_key = rate_limits(settings)
+    if settings.redis_url is not None:
+        per_ip = per_key = RateLimit(0, 1)
+    return Admission(AdmissionOptions(max_sessions=settings.max_sessions, per_ip=per_ip, per_key=per_key))
+
+
+def open_shared_state(settings: Settings) -> RedisState | None:
+    """The Redis client when `redis_url` is set (it connects on first use)."""
+    if settings.redis_url is None:
+        return None
+    return RedisState(settings.redis_url.get_secret_value(), settings.redis_prefix, settings.redis_timeout_s)
+
+
+def build_cluster(settings: Settings, shared: RedisState, metrics: Metrics) -> ClusterAdmission:
+    per_ip, per_key = rate_limits(settings)
+    options = ClusterOptions(
+        replica_id=settings.replica_id,
+        per_ip=per_ip,
+        per_key=per_key,
+        replica_max_sessions=settings.replica_max_sessions,
+        global_max_sessions=settings.global_max_sessions,
+        slot_ttl_s=settings.redis_slot_ttl_s,
+        caps_on_failure=settings.redis_session_caps_on_failure,
+    )
+    return ClusterAdmission(
+        shared, options, on_failure=lambda op: metrics.shared_state_failures.labels(operation=op).inc()
     )
 
 
@@ -172,7 +210,8 @@ def create_app(
     `access` (default: built from settings now, so a bad key file fails here) decides who
     may connect; it is `app.state.access`.
     """
-    access = access if access is not None else build_access(settings)
+    shared = open_shared_state(settings)
+    access = access if access is not None else build_access(settings, shared)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -182,6 +221,7 @@ def create_app(
         await asyncio.to_thread(check_input_processing, settings)
         metrics = Metrics()
         served_vad = await serve_vad(settings, vad, metrics)
+        cluster = None if shared is None else build_cluster(settings, shared, metrics)
         app.state.runtime = Runtime(
             settings=settings,
             catalog=models,
@@ -191,10 +231,18 @@ def create_app(
             on_event=on_event,
             session_setup=session_setup,
             tools=tools,
+            cluster=cluster,
+        )
+        heartbeat = (
+            None if cluster is None else asyncio.create_task(cluster.run_heartbeat(), name="slot-heartbeat")
         )
         try:
             yield
         finally:
+            if cluster is not None:
+                assert heartbeat is not None
+                await cancel_and_wait(heartbeat, timeout_s=1.0)
+                await cluster.close()
             if isinstance(served_vad, ProcessVad):  # its worker process is ours
                 await served_vad.close()
             if models is not None and catalog is None:  # we built it, we close it
@@ -202,9 +250,11 @@ def create_app(
 
     app = FastAPI(title="Voxgate", lifespan=lifespan)
     app.state.access = access
+    app.state.calls = LocalCallParameters() if shared is None else RedisCallParameters(shared)
     app.state.admission = build_admission(settings)  # counted across /v1/realtime and /v1/twilio
     app.include_router(router)
     app.include_router(client_secrets_router)
+    app.include_router(calls_router)
     # cross-origin HTTP (minting client secrets from a page elsewhere) only for listed origins
     app.add_middleware(
         CORSMiddleware,

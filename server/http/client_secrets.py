@@ -20,6 +20,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from server.errors import SharedStateUnavailable
 from server.http.access import (
     AccessControl,
     AccessDenied,
@@ -37,8 +38,13 @@ MAX_MINT_BODY_BYTES = 256 * 1024
 
 def error_response(status: int, message: str, *, code: str, param: str | None = None) -> JSONResponse:
     """An OpenAI-style error body."""
-    kind = "invalid_request_error" if status in (400, 404, 413, 429) else "authentication_error"
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if status >= 500:
+        kind = "server_error"
+    else:
+        kind = "invalid_request_error" if status in (400, 404, 413, 429) else "authentication_error"
+    headers = (
+        {"WWW-Authenticate": "Bearer"} if status == 401 else {"Retry-After": "5"} if status == 503 else None
+    )
     return JSONResponse(
         {"error": {"type": kind, "code": code, "message": message, "param": param}},
         status_code=status,
@@ -87,11 +93,18 @@ async def mint_client_secret(request: Request) -> JSONResponse:
         return error_response(400, f"the request body is not JSON: {exc}", code="invalid_json")
     try:
         ttl_s, session = parse_mint_request(body, access.default_ttl_s)
-        secret = access.secrets.mint(session, ttl_s, now_s=time.time())
+        secret = await access.secrets.mint(session, ttl_s, now_s=time.time())
     except InvalidMintRequest as exc:
         return error_response(400, str(exc), code=exc.code, param=exc.param)
     except AccessDenied as exc:
         return denial_response(exc)
+    except SharedStateUnavailable:
+        request.app.state.runtime.metrics.shared_state_failures.labels(operation="client_secret").inc()
+        return error_response(
+            503,
+            "client secrets cannot be stored now (shared state unavailable); try again shortly",
+            code="shared_state_unavailable",
+        )
     return JSONResponse(
         {
             "value": secret.value,

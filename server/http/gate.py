@@ -1,9 +1,11 @@
 """The websocket upgrade gate: admission decisions (server/http/admission.py) applied to routes.
 
 `@admission_controlled` goes under `@router.websocket(...)`. Before the handler runs (and
-before anything accepts the websocket) it asks `app.state.admission`; a refused upgrade gets
-an HTTP response, never a slow session:
-- over `max_sessions`: HTTP 503 with `Retry-After`;
+before anything accepts the websocket) it asks `app.state.admission` (this process) and, with
+Redis, the runtime's `cluster` (server/http/cluster_admission.py: rate limits and the replica's
+and global session caps, shared); a refused upgrade gets an HTTP response, never a slow session:
+- over `max_sessions`, the replica's or the global cap, or with Redis unreachable while its
+  caps fail closed: HTTP 503 with `Retry-After`;
 - over a connection-rate limit (per client IP, per API key): HTTP 429 with `Retry-After`;
 both with a JSON body `{"error": {"type", "code", "message"}}` and counted in
 `voxgate_sessions_refused{reason}`. Where the ASGI server lacks the websocket denial-response
@@ -19,6 +21,7 @@ so no key is held in memory; whether the key is valid is the access check's busi
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import logging
@@ -32,6 +35,7 @@ from fastapi.responses import JSONResponse, Response
 from server.http.access import bearer_token, subprotocol_token
 from server.http.admission import Admission, Admitted, RefusalReason, Refused
 from server.http.close_codes import CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER
+from server.http.cluster_admission import ClusterAdmission, ClusterSlot
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,11 @@ HTTP_TOO_MANY_REQUESTS = 429
 HTTP_SERVICE_UNAVAILABLE = 503
 
 Handler = Callable[[WebSocket], Awaitable[None]]
+
+# refusals that say "not now" (HTTP 503, close 1013) rather than "you, slow down" (429, 1008)
+_UNAVAILABLE = frozenset(
+    {RefusalReason.AT_CAPACITY, RefusalReason.GLOBAL_AT_CAPACITY, RefusalReason.SHARED_STATE_UNAVAILABLE}
+)
 
 
 def credential_fingerprint(authorization: str | None, subprotocols: list[str]) -> str | None:
@@ -58,10 +67,16 @@ def refusal_message(refused: Refused) -> str:
             return f"too many new connections from this address; try again in {retry_s} s"
         case RefusalReason.KEY_RATE_LIMITED:
             return f"too many new connections with this API key; try again in {retry_s} s"
+        case RefusalReason.GLOBAL_AT_CAPACITY:
+            return f"the service is at its session limit; try again in {retry_s} s"
+        case RefusalReason.SHARED_STATE_UNAVAILABLE:
+            return (
+                f"the server cannot count sessions now (shared state unavailable); try again in {retry_s} s"
+            )
 
 
 def refusal_status(refused: Refused) -> int:
-    if refused.reason is RefusalReason.AT_CAPACITY:
+    if refused.reason in _UNAVAILABLE:
         return HTTP_SERVICE_UNAVAILABLE
     return HTTP_TOO_MANY_REQUESTS
 
@@ -92,21 +107,33 @@ async def refuse(websocket: WebSocket, refused: Refused) -> None:
     retry_after = str(max(1, math.ceil(refused.retry_after_s)))
     body = {"error": {"type": "server_error", "code": refused.reason.value, "message": message}}
     response = JSONResponse(body, status_code=refusal_status(refused), headers={"Retry-After": retry_after})
-    code = CLOSE_TRY_AGAIN_LATER if refused.reason is RefusalReason.AT_CAPACITY else CLOSE_POLICY_VIOLATION
+    code = CLOSE_TRY_AGAIN_LATER if refused.reason in _UNAVAILABLE else CLOSE_POLICY_VIOLATION
     await deny_upgrade(websocket, response, code, message)
 
 
 def admission_controlled(handler: Handler) -> Handler:
-    """Admit (or refuse) the upgrade, then run `handler`, releasing its slot at the end."""
+    """Admit (or refuse) the upgrade, then run `handler`, releasing its slots at the end."""
 
     @functools.wraps(handler)
     async def gated(websocket: WebSocket) -> None:
         admission: Admission = websocket.app.state.admission
+        cluster: ClusterAdmission | None = websocket.app.state.runtime.cluster
         client_ip = websocket.client.host if websocket.client else None
         key = credential_fingerprint(
             websocket.headers.get("authorization"), list(websocket.scope.get("subprotocols") or [])
         )
-        decision = admission.admit(client_ip, key, now_s=time.monotonic())
+        now_s = time.monotonic()
+        shared_slot: ClusterSlot | None = None
+        # with Redis the rate limits are the cluster's (the process's admission has them off)
+        rate_refusal = None if cluster is None else await cluster.check_rates(client_ip, key, now_s)
+        decision = rate_refusal or admission.admit(client_ip, key, now_s)
+        if isinstance(decision, Admitted) and cluster is not None:
+            claim = await cluster.claim()
+            if isinstance(claim, Refused):
+                admission.release(decision.slot)
+                decision = claim
+            else:
+                shared_slot = claim
         if isinstance(decision, Refused):
             websocket.app.state.runtime.metrics.refusals.labels(reason=decision.reason.value).inc()
             log.warning(
@@ -120,10 +147,12 @@ def admission_controlled(handler: Handler) -> Handler:
             )
             await refuse(websocket, decision)
             return
-        assert isinstance(decision, Admitted)
         try:
             await handler(websocket)
         finally:
             admission.release(decision.slot)
+            if shared_slot is not None:
+                assert cluster is not None
+                await asyncio.shield(cluster.release(shared_slot))  # bounded by the Redis timeout
 
     return gated

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request, Response, WebSocket
 from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from server.errors import BackendUnavailable
+from server.errors import BackendUnavailable, SharedStateUnavailable
 from server.http.access import AccessControl, AccessDenied, Grant, bearer_token, subprotocol_token
 from server.http.client_secrets import denial_response, require_api_key
 from server.http.close_codes import (
@@ -24,6 +24,7 @@ from server.http.close_codes import (
     CLOSE_TRY_AGAIN_LATER,
     CLOSE_UNSUPPORTED_DATA,
 )
+from server.http.cluster_admission import ClusterAdmission
 from server.http.gate import admission_controlled, close_reason, deny_upgrade
 from server.http.process_stats import process_stats
 from server.http.runtime import Runtime, guard_options
@@ -35,6 +36,7 @@ from server.streaming.conversation import Conversation
 from server.streaming.guard import TransportGuard
 from server.streaming.lifetime import SessionEnd
 from server.streaming.port import TransportClosed
+from server.telephony.call_parameters import CallParameters
 from server.telephony.twilio import TwilioMediaStream, TwilioOptions, upgrade_is_signed
 
 log = logging.getLogger(__name__)
@@ -95,19 +97,40 @@ async def healthz(request: Request) -> JSONResponse:
         "auth_required": request.app.state.access.requires_key,  # the page asks for a key
         "backends": backends,
     }
+    if runtime.cluster is not None:
+        body["shared_state"] = await _shared_counts(runtime.cluster)
     return JSONResponse(body, status_code=503 if status == "failed" else 200)
+
+
+async def _shared_counts(cluster: ClusterAdmission) -> dict[str, object]:
+    """The replica's and the service's sessions as Redis counts them, with their caps."""
+    counts = await cluster.counts()
+    if counts is None:
+        return {"status": "unavailable"}
+    return {
+        "status": "ok",
+        "replica_id": cluster.options.replica_id,
+        "replica_sessions": counts.replica,
+        "replica_max_sessions": cluster.options.replica_max_sessions,
+        "global_sessions": counts.all_replicas,
+        "global_max_sessions": cluster.options.global_max_sessions,
+    }
 
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
     """Whether a load balancer should send this process new sessions: 503 while it drains
-    (SIGTERM: readiness flips before anything else), is at its session limit, or a backend
-    failed; 200 otherwise. `/healthz` is liveness: it stays 200 while draining."""
+    (SIGTERM: readiness flips before anything else), is at its session limit (its own, or with
+    Redis its replica's), or a backend failed; 200 otherwise. A full service (the global cap)
+    and an unreachable Redis leave it ready: every replica would be alike, and upgrades get
+    their own 503. `/healthz` is liveness: it stays 200 while draining."""
     runtime: Runtime = request.app.state.runtime
     admission = request.app.state.admission
     if runtime.sessions.is_draining:
         status = "draining"
-    elif admission.active >= admission.maximum:
+    elif admission.active >= admission.maximum or (
+        runtime.cluster is not None and await runtime.cluster.replica_is_full()
+    ):
         status = "at_capacity"
     elif any(health["state"] == "failed" for health in runtime.backend_health().values()):
         status = "failed"
@@ -181,7 +204,15 @@ async def _admit(websocket: WebSocket) -> Grant | None:
         credential = bearer_token(websocket.headers.get("authorization")) or subprotocol_token(
             websocket.scope.get("subprotocols") or []
         )
-        return access.authenticate(credential, now_s=time.time())
+        return await access.authenticate(credential, now_s=time.time())
+    except SharedStateUnavailable as exc:  # a client secret, and Redis does not answer
+        websocket.app.state.runtime.metrics.shared_state_failures.labels(operation="client_secret").inc()
+        log.warning("client secret not checked: shared state unavailable", extra={"error": str(exc)})
+        message = "client secrets cannot be checked now (shared state unavailable); try again shortly"
+        body = {"error": {"type": "server_error", "code": "shared_state_unavailable", "message": message}}
+        response = JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+        await deny_upgrade(websocket, response, CLOSE_TRY_AGAIN_LATER, message)
+        return None
     except AccessDenied as exc:
         log.warning(
             "websocket refused",
@@ -294,6 +325,18 @@ async def _close(websocket: WebSocket, code: int, reason: str = "") -> None:
             await websocket.close(code, reason)
 
 
+async def _stored_call_parameters(websocket: WebSocket, call_sid: str) -> dict[str, str] | None:
+    """What a voice webhook stored for this call (PUT /v1/twilio/calls/{call_sid}); None when
+    nothing was, or when Redis fails (the call goes on with its TwiML parameters: logged)."""
+    calls: CallParameters = websocket.app.state.calls
+    try:
+        return await calls.get(call_sid, now_s=time.time())
+    except SharedStateUnavailable as exc:
+        websocket.app.state.runtime.metrics.shared_state_failures.labels(operation="call_parameters").inc()
+        log.warning("stored call parameters unavailable", extra={"call_sid": call_sid, "error": str(exc)})
+        return None
+
+
 @router.websocket("/v1/twilio")
 @admission_controlled
 async def twilio(websocket: WebSocket) -> None:
@@ -324,6 +367,11 @@ async def twilio(websocket: WebSocket) -> None:
     conversation: Conversation | None = None
     try:
         start = await stream.start()
+        if start.call_sid:
+            stored = await _stored_call_parameters(websocket, start.call_sid)
+            if stored:
+                stream.add_parameters(stored)
+                start = stream.started or start
         parameters = {**start.custom_parameters, "call_sid": start.call_sid or ""}
         setup = await _session_setup(runtime, websocket, parameters)
         requested = setup.profile or start.custom_parameters.get("model")

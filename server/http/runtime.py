@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from server.events import EventHandler
+from server.http.cluster_admission import ClusterAdmission
 from server.http.session_setup import SessionSetupHook
 from server.http.shutdown import LiveSessions
 from server.metrics import Metrics
@@ -37,6 +38,7 @@ class Runtime:
     session_setup: SessionSetupHook | None = None
     tools: ToolBox | None = None  # the embedding code's server-side tools
     sessions: LiveSessions = field(default_factory=LiveSessions)  # drained at shutdown
+    cluster: ClusterAdmission | None = None  # with Redis: limits shared across replicas
 
     async def model_for(self, requested: str | None) -> OmniModel:
         """The model a session asked for by name (a profile), loaded on first use."""

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -198,6 +199,14 @@ class TwilioMediaStream:
         await cancel_and_wait(pending, timeout_s=1.0)
 
     # --- ClientPort: inbound ----------------------------------------------------------------
+
+    def add_parameters(self, stored: Mapping[str, str]) -> None:
+        """Parameters stored for this call beforehand (server/telephony/call_parameters.py),
+        under the stream's own customParameters. Call after `start()`, before the session."""
+        if self.started is None:
+            raise RuntimeError("add_parameters before start()")
+        merged = {**stored, **self.started.custom_parameters}
+        self.started = dataclasses.replace(self.started, custom_parameters=merged)
 
     def attach(self, session: SessionView) -> None:
         self._session = session

@@ -101,30 +101,30 @@ def test_unreadable_key_file_stops_startup(tmp_path: Path) -> None:
         build_access(Settings(api_keys_file=empty))
 
 
-def test_keys_from_settings_and_file_together(tmp_path: Path) -> None:
+async def test_keys_from_settings_and_file_together(tmp_path: Path) -> None:
     path = tmp_path / "keys.txt"
     path.write_text(f"{OTHER_KEY}\n")
     access = build_access(Settings(api_keys=[SecretStr(KEY)], api_keys_file=path))
     assert access.requires_key
-    assert access.authenticate(KEY, now_s=0).kind is GrantKind.API_KEY
-    assert access.authenticate(OTHER_KEY, now_s=0).kind is GrantKind.API_KEY
+    assert (await access.authenticate(KEY, now_s=0)).kind is GrantKind.API_KEY
+    assert (await access.authenticate(OTHER_KEY, now_s=0)).kind is GrantKind.API_KEY
 
 
-def test_authenticate_with_and_without_keys() -> None:
+async def test_authenticate_with_and_without_keys() -> None:
     keyed = AccessControl(ApiKeys([KEY]), OriginPolicy([]))
     with pytest.raises(AccessDenied) as missing:
-        keyed.authenticate(None, now_s=0)
+        await keyed.authenticate(None, now_s=0)
     assert (missing.value.code, missing.value.status) == ("missing_api_key", 401)
     with pytest.raises(AccessDenied) as wrong:
-        keyed.authenticate("sk-wrong", now_s=0)
+        await keyed.authenticate("sk-wrong", now_s=0)
     assert wrong.value.code == "invalid_api_key"
-    assert keyed.authenticate(KEY, now_s=0).kind is GrantKind.API_KEY
+    assert (await keyed.authenticate(KEY, now_s=0)).kind is GrantKind.API_KEY
     # no keys: open, whatever placeholder key an OpenAI client sends; client secrets still checked
     open_ = AccessControl(ApiKeys([]), OriginPolicy([]))
-    assert open_.authenticate(None, now_s=0).kind is GrantKind.OPEN
-    assert open_.authenticate("sk-placeholder", now_s=0).kind is GrantKind.OPEN
+    assert (await open_.authenticate(None, now_s=0)).kind is GrantKind.OPEN
+    assert (await open_.authenticate("sk-placeholder", now_s=0)).kind is GrantKind.OPEN
     with pytest.raises(AccessDenied) as bogus:
-        open_.authenticate("ek_bogus", now_s=0)
+        await open_.authenticate("ek_bogus", now_s=0)
     assert bogus.value.code == "invalid_client_secret"
 
 
@@ -142,40 +142,42 @@ def test_credentials_from_header_and_subprotocol() -> None:
 # --- client secrets ------------------------------------------------------------------------
 
 
-def test_client_secret_expires_at_its_time() -> None:
+async def test_client_secret_expires_at_its_time() -> None:
     store = ClientSecretStore()
-    secret = store.mint({"instructions": "be brief"}, ttl_s=10, now_s=1000.5)
+    secret = await store.mint({"instructions": "be brief"}, ttl_s=10, now_s=1000.5)
     assert secret.value.startswith("ek_") and len(secret.value) > 40
     assert secret.expires_at_s == 1010
-    assert store.verify(secret.value, now_s=1009.9).session == {"instructions": "be brief"}
-    assert store.verify(secret.value, now_s=1009.9).session == {"instructions": "be brief"}  # multi-use
+    assert (await store.verify(secret.value, now_s=1009.9)).session == {"instructions": "be brief"}
+    assert (await store.verify(secret.value, now_s=1009.9)).session == {
+        "instructions": "be brief"
+    }  # multi-use
     with pytest.raises(AccessDenied) as expired:
-        store.verify(secret.value, now_s=1010)
+        await store.verify(secret.value, now_s=1010)
     assert expired.value.code == "expired_client_secret"
     with pytest.raises(AccessDenied) as gone:
-        store.verify(secret.value, now_s=1011)
+        await store.verify(secret.value, now_s=1011)
     assert gone.value.code == "invalid_client_secret"
 
 
-def test_client_secret_table_holds_no_secret_and_purges_expired() -> None:
+async def test_client_secret_table_holds_no_secret_and_purges_expired() -> None:
     store = ClientSecretStore(max_live=2)
-    first = store.mint({}, ttl_s=10, now_s=0)
-    store.mint({}, ttl_s=100, now_s=0)
+    first = await store.mint({}, ttl_s=10, now_s=0)
+    await store.mint({}, ttl_s=100, now_s=0)
     assert first.value not in repr(store._entries)
     with pytest.raises(AccessDenied) as full:
-        store.mint({}, ttl_s=10, now_s=5)
+        await store.mint({}, ttl_s=10, now_s=5)
     assert (full.value.code, full.value.status) == ("too_many_client_secrets", 429)
-    store.mint({}, ttl_s=10, now_s=10)  # the first expired: room again
+    await store.mint({}, ttl_s=10, now_s=10)  # the first expired: room again
     assert len(store) == 2
-    assert store.revoke(first.value) is False
+    assert await store.revoke(first.value) is False
     with pytest.raises(AccessDenied):
-        store.verify("ek_" + first.value[3:-1] + "x", now_s=11)
+        await store.verify("ek_" + first.value[3:-1] + "x", now_s=11)
 
 
-def test_client_secret_cannot_mint_or_read_metrics() -> None:
+async def test_client_secret_cannot_mint_or_read_metrics() -> None:
     access = AccessControl(ApiKeys([KEY]), OriginPolicy([]))
-    secret = access.mint({"instructions": "x"}, now_s=0)
-    assert access.authenticate(secret.value, now_s=1).kind is GrantKind.CLIENT_SECRET
+    secret = await access.mint({"instructions": "x"}, now_s=0)
+    assert (await access.authenticate(secret.value, now_s=1)).kind is GrantKind.CLIENT_SECRET
     with pytest.raises(AccessDenied) as denied:
         access.authorize_key(secret.value)
     assert (denied.value.code, denied.value.status) == ("client_secret_not_allowed", 403)
@@ -395,7 +397,7 @@ async def test_client_secret_session_starts_with_the_bound_settings(keyed_server
 async def test_expired_or_unknown_secret_is_refused() -> None:
     app = fake_app(api_keys=[KEY])
     async with running_server(app) as url:
-        old = app.state.access.mint({"instructions": "x"}, ttl_s=10, now_s=time.time() - 60)
+        old = await app.state.access.mint({"instructions": "x"}, ttl_s=10, now_s=time.time() - 60)
         status, body = await refusal(url, subprotocols=["realtime", f"openai-insecure-api-key.{old.value}"])
         assert (status, body["error"]["code"]) == (401, "expired_client_secret")
         assert "mint a new one" in body["error"]["message"]
@@ -520,13 +522,13 @@ async def test_twilio_keeps_its_own_check(keyed_server: str) -> None:
 async def test_embedding_backend_mints_in_process() -> None:
     model = CascadeModel(FakeAsr(), FakeLlm(), FakeTts())
     agent = VoiceAgent(Settings(api_keys=[SecretStr(KEY)]), model=model, vad=EnergyClassifierFactory())
-    secret = agent.mint_client_secret(session={"instructions": "Caller 42."}, ttl_s=60)
+    secret = await agent.mint_client_secret(session={"instructions": "Caller 42."}, ttl_s=60)
     assert isinstance(secret, ClientSecret) and secret.value.startswith("ek_")
     with pytest.raises(InvalidMintRequest) as bad:
-        agent.mint_client_secret(ttl_s=5)
+        await agent.mint_client_secret(ttl_s=5)
     assert bad.value.param == "ttl_s"
     with pytest.raises(InvalidMintRequest):
-        agent.mint_client_secret(session={"audio": {"output": {"voice": 3}}})
+        await agent.mint_client_secret(session={"audio": {"output": {"voice": 3}}})
     async with running_server(agent.app()) as url:
         protocols = ["realtime", f"openai-insecure-api-key.{secret.value}"]
         async with session(url, subprotocols=protocols) as client:
