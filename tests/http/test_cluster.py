@@ -26,7 +26,8 @@ async def replicas(redis: RedisProcess, *settings: dict[str, Any]) -> AsyncItera
     async with contextlib.AsyncExitStack() as stack:
         urls = []
         for own in settings:
-            app = fake_app(**{"redis_url": redis.url, **own})
+            # a generous timeout: on a shared box a slow answer must not pass for a failure
+            app = fake_app(**{"redis_url": redis.url, "redis_timeout_s": 5.0, **own})
             urls.append(await stack.enter_async_context(running_server(app)))
         yield urls
 
