@@ -3,9 +3,10 @@
 On SIGTERM (or `server.should_exit = True`) `GracefulServer.shutdown` runs, before uvicorn's
 own shutdown:
 
-1. Stop accepting: the listening sockets close (new connections are refused), and an upgrade
-   that still arrives on a kept-alive connection is refused by the routes (HTTP 503, or close
-   1013, "server shutting down") because `LiveSessions.is_draining` is set.
+1. Readiness flips (`LiveSessions.is_draining`: `/readyz` answers 503 "draining"), then the
+   listening sockets close (new connections are refused: a proxy retries the next replica),
+   and an upgrade that still arrives on a kept-alive connection is refused by the routes (HTTP
+   503, or close 1013, "server shutting down").
 2. Let replies finish: a session that is not replying (no turn being transcribed, no reply
    being prepared, generated or played) is stopped at once; the others as soon as their reply
    is over, for up to the grace period (`shutdown_grace_s`).
@@ -123,11 +124,13 @@ class GracefulServer(uvicorn.Server):
         self.grace_s = grace_s
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        live = self._live()
+        if live is not None:  # readiness (/readyz) flips before anything else changes
+            live.is_draining = True
         for server in self.servers:  # stop accepting; uvicorn's shutdown does it again, harmlessly
             server.close()
         for sock in sockets or []:
             sock.close()
-        live = self._live()
         if live is not None and not self.force_exit:
             log.info("draining sessions", extra={"sessions": len(live), "grace_s": self.grace_s})
             await live.drain(self.grace_s, abandon=lambda: self.force_exit)
