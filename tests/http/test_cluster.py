@@ -7,15 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.conftest import fake_app
 from tests.harness import realtime_client, running_server
 from tests.http.test_access import KEY, refusal, session
-from tests.redis_server import RedisProcess
+from tests.redis_server import RedisProcess, free_port
 
 UNLIMITED_RATES = {"ip_connections_per_minute": 0, "key_connections_per_minute": 0}
 
@@ -32,15 +37,16 @@ async def replicas(redis: RedisProcess, *settings: dict[str, Any]) -> AsyncItera
         yield urls
 
 
-async def wait_for_status(url: str, path: str, status: int) -> httpx.Response:
+async def wait_for_status(url: str, path: str, status: int, tries: int = 200) -> httpx.Response:
     """GET url+path until it answers `status` (a session's slot is freed as its handler ends)."""
     async with httpx.AsyncClient() as http:
-        for _ in range(200):
-            response = await http.get(url + path)
-            if response.status_code == status:
-                return response
-            await asyncio.sleep(0.02)
-    raise AssertionError(f"{path} never answered {status}: {response.status_code} {response.text}")
+        for _ in range(tries):
+            with contextlib.suppress(httpx.TransportError):
+                response = await http.get(url + path)
+                if response.status_code == status:
+                    return response
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"{url}{path} never answered {status}")
 
 
 async def test_a_client_secret_minted_on_one_replica_opens_a_session_on_another(redis: RedisProcess) -> None:
@@ -158,3 +164,51 @@ async def test_a_hung_redis_costs_an_upgrade_its_timeout_not_a_hang(redis: Redis
         async with httpx.AsyncClient() as http:  # once Redis answers, the heartbeat counts it
             health = (await http.get(url + "/healthz")).json()
         assert health["shared_state"]["status"] == "ok"
+
+
+@pytest.mark.slow
+async def test_the_sessions_of_a_killed_replica_stop_counting_after_the_slot_ttl(
+    redis: RedisProcess, tmp_path: Path
+) -> None:
+    """A replica process (fake models; `loadtests.redis_cost --serve`) is SIGKILLed with
+    sessions open: its slots stop being renewed and leave the counts within the slot TTL."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "VOXGATE_REDIS_URL": redis.url,
+        "VOXGATE_REPLICA_ID": "doomed",
+        "VOXGATE_REDIS_SLOT_TTL_S": "3",
+        "VOXGATE_LOG_LEVEL": "warning",
+    }
+    with (tmp_path / "doomed.log").open("wb") as log:
+        doomed = subprocess.Popen(  # noqa: ASYNC220 - starting it is quick
+            [sys.executable, "-m", "loadtests.redis_cost", "--serve", str(port)],
+            env=env,
+            stdout=log,
+            stderr=log,
+        )
+    try:
+        doomed_url = f"http://127.0.0.1:{port}"
+        await wait_for_status(doomed_url, "/healthz", 200, tries=600)
+        async with replicas(redis, {"replica_id": "survivor", "redis_slot_ttl_s": 3, **UNLIMITED_RATES}) as (
+            survivor,
+        ):
+            async with realtime_client(doomed_url) as one, realtime_client(doomed_url) as two:
+                await one.wait_for("session.created")
+                await two.wait_for("session.created")
+                async with httpx.AsyncClient() as http:
+                    shared = (await http.get(survivor + "/healthz")).json()["shared_state"]
+                assert shared["global_sessions"] == 2
+                doomed.kill()
+                await asyncio.to_thread(doomed.wait, 10)
+                async with httpx.AsyncClient() as http:
+                    for _ in range(100):  # 3 s TTL after the last renewal (at most 3 s before the kill)
+                        shared = (await http.get(survivor + "/healthz")).json()["shared_state"]
+                        if shared["global_sessions"] == 0:
+                            break
+                        await asyncio.sleep(0.1)
+                assert shared["global_sessions"] == 0, (tmp_path / "doomed.log").read_text()
+    finally:
+        if doomed.poll() is None:
+            doomed.kill()
+            doomed.wait()
