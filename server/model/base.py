@@ -21,6 +21,7 @@ event loop. A backend failure raises `BackendError`.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
@@ -34,19 +35,34 @@ from server.model.tool_calls import ToolSpec as ToolSpec
 Role = Literal["system", "user", "assistant", "tool"]
 
 
+@dataclass(frozen=True, slots=True)
+class ImageInput:
+    """An image the user shared (a realtime `input_image` part): its bytes, their MIME type
+    (image/png or image/jpeg) and the detail a vision model should look at it with."""
+
+    mime_type: str
+    data: bytes
+    detail: Literal["auto", "low", "high"] = "auto"
+
+    @property
+    def data_url(self) -> str:
+        return f"data:{self.mime_type};base64,{base64.b64encode(self.data).decode()}"
+
+
 @dataclass(slots=True)
 class Message:
     """One conversation message. `interrupted` marks an assistant reply cut by barge-in.
 
     Tools: an assistant message may carry `tool_calls` (its text then may be empty); each call's
     result follows as a `tool` message whose `tool_call_id` names the call and whose text is
-    the result's JSON."""
+    the result's JSON. A user message may carry `images` beside its text."""
 
     role: Role
     text: str
     interrupted: bool = False
     tool_calls: tuple[ToolCallRequest, ...] = ()
     tool_call_id: str | None = None
+    images: tuple[ImageInput, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +72,9 @@ class Capabilities:
     input_sample_rate_hz: the rate `push_audio` expects.
     output_sample_rate_hz: the rate of `AudioChunk` frames.
 
+    accepts_images: whether user messages may carry images (`add_user_text(text, images)`);
+    the conversation refuses an image item with a clear error where it is False.
+
     Every model truncates its last reply (`truncate_reply`) and leaves turn-taking to the
     server. A full-duplex model that decides turns itself would add a flag here together with
     the server code that reads it (an upstream realtime backend, issue 17); flags that no code
@@ -64,6 +83,7 @@ class Capabilities:
 
     input_sample_rate_hz: int
     output_sample_rate_hz: int
+    accepts_images: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +178,9 @@ class OmniSession(Protocol):
         """End the user's turn; yields transcript events, the last one final."""
         ...
 
-    def add_user_text(self, text: str) -> None: ...
+    def add_user_text(self, text: str, images: Sequence[ImageInput] = ()) -> None:
+        """A typed user message; `images` only where `capabilities.accepts_images`."""
+        ...
 
     def add_tool_result(self, call_id: str, output: str) -> None:
         """The client's output for a client-side tool call of an earlier reply."""
@@ -225,6 +247,9 @@ class AsrBackend(Protocol):
 
 
 class LlmBackend(Protocol):
+    """`accepts_images` (optional attribute, False when absent): the backend passes user
+    messages' images to a model that can see them."""
+
     def complete(
         self, history: Sequence[Message], options: SessionOptions
     ) -> AsyncIterator[str | ToolCallRequest]:

@@ -40,6 +40,7 @@ from server.model.base import (
     AsrStream,
     AudioChunk,
     Capabilities,
+    ImageInput,
     LlmBackend,
     Message,
     ReplyEvent,
@@ -118,6 +119,7 @@ class CascadeModel:
         self.capabilities = Capabilities(
             input_sample_rate_hz=asr.sample_rate_hz,
             output_sample_rate_hz=OUTPUT_SAMPLE_RATE_HZ,
+            accepts_images=bool(getattr(llm, "accepts_images", False)),
         )
 
     async def open(self, options: SessionOptions) -> CascadeSession:
@@ -191,8 +193,8 @@ class CascadeSession:
                 self._anticipation.history_key = _history_key(self._history)
         yield TranscriptDelta(final, is_final=True)
 
-    def add_user_text(self, text: str) -> None:
-        self._history.append(Message("user", text))
+    def add_user_text(self, text: str, images: Sequence[ImageInput] = ()) -> None:
+        self._history.append(Message("user", text, images=tuple(images)))
 
     def add_tool_result(self, call_id: str, output: str) -> None:
         insert_tool_result(self._history, Message("tool", output, tool_call_id=call_id))

@@ -88,10 +88,11 @@ class FakeLlm:
     fail_with: type[BaseException] = BackendError
     hang_after_words: int | None = None
     calls: list[list[Message]] = field(default_factory=list)
+    accepts_images: bool = False  # a fake vision model when True: the calls keep the images
 
     async def complete(self, history: Sequence[Message], options: SessionOptions) -> AsyncIterator[str]:
         index = min(len(self.calls), len(self.script) - 1)
-        self.calls.append([Message(m.role, m.text, m.interrupted) for m in history])
+        self.calls.append([Message(m.role, m.text, m.interrupted, images=m.images) for m in history])
         for n, word in enumerate(self.script[index].split()):
             if self.fail_after_words is not None and n >= self.fail_after_words:
                 raise self.fail_with("fake language model failure")

@@ -28,6 +28,7 @@ from server.realtime.function_calls import (
     function_call_item,
     function_call_output_item,
 )
+from server.realtime.images import MAX_IMAGES_PER_ITEM, parse_input_image
 from server.realtime.wire import (
     Dialect,
     EventWriter,
@@ -186,11 +187,24 @@ class RealtimePort:
                 param="item.type",
             )
         texts = [p.text for p in item.content if p.type == "input_text" and p.text]
-        if not texts:
+        images = [
+            parse_input_image(p.image_url, p.detail, f"item.content[{index}]")
+            for index, p in enumerate(item.content)
+            if p.type == "input_image"
+        ]
+        if len(images) > MAX_IMAGES_PER_ITEM:
             raise ProtocolViolation(
-                "user message needs an input_text content part", code="missing_field", param="item.content"
+                f"at most {MAX_IMAGES_PER_ITEM} images in one item",
+                code="invalid_value",
+                param="item.content",
             )
-        return AddUserText(" ".join(texts), item.id, event.event_id)
+        if not texts and not images:
+            raise ProtocolViolation(
+                "user message needs an input_text or input_image content part",
+                code="missing_field",
+                param="item.content",
+            )
+        return AddUserText(" ".join(texts), item.id, event.event_id, tuple(images))
 
     def _response_options(self, body: dict[str, Any]) -> ResponseOptions:
         assert self._session is not None
@@ -307,7 +321,8 @@ class RealtimePort:
             case UserAudioAdded():
                 return w.item_added(w.user_audio_item(output.item_id, None), output.previous_item_id)
             case UserTextAdded():
-                return w.item_added(w.user_text_item(output.item_id, output.text), output.previous_item_id)
+                item = w.user_text_item(output.item_id, output.text, output.images)
+                return w.item_added(item, output.previous_item_id)
             case FunctionOutputAdded():
                 item = function_call_output_item(output.item_id, output.call_id, output.output)
                 return w.item_added(item, output.previous_item_id)

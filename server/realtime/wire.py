@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from server.audio import AudioFormat, Encoding
 from server.errors import ProtocolViolation
 from server.ids import new_id as new_id  # re-exported: the ids of the events built here
+from server.model.base import ImageInput
 from server.realtime.session_update import apply_session_update as apply_session_update  # re-exported
 from server.realtime.session_update import is_beta_session_shape as is_beta_session_shape  # re-exported
 from server.realtime.session_update import vars_of
@@ -68,6 +69,8 @@ class ContentPart(BaseModel):
     text: str | None = None
     audio: str | None = None
     transcript: str | None = None
+    image_url: str | None = None  # input_image: a data URL (server/realtime/images.py)
+    detail: str | None = None
 
 
 class ItemIn(BaseModel):
@@ -335,14 +338,16 @@ class EventWriter:
             "content": [{"type": "input_audio", "transcript": transcript}],
         }
 
-    def user_text_item(self, item_id: str, text: str) -> dict[str, Any]:
+    def user_text_item(self, item_id: str, text: str, images: Sequence[ImageInput] = ()) -> dict[str, Any]:
+        content: list[dict[str, Any]] = [{"type": "input_text", "text": text}] if text or not images else []
+        content += [{"type": "input_image", "image_url": i.data_url, "detail": i.detail} for i in images]
         return {
             "id": item_id,
             "object": "realtime.item",
             "type": "message",
             "status": "completed",
             "role": "user",
-            "content": [{"type": "input_text", "text": text}],
+            "content": content,
         }
 
     def assistant_part(self, transcript: str, audio: bool) -> dict[str, Any]:

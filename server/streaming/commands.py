@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from server.errors import ProtocolViolation
-from server.model.base import ResponseOptions
+from server.model.base import ImageInput, ResponseOptions
 from server.model.tool_calls import ToolSpec
 from server.streaming.session_config import SessionConfig
 
@@ -50,9 +50,12 @@ class ClearAudio:
 
 @dataclass(frozen=True, slots=True)
 class AddUserText:
+    """A typed user message, with any images the client shared."""
+
     text: str
     item_id: str | None = None
     event_id: str | None = None
+    images: tuple[ImageInput, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

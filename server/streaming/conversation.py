@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
 from server.aio import wait_event
 from server.audio import PcmFrame, resample
@@ -33,6 +33,7 @@ from server.ids import new_id
 from server.metrics import Metrics
 from server.model.base import (
     HearsWords,
+    ImageInput,
     OmniModel,
     OmniSession,
     ResponseOptions,
@@ -113,6 +114,7 @@ log = logging.getLogger(__name__)
 
 SILENCE_BY_ABSENCE_MS = 250  # no audio for this long in the middle of a turn: treat as silence
 MIN_COMMIT_MS = 100
+MAX_SESSION_IMAGE_BYTES = 32 * 1024 * 1024  # images a session's history may hold
 
 
 class Conversation:
@@ -142,6 +144,7 @@ class Conversation:
         self._clock = clock
         self.config = options.session_config(new_id("sess"))
         self.last_item_id: str | None = None
+        self._image_bytes = 0  # of the images in the history (bounded: MAX_SESSION_IMAGE_BYTES)
         self._send_lock = asyncio.Lock()
         self._ingest_lock = asyncio.Lock()
         self._session: OmniSession | None = None
@@ -322,10 +325,12 @@ class Conversation:
                 await self._clear_input()
                 await self.send(InputCleared())
             case AddUserText():
+                self._check_images(command.images)
                 item_id = command.item_id or new_id("item")
-                self.model_session.add_user_text(command.text)
+                self.model_session.add_user_text(command.text, command.images)
+                self._image_bytes += sum(len(image.data) for image in command.images)
                 previous, self.last_item_id = self.last_item_id, item_id
-                await self.send(UserTextAdded(item_id, command.text, previous))
+                await self.send(UserTextAdded(item_id, command.text, previous, command.images))
             case AddFunctionOutput():
                 await self._replies.function_output(command)
             case TruncateItem():
@@ -636,6 +641,25 @@ class Conversation:
             await self._run_turn_actions()
         self._timer_wakeup.set()
         self._rescore_if_words_changed()
+
+    def _check_images(self, images: Sequence[ImageInput]) -> None:
+        """Refuse images the model cannot see, or beyond the session's image budget."""
+        if not images:
+            return
+        if not self.model_session.capabilities.accepts_images:
+            raise ProtocolViolation(
+                f"the model {self.config.model!r} cannot see images; send text, or serve a vision "
+                "model (VOXGATE_LLM=openai with a vision model behind it, or the realtime profile)",
+                code="images_not_supported",
+                param="item.content",
+            )
+        added = sum(len(image.data) for image in images)
+        if self._image_bytes + added > MAX_SESSION_IMAGE_BYTES:
+            raise ProtocolViolation(
+                f"this session's images would exceed {MAX_SESSION_IMAGE_BYTES // (1024 * 1024)} MiB",
+                code="images_limit_exceeded",
+                param="item.content",
+            )
 
     def _default_response_options(self) -> ResponseOptions:
         return ResponseOptions(with_audio="audio" in self.config.output_modalities)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from server.model.base import ImageInput
 from server.streaming.session_config import SessionConfig
 
 
@@ -101,6 +102,7 @@ class UserTextAdded:
     item_id: str
     text: str
     previous_item_id: str | None
+    images: tuple[ImageInput, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

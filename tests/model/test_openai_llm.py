@@ -25,7 +25,7 @@ from server.model.backends.openai_llm import (
     chat_messages,
     load,
 )
-from server.model.base import Message, SessionOptions, ToolCallRequest
+from server.model.base import ImageInput, Message, SessionOptions, ToolCallRequest
 from server.model.tool_calls import ForcedTool, ToolChoice, ToolSpec
 from server.tools import SessionTools, ToolBox
 
@@ -496,3 +496,24 @@ async def test_a_forced_function_is_sent_in_chat_completions_form() -> None:
         "type": "function",
         "function": {"name": "order_status"},
     }
+
+
+async def test_images_go_to_a_vision_model_as_content_parts_over_the_wire() -> None:
+    png = ImageInput("image/png", b"\x89PNG\r\n\x1a\nrest", "low")
+    history = [Message("user", "What is this?", images=(png,)), Message("user", "", images=(png,))]
+    events = [chunk_event("A chart."), chunk_event(None, finish_reason="stop"), "data: [DONE]\n\n"]
+    async with chat_server(streaming(events)) as server:
+        async with backend(server.base_url) as llm:
+            assert llm.accepts_images
+            assert await collect(llm, history) == ["A chart."]
+    image_part = {"type": "image_url", "image_url": {"url": png.data_url, "detail": "low"}}
+    assert server.requests[0].body["messages"][1:] == [
+        {"role": "user", "content": [{"type": "text", "text": "What is this?"}, image_part]},
+        {"role": "user", "content": [image_part]},
+    ]
+
+
+def test_images_can_be_turned_off_for_a_model_that_cannot_see() -> None:
+    assert load({"images": False}).accepts_images is False
+    with pytest.raises(ValueError, match="must be true or false"):
+        load({"images": "yes"})

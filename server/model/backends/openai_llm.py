@@ -52,13 +52,16 @@ class OpenAiLlmOptions:
     """base_url: up to and including the API version, e.g. "http://127.0.0.1:11434/v1".
     api_key: sent as a bearer token when not empty. model: the served model's name.
     timeout_s: longest wait for the response headers and between two stream chunks.
-    connect_timeout_s: longest wait for the TCP/TLS connection."""
+    connect_timeout_s: longest wait for the TCP/TLS connection.
+    images: whether users' images are passed on (the served model must be a vision model; one
+    that is not answers with an error, reported as a backend failure)."""
 
     base_url: str = "http://127.0.0.1:8000/v1"
     api_key: str = ""
     model: str = "default"
     timeout_s: float = 30.0
     connect_timeout_s: float = 5.0
+    images: bool = True
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, object]) -> OpenAiLlmOptions:
@@ -75,6 +78,7 @@ class OpenAiLlmOptions:
             connect_timeout_s=float(
                 _option(options, "connect_timeout_s", (int, float), default.connect_timeout_s)
             ),
+            images=_option(options, "images", bool, default.images),
         )
 
 
@@ -107,6 +111,13 @@ def chat_messages(history: Sequence[Message], instructions: str) -> list[dict[st
                     ],
                 }
             )
+        elif message.images:  # a vision model's content parts: the text, then each image
+            parts: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+            parts += [
+                {"type": "image_url", "image_url": {"url": image.data_url, "detail": image.detail}}
+                for image in message.images
+            ]
+            messages.append({"role": message.role, "content": parts})
         else:
             messages.append({"role": message.role, "content": text})
     return messages
@@ -128,6 +139,7 @@ class OpenAiLlm:
 
     def __init__(self, options: OpenAiLlmOptions) -> None:
         self.options = options
+        self.accepts_images = options.images
         headers = {"Accept": "text/event-stream"}
         if options.api_key:
             headers["Authorization"] = f"Bearer {options.api_key}"
@@ -314,6 +326,10 @@ def _parse_chunk(data: str, calls: _ToolCallParts) -> tuple[str, bool]:
 
 def _option(options: Mapping[str, object], name: str, kind: Any, default: Any) -> Any:
     value = options.get(name, default)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"openai LLM option {name!r} must be true or false: {value!r}")
+        return value
     if not isinstance(value, kind) or isinstance(value, bool):
         raise ValueError(f"openai LLM option {name!r} has the wrong type: {value!r}")
     return value
