@@ -117,6 +117,52 @@ async def healthz_sessions(replicas: Sequence[Replica]) -> dict[str, int]:
         return {r.name: (await http.get(r.url + "/healthz")).json()["sessions"] for r in replicas}
 
 
+@contextlib.asynccontextmanager
+async def header_recorder() -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
+    """A bare HTTP upstream (not Voxgate) on a free loopback port that records each request's
+    headers (names lowercased) and answers 200; yields its address and the records."""
+    records: list[dict[str, str]] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        lines = head.decode("latin1").split("\r\n")[1:]
+        records.append(
+            {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines if line)}
+        )
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        yield f"127.0.0.1:{port}", records
+    finally:
+        server.close()
+        await asyncio.wait_for(server.wait_closed(), 5)
+
+
+async def test_nginx_passes_the_upgrade_and_who_the_client_is(tmp_path: Path) -> None:
+    async with (
+        header_recorder() as (address, records),
+        nginx_balancer(tmp_path, [address]) as nginx,
+        httpx.AsyncClient(timeout=5, trust_env=False) as http,
+    ):
+        upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "X-Forwarded-For": "203.0.113.7"}
+        assert (await http.get(nginx.url + "/v1/realtime", headers=upgrade)).text == "ok"
+        assert (await http.get(nginx.url + "/healthz")).text == "ok"
+    websocket, plain = records
+    assert (websocket["upgrade"], websocket["connection"]) == ("websocket", "upgrade")
+    assert plain["connection"] == "close" and "upgrade" not in plain
+    # uvicorn reads the client from the right of X-Forwarded-For, skipping trusted proxies
+    # (FORWARDED_ALLOW_IPS): here nginx's view of the client, 127.0.0.1, is the last entry
+    assert websocket["x-forwarded-for"] == "203.0.113.7, 127.0.0.1"
+    assert websocket["x-real-ip"] == "127.0.0.1"
+    assert websocket["x-forwarded-proto"] == "http"
+    assert websocket["host"] == nginx.url.removeprefix("http://").split(":")[0]
+
+
 async def test_sessions_spread_across_both_replicas(tmp_path: Path) -> None:
     async with balanced_stack(tmp_path) as stack, Sessions(stack.nginx.url) as sessions:
         await sessions.connect_many(6)
