@@ -20,8 +20,9 @@ over rounds, of (nginx - direct). With N sessions, N clients run their turns at 
 Failover. With `--failover-sessions` sessions open through nginx (spread over both), replica A
 is SIGKILLed; measured: how many sessions ended (and how many A held, from its /healthz just
 before), how long until the last of them saw its connection end, and how long from the kill
-until a new session through nginx succeeded (session.created and a reply's first audio), with
-the attempts that failed before it. The survivors each answer one more turn. A is restarted
+until a new session through nginx succeeded (session.created, then a whole typed turn to its
+response.done: the 150 ms reply leaves at once, within the server's playout lead), with the
+attempts that failed before it. The survivors each answer one more turn. A is restarted
 between trials.
 """
 
@@ -160,7 +161,7 @@ class FailoverTrial:
     lost: int  # sessions whose connection ended
     lost_close_codes: list[int | None]
     last_close_ms: float  # kill -> the last lost session saw its connection end
-    new_session_ms: float  # kill -> a new session through nginx had its first reply audio
+    new_session_ms: float  # kill -> a new session through nginx had a whole reply
     failed_attempts: int  # new sessions tried (and failed) before that
     survivors_answered: int  # sessions not lost that answered one more turn
 

@@ -47,7 +47,7 @@ K8S_VERSIONS = ("1.29.0", "latest")
 SETTINGS_BEING_ADDED = {"redis_url", "replica_id", "replica_max_sessions", "global_max_sessions", "workers"}
 # the server's shutdown after its grace period: waiting for the sessions to close (3 s,
 # server/http/shutdown.py), uvicorn's leftover requests, the process's exit
-SHUTDOWN_AFTER_GRACE_S = 3 + SHUTDOWN_LEFTOVER_S + 2
+SHUTDOWN_AFTER_GRACE_S = 3 + SHUTDOWN_LEFTOVER_S + 5
 
 
 def yaml_documents(path: Path) -> list[dict[str, Any]]:
