@@ -10,6 +10,10 @@ activity detection, turn-taking, pacing. The VAD is a real one, the server's def
 `--vad webrtc|silero` (it runs on every frame in production); `--vad energy` swaps in the fake
 energy classifier.
 
+SIGTERM drains as `voxgate serve` does (server/http/shutdown.py): new sessions refused, replies
+in progress finish for up to `--shutdown-grace-s`, then every session closes with 1001, so the
+replicas behind a load balancer in tests/deploy/ behave as real ones on a rolling restart.
+
 Unlike the rest of `loadtests`, this module imports the server: it is the server side.
 """
 
@@ -24,6 +28,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from server.http.app import create_app, load_vad
+from server.http.shutdown import SHUTDOWN_LEFTOVER_S, GracefulServer, app_sessions
 from server.model.cascade import CascadeModel
 from server.model.fakes import FAKE_AUDIO_SETTINGS, EnergyClassifierFactory, FakeAsr, FakeLlm, FakeTts
 from server.settings import Settings
@@ -77,13 +82,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="classify Silero's batches on the event loop instead of in a worker process",
     )
+    parser.add_argument(
+        "--shutdown-grace-s",
+        type=float,
+        default=Settings.model_fields["shutdown_grace_s"].default,
+        help="on SIGTERM, how long replies in progress may finish (default %(default)s)",
+    )
     args = parser.parse_args(argv)
     app = fake_model_app(args.vad, args.reply, vad_process=not args.vad_in_loop)
     print(
         f"Voxgate ({MODEL_DESCRIPTION}, {vad_name(args.vad)} VAD) on ws://{args.host}:{args.port}/v1/realtime",
         flush=True,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        timeout_graceful_shutdown=SHUTDOWN_LEFTOVER_S,
+    )
+    GracefulServer(config, app_sessions(app), args.shutdown_grace_s).run()
     return 0
 
 
