@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             log_level=settings.log_level,
             log_config=None,  # uvicorn's records go through our handler (JSON lines by default)
             ws_max_size=settings.max_message_bytes,
+            proxy_headers=True,
+            forwarded_allow_ips=settings.forwarded_allow_ips,  # None: uvicorn's FORWARDED_ALLOW_IPS
             # after our drain (GracefulServer): a bound on what is left (HTTP requests)
             timeout_graceful_shutdown=SHUTDOWN_LEFTOVER_S,
         )

@@ -156,6 +156,12 @@ class Settings(BaseSettings):
     # back to per-process buckets; client secrets cannot be checked, so they are refused (503)
     redis_session_caps_on_failure: Literal["open", "closed"] = "open"
 
+    # Behind a reverse proxy: the addresses (comma-separated, CIDR ranges allowed, "*" for any)
+    # whose X-Forwarded-For / X-Forwarded-Proto are trusted, so the per-address limits see the
+    # caller, not the proxy. Unset: uvicorn's FORWARDED_ALLOW_IPS, else 127.0.0.1 and ::1. Only
+    # list proxies: anything connecting from a trusted address can claim any client address
+    forwarded_allow_ips: str | None = None
+
     # Twilio Media Streams (/v1/twilio; docs/twilio.md)
     # the account's auth token: when set, a websocket upgrade without a valid X-Twilio-Signature
     # is refused (HTTP 403)
