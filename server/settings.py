@@ -6,6 +6,7 @@ small option objects.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any, Literal
 
@@ -128,6 +129,13 @@ class Settings(BaseSettings):
     # a client that stops reading: a send blocked this long (about as many ms of audio held
     # back) ends the session with close 1008
     max_outbound_buffer_ms: int = Field(default=2000, ge=100, le=600_000)
+
+    # processes (docs/operations.md): `workers` processes share the listening port, each with
+    # its own event loop and its own copy of the models (server/http/workers.py); every limit
+    # above (max_sessions, the connection rates) holds per worker. replica_id names this server
+    # (machine, container) in the `replica` label of every metric sample
+    workers: int = Field(default=1, ge=1, le=1024)
+    replica_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=253)
 
     # Twilio Media Streams (/v1/twilio; docs/twilio.md)
     # the account's auth token: when set, a websocket upgrade without a valid X-Twilio-Signature

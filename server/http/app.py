@@ -180,7 +180,7 @@ def create_app(
         if models is not None:
             await asyncio.to_thread(preload, settings, models)
         await asyncio.to_thread(check_input_processing, settings)
-        metrics = Metrics()
+        metrics = Metrics(replica_id=settings.replica_id)
         served_vad = await serve_vad(settings, vad, metrics)
         app.state.runtime = Runtime(
             settings=settings,
