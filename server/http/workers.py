@@ -118,7 +118,8 @@ class Supervisor:
     """Runs `workers` processes of `plan` on `sock` until a signal (see the module docstring).
 
     Call `run()` once, from the main thread (it installs SIGTERM and SIGINT handlers for its
-    duration); it returns the exit status: 0 after a stop, 2 if a worker failed to start."""
+    duration); it returns the exit status: 0 after a stop, 2 if a worker failed to start. It
+    closes `sock` when it stops the workers."""
 
     plan: WorkerPlan
     sock: socket.socket
@@ -230,6 +231,9 @@ class Supervisor:
         stops at once); past `stop_timeout_s`: SIGKILL."""
         seen = len(self._signals)
         log.info("stopping workers", extra={"workers": len(self.pids()), "timeout_s": self.stop_timeout_s})
+        # our copy of the listening socket would keep it open (the kernel would still queue new
+        # connections that nobody accepts) after the workers close theirs when they drain
+        self.sock.close()
         self._signal_workers(signal.SIGTERM)
         deadline_s = time.monotonic() + self.stop_timeout_s
         while True:

@@ -209,6 +209,22 @@ def test_bad_worker_counts_are_refused_before_anything_starts(
     assert "invalid settings" in error and "workers" in error
 
 
+def test_a_missing_model_stops_the_server_before_any_worker_starts(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("VOXGATE_ASR", "no-such-recogniser")
+    spawned: list[tuple[object, ...]] = []
+
+    def serve_with_workers(*args: object) -> int:
+        spawned.append(args)
+        return 0
+
+    monkeypatch.setattr("server.cli.serve_with_workers", serve_with_workers)
+    assert voxgate(["serve", "--workers", "2"]) == 2
+    assert "cannot start: unknown speech-to-text backend 'no-such-recogniser'" in capsys.readouterr().err
+    assert spawned == []
+
+
 @contextlib.contextmanager
 def listening() -> Iterator[socket.socket]:
     with socket.create_server(("127.0.0.1", 0)) as sock:
