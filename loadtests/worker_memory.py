@@ -30,6 +30,7 @@ import httpx
 from loadtests.bench_latency import (
     BenchError,
     child_pids,
+    command_name,
     parse_env_spec,
     read_proc_status_kb,
     spawned_server,
@@ -44,6 +45,7 @@ class ProcessMemory:
     pid: int
     parent: int
     role: str  # supervisor, worker, worker child, supervisor child, resource tracker
+    command: str  # the module it runs (`-m NAME`), or its program
     rss_kb: int
     pss_kb: int | None  # None: smaps_rollup unreadable
 
@@ -87,9 +89,8 @@ def tree_memory(root: int, workers: int) -> list[ProcessMemory]:
             role = "supervisor child" if workers > 1 else "worker child"
         else:
             role = "worker child"
-        rows.append(
-            ProcessMemory(pid, parent, role, read_proc_status_kb(pid, "VmRSS") or 0, read_pss_kb(pid))
-        )
+        rss_kb = read_proc_status_kb(pid, "VmRSS") or 0
+        rows.append(ProcessMemory(pid, parent, role, command_name(pid), rss_kb, read_pss_kb(pid)))
     return rows
 
 
@@ -127,14 +128,15 @@ def format_report(results: Sequence[dict[str, Any]]) -> str:
     def mib(kb: float | None) -> str:
         return "?" if kb is None else f"{kb / 1024:.0f}"
 
-    lines = ["workers | role | pid | RSS MiB | PSS MiB"]
+    lines = ["workers | role | command | pid | RSS MiB | PSS MiB"]
     for result in results:
         for row in result["processes"]:
             lines.append(
-                f"{result['workers']} | {row['role']} | {row['pid']} | {mib(row['rss_kb'])} | {mib(row['pss_kb'])}"
+                f"{result['workers']} | {row['role']} | {row['command']} | {row['pid']} | {mib(row['rss_kb'])}"
+                f" | {mib(row['pss_kb'])}"
             )
         lines.append(
-            f"{result['workers']} | TOTAL (ready after {result['ready_s']:.0f} s) | | "
+            f"{result['workers']} | TOTAL (ready after {result['ready_s']:.0f} s) | | | "
             f"{mib(result['total_rss_kb'])} | {mib(result['total_pss_kb'])}"
         )
     return "\n".join(lines)
