@@ -20,7 +20,7 @@ from server.http.access import AccessConfigError, bind_refusal
 from server.http.app import build_access, build_catalog, create_app, load_vad, preload
 from server.http.listener import bound_listening_socket, listening_socket
 from server.http.shutdown import SHUTDOWN_LEFTOVER_S, GracefulServer, app_sessions, shutdown_bound_s
-from server.http.workers import WorkerPlan, serve_with_workers
+from server.http.workers import WorkerPlan, check_in_fresh_process, serve_with_workers
 from server.logs import configure_logging, resolve_log_format
 from server.settings import Settings
 
@@ -57,15 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     if refusal is not None:
         print(f"voxgate: {refusal}", file=sys.stderr)
         return 2
-    try:
-        catalog = build_catalog(settings)
-        preload(settings, catalog)
-        load_vad(settings)  # a missing VAD fails here; the app loads it again (in a worker process)
-    except BackendUnavailable as exc:
-        print(f"voxgate: cannot start: {exc}", file=sys.stderr)
-        return 2
     if settings.workers > 1:
-        catalog.close()  # checked: each worker loads its own models; the supervisor holds none
+        # the models are loaded once in a process of their own, so that a missing one stops
+        # the server here while the supervisor holds none (closing a catalog does not give
+        # the memory back: ~300 MB with the quality profile, BENCHMARKS.md "Workers")
+        problem = check_in_fresh_process(check_models, overrides)
+        if problem is not None:
+            print(f"voxgate: cannot start: {problem}", file=sys.stderr)
+            return 2
         print(
             f"Voxgate listening on http://{settings.host}:{settings.port}/  "
             f"(websocket ws://{settings.host}:{settings.port}/v1/realtime), {settings.workers} workers",
@@ -74,6 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         sock = bound_listening_socket(settings.host, settings.port, settings.max_outbound_buffer_ms)
         plan = WorkerPlan(serve_worker, (overrides,))
         return serve_with_workers(plan, sock, settings.workers, shutdown_bound_s(settings.shutdown_grace_s))
+    try:
+        catalog = build_catalog(settings)
+        preload(settings, catalog)
+        load_vad(settings)  # a missing VAD fails here; the app loads it again (in a worker process)
+    except BackendUnavailable as exc:
+        print(f"voxgate: cannot start: {exc}", file=sys.stderr)
+        return 2
     app = create_app(settings, catalog=catalog, access=access)
     print(
         f"Voxgate listening on http://{settings.host}:{settings.port}/  "
@@ -106,6 +112,21 @@ def serve_drained(app: FastAPI, settings: Settings, sock: socket.socket, config:
     """Serve `app` on `sock` until SIGTERM: refuse new sessions, let replies finish for up to
     shutdown_grace_s, close 1001 (server/http/shutdown.py)."""
     GracefulServer(config, app_sessions(app), settings.shutdown_grace_s).run(sockets=[sock])
+
+
+def check_models(overrides: dict[str, Any]) -> str | None:
+    """Load the default profile's models (and any preloaded) and the VAD, as every worker
+    will, then unload them: why they cannot be loaded, or None."""
+    settings = Settings(**overrides)
+    catalog = build_catalog(settings)
+    try:
+        preload(settings, catalog)
+        load_vad(settings)
+    except BackendUnavailable as exc:
+        return str(exc)
+    finally:
+        catalog.close()
+    return None
 
 
 def serve_worker(sock: socket.socket, overrides: dict[str, Any]) -> None:

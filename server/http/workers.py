@@ -10,7 +10,8 @@ directory (server/metrics.py).
 
 Invariants:
 - The supervisor never builds an app or holds a model: what a worker runs is a `WorkerPlan`,
-  a module-level function and picklable arguments, called in the worker.
+  a module-level function and picklable arguments, called in the worker; startup checks that
+  load models run in a process of their own (`check_in_fresh_process`).
 - A worker that ends while the supervisor is running is replaced (its live metrics forgotten
   first). One that exits with uvicorn's startup-failure status (its app or models failed to
   start) would fail the same way again: the supervisor stops every worker and returns 2.
@@ -40,6 +41,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from multiprocessing.context import SpawnProcess
@@ -69,6 +72,17 @@ class WorkerPlan:
 
     target: Callable[..., None]
     args: tuple[Any, ...] = ()
+
+
+def check_in_fresh_process(check: Callable[..., str | None], *args: Any) -> str | None:
+    """`check(*args)` run in a spawned process (a module-level function, picklable
+    arguments), so that what it loads is not kept by this one: its answer (a problem, or
+    None), or a problem if that process died."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=_SPAWN) as pool:
+        try:
+            return pool.submit(check, *args).result()
+        except BrokenProcessPool:
+            return f"the process running {check.__name__} died (a crash while loading?)"
 
 
 def _exit_with_parent() -> None:
