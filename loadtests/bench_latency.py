@@ -150,7 +150,7 @@ def child_pids(pid: int) -> list[int]:
     return found
 
 
-def _command_name(pid: int) -> str:
+def command_name(pid: int) -> str:
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
@@ -197,7 +197,7 @@ async def spawned_server(
         for child in child_pids(process.pid):
             peak = read_proc_status_kb(child, "VmHWM")
             if peak is not None:
-                stats.children_peak_rss_kb[f"{child} {_command_name(child)}"] = peak
+                stats.children_peak_rss_kb[f"{child} {command_name(child)}"] = peak
         stats.exit_code = await _stop(process)
 
 

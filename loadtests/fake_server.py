@@ -1,5 +1,5 @@
 """Voxgate serving INSTANT FAKE MODELS, to measure the gateway itself:
-`python -m loadtests.fake_server --port 8765 [--vad webrtc|silero|energy]`.
+`python -m loadtests.fake_server --port 8765 [--vad webrtc|silero|energy] [--workers N]`.
 
 The model is the real `CascadeModel` of the fakes in `server/model/fakes.py` with zero delays:
 `FakeAsr` (transcribes nothing: every turn is "hello there"), `FakeLlm` (always answers
@@ -8,7 +8,8 @@ long enough to be talked over). They do no work, so whatever latency and CPU a l
 measures against this server is the gateway's: websocket and JSON handling, resampling, voice
 activity detection, turn-taking, pacing. The VAD is a real one, the server's default unless
 `--vad webrtc|silero` (it runs on every frame in production); `--vad energy` swaps in the fake
-energy classifier.
+energy classifier. `--workers N` (N > 1) serves the port from N worker processes, as
+`voxgate serve --workers N` does (server/http/workers.py), each with its own fake models.
 
 SIGTERM drains as `voxgate serve` does (server/http/shutdown.py): new sessions refused, replies
 in progress finish for up to `--shutdown-grace-s`, then every session closes with 1001, so the
@@ -20,6 +21,7 @@ Unlike the rest of `loadtests`, this module imports the server: it is the server
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 from collections.abc import Sequence
 from typing import Final
@@ -28,7 +30,9 @@ import uvicorn
 from fastapi import FastAPI
 
 from server.http.app import create_app, load_vad
-from server.http.shutdown import SHUTDOWN_LEFTOVER_S, GracefulServer, app_sessions
+from server.http.listener import bound_listening_socket
+from server.http.shutdown import SHUTDOWN_LEFTOVER_S, GracefulServer, app_sessions, shutdown_bound_s
+from server.http.workers import WorkerPlan, serve_with_workers
 from server.model.cascade import CascadeModel
 from server.model.fakes import FAKE_AUDIO_SETTINGS, EnergyClassifierFactory, FakeAsr, FakeLlm, FakeTts
 from server.settings import Settings
@@ -60,6 +64,14 @@ def fake_model_app(vad: str | None = None, reply: str = REPLY, vad_process: bool
     return create_app(config, model=model)  # the app loads the VAD by name, as `voxgate serve` does
 
 
+def fake_worker(sock: socket.socket, vad: str | None, reply: str, vad_process: bool, grace_s: float) -> None:
+    """One worker process of `--workers N`: `fake_model_app(...)` built in the worker, served
+    on the shared socket until SIGTERM (drained, as `voxgate serve` workers are)."""
+    app = fake_model_app(vad, reply, vad_process=vad_process)
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=SHUTDOWN_LEFTOVER_S)
+    GracefulServer(config, app_sessions(app), grace_s).run(sockets=[sock])
+
+
 def vad_name(vad: str | None) -> str:
     """The VAD that `fake_model_app(vad)` uses."""
     return vad if vad is not None else Settings().vad
@@ -88,12 +100,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=Settings.model_fields["shutdown_grace_s"].default,
         help="on SIGTERM, how long replies in progress may finish (default %(default)s)",
     )
-    args = parser.parse_args(argv)
-    app = fake_model_app(args.vad, args.reply, vad_process=not args.vad_in_loop)
-    print(
-        f"Voxgate ({MODEL_DESCRIPTION}, {vad_name(args.vad)} VAD) on ws://{args.host}:{args.port}/v1/realtime",
-        flush=True,
+    parser.add_argument(
+        "--workers", type=int, default=1, help="worker processes sharing the port (default %(default)s)"
     )
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1, not {args.workers}")
+    described = (
+        f"Voxgate ({MODEL_DESCRIPTION}, {vad_name(args.vad)} VAD) on ws://{args.host}:{args.port}/v1/realtime"
+    )
+    if args.workers > 1:
+        if args.vad != "energy":
+            load_vad(Settings.model_validate({} if args.vad is None else {"vad": args.vad}))  # fails here
+        print(f"{described}, {args.workers} workers", flush=True)
+        sock = bound_listening_socket(args.host, args.port, Settings().max_outbound_buffer_ms)
+        plan = WorkerPlan(fake_worker, (args.vad, args.reply, not args.vad_in_loop, args.shutdown_grace_s))
+        return serve_with_workers(plan, sock, args.workers, shutdown_bound_s(args.shutdown_grace_s))
+    app = fake_model_app(args.vad, args.reply, vad_process=not args.vad_in_loop)
+    print(described, flush=True)
     config = uvicorn.Config(
         app,
         host=args.host,

@@ -22,8 +22,10 @@ silence reaching its turn-taker and the first audio leaving it. The rest of the 
 figure is spent before the server's clock starts (network, the client's event loop, audio the
 server holds back before its VAD sees it).
 
-CPU: utime + stime of the server process (/proc/PID/stat, every thread) over each step,
-divided by the wall time (cores used) and by the session-seconds served (cores per session).
+CPU: utime + stime of the server process and all its descendants (/proc/PID/stat, every
+thread; with `--workers N`, the supervisor, its N worker processes and their VAD processes)
+over each step, divided by the wall time (cores used) and by the session-seconds served (cores
+per session). The busiest thread is looked for in every one of those processes.
 The client's CPU and the microphone's lateness are reported too: a lagging client inflates
 every figure, and on a small box client and server share the cores.
 
@@ -99,12 +101,12 @@ class ServerUnderTest:
     description: str
 
     def cpu_s(self) -> float | None:
-        """The server's CPU time; a subprocess server's includes its children (the VAD worker
-        process), which do the server's work too."""
+        """The server's CPU time; a subprocess server's includes its descendants (worker
+        processes, VAD processes), which do the server's work too."""
         own = cpu_seconds(self.pid, self.tid)
         if own is None or self.tid is not None:
             return own
-        return own + sum(cpu_seconds(child) or 0.0 for child in child_pids(self.pid))
+        return own + sum(cpu_seconds(child) or 0.0 for child in descendant_pids(self.pid))
 
 
 def child_pids(pid: int) -> list[int]:
@@ -120,6 +122,17 @@ def child_pids(pid: int) -> list[int]:
         if int(fields[1]) == pid:  # field 4 of stat(5): the parent's pid
             children.append(int(entry.name))
     return children
+
+
+def descendant_pids(pid: int) -> list[int]:
+    """The live children of `pid`, their children, and so on."""
+    found: list[int] = []
+    parents = [pid]
+    while parents:
+        children = [child for parent in parents for child in child_pids(parent)]
+        found += children
+        parents = children
+    return found
 
 
 def _free_port() -> int:
@@ -146,12 +159,18 @@ def _wait_healthy(base_url: str, timeout_s: float, alive: Any) -> None:
 
 @contextlib.contextmanager
 def subprocess_server(
-    vad: str | None, log_path: Path, reply: str = REPLY, timeout_s: float = 60.0, vad_in_loop: bool = False
+    vad: str | None,
+    log_path: Path,
+    reply: str = REPLY,
+    timeout_s: float = 60.0,
+    vad_in_loop: bool = False,
+    workers: int = 1,
 ) -> Iterator[ServerUnderTest]:
     """`python -m loadtests.fake_server` on a free loopback port; SIGTERM on exit."""
     port = _free_port()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     vad_args = ([] if vad is None else ["--vad", vad]) + (["--vad-in-loop"] if vad_in_loop else [])
+    vad_args += ["--workers", str(workers)] if workers > 1 else []
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "loadtests.fake_server", "--port", str(port), "--reply", reply, *vad_args],
@@ -162,13 +181,12 @@ def subprocess_server(
         )
     try:
         _wait_healthy(f"http://127.0.0.1:{port}", timeout_s, lambda: process.poll() is None)
-        yield ServerUnderTest(
-            f"ws://127.0.0.1:{port}/v1/realtime", process.pid, None, f"subprocess pid {process.pid}"
-        )
+        described = f"subprocess pid {process.pid}" + (f", {workers} workers" if workers > 1 else "")
+        yield ServerUnderTest(f"ws://127.0.0.1:{port}/v1/realtime", process.pid, None, described)
     finally:
         process.terminate()
         try:
-            process.wait(10)
+            process.wait(30)  # workers: the supervisor waits for each to drain
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(5)
@@ -261,12 +279,20 @@ def thread_cpu_seconds(pid: int) -> dict[int, float]:
     return threads
 
 
+def tree_thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU seconds of each thread of a process and of its descendants, by thread id."""
+    threads: dict[int, float] = {}
+    for member in [pid, *descendant_pids(pid)]:
+        threads.update(thread_cpu_seconds(member))
+    return threads
+
+
 def measure(server: ServerUnderTest, settings: StepSettings, corpus: Sequence[Utterance]) -> MeasuredStep:
-    threads_before = thread_cpu_seconds(server.pid) if server.tid is None else {}
+    threads_before = tree_thread_cpu_seconds(server.pid) if server.tid is None else {}
     before = server.cpu_s()
     outcome = run_steps(settings, corpus)
     after = server.cpu_s()
-    threads_after = thread_cpu_seconds(server.pid) if server.tid is None else {}
+    threads_after = tree_thread_cpu_seconds(server.pid) if server.tid is None else {}
     report = outcome.steps[0]
     cpu = None if before is None or after is None else after - before
     busiest = max((used - threads_before.get(tid, 0.0) for tid, used in threads_after.items()), default=None)
@@ -482,6 +508,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="Silero's batches on the event loop, not in a worker process",
     )
     add("--server", choices=("subprocess", "inprocess"), default="subprocess", help="how to run the server")
+    add(
+        "--workers",
+        type=int,
+        default=1,
+        help="server worker processes sharing the port (fake_server --workers; subprocess only)",
+    )
     add("--target-ms", type=float, default=5.0, help="added p99 target (default 5)")
     add("--corpus", default="human,synthetic", help="corpus sources (default %(default)s)")
     add("--reply", default=REPLY, help="what the fake language model answers (50 ms of audio a character)")
@@ -502,8 +534,10 @@ def run(args: argparse.Namespace) -> OverheadResult:
         raise OverheadError(str(exc)) from exc
     targets = [parse_target(f"{METRIC}_p99={args.target_ms}ms", [METRIC, "voice_to_voice"])]
     log_path = args.out / f"{args.name}.server.log"
+    if args.workers < 1 or (args.workers > 1 and args.server != "subprocess"):
+        raise OverheadError("--workers must be at least 1, and more than 1 needs --server subprocess")
     servers = (
-        subprocess_server(args.vad, log_path, args.reply, vad_in_loop=args.vad_in_loop)
+        subprocess_server(args.vad, log_path, args.reply, vad_in_loop=args.vad_in_loop, workers=args.workers)
         if args.server == "subprocess"
         else inprocess_server(args.vad, args.reply, vad_in_loop=args.vad_in_loop)
     )
@@ -569,6 +603,7 @@ def result_json(result: OverheadResult, args: argparse.Namespace) -> dict[str, A
         "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "model": "instant fake models: FakeAsr, FakeLlm, FakeTts (zero delays)",
         "server": result.server,
+        "workers": args.workers,
         "argv": sys.argv[1:],
         "machine": machine_description(),
         "target_ms": result.target_ms,

@@ -93,10 +93,17 @@ def metrics_url(ws_url: str) -> str:
     return urlunsplit((scheme, parts.netloc, "/metrics", "", ""))
 
 
+# labels that name the server scraped, not what it measured (Voxgate's `replica`): dropped from
+# the keys, so a snapshot reads the same whatever the server calls itself; samples that differ
+# only in them are added up
+SERVER_LABELS = frozenset({"replica"})
+
+
 def _key(name: str, labels: Mapping[str, str]) -> str:
-    if not labels:
+    kept = {k: v for k, v in labels.items() if k not in SERVER_LABELS}
+    if not kept:
         return name
-    inner = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    inner = ",".join(f'{k}="{v}"' for k, v in sorted(kept.items()))
     return f"{name}{{{inner}}}"
 
 
@@ -109,28 +116,32 @@ def parse_metrics(text: str) -> MetricsSnapshot:
         raise ScrapeError(f"not Prometheus text: {exc}") from exc
     for family in families:
         if family.type == "histogram":
-            buckets: dict[str, list[tuple[float, float]]] = {}
+            buckets: dict[str, dict[float, float]] = {}
             counts: dict[str, float] = {}
             sums: dict[str, float] = {}
             for sample in family.samples:
                 labels = {k: v for k, v in sample.labels.items() if k != "le"}
                 key = _key(family.name, labels)
                 if sample.name.endswith("_bucket"):
-                    buckets.setdefault(key, []).append((float(sample.labels["le"]), float(sample.value)))
+                    rows = buckets.setdefault(key, {})
+                    le = float(sample.labels["le"])
+                    rows[le] = rows.get(le, 0.0) + float(sample.value)
                 elif sample.name.endswith("_count"):
-                    counts[key] = float(sample.value)
+                    counts[key] = counts.get(key, 0.0) + float(sample.value)
                 elif sample.name.endswith("_sum"):
-                    sums[key] = float(sample.value)
-            for key, rows in buckets.items():
+                    sums[key] = sums.get(key, 0.0) + float(sample.value)
+            for key, by_le in buckets.items():
+                ordered = tuple(sorted(by_le.items()))
                 snapshot.histograms[key] = HistogramState(
-                    tuple(sorted(rows)), counts.get(key, rows[-1][1] if rows else 0.0), sums.get(key, 0.0)
+                    ordered, counts.get(key, ordered[-1][1] if ordered else 0.0), sums.get(key, 0.0)
                 )
         elif family.type in ("counter", "gauge"):
             target = snapshot.counters if family.type == "counter" else snapshot.gauges
             for sample in family.samples:
                 if sample.name.endswith("_created"):
                     continue
-                target[_key(sample.name, sample.labels)] = float(sample.value)
+                key = _key(sample.name, sample.labels)
+                target[key] = target.get(key, 0.0) + float(sample.value)
     return snapshot
 
 

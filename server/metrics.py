@@ -1,11 +1,42 @@
 """Prometheus metrics: per-stage latency histograms and session counters.
 
 One `Metrics` per app (its own registry), so tests and embedded apps do not collide.
+
+Worker processes (`voxgate serve --workers N`, server/http/workers.py): prometheus-client's
+multiprocess mode. The supervisor empties a directory and sets PROMETHEUS_MULTIPROC_DIR for
+the workers before they start (prometheus_client picks its value store when it is first
+imported, so it must be set before that); every worker writes its values to files there and
+any worker's /metrics merges them all: one view per machine, whichever worker answers.
+Counters and histograms are summed over the workers (a dead worker's counts stay);
+`voxgate_sessions_active` is the sum over the live workers and
+`voxgate_worker_sessions_active{pid=...}` each live worker's own (the supervisor marks a dead
+worker's files dead, `forget_worker`). Without the variable, as in tests and a single process,
+`render()` reads this app's registry.
+
+Every sample carries `replica="<replica_id>"` when one is given (settings: the host name
+unless VOXGATE_REPLICA_ID), so scrapes of several machines stay apart when summed.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
+from prometheus_client.metrics_core import Metric
+
+# prometheus-client's own variable: set, every value lives in a file in this directory
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # Fine below one second, where a voice server lives; coarse above.
 LATENCY_BUCKETS_S = (
@@ -42,9 +73,62 @@ LATENCY_BUCKETS_S = (
 )
 
 
+class MetricsSetupError(RuntimeError):
+    """PROMETHEUS_MULTIPROC_DIR was set after prometheus_client was imported: this process's
+    values would be missing from the merged view."""
+
+
+def multiprocess_dir() -> Path | None:
+    """The shared metrics directory of this process's workers, or None (one process)."""
+    path = os.environ.get(MULTIPROCESS_DIR_ENV)
+    if not path:
+        return None
+    if values.ValueClass is values.MutexValue:
+        raise MetricsSetupError(
+            f"{MULTIPROCESS_DIR_ENV} was set after prometheus_client was imported; set it before"
+            " the process starts"
+        )
+    return Path(path)
+
+
+def fresh_multiprocess_dir(path: Path) -> None:
+    """Make `path` an empty metrics directory (the supervisor, before any worker starts):
+    files from an earlier run would be counted again."""
+    path.mkdir(parents=True, exist_ok=True)
+    for leftover in path.glob("*.db"):
+        leftover.unlink()
+
+
+def forget_worker(pid: int, path: Path) -> None:
+    """A worker process ended: its live gauges (sessions it had open) leave the merged view.
+    Its counters and histograms stay: what it served still happened."""
+    multiprocess.mark_process_dead(pid, str(path))  # type: ignore[no-untyped-call] # untyped upstream
+
+
+class _Collector(Protocol):
+    def collect(self) -> Iterable[Metric]: ...
+
+
+class _Labelled:
+    """Another collector's metrics with `labels` added to every sample."""
+
+    def __init__(self, source: _Collector, labels: dict[str, str]) -> None:
+        self._source = source
+        self._labels = labels
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self._source.collect():
+            labelled = Metric(metric.name, metric.documentation, metric.type, metric.unit)
+            labelled.samples = [s._replace(labels={**s.labels, **self._labels}) for s in metric.samples]
+            yield labelled
+
+
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, replica_id: str | None = None) -> None:
+        """`replica_id`: the `replica` label of every sample (None: no such label)."""
         self.registry = CollectorRegistry()
+        self._labels = {} if replica_id is None else {"replica": replica_id}
+        self._shared_dir = multiprocess_dir()
 
         def hist(name: str, doc: str) -> Histogram:
             return Histogram(name, doc, buckets=LATENCY_BUCKETS_S, registry=self.registry)
@@ -73,7 +157,16 @@ class Metrics:
             "Barge-in detected (speech during a reply) -> reply audio stopped",
         )
         self.sessions_active = Gauge(
-            "voxgate_sessions_active", "Open realtime sessions", registry=self.registry
+            "voxgate_sessions_active",
+            "Open realtime sessions (with workers: of all live workers)",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.worker_sessions_active = Gauge(
+            "voxgate_worker_sessions_active",
+            "Open realtime sessions of each live worker process (with workers: by pid)",
+            registry=self.registry,
+            multiprocess_mode="liveall",
         )
         self.sessions = Counter("voxgate_sessions", "Sessions opened", registry=self.registry)
         self.turns = Counter("voxgate_turns", "User turns committed", registry=self.registry)
@@ -147,5 +240,22 @@ class Metrics:
             registry=self.registry,
         )
 
+    def session_opened(self) -> None:
+        self.sessions.inc()
+        self.sessions_active.inc()
+        self.worker_sessions_active.inc()
+
+    def session_closed(self) -> None:
+        self.sessions_active.dec()
+        self.worker_sessions_active.dec()
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """Prometheus text: this app's metrics, or with workers those of every worker."""
+        source: _Collector = (
+            self.registry
+            if self._shared_dir is None
+            else multiprocess.MultiProcessCollector(None, path=str(self._shared_dir))  # type: ignore[no-untyped-call] # untyped upstream
+        )
+        view = CollectorRegistry()
+        view.register(_Labelled(source, self._labels))
+        return generate_latest(view)

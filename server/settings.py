@@ -130,6 +130,12 @@ class Settings(BaseSettings):
     # back) ends the session with close 1008
     max_outbound_buffer_ms: int = Field(default=2000, ge=100, le=600_000)
 
+    # processes (docs/operations.md): `workers` processes share the listening port, each with
+    # its own event loop and its own copy of the models (server/http/workers.py); every limit
+    # above holds per worker (with Redis, the connection rates and replica_max_sessions hold
+    # across them)
+    workers: int = Field(default=1, ge=1, le=1024)
+
     # Shared state across replicas (docs/operations.md, "Replicas"). With a Redis URL
     # (redis://host:6379/0, rediss:// for TLS), connection-rate limits, client secrets and
     # Twilio call parameters are shared by every process that uses the same Redis and

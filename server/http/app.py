@@ -219,7 +219,7 @@ def create_app(
         if models is not None:
             await asyncio.to_thread(preload, settings, models)
         await asyncio.to_thread(check_input_processing, settings)
-        metrics = Metrics()
+        metrics = Metrics(replica_id=settings.replica_id)
         served_vad = await serve_vad(settings, vad, metrics)
         cluster = None if shared is None else build_cluster(settings, shared, metrics)
         app.state.runtime = Runtime(

@@ -34,3 +34,11 @@ def listening_socket(config: uvicorn.Config, max_outbound_buffer_ms: int) -> soc
     # Linux doubles the value asked for (the rest is its bookkeeping)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer_bytes(max_outbound_buffer_ms) // 2)
     return sock
+
+
+def bound_listening_socket(host: str, port: int, max_outbound_buffer_ms: int) -> socket.socket:
+    """The same socket bound before any app exists: a supervisor binds it once for its worker
+    processes (server/http/workers.py), which serve it with their own `uvicorn.Config`."""
+    unloaded = "server.http.listener:no_app"  # a Config needs an app; binding never loads it
+    config = uvicorn.Config(unloaded, host=host, port=port, log_config=None)
+    return listening_socket(config, max_outbound_buffer_ms)

@@ -37,6 +37,13 @@ SHUTDOWN_REASON = "server shutting down"
 SHUTDOWN_LEFTOVER_S = 5  # uvicorn's timeout_graceful_shutdown, after the drain
 _POLL_S = 0.05  # how often the drain looks at the sessions
 _CLOSE_WAIT_S = 3.0  # after stopping them, how long to wait for the sessions to close
+_STOP_MARGIN_S = 5.0  # startup not yet over, the lifespan's shutdown, process exit
+
+
+def shutdown_bound_s(grace_s: float) -> float:
+    """The longest a graceful shutdown with this grace period should take, from SIGTERM to
+    the process's exit (a supervisor kills a worker that takes longer)."""
+    return grace_s + _CLOSE_WAIT_S + SHUTDOWN_LEFTOVER_S + _STOP_MARGIN_S
 
 
 class DrainableSession(Protocol):

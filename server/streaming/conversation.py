@@ -218,8 +218,7 @@ class Conversation:
     # --- lifecycle ------------------------------------------------------------------
 
     async def run(self) -> None:
-        self._metrics.sessions.inc()
-        self._metrics.sessions_active.inc()
+        self._metrics.session_opened()
         try:
             self._session = await self._model.open(self._session_options())
             self._update_processing(self.config)
@@ -246,7 +245,7 @@ class Conversation:
             if self._session is not None:
                 await self._session.aclose()
             self._input.set_processor(None)
-            self._metrics.sessions_active.dec()
+            self._metrics.session_closed()
             self._notifier.publish(SessionEnded(self.config.id))
             await self._notifier.drain()
 

@@ -44,7 +44,7 @@ K8S_FILES = sorted((DEPLOY / "k8s").rglob("*.yaml"))
 K8S_VERSIONS = ("1.29.0", "latest")
 # settings issue 16 adds beside this branch (Redis shared state, worker processes); once they
 # are fields of Settings this set is redundant
-SETTINGS_BEING_ADDED = {"redis_url", "replica_id", "replica_max_sessions", "global_max_sessions", "workers"}
+SETTINGS_BEING_ADDED: set[str] = set()  # every setting the deploy files name is a field now
 # the server's shutdown after its grace period: waiting for the sessions to close (3 s,
 # server/http/shutdown.py), uvicorn's leftover requests, the process's exit
 SHUTDOWN_AFTER_GRACE_S = 3 + SHUTDOWN_LEFTOVER_S + 5

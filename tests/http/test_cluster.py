@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -134,8 +135,14 @@ async def test_redis_gone_mid_run_caps_fail_open_secrets_fail_closed(redis: Redi
                 assert (await http.get(url + "/readyz")).status_code == 200
                 metrics = (await http.get(url + "/metrics", headers=headers)).text
             # the late session and the secret's attempt (slots are claimed before credentials)
-            assert 'voxgate_shared_state_failures_total{operation="session_slot"} 2.0' in metrics
-            assert 'voxgate_shared_state_failures_total{operation="client_secret"} 2.0' in metrics
+            assert re.search(
+                r'voxgate_shared_state_failures_total\{operation="session_slot",replica="[^"]+"\} 2\.0',
+                metrics,
+            )
+            assert re.search(
+                r'voxgate_shared_state_failures_total\{operation="client_secret",replica="[^"]+"\} 2\.0',
+                metrics,
+            )
             # the session that was running goes on
             await running.say("hello")
             assert (await running.wait_for("response.done"))["response"]["status"] == "completed"

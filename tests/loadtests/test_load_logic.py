@@ -155,6 +155,27 @@ def test_prometheus_delta_and_bucket_quantiles() -> None:
         parse_metrics("this is { not prometheus")
 
 
+def test_prometheus_keys_leave_out_the_server_replica_label() -> None:
+    text = (
+        "# TYPE voxgate_sessions_total counter\n"
+        'voxgate_sessions_total{replica="a"} 3.0\n'
+        "# TYPE voxgate_worker_sessions_active gauge\n"
+        'voxgate_worker_sessions_active{pid="11",replica="a"} 2.0\n'
+        "# TYPE voxgate_asr_final_seconds histogram\n"
+        'voxgate_asr_final_seconds_bucket{le="0.1",replica="a"} 1.0\n'
+        'voxgate_asr_final_seconds_bucket{le="+Inf",replica="a"} 2.0\n'
+        'voxgate_asr_final_seconds_bucket{le="0.1",replica="b"} 1.0\n'
+        'voxgate_asr_final_seconds_bucket{le="+Inf",replica="b"} 1.0\n'
+        'voxgate_asr_final_seconds_count{replica="a"} 2.0\n'
+        'voxgate_asr_final_seconds_count{replica="b"} 1.0\n'
+    )
+    snapshot = parse_metrics(text)
+    assert snapshot.counters == {"voxgate_sessions_total": 3.0}
+    assert snapshot.gauges == {'voxgate_worker_sessions_active{pid="11"}': 2.0}
+    merged = snapshot.histograms["voxgate_asr_final_seconds"]  # two replicas' samples added up
+    assert merged.buckets == ((0.1, 2.0), (float("inf"), 3.0)) and merged.count == 3.0
+
+
 # --- planning and merging ----------------------------------------------------------------------------
 
 
