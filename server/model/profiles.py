@@ -106,6 +106,15 @@ class ModelCatalog:
                 )
             return self._models[profile_name]
 
+    def speech_backends(self, profile_name: str) -> tuple[AsrBackend, TtsBackend]:
+        """The profile's recogniser and voice alone, loading them now if needed (blocking:
+        call off-loop), for the speech API (server/http/speech_api.py)."""
+        with self._lock:
+            profile = self.profiles[profile_name]
+            asr: AsrBackend = self._backend(ASR_BACKENDS, "speech-to-text", profile.asr)
+            tts: TtsBackend = self._backend(TTS_BACKENDS, "text-to-speech", profile.tts)
+            return asr, tts
+
     def health(self) -> dict[str, dict[str, object]]:
         """The health of loaded backends that report one (those in worker processes), keyed
         "kind name": {"state": "ok" | "restarting" | "failed", ...}."""
