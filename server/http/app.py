@@ -248,7 +248,7 @@ def create_app(
             if isinstance(served_vad, ProcessVad):  # its worker process is ours
                 await served_vad.close()
             if models is not None and catalog is None:  # we built it, we close it
-                await asyncio.to_thread(models.close)
+                await models.aclose()
 
     app = FastAPI(title="Voxgate", lifespan=lifespan)
     app.state.access = access

@@ -92,6 +92,15 @@ class ModelCatalog:
             self._backends.clear()
             self._models.clear()
 
+    async def aclose(self) -> None:
+        """`close()`, after closing what backends hold on the event loop (the HTTP clients of
+        remote backends: `aclose()`), so no connection is left to the garbage collector."""
+        for backend in list(self._backends.values()):
+            aclose = getattr(backend, "aclose", None)
+            if callable(aclose):
+                await aclose()
+        await asyncio.to_thread(self.close)
+
     def model(self, profile_name: str) -> OmniModel:
         """The profile's model, loading its backends now if needed (blocking: call off-loop)."""
         with self._lock:
