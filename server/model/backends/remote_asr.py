@@ -23,9 +23,9 @@ start decoding before it has the utterance, and a request sent earlier (a guess 
 the turn) would cost a second decode whenever the caller goes on. What the hop costs is
 therefore the server's decoding of the whole utterance after the end of speech (an embedded
 recogniser decodes while the caller speaks), plus the upload: measured on loopback with
-PocketSphinx behind a second Voxgate, the transcript came a median 0.1 s later than with the
-same recogniser embedded (BENCHMARKS.md, "Remote speech models"). `hypothesis` therefore
-stays "" while the caller speaks.
+PocketSphinx behind a second Voxgate, the transcript came a median 0.1 s (a quiet box) to
+0.7 s (a loaded 2-core box) later than with the same recogniser embedded (BENCHMARKS.md,
+"Remote speech models"). `hypothesis` therefore stays "" while the caller speaks.
 
 Invariants:
 - Every failure is a `BackendError` from iterating the stream: refused or timed-out
