@@ -168,6 +168,16 @@ class Settings(BaseSettings):
     # list proxies: anything connecting from a trusted address can claim any client address
     forwarded_allow_ips: str | None = None
 
+    # Speech API (README, "Deployments"): OpenAI-compatible POST /v1/audio/transcriptions and
+    # /v1/audio/speech, answered by the embedded recogniser and voice of the default profile
+    # (or of the profile a request's `model` names), behind the API key like /metrics. Other
+    # Voxgates then use this one's models through the openai-asr / openai-tts backends. On by
+    # default: the models are loaded anyway and nothing runs until a request comes. Requests
+    # in progress at once are capped (beyond: HTTP 503 with Retry-After), as are uploads
+    speech_api: bool = True
+    speech_api_max_requests: int = Field(default=4, ge=1, le=10_000)
+    speech_api_max_upload_bytes: int = Field(default=25 * 1024 * 1024, ge=1024, le=2**31)
+
     # Twilio Media Streams (/v1/twilio; docs/twilio.md)
     # the account's auth token: when set, a websocket upgrade without a valid X-Twilio-Signature
     # is refused (HTTP 403)

@@ -25,6 +25,8 @@ from server.http.cluster_admission import ClusterAdmission, ClusterOptions
 from server.http.routes import router
 from server.http.runtime import Runtime
 from server.http.session_setup import SessionSetupHook
+from server.http.speech_api import SpeechRequests
+from server.http.speech_api import router as speech_router
 from server.metrics import Metrics
 from server.model.base import LlmBackend, OmniModel
 from server.model.deadlines import ModelDeadlines
@@ -246,7 +248,7 @@ def create_app(
             if isinstance(served_vad, ProcessVad):  # its worker process is ours
                 await served_vad.close()
             if models is not None and catalog is None:  # we built it, we close it
-                await asyncio.to_thread(models.close)
+                await models.aclose()
 
     app = FastAPI(title="Voxgate", lifespan=lifespan)
     app.state.access = access
@@ -255,6 +257,9 @@ def create_app(
     app.include_router(router)
     app.include_router(client_secrets_router)
     app.include_router(calls_router)
+    if settings.speech_api:  # the embedded models behind OpenAI's audio endpoints
+        app.state.speech_requests = SpeechRequests(settings.speech_api_max_requests)
+        app.include_router(speech_router)
     # cross-origin HTTP (minting client secrets from a page elsewhere) only for listed origins
     app.add_middleware(
         CORSMiddleware,

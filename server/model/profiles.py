@@ -92,6 +92,15 @@ class ModelCatalog:
             self._backends.clear()
             self._models.clear()
 
+    async def aclose(self) -> None:
+        """`close()`, after closing what backends hold on the event loop (the HTTP clients of
+        remote backends: `aclose()`), so no connection is left to the garbage collector."""
+        for backend in list(self._backends.values()):
+            aclose = getattr(backend, "aclose", None)
+            if callable(aclose):
+                await aclose()
+        await asyncio.to_thread(self.close)
+
     def model(self, profile_name: str) -> OmniModel:
         """The profile's model, loading its backends now if needed (blocking: call off-loop)."""
         with self._lock:
@@ -105,6 +114,15 @@ class ModelCatalog:
                     asr, llm, tts, self._deadlines, anticipate=anticipate
                 )
             return self._models[profile_name]
+
+    def speech_backends(self, profile_name: str) -> tuple[AsrBackend, TtsBackend]:
+        """The profile's recogniser and voice alone, loading them now if needed (blocking:
+        call off-loop), for the speech API (server/http/speech_api.py)."""
+        with self._lock:
+            profile = self.profiles[profile_name]
+            asr: AsrBackend = self._backend(ASR_BACKENDS, "speech-to-text", profile.asr)
+            tts: TtsBackend = self._backend(TTS_BACKENDS, "text-to-speech", profile.tts)
+            return asr, tts
 
     def health(self) -> dict[str, dict[str, object]]:
         """The health of loaded backends that report one (those in worker processes), keyed

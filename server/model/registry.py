@@ -16,6 +16,7 @@ from server.errors import BackendUnavailable
 ASR_BACKENDS: dict[str, str] = {
     "pocketsphinx": "server.model.backends.pocketsphinx_asr:load",
     "whisper": "server.model.backends.whisper_asr:load",
+    "openai-asr": "server.model.backends.remote_asr:load",
 }
 LLM_BACKENDS: dict[str, str] = {
     "rules": "server.model.backends.rule_responder:load",
@@ -25,6 +26,7 @@ LLM_BACKENDS: dict[str, str] = {
 TTS_BACKENDS: dict[str, str] = {
     "espeak": "server.model.backends.espeak_tts:load",
     "kokoro": "server.model.backends.kokoro_tts:load",
+    "openai-tts": "server.model.backends.remote_tts:load",
 }
 VAD_BACKENDS: dict[str, str] = {
     "webrtc": "server.vad.webrtc:load",

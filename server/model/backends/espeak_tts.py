@@ -104,6 +104,11 @@ class EspeakTts:
         self.options = options
         self.sample_rate_hz = engine.sample_rate_hz
 
+    def has_voice(self, voice: str) -> bool:
+        """Whether eSpeak knows `voice` (blocking: waits for the engine's lock, which a
+        phrase being synthesized holds for about a millisecond per second of speech)."""
+        return self._engine.has_voice(voice)
+
     async def synthesize(self, text: str, voice: str) -> AsyncIterator[PcmFrame]:
         """Speak one phrase with `voice` ("" = default); yields chunks as espeak makes them.
         Raises `BackendError` if the library fails."""

@@ -218,6 +218,10 @@ class KokoroTts:
         self._warned_voices: set[str] = set()
         self._is_warm = False
 
+    def has_voice(self, voice: str) -> bool:
+        """Whether `voice` is one of the voices loaded (`voices`)."""
+        return voice in self._voices
+
     def warm_up(self) -> None:
         """One short inference, so the first phrase does not pay for onnxruntime's set-up
         (blocking; `load()` calls it, later calls do nothing)."""
