@@ -8,7 +8,10 @@ long enough to be talked over). They do no work, so whatever latency and CPU a l
 measures against this server is the gateway's: websocket and JSON handling, resampling, voice
 activity detection, turn-taking, pacing. The VAD is a real one, the server's default unless
 `--vad webrtc|silero` (it runs on every frame in production); `--vad energy` swaps in the fake
-energy classifier.
+energy classifier. `--api-key KEY` makes it require that key (a gateway test's upstream that
+refuses a bad one); `--events-log PATH` appends every event it publishes to embedding code
+(server/events.py) to PATH as JSON lines, so a test can see what this server did (a
+truncation a gateway asked for, say).
 
 Unlike the rest of `loadtests`, this module imports the server: it is the server side.
 """
@@ -16,13 +19,17 @@ Unlike the rest of `loadtests`, this module imports the server: it is the server
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Final
 
 import uvicorn
 from fastapi import FastAPI
 
+from server.events import AgentEvent, EventHandler
 from server.http.app import create_app, load_vad
 from server.model.cascade import CascadeModel
 from server.model.fakes import FAKE_AUDIO_SETTINGS, EnergyClassifierFactory, FakeAsr, FakeLlm, FakeTts
@@ -36,23 +43,42 @@ UNLIMITED: Final = {"max_sessions": 100_000, "ip_connections_per_minute": 0, "ke
 MODEL_DESCRIPTION: Final = "instant fake models (FakeAsr, FakeLlm, FakeTts; zero delays)"
 
 
-def fake_model_app(vad: str | None = None, reply: str = REPLY, vad_process: bool = True) -> FastAPI:
+def events_log(path: Path) -> EventHandler:
+    """An event handler appending each event to `path`: {"event": class name, **fields}."""
+
+    async def write(event: AgentEvent) -> None:
+        fields = dataclasses.asdict(event)
+        with path.open("a") as out:
+            out.write(json.dumps({"event": type(event).__name__, **fields}, default=str) + "\n")
+
+    return write
+
+
+def fake_model_app(
+    vad: str | None = None,
+    reply: str = REPLY,
+    vad_process: bool = True,
+    api_keys: Sequence[str] = (),
+    on_event: EventHandler | None = None,
+) -> FastAPI:
     """The Voxgate app with the instant fake models, answering `reply` to every turn, and the
     named VAD: `webrtc`, `silero`, `energy` (the fake), or None for the server's default;
     `vad_process` False keeps Silero's batches on the event loop.
     Admission limits are off: the load generator opens many sessions from one address; echo
     cancellation is off (FAKE_AUDIO_SETTINGS: the fakes speak in tones)."""
     model = CascadeModel(FakeAsr(), FakeLlm([reply]), FakeTts())
+    keys = {"api_keys": list(api_keys)} if api_keys else {}
     if vad == "energy":
-        config = Settings.model_validate({**UNLIMITED, **FAKE_AUDIO_SETTINGS})
+        config = Settings.model_validate({**UNLIMITED, **FAKE_AUDIO_SETTINGS, **keys})
         classifier: ClassifierFactory = EnergyClassifierFactory()
-        return create_app(config, model=model, vad=classifier)
+        return create_app(config, model=model, vad=classifier, on_event=on_event)
     chosen = {} if vad is None else {"vad": vad}
     config = Settings.model_validate(
-        {**UNLIMITED, **FAKE_AUDIO_SETTINGS, **chosen, "vad_process": vad_process}
+        {**UNLIMITED, **FAKE_AUDIO_SETTINGS, **chosen, **keys, "vad_process": vad_process}
     )
     load_vad(config)  # a missing backend fails here, before the server starts
-    return create_app(config, model=model)  # the app loads the VAD by name, as `voxgate serve` does
+    # the app loads the VAD by name, as `voxgate serve` does
+    return create_app(config, model=model, on_event=on_event)
 
 
 def vad_name(vad: str | None) -> str:
@@ -77,8 +103,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="classify Silero's batches on the event loop instead of in a worker process",
     )
+    parser.add_argument("--api-key", action="append", default=[], help="require this API key (repeatable)")
+    parser.add_argument("--events-log", type=Path, help="append the server's events to this file (JSON lines)")
     args = parser.parse_args(argv)
-    app = fake_model_app(args.vad, args.reply, vad_process=not args.vad_in_loop)
+    app = fake_model_app(
+        args.vad,
+        args.reply,
+        vad_process=not args.vad_in_loop,
+        api_keys=args.api_key,
+        on_event=None if args.events_log is None else events_log(args.events_log),
+    )
     print(
         f"Voxgate ({MODEL_DESCRIPTION}, {vad_name(args.vad)} VAD) on ws://{args.host}:{args.port}/v1/realtime",
         flush=True,

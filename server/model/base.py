@@ -8,6 +8,7 @@ Order of calls on an `OmniSession` (one per websocket connection):
                                                  # the last one final; the user message joins
                                                  # the history
     session.add_user_text("...")         # or a typed user message instead of audio
+    session.add_assistant_text("...")    # an earlier assistant message (a replayed history)
     async for ev in session.respond(ResponseOptions(...)): ...
                                          # the reply: TextDelta / AudioChunk events; leaving
                                          # the loop early (cancel, aclose) stops generation
@@ -55,15 +56,18 @@ class Capabilities:
 
     input_sample_rate_hz: the rate `push_audio` expects.
     output_sample_rate_hz: the rate of `AudioChunk` frames.
+    can_rollback: `checkpoint`/`rollback` forget a speculative reply exactly. False (a model
+        whose conversation lives elsewhere, e.g. upstream, which cannot delete items): the
+        conversation never prepares a reply speculatively (turns.py's speculation is off).
 
-    Every model truncates its last reply (`truncate_reply`) and leaves turn-taking to the
-    server. A full-duplex model that decides turns itself would add a flag here together with
-    the server code that reads it (an upstream realtime backend, issue 17); flags that no code
-    reads are not kept.
+    Every model truncates its last reply (`truncate_reply`). Turn-taking is the server's
+    unless the session is `DetectsTurns` (an upstream realtime model with its own VAD);
+    flags that no code reads are not kept.
     """
 
     input_sample_rate_hz: int
     output_sample_rate_hz: int
+    can_rollback: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +163,10 @@ class OmniSession(Protocol):
         ...
 
     def add_user_text(self, text: str) -> None: ...
+
+    def add_assistant_text(self, text: str) -> None:
+        """What the assistant said earlier (a client replaying a conversation); not spoken."""
+        ...
 
     def add_tool_result(self, call_id: str, output: str) -> None:
         """The client's output for a client-side tool call of an earlier reply."""

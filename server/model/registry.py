@@ -26,6 +26,10 @@ TTS_BACKENDS: dict[str, str] = {
     "espeak": "server.model.backends.espeak_tts:load",
     "kokoro": "server.model.backends.kokoro_tts:load",
 }
+# whole models (OmniModel): factories take (options, ModelDeadlines)
+OMNI_BACKENDS: dict[str, str] = {
+    "realtime": "server.model.backends.realtime_upstream:load",
+}
 VAD_BACKENDS: dict[str, str] = {
     "webrtc": "server.vad.webrtc:load",
     "silero": "server.vad.silero:load",
