@@ -104,7 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="classify Silero's batches on the event loop instead of in a worker process",
     )
     parser.add_argument("--api-key", action="append", default=[], help="require this API key (repeatable)")
-    parser.add_argument("--events-log", type=Path, help="append the server's events to this file (JSON lines)")
+    parser.add_argument(
+        "--events-log", type=Path, help="append the server's events to this file (JSON lines)"
+    )
     args = parser.parse_args(argv)
     app = fake_model_app(
         args.vad,

@@ -73,9 +73,10 @@ def build_catalog(settings: Settings, brain: LlmBackend | None = None) -> ModelC
         }
         provided[("language model", BRAIN_BACKEND)] = brain
 
-    def anticipates(profile: Profile) -> bool:
+    def anticipates(profile: AnyProfile) -> bool:
         return (
-            settings.anticipate_replies
+            isinstance(profile, Profile)
+            and settings.anticipate_replies
             and profile.llm in ANTICIPATING_LLMS
             and profile.asr in ANTICIPATING_RECOGNISERS
         )

@@ -75,7 +75,7 @@ class ModelCatalog:
         backend_options: Mapping[str, Mapping[str, Any]] | None = None,
         provided: Mapping[tuple[str, str], Any] | None = None,
         deadlines: ModelDeadlines | None = None,
-        anticipates: Callable[[Profile], bool] | None = None,
+        anticipates: Callable[[AnyProfile], bool] | None = None,
     ) -> None:
         """`anticipates(profile)`: whether a cascade profile's language model may be started on
         the recogniser's hypothesis before the final transcript (server/model/cascade.py);

@@ -89,7 +89,6 @@ from server.streaming.outputs import (
 )
 from server.streaming.port import SessionView, TextTransport
 
-
 # an assistant message's parts that carry what it said (GA and beta names; audio by transcript)
 _ASSISTANT_PARTS = frozenset({"output_text", "text", "output_audio", "audio"})
 

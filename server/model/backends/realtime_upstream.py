@@ -420,7 +420,11 @@ class RealtimeUpstreamSession:
         if old is not None:
             await old.aclose()
         task, self._connecting = self._connecting, None
-        if task is None or (task.done() and task.exception() is not None):
+        if task is not None and task.done():
+            if not task.cancelled():
+                task.exception()  # the eager connect's failure, if any, is superseded by ours
+            task = None
+        if task is None:
             task = asyncio.create_task(self._connect(), name="realtime-upstream-connect")
         try:
             return await asyncio.shield(task)
