@@ -11,7 +11,10 @@ activity detection, turn-taking, pacing. The VAD is a real one, the server's def
 energy classifier. `--api-key KEY` makes it require that key (a gateway test's upstream that
 refuses a bad one); `--events-log PATH` appends every event it publishes to embedding code
 (server/events.py) to PATH as JSON lines, so a test can see what this server did (a
-truncation a gateway asked for, say).
+truncation a gateway asked for, say). `--upstream ws://HOST:PORT/v1/realtime` serves the
+`realtime` profile instead of the fakes: a gateway relaying every session to that upstream
+(server/model/backends/realtime_upstream.py), with the same VAD and settings, so the cost of
+the hop can be measured against the upstream served directly (loadtests/upstream_hop.py).
 
 Unlike the rest of `loadtests`, this module imports the server: it is the server side.
 """
@@ -81,6 +84,23 @@ def fake_model_app(
     return create_app(config, model=model, on_event=on_event)
 
 
+def gateway_app(upstream_url: str, vad: str | None = None) -> FastAPI:
+    """Voxgate serving the `realtime` profile from `upstream_url`, with the fake server's
+    settings and VAD (`energy` or a named one)."""
+    chosen = {} if vad in (None, "energy") else {"vad": vad}
+    config = Settings.model_validate(
+        {
+            **UNLIMITED,
+            **FAKE_AUDIO_SETTINGS,
+            **chosen,
+            "profile": "realtime",
+            "backend_options": {"realtime": {"url": upstream_url}},
+        }
+    )
+    classifier = EnergyClassifierFactory() if vad == "energy" else None
+    return create_app(config, vad=classifier)
+
+
 def vad_name(vad: str | None) -> str:
     """The VAD that `fake_model_app(vad)` uses."""
     return vad if vad is not None else Settings().vad
@@ -103,11 +123,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="classify Silero's batches on the event loop instead of in a worker process",
     )
+    parser.add_argument(
+        "--upstream", help="relay sessions to this realtime URL instead (the realtime profile)"
+    )
     parser.add_argument("--api-key", action="append", default=[], help="require this API key (repeatable)")
     parser.add_argument(
         "--events-log", type=Path, help="append the server's events to this file (JSON lines)"
     )
     args = parser.parse_args(argv)
+    if args.upstream:
+        app = gateway_app(args.upstream, args.vad)
+        print(f"Voxgate gateway to {args.upstream} on ws://{args.host}:{args.port}/v1/realtime", flush=True)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        return 0
     app = fake_model_app(
         args.vad,
         args.reply,
