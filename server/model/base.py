@@ -60,9 +60,10 @@ class Capabilities:
         whose conversation lives elsewhere, e.g. upstream, which cannot delete items): the
         conversation never prepares a reply speculatively (turns.py's speculation is off).
 
-    Every model truncates its last reply (`truncate_reply`). Turn-taking is the server's
-    unless the session is `DetectsTurns` (an upstream realtime model with its own VAD);
-    flags that no code reads are not kept.
+    Every model truncates its last reply (`truncate_reply`) and leaves turn-taking to the
+    server. A model that decides turns itself (an upstream realtime model's own VAD) would add
+    a flag here together with the server code that reads it; flags that no code reads are
+    not kept.
     """
 
     input_sample_rate_hz: int

@@ -4,7 +4,7 @@
 - quality: Whisper -> language model -> Kokoro; more accurate and more natural, slower.
 - realtime: a whole model behind an upstream OpenAI-Realtime-compatible websocket
   (server/model/backends/realtime_upstream.py); Voxgate keeps the edge (auth, admission,
-  turn-taking by default, paced playout, exact truncation).
+  turn-taking, paced playout, exact truncation).
 
 A profile is either a `Profile` (a cascade: ASR + LLM + TTS, assembled into a CascadeModel) or
 an `OmniProfile` (one omni backend that is an OmniModel by itself, from OMNI_BACKENDS).

@@ -1,10 +1,10 @@
 """An OmniModel served by an upstream OpenAI-Realtime-compatible websocket (issue 17).
 
 The upstream is OpenAI's GA Realtime API, Azure's, or another Voxgate. Voxgate keeps the edge:
-auth, admission, Twilio, server-paced playout and exact truncation, barge-in, histograms. By
-default it also keeps turn-taking: the upstream session has `turn_detection: null`, our VAD
-ends the turn (`commit_audio` -> `input_audio_buffer.commit`) and `respond` asks for the reply
-(`response.create`).
+auth, admission, Twilio, server-paced playout and exact truncation, barge-in, histograms. It
+also keeps turn-taking: the upstream session has `turn_detection: null`, our VAD ends the turn
+(`commit_audio` -> `input_audio_buffer.commit`) and `respond` asks for the reply
+(`response.create`). The upstream's own VAD is not used (README: what it would take).
 
     model = load({"url": "ws://host:8765/v1/realtime", "api_key": "...", "model": "..."}, deadlines)
     session = await model.open(options)   # starts connecting at once, in the background
@@ -90,7 +90,8 @@ class RealtimeUpstreamOptions:
     the URL has one. headers: more handshake headers (Azure: {"api-key": "..."}).
     voice: the upstream's voice name ("": its default; a client's Voxgate voice is not sent,
     the names differ). transcription_model: asked of the upstream for user transcripts
-    ("": none). turn_detection: "gateway" (ours) or "upstream" (its VAD; see the README).
+    ("": none). turn_detection: "gateway" only (ours); "upstream" (its VAD) is refused, not
+    yet served: the conversation would have to take turns from the model (README).
     connect_timeout_s: connecting and the handshake. transcript_timeout_s: the wait for a
     turn's transcript after the commit. max_queued_audio_ms: unsent audio kept when the
     upstream reads slowly. max_turn_audio_ms: audio of the turn in progress kept for a replay
@@ -102,7 +103,7 @@ class RealtimeUpstreamOptions:
     headers: Mapping[str, str] = field(default_factory=dict)
     voice: str = ""
     transcription_model: str = "whisper-1"
-    turn_detection: Literal["gateway", "upstream"] = "gateway"
+    turn_detection: Literal["gateway"] = "gateway"
     connect_timeout_s: float = 5.0
     transcript_timeout_s: float = 3.0
     max_queued_audio_ms: int = 5_000
@@ -122,10 +123,13 @@ class RealtimeUpstreamOptions:
         ):
             raise ValueError("realtime backend option 'headers' must map names to strings")
         turns = options.get("turn_detection", "gateway")
-        if turns not in ("gateway", "upstream"):
+        if turns == "upstream":
             raise ValueError(
-                f"realtime backend option 'turn_detection' must be gateway or upstream, not {turns!r}"
+                "realtime backend option turn_detection='upstream' (the upstream's VAD) is not supported"
+                " yet: Voxgate's own VAD and turn-taking end the turns ('gateway')"
             )
+        if turns != "gateway":
+            raise ValueError(f"realtime backend option 'turn_detection' must be 'gateway', not {turns!r}")
         d = cls(url=url)
         return cls(
             url=url,
@@ -134,7 +138,6 @@ class RealtimeUpstreamOptions:
             headers=dict(headers),
             voice=_opt(options, "voice", str, d.voice),
             transcription_model=_opt(options, "transcription_model", str, d.transcription_model),
-            turn_detection="upstream" if turns == "upstream" else "gateway",
             connect_timeout_s=float(_opt(options, "connect_timeout_s", (int, float), d.connect_timeout_s)),
             transcript_timeout_s=float(
                 _opt(options, "transcript_timeout_s", (int, float), d.transcript_timeout_s)
@@ -437,13 +440,9 @@ class RealtimeUpstreamSession:
         o = self.options
         tools = o.tools
         specs = [s for s in tools.specs() if s.client_side] if tools is not None else []
-        td = None
-        if self._opts.turn_detection == "upstream":
-            td = wire.UpstreamTurnDetection()
         return wire.session_update_event(
             instructions=o.instructions,
             voice=self._opts.voice or None,
-            turn_detection=td,
             transcription_model=self._opts.transcription_model or None,
             tools=specs,
             tool_choice=tools.choice if tools is not None and specs else "auto",
@@ -471,6 +470,8 @@ class RealtimeUpstreamSession:
         match event:
             case wire.InputCommitted(item_id=item_id):
                 if self._commit is not None and not self._commit.done():
+                    if self._opts.transcription_model:  # its transcript may follow at once
+                        self._transcripts[item_id] = asyncio.get_running_loop().create_future()
                     self._commit.set_result(item_id)
             case wire.InputTranscribed(item_id=item_id, text=text, failed=failed):
                 if failed:
@@ -567,7 +568,7 @@ class RealtimeUpstreamSession:
         text = ""
         if self._opts.transcription_model:
             self._user_items[item_id] = message
-            waiter = self._transcripts.setdefault(item_id, loop.create_future())
+            waiter = self._transcripts.get(item_id) or loop.create_future()
             try:
                 async with asyncio.timeout(self._opts.transcript_timeout_s):
                     text = await asyncio.shield(waiter)

@@ -214,41 +214,15 @@ def _str(raw: Mapping[str, Any], name: str) -> str:
 # --- events to the upstream (the GA dialect) ---------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class UpstreamTurnDetection:
-    """The upstream's own VAD settings (server_vad or semantic_vad), or None: we commit."""
-
-    type: str = "server_vad"
-    threshold: float = 0.5
-    prefix_padding_ms: int = 300
-    silence_duration_ms: int = 500
-    create_response: bool = True
-    interrupt_response: bool = True
-
-
 def session_update_event(
     *,
     instructions: str,
     voice: str | None,
-    turn_detection: UpstreamTurnDetection | None,
     transcription_model: str | None,
     tools: Sequence[ToolSpec],
     tool_choice: ToolChoice,
     max_output_tokens: int | None,
 ) -> dict[str, Any]:
-    td: dict[str, Any] | None = None
-    if turn_detection is not None:
-        td = {"type": turn_detection.type}
-        if turn_detection.type == "server_vad":
-            td |= {
-                "threshold": turn_detection.threshold,
-                "prefix_padding_ms": turn_detection.prefix_padding_ms,
-                "silence_duration_ms": turn_detection.silence_duration_ms,
-            }
-        td |= {
-            "create_response": turn_detection.create_response,
-            "interrupt_response": turn_detection.interrupt_response,
-        }
     output: dict[str, Any] = {"format": _AUDIO_FORMAT}
     if voice:
         output["voice"] = voice
@@ -258,7 +232,7 @@ def session_update_event(
         "audio": {
             "input": {
                 "format": _AUDIO_FORMAT,
-                "turn_detection": td,
+                "turn_detection": None,  # ours: the gateway commits each turn
                 "transcription": None if transcription_model is None else {"model": transcription_model},
             },
             "output": output,
