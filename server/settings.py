@@ -41,8 +41,10 @@ class Settings(BaseSettings):
     client_secret_ttl_s: int = Field(default=600, ge=10, le=7200)
 
     # models: a profile names a set of backends (server/model/profiles.py); asr/llm/tts, when
-    # set, replace the default profile's choice (registry names)
-    profile: Literal["fast", "quality"] = "fast"
+    # set, replace the default profile's choice (registry names); "realtime" serves sessions
+    # from an upstream OpenAI-Realtime-compatible websocket, configured by
+    # backend_options["realtime"] (server/model/backends/realtime_upstream.py)
+    profile: Literal["fast", "quality", "realtime"] = "fast"
     preload_profiles: list[str] = Field(default_factory=list)
     asr: str | None = None
     llm: str | None = None

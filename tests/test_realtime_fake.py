@@ -161,3 +161,28 @@ async def test_a_vad_frame_lost_with_its_worker_counts_as_silence_and_the_call_g
         assert done["response"]["status"] == "completed"
         assert len(client.of_type("input_audio_buffer.speech_started")) == 1
         assert client.of_type("error") == []
+
+
+async def test_a_replayed_assistant_message_joins_the_history_the_model_sees() -> None:
+    llm = FakeLlm(["Noted."])
+    async with running_server(fake_app(llm=llm)) as url, realtime_client(url) as client:
+        await client.wait_for("session.created")
+        said = {
+            "type": "message",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "Hi, Ann here."}],
+        }
+        await client.send({"type": "conversation.item.create", "item": said})
+        added = await client.wait_for("conversation.item.added")
+        assert added["item"]["role"] == "assistant"
+        assert added["item"]["content"][0]["text"] == "Hi, Ann here."
+        await client.say("who are you?")
+        await client.wait_for("response.done")
+        assert [(m.role, m.text) for m in llm.calls[0]] == [
+            ("assistant", "Hi, Ann here."),
+            ("user", "who are you?"),
+        ]
+        empty = {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": ""}]}
+        await client.send({"type": "conversation.item.create", "item": empty})
+        error = await client.wait_for("error")
+        assert error["error"]["code"] == "missing_field"

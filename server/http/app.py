@@ -30,7 +30,7 @@ from server.http.speech_api import router as speech_router
 from server.metrics import Metrics
 from server.model.base import LlmBackend, OmniModel
 from server.model.deadlines import ModelDeadlines
-from server.model.profiles import PROFILES, ModelCatalog, Profile
+from server.model.profiles import PROFILES, AnyProfile, ModelCatalog, Profile
 from server.model.registry import VAD_BACKENDS, resolve
 from server.settings import Settings
 from server.shared.redis_state import RedisState
@@ -58,22 +58,27 @@ ANTICIPATING_RECOGNISERS = frozenset({"pocketsphinx"})
 def build_catalog(settings: Settings, brain: LlmBackend | None = None) -> ModelCatalog:
     """The profiles, with the default one's backends replaced by any set in settings; a
     `brain` from embedding code replaces the language model of every profile."""
-    profiles = dict(PROFILES)
+    profiles: dict[str, AnyProfile] = dict(PROFILES)
     default = profiles[settings.profile]
-    profiles[settings.profile] = Profile(
-        default.name,
-        asr=settings.asr or default.asr,
-        llm=settings.llm or default.llm,
-        tts=settings.tts or default.tts,
-    )
+    if isinstance(default, Profile):  # an omni profile has no ASR/LLM/TTS to replace
+        profiles[settings.profile] = Profile(
+            default.name,
+            asr=settings.asr or default.asr,
+            llm=settings.llm or default.llm,
+            tts=settings.tts or default.tts,
+        )
     provided: dict[tuple[str, str], Any] = {}
-    if brain is not None:
-        profiles = {n: Profile(p.name, p.asr, BRAIN_BACKEND, p.tts) for n, p in profiles.items()}
+    if brain is not None:  # a brain answers in cascades; an omni model has its own
+        profiles = {
+            n: Profile(p.name, p.asr, BRAIN_BACKEND, p.tts) if isinstance(p, Profile) else p
+            for n, p in profiles.items()
+        }
         provided[("language model", BRAIN_BACKEND)] = brain
 
-    def anticipates(profile: Profile) -> bool:
+    def anticipates(profile: AnyProfile) -> bool:
         return (
-            settings.anticipate_replies
+            isinstance(profile, Profile)
+            and settings.anticipate_replies
             and profile.llm in ANTICIPATING_LLMS
             and profile.asr in ANTICIPATING_RECOGNISERS
         )

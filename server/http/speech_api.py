@@ -55,7 +55,7 @@ from server.http.client_secrets import error_response, require_api_key
 from server.http.runtime import Runtime
 from server.model.base import AsrBackend, TtsBackend
 from server.model.deadlines import DeadlineIterator
-from server.model.profiles import profile_for_model
+from server.model.profiles import Profile, profile_for_model
 from server.wav import decode_wav, encode_wav
 
 log = logging.getLogger(__name__)
@@ -155,6 +155,12 @@ async def _backends(request: Request, model: str | None) -> _Backends:
         )
     name = profile_for_model(model, catalog.default_profile)
     profile = catalog.profiles[name]
+    if not isinstance(profile, Profile):
+        raise _Refusal(
+            501,
+            f"profile {name!r} is a whole model (an upstream realtime one): it has no recogniser or voice to serve",
+            code="speech_api_unavailable",
+        )
     remote = sorted({profile.asr, profile.tts} & REMOTE_BACKENDS)
     if remote:
         raise _Refusal(

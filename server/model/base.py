@@ -8,6 +8,7 @@ Order of calls on an `OmniSession` (one per websocket connection):
                                                  # the last one final; the user message joins
                                                  # the history
     session.add_user_text("...")         # or a typed user message instead of audio
+    session.add_assistant_text("...")    # an earlier assistant message (a replayed history)
     async for ev in session.respond(ResponseOptions(...)): ...
                                          # the reply: TextDelta / AudioChunk events; leaving
                                          # the loop early (cancel, aclose) stops generation
@@ -71,19 +72,23 @@ class Capabilities:
 
     input_sample_rate_hz: the rate `push_audio` expects.
     output_sample_rate_hz: the rate of `AudioChunk` frames.
+    can_rollback: `checkpoint`/`rollback` forget a speculative reply exactly. False (a model
+        whose conversation lives elsewhere, e.g. upstream, which cannot delete items): the
+        conversation never prepares a reply speculatively (turns.py's speculation is off).
 
     accepts_images: whether user messages may carry images (`add_user_text(text, images)`);
     the conversation refuses an image item with a clear error where it is False.
 
     Every model truncates its last reply (`truncate_reply`) and leaves turn-taking to the
-    server. A full-duplex model that decides turns itself would add a flag here together with
-    the server code that reads it (an upstream realtime backend, issue 17); flags that no code
-    reads are not kept.
+    server. A model that decides turns itself (an upstream realtime model's own VAD) would add
+    a flag here together with the server code that reads it; flags that no code reads are
+    not kept.
     """
 
     input_sample_rate_hz: int
     output_sample_rate_hz: int
     accepts_images: bool = False
+    can_rollback: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +185,10 @@ class OmniSession(Protocol):
 
     def add_user_text(self, text: str, images: Sequence[ImageInput] = ()) -> None:
         """A typed user message; `images` only where `capabilities.accepts_images`."""
+        ...
+
+    def add_assistant_text(self, text: str) -> None:
+        """What the assistant said earlier (a client replaying a conversation); not spoken."""
         ...
 
     def add_tool_result(self, call_id: str, output: str) -> None:

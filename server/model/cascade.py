@@ -196,6 +196,10 @@ class CascadeSession:
     def add_user_text(self, text: str, images: Sequence[ImageInput] = ()) -> None:
         self._history.append(Message("user", text, images=tuple(images)))
 
+    def add_assistant_text(self, text: str) -> None:
+        self._history.append(Message("assistant", text))
+        self._last_reply = None  # not ours to truncate
+
     def add_tool_result(self, call_id: str, output: str) -> None:
         insert_tool_result(self._history, Message("tool", output, tool_call_id=call_id))
 

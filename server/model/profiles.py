@@ -2,6 +2,12 @@
 
 - fast (default): pocketsphinx -> language model -> espeak-ng; the shortest path to first audio.
 - quality: Whisper -> language model -> Kokoro; more accurate and more natural, slower.
+- realtime: a whole model behind an upstream OpenAI-Realtime-compatible websocket
+  (server/model/backends/realtime_upstream.py); Voxgate keeps the edge (auth, admission,
+  turn-taking, paced playout, exact truncation).
+
+A profile is either a `Profile` (a cascade: ASR + LLM + TTS, assembled into a CascadeModel) or
+an `OmniProfile` (one omni backend that is an OmniModel by itself, from OMNI_BACKENDS).
 
 A session picks a profile by the model name it connects with (`?model=voxgate-quality`, or just
 `quality`); any other model name gets the server's default profile. Backends are loaded on first
@@ -16,23 +22,38 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from server.errors import BackendUnavailable
 from server.model.base import AsrBackend, LlmBackend, OmniModel, TtsBackend
 from server.model.cascade import CascadeModel
 from server.model.deadlines import ModelDeadlines
-from server.model.registry import ASR_BACKENDS, LLM_BACKENDS, TTS_BACKENDS, resolve
+from server.model.registry import ASR_BACKENDS, LLM_BACKENDS, OMNI_BACKENDS, TTS_BACKENDS, resolve
 
 
 @dataclass(frozen=True, slots=True)
 class Profile:
+    """A cascade: speech-to-text, language model and text-to-speech, by registry name."""
+
     name: str
     asr: str
     llm: str
     tts: str
 
 
-PROFILES: dict[str, Profile] = {
+@dataclass(frozen=True, slots=True)
+class OmniProfile:
+    """One omni backend (registry.OMNI_BACKENDS) that serves whole sessions by itself; its
+    options are `backend_options[omni]`."""
+
+    name: str
+    omni: str
+
+
+AnyProfile = Profile | OmniProfile
+
+PROFILES: dict[str, AnyProfile] = {
     "fast": Profile("fast", asr="pocketsphinx", llm="gemma", tts="espeak"),
     "quality": Profile("quality", asr="whisper", llm="gemma", tts="kokoro"),
+    "realtime": OmniProfile("realtime", omni="realtime"),
 }
 
 
@@ -50,16 +71,16 @@ class ModelCatalog:
 
     def __init__(
         self,
-        profiles: Mapping[str, Profile],
+        profiles: Mapping[str, AnyProfile],
         default_profile: str,
         backend_options: Mapping[str, Mapping[str, Any]] | None = None,
         provided: Mapping[tuple[str, str], Any] | None = None,
         deadlines: ModelDeadlines | None = None,
-        anticipates: Callable[[Profile], bool] | None = None,
+        anticipates: Callable[[AnyProfile], bool] | None = None,
     ) -> None:
-        """`anticipates(profile)`: whether the profile's language model may be started on the
-        recogniser's hypothesis before the final transcript (server/model/cascade.py); none
-        does without it."""
+        """`anticipates(profile)`: whether a cascade profile's language model may be started on
+        the recogniser's hypothesis before the final transcript (server/model/cascade.py);
+        none does without it."""
         self._anticipates = anticipates or (lambda profile: False)
         if default_profile not in profiles:
             raise ValueError(f"unknown profile {default_profile!r}; known: {', '.join(profiles)}")
@@ -81,6 +102,14 @@ class ModelCatalog:
                 warm_up()
             self._backends[key] = backend
         return self._backends[key]
+
+    def _omni(self, name: str) -> OmniModel:
+        key = ("omni model", name)
+        if key not in self._backends:
+            factory = resolve(OMNI_BACKENDS, name, "omni model")
+            self._backends[key] = factory(self._options.get(name), self._deadlines)
+        model: OmniModel = self._backends[key]
+        return model
 
     def close(self) -> None:
         """Release what backends hold outside this process's memory (worker processes)."""
@@ -106,6 +135,9 @@ class ModelCatalog:
         with self._lock:
             if profile_name not in self._models:
                 profile = self.profiles[profile_name]
+                if isinstance(profile, OmniProfile):
+                    self._models[profile_name] = self._omni(profile.omni)
+                    return self._models[profile_name]
                 asr: AsrBackend = self._backend(ASR_BACKENDS, "speech-to-text", profile.asr)
                 llm: LlmBackend = self._backend(LLM_BACKENDS, "language model", profile.llm)
                 tts: TtsBackend = self._backend(TTS_BACKENDS, "text-to-speech", profile.tts)
@@ -120,6 +152,10 @@ class ModelCatalog:
         call off-loop), for the speech API (server/http/speech_api.py)."""
         with self._lock:
             profile = self.profiles[profile_name]
+            if not isinstance(profile, Profile):
+                raise BackendUnavailable(
+                    f"profile {profile_name!r} is a whole model: it has no recogniser or voice of its own"
+                )
             asr: AsrBackend = self._backend(ASR_BACKENDS, "speech-to-text", profile.asr)
             tts: TtsBackend = self._backend(TTS_BACKENDS, "text-to-speech", profile.tts)
             return asr, tts

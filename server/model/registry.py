@@ -28,6 +28,10 @@ TTS_BACKENDS: dict[str, str] = {
     "kokoro": "server.model.backends.kokoro_tts:load",
     "openai-tts": "server.model.backends.remote_tts:load",
 }
+# whole models (OmniModel): factories take (options, ModelDeadlines)
+OMNI_BACKENDS: dict[str, str] = {
+    "realtime": "server.model.backends.realtime_upstream:load",
+}
 VAD_BACKENDS: dict[str, str] = {
     "webrtc": "server.vad.webrtc:load",
     "silero": "server.vad.silero:load",

@@ -48,6 +48,7 @@ from server.realtime.wire import (
     parse_client_event,
 )
 from server.streaming.commands import (
+    AddAssistantText,
     AddFunctionOutput,
     AddUserText,
     AppendAudio,
@@ -62,6 +63,7 @@ from server.streaming.commands import (
     UpdateSession,
 )
 from server.streaming.outputs import (
+    AssistantTextAdded,
     Failed,
     FunctionCallMade,
     FunctionOutputAdded,
@@ -87,6 +89,9 @@ from server.streaming.outputs import (
     UserTextAdded,
 )
 from server.streaming.port import SessionView, TextTransport
+
+# an assistant message's parts that carry what it said (GA and beta names; audio by transcript)
+_ASSISTANT_PARTS = frozenset({"output_text", "text", "output_audio", "audio"})
 
 
 class RealtimePort:
@@ -179,9 +184,18 @@ class RealtimePort:
         item = event.item
         if item.type == "function_call_output":
             return AddFunctionOutput(item.call_id, item.output, item.id, event.event_id)
+        if item.type == "message" and item.role == "assistant":
+            said = [p.text or p.transcript for p in item.content if p.type in _ASSISTANT_PARTS]
+            if not any(said):
+                raise ProtocolViolation(
+                    "assistant message needs an output_text (or text) content part",
+                    code="missing_field",
+                    param="item.content",
+                )
+            return AddAssistantText(" ".join(t for t in said if t), item.id, event.event_id)
         if item.type != "message" or item.role != "user":
             raise ProtocolViolation(
-                f"conversation.item.create supports user messages; got {item.type}"
+                f"conversation.item.create supports user and assistant messages; got {item.type}"
                 + (f"/{item.role}" if item.role else ""),
                 code="unsupported_item_type",
                 param="item.type",
@@ -322,6 +336,9 @@ class RealtimePort:
                 return w.item_added(w.user_audio_item(output.item_id, None), output.previous_item_id)
             case UserTextAdded():
                 item = w.user_text_item(output.item_id, output.text, output.images)
+                return w.item_added(item, output.previous_item_id)
+            case AssistantTextAdded():
+                item = w.assistant_item(output.item_id, "completed", w.assistant_part(output.text, False))
                 return w.item_added(item, output.previous_item_id)
             case FunctionOutputAdded():
                 item = function_call_output_item(output.item_id, output.call_id, output.output)

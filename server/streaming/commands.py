@@ -59,6 +59,15 @@ class AddUserText:
 
 
 @dataclass(frozen=True, slots=True)
+class AddAssistantText:
+    """What the assistant said earlier, added by the client (a history it replays)."""
+
+    text: str
+    item_id: str | None = None
+    event_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class AddFunctionOutput:
     """The client's result for a client-side function call of an earlier reply."""
 
@@ -111,6 +120,7 @@ Command = (
     | CommitAudio
     | ClearAudio
     | AddUserText
+    | AddAssistantText
     | AddFunctionOutput
     | TruncateItem
     | CreateResponse

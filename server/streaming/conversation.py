@@ -23,6 +23,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 
 from server.aio import wait_event
 from server.audio import PcmFrame, resample
@@ -44,6 +45,7 @@ from server.model.base import (
 from server.model.tool_calls import ForcedTool, ToolChoice
 from server.streaming.capture import InputAudio, VadFrame
 from server.streaming.commands import (
+    AddAssistantText,
     AddFunctionOutput,
     AddUserText,
     AppendAudio,
@@ -61,6 +63,7 @@ from server.streaming.echo_gate import EchoGate, EchoGateOptions
 from server.streaming.lifetime import EndSession, SessionEnd, SessionLifetime, WarnExpiring
 from server.streaming.notifier import EventNotifier
 from server.streaming.outputs import (
+    AssistantTextAdded,
     Failed,
     IdleTimedOut,
     InputCleared,
@@ -221,6 +224,7 @@ class Conversation:
         self._metrics.session_opened()
         try:
             self._session = await self._model.open(self._session_options())
+            self._fit_turns_to(self._session)
             self._update_processing(self.config)
             opening = self._port.opening_settings()
             if opening is not None:
@@ -248,6 +252,20 @@ class Conversation:
             self._metrics.session_closed()
             self._notifier.publish(SessionEnded(self.config.id))
             await self._notifier.drain()
+
+    def _fit_turns_to(self, session: OmniSession) -> None:
+        """Turn-taking that the session cannot serve is off: speculative replies when it cannot
+        roll them back, the `words` barge-in mode when it hears no words (without words every
+        short barge-in would count as noise)."""
+        turn = self._options.turn
+        if not session.capabilities.can_rollback:
+            turn = replace(turn, speculative_silence_ms=None)
+        if not isinstance(session, HearsWords):
+            turn = replace(turn, interruption=None)
+        if turn != self._options.turn:
+            self._options = replace(self._options, turn=turn)
+            td = self.config.turn_detection
+            self._turns.configure(turn if td is None else self._options.turn_options(td))
 
     @property
     def is_replying(self) -> bool:
@@ -330,6 +348,11 @@ class Conversation:
                 self._image_bytes += sum(len(image.data) for image in command.images)
                 previous, self.last_item_id = self.last_item_id, item_id
                 await self.send(UserTextAdded(item_id, command.text, previous, command.images))
+            case AddAssistantText():
+                item_id = command.item_id or new_id("item")
+                self.model_session.add_assistant_text(command.text)
+                previous, self.last_item_id = self.last_item_id, item_id
+                await self.send(AssistantTextAdded(item_id, command.text, previous))
             case AddFunctionOutput():
                 await self._replies.function_output(command)
             case TruncateItem():

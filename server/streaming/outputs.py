@@ -106,6 +106,15 @@ class UserTextAdded:
 
 
 @dataclass(frozen=True, slots=True)
+class AssistantTextAdded:
+    """An assistant message the client added to the conversation (e.g. a replayed history)."""
+
+    item_id: str
+    text: str
+    previous_item_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class FunctionOutputAdded:
     item_id: str
     call_id: str
@@ -209,6 +218,7 @@ Output = (
     | IdleTimedOut
     | UserAudioAdded
     | UserTextAdded
+    | AssistantTextAdded
     | FunctionOutputAdded
     | TranscriptDelta
     | TranscriptCompleted

@@ -175,7 +175,12 @@ def test_only_local_models_beside_a_light_recogniser_anticipate() -> None:
         "local": Profile("local", "fake-asr", "gemma", "fake-tts"),
         "remote": Profile("remote", "fake-asr", "hosted", "fake-tts"),
     }
-    catalog = ModelCatalog(profiles, "local", provided=provided, anticipates=lambda p: p.llm == "gemma")
+    catalog = ModelCatalog(
+        profiles,
+        "local",
+        provided=provided,
+        anticipates=lambda p: isinstance(p, Profile) and p.llm == "gemma",
+    )
     local, remote = catalog.model("local"), catalog.model("remote")
     assert isinstance(local, CascadeModel) and local.anticipate
     assert isinstance(remote, CascadeModel) and not remote.anticipate

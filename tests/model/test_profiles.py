@@ -40,3 +40,22 @@ def test_unknown_backend_is_a_clear_error(fake_backends: None) -> None:
     catalog = ModelCatalog({"a": Profile("a", "nope", "fake-llm", "fake-tts")}, default_profile="a")
     with pytest.raises(BackendUnavailable, match="unknown speech-to-text backend 'nope'"):
         catalog.model("a")
+
+
+def test_an_omni_profile_is_served_by_its_omni_backend_alone() -> None:
+    from server.model.backends.realtime_upstream import RealtimeUpstreamModel
+    from server.model.profiles import OmniProfile
+
+    catalog = ModelCatalog(
+        {
+            "a": Profile("a", "fake-asr", "fake-llm", "fake-tts"),
+            "realtime": OmniProfile("realtime", "realtime"),
+        },
+        default_profile="a",
+        backend_options={"realtime": {"url": "ws://127.0.0.1:9/v1/realtime"}},
+    )
+    model = catalog.model("realtime")
+    assert isinstance(model, RealtimeUpstreamModel)
+    assert not model.capabilities.can_rollback
+    assert catalog.model("realtime") is model
+    assert profile_for_model("voxgate-realtime", "fast") == "realtime"

@@ -1,0 +1,94 @@
+"""A second Voxgate process as a gateway's upstream: `python -m loadtests.fake_server` (instant
+FAKE models: FakeAsr, FakeLlm, FakeTts, the energy VAD), started and killed by tests."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class UpstreamProcess:
+    """`start()` runs the fake server on `port` until `kill()`; `events()` what it published."""
+
+    def __init__(self, port: int, events_log: Path, reply: str, api_key: str | None = None) -> None:
+        self.port = port
+        self.events_log = events_log
+        self.reply = reply
+        self.api_key = api_key
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/realtime"
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "loadtests.fake_server",
+            "--port",
+            str(self.port),
+            "--vad",
+            "energy",
+            "--reply",
+            self.reply,
+            "--events-log",
+            str(self.events_log),
+        ]
+        if self.api_key:
+            command += ["--api-key", self.api_key]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the upstream exited with {self.process.returncode}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.1)
+        self.kill()
+        raise RuntimeError("the upstream did not start")
+
+    def kill(self) -> None:
+        """SIGKILL: the upstream vanishes mid-whatever, as a crashed host would."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+        self.process = None
+
+    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        if not self.events_log.exists():
+            return []
+        events = [json.loads(line) for line in self.events_log.read_text().splitlines() if line]
+        return [e for e in events if kind is None or e["event"] == kind]
+
+
+@contextlib.contextmanager
+def upstream(tmp_path: Path, reply: str, api_key: str | None = None) -> Iterator[UpstreamProcess]:
+    process = UpstreamProcess(free_port(), tmp_path / "upstream-events.jsonl", reply, api_key)
+    process.start()
+    try:
+        yield process
+    finally:
+        process.kill()
