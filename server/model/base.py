@@ -217,6 +217,20 @@ class OmniSession(Protocol):
     async def aclose(self) -> None: ...
 
 
+@runtime_checkable
+class AnswersOutOfBand(Protocol):
+    """An OmniSession that can answer outside its conversation (optional): a client's
+    `response.create` with `conversation: "none"` ("summarise this call", "classify the
+    intent"), answered beside the caller's reply without touching the history."""
+
+    def respond_out_of_band(
+        self, options: ResponseOptions, context: Sequence[Message] | None
+    ) -> AsyncIterator[str]:
+        """The response's text, to `context` (None: the conversation so far) under the
+        response's instructions; nothing is added to the history."""
+        ...
+
+
 class OmniModel(Protocol):
     capabilities: Capabilities
 

@@ -275,7 +275,8 @@ class CascadeSession:
 
     # -- output
 
-    async def respond(self, options: ResponseOptions) -> AsyncIterator[ReplyEvent]:
+    def _response_session_options(self, options: ResponseOptions) -> SessionOptions:
+        """The session's options with a response's overrides."""
         session_options = self.options
         if options.instructions is not None:
             session_options = replace(session_options, instructions=options.instructions)
@@ -283,6 +284,28 @@ class CascadeSession:
             session_options = replace(session_options, temperature=options.temperature)
         if options.max_output_tokens is not None:
             session_options = replace(session_options, max_output_tokens=options.max_output_tokens)
+        return session_options
+
+    async def respond_out_of_band(
+        self, options: ResponseOptions, context: Sequence[Message] | None
+    ) -> AsyncIterator[str]:
+        """The language model alone, on `context` or a copy of the history; no tools (the
+        answer is text for the client), the reply's deadlines."""
+        history = list(self._history if context is None else context)
+        session_options = replace(self._response_session_options(options), tools=None)
+        deadlines = self._model.deadlines
+        pieces = DeadlineIterator(
+            self._model.llm.complete(history, session_options),
+            stage="language model",
+            first_item_s=deadlines.llm_first_token_timeout_s,
+            gap_s=deadlines.llm_token_gap_timeout_s,
+        )
+        async for piece in pieces:
+            if isinstance(piece, str):
+                yield piece
+
+    async def respond(self, options: ResponseOptions) -> AsyncIterator[ReplyEvent]:
+        session_options = self._response_session_options(options)
         voice = options.voice or self.options.voice
         run = self._adopt_anticipation(session_options)
         self.timings = StageTimings(

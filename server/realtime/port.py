@@ -21,7 +21,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from server.errors import ProtocolViolation
-from server.model.base import ResponseOptions
 from server.realtime.function_calls import (
     client_tool_specs,
     function_call_events,
@@ -29,6 +28,7 @@ from server.realtime.function_calls import (
     function_call_output_item,
 )
 from server.realtime.images import MAX_IMAGES_PER_ITEM, parse_input_image
+from server.realtime.responses import parse_response_create
 from server.realtime.wire import (
     Dialect,
     EventWriter,
@@ -57,7 +57,6 @@ from server.streaming.commands import (
     ClearOutputAudio,
     Command,
     CommitAudio,
-    CreateResponse,
     Rejected,
     TruncateItem,
     UpdateSession,
@@ -164,7 +163,7 @@ class RealtimePort:
                     param="type",
                 )
             case ResponseCreate():
-                return CreateResponse(self._response_options(event.response or {}), event.event_id)
+                return parse_response_create(event.response or {}, self._session.config, event.event_id)
             case ResponseCancel():
                 return CancelResponse(event.response_id, event.event_id)
             case OutputAudioClear():
@@ -219,36 +218,6 @@ class RealtimePort:
                 param="item.content",
             )
         return AddUserText(" ".join(texts), item.id, event.event_id, tuple(images))
-
-    def _response_options(self, body: dict[str, Any]) -> ResponseOptions:
-        assert self._session is not None
-        config = self._session.config
-        modalities = body.get("output_modalities") or body.get("modalities") or config.output_modalities
-        if not isinstance(modalities, list) or any(m not in ("audio", "text") for m in modalities):
-            raise ProtocolViolation(
-                "response modalities must list 'audio' and/or 'text'",
-                code="invalid_value",
-                param="response.output_modalities",
-            )
-        audio = body.get("audio") or {}
-        output = (audio.get("output") or {}) if isinstance(audio, dict) else None
-        if not isinstance(output, dict):
-            raise ProtocolViolation(
-                "response.audio and response.audio.output must be objects",
-                code="invalid_value",
-                param="response.audio",
-            )
-        instructions = body.get("instructions")
-        voice = body.get("voice") or output.get("voice")
-        if instructions is not None and not isinstance(instructions, str):
-            raise ProtocolViolation(
-                "response.instructions must be a string", code="invalid_value", param="response.instructions"
-            )
-        if voice is not None and not isinstance(voice, str):
-            raise ProtocolViolation(
-                "response voice must be a string", code="invalid_value", param="response.voice"
-            )
-        return ResponseOptions(with_audio="audio" in modalities, instructions=instructions, voice=voice)
 
     # --- outbound ------------------------------------------------------------------------------
 
@@ -377,6 +346,8 @@ class RealtimePort:
                     output.with_audio,
                     output.previous_item_id,
                     output.config,
+                    metadata=output.metadata,
+                    out_of_band=output.out_of_band,
                 )
             case FunctionCallMade():
                 call = output.call
@@ -405,6 +376,8 @@ class RealtimePort:
                     reason=output.reason,
                     error=output.error,
                     extra_output=calls,
+                    metadata=output.metadata,
+                    out_of_band=output.out_of_band,
                 )
             case ItemTruncated():
                 return [

@@ -159,7 +159,7 @@ def _tool_choice(value: object) -> str | dict[str, str]:
     )
 
 
-def _max_tokens(value: object, param: str) -> int | None:
+def max_tokens(value: object, param: str) -> int | None:
     if value == "inf" or value is None:
         return None
     tokens = _check_type(value, int, param)
@@ -249,7 +249,7 @@ def _apply_beta(config: SessionConfig, session: dict[str, Any]) -> None:
     if "modalities" in session:
         config.output_modalities = _modalities(session["modalities"], "session.modalities")
     if "max_response_output_tokens" in session:
-        config.max_output_tokens = _max_tokens(
+        config.max_output_tokens = max_tokens(
             session["max_response_output_tokens"], "session.max_response_output_tokens"
         )
 
@@ -258,7 +258,7 @@ def _apply_ga(config: SessionConfig, session: dict[str, Any]) -> None:
     if "output_modalities" in session:
         config.output_modalities = _modalities(session["output_modalities"], "session.output_modalities")
     if "max_output_tokens" in session:
-        config.max_output_tokens = _max_tokens(session["max_output_tokens"], "session.max_output_tokens")
+        config.max_output_tokens = max_tokens(session["max_output_tokens"], "session.max_output_tokens")
     audio = session.get("audio")
     if audio is None:
         return

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from enum import Enum
 from typing import Annotated, Any, Literal
 
@@ -381,6 +381,8 @@ class EventWriter:
         reason: str | None = None,
         config: SessionConfig | None = None,
         error: dict[str, Any] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        out_of_band: bool = False,
     ) -> dict[str, Any]:
         details: dict[str, Any] | None = None
         if status == "cancelled":
@@ -396,7 +398,10 @@ class EventWriter:
             "status_details": details,
             "output": output,
             "usage": None,
+            "metadata": None if metadata is None else dict(metadata),
         }
+        if out_of_band:
+            body["conversation_id"] = None  # in no conversation (GA: `conversation: "none"`)
         if config is not None:
             if self.is_beta:
                 body["modalities"] = ["text", "audio"] if "audio" in config.output_modalities else ["text"]
@@ -417,14 +422,18 @@ class EventWriter:
         with_audio: bool,
         previous_item_id: str | None,
         config: SessionConfig,
+        metadata: Mapping[str, str] | None = None,
+        out_of_band: bool = False,
     ) -> list[dict[str, Any]]:
+        """`out_of_band`: the item joins no conversation (no conversation.item.added)."""
         item = self.assistant_item(item_id, "in_progress", None)
+        opened = self.response(
+            response_id, "in_progress", [], config=config, metadata=metadata, out_of_band=out_of_band
+        )
         return [
-            self.event(
-                "response.created", response=self.response(response_id, "in_progress", [], config=config)
-            ),
+            self.event("response.created", response=opened),
             self.event("response.output_item.added", response_id=response_id, output_index=0, item=item),
-            *self.item_added(item, previous_item_id),
+            *([] if out_of_band else self.item_added(item, previous_item_id)),
             self.event(
                 "response.content_part.added",
                 response_id=response_id,
@@ -458,6 +467,8 @@ class EventWriter:
         reason: str | None = None,
         error: dict[str, Any] | None = None,
         extra_output: Sequence[dict[str, Any]] = (),
+        metadata: Mapping[str, str] | None = None,
+        out_of_band: bool = False,
     ) -> list[dict[str, Any]]:
         """`extra_output`: the response's function_call items, listed after its message."""
         part = self.assistant_part(transcript, with_audio)
@@ -477,7 +488,14 @@ class EventWriter:
             self.event(
                 "response.done",
                 response=self.response(
-                    response_id, status, [item, *extra_output], reason=reason, config=config, error=error
+                    response_id,
+                    status,
+                    [item, *extra_output],
+                    reason=reason,
+                    config=config,
+                    error=error,
+                    metadata=metadata,
+                    out_of_band=out_of_band,
                 ),
             ),
         ]

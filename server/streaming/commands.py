@@ -8,10 +8,11 @@ conversation through its `ClientPort`; the conversation never parses a carrier's
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from server.errors import ProtocolViolation
-from server.model.base import ImageInput, ResponseOptions
+from server.model.base import ImageInput, Message, ResponseOptions
 from server.model.tool_calls import ToolSpec
 from server.streaming.session_config import SessionConfig
 
@@ -89,8 +90,15 @@ class TruncateItem:
 
 @dataclass(frozen=True, slots=True)
 class CreateResponse:
+    """A client's `response.create`. `out_of_band` (`conversation: "none"`): answered beside
+    the conversation, which it neither joins nor interrupts, to `context` (its own `input`
+    items; None: the conversation so far). `metadata` is echoed in the response."""
+
     options: ResponseOptions | None = None  # None: the session's defaults
     event_id: str | None = None
+    metadata: Mapping[str, str] | None = None
+    out_of_band: bool = False
+    context: tuple[Message, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

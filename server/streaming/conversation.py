@@ -62,6 +62,7 @@ from server.streaming.commands import (
 from server.streaming.echo_gate import EchoGate, EchoGateOptions
 from server.streaming.lifetime import EndSession, SessionEnd, SessionLifetime, WarnExpiring
 from server.streaming.notifier import EventNotifier
+from server.streaming.out_of_band import OutOfBandResponses
 from server.streaming.outputs import (
     AssistantTextAdded,
     Failed,
@@ -81,7 +82,7 @@ from server.streaming.outputs import (
 )
 from server.streaming.playout import PlayoutBuffer
 from server.streaming.port import ClientPort, TransportClosed
-from server.streaming.replies import Replies
+from server.streaming.replies import Replies, failure_code
 from server.streaming.session_config import ConversationOptions, SessionConfig, forced_tool_name
 from server.streaming.transcription import transcribe_turn
 from server.streaming.turns import (
@@ -181,6 +182,7 @@ class Conversation:
             clock,
             self._run_transcription,
         )
+        self._out_of_band = OutOfBandResponses(self.send, failure_code)
         self._tasks: asyncio.TaskGroup | None = None
         self._timer_wakeup = asyncio.Event()
         self._transcription: asyncio.Task[Exception | None] | None = None  # result: its failure
@@ -357,6 +359,11 @@ class Conversation:
                 await self._replies.function_output(command)
             case TruncateItem():
                 await self._replies.truncate_item(command)
+            case CreateResponse(out_of_band=True):
+                options = command.options or self._default_response_options()
+                self._out_of_band.start(
+                    replace(command, options=options), self.model_session, self.config, self.tasks
+                )
             case CreateResponse():
                 current = self._replies.current
                 if current is not None and current.is_generating:
@@ -364,9 +371,13 @@ class Conversation:
                         "a response is already in progress; cancel it first",
                         code="conversation_already_has_active_response",
                     )
-                await self._start_reply(command.options or self._default_response_options())
+                await self._start_reply(command.options or self._default_response_options(), command.metadata)
             case CancelResponse():
-                await self._replies.cancel_response(command.response_id)
+                if self._out_of_band.is_running(command.response_id):
+                    assert command.response_id is not None
+                    await self._out_of_band.cancel(command.response_id)
+                else:
+                    await self._replies.cancel_response(command.response_id)
             case ClearOutputAudio():
                 if self._replies.current is not None:
                     await self._replies.cancel(reason="client_cancelled")
@@ -686,10 +697,10 @@ class Conversation:
     def _default_response_options(self) -> ResponseOptions:
         return ResponseOptions(with_audio="audio" in self.config.output_modalities)
 
-    async def _start_reply(self, options: ResponseOptions) -> None:
+    async def _start_reply(self, options: ResponseOptions, metadata: Mapping[str, str] | None = None) -> None:
         speech_end_s, self._speech_end_s = self._speech_end_s, None
         await self._replies.start(
-            options, self._default_response_options(), self._transcription, speech_end_s
+            options, self._default_response_options(), self._transcription, speech_end_s, metadata
         )
 
     def _prepare_reply(self) -> None:

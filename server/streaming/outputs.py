@@ -8,6 +8,7 @@ already encoded in the session's output format, so an adapter only frames it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,6 +151,8 @@ class ResponseStarted:
     with_audio: bool
     previous_item_id: str | None
     config: SessionConfig
+    metadata: Mapping[str, str] | None = None
+    out_of_band: bool = False  # not in the conversation: no item joins it
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +194,8 @@ class ResponseEnded:
     reason: str | None = None
     error: dict[str, Any] | None = None
     function_calls: tuple[FunctionCall, ...] = field(default_factory=tuple)
+    metadata: Mapping[str, str] | None = None
+    out_of_band: bool = False
 
 
 @dataclass(frozen=True, slots=True)

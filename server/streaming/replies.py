@@ -114,6 +114,7 @@ class _ReplyIo:
     user_speech_end_s: float | None = None
     first_audio_sent_s: float | None = None
     function_calls: list[FunctionCall] = field(default_factory=list)
+    metadata: Mapping[str, str] | None = None  # the client's, echoed in the response's events
 
 
 class Replies:
@@ -206,11 +207,13 @@ class Replies:
         default_options: ResponseOptions,
         transcription: asyncio.Task[Exception | None] | None,
         speech_end_s: float | None,
+        metadata: Mapping[str, str] | None = None,
     ) -> None:
         """Start a reply (StartReply, or a client's CreateResponse): adopt the prepared one if
-        it was prepared with these options, else begin one after `transcription`."""
+        it was prepared with these options, else begin one after `transcription`. `metadata`
+        (a client's) is echoed in the response's events."""
         prepared, self.prepared = self.prepared, None
-        if prepared is not None and options != default_options:
+        if prepared is not None and (options != default_options or metadata is not None):
             await self._discard(prepared)  # a client's response.create asked for another
             prepared = None
         previous = self.current
@@ -219,6 +222,7 @@ class Replies:
             await self._finish_previous(previous)
         reply = prepared or self._new(options)
         self.io(reply).user_speech_end_s = speech_end_s
+        self.io(reply).metadata = metadata
         self.current = reply
         self._playout.begin(reply.reply_id, self._host.config.output_format.sample_rate_hz)
         self._turns.receive(ReplyStarted(reply.reply_id), self._host.input_ms())
@@ -328,7 +332,15 @@ class Replies:
             failure = await asyncio.shield(transcription)  # the user's words count even if we are cut off
         previous, host.last_item_id = host.last_item_id, reply.item_id
         await self._emit(
-            reply, ResponseStarted(reply.response_id, reply.item_id, reply.with_audio, previous, host.config)
+            reply,
+            ResponseStarted(
+                reply.response_id,
+                reply.item_id,
+                reply.with_audio,
+                previous,
+                host.config,
+                self.io(reply).metadata,
+            ),
         )
         io = self.io(reply)
         try:
@@ -435,6 +447,7 @@ class Replies:
                 reason=reason,
                 error=error,
                 function_calls=tuple(self.io(reply).function_calls),
+                metadata=self.io(reply).metadata,
             ),
         )
         self._metrics.responses.labels(status=status).inc()

@@ -1,0 +1,173 @@
+"""`response.create` beyond the defaults: per-response overrides, metadata, and out-of-band
+responses (`conversation: "none"`) answered beside the caller's reply without touching the
+history. Parsing, then the whole path over a websocket with FAKE models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from server.errors import ProtocolViolation
+from server.model.fakes import FakeLlm, FakeTts
+from server.realtime.responses import parse_response_create
+from server.streaming.session_config import SessionConfig
+from tests.conftest import fake_app
+from tests.harness import realtime_client, running_server
+
+CONFIG = SessionConfig(id="sess_test", model="test")
+
+
+def user_text(text: str) -> dict[str, Any]:
+    return {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+
+
+def test_out_of_band_with_its_own_input_metadata_and_limits() -> None:
+    command = parse_response_create(
+        {
+            "conversation": "none",
+            "input": [
+                {
+                    "type": "message",
+                    "role": "system",
+                    "content": [{"type": "input_text", "text": "Classify."}],
+                },
+                user_text("I want my money back"),
+                {
+                    "type": "message",
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": "Sorry."}],
+                },
+            ],
+            "instructions": "Answer with one word.",
+            "output_modalities": ["text"],
+            "max_output_tokens": 5,
+            "metadata": {"purpose": "intent"},
+        },
+        CONFIG,
+        "evt_1",
+    )
+    assert command.out_of_band and command.metadata == {"purpose": "intent"}
+    assert command.options is not None
+    assert (command.options.with_audio, command.options.instructions, command.options.max_output_tokens) == (
+        False,
+        "Answer with one word.",
+        5,
+    )
+    assert command.context is not None
+    assert [(m.role, m.text) for m in command.context] == [
+        ("system", "Classify."),
+        ("user", "I want my money back"),
+        ("assistant", "Sorry."),
+    ]
+    assert parse_response_create({"max_output_tokens": "inf"}, CONFIG, None).options.max_output_tokens is None  # type: ignore[union-attr]
+    assert parse_response_create({}, CONFIG, None).out_of_band is False
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"conversation": "other"}, "response.conversation"),
+        ({"tools": [{"type": "function", "name": "f"}]}, "response.tools"),
+        ({"tool_choice": "required"}, "response.tool_choice"),
+        ({"metadata": {"k": 1}}, "response.metadata"),
+        ({"metadata": {f"k{i}": "v" for i in range(17)}}, "response.metadata"),
+        ({"metadata": {"k": "v" * 513}}, "response.metadata"),
+        ({"conversation": "none", "input": "hi"}, "response.input"),
+        (
+            {"conversation": "none", "input": [{"type": "item_reference", "id": "item_1"}]},
+            "response.input[0]",
+        ),
+        (
+            {"conversation": "none", "input": [{"type": "function_call", "name": "f"}]},
+            "response.input[0].type",
+        ),
+        (
+            {
+                "conversation": "none",
+                "input": [
+                    {"type": "message", "role": "user", "content": [{"type": "output_text", "text": "x"}]}
+                ],
+            },
+            "response.input[0].content[0]",
+        ),
+        ({"input": [user_text("hi")]}, "response.input"),  # its own input needs conversation none
+        ({"max_output_tokens": 0}, "response.max_output_tokens"),
+        ({"output_modalities": ["video"]}, "response.output_modalities"),
+    ],
+)
+def test_what_cannot_be_honoured_is_refused_naming_the_field(body: dict[str, Any], param: str) -> None:
+    with pytest.raises(ProtocolViolation) as refused:
+        parse_response_create(body, CONFIG, None)
+    assert refused.value.param == param
+
+
+async def test_an_out_of_band_answer_runs_beside_the_callers_reply_and_leaves_the_history() -> None:
+    llm = FakeLlm(["One two three four five six seven eight.", "billing", "Next reply."])
+    async with running_server(fake_app(llm=llm, tts=FakeTts())) as url, realtime_client(url) as client:
+        await client.wait_for("session.created")
+        await client.send({"type": "conversation.item.create", "item": user_text("I was charged twice")})
+        await client.send({"type": "response.create", "response": {"metadata": {"turn": "1"}}})
+        created = await client.wait_for("response.created")
+        assert created["response"]["metadata"] == {"turn": "1"}
+        await client.wait_for("response.output_audio.delta")  # the caller's reply is playing (2 s of audio)
+        await client.send(
+            {
+                "type": "response.create",
+                "response": {
+                    "conversation": "none",
+                    "instructions": "Name the topic in one word.",
+                    "output_modalities": ["text"],
+                    "metadata": {"purpose": "topic"},
+                },
+            }
+        )
+        oob_created = await client.wait_for("response.created", after=client.index_of(created) + 1)
+        oob_id = oob_created["response"]["id"]
+        assert oob_created["response"]["conversation_id"] is None
+        assert oob_created["response"]["metadata"] == {"purpose": "topic"}
+        dones: list[dict[str, Any]] = []
+        while len(dones) < 2:
+            done = await client.wait_for(
+                "response.done", after=client.index_of(dones[-1]) + 1 if dones else 0
+            )
+            dones.append(done)
+        by_id = {d["response"]["id"]: d["response"] for d in dones}
+        assert by_id[oob_id]["status"] == "completed"
+        assert by_id[oob_id]["output"][0]["content"][0]["text"].strip() == "billing"
+        main = by_id[created["response"]["id"]]
+        assert main["status"] == "completed" and main["metadata"] == {"turn": "1"}  # not cut, not paused
+        added_ids = [e["item"]["id"] for e in client.of_type("conversation.item.added")]
+        assert by_id[oob_id]["output"][0]["id"] not in added_ids  # joined no conversation
+        # the out-of-band call saw the conversation so far; its answer is not in the history after
+        assert [m.text for m in llm.calls[1]] == [
+            "I was charged twice",
+            "One two three four five six seven eight.",
+        ]
+        await client.send({"type": "conversation.item.create", "item": user_text("ok")})
+        await client.send({"type": "response.create", "response": {"output_modalities": ["text"]}})
+        await client.wait_for("response.done", after=client.index_of(dones[-1]) + 1)
+    assert "billing" not in " ".join(m.text for m in llm.calls[2])
+
+
+async def test_out_of_band_with_its_own_input_audio_refused_and_cancel() -> None:
+    llm = FakeLlm(["slow answer with many words in it"], delay_s=0.2)
+    async with running_server(fake_app(llm=llm)) as url, realtime_client(url) as client:
+        await client.wait_for("session.created")
+        await client.send(
+            {"type": "response.create", "response": {"conversation": "none", "output_modalities": ["audio"]}}
+        )
+        error = (await client.wait_for("error"))["error"]
+        assert error["param"] == "response.output_modalities"
+        own_input = {
+            "conversation": "none",
+            "input": [user_text("classify: refund")],
+            "output_modalities": ["text"],
+        }
+        await client.send({"type": "response.create", "response": own_input})
+        created = await client.wait_for("response.created")
+        await client.wait_for("response.output_text.delta")
+        await client.send({"type": "response.cancel", "response_id": created["response"]["id"]})
+        done = await client.wait_for("response.done")
+        assert done["response"]["status"] == "cancelled"
+    assert [m.text for m in llm.calls[0]] == ["classify: refund"]
