@@ -28,6 +28,7 @@ from server.realtime.function_calls import (
     function_call_output_item,
 )
 from server.realtime.images import MAX_IMAGES_PER_ITEM, parse_input_image
+from server.realtime.items import ItemLog
 from server.realtime.responses import parse_response_create
 from server.realtime.wire import (
     Dialect,
@@ -37,6 +38,7 @@ from server.realtime.wire import (
     InputAudioCommit,
     ItemCreate,
     ItemDelete,
+    ItemRetrieve,
     ItemTruncate,
     OutputAudioClear,
     ResponseCancel,
@@ -58,6 +60,7 @@ from server.streaming.commands import (
     Command,
     CommitAudio,
     Rejected,
+    RetrieveItem,
     TruncateItem,
     UpdateSession,
 )
@@ -69,6 +72,7 @@ from server.streaming.outputs import (
     IdleTimedOut,
     InputCleared,
     InputCommitted,
+    ItemRequested,
     ItemTruncated,
     Output,
     OutputCleared,
@@ -107,6 +111,7 @@ class RealtimePort:
         self._transport = transport
         self._events = EventWriter(dialect)
         self._dialect_fixed = dialect is Dialect.BETA
+        self._items = ItemLog()  # what conversation.item.retrieve answers from
         self._initial_session = dict(initial_session or {})
         self._session: SessionView | None = None
 
@@ -156,6 +161,8 @@ class RealtimePort:
                 return self._item_create(event)
             case ItemTruncate():
                 return TruncateItem(event.item_id, event.content_index, event.audio_end_ms, event.event_id)
+            case ItemRetrieve():
+                return RetrieveItem(event.item_id, event.event_id)
             case ItemDelete():
                 raise ProtocolViolation(
                     "conversation.item.delete is not supported by this server",
@@ -226,6 +233,11 @@ class RealtimePort:
             await self._transport.send_text(json.dumps(event))
 
     def render(self, output: Output) -> list[dict[str, Any]]:
+        events = self._render(output)
+        self._items.remember(events)
+        return events
+
+    def _render(self, output: Output) -> list[dict[str, Any]]:
         """The protocol events of one output, in order."""
         w = self._events
         match output:
@@ -379,6 +391,18 @@ class RealtimePort:
                     metadata=output.metadata,
                     out_of_band=output.out_of_band,
                 )
+            case ItemRequested():
+                known = self._items.get(output.item_id)
+                if known is None:
+                    return [
+                        w.error(
+                            f"item {output.item_id!r} is not in this conversation",
+                            code="item_not_found",
+                            param="item_id",
+                            event_id=output.event_id,
+                        )
+                    ]
+                return [w.event("conversation.item.retrieved", item=known)]
             case ItemTruncated():
                 return [
                     w.event(

@@ -103,6 +103,11 @@ class ItemDelete(_Event):
     item_id: str
 
 
+class ItemRetrieve(_Event):
+    type: Literal["conversation.item.retrieve"]
+    item_id: str
+
+
 class ResponseCreate(_Event):
     type: Literal["response.create"]
     response: dict[str, Any] | None = None
@@ -125,6 +130,7 @@ ClientEvent = Annotated[
     | ItemCreate
     | ItemTruncate
     | ItemDelete
+    | ItemRetrieve
     | ResponseCreate
     | ResponseCancel
     | OutputAudioClear,
@@ -141,6 +147,7 @@ CLIENT_EVENT_TYPES = frozenset(
         "conversation.item.create",
         "conversation.item.truncate",
         "conversation.item.delete",
+        "conversation.item.retrieve",
         "response.create",
         "response.cancel",
         "output_audio_buffer.clear",

@@ -115,6 +115,14 @@ class ClearOutputAudio:
 
 
 @dataclass(frozen=True, slots=True)
+class RetrieveItem:
+    """A client asks for an item as the protocol last described it (the adapter keeps them)."""
+
+    item_id: str
+    event_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Rejected:
     """A message the adapter could not accept; the conversation reports it as an error."""
 
@@ -134,5 +142,6 @@ Command = (
     | CreateResponse
     | CancelResponse
     | ClearOutputAudio
+    | RetrieveItem
     | Rejected
 )

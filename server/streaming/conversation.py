@@ -56,6 +56,7 @@ from server.streaming.commands import (
     CommitAudio,
     CreateResponse,
     Rejected,
+    RetrieveItem,
     TruncateItem,
     UpdateSession,
 )
@@ -69,6 +70,7 @@ from server.streaming.outputs import (
     IdleTimedOut,
     InputCleared,
     InputCommitted,
+    ItemRequested,
     Output,
     OutputCleared,
     ResponseAudio,
@@ -378,6 +380,8 @@ class Conversation:
                     await self._out_of_band.cancel(command.response_id)
                 else:
                     await self._replies.cancel_response(command.response_id)
+            case RetrieveItem():
+                await self.send(ItemRequested(command.item_id, command.event_id))
             case ClearOutputAudio():
                 if self._replies.current is not None:
                     await self._replies.cancel(reason="client_cancelled")

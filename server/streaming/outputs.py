@@ -211,6 +211,14 @@ class OutputCleared:
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class ItemRequested:
+    """Answer a RetrieveItem, in order with everything else sent (the adapter renders it)."""
+
+    item_id: str
+    event_id: str | None = None
+
+
 Output = (
     SessionCreated
     | SessionUpdated
@@ -235,4 +243,5 @@ Output = (
     | ResponseEnded
     | ItemTruncated
     | OutputCleared
+    | ItemRequested
 )

@@ -171,3 +171,36 @@ async def test_out_of_band_with_its_own_input_audio_refused_and_cancel() -> None
         done = await client.wait_for("response.done")
         assert done["response"]["status"] == "cancelled"
     assert [m.text for m in llm.calls[0]] == ["classify: refund"]
+
+
+async def test_items_are_retrieved_as_last_described_and_unknown_ones_are_an_error() -> None:
+    llm = FakeLlm(["Sure thing."])
+    async with running_server(fake_app(llm=llm)) as url, realtime_client(url) as client:
+        await client.wait_for("session.created")
+        await client.send({"type": "conversation.item.create", "item": {**user_text("hello"), "id": "item_mine"}})
+        await client.wait_for("conversation.item.added")
+        await client.send({"type": "response.create", "response": {"output_modalities": ["text"]}})
+        done = await client.wait_for("response.done")
+        reply_id = done["response"]["output"][0]["id"]
+        await client.send({"type": "conversation.item.retrieve", "item_id": "item_mine"})
+        mine = (await client.wait_for("conversation.item.retrieved"))["item"]
+        assert (mine["id"], mine["role"], mine["content"][0]["text"]) == ("item_mine", "user", "hello")
+        await client.send({"type": "conversation.item.retrieve", "item_id": reply_id})
+        first = client.of_type("conversation.item.retrieved")[0]
+        reply = (await client.wait_for("conversation.item.retrieved", after=client.index_of(first) + 1))["item"]
+        assert reply["status"] == "completed" and reply["content"][0]["text"].strip() == "Sure thing."
+        await client.send({"type": "conversation.item.retrieve", "item_id": "item_nope", "event_id": "evt_9"})
+        error = (await client.wait_for("error"))["error"]
+        assert (error["code"], error["param"], error["event_id"]) == ("item_not_found", "item_id", "evt_9")
+
+
+async def test_a_spoken_turn_is_retrieved_with_its_transcript() -> None:
+    async with running_server(fake_app()) as url, realtime_client(url) as client:
+        await client.wait_for("session.created")
+        transcription = {"audio": {"input": {"transcription": {"model": "voxgate-asr"}}}}
+        await client.send({"type": "session.update", "session": {"type": "realtime", **transcription}})
+        started, _ = await client.speak_tone_turn()
+        completed = await client.wait_for("conversation.item.input_audio_transcription.completed")
+        await client.send({"type": "conversation.item.retrieve", "item_id": started["item_id"]})
+        item = (await client.wait_for("conversation.item.retrieved"))["item"]
+        assert item["content"][0]["transcript"] == completed["transcript"] == "hello there"
