@@ -195,6 +195,10 @@ class OmniSession(Protocol):
         """The client's output for a client-side tool call of an earlier reply."""
         ...
 
+    def add_function_call(self, call: ToolCallRequest) -> None:
+        """A function call the assistant made earlier (a client replaying a conversation)."""
+        ...
+
     def respond(self, options: ResponseOptions) -> AsyncIterator[ReplyEvent]:
         """Generate the reply to the history so far. Closing the iterator early stops it."""
         ...

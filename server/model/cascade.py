@@ -203,6 +203,10 @@ class CascadeSession:
     def add_tool_result(self, call_id: str, output: str) -> None:
         insert_tool_result(self._history, Message("tool", output, tool_call_id=call_id))
 
+    def add_function_call(self, call: ToolCallRequest) -> None:
+        self._history.append(Message("assistant", "", tool_calls=(call,)))
+        self._last_reply = None  # not ours to truncate
+
     # -- semantic end of turn and prefill (see the module docstring)
 
     def words_so_far(self) -> str:

@@ -51,6 +51,7 @@ from server.realtime.wire import (
 )
 from server.streaming.commands import (
     AddAssistantText,
+    AddFunctionCall,
     AddFunctionOutput,
     AddUserText,
     AppendAudio,
@@ -67,6 +68,7 @@ from server.streaming.commands import (
 from server.streaming.outputs import (
     AssistantTextAdded,
     Failed,
+    FunctionCallAdded,
     FunctionCallMade,
     FunctionOutputAdded,
     IdleTimedOut,
@@ -190,6 +192,14 @@ class RealtimePort:
         item = event.item
         if item.type == "function_call_output":
             return AddFunctionOutput(item.call_id, item.output, item.id, event.event_id)
+        if item.type == "function_call":
+            if not item.call_id or not item.name:
+                raise ProtocolViolation(
+                    "a function_call item needs call_id and name",
+                    code="missing_field",
+                    param="item.call_id" if not item.call_id else "item.name",
+                )
+            return AddFunctionCall(item.call_id, item.name, item.arguments or "{}", item.id, event.event_id)
         if item.type == "message" and item.role == "assistant":
             said = [p.text or p.transcript for p in item.content if p.type in _ASSISTANT_PARTS]
             if not any(said):
@@ -321,6 +331,12 @@ class RealtimePort:
             case AssistantTextAdded():
                 item = w.assistant_item(output.item_id, "completed", w.assistant_part(output.text, False))
                 return w.item_added(item, output.previous_item_id)
+            case FunctionCallAdded():
+                call = output.call
+                replayed = function_call_item(
+                    call.item_id, call.call_id, call.name, call.arguments_json, "completed"
+                )
+                return w.item_added(replayed, output.previous_item_id)
             case FunctionOutputAdded():
                 item = function_call_output_item(output.item_id, output.call_id, output.output)
                 return w.item_added(item, output.previous_item_id)

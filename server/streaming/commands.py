@@ -69,6 +69,17 @@ class AddAssistantText:
 
 
 @dataclass(frozen=True, slots=True)
+class AddFunctionCall:
+    """A function call a client replays into the conversation (its output may follow)."""
+
+    call_id: str
+    name: str
+    arguments_json: str
+    item_id: str | None = None
+    event_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class AddFunctionOutput:
     """The client's result for a client-side function call of an earlier reply."""
 
@@ -137,6 +148,7 @@ Command = (
     | ClearAudio
     | AddUserText
     | AddAssistantText
+    | AddFunctionCall
     | AddFunctionOutput
     | TruncateItem
     | CreateResponse

@@ -46,6 +46,7 @@ from server.model.tool_calls import ForcedTool, ToolChoice
 from server.streaming.capture import InputAudio, VadFrame
 from server.streaming.commands import (
     AddAssistantText,
+    AddFunctionCall,
     AddFunctionOutput,
     AddUserText,
     AppendAudio,
@@ -357,6 +358,8 @@ class Conversation:
                 self.model_session.add_assistant_text(command.text)
                 previous, self.last_item_id = self.last_item_id, item_id
                 await self.send(AssistantTextAdded(item_id, command.text, previous))
+            case AddFunctionCall():
+                await self._replies.replay_function_call(command)
             case AddFunctionOutput():
                 await self._replies.function_output(command)
             case TruncateItem():

@@ -116,6 +116,14 @@ class AssistantTextAdded:
 
 
 @dataclass(frozen=True, slots=True)
+class FunctionCallAdded:
+    """A client's replayed function call joined the conversation."""
+
+    call: FunctionCall
+    previous_item_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class FunctionOutputAdded:
     item_id: str
     call_id: str
@@ -232,6 +240,7 @@ Output = (
     | UserAudioAdded
     | UserTextAdded
     | AssistantTextAdded
+    | FunctionCallAdded
     | FunctionOutputAdded
     | TranscriptDelta
     | TranscriptCompleted

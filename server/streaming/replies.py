@@ -32,10 +32,11 @@ from server.logs import error_fields
 from server.metrics import Metrics
 from server.model.base import AudioChunk, OmniSession, ResponseOptions, TextDelta, ToolCallRequest
 from server.privacy import PrivacyOptions
-from server.streaming.commands import AddFunctionOutput, TruncateItem
+from server.streaming.commands import AddFunctionCall, AddFunctionOutput, TruncateItem
 from server.streaming.outputs import (
     Failed,
     FunctionCall,
+    FunctionCallAdded,
     FunctionCallMade,
     FunctionOutputAdded,
     ItemTruncated,
@@ -574,6 +575,18 @@ class Replies:
         await self._emit(reply, FunctionCallMade(reply.response_id, output_index, made, previous))
         calls.append(made)
         self._pending_calls[call.call_id] = _PendingCall(call.name, call.arguments_json, self._clock())
+
+    async def replay_function_call(self, command: AddFunctionCall) -> None:
+        """A client's `function_call` item: it joins the history, and its output may follow."""
+        call = ToolCallRequest(command.call_id, command.name, command.arguments_json)
+        host = self._host
+        host.model_session.add_function_call(call)
+        self._pending_calls[call.call_id] = _PendingCall(call.name, call.arguments_json, self._clock())
+        item_id = command.item_id or new_id("item")
+        previous, host.last_item_id = host.last_item_id, item_id
+        await host.send(
+            FunctionCallAdded(FunctionCall(item_id, call.call_id, call.name, call.arguments_json), previous)
+        )
 
     async def function_output(self, command: AddFunctionOutput) -> None:
         if command.call_id is None:

@@ -177,7 +177,9 @@ async def test_items_are_retrieved_as_last_described_and_unknown_ones_are_an_err
     llm = FakeLlm(["Sure thing."])
     async with running_server(fake_app(llm=llm)) as url, realtime_client(url) as client:
         await client.wait_for("session.created")
-        await client.send({"type": "conversation.item.create", "item": {**user_text("hello"), "id": "item_mine"}})
+        await client.send(
+            {"type": "conversation.item.create", "item": {**user_text("hello"), "id": "item_mine"}}
+        )
         await client.wait_for("conversation.item.added")
         await client.send({"type": "response.create", "response": {"output_modalities": ["text"]}})
         done = await client.wait_for("response.done")
@@ -187,7 +189,9 @@ async def test_items_are_retrieved_as_last_described_and_unknown_ones_are_an_err
         assert (mine["id"], mine["role"], mine["content"][0]["text"]) == ("item_mine", "user", "hello")
         await client.send({"type": "conversation.item.retrieve", "item_id": reply_id})
         first = client.of_type("conversation.item.retrieved")[0]
-        reply = (await client.wait_for("conversation.item.retrieved", after=client.index_of(first) + 1))["item"]
+        reply = (await client.wait_for("conversation.item.retrieved", after=client.index_of(first) + 1))[
+            "item"
+        ]
         assert reply["status"] == "completed" and reply["content"][0]["text"].strip() == "Sure thing."
         await client.send({"type": "conversation.item.retrieve", "item_id": "item_nope", "event_id": "evt_9"})
         error = (await client.wait_for("error"))["error"]
@@ -204,3 +208,31 @@ async def test_a_spoken_turn_is_retrieved_with_its_transcript() -> None:
         await client.send({"type": "conversation.item.retrieve", "item_id": started["item_id"]})
         item = (await client.wait_for("conversation.item.retrieved"))["item"]
         assert item["content"][0]["transcript"] == completed["transcript"] == "hello there"
+
+
+async def test_a_replayed_function_call_and_its_output_join_the_history() -> None:
+    llm = FakeLlm(["It is sunny."])
+    async with running_server(fake_app(llm=llm)) as url, realtime_client(url) as client:
+        await client.wait_for("session.created")
+        call = {
+            "type": "function_call",
+            "call_id": "call_1",
+            "name": "weather",
+            "arguments": '{"city": "Oslo"}',
+        }
+        await client.send(
+            {"type": "conversation.item.create", "item": {"type": "function_call", "name": "weather"}}
+        )
+        error = (await client.wait_for("error"))["error"]
+        assert (error["code"], error["param"]) == ("missing_field", "item.call_id")
+        await client.send({"type": "conversation.item.create", "item": call})
+        added = await client.wait_for("conversation.item.added")
+        assert {k: added["item"][k] for k in ("type", "call_id", "name", "arguments")} == {
+            k: call[k] for k in ("type", "call_id", "name", "arguments")
+        }
+        output = {"type": "function_call_output", "call_id": "call_1", "output": '{"sky": "sunny"}'}
+        await client.send({"type": "conversation.item.create", "item": output})
+        await client.wait_for("conversation.item.added", after=client.index_of(added) + 1)
+        await client.send({"type": "response.create", "response": {"output_modalities": ["text"]}})
+        assert (await client.wait_for("response.done"))["response"]["status"] == "completed"
+    assert [(m.role, m.text) for m in llm.calls[0]] == [("assistant", ""), ("tool", '{"sky": "sunny"}')]

@@ -605,6 +605,12 @@ class RealtimeUpstreamSession:
         if self._link is not None:
             self._link.send_nowait(wire.message_item_event(self._event_id("item"), "assistant", text))
 
+    def add_function_call(self, call: ToolCallRequest) -> None:
+        self._history.append(Message("assistant", "", tool_calls=(call,)))
+        self._last_reply = None
+        if self._link is not None:
+            self._link.send_nowait(wire.function_call_event(self._event_id("item"), call))
+
     def add_tool_result(self, call_id: str, output: str) -> None:
         insert_tool_result(self._history, Message("tool", output, tool_call_id=call_id))
         if self._link is not None:

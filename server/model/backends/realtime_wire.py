@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.errors import BackendError
-from server.model.base import ImageInput
+from server.model.base import ImageInput, ToolCallRequest
 from server.model.tool_calls import ForcedTool, ToolChoice, ToolSpec
 
 AUDIO_RATE_HZ = 24_000
@@ -308,6 +308,20 @@ def message_item_event(
         "type": "conversation.item.create",
         "event_id": event_id,
         "item": {"type": "message", "role": role, "content": parts},
+    }
+
+
+def function_call_event(event_id: str, call: ToolCallRequest) -> dict[str, Any]:
+    """A function call the assistant made earlier, replayed into the upstream's conversation."""
+    return {
+        "type": "conversation.item.create",
+        "event_id": event_id,
+        "item": {
+            "type": "function_call",
+            "call_id": call.call_id,
+            "name": call.name,
+            "arguments": call.arguments_json,
+        },
     }
 
 
