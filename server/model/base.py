@@ -99,6 +99,7 @@ class SessionOptions:
     voice: str = ""
     temperature: float = 0.8
     max_output_tokens: int | None = None
+    speed: float = 1.0  # the voice's speaking rate (audio.output.speed)
     metadata: Mapping[str, str] = field(default_factory=dict)  # set by embedding code
     tools: ToolRunner | None = None  # functions the language model may call (server/tools.py)
     # a reply will follow every committed turn (server VAD with create_response): a model may
@@ -324,6 +325,7 @@ class TurnEndScoring(HearsWords, Protocol):
 class TtsBackend(Protocol):
     sample_rate_hz: int
 
-    def synthesize(self, text: str, voice: str) -> AsyncIterator[PcmFrame]:
-        """Speak one phrase; frames at `sample_rate_hz`, streamed as they are ready."""
+    def synthesize(self, text: str, voice: str, speed: float = 1.0) -> AsyncIterator[PcmFrame]:
+        """Speak one phrase at `speed` (OpenAI's range 0.25-1.5; 1.0: the voice's own rate; an
+        engine clamps it to what it can do); frames at `sample_rate_hz`, as they are ready."""
         ...

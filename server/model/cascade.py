@@ -426,7 +426,10 @@ class CascadeSession:
         first = True
         wait_s = self._model.deadlines.tts_phrase_timeout_s
         async for frame in DeadlineIterator(
-            tts.synthesize(phrase, voice), stage="text-to-speech", first_item_s=wait_s, gap_s=wait_s
+            tts.synthesize(phrase, voice, self.options.speed),
+            stage="text-to-speech",
+            first_item_s=wait_s,
+            gap_s=wait_s,
         ):
             if first and self.timings.tts_first_audio_ms is None:
                 self.timings.tts_first_audio_ms = (time.perf_counter() - started) * 1000

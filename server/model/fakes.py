@@ -116,8 +116,8 @@ class FakeTts:
     delay_s: float = 0.0
     hang_after_frames: int | None = None
 
-    async def synthesize(self, text: str, voice: str) -> AsyncIterator[PcmFrame]:
-        total = int(len(text) * self.ms_per_char * self.sample_rate_hz / 1000)
+    async def synthesize(self, text: str, voice: str, speed: float = 1.0) -> AsyncIterator[PcmFrame]:
+        total = int(len(text) * self.ms_per_char / speed * self.sample_rate_hz / 1000)
         t = np.arange(total) / self.sample_rate_hz
         samples = (np.sin(2 * np.pi * 220 * t) * 8000).astype(np.int16)
         step = self.frame_ms * self.sample_rate_hz // 1000

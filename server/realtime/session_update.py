@@ -16,6 +16,7 @@ from server.streaming.end_of_turn import EAGERNESS_LEVELS
 from server.streaming.session_config import SessionConfig, TurnDetectionConfig
 
 SUPPORTED_PCM_RATES_HZ = (8_000, 16_000, 24_000, 44_100, 48_000)
+MIN_SPEED, MAX_SPEED = 0.25, 1.5  # audio.output.speed, as OpenAI bounds it
 
 
 def is_beta_session_shape(session: dict[str, Any]) -> bool:
@@ -159,6 +160,15 @@ def _tool_choice(value: object) -> str | dict[str, str]:
     )
 
 
+def speed(value: object, param: str) -> float:
+    """A speaking rate in OpenAI's range, 0.25-1.5."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not MIN_SPEED <= value <= MAX_SPEED:
+        raise ProtocolViolation(
+            f"{param} must be a number from {MIN_SPEED} to {MAX_SPEED}", code="invalid_value", param=param
+        )
+    return float(value)
+
+
 def max_tokens(value: object, param: str) -> int | None:
     if value == "inf" or value is None:
         return None
@@ -229,6 +239,8 @@ def _noise_reduction(value: object, param: str) -> str | None:
 def _apply_beta(config: SessionConfig, session: dict[str, Any]) -> None:
     if "voice" in session:
         config.voice = _check_type(session["voice"], str, "session.voice")
+    if "speed" in session:  # beta sessions name it at the top
+        config.speed = speed(session["speed"], "session.speed")
     if "input_audio_format" in session:
         config.input_format = _beta_format(session["input_audio_format"], "session.input_audio_format")
     if "output_audio_format" in session:
@@ -286,3 +298,5 @@ def _apply_ga(config: SessionConfig, session: dict[str, Any]) -> None:
         config.output_format = _ga_format(audio_out["format"], "session.audio.output.format")
     if "voice" in audio_out:
         config.voice = _check_type(audio_out["voice"], str, "session.audio.output.voice")
+    if "speed" in audio_out:
+        config.speed = speed(audio_out["speed"], "session.audio.output.speed")

@@ -312,7 +312,7 @@ class EventWriter:
                 "output": {
                     "format": _ga_format_obj(config.output_format),
                     "voice": config.voice,
-                    "speed": 1.0,
+                    "speed": config.speed,
                 },
             },
             "tools": config.tools,

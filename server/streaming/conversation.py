@@ -293,6 +293,7 @@ class Conversation:
         return SessionOptions(
             instructions=self.config.instructions,
             voice=self.config.voice,
+            speed=self.config.speed,
             temperature=self.config.temperature,
             max_output_tokens=self.config.max_output_tokens,
             metadata=dict(self.metadata),

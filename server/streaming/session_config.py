@@ -43,6 +43,7 @@ class SessionConfig:
     model: str
     instructions: str = ""
     voice: str = "default"
+    speed: float = 1.0  # audio.output.speed: 0.25-1.5, the voice's rate
     input_format: AudioFormat = field(default_factory=lambda: AudioFormat(Encoding.PCM16, 24_000))
     output_format: AudioFormat = field(default_factory=lambda: AudioFormat(Encoding.PCM16, 24_000))
     turn_detection: TurnDetectionConfig | None = field(default_factory=TurnDetectionConfig)

@@ -88,6 +88,13 @@ async def test_slower_rate_gives_longer_audio() -> None:
     assert len(slow) > 2 * len(fast)
 
 
+async def test_a_session_speed_scales_the_rate(tts: EspeakTts) -> None:
+    normal = joined([f async for f in tts.synthesize(SENTENCE, "")])
+    quick = joined([f async for f in tts.synthesize(SENTENCE, "", speed=1.5)])
+    slow = joined([f async for f in tts.synthesize(SENTENCE, "", speed=0.5)])
+    assert len(quick) < 0.8 * len(normal) < 0.8 * 0.8 * len(slow)
+
+
 async def test_named_voice_differs_from_the_default(tts: EspeakTts) -> None:
     default = joined(await collect(tts, SENTENCE))
     female = joined(await collect(tts, SENTENCE, "en-us+f3"))

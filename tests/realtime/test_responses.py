@@ -13,7 +13,7 @@ from server.model.fakes import FakeLlm, FakeTts
 from server.realtime.responses import parse_response_create
 from server.streaming.session_config import SessionConfig
 from tests.conftest import fake_app
-from tests.harness import realtime_client, running_server
+from tests.harness import decode_audio_deltas, realtime_client, running_server
 
 CONFIG = SessionConfig(id="sess_test", model="test")
 
@@ -236,3 +236,33 @@ async def test_a_replayed_function_call_and_its_output_join_the_history() -> Non
         await client.send({"type": "response.create", "response": {"output_modalities": ["text"]}})
         assert (await client.wait_for("response.done"))["response"]["status"] == "completed"
     assert [(m.role, m.text) for m in llm.calls[0]] == [("assistant", ""), ("tool", '{"sky": "sunny"}')]
+
+
+async def test_output_speed_changes_the_voice_rate_and_is_bounded() -> None:
+    async with (
+        running_server(fake_app(llm=FakeLlm(["Ten chars."]), tts=FakeTts())) as url,
+        realtime_client(url) as client,
+    ):
+        await client.wait_for("session.created")
+        await client.send(
+            {"type": "session.update", "session": {"type": "realtime", "audio": {"output": {"speed": 3}}}}
+        )
+        error = (await client.wait_for("error"))["error"]
+        assert error["param"] == "session.audio.output.speed"
+        await client.send(
+            {"type": "session.update", "session": {"type": "realtime", "audio": {"output": {"speed": 1.25}}}}
+        )
+        updated = await client.wait_for("session.updated")
+        assert updated["session"]["audio"]["output"]["speed"] == 1.25
+        await client.send({"type": "conversation.item.create", "item": user_text("hi")})
+        await client.send({"type": "response.create"})
+        done = await client.wait_for("response.done")
+        audio = decode_audio_deltas(
+            [
+                e
+                for e in client.of_type("response.output_audio.delta")
+                if e["response_id"] == done["response"]["id"]
+            ]
+        )
+    # FakeTts: 50 ms a character at speed 1 ("Ten chars." is 10): 400 ms at 1.25
+    assert abs(len(audio) / 24 - 10 * 50 / 1.25) <= 45

@@ -109,9 +109,11 @@ class EspeakTts:
         phrase being synthesized holds for about a millisecond per second of speech)."""
         return self._engine.has_voice(voice)
 
-    async def synthesize(self, text: str, voice: str) -> AsyncIterator[PcmFrame]:
-        """Speak one phrase with `voice` ("" = default); yields chunks as espeak makes them.
+    async def synthesize(self, text: str, voice: str, speed: float = 1.0) -> AsyncIterator[PcmFrame]:
+        """Speak one phrase with `voice` ("" = default) at `speed` times the configured rate
+        (within eSpeak's 80-450 words a minute); yields chunks as espeak makes them.
         Raises `BackendError` if the library fails."""
+        rate_wpm = min(_RATE_MAX_WPM, max(_RATE_MIN_WPM, round(self.options.rate_wpm * speed)))
         text = text.replace("\0", " ").strip()
         if not text:
             return
@@ -131,7 +133,7 @@ class EspeakTts:
                     text,
                     voice or self.options.voice,
                     self.options.voice,
-                    self.options.rate_wpm,
+                    rate_wpm,
                     deliver,
                 )
             finally:

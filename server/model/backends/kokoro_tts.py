@@ -230,13 +230,15 @@ class KokoroTts:
         self._infer(self._phonemizer.token_ids(_WARM_UP_PHONEMES), self._voices[self.options.voice], _Stop())
         self._is_warm = True
 
-    async def synthesize(self, text: str, voice: str) -> AsyncGenerator[PcmFrame, None]:
+    async def synthesize(self, text: str, voice: str, speed: float = 1.0) -> AsyncGenerator[PcmFrame, None]:
         """Speak `text` with `voice` ("" = the default; unknown names fall back to it).
         Yields 20 ms frames (the last may be shorter) at 24 kHz, a sentence at a time.
         Leaving the loop early (or cancelling) stops the inference under way within a
         few milliseconds, and drops the ones not started. Raises `BackendError` if
-        phonemization or inference fails."""
+        phonemization or inference fails. `speed` multiplies the configured speed, within the
+        model's 0.5-2.0."""
         style = self._style_table(voice)
+        rate = min(2.0, max(0.5, self.options.speed * speed))
         loop = asyncio.get_running_loop()
         chunks = await loop.run_in_executor(self._model.executor, self._phonemizer.token_chunks, text)
         stop = _Stop()
@@ -244,9 +246,11 @@ class KokoroTts:
         try:
             for index, tokens in enumerate(chunks):
                 if pending is None:
-                    pending = self._start(tokens, style, stop)
+                    pending = self._start(tokens, style, rate, stop)
                 samples = await pending
-                pending = self._start(chunks[index + 1], style, stop) if index + 1 < len(chunks) else None
+                pending = (
+                    self._start(chunks[index + 1], style, rate, stop) if index + 1 < len(chunks) else None
+                )
                 if samples is None:
                     return
                 for frame in iter_frames(samples):
@@ -256,10 +260,10 @@ class KokoroTts:
             await cancel_and_wait(pending, timeout_s=_STOP_WAIT_S)
 
     def _start(
-        self, tokens: list[int], style: npt.NDArray[np.float32], stop: _Stop
+        self, tokens: list[int], style: npt.NDArray[np.float32], rate: float, stop: _Stop
     ) -> asyncio.Task[Samples | None]:
         future = asyncio.get_running_loop().run_in_executor(
-            self._model.executor, self._infer, tokens, style, stop
+            self._model.executor, self._infer, tokens, style, stop, rate
         )
         return asyncio.create_task(_wait_for(future), name="kokoro-infer")
 
@@ -275,7 +279,9 @@ class KokoroTts:
 
     # --- worker thread side ----------------------------------------------------------------
 
-    def _infer(self, tokens: list[int], style: npt.NDArray[np.float32], stop: _Stop) -> Samples | None:
+    def _infer(
+        self, tokens: list[int], style: npt.NDArray[np.float32], stop: _Stop, rate: float | None = None
+    ) -> Samples | None:
         """Audio for one chunk of token ids, trimmed, as int16; None if `stop` was set
         first (blocking)."""
         queued = time.perf_counter()
@@ -290,7 +296,7 @@ class KokoroTts:
             feeds: dict[str, Any] = {
                 "tokens": np.array([[_PAD_ID, *tokens, _PAD_ID]], dtype=np.int64),
                 "style": style[min(len(tokens), len(style)) - 1].reshape(1, -1),
-                "speed": np.array([self.options.speed], dtype=np.float32),
+                "speed": np.array([self.options.speed if rate is None else rate], dtype=np.float32),
             }
             run_options = stop.attach()
             if run_options is None:

@@ -89,17 +89,20 @@ class RemoteTts:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def synthesize(self, text: str, voice: str) -> AsyncGenerator[PcmFrame, None]:
-        """Speak one phrase with `voice` ("" = the option voice); frames as bytes arrive."""
+    async def synthesize(self, text: str, voice: str, speed: float = 1.0) -> AsyncGenerator[PcmFrame, None]:
+        """Speak one phrase with `voice` ("" = the option voice) at `speed` (sent when it is not
+        1.0, as OpenAI's speech API takes it); frames as bytes arrive."""
         text = text.strip()
         if not text:
             return
-        body = {
+        body: dict[str, object] = {
             "model": self.options.model,
             "input": text,
             "voice": voice or self.options.voice,
             "response_format": "pcm",
         }
+        if speed != 1.0:
+            body["speed"] = speed
         try:
             async with self._client.stream("POST", self.url, json=body) as response:
                 if response.status_code != 200:
