@@ -56,6 +56,7 @@ from server.http.runtime import Runtime
 from server.model.base import AsrBackend, TtsBackend
 from server.model.deadlines import DeadlineIterator
 from server.model.profiles import Profile, profile_for_model
+from server.model.voices import OPENAI_VOICES, voice_is_known
 from server.wav import decode_wav, encode_wav
 
 log = logging.getLogger(__name__)
@@ -67,24 +68,6 @@ MAX_AUDIO_S = 600  # one transcription request; a decoder is held for all of it
 MAX_INPUT_CHARS = 4096  # OpenAI's limit on /audio/speech input
 MAX_SPEECH_BODY_BYTES = 64 * 1024
 REMOTE_BACKENDS = frozenset({"openai-asr", "openai-tts"})
-# OpenAI's voice names: Realtime and speech clients send them; they get the default voice
-OPENAI_VOICES = frozenset(
-    {
-        "alloy",
-        "ash",
-        "ballad",
-        "cedar",
-        "coral",
-        "echo",
-        "fable",
-        "marin",
-        "nova",
-        "onyx",
-        "sage",
-        "shimmer",
-        "verse",
-    }
-)
 _TRANSCRIPTION_FORMATS = ("json", "text")
 _SPEECH_FORMATS = ("pcm", "wav")
 
@@ -419,8 +402,7 @@ async def _backend_voice(tts: TtsBackend, voice: str) -> str:
     """The voice to pass to `tts` ("" = its default); an unknown name is a `_Refusal`."""
     if not voice or voice in OPENAI_VOICES:
         return ""
-    has_voice = getattr(tts, "has_voice", None)  # optional: backends that can list voices
-    if callable(has_voice) and not await asyncio.to_thread(has_voice, voice):
+    if not await asyncio.to_thread(voice_is_known, tts, voice):
         raise _Refusal(
             400,
             f"unknown voice {voice!r}: use a voice of this server's text-to-speech or an OpenAI voice name",

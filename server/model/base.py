@@ -223,6 +223,16 @@ class OmniSession(Protocol):
 
 
 @runtime_checkable
+class KnowsVoices(Protocol):
+    """An OmniSession that can tell whether it speaks a voice (optional): the conversation
+    refuses a session update naming one it does not (server/model/voices.py)."""
+
+    def knows_voice(self, voice: str) -> bool:
+        """Whether `voice` can be spoken (blocking for about a millisecond)."""
+        ...
+
+
+@runtime_checkable
 class AnswersOutOfBand(Protocol):
     """An OmniSession that can answer outside its conversation (optional): a client's
     `response.create` with `conversation: "none"` ("summarise this call", "classify the

@@ -56,6 +56,7 @@ from server.model.deadlines import DeadlineIterator, ModelDeadlines
 from server.model.phrases import PhraseSplitter, cut_text_to_fraction
 from server.model.tool_calls import ToolCallRequest
 from server.model.tool_rounds import ToolExchange, complete_with_tools, insert_before, insert_tool_result
+from server.model.voices import voice_is_known
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +203,9 @@ class CascadeSession:
 
     def add_tool_result(self, call_id: str, output: str) -> None:
         insert_tool_result(self._history, Message("tool", output, tool_call_id=call_id))
+
+    def knows_voice(self, voice: str) -> bool:
+        return voice_is_known(self._model.tts, voice)
 
     def add_function_call(self, call: ToolCallRequest) -> None:
         self._history.append(Message("assistant", "", tool_calls=(call,)))

@@ -35,6 +35,7 @@ from server.metrics import Metrics
 from server.model.base import (
     HearsWords,
     ImageInput,
+    KnowsVoices,
     OmniModel,
     OmniSession,
     ResponseOptions,
@@ -340,6 +341,7 @@ class Conversation:
             case AppendAudio():
                 await self._on_append(command.audio)
             case UpdateSession():
+                self._check_voice(command.config.voice)
                 self._configure(command)
                 await self.send(SessionUpdated(self.config))
             case CommitAudio():
@@ -682,6 +684,18 @@ class Conversation:
             await self._run_turn_actions()
         self._timer_wakeup.set()
         self._rescore_if_words_changed()
+
+    def _check_voice(self, voice: str) -> None:
+        """Refuse a voice the model cannot speak (before anything of the update applies)."""
+        session = self._session
+        if voice != self.config.voice and isinstance(session, KnowsVoices) and not session.knows_voice(voice):
+            raise ProtocolViolation(
+                f"unknown voice {voice!r}: use a voice of this server's text-to-speech (the "
+                "default profile: an eSpeak name such as en-us) or an OpenAI name (alloy, ...), "
+                "which speaks with the default voice",
+                code="invalid_value",
+                param="session.audio.output.voice",
+            )
 
     def _check_images(self, images: Sequence[ImageInput]) -> None:
         """Refuse images the model cannot see, or beyond the session's image budget."""

@@ -266,3 +266,36 @@ async def test_output_speed_changes_the_voice_rate_and_is_bounded() -> None:
         )
     # FakeTts: 50 ms a character at speed 1 ("Ten chars." is 10): 400 ms at 1.25
     assert abs(len(audio) / 24 - 10 * 50 / 1.25) <= 45
+
+
+async def test_an_unknown_voice_is_refused_and_openai_names_are_taken() -> None:
+    from fastapi import FastAPI
+
+    from server.http.app import create_app
+    from server.model.backends.espeak_tts import load as load_espeak
+    from server.model.cascade import CascadeModel
+    from server.model.fakes import FAKE_AUDIO_SETTINGS, EnergyClassifierFactory, FakeAsr
+    from server.settings import Settings
+
+    model = CascadeModel(FakeAsr(), FakeLlm(), load_espeak())  # the real eSpeak voice
+    app: FastAPI = create_app(Settings(**FAKE_AUDIO_SETTINGS), model=model, vad=EnergyClassifierFactory())  # type: ignore[arg-type]
+    async with running_server(app) as url, realtime_client(url) as client:
+        await client.wait_for("session.created")
+        for voice in ("no-such-voice", "alloy", "en"):
+            await client.send(
+                {
+                    "type": "session.update",
+                    "session": {"type": "realtime", "audio": {"output": {"voice": voice}}},
+                }
+            )
+        error = (await client.wait_for("error"))["error"]
+        assert (error["param"], "no-such-voice" in error["message"]) == ("session.audio.output.voice", True)
+        first = await client.wait_for("session.updated")
+        second = await client.wait_for("session.updated", after=client.index_of(first) + 1)
+        assert [
+            first["session"]["audio"]["output"]["voice"],
+            second["session"]["audio"]["output"]["voice"],
+        ] == [
+            "alloy",
+            "en",
+        ]
