@@ -223,6 +223,16 @@ class OmniSession(Protocol):
 
 
 @runtime_checkable
+class ForgetsMessages(Protocol):
+    """An OmniSession whose history a client may edit (optional): `conversation.item.delete`."""
+
+    def forget(self, message: Message) -> bool:
+        """Remove this message (the very object `history()` holds) from the history; whether
+        it was there."""
+        ...
+
+
+@runtime_checkable
 class KnowsVoices(Protocol):
     """An OmniSession that can tell whether it speaks a voice (optional): the conversation
     refuses a session update naming one it does not (server/model/voices.py)."""

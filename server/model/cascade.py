@@ -204,6 +204,15 @@ class CascadeSession:
     def add_tool_result(self, call_id: str, output: str) -> None:
         insert_tool_result(self._history, Message("tool", output, tool_call_id=call_id))
 
+    def forget(self, message: Message) -> bool:
+        for index, held in enumerate(self._history):
+            if held is message:  # by identity: two messages may read alike
+                del self._history[index]
+                if self._last_reply is not None and self._last_reply.message is message:
+                    self._last_reply = None
+                return True
+        return False
+
     def knows_voice(self, voice: str) -> bool:
         return voice_is_known(self._model.tts, voice)
 

@@ -43,6 +43,8 @@ class ItemLog:
                     self._keep(item["id"], copy.deepcopy(item))
             elif kind == "conversation.item.input_audio_transcription.completed":
                 self._transcribed(event)
+            elif kind == "conversation.item.deleted":
+                self._items.pop(str(event.get("item_id")), None)
 
     def get(self, item_id: str) -> dict[str, Any] | None:
         item = self._items.get(item_id)

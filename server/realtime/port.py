@@ -60,6 +60,7 @@ from server.streaming.commands import (
     ClearOutputAudio,
     Command,
     CommitAudio,
+    DeleteItem,
     Rejected,
     RetrieveItem,
     TruncateItem,
@@ -74,6 +75,7 @@ from server.streaming.outputs import (
     IdleTimedOut,
     InputCleared,
     InputCommitted,
+    ItemDeleted,
     ItemRequested,
     ItemTruncated,
     Output,
@@ -166,11 +168,7 @@ class RealtimePort:
             case ItemRetrieve():
                 return RetrieveItem(event.item_id, event.event_id)
             case ItemDelete():
-                raise ProtocolViolation(
-                    "conversation.item.delete is not supported by this server",
-                    code="unsupported_event",
-                    param="type",
-                )
+                return DeleteItem(event.item_id, event.event_id)
             case ResponseCreate():
                 return parse_response_create(event.response or {}, self._session.config, event.event_id)
             case ResponseCancel():
@@ -407,6 +405,8 @@ class RealtimePort:
                     metadata=output.metadata,
                     out_of_band=output.out_of_band,
                 )
+            case ItemDeleted():
+                return [w.event("conversation.item.deleted", item_id=output.item_id)]
             case ItemRequested():
                 known = self._items.get(output.item_id)
                 if known is None:

@@ -126,6 +126,14 @@ class ClearOutputAudio:
 
 
 @dataclass(frozen=True, slots=True)
+class DeleteItem:
+    """A client removes an item from the conversation (and so from the model's history)."""
+
+    item_id: str
+    event_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RetrieveItem:
     """A client asks for an item as the protocol last described it (the adapter keeps them)."""
 
@@ -155,5 +163,6 @@ Command = (
     | CancelResponse
     | ClearOutputAudio
     | RetrieveItem
+    | DeleteItem
     | Rejected
 )

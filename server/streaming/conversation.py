@@ -36,6 +36,7 @@ from server.model.base import (
     HearsWords,
     ImageInput,
     KnowsVoices,
+    Message,
     OmniModel,
     OmniSession,
     ResponseOptions,
@@ -57,12 +58,14 @@ from server.streaming.commands import (
     Command,
     CommitAudio,
     CreateResponse,
+    DeleteItem,
     Rejected,
     RetrieveItem,
     TruncateItem,
     UpdateSession,
 )
 from server.streaming.echo_gate import EchoGate, EchoGateOptions
+from server.streaming.items import ItemMessages
 from server.streaming.lifetime import EndSession, SessionEnd, SessionLifetime, WarnExpiring
 from server.streaming.notifier import EventNotifier
 from server.streaming.out_of_band import OutOfBandResponses
@@ -72,6 +75,7 @@ from server.streaming.outputs import (
     IdleTimedOut,
     InputCleared,
     InputCommitted,
+    ItemDeleted,
     ItemRequested,
     Output,
     OutputCleared,
@@ -187,6 +191,7 @@ class Conversation:
             self._run_transcription,
         )
         self._out_of_band = OutOfBandResponses(self.send, failure_code)
+        self._items = ItemMessages()  # each item's history message, for conversation.item.delete
         self._tasks: asyncio.TaskGroup | None = None
         self._timer_wakeup = asyncio.Event()
         self._transcription: asyncio.Task[Exception | None] | None = None  # result: its failure
@@ -353,12 +358,14 @@ class Conversation:
                 self._check_images(command.images)
                 item_id = command.item_id or new_id("item")
                 self.model_session.add_user_text(command.text, command.images)
+                self.remember_item(item_id, lambda m: m.role == "user")
                 self._image_bytes += sum(len(image.data) for image in command.images)
                 previous, self.last_item_id = self.last_item_id, item_id
                 await self.send(UserTextAdded(item_id, command.text, previous, command.images))
             case AddAssistantText():
                 item_id = command.item_id or new_id("item")
                 self.model_session.add_assistant_text(command.text)
+                self.remember_item(item_id, lambda m: m.role == "assistant")
                 previous, self.last_item_id = self.last_item_id, item_id
                 await self.send(AssistantTextAdded(item_id, command.text, previous))
             case AddFunctionCall():
@@ -386,6 +393,16 @@ class Conversation:
                     await self._out_of_band.cancel(command.response_id)
                 else:
                     await self._replies.cancel_response(command.response_id)
+            case DeleteItem():
+                current = self._replies.current
+                if current is not None and current.item_id == command.item_id and not current.is_finished:
+                    raise ProtocolViolation(
+                        "a response in progress cannot be deleted; cancel it first",
+                        code="item_in_progress",
+                        param="item_id",
+                    )
+                self._items.delete(command.item_id, self.model_session)
+                await self.send(ItemDeleted(command.item_id))
             case RetrieveItem():
                 await self.send(ItemRequested(command.item_id, command.event_id))
             case ClearOutputAudio():
@@ -685,6 +702,10 @@ class Conversation:
         self._timer_wakeup.set()
         self._rescore_if_words_changed()
 
+    def remember_item(self, item_id: str, is_it: Callable[[Message], bool]) -> None:
+        """Name the newest history message that `is_it` as this item (items.py)."""
+        self._items.remember(item_id, self.model_session.history(), is_it)
+
     def _check_voice(self, voice: str) -> None:
         """Refuse a voice the model cannot speak (before anything of the update applies)."""
         session = self._session
@@ -791,7 +812,7 @@ class Conversation:
         publish: Callable[[AgentEvent], None],
     ) -> Exception | None:
         """Transcribe the committed turn (transcription.py); its failure, or None."""
-        return await transcribe_turn(
+        failure = await transcribe_turn(
             self.model_session,
             item_id,
             previous,
@@ -802,6 +823,9 @@ class Conversation:
             metrics=self._metrics,
             privacy=self._options.privacy,
         )
+        if failure is None:  # the turn's words joined the history
+            self.remember_item(item_id, lambda m: m.role == "user")
+        return failure
 
     # --- writer: real-time pacing ---------------------------------------------------
 

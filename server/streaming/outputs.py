@@ -220,6 +220,11 @@ class OutputCleared:
 
 
 @dataclass(frozen=True, slots=True)
+class ItemDeleted:
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class ItemRequested:
     """Answer a RetrieveItem, in order with everything else sent (the adapter renders it)."""
 
@@ -253,4 +258,5 @@ Output = (
     | ItemTruncated
     | OutputCleared
     | ItemRequested
+    | ItemDeleted
 )

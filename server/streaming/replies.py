@@ -30,7 +30,7 @@ from server.events import AgentEvent, AssistantTurn, Interrupted, ToolCalled, Tr
 from server.ids import new_id
 from server.logs import error_fields
 from server.metrics import Metrics
-from server.model.base import AudioChunk, OmniSession, ResponseOptions, TextDelta, ToolCallRequest
+from server.model.base import AudioChunk, Message, OmniSession, ResponseOptions, TextDelta, ToolCallRequest
 from server.privacy import PrivacyOptions
 from server.streaming.commands import AddFunctionCall, AddFunctionOutput, TruncateItem
 from server.streaming.outputs import (
@@ -94,6 +94,10 @@ class ReplyHost(Protocol):
     async def send(self, output: Output) -> None: ...
 
     def publish(self, event: AgentEvent) -> None: ...
+
+    def remember_item(self, item_id: str, is_it: Callable[[Message], bool]) -> None:
+        """Name the newest history message that `is_it` as this item (for deletion)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,6 +440,11 @@ class Replies:
         """The closing events of a response, in protocol order; once per reply."""
         if not reply.close():
             return
+        said = reply.transcript.strip()
+        if said:  # the reply's message, as the caller heard it (a silent reply left none)
+            self._host.remember_item(
+                reply.item_id, lambda m: m.role == "assistant" and not m.tool_calls and m.text.strip() == said
+            )
         await self._emit(
             reply,
             ResponseEnded(
@@ -581,8 +590,9 @@ class Replies:
         call = ToolCallRequest(command.call_id, command.name, command.arguments_json)
         host = self._host
         host.model_session.add_function_call(call)
-        self._pending_calls[call.call_id] = _PendingCall(call.name, call.arguments_json, self._clock())
         item_id = command.item_id or new_id("item")
+        host.remember_item(item_id, lambda m: call in m.tool_calls)
+        self._pending_calls[call.call_id] = _PendingCall(call.name, call.arguments_json, self._clock())
         previous, host.last_item_id = host.last_item_id, item_id
         await host.send(
             FunctionCallAdded(FunctionCall(item_id, call.call_id, call.name, call.arguments_json), previous)
@@ -609,6 +619,8 @@ class Replies:
         host = self._host
         host.model_session.add_tool_result(command.call_id, command.output)
         item_id = command.item_id or new_id("item")
+        call_id = command.call_id
+        host.remember_item(item_id, lambda m: m.role == "tool" and m.tool_call_id == call_id)
         previous, host.last_item_id = host.last_item_id, item_id
         await host.send(FunctionOutputAdded(item_id, command.call_id, command.output, previous))
         arguments: Mapping[str, object] | str = pending.arguments_json

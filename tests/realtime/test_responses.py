@@ -208,6 +208,9 @@ async def test_a_spoken_turn_is_retrieved_with_its_transcript() -> None:
         await client.send({"type": "conversation.item.retrieve", "item_id": started["item_id"]})
         item = (await client.wait_for("conversation.item.retrieved"))["item"]
         assert item["content"][0]["transcript"] == completed["transcript"] == "hello there"
+        await client.wait_for("response.done")
+        await client.send({"type": "conversation.item.delete", "item_id": started["item_id"]})
+        assert (await client.wait_for("conversation.item.deleted"))["item_id"] == started["item_id"]
 
 
 async def test_a_replayed_function_call_and_its_output_join_the_history() -> None:
@@ -299,3 +302,34 @@ async def test_an_unknown_voice_is_refused_and_openai_names_are_taken() -> None:
             "alloy",
             "en",
         ]
+
+
+async def test_deleted_items_leave_the_history_and_cannot_be_retrieved() -> None:
+    llm = FakeLlm(["First answer.", "Second answer."])
+    async with running_server(fake_app(llm=llm)) as url, realtime_client(url) as client:
+        await client.wait_for("session.created")
+        for text in ("keep me", "forget me", "keep me"):  # two alike: deletion is by item, not text
+            await client.send({"type": "conversation.item.create", "item": user_text(text)})
+        await client.send({"type": "response.create", "response": {"output_modalities": ["text"]}})
+        first = await client.wait_for("response.done")
+        ids = [e["item"]["id"] for e in client.of_type("conversation.item.added")]
+        reply_id = first["response"]["output"][0]["id"]
+        await client.send({"type": "conversation.item.delete", "item_id": ids[1]})
+        assert (await client.wait_for("conversation.item.deleted"))["item_id"] == ids[1]
+        await client.send({"type": "conversation.item.delete", "item_id": ids[2]})
+        await client.send({"type": "conversation.item.delete", "item_id": reply_id})
+        await client.send({"type": "conversation.item.delete", "item_id": "item_unknown"})
+        unknown = await client.wait_for("error")
+        assert (unknown["error"]["code"], unknown["error"]["param"]) == ("item_not_found", "item_id")
+        assert [e["item_id"] for e in client.of_type("conversation.item.deleted")] == [
+            ids[1],
+            ids[2],
+            reply_id,
+        ]
+        await client.send({"type": "conversation.item.retrieve", "item_id": ids[1]})
+        gone = await client.wait_for("error", after=client.index_of(unknown) + 1)
+        assert gone["error"]["code"] == "item_not_found"
+        await client.send({"type": "conversation.item.create", "item": user_text("and now?")})
+        await client.send({"type": "response.create", "response": {"output_modalities": ["text"]}})
+        await client.wait_for("response.done", after=client.index_of(first) + 1)
+    assert [(m.role, m.text) for m in llm.calls[1]] == [("user", "keep me"), ("user", "and now?")]
