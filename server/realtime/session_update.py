@@ -185,11 +185,105 @@ def _modalities(value: object, param: str) -> list[str]:
     return ["audio"] if "audio" in items else ["text"]
 
 
+# what a session object may hold, by shape; anything else is refused naming it, never ignored
+# (`id`, `object`, `expires_at`, `client_secret`: read-only fields a client may echo back)
+_READ_ONLY_FIELDS = frozenset({"id", "object", "expires_at", "client_secret"})
+GA_SESSION_FIELDS = _READ_ONLY_FIELDS | {
+    "type",
+    "model",
+    "instructions",
+    "output_modalities",
+    "audio",
+    "tools",
+    "tool_choice",
+    "max_output_tokens",
+    "temperature",
+    "tracing",
+    "truncation",
+    "include",
+    "prompt",
+}
+GA_AUDIO_FIELDS = {
+    "input": {"format", "transcription", "turn_detection", "noise_reduction"},
+    "output": {"format", "voice", "speed"},
+}
+BETA_SESSION_FIELDS = _READ_ONLY_FIELDS | {
+    "model",
+    "modalities",
+    "instructions",
+    "voice",
+    "speed",
+    "input_audio_format",
+    "output_audio_format",
+    "input_audio_transcription",
+    "input_audio_noise_reduction",
+    "turn_detection",
+    "tools",
+    "tool_choice",
+    "temperature",
+    "max_response_output_tokens",
+    "tracing",
+    "include",
+}
+
+
+def check_fields(session: dict[str, Any], beta: bool) -> None:
+    """Refuse fields this server does not know or cannot honour, naming each: an unknown
+    field, `prompt` (stored prompts), `include` (extra outputs), a `tracing` configuration
+    (there is no tracing backend: null and "auto" are taken and mean nothing here), and a
+    `truncation` other than "auto"."""
+    known = BETA_SESSION_FIELDS if beta else GA_SESSION_FIELDS
+    for name in sorted(session):
+        if name not in known:
+            raise ProtocolViolation(
+                f"unknown session field {name!r}", code="unknown_parameter", param=f"session.{name}"
+            )
+    if session.get("prompt") is not None:
+        raise ProtocolViolation(
+            "stored prompts are not supported", code="unsupported_parameter", param="session.prompt"
+        )
+    if session.get("include"):
+        raise ProtocolViolation(
+            "include (extra outputs such as logprobs) is not supported",
+            code="unsupported_parameter",
+            param="session.include",
+        )
+    if session.get("tracing") not in (None, "auto"):
+        raise ProtocolViolation(
+            "tracing configurations are not supported (there is no tracing backend); use null or 'auto'",
+            code="unsupported_parameter",
+            param="session.tracing",
+        )
+    if session.get("truncation", "auto") != "auto":
+        raise ProtocolViolation(
+            "only truncation 'auto' is supported", code="unsupported_parameter", param="session.truncation"
+        )
+    audio = session.get("audio")
+    if not beta and isinstance(audio, dict):
+        for direction in sorted(audio):
+            if direction not in GA_AUDIO_FIELDS:
+                raise ProtocolViolation(
+                    f"unknown audio field {direction!r}",
+                    code="unknown_parameter",
+                    param=f"session.audio.{direction}",
+                )
+            fields = audio[direction]
+            for name in sorted(fields) if isinstance(fields, dict) else ():
+                if name not in GA_AUDIO_FIELDS[direction]:
+                    raise ProtocolViolation(
+                        f"unknown audio field {name!r}",
+                        code="unknown_parameter",
+                        param=f"session.audio.{direction}.{name}",
+                    )
+
+
 def apply_session_update(config: SessionConfig, session: dict[str, Any]) -> None:
     """Apply the fields present in a `session.update` (either shape) to `config`.
 
     Validates everything before changing anything, so a rejected update leaves no trace.
     """
+    if session.get("type") in ("realtime", None):
+        check_fields(session, beta=is_beta_session_shape(session))
     scratch = SessionConfig(**{f: getattr(config, f) for f in config.__dataclass_fields__})
     if scratch.turn_detection is not None:
         scratch.turn_detection = replace(scratch.turn_detection)

@@ -333,3 +333,33 @@ async def test_deleted_items_leave_the_history_and_cannot_be_retrieved() -> None
         await client.send({"type": "response.create", "response": {"output_modalities": ["text"]}})
         await client.wait_for("response.done", after=client.index_of(first) + 1)
     assert [(m.role, m.text) for m in llm.calls[1]] == [("user", "keep me"), ("user", "and now?")]
+
+
+@pytest.mark.parametrize(
+    ("session", "param"),
+    [
+        ({"type": "realtime", "colour": "blue"}, "session.colour"),
+        ({"type": "realtime", "audio": {"output": {"volume": 2}}}, "session.audio.output.volume"),
+        ({"type": "realtime", "audio": {"side": {}}}, "session.audio.side"),
+        ({"type": "realtime", "prompt": {"id": "pmpt_1"}}, "session.prompt"),
+        ({"type": "realtime", "include": ["item.input_audio_transcription.logprobs"]}, "session.include"),
+        ({"type": "realtime", "tracing": {"workflow_name": "x"}}, "session.tracing"),
+        ({"type": "realtime", "truncation": "disabled"}, "session.truncation"),
+        ({"modalities": ["text"], "frobnicate": True}, "session.frobnicate"),  # the beta shape
+    ],
+)
+async def test_session_fields_this_server_cannot_honour_are_refused_by_name(
+    session: dict[str, Any], param: str
+) -> None:
+    async with running_server(fake_app()) as url, realtime_client(url) as client:
+        await client.wait_for("session.created")
+        await client.send({"type": "session.update", "session": session})
+        error = (await client.wait_for("error"))["error"]
+        assert error["param"] == param
+        await client.send(
+            {
+                "type": "session.update",
+                "session": {"type": "realtime", "tracing": "auto", "truncation": "auto"},
+            }
+        )
+        await client.wait_for("session.updated")  # what is taken is taken
