@@ -40,6 +40,7 @@ from server.model.base import (
     ResponseOptions,
     SessionOptions,
     ToolSpec,
+    TranscriptionOptions,
     TurnEndScoring,
 )
 from server.model.tool_calls import ForcedTool, ToolChoice
@@ -211,6 +212,9 @@ class Conversation:
     def server_tool_names(self) -> Iterable[str]:
         return (spec.name for spec in self._toolbox.specs())
 
+    def transcription_languages(self) -> frozenset[str] | None:
+        return self.model_session.capabilities.transcription_languages
+
     async def send(self, output: Output) -> None:
         async with self._send_lock:
             await self._port.send(output)
@@ -304,6 +308,9 @@ class Conversation:
             ),
             score_turn_end=(
                 self.config.turn_detection is not None and self.config.turn_detection.type == "semantic_vad"
+            ),
+            transcription=TranscriptionOptions(
+                self.config.transcription_language, self.config.transcription_prompt
             ),
         )
 
