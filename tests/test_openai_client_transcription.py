@@ -119,9 +119,11 @@ async def test_pocketsphinx_refuses_french_naming_the_field() -> None:
         client = AsyncOpenAI(base_url=url + "/v1", api_key="sk-test-not-checked")
         async with client.realtime.connect(model="voxgate-cascade") as connection:
             await connection.session.update(session=transcription_session("fr"))  # type: ignore[arg-type]
+            error: Any = None
             async with asyncio.timeout(30):
                 async for event in connection:
                     if event.type == "error":
+                        error = event.error
                         break
-    assert event.error.code == "unsupported_language"
-    assert event.error.param == "session.audio.input.transcription.language"
+    assert error is not None and error.code == "unsupported_language"
+    assert error.param == "session.audio.input.transcription.language"
