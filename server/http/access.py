@@ -158,12 +158,12 @@ class _Entry:
 
 def check_session(session: object) -> dict[str, Any]:
     """The session object a secret is bound to, validated like a `session.update` (GA shape,
-    `type` "realtime" or absent). Raises InvalidMintRequest with the offending `param`."""
+    `type` "realtime", "transcription" or absent). Raises InvalidMintRequest with the offending `param`."""
     if not isinstance(session, dict):
         raise InvalidMintRequest("session must be an object", code="invalid_value", param="session")
-    if session.get("type", "realtime") != "realtime":
+    if session.get("type", "realtime") not in ("realtime", "transcription"):
         raise InvalidMintRequest(
-            f"session.type {session.get('type')!r} is not supported; use 'realtime'",
+            f"session.type {session.get('type')!r} is not supported; use 'realtime' or 'transcription'",
             code="invalid_value",
             param="session.type",
         )

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
+from typing import Any
 
 from fastapi import APIRouter, Request, Response, WebSocket
 from fastapi.responses import JSONResponse
@@ -161,6 +162,14 @@ async def metrics(request: Request) -> Response:
     )
 
 
+def _initial_session(websocket: WebSocket, bound: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A client secret's session; else `?intent=transcription` (OpenAI's way to open a
+    transcription session) opens one."""
+    if not bound and websocket.query_params.get("intent") == "transcription":
+        return {"type": "transcription"}
+    return bound
+
+
 def _dialect(websocket: WebSocket) -> Dialect:
     beta = websocket.headers.get("openai-beta", "")
     return Dialect.BETA if "realtime=v1" in beta.replace(" ", "") else Dialect.GA
@@ -260,7 +269,7 @@ async def realtime(websocket: WebSocket) -> None:
         return
     guard = TransportGuard(StarletteTransport(websocket), guard_options(runtime.settings))
     conversation = Conversation(
-        RealtimePort(guard, _dialect(websocket), initial_session=grant.session),
+        RealtimePort(guard, _dialect(websocket), initial_session=_initial_session(websocket, grant.session)),
         model,
         runtime.vad,
         runtime.conversation_options(model=requested, instructions=setup.instructions, voice=setup.voice),

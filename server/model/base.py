@@ -89,6 +89,21 @@ class Capabilities:
     output_sample_rate_hz: int
     accepts_images: bool = False
     can_rollback: bool = True
+    # the languages its recogniser transcribes (ISO-639-1; None: any, it detects the language
+    # itself): the conversation refuses a session's `transcription.language` outside them
+    transcription_languages: frozenset[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptionOptions:
+    """How a session's recogniser hears the caller (the realtime `transcription` object).
+
+    language: ISO-639-1 code; None: the recogniser's default (English for the embedded ones).
+    prompt: text that steers vocabulary and spelling (names, jargon), where the recogniser
+    takes one (Whisper); others ignore it."""
+
+    language: str | None = None
+    prompt: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +123,7 @@ class SessionOptions:
     # the conversation scores the caller's words at each pause (semantic_vad): a model may
     # evaluate the words as they are recognised, so that the score and the reply start sooner
     score_turn_end: bool = False
+    transcription: TranscriptionOptions = field(default_factory=TranscriptionOptions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,9 +305,14 @@ class AsrStream(Protocol):
 
 
 class AsrBackend(Protocol):
+    """Optional attributes (read with getattr): `languages`, a frozenset of the ISO-639-1
+    codes it transcribes (absent: any; the embedded English recognisers say {"en"})."""
+
     sample_rate_hz: int
 
-    def open_stream(self) -> AsrStream: ...
+    def open_stream(self, transcription: TranscriptionOptions | None = None) -> AsrStream:
+        """A stream for one utterance, heard as `transcription` says (None: the defaults)."""
+        ...
 
 
 class LlmBackend(Protocol):

@@ -121,6 +121,7 @@ class CascadeModel:
             input_sample_rate_hz=asr.sample_rate_hz,
             output_sample_rate_hz=OUTPUT_SAMPLE_RATE_HZ,
             accepts_images=bool(getattr(llm, "accepts_images", False)),
+            transcription_languages=getattr(asr, "languages", None),
         )
 
     async def open(self, options: SessionOptions) -> CascadeSession:
@@ -148,7 +149,7 @@ class CascadeSession:
 
     def push_audio(self, frame: PcmFrame) -> None:
         if self._asr is None:
-            self._asr = self._model.asr.open_stream()
+            self._asr = self._model.asr.open_stream(self.options.transcription)
         self._asr.push_audio(frame)
         if self.options.score_turn_end and (self._prefill is None or self._prefill.done()):
             words = self._asr.hypothesis

@@ -15,7 +15,7 @@ import numpy as np
 
 from server.audio import PcmFrame
 from server.errors import BackendError
-from server.model.base import Message, SessionOptions, ToolCallRequest, Transcript
+from server.model.base import Message, SessionOptions, ToolCallRequest, Transcript, TranscriptionOptions
 from server.model.tool_calls import ToolChoice
 
 
@@ -66,8 +66,11 @@ class FakeAsr:
     fail_with: type[BaseException] | None = None
     sample_rate_hz: int = 16_000
     streams: list[FakeAsrStream] = field(default_factory=list)
+    languages: frozenset[str] | None = None  # None: any language
+    opened_with: list[TranscriptionOptions] = field(default_factory=list)
 
-    def open_stream(self) -> FakeAsrStream:
+    def open_stream(self, transcription: TranscriptionOptions | None = None) -> FakeAsrStream:
+        self.opened_with.append(transcription or TranscriptionOptions())
         index = min(len(self.streams), len(self.script) - 1)
         stream = FakeAsrStream(self.script[index], self.delay_s, self.fail_with)
         self.streams.append(stream)

@@ -44,7 +44,9 @@ from server.realtime.wire import (
     ResponseCancel,
     ResponseCreate,
     SessionUpdate,
+    TranscriptionSessionUpdate,
     apply_session_update,
+    apply_transcription_session_update,
     decode_base64_audio,
     is_beta_session_shape,
     parse_client_event,
@@ -96,6 +98,7 @@ from server.streaming.outputs import (
     UserTextAdded,
 )
 from server.streaming.port import SessionView, TextTransport
+from server.streaming.session_config import SessionConfig
 
 # an assistant message's parts that carry what it said (GA and beta names; audio by transcript)
 _ASSISTANT_PARTS = frozenset({"output_text", "text", "output_audio", "audio"})
@@ -154,6 +157,8 @@ class RealtimePort:
                         self._events = EventWriter(Dialect.BETA)
                     self._dialect_fixed = True
                 return self._session_update(event.session, event.event_id)
+            case TranscriptionSessionUpdate():
+                return self._transcription_session_update(event)
             case InputAudioAppend():
                 audio = decode_base64_audio(event.audio, self._session.config.input_format)
                 return AppendAudio(audio, event.event_id)
@@ -170,6 +175,13 @@ class RealtimePort:
             case ItemDelete():
                 return DeleteItem(event.item_id, event.event_id)
             case ResponseCreate():
+                if self._session.config.session_type == "transcription":
+                    raise ProtocolViolation(
+                        "response.create: this is a transcription session, which never replies;"
+                        " open a realtime session for replies",
+                        code="unsupported_event",
+                        param="type",
+                    )
                 return parse_response_create(event.response or {}, self._session.config, event.event_id)
             case ResponseCancel():
                 return CancelResponse(event.response_id, event.event_id)
@@ -181,10 +193,39 @@ class RealtimePort:
         assert self._session is not None
         config = self._session.config.copy()
         apply_session_update(config, dict(session))
+        param = "session.input_audio_transcription" if is_beta_session_shape(dict(session)) else None
+        self._check_language(config, param or "session.audio.input.transcription")
         tools = None
         if "tools" in session:
             tools = client_tool_specs(session["tools"], self._session.server_tool_names())
         return UpdateSession(config, tools, event_id)
+
+    def _transcription_session_update(self, event: TranscriptionSessionUpdate) -> UpdateSession:
+        """Beta only: the session becomes (or stays) a transcription session."""
+        assert self._session is not None
+        if not self._dialect_fixed:
+            self._events = EventWriter(Dialect.BETA)
+            self._dialect_fixed = True
+        config = self._session.config.copy()
+        apply_transcription_session_update(config, dict(event.session))
+        self._check_language(config, "session.input_audio_transcription")
+        return UpdateSession(config, None, event.event_id)
+
+    def _check_language(self, config: SessionConfig, param: str) -> None:
+        """A language the session's recogniser cannot transcribe is refused, not transcribed
+        as English."""
+        assert self._session is not None
+        language, known = config.transcription_language, self._session.transcription_languages()
+        if language is None or known is None or language in known:
+            return
+        listed = ", ".join(sorted(known)) if len(known) <= 12 else f"{len(known)} languages"
+        raise ProtocolViolation(
+            f"{param}.language {language!r} is not one this server's recogniser transcribes"
+            f" ({listed}); Whisper base knows 99"
+            ' (VOXGATE_ASR=whisper, VOXGATE_BACKEND_OPTIONS={"whisper": {"model": "base"}})',
+            code="unsupported_language",
+            param=f"{param}.language",
+        )
 
     def _item_create(self, event: ItemCreate) -> Command:
         item = event.item
@@ -265,9 +306,9 @@ class RealtimePort:
                     w.response_text_delta(output.response_id, output.item_id, output.with_audio, output.text)
                 ]
             case SessionCreated():
-                return [w.event("session.created", session=w.session(output.config))]
+                return [w.session_event(True, output.config)]
             case SessionUpdated():
-                return [w.event("session.updated", session=w.session(output.config))]
+                return [w.session_event(False, output.config)]
             case SessionExpiring():
                 return [
                     w.event(

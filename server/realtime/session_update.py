@@ -2,11 +2,17 @@
 
 `apply_session_update(config, session)` validates every field it finds, and changes `config`
 only if all of them are valid; a bad one raises `ProtocolViolation` naming the field
-(`param`) and the `error.code` to report. No asyncio, no sockets here.
+(`param`) and the `error.code` to report. `apply_transcription_session_update` does the same
+for the beta `transcription_session.update`. No asyncio, no sockets here.
+
+Transcription sessions (GA `session.type: "transcription"`, beta `transcription_session.update`)
+caption the caller and never reply: their turn detection's `create_response` and
+`interrupt_response` are off, and fields that only a reply reads are refused.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from typing import Any
 
@@ -277,29 +283,207 @@ def check_fields(session: dict[str, Any], beta: bool) -> None:
                     )
 
 
+SESSION_TYPES = ("realtime", "transcription")
+
+
+def _scratch(config: SessionConfig) -> SessionConfig:
+    scratch = SessionConfig(**{f: getattr(config, f) for f in config.__dataclass_fields__})
+    if scratch.turn_detection is not None:
+        scratch.turn_detection = replace(scratch.turn_detection)
+    return scratch
+
+
+def _commit(config: SessionConfig, scratch: SessionConfig) -> None:
+    for name in config.__dataclass_fields__:
+        setattr(config, name, getattr(scratch, name))
+
+
 def apply_session_update(config: SessionConfig, session: dict[str, Any]) -> None:
     """Apply the fields present in a `session.update` (either shape) to `config`.
 
     Validates everything before changing anything, so a rejected update leaves no trace.
+    A GA update without `type` keeps the session's type.
     """
-    if session.get("type") in ("realtime", None):
+    kind = session.get("type")
+    if kind in ("realtime", None) and not (kind is None and config.session_type == "transcription"):
         check_fields(session, beta=is_beta_session_shape(session))
-    scratch = SessionConfig(**{f: getattr(config, f) for f in config.__dataclass_fields__})
-    if scratch.turn_detection is not None:
-        scratch.turn_detection = replace(scratch.turn_detection)
-    _apply_common(scratch, session)
-    if session.get("type") in ("realtime", None) and not is_beta_session_shape(session):
-        _apply_ga(scratch, session)
-    elif session.get("type") not in (None, "realtime"):
+    scratch = _scratch(config)
+    if kind is not None and kind not in SESSION_TYPES:
         raise ProtocolViolation(
-            f"session.type {session.get('type')!r} is not supported; use 'realtime'",
+            f"session.type {str(kind)[:40]!r} is not supported; use 'realtime' or 'transcription'",
             code="invalid_value",
             param="session.type",
         )
-    else:
+    if is_beta_session_shape(session):
+        _apply_common(scratch, session)
         _apply_beta(scratch, session)
-    for name in config.__dataclass_fields__:
-        setattr(config, name, getattr(scratch, name))
+        td_given = session.get("turn_detection")
+    else:
+        scratch.session_type = str(kind or config.session_type)
+        if scratch.session_type == "transcription":
+            _refuse_fields(session, _REPLY_FIELDS, "session", "a transcription session")
+            audio = session.get("audio")
+            if isinstance(audio, dict) and "output" in audio:
+                _refuse_fields(audio, ("output",), "session.audio", "a transcription session")
+        _apply_common(scratch, session)
+        _apply_ga(scratch, session)
+        audio = session.get("audio")
+        audio_in = audio.get("input") if isinstance(audio, dict) else None
+        td_given = audio_in.get("turn_detection") if isinstance(audio_in, dict) else None
+    _settle_session_type(config, scratch, td_given, _turn_detection_param(session))
+    _commit(config, scratch)
+
+
+# what only a reply reads: refused in a transcription session (GA names; beta below)
+_REPLY_FIELDS = (
+    "instructions",
+    "tools",
+    "tool_choice",
+    "output_modalities",
+    "max_output_tokens",
+    "temperature",
+    "voice",
+    "prompt",
+    "tracing",
+    "truncation",
+)
+_BETA_TRANSCRIPTION_FIELDS = frozenset(
+    {
+        "input_audio_format",
+        "input_audio_transcription",
+        "turn_detection",
+        "input_audio_noise_reduction",
+        "include",
+        "modalities",
+        "client_secret",
+    }
+)
+
+
+def apply_transcription_session_update(config: SessionConfig, session: dict[str, Any]) -> None:
+    """Apply a beta `transcription_session.update`'s session to `config`, which becomes a
+    transcription session; all-or-nothing, like `apply_session_update`."""
+    unknown = sorted(set(session) - _BETA_TRANSCRIPTION_FIELDS)
+    if unknown:
+        raise ProtocolViolation(
+            f"session.{unknown[0][:40]} is not a field of a transcription session; it takes"
+            f" {', '.join(sorted(_BETA_TRANSCRIPTION_FIELDS - {'client_secret'}))}",
+            code="unknown_parameter",
+            param=f"session.{unknown[0][:40]}",
+        )
+    if "include" in session:
+        _check_type(session["include"], (list, type(None)), "session.include")
+    scratch = _scratch(config)
+    scratch.session_type = "transcription"
+    _apply_beta(scratch, {k: v for k, v in session.items() if k != "modalities"})
+    _settle_session_type(config, scratch, session.get("turn_detection"), "session.turn_detection")
+    _commit(config, scratch)
+
+
+def _refuse_fields(fields: dict[str, Any], names: tuple[str, ...], where: str, what: str) -> None:
+    for name in names:
+        if name in fields:
+            raise ProtocolViolation(
+                f"{where}.{name} is not part of {what}, which transcribes and never replies",
+                code="unknown_parameter",
+                param=f"{where}.{name}",
+            )
+
+
+def _turn_detection_param(session: dict[str, Any]) -> str:
+    return (
+        "session.turn_detection" if is_beta_session_shape(session) else "session.audio.input.turn_detection"
+    )
+
+
+def _settle_session_type(old: SessionConfig, new: SessionConfig, td_given: object, param: str) -> None:
+    """A transcription session never replies: its turn detection creates no response and
+    interrupts none (asking for either is refused); a session that stops being one gets both
+    back unless this update sets them. A transcription session always transcribes."""
+    given = td_given if isinstance(td_given, dict) else {}
+    td = new.turn_detection
+    if new.session_type == "transcription":
+        for name in ("create_response", "interrupt_response"):
+            if given.get(name) is True:
+                raise ProtocolViolation(
+                    f"{param}.{name} cannot be true in a transcription session: it never replies",
+                    code="invalid_value",
+                    param=f"{param}.{name}",
+                )
+        if td is not None:
+            td.create_response = td.interrupt_response = False
+        if new.transcription_model is None:
+            new.transcription_model = "voxgate-asr"
+    elif old.session_type == "transcription" and td is not None:
+        for name in ("create_response", "interrupt_response"):
+            if name not in given:
+                setattr(td, name, True)
+
+
+# Names a client may give its transcription model; all mean the profile's recogniser (Whisper
+# or pocketsphinx, or the remote one), whose name the server's settings choose.
+TRANSCRIPTION_MODELS = frozenset(
+    {
+        "voxgate-asr",
+        "whisper-1",
+        "gpt-4o-transcribe",
+        "gpt-4o-transcribe-latest",
+        "gpt-4o-mini-transcribe",
+        "gpt-4o-mini-transcribe-2025-12-15",
+        "gpt-transcribe",
+        "gpt-live-transcribe",
+        "gpt-realtime-whisper",
+    }
+)
+_LANGUAGE_CODE = re.compile(r"[a-z]{2,3}")
+
+
+def _apply_transcription(config: SessionConfig, value: object, param: str) -> None:
+    """The `transcription` object (GA `audio.input.transcription`, beta
+    `input_audio_transcription`): replaced as a whole; null turns transcripts off."""
+    if value is None:
+        config.transcription_model = None
+        config.transcription_language = None
+        config.transcription_prompt = ""
+        return
+    tr = _check_type(value, dict, param)
+    model = tr.get("model")
+    if model is None:
+        model = config.transcription_model or "voxgate-asr"
+    if model == "gpt-4o-transcribe-diarize":
+        raise ProtocolViolation(
+            f"{param}.model {model!r} is not served: this server does not label speakers;"
+            " open one transcription session per speaker instead",
+            code="invalid_value",
+            param=f"{param}.model",
+        )
+    if model not in TRANSCRIPTION_MODELS:
+        raise ProtocolViolation(
+            f"{param}.model {str(model)[:60]!r} is not known; use one of"
+            f" {', '.join(sorted(TRANSCRIPTION_MODELS))} (all mean this server's recogniser)",
+            code="invalid_value",
+            param=f"{param}.model",
+        )
+    for name, instead in (("languages", "language"), ("keywords", "prompt")):
+        if name in tr:
+            raise ProtocolViolation(
+                f"{param}.{name} is not supported; use {param}.{instead}",
+                code="unknown_parameter",
+                param=f"{param}.{name}",
+            )
+    language = tr.get("language")
+    if language is not None and (not isinstance(language, str) or not _LANGUAGE_CODE.fullmatch(language)):
+        raise ProtocolViolation(
+            f"{param}.language must be an ISO-639-1 code such as 'en' or 'es', not {str(language)[:20]!r}",
+            code="invalid_value",
+            param=f"{param}.language",
+        )
+    prompt = tr.get("prompt")
+    if prompt is not None:
+        _check_type(prompt, str, f"{param}.prompt")
+    config.transcription_model = str(model)
+    config.transcription_language = language
+    config.transcription_prompt = prompt or ""
 
 
 SEMANTIC_VAD_FIELDS = ("type", "eagerness", "create_response", "interrupt_response")
@@ -342,11 +526,8 @@ def _apply_beta(config: SessionConfig, session: dict[str, Any]) -> None:
     if "turn_detection" in session:
         _apply_turn_detection(config, session["turn_detection"], "session.turn_detection")
     if "input_audio_transcription" in session:
-        tr = session["input_audio_transcription"]
-        config.transcription_model = (
-            None
-            if tr is None
-            else str(_check_type(tr, dict, "session.input_audio_transcription").get("model", "voxgate-asr"))
+        _apply_transcription(
+            config, session["input_audio_transcription"], "session.input_audio_transcription"
         )
     if "input_audio_noise_reduction" in session:
         config.noise_reduction = _noise_reduction(
@@ -378,12 +559,7 @@ def _apply_ga(config: SessionConfig, session: dict[str, Any]) -> None:
     if "turn_detection" in audio_in:
         _apply_turn_detection(config, audio_in["turn_detection"], "session.audio.input.turn_detection")
     if "transcription" in audio_in:
-        tr = audio_in["transcription"]
-        config.transcription_model = (
-            None
-            if tr is None
-            else str(_check_type(tr, dict, "session.audio.input.transcription").get("model", "voxgate-asr"))
-        )
+        _apply_transcription(config, audio_in["transcription"], "session.audio.input.transcription")
     if "noise_reduction" in audio_in:
         config.noise_reduction = _noise_reduction(
             audio_in["noise_reduction"], "session.audio.input.noise_reduction"

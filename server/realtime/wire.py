@@ -23,6 +23,9 @@ from server.errors import ProtocolViolation
 from server.ids import new_id as new_id  # re-exported: the ids of the events built here
 from server.model.base import ImageInput
 from server.realtime.session_update import apply_session_update as apply_session_update  # re-exported
+from server.realtime.session_update import (  # re-exported
+    apply_transcription_session_update as apply_transcription_session_update,
+)
 from server.realtime.session_update import is_beta_session_shape as is_beta_session_shape  # re-exported
 from server.realtime.session_update import vars_of
 from server.streaming.session_config import SessionConfig, TurnDetectionConfig
@@ -108,6 +111,13 @@ class ItemRetrieve(_Event):
     item_id: str
 
 
+class TranscriptionSessionUpdate(_Event):
+    """Beta: make this a transcription session (session_update.py)."""
+
+    type: Literal["transcription_session.update"]
+    session: dict[str, Any]
+
+
 class ResponseCreate(_Event):
     type: Literal["response.create"]
     response: dict[str, Any] | None = None
@@ -133,7 +143,8 @@ ClientEvent = Annotated[
     | ItemRetrieve
     | ResponseCreate
     | ResponseCancel
-    | OutputAudioClear,
+    | OutputAudioClear
+    | TranscriptionSessionUpdate,
     Field(discriminator="type"),
 ]
 _CLIENT_EVENT: TypeAdapter[ClientEvent] = TypeAdapter(ClientEvent)
@@ -151,6 +162,7 @@ CLIENT_EVENT_TYPES = frozenset(
         "response.create",
         "response.cancel",
         "output_audio_buffer.clear",
+        "transcription_session.update",
     )
 )
 
@@ -234,6 +246,16 @@ def _turn_detection_obj(td: TurnDetectionConfig | None) -> dict[str, Any] | None
     return None if td is None else vars_of(td)
 
 
+def _transcription_obj(config: SessionConfig) -> dict[str, Any] | None:
+    if config.transcription_model is None:
+        return None
+    return {
+        "model": config.transcription_model,
+        "language": config.transcription_language,
+        "prompt": config.transcription_prompt,
+    }
+
+
 class EventWriter:
     """Builds server events (dicts ready for json.dumps) in one dialect."""
 
@@ -272,7 +294,17 @@ class EventWriter:
     def text_done(self) -> str:
         return "response.text.done" if self.is_beta else "response.output_text.done"
 
+    def session_event(self, created: bool, config: SessionConfig) -> dict[str, Any]:
+        """`session.created`/`.updated`; a beta transcription session's are
+        `transcription_session.created`/`.updated`."""
+        prefix = (
+            "transcription_session" if self.is_beta and config.session_type == "transcription" else "session"
+        )
+        return self.event(f"{prefix}.{'created' if created else 'updated'}", session=self.session(config))
+
     def session(self, config: SessionConfig) -> dict[str, Any]:
+        if config.session_type == "transcription":
+            return self.transcription_session(config)
         if self.is_beta:
             return {
                 "id": config.id,
@@ -283,9 +315,7 @@ class EventWriter:
                 "voice": config.voice,
                 "input_audio_format": _beta_format_name(config.input_format),
                 "output_audio_format": _beta_format_name(config.output_format),
-                "input_audio_transcription": (
-                    None if config.transcription_model is None else {"model": config.transcription_model}
-                ),
+                "input_audio_transcription": _transcription_obj(config),
                 "turn_detection": _turn_detection_obj(config.turn_detection),
                 "input_audio_noise_reduction": _noise_reduction_obj(config.noise_reduction),
                 "tools": config.tools,
@@ -303,9 +333,7 @@ class EventWriter:
             "audio": {
                 "input": {
                     "format": _ga_format_obj(config.input_format),
-                    "transcription": (
-                        None if config.transcription_model is None else {"model": config.transcription_model}
-                    ),
+                    "transcription": _transcription_obj(config),
                     "turn_detection": _turn_detection_obj(config.turn_detection),
                     "noise_reduction": _noise_reduction_obj(config.noise_reduction),
                 },
@@ -318,6 +346,35 @@ class EventWriter:
             "tools": config.tools,
             "tool_choice": config.tool_choice,
             "max_output_tokens": config.max_output_tokens or "inf",
+        }
+
+    def transcription_session(self, config: SessionConfig) -> dict[str, Any]:
+        """A transcription session as OpenAI shows one (GA: type "transcription", input audio
+        only; beta: the `transcription_session` object)."""
+        if self.is_beta:
+            return {
+                "id": config.id,
+                "object": "realtime.transcription_session",
+                "modalities": ["text"],
+                "input_audio_format": _beta_format_name(config.input_format),
+                "input_audio_transcription": _transcription_obj(config),
+                "turn_detection": _turn_detection_obj(config.turn_detection),
+                "input_audio_noise_reduction": _noise_reduction_obj(config.noise_reduction),
+                "include": None,
+            }
+        return {
+            "type": "transcription",
+            "object": "realtime.transcription_session",
+            "id": config.id,
+            "audio": {
+                "input": {
+                    "format": _ga_format_obj(config.input_format),
+                    "transcription": _transcription_obj(config),
+                    "turn_detection": _turn_detection_obj(config.turn_detection),
+                    "noise_reduction": _noise_reduction_obj(config.noise_reduction),
+                }
+            },
+            "include": None,
         }
 
     def error(

@@ -42,6 +42,7 @@ from server.model.base import (
     ResponseOptions,
     SessionOptions,
     ToolSpec,
+    TranscriptionOptions,
     TurnEndScoring,
 )
 from server.model.tool_calls import ForcedTool, ToolChoice
@@ -222,6 +223,9 @@ class Conversation:
     def server_tool_names(self) -> Iterable[str]:
         return (spec.name for spec in self._toolbox.specs())
 
+    def transcription_languages(self) -> frozenset[str] | None:
+        return self.model_session.capabilities.transcription_languages
+
     async def send(self, output: Output) -> None:
         async with self._send_lock:
             await self._port.send(output)
@@ -316,6 +320,9 @@ class Conversation:
             ),
             score_turn_end=(
                 self.config.turn_detection is not None and self.config.turn_detection.type == "semantic_vad"
+            ),
+            transcription=TranscriptionOptions(
+                self.config.transcription_language, self.config.transcription_prompt
             ),
         )
 

@@ -42,6 +42,10 @@ class SessionView(Protocol):
 
     def server_tool_names(self) -> Iterable[str]: ...
 
+    def transcription_languages(self) -> frozenset[str] | None:
+        """The languages the session's recogniser transcribes (None: any)."""
+        ...
+
 
 class ClientPort(Protocol):
     def attach(self, session: SessionView) -> None: ...

@@ -37,10 +37,16 @@ class TurnDetectionConfig:
 @dataclass(slots=True)
 class SessionConfig:
     """The canonical session settings. `tools` and `tool_choice` keep the client's own
-    declarations, to be echoed back; the conversation reads the validated specs."""
+    declarations, to be echoed back; the conversation reads the validated specs.
+
+    `session_type` "transcription": live captions only, never a reply (turn detection's
+    create_response and interrupt_response are off). `transcription_model` is the name the
+    client gave (echoed; every accepted name means the profile's recogniser), with its
+    `transcription_language` (ISO-639-1, None: the recogniser's default) and `_prompt`."""
 
     id: str
     model: str
+    session_type: str = "realtime"  # "realtime" | "transcription"
     instructions: str = ""
     voice: str = "default"
     speed: float = 1.0  # audio.output.speed: 0.25-1.5, the voice's rate
@@ -48,6 +54,8 @@ class SessionConfig:
     output_format: AudioFormat = field(default_factory=lambda: AudioFormat(Encoding.PCM16, 24_000))
     turn_detection: TurnDetectionConfig | None = field(default_factory=TurnDetectionConfig)
     transcription_model: str | None = "voxgate-asr"
+    transcription_language: str | None = None
+    transcription_prompt: str = ""
     noise_reduction: str | None = None  # "near_field" | "far_field" | None (server/audio_processing.py)
     output_modalities: list[str] = field(default_factory=lambda: ["audio"])
     temperature: float = 0.8

@@ -202,7 +202,7 @@ def test_mint_request_defaults_and_bounds() -> None:
         ({"expires_after": {"anchor": "now", "seconds": 60}}, "invalid_value", "expires_after.anchor"),
         ({"expires_after": 60}, "invalid_value", "expires_after"),
         ({"session": "realtime"}, "invalid_value", "session"),
-        ({"session": {"type": "transcription"}}, "invalid_value", "session.type"),
+        ({"session": {"type": "translation"}}, "invalid_value", "session.type"),
         ({"session": {"model": 5}}, "invalid_value", "session.model"),
         ({"session": {"instructions": 5}}, "invalid_value", "session.instructions"),
         (
@@ -428,7 +428,7 @@ async def test_minting_needs_a_real_key(keyed_server: str) -> None:
             "expires_after.seconds",
         ),
         (b'{"expires_after": {"seconds": 86400}}', "invalid_value", "expires_after.seconds"),
-        (b'{"session": {"type": "transcription"}}', "invalid_value", "session.type"),
+        (b'{"session": {"type": "translation"}}', "invalid_value", "session.type"),
         (
             b'{"session": {"audio": {"input": {"turn_detection": {"threshold": 7}}}}}',
             "invalid_value",

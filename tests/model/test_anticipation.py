@@ -7,7 +7,14 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 
 from server.audio import PcmFrame
-from server.model.base import Message, ResponseOptions, SessionOptions, TextDelta, Transcript
+from server.model.base import (
+    Message,
+    ResponseOptions,
+    SessionOptions,
+    TextDelta,
+    Transcript,
+    TranscriptionOptions,
+)
 from server.model.cascade import CascadeModel, CascadeSession
 from server.model.fakes import FakeLlm, FakeTts
 
@@ -49,7 +56,7 @@ class ScriptedAsr:
     def __init__(self, script: Sequence[tuple[Sequence[str], str]]) -> None:
         self._script = list(script)
 
-    def open_stream(self) -> ScriptedAsrStream:
+    def open_stream(self, transcription: TranscriptionOptions | None = None) -> ScriptedAsrStream:
         partials, final = self._script.pop(0)
         return ScriptedAsrStream(partials, final)
 

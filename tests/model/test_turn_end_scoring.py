@@ -10,7 +10,7 @@ import pytest
 
 from server.audio import PcmFrame
 from server.errors import BackendError
-from server.model.base import Message, SessionOptions, Transcript, TurnEndScoring
+from server.model.base import Message, SessionOptions, Transcript, TranscriptionOptions, TurnEndScoring
 from server.model.cascade import CascadeModel, CascadeSession
 from server.model.fakes import FakeLlm, FakeTts
 
@@ -48,7 +48,7 @@ class HypothesisAsr:
     def __init__(self) -> None:
         self.streams: list[HypothesisStream] = []
 
-    def open_stream(self) -> HypothesisStream:
+    def open_stream(self, transcription: TranscriptionOptions | None = None) -> HypothesisStream:
         self.streams.append(HypothesisStream())
         return self.streams[-1]
 

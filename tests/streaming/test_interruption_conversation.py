@@ -9,6 +9,7 @@ from dataclasses import replace
 
 from server.errors import BackendError
 from server.events import AgentEvent, FalseInterruption, Interrupted
+from server.model.base import TranscriptionOptions
 from server.model.fakes import FakeAsr, FakeAsrStream, FakeLlm, tone
 from server.streaming.conversation import Conversation
 from server.streaming.interruptions import InterruptionPolicy
@@ -172,7 +173,7 @@ def test_voice_mode_cancels_a_backchannel_as_before() -> None:
 class FailingOnceAsr(FakeAsr):
     """A FAKE recogniser whose first stream fails at the end of its turn, the others not."""
 
-    def open_stream(self) -> FakeAsrStream:
+    def open_stream(self, transcription: TranscriptionOptions | None = None) -> FakeAsrStream:
         stream = super().open_stream()
         if len(self.streams) == 1:
             stream._fail_with = BackendError

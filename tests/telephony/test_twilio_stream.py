@@ -46,6 +46,9 @@ class Session:
     def server_tool_names(self) -> list[str]:
         return []
 
+    def transcription_languages(self) -> frozenset[str] | None:
+        return None
+
 
 class MemoryTransport:
     """The websocket: the test queues Twilio's frames; what the adapter sends is kept."""

@@ -62,7 +62,7 @@ from typing import Any, Literal, TypeVar
 
 from server.audio import AudioFormatError, PcmFrame
 from server.errors import BackendError, BackendUnavailable
-from server.model.base import Transcript
+from server.model.base import Transcript, TranscriptionOptions
 from server.model.worker_process import launch, read_exactly
 
 log = logging.getLogger(__name__)
@@ -163,8 +163,13 @@ class PocketsphinxAsr:
         self.options = options
         self._pool = _DecoderPool(dict(decoder_config), options.max_decoders)
 
-    def open_stream(self) -> PocketsphinxStream:
-        """A stream for one utterance; its decoder is taken from the pool at the first audio."""
+    languages = frozenset({"en"})  # its acoustic model and dictionary are US English
+
+    def open_stream(self, transcription: TranscriptionOptions | None = None) -> PocketsphinxStream:
+        """A stream for one utterance; its decoder is taken from the pool at the first audio.
+        `transcription`: English only (a prompt is ignored: the language model is fixed)."""
+        if transcription is not None and transcription.language not in (None, "en"):
+            raise BackendError(f"pocketsphinx transcribes English only, not {transcription.language!r}")
         return PocketsphinxStream(self._pool, self.options.acquire_timeout_s)
 
     def warm_up(self) -> None:

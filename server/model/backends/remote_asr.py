@@ -55,7 +55,7 @@ import numpy as np
 from server.audio import AudioFormatError, PcmFrame
 from server.errors import BackendError
 from server.model.backends.remote_http import Endpoint, OptionReader, status_error, transport_error
-from server.model.base import Transcript
+from server.model.base import Transcript, TranscriptionOptions
 from server.wav import encode_wav
 
 log = logging.getLogger(__name__)
@@ -132,19 +132,24 @@ class RemoteAsr:
         self._client = options.endpoint.client()
         self._asks_for_stream = options.stream != "off"
 
-    def open_stream(self) -> RemoteAsrStream:
-        return RemoteAsrStream(self)
+    def open_stream(self, transcription: TranscriptionOptions | None = None) -> RemoteAsrStream:
+        """`transcription`: a session's language and prompt, sent with the request (the
+        session's language replaces the configured one); a remote server does not translate."""
+        return RemoteAsrStream(self, transcription or TranscriptionOptions())
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def transcribe(self, audio: PcmFrame) -> AsyncGenerator[Transcript, None]:
+    async def transcribe(
+        self, audio: PcmFrame, transcription: TranscriptionOptions | None = None
+    ) -> AsyncGenerator[Transcript, None]:
         """Partials as the server streams them, then the final; see the module docstring."""
         wav = encode_wav(audio)
+        hints = transcription or TranscriptionOptions()
         stream = self._asks_for_stream
         if stream and self.options.stream == "auto":
             try:
-                async with contextlib.aclosing(self._request(wav, stream=True)) as transcripts:
+                async with contextlib.aclosing(self._request(wav, hints, stream=True)) as transcripts:
                     async for transcript in transcripts:
                         yield transcript
                 return
@@ -155,14 +160,19 @@ class RemoteAsr:
                 )
                 self._asks_for_stream = False
                 stream = False
-        async with contextlib.aclosing(self._request(wav, stream=stream)) as transcripts:
+        async with contextlib.aclosing(self._request(wav, hints, stream=stream)) as transcripts:
             async for transcript in transcripts:
                 yield transcript
 
-    async def _request(self, wav: bytes, *, stream: bool) -> AsyncGenerator[Transcript, None]:
+    async def _request(
+        self, wav: bytes, hints: TranscriptionOptions, *, stream: bool
+    ) -> AsyncGenerator[Transcript, None]:
         data = {"model": self.options.model, "response_format": "json"}
-        if self.options.language:
-            data["language"] = self.options.language
+        language = hints.language or self.options.language
+        if language:
+            data["language"] = language
+        if hints.prompt:
+            data["prompt"] = hints.prompt
         if stream:
             data["stream"] = "true"
         files = {"file": ("utterance.wav", wav, "audio/wav")}
@@ -207,8 +217,9 @@ class RemoteAsrStream:
 
     hypothesis: str
 
-    def __init__(self, backend: RemoteAsr) -> None:
+    def __init__(self, backend: RemoteAsr, transcription: TranscriptionOptions) -> None:
         self._backend = backend
+        self._transcription = transcription
         self._chunks: list[PcmFrame] = []
         self._samples = 0
         self._max_samples = backend.options.max_utterance_s * backend.sample_rate_hz
@@ -253,7 +264,7 @@ class RemoteAsrStream:
             return
         audio = PcmFrame(np.concatenate([c.samples for c in self._chunks]), self._backend.sample_rate_hz)
         self._chunks = []
-        async with contextlib.aclosing(self._backend.transcribe(audio)) as transcripts:
+        async with contextlib.aclosing(self._backend.transcribe(audio, self._transcription)) as transcripts:
             async for transcript in transcripts:
                 if not transcript.is_final:
                     self.hypothesis = transcript.text

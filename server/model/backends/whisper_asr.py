@@ -49,7 +49,7 @@ import numpy as np
 
 from server.audio import AudioFormatError, PcmFrame, Samples
 from server.errors import BackendError, BackendUnavailable
-from server.model.backends.whisper_engine import WhisperEngine
+from server.model.backends.whisper_engine import DecodeOptions, WhisperEngine
 from server.model.backends.whisper_features import FULL_WINDOW_FRAMES, HOP, SAMPLE_RATE_HZ
 from server.model.backends.whisper_files import (
     BASE_PACKAGES,
@@ -58,7 +58,7 @@ from server.model.backends.whisper_files import (
     model_cache_dir,
     tiny_en_model_dir,
 )
-from server.model.base import Transcript
+from server.model.base import Transcript, TranscriptionOptions
 
 log = logging.getLogger(__name__)
 
@@ -191,10 +191,19 @@ class WhisperAsr:
     def __init__(self, engine: WhisperEngine, options: WhisperOptions) -> None:
         self.options = options
         self._engine = engine
+        # the languages it transcribes ("en" only for tiny.en; base knows Whisper's 99)
+        self.languages = engine.languages
 
-    def open_stream(self) -> WhisperStream:
-        """A stream for one utterance; it starts decoding at its first audio."""
-        return WhisperStream(self._engine, self.options)
+    def open_stream(self, transcription: TranscriptionOptions | None = None) -> WhisperStream:
+        """A stream for one utterance; it starts decoding at its first audio. `transcription`:
+        its language and prompt; BackendError if this model does not know the language."""
+        t = transcription or TranscriptionOptions()
+        decode = DecodeOptions(language=t.language, prompt=t.prompt)
+        try:
+            prompt = self._engine.prompt_tokens(decode)
+        except ValueError as exc:
+            raise BackendError(str(exc)) from exc
+        return WhisperStream(self._engine, self.options, prompt)
 
     def transcribe(self, frame: PcmFrame) -> str:
         """The text of a whole clip (≤ 30 s), blocking: for tools and tests, not the loop."""
@@ -231,8 +240,11 @@ class WhisperStream:
     partials that nobody read yet are replaced by newer ones.
     """
 
-    def __init__(self, engine: WhisperEngine, options: WhisperOptions) -> None:
+    def __init__(
+        self, engine: WhisperEngine, options: WhisperOptions, prompt: list[int] | None = None
+    ) -> None:
         self._engine = engine
+        self._prompt = prompt  # the decoder's prompt (language, task, steering text); None: English
         self._interval = options.partial_interval_ms * SAMPLE_RATE_HZ // 1000
         self._pause = options.pause_ms * SAMPLE_RATE_HZ // 1000
         self._tail = _TAIL_MS * SAMPLE_RATE_HZ // 1000
@@ -438,7 +450,7 @@ class WhisperStream:
             closed = stop - start == self._window and stop < end and stop <= len(audio)
             cached = self._window_texts.get(start) if closed else None
             if cached is None:
-                cached = self._engine.transcribe(audio[start:stop], stop - start)
+                cached = self._engine.transcribe(audio[start:stop], stop - start, self._prompt)
                 if closed:
                     self._window_texts[start] = cached
             texts.append(cached)

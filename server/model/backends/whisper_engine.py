@@ -15,8 +15,11 @@ time of a short utterance on 2 cores). Shorter windows (10 s, or audio plus a fe
 tiny.en loop ("5 5 5 5 ...", "10 of clubs 10 of clubs ...") on short clips; 15 s and 30 s gave
 the same word error rate on our recordings. A decode that runs to its token cap (a loop) is
 redone with the 30 s window. Greedy (beam 1), no timestamps, no previous-text conditioning,
-temperature 0 only, English; a result Whisper itself calls "no speech" (faster-whisper's rule)
-is empty.
+temperature 0 only; a result Whisper itself calls "no speech" (faster-whisper's rule) is empty.
+A multilingual model decodes in the language of the call's `DecodeOptions` (English when none is
+given: no language detection pass), and can translate into English (Whisper's `translate` task);
+a `prompt` goes before the start of the transcript (`<|startofprev|>`), as Whisper's previous
+text, to steer spelling and vocabulary.
 
 Threads: at most `max_concurrent_decodes` decodes run at once (each with the model's
 intra-op threads), so sessions do not oversubscribe the cores. Waiting decodes are served by
@@ -30,10 +33,12 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -53,6 +58,19 @@ _MAX_TOKENS = 448  # the decoder's context, prompt included
 _TOKENS_PER_S = 8  # token cap per second of audio (speech needs ≈ 4): bounds a looping decode
 _NO_SPEECH_PROB = 0.6  # faster-whisper's no-speech rule: this and a low average log-probability
 _NO_SPEECH_LOGPROB = -1.0
+_MAX_PROMPT_TOKENS = 100  # the prompt's last tokens kept (generation keeps its 224 of the 448)
+_LANGUAGE_TOKEN = re.compile(r"<\|([a-z]{2,3})\|>")
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeOptions:
+    """How one stream's audio is decoded. language: ISO-639-1 code (None: English); task:
+    "translate" writes English whatever the language spoken (multilingual models only);
+    prompt: text that steers the transcript (names, spelling), given as previous text."""
+
+    language: str | None = None
+    task: Literal["transcribe", "translate"] = "transcribe"
+    prompt: str = ""
 
 
 class WhisperEngine:
@@ -86,13 +104,19 @@ class WhisperEngine:
         if sot is None or no_timestamps is None or eot is None:
             raise BackendUnavailable("the whisper tokenizer lacks Whisper's special tokens")
         self._eot = eot
+        self._sot, self._no_timestamps = sot, no_timestamps
+        self._previous = token("<|startofprev|>")
+        self._tasks = {"transcribe": token("<|transcribe|>"), "translate": token("<|translate|>")}
+        self.languages: frozenset[str] = frozenset({"en"})
         if model.is_multilingual:
-            english, transcribe = token("<|en|>"), token("<|transcribe|>")
-            if english is None or transcribe is None:
+            vocabulary = tokenizer.get_vocab()
+            self.languages = frozenset(
+                m.group(1) for m in map(_LANGUAGE_TOKEN.fullmatch, vocabulary) if m is not None
+            )
+            if "en" not in self.languages or self._tasks["transcribe"] is None:
                 raise BackendUnavailable("the multilingual whisper tokenizer lacks <|en|>")
-            self._prompt = [sot, english, transcribe, no_timestamps]
-        else:
-            self._prompt = [sot, no_timestamps]
+        self.multilingual = bool(model.is_multilingual)
+        self._prompt = self.prompt_tokens(DecodeOptions())
         specials = ("<|transcribe|>", "<|translate|>", "<|startofprev|>", "<|startoflm|>")
         no_speech = token("<|nospeech|>") or token("<|nocaptions|>")
         # -1: the symbols the model's config.json lists; plus the task tokens, as faster-whisper.
@@ -102,27 +126,52 @@ class WhisperEngine:
         self._gate = _DecodeGate(max_concurrent_decodes)
         self._executor = ThreadPoolExecutor(max_workers=max_concurrent_decodes, thread_name_prefix="whisper")
 
+    def prompt_tokens(self, options: DecodeOptions) -> list[int]:
+        """The decoder's prompt for `options`; ValueError for what this model cannot do (a
+        language it lacks; translation or a language other than English on an English-only
+        model)."""
+        language = options.language or "en"
+        if language not in self.languages:
+            raise ValueError(f"this whisper model does not know the language {language!r}")
+        if options.task == "translate" and not self.multilingual:
+            raise ValueError("an English-only whisper model cannot translate")
+        prompt = [self._sot]
+        if self.multilingual:
+            task = self._tasks[options.task]
+            language_token = self._tokenizer.token_to_id(f"<|{language}|>")
+            assert task is not None and language_token is not None
+            prompt += [int(language_token), task]
+        prompt.append(self._no_timestamps)
+        if options.prompt.strip() and self._previous is not None:
+            ids = self._tokenizer.encode(" " + options.prompt.strip(), add_special_tokens=False).ids
+            prompt = [self._previous, *ids[-_MAX_PROMPT_TOKENS:], *prompt]
+        return prompt
+
     def warm_up(self) -> None:
         """One decode of silence: the first call allocates CTranslate2's buffers (slow)."""
         self.transcribe(np.zeros(SAMPLE_RATE_HZ, dtype=np.int16), SAMPLE_RATE_HZ)
 
-    def transcribe(self, samples: Samples, length: int) -> str:
-        """Text of `samples` followed by silence up to `length` samples (≤ 30 s). Blocking."""
+    def transcribe(self, samples: Samples, length: int, prompt: list[int] | None = None) -> str:
+        """Text of `samples` followed by silence up to `length` samples (≤ 30 s). Blocking.
+        `prompt`: the decoder's prompt (`prompt_tokens`; default: English transcription)."""
+        prompt = self._prompt if prompt is None else prompt
         content_frames = length // HOP
         window = self._min_window_frames if content_frames + 50 <= self._min_window_frames else 0
         window = window or FULL_WINDOW_FRAMES
         cap = min(_MAX_TOKENS // 2, 16 + _TOKENS_PER_S * length // SAMPLE_RATE_HZ)
-        text, looped = self._decode(samples, window, cap)
+        text, looped = self._decode(samples, window, cap, prompt)
         if looped and window < FULL_WINDOW_FRAMES:
-            text, _ = self._decode(samples, FULL_WINDOW_FRAMES, cap)
+            text, _ = self._decode(samples, FULL_WINDOW_FRAMES, cap, prompt)
         return text
 
-    def _decode(self, samples: Samples, window_frames: int, max_tokens: int) -> tuple[str, bool]:
+    def _decode(
+        self, samples: Samples, window_frames: int, max_tokens: int, prompt: list[int]
+    ) -> tuple[str, bool]:
         audio = samples[: window_frames * HOP].astype(np.float32) / np.float32(32768.0)
         features = log_mel(audio, self._filters, window_frames)[None]
         result = self._model.generate(
             self._storage_view.from_array(np.ascontiguousarray(features)),
-            [self._prompt],
+            [prompt],
             beam_size=1,
             # CTranslate2 4.x stops Whisper at max_length // 2 new tokens (measured); if a
             # later version allows max_length, a loop still reaches `max_tokens` and is caught.
