@@ -30,6 +30,7 @@ class ItemLog:
     def __init__(self, max_items: int = MAX_ITEMS) -> None:
         self._max_items = max_items
         self._items: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.last_added_id: str | None = None  # the conversation's last item (its end)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -41,10 +42,14 @@ class ItemLog:
                 item = event.get("item")
                 if isinstance(item, dict) and isinstance(item.get("id"), str):
                     self._keep(item["id"], copy.deepcopy(item))
+                    if kind in ("conversation.item.added", "conversation.item.created"):
+                        self.last_added_id = item["id"]
             elif kind == "conversation.item.input_audio_transcription.completed":
                 self._transcribed(event)
             elif kind == "conversation.item.deleted":
                 self._items.pop(str(event.get("item_id")), None)
+                if event.get("item_id") == self.last_added_id:
+                    self.last_added_id = next(reversed(self._items), None)
 
     def get(self, item_id: str) -> dict[str, Any] | None:
         item = self._items.get(item_id)

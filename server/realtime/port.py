@@ -229,6 +229,14 @@ class RealtimePort:
 
     def _item_create(self, event: ItemCreate) -> Command:
         item = event.item
+        last = self._items.last_added_id
+        if event.previous_item_id is not None and event.previous_item_id != last:
+            raise ProtocolViolation(
+                "items are added at the end of the conversation: previous_item_id must be the last "
+                f"item ({last or 'none yet'}) or left out",
+                code="unsupported_parameter",
+                param="previous_item_id",
+            )
         if item.type == "function_call_output":
             return AddFunctionOutput(item.call_id, item.output, item.id, event.event_id)
         if item.type == "function_call":
@@ -255,6 +263,14 @@ class RealtimePort:
                 code="unsupported_item_type",
                 param="item.type",
             )
+        for index, part in enumerate(item.content):
+            if part.type not in ("input_text", "input_image"):
+                raise ProtocolViolation(
+                    f"a user message takes input_text and input_image parts here, not {part.type!r} "
+                    "(send audio with input_audio_buffer.append)",
+                    code="unsupported_content_type",
+                    param=f"item.content[{index}].type",
+                )
         texts = [p.text for p in item.content if p.type == "input_text" and p.text]
         images = [
             parse_input_image(p.image_url, p.detail, f"item.content[{index}]")

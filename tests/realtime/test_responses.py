@@ -363,3 +363,31 @@ async def test_session_fields_this_server_cannot_honour_are_refused_by_name(
             }
         )
         await client.wait_for("session.updated")  # what is taken is taken
+
+
+async def test_items_go_at_the_end_and_audio_parts_are_refused_naming_them() -> None:
+    async with running_server(fake_app()) as url, realtime_client(url) as client:
+        await client.wait_for("session.created")
+        await client.send({"type": "conversation.item.create", "item": user_text("first")})
+        first = (await client.wait_for("conversation.item.added"))["item"]["id"]
+        await client.send(
+            {"type": "conversation.item.create", "previous_item_id": first, "item": user_text("second")}
+        )
+        second = await client.wait_for("conversation.item.added", after=len(client.events))
+        await client.send(
+            {"type": "conversation.item.create", "previous_item_id": first, "item": user_text("third")}
+        )
+        refused = await client.wait_for("error")
+        assert (
+            refused["error"]["param"] == "previous_item_id"
+            and second["item"]["id"] in refused["error"]["message"]
+        )
+        audio_part = {"type": "input_audio", "audio": "AAAA"}
+        await client.send(
+            {
+                "type": "conversation.item.create",
+                "item": {"type": "message", "role": "user", "content": [audio_part]},
+            }
+        )
+        second_error = await client.wait_for("error", after=client.index_of(refused) + 1)
+        assert second_error["error"]["param"] == "item.content[0].type"
