@@ -388,6 +388,9 @@ class RealtimePort:
                     reason=output.reason,
                     error=output.error,
                     extra_output=calls,
+                    metadata=None
+                    if output.answer_path is None
+                    else {"voxgate_answer_path": output.answer_path},
                 )
             case ItemTruncated():
                 return [

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from enum import Enum
 from typing import Annotated, Any, Literal
 
@@ -458,8 +458,11 @@ class EventWriter:
         reason: str | None = None,
         error: dict[str, Any] | None = None,
         extra_output: Sequence[dict[str, Any]] = (),
+        metadata: Mapping[str, str] | None = None,
     ) -> list[dict[str, Any]]:
-        """`extra_output`: the response's function_call items, listed after its message."""
+        """`extra_output`: the response's function_call items, listed after its message.
+        `metadata`: the response object's metadata in response.done (the protocol's string
+        map; Voxgate puts `voxgate_answer_path` there under grounding)."""
         part = self.assistant_part(transcript, with_audio)
         common: dict[str, Any] = {"response_id": response_id, "item_id": item_id, "output_index": 0}
         if with_audio:
@@ -476,8 +479,11 @@ class EventWriter:
             self.event("response.output_item.done", response_id=response_id, output_index=0, item=item),
             self.event(
                 "response.done",
-                response=self.response(
-                    response_id, status, [item, *extra_output], reason=reason, config=config, error=error
-                ),
+                response={
+                    **self.response(
+                        response_id, status, [item, *extra_output], reason=reason, config=config, error=error
+                    ),
+                    **({"metadata": dict(metadata)} if metadata else {}),
+                },
             ),
         ]

@@ -288,6 +288,7 @@ class Conversation:
             score_turn_end=(
                 self.config.turn_detection is not None and self.config.turn_detection.type == "semantic_vad"
             ),
+            grounding=self._options.grounding,
         )
 
     def _tool_choice(self) -> ToolChoice:

@@ -182,6 +182,9 @@ class ResponseEnded:
     reason: str | None = None
     error: dict[str, Any] | None = None
     function_calls: tuple[FunctionCall, ...] = field(default_factory=tuple)
+    # how the reply was answered under grounding (StageTimings.answer_path), for
+    # response.metadata; None without grounding
+    answer_path: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
