@@ -23,15 +23,39 @@ STOP_WORDS = frozenset(
 )
 
 
+# words a question is built with, which say nothing of its topic ("where is my order" and
+# "where is your shop" share only these)
+FRAME_WORDS = frozenset(
+    "where when how why which who whom whose much many long want need like get know tell help have has "
+    "had does any some with from about there their they them thing things one got calling".split()
+)
+
+
+def topic_words(text: str) -> set[str]:
+    """The words of `text` that name its topic (lowercase, as written): no stop words, no
+    FRAME_WORDS."""
+    words = _WORD.findall(text.lower().replace("'", ""))
+    return {w for w in words if w not in STOP_WORDS and w not in FRAME_WORDS and not w.isdigit()}
+
+
 def terms(text: str) -> list[str]:
     """The indexable terms of `text`, in order."""
-    return [_stem(w) for w in _WORD.findall(text.lower().replace("'", "")) if w not in STOP_WORDS]
+    return [stem(w) for w in _WORD.findall(text.lower().replace("'", "")) if w not in STOP_WORDS]
 
 
-def _stem(word: str) -> str:
+def stem(word: str) -> str:
+    """A crude suffix strip: shipping, ships, shipped -> ship."""
     for suffix in ("ing", "ed", "es", "s"):
         if len(word) > len(suffix) + 2 and word.endswith(suffix):
-            return word[: -len(suffix)]
+            word = word[: -len(suffix)]
+            if (
+                suffix in ("ing", "ed")
+                and len(word) > 2
+                and word[-1] == word[-2]
+                and word[-1] not in "aeiouls"
+            ):
+                word = word[:-1]  # shipp -> ship, but not call -> cal
+            return word
     return word
 
 

@@ -36,15 +36,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
+from numpy.typing import NDArray
+
 from server.knowledge.embedding import SentenceEncoder
 from server.knowledge.knowledge import Fact, Knowledge, KnowledgeEntry
-from server.knowledge.lexical import Bm25Index
+from server.knowledge.lexical import Bm25Index, stem, topic_words
 
 Retriever = Literal["hybrid", "embedding", "bm25"]
 _CACHE_SIZE = 256
+_WORD_CACHE_SIZE = 20_000
 # BM25's share of the hybrid score: measured best of 0.01-0.1 on recognised speech; it breaks
 # ties the recogniser's errors leave between entries (BENCHMARKS.md)
 BM25_WEIGHT = 0.03
+# two topic words are one topic when their embeddings are this close: postage~shipping 0.68,
+# delivery~shipping 0.69, guarantee~warranty 0.57; order~shop 0.39, refund~cancel 0.53
+TOPIC_WORD_SCORE = 0.55
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,14 +67,21 @@ class MatchThresholds:
     hedge_score: float | None = 0.45
     hint_score: float = 0.4
     hint_entries: int = 2
+    # speak an answer only when the caller's words share a topic word with the entry (or the
+    # score reaches sure_score): "where is my order" is close to "where is your shop" for the
+    # encoder, but shares no topic
+    sure_score: float = 0.8
 
 
 @dataclass(frozen=True, slots=True)
 class Scored:
-    """An entry (or fact) and its score for the caller's words."""
+    """An entry (or fact) and its score for the caller's words. `shares_topic`: the caller's
+    words and the item's share a topic word (lexical.topic_words: the same stem, or, with an
+    encoder, two words whose embeddings are TOPIC_WORD_SCORE close), not only a frame."""
 
     item: KnowledgeEntry | Fact
     score: float
+    shares_topic: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +112,8 @@ def choose_answer(ranked: Sequence[Scored], thresholds: MatchThresholds) -> Answ
     entries = [s for s in ranked if isinstance(s.item, KnowledgeEntry)]
     if entries and entries[0] is best and isinstance(best.item, KnowledgeEntry):
         runner_up = entries[1].score if len(entries) > 1 else float("-inf")
-        if best.score - runner_up >= thresholds.margin:
+        sure = best.shares_topic or best.score >= thresholds.sure_score
+        if sure and best.score - runner_up >= thresholds.margin:
             if best.score >= thresholds.answer_score:
                 return SpeakAnswer(best.item, best.score)
             if thresholds.hedge_score is not None and best.score >= thresholds.hedge_score:
@@ -144,6 +159,15 @@ class KnowledgeIndex:
             self._rows.append(number)
             texts.append(fact.text)
         self._bm25 = Bm25Index([_document(item) for item in self._items])
+        self._topics = [topic_words(_document(item)) for item in self._items]
+        self._word_vectors: dict[str, NDArray[np.float32]] = {}
+        self._item_word_vectors: list[NDArray[np.float32] | None] = []
+        if encoder is not None:
+            vocabulary = sorted(set().union(*self._topics))
+            self._remember_words(vocabulary)
+            for words in self._topics:
+                rows = [self._word_vectors[w] for w in sorted(words)]
+                self._item_word_vectors.append(np.stack(rows) if rows else None)
         self._vectors = encoder.encode(texts) if retriever != "bm25" and encoder is not None else None
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, tuple[Scored, ...]] = OrderedDict()
@@ -182,8 +206,35 @@ class KnowledgeIndex:
             weight = 1.0 if self.retriever == "bm25" else BM25_WEIGHT
             for number, lexical in enumerate(self._bm25.scores(words)):
                 scores[number] += weight * lexical
-        ranked = [Scored(item, score) for item, score in zip(self._items, scores, strict=True)]
+        ranked = [
+            Scored(item, score, shared)
+            for item, score, shared in zip(self._items, scores, self._shared_topics(words), strict=True)
+        ]
         return tuple(sorted(ranked, key=lambda s: s.score, reverse=True))
+
+    def _shared_topics(self, words: str) -> list[bool]:
+        """Per item: whether it shares a topic word with `words` (Scored.shares_topic)."""
+        caller = topic_words(words)
+        stems = {stem(w) for w in caller}
+        shared = [bool(stems & {stem(w) for w in topic}) for topic in self._topics]
+        if self._encoder is None or not caller:
+            return shared
+        self._remember_words(sorted(caller))
+        mine = np.stack([self._word_vectors[w] for w in sorted(caller)])
+        for number, vectors in enumerate(self._item_word_vectors):
+            if not shared[number] and vectors is not None:
+                shared[number] = bool((vectors @ mine.T).max() >= TOPIC_WORD_SCORE)
+        return shared
+
+    def _remember_words(self, words: Sequence[str]) -> None:
+        new = [w for w in words if w not in self._word_vectors]
+        if new and self._encoder is not None:
+            for word, vector in zip(new, self._encoder.encode(new), strict=True):
+                self._word_vectors[word] = vector
+        if len(self._word_vectors) > _WORD_CACHE_SIZE:  # callers' words: keep the knowledge's
+            known = set().union(*self._topics)
+            for word in [w for w in self._word_vectors if w not in known][: len(self._word_vectors) // 2]:
+                del self._word_vectors[word]
 
 
 def _document(item: KnowledgeEntry | Fact) -> str:

@@ -37,6 +37,7 @@ def speaks_as_caller(phrase: str, caller_words: str = "") -> bool:
     """Whether `phrase` is in the caller's voice: a customer's first person (module
     docstring), or the caller's own line said back in the first person ("my name is john
     smith" -> "I'm john smith")."""
+    phrase = re.sub(r'"[^"]*"', '""', phrase)  # quoting the caller is not speaking as them
     if any(pattern.search(phrase) for pattern in _CALLER_TALK):
         return True
     return _echoes_in_first_person(phrase, caller_words)
