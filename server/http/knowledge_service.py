@@ -19,7 +19,7 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from server.knowledge.embedding import MiniLmEncoder
+from server.knowledge.embedding import MiniLmEncoder, SentenceEncoder
 from server.knowledge.grounding import Grounding
 from server.knowledge.knowledge import Knowledge, load_knowledge_file
 from server.knowledge.retrieval import KnowledgeIndex, MatchThresholds
@@ -30,13 +30,19 @@ _SESSION_INDEXES = 8
 
 class KnowledgeService:
     def __init__(
-        self, thresholds: MatchThresholds, *, checks_replies: bool, knowledge: Knowledge | None = None
+        self,
+        thresholds: MatchThresholds,
+        *,
+        checks_replies: bool,
+        knowledge: Knowledge | None = None,
+        encoder: SentenceEncoder | None = None,
     ) -> None:
         """`checks_replies`: the specifics and role checks apply to the model's replies (the
-        server's own language models; not a brain). `knowledge`: the server's default."""
+        server's own language models; not a brain). `knowledge`: the server's default.
+        `encoder`: the sentence encoder (default: MiniLM, loaded on first use)."""
         self.thresholds = thresholds
         self.checks_replies = checks_replies
-        self._encoder: MiniLmEncoder | None = None
+        self._encoder: SentenceEncoder | None = encoder
         self._lock = threading.Lock()
         self._indexes: OrderedDict[object, Grounding] = OrderedDict()
         self.default: Grounding | None = None

@@ -221,4 +221,7 @@ class FakeSentenceEncoder:
             for word in text.lower().replace("?", " ").split():
                 vectors[row, zlib.crc32(word.encode()) % self.dimension] += 1.0
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return vectors / np.clip(norms, 1e-9, None)
+        unit: np.ndarray[Any, np.dtype[np.float32]] = (vectors / np.clip(norms, 1e-9, None)).astype(
+            np.float32
+        )
+        return unit

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 from server.knowledge.grounding import FALLBACK_REPLY, ROLE_FALLBACK_REPLY, Grounding
 from server.knowledge.knowledge import parse_knowledge
 from server.knowledge.retrieval import KnowledgeIndex, MatchThresholds
-from server.model.base import Message, SessionOptions, TextDelta
+from server.model.base import Message, ResponseOptions, SessionOptions, TextDelta
 from server.model.cascade import CascadeModel
 from server.model.fakes import FakeAsr, FakeLlm, FakeSentenceEncoder, FakeTts
 
@@ -149,7 +149,5 @@ async def test_the_cascade_reports_the_path_and_looks_up_while_the_caller_speaks
     await session.aclose()
 
 
-def _options() -> object:
-    from server.model.base import ResponseOptions
-
+def _options() -> ResponseOptions:
     return ResponseOptions(with_audio=False)
