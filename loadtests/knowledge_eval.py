@@ -4,6 +4,7 @@
     python -m loadtests.knowledge_eval retrieval           # embedding vs BM25, threshold sweep
     python -m loadtests.knowledge_eval answers [--json out.json]   # Gemma 3 270M end to end
     python -m loadtests.knowledge_eval latency [--rounds 3]        # knowledge vs model answers
+    python -m loadtests.knowledge_eval human                       # recorded human speech
 
 `transcribe`: every question of `loadtests.knowledge_set` (in and out of the knowledge) is
 spoken by six voices (espeak-ng en-us, en-gb-x-rp and en-us+f3; flite slt, kal16 and awb),
@@ -456,11 +457,49 @@ def _response_options() -> Any:
     return ResponseOptions()
 
 
+async def run_human(recognisers: Sequence[str]) -> None:
+    """Debian's pocketsphinx-testdata recordings (LibriVox sentences, spoken card names, "go
+    forward ten meters"): speech that asks nothing of the shop. Transcribed by our recognisers,
+    then answered with grounding: how often an answer is spoken from the knowledge anyway, and
+    whether a model reply states a specific nobody gave."""
+    from loadtests.measure_asr import human_clips
+
+    clips = human_clips()
+    llm = resolve(LLM_BACKENDS, "gemma", "language model")(None)
+    index = build_index("hybrid")
+    grounded = Grounding(index)
+    try:
+        for recogniser in recognisers:
+            name, options = RECOGNISERS[recogniser]
+            asr = resolve(ASR_BACKENDS, name, "speech-to-text")(options)
+            spoken = invented_count = 0
+            for clip in clips:
+                heard = await transcribe(asr, clip.samples)
+                reply, path = await ask(grounded, llm, heard)
+                bad = invented(reply, index.knowledge.text, [heard])
+                spoken += path in ("knowledge", "knowledge_hedged")
+                invented_count += bool(bad)
+                print(
+                    f"{recogniser:12s} {heard!r} -> {reply!r} [{path}]{' INVENTED ' + str(bad) if bad else ''}"
+                )
+            print(
+                f"{recogniser}: {len(clips)} recordings; answered from the knowledge {spoken},"
+                f" invented specifics {invented_count}"
+            )
+            close = getattr(asr, "close", None)
+            if callable(close):
+                close()
+    finally:
+        close = getattr(llm, "close", None)
+        if callable(close):
+            close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m loadtests.knowledge_eval", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("stage", choices=("transcribe", "retrieval", "answers", "latency"))
+    parser.add_argument("stage", choices=("transcribe", "retrieval", "answers", "latency", "human"))
     parser.add_argument("--recognisers", default="pocketsphinx,whisper")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--rounds", type=int, default=3)
@@ -472,6 +511,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_retrieval()
     elif args.stage == "answers":
         asyncio.run(run_answers(args.json, recognisers))
+    elif args.stage == "human":
+        asyncio.run(run_human(recognisers))
     else:
         asyncio.run(run_latency(args.rounds))
     return 0
