@@ -47,7 +47,7 @@ ANSWER_PATHS: tuple[AnswerPath, ...] = (
     "fallback",
 )
 FALLBACK_REPLY = "I don't have that information; I can connect you to a colleague."
-ROLE_FALLBACK_REPLY = "Sorry, how can I help you?"
+ROLE_FALLBACK_REPLY = "How can I help you?"
 # checked replies are sampled at most this hot: at 0.8 the shipped Gemma 3 270M spoke as the
 # customer 9-15 times in 50 lines, at 0.2 1-3 (BENCHMARKS.md)
 CHECKED_MAX_TEMPERATURE = 0.2
@@ -56,9 +56,14 @@ NOTE_PREFIX = "Notes:"
 LlmStream = Callable[[Sequence[Message], SessionOptions], AsyncIterator[str | ToolCallRequest]]
 
 
+_CALLER_TO_AGENT = {"i": "you", "i'm": "you're", "me": "you", "my": "your", "mine": "yours", "am": "are"}
+
+
 def hedged_answer(entry: KnowledgeEntry) -> str:
-    """An answer to a weaker match, after the question it answers."""
-    question = entry.questions[0].rstrip("?.! ")
+    """An answer to a weaker match, after its first question, said back to the caller:
+    "If you mean can you change your delivery address: ..." (from "can i change my ...")."""
+    words = entry.questions[0].rstrip("?.! ").split()
+    question = " ".join(_CALLER_TO_AGENT.get(w.lower(), w) for w in words)
     return f"If you mean {question}: {entry.answer}"
 
 
@@ -126,6 +131,7 @@ class Grounding:
         )
         guard = self._guard(history, options)
         splitter = PhraseSplitter()
+        said = ""  # the last phrase passed on
         try:
             async for piece in stream:
                 if not isinstance(piece, str):
@@ -135,15 +141,16 @@ class Grounding:
                     instead = self._check(phrase, guard, caller_words)
                     if instead is not None:
                         report("fallback")
-                        yield instead  # after a phrase, which ended with a space
+                        yield _after(said, instead)
                         return
+                    said = phrase
                     yield phrase + " "
             rest = splitter.flush()
             if rest is not None:
                 instead = self._check(rest, guard, caller_words)
                 if instead is not None:
                     report("fallback")
-                    rest = instead
+                    rest = _after(said, instead)
                 yield rest
         finally:
             aclose = getattr(stream, "aclose", None)
@@ -163,3 +170,11 @@ class Grounding:
         if self.index is not None:
             known.append(self.index.knowledge.text)
         return SpecificsGuard(known)
+
+
+def _after(said: str, instead: str) -> str:
+    """`instead` following the phrase `said` (which was passed on with a trailing space):
+    lower-cased after a comma ("Yes, how can I help you?")."""
+    if said.endswith(",") and instead[:1].isupper() and not instead.startswith("I "):
+        return instead[0].lower() + instead[1:]
+    return instead

@@ -63,7 +63,7 @@ class MatchThresholds:
     the retriever is BM25."""
 
     answer_score: float = 0.6
-    margin: float = 0.05
+    margin: float = 0.03
     hedge_score: float | None = 0.45
     hint_score: float = 0.4
     hint_entries: int = 2

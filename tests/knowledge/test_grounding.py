@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 
-from server.knowledge.grounding import FALLBACK_REPLY, ROLE_FALLBACK_REPLY, Grounding
+from server.knowledge.grounding import FALLBACK_REPLY, ROLE_FALLBACK_REPLY, Grounding, hedged_answer
 from server.knowledge.knowledge import parse_knowledge
 from server.knowledge.retrieval import KnowledgeIndex, MatchThresholds
 from server.model.base import Message, ResponseOptions, SessionOptions, TextDelta
@@ -51,6 +51,11 @@ async def test_a_confident_match_speaks_the_answer_without_the_model() -> None:
     assert llm.calls == []
 
 
+def test_a_hedge_says_the_question_back_to_the_caller() -> None:
+    entry = parse_knowledge("- q: can i change my address\n  a: Yes, in your account.\n").entries[0]
+    assert hedged_answer(entry) == "If you mean can you change your address: Yes, in your account."
+
+
 async def test_a_weaker_match_is_hedged_or_grounds_the_model() -> None:
     words = "shipping canada price please now"
     pieces, paths = await reply(
@@ -85,7 +90,9 @@ async def test_a_phrase_in_the_callers_voice_is_replaced() -> None:
     llm = FakeLlm(["Hi, I just ordered a pair of shoes."])
     pieces, paths = await reply(grounding(), llm, "hello")
     text = "".join(pieces)  # the first phrase, "Hi,", was fine on its own
-    assert text == f"Hi, {ROLE_FALLBACK_REPLY}" and "shoes" not in text and paths == ["model", "fallback"]
+    assert text == "Hi, how can I help you?" and "shoes" not in text and paths == ["model", "fallback"]
+    pieces, _ = await reply(grounding(), FakeLlm(["I ordered a jacket."]), "hello")
+    assert "".join(pieces) == ROLE_FALLBACK_REPLY
 
 
 async def test_unchecked_replies_pass_through() -> None:
