@@ -5,6 +5,7 @@
     python -m loadtests.knowledge_eval answers [--json out.json]   # Gemma 3 270M end to end
     python -m loadtests.knowledge_eval latency [--rounds 3]        # knowledge vs model answers
     python -m loadtests.knowledge_eval human                       # recorded human speech
+    python -m loadtests.knowledge_eval roles                       # role confusion only
 
 `transcribe`: every question of `loadtests.knowledge_set` (in and out of the knowledge) is
 spoken by six voices (espeak-ng en-us, en-gb-x-rp and en-us+f3; flite slt, kal16 and awb),
@@ -319,8 +320,8 @@ async def ask(grounding: Grounding | None, llm: Any, words: str) -> tuple[str, s
     return " ".join("".join(pieces).split()), paths[-1] if paths else None
 
 
-async def run_answers(json_out: Path | None, recognisers: Sequence[str]) -> None:
-    rows = [r for r in load_transcripts() if r["recogniser"] in recognisers]
+async def run_answers(json_out: Path | None, recognisers: Sequence[str], *, roles_only: bool = False) -> None:
+    rows = [] if roles_only else [r for r in load_transcripts() if r["recogniser"] in recognisers]
     llm = resolve(LLM_BACKENDS, "gemma", "language model")(None)
     index = build_index("hybrid")
     knowledge_text = index.knowledge.text
@@ -513,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m loadtests.knowledge_eval", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("stage", choices=("transcribe", "retrieval", "answers", "latency", "human"))
+    parser.add_argument("stage", choices=("transcribe", "retrieval", "answers", "roles", "latency", "human"))
     parser.add_argument("--recognisers", default="pocketsphinx,whisper")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--rounds", type=int, default=3)
@@ -523,8 +524,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(run_transcribe(recognisers))
     elif args.stage == "retrieval":
         run_retrieval()
-    elif args.stage == "answers":
-        asyncio.run(run_answers(args.json, recognisers))
+    elif args.stage in ("answers", "roles"):
+        asyncio.run(run_answers(args.json, recognisers, roles_only=args.stage == "roles"))
     elif args.stage == "human":
         asyncio.run(run_human(recognisers))
     else:

@@ -48,8 +48,9 @@ ANSWER_PATHS: tuple[AnswerPath, ...] = (
 )
 FALLBACK_REPLY = "I don't have that information; I can connect you to a colleague."
 ROLE_FALLBACK_REPLY = "How can I help you?"
-# checked replies are sampled at most this hot: at 0.8 the shipped Gemma 3 270M spoke as the
-# customer 9-15 times in 50 lines, at 0.2 1-3 (BENCHMARKS.md)
+# checked replies are sampled at most this hot: with its examples, the shipped Gemma 3 270M
+# spoke as the customer 6 times in 50 lines at 0.8, 1-3 at 0.2 before the role check
+# (BENCHMARKS.md, "Operator knowledge")
 CHECKED_MAX_TEMPERATURE = 0.2
 NOTE_PREFIX = "Notes:"
 

@@ -18,10 +18,10 @@ FALLBACK_REPLY = "Sorry, could you say that again?"
 # The agent's role and its honesty are taught by the examples more than by the system text:
 # a base model continues the transcript. Measured on 50 caller lines (BENCHMARKS.md,
 # "Operator knowledge"): the earlier prompt (four calls, no notes, no short caller lines)
-# answered as the customer 9-15 times in 50 at temperature 0.8 ("Hi, I just bought a new
+# answered as the customer 16 times in 50 at temperature 0.8 ("Hi, I just bought a new
 # phone."); these examples, where the agent answers "Hello?", "Yes.", "Hold on a second." as
-# the agent and says it does not know what no note gives, brought it to 1-3 at temperature
-# 0.2 (server/knowledge/grounding.py lowers it for checked replies). A note line
+# the agent and says it does not know what no note gives, 6 in 50; 0 at temperature 0.2 with
+# the role check (server/knowledge/grounding.py lowers it for checked replies). A note line
 # "(Notes: ...)" after the customer's line is how grounding passes the operator's entries.
 DEFAULT_SYSTEM_TEXT = (
     "Transcripts of phone calls to the customer service line of an online shop. The agent works"
