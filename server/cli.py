@@ -18,9 +18,11 @@ from pydantic_settings import SettingsError
 from server.errors import BackendUnavailable
 from server.http.access import AccessConfigError, bind_refusal
 from server.http.app import build_access, build_catalog, create_app, load_vad, preload
+from server.http.knowledge_service import KnowledgeService
 from server.http.listener import bound_listening_socket, listening_socket
 from server.http.shutdown import SHUTDOWN_LEFTOVER_S, GracefulServer, app_sessions, shutdown_bound_s
 from server.http.workers import WorkerPlan, check_in_fresh_process, serve_with_workers
+from server.knowledge.knowledge import KnowledgeFileError
 from server.logs import configure_logging, resolve_log_format
 from server.settings import Settings
 
@@ -74,13 +76,15 @@ def main(argv: list[str] | None = None) -> int:
         plan = WorkerPlan(serve_worker, (overrides,))
         return serve_with_workers(plan, sock, settings.workers, shutdown_bound_s(settings.shutdown_grace_s))
     try:
+        knowledge = KnowledgeService.from_settings(settings, checks_replies=True)  # a bad file: its line
         catalog = build_catalog(settings)
         preload(settings, catalog)
         load_vad(settings)  # a missing VAD fails here; the app loads it again (in a worker process)
-    except BackendUnavailable as exc:
+    except (BackendUnavailable, KnowledgeFileError) as exc:
         print(f"voxgate: cannot start: {exc}", file=sys.stderr)
         return 2
-    app = create_app(settings, catalog=catalog)  # its own access control: with Redis, secrets are shared
+    # its own access control: with Redis, secrets are shared
+    app = create_app(settings, catalog=catalog, knowledge=knowledge)
     print(
         f"Voxgate listening on http://{settings.host}:{settings.port}/  "
         f"(websocket ws://{settings.host}:{settings.port}/v1/realtime)",
@@ -122,9 +126,10 @@ def check_models(overrides: dict[str, Any]) -> str | None:
     settings = Settings(**overrides)
     catalog = build_catalog(settings)
     try:
+        KnowledgeService.from_settings(settings, checks_replies=True)  # a bad file: its line
         preload(settings, catalog)
         load_vad(settings)
-    except BackendUnavailable as exc:
+    except (BackendUnavailable, KnowledgeFileError) as exc:
         return str(exc)
     finally:
         catalog.close()

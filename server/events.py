@@ -38,6 +38,11 @@ class AssistantTurn:
     text: str
     status: str
     interrupted: bool
+    # how a completed reply was answered under grounding: "knowledge" (the operator's answer as
+    # written), "knowledge_hedged" (the same after "If you mean ..."), "grounded_model" (the
+    # language model given the operator's entries), "model" (the model alone, checked) or
+    # "fallback" (the checks replaced what the model said); None without grounding
+    answer_path: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

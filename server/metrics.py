@@ -208,6 +208,13 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.answers = Counter(
+            "voxgate_answers",
+            "Completed replies under grounding, by path (knowledge, knowledge_hedged, grounded_model,"
+            " model, fallback; server/knowledge/grounding.py)",
+            ["path"],
+            registry=self.registry,
+        )
         self.errors = Counter(
             "voxgate_errors", "Error events sent, by code", ["code"], registry=self.registry
         )

@@ -67,6 +67,22 @@ class Settings(BaseSettings):
     turn_detection: Literal["server_vad", "semantic_vad"] = "server_vad"
     eagerness: Literal["low", "medium", "high", "auto"] = "auto"
 
+    # operator knowledge (README "Knowledge"; server/knowledge/): a YAML file of example
+    # questions with answers, and facts. Loaded and indexed at start: a malformed file stops
+    # `voxgate serve` with its line. A caller's line that matches a question with a score of
+    # knowledge_answer_score or more gets the answer as written; from knowledge_hedge_score
+    # (none: never) the answer after "If you mean <question>:"; from knowledge_hint_score the
+    # model gets the entries. Measured on recognised speech: BENCHMARKS.md
+    knowledge: Path | None = None
+    knowledge_answer_score: float = Field(default=0.6, ge=-1.0, le=10.0)
+    knowledge_hedge_score: float | None = Field(default=0.45, ge=-1.0, le=10.0)
+    knowledge_hint_score: float = Field(default=0.4, ge=-1.0, le=10.0)
+    # the checks on the replies of the server's own language models (never on an embedding
+    # code's brain or a model object it gives): a phrase with a number, price, date, time, phone
+    # number, email or URL that neither the knowledge, the instructions nor the conversation
+    # holds, or one in the caller's voice, is replaced by an honest fallback before it is spoken
+    check_replies: bool = True
+
     # turn-taking details that the protocol does not expose
     min_speech_ms: int = Field(default=120, ge=0, le=5000)
     barge_in_min_ms: int = Field(default=250, ge=0, le=5000)

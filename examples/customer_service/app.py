@@ -9,7 +9,8 @@ What it shows of the embedding API (server/agent.py):
   (`brain=desk_brain`) or, with VOXGATE_LLM=openai, by the remote language model itself;
 - `session_setup`: the caller (`?caller=+15550100001`, or the Twilio `<Parameter
   name="caller">`) looked up in the customers table, giving the session its instructions and
-  metadata and the call's `CallContext`;
+  metadata and the call's `CallContext`, and the desk's knowledge (`knowledge.yaml`: shipping,
+  returns, opening hours...), which answers those questions before the brain is asked;
 - `on_event`: every event stored in the `call_log` table (GET /calls).
 
 The backend's own routes: GET /orders/{order_id}, /refunds, /handoffs, /calls and
@@ -40,10 +41,14 @@ from examples.customer_service.spoken_numbers import ORDER_ID_DIGITS
 from examples.customer_service.store import SupportStore
 from examples.customer_service.tools import register_tools
 from server import SessionRequest, SessionSetup, Settings, VoiceAgent
+from server.knowledge.knowledge import load_knowledge_file
 from server.model.base import OmniModel
 from server.vad.detector import ClassifierFactory
 
 TOOL_CAPABLE_LLMS = frozenset({"openai"})  # language models that are offered the tools
+
+
+KNOWLEDGE_FILE = Path(__file__).resolve().parent / "knowledge.yaml"
 
 
 def default_db_path() -> Path:
@@ -59,6 +64,7 @@ class DeskSettings(BaseSettings):
     demo_caller: who a session without a caller is taken to be (the browser page sends none);
         "" treats such callers as unknown.
     voice_path: where Voxgate is mounted.
+    knowledge: the desk's knowledge file (README "Knowledge"); None: none.
     """
 
     model_config = SettingsConfigDict(env_prefix="DESK_", extra="ignore")
@@ -66,6 +72,7 @@ class DeskSettings(BaseSettings):
     db: Path = Field(default_factory=default_db_path)
     demo_caller: str = "+15550100001"
     voice_path: str = Field(default="/voice", pattern=r"^/[A-Za-z0-9_/-]*[A-Za-z0-9_-]$")
+    knowledge: Path | None = KNOWLEDGE_FILE
 
 
 def create_desk_app(
@@ -77,11 +84,18 @@ def create_desk_app(
     clock: Callable[[], datetime] = utc_now,
 ) -> FastAPI:
     """The backend with Voxgate mounted. `voice_settings` default to VOXGATE_* variables;
-    `model`/`vad` replace Voxgate's (tests); `clock` gives the time (tests fix it)."""
+    `model`/`vad` replace Voxgate's (tests); `clock` gives the time (tests fix it). Raises
+    KnowledgeFileError naming the line of a malformed knowledge file."""
     voice = voice_settings if voice_settings is not None else Settings()
+    # the sessions' knowledge, given per session by session_setup (the embedding API's way)
+    knowledge = load_knowledge_file(settings.knowledge) if settings.knowledge is not None else None
     store = SupportStore(settings.db)
     desk = SupportDesk(store, clock)
     llm_drives = voice.llm in TOOL_CAPABLE_LLMS
+    if not llm_drives and "knowledge_hedge_score" not in voice.model_fields_set:
+        # the dialogue manager asks for order numbers and runs refunds: only a sure match may
+        # answer before it, not a hedged guess ("could you check my refund" is not the return policy)
+        voice = voice.model_copy(update={"knowledge_hedge_score": None})
 
     async def session_setup(request: SessionRequest) -> SessionSetup:
         # ?caller= on the websocket, or <Parameter name="caller" value="{{From}}"/> on a Twilio call
@@ -94,7 +108,9 @@ def create_desk_app(
         if customer is not None:
             metadata |= {"customer_id": str(customer.id), "customer_name": customer.name}
         return SessionSetup(
-            instructions=llm_instructions(customer) if llm_drives else None, metadata=metadata
+            instructions=llm_instructions(customer) if llm_drives else None,
+            metadata=metadata,
+            knowledge=knowledge,
         )
 
     agent = VoiceAgent(

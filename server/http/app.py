@@ -22,6 +22,7 @@ from server.http.admission import Admission, AdmissionOptions, RateLimit
 from server.http.calls import router as calls_router
 from server.http.client_secrets import router as client_secrets_router
 from server.http.cluster_admission import ClusterAdmission, ClusterOptions
+from server.http.knowledge_service import KnowledgeService
 from server.http.routes import router
 from server.http.runtime import Runtime
 from server.http.session_setup import SessionSetupHook
@@ -209,13 +210,16 @@ def create_app(
     session_setup: SessionSetupHook | None = None,
     access: AccessControl | None = None,
     tools: ToolBox | None = None,
+    knowledge: KnowledgeService | None = None,
 ) -> FastAPI:
     """The Voxgate app.
 
     `model` serves every session with one given model (tests, embedding); otherwise `catalog`
     (or one built from settings) serves the profiles, loading the default one at startup.
     `access` (default: built from settings now, so a bad key file fails here) decides who
-    may connect; it is `app.state.access`.
+    may connect; it is `app.state.access`. `knowledge` (default: built from settings at
+    startup, which raises KnowledgeFileError for a malformed VOXGATE_KNOWLEDGE) grounds the
+    replies; its checks apply to the server's own language models, not to a brain or `model`.
     """
     shared = open_shared_state(settings)
     access = access if access is not None else build_access(settings, shared)
@@ -226,6 +230,9 @@ def create_app(
         if models is not None:
             await asyncio.to_thread(preload, settings, models)
         await asyncio.to_thread(check_input_processing, settings)
+        grounding = knowledge or await asyncio.to_thread(
+            KnowledgeService.from_settings, settings, checks_replies=brain is None and model is None
+        )
         metrics = Metrics(replica_id=settings.replica_id)
         served_vad = await serve_vad(settings, vad, metrics)
         cluster = None if shared is None else build_cluster(settings, shared, metrics)
@@ -239,6 +246,7 @@ def create_app(
             session_setup=session_setup,
             tools=tools,
             cluster=cluster,
+            knowledge=grounding,
         )
         heartbeat = (
             None if cluster is None else asyncio.create_task(cluster.run_heartbeat(), name="slot-heartbeat")

@@ -31,6 +31,7 @@ from server.http.process_stats import process_stats
 from server.http.runtime import Runtime, guard_options
 from server.http.session_setup import SessionRequest, SessionSetup
 from server.http.shutdown import SHUTDOWN_REASON
+from server.knowledge.knowledge import KnowledgeFileError
 from server.realtime.port import RealtimePort
 from server.realtime.wire import Dialect, new_id
 from server.streaming.conversation import Conversation
@@ -250,29 +251,33 @@ async def realtime(websocket: WebSocket) -> None:
     requested = bound_model or setup.profile or websocket.query_params.get("model")
     try:
         model = await runtime.model_for(requested)
-    except BackendUnavailable as exc:
-        log.error("model unavailable", extra={"model": requested, "reason": str(exc)})
+        grounding = await runtime.grounding_for(setup.knowledge)
+    except (BackendUnavailable, KnowledgeFileError) as exc:
+        what = "knowledge" if isinstance(exc, KnowledgeFileError) else "model"
+        log.error(f"{what} unavailable", extra={"model": requested, "reason": str(exc)})
         await websocket.send_json(
             {
                 "type": "error",
                 "event_id": new_id("event"),
                 "error": {
                     "type": "server_error",
-                    "code": "model_unavailable",
+                    "code": f"{what}_unavailable",
                     "message": str(exc),
-                    "param": "model",
+                    "param": what,
                     "event_id": None,
                 },
             }
         )
-        await websocket.close(CLOSE_TRY_AGAIN_LATER, "model unavailable")
+        await websocket.close(CLOSE_TRY_AGAIN_LATER, f"{what} unavailable")
         return
     guard = TransportGuard(StarletteTransport(websocket), guard_options(runtime.settings))
     conversation = Conversation(
         RealtimePort(guard, _dialect(websocket), initial_session=_initial_session(websocket, grant.session)),
         model,
         runtime.vad,
-        runtime.conversation_options(model=requested, instructions=setup.instructions, voice=setup.voice),
+        runtime.conversation_options(
+            model=requested, instructions=setup.instructions, voice=setup.voice, grounding=grounding
+        ),
         runtime.metrics,
         on_event=runtime.on_event,
         tools=runtime.tools,
@@ -385,12 +390,15 @@ async def twilio(websocket: WebSocket) -> None:
         setup = await _session_setup(runtime, websocket, parameters)
         requested = setup.profile or start.custom_parameters.get("model")
         model = await runtime.model_for(requested)
+        grounding = await runtime.grounding_for(setup.knowledge)
         ids = {"call_sid": start.call_sid or "", "stream_sid": start.stream_sid}
         conversation = Conversation(
             stream,  # the call's settings (customParameters instructions/voice too) apply at its start
             model,
             runtime.vad,
-            runtime.conversation_options(model=requested, instructions=setup.instructions, voice=setup.voice),
+            runtime.conversation_options(
+                model=requested, instructions=setup.instructions, voice=setup.voice, grounding=grounding
+            ),
             runtime.metrics,
             on_event=runtime.on_event,
             tools=runtime.tools,
@@ -403,6 +411,9 @@ async def twilio(websocket: WebSocket) -> None:
     except BackendUnavailable as exc:
         log.error("model unavailable", extra={"model": requested, "reason": str(exc)})
         code, reason = CLOSE_TRY_AGAIN_LATER, "model unavailable"
+    except KnowledgeFileError as exc:
+        log.error("knowledge unavailable", extra={"reason": str(exc)})
+        code, reason = CLOSE_TRY_AGAIN_LATER, "knowledge unavailable"
     except Exception:
         log.exception("twilio session failed", extra={"call_sid": getattr(stream.started, "call_sid", None)})
         code, reason = CLOSE_INTERNAL_ERROR, "internal error; see server logs"

@@ -4,11 +4,15 @@ lifespan (server/http/app.py) and read by the routes for each session."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from server.events import EventHandler
 from server.http.cluster_admission import ClusterAdmission
+from server.http.knowledge_service import KnowledgeService
 from server.http.session_setup import SessionSetupHook
 from server.http.shutdown import LiveSessions
+from server.knowledge.grounding import Grounding
+from server.knowledge.knowledge import Knowledge
 from server.metrics import Metrics
 from server.model.base import OmniModel
 from server.model.profiles import ModelCatalog, profile_for_model
@@ -39,6 +43,7 @@ class Runtime:
     tools: ToolBox | None = None  # the embedding code's server-side tools
     sessions: LiveSessions = field(default_factory=LiveSessions)  # drained at shutdown
     cluster: ClusterAdmission | None = None  # with Redis: limits shared across replicas
+    knowledge: KnowledgeService | None = None  # grounding: operator knowledge, reply checks
 
     async def model_for(self, requested: str | None) -> OmniModel:
         """The model a session asked for by name (a profile), loaded on first use."""
@@ -60,8 +65,19 @@ class Runtime:
     def active_sessions(self) -> int:
         return int(self.metrics.sessions_active._value.get())
 
+    async def grounding_for(self, knowledge: Knowledge | Path | None) -> Grounding | None:
+        """The grounding of a session whose setup gave `knowledge` (None: the server's).
+        Raises KnowledgeFileError for a bad knowledge file."""
+        if self.knowledge is None:
+            return None
+        return await self.knowledge.for_session(knowledge)
+
     def conversation_options(
-        self, model: str | None = None, instructions: str | None = None, voice: str | None = None
+        self,
+        model: str | None = None,
+        instructions: str | None = None,
+        voice: str | None = None,
+        grounding: Grounding | None = None,
     ) -> ConversationOptions:
         s = self.settings
         return ConversationOptions(
@@ -91,6 +107,7 @@ class Runtime:
             echo_gate=s.echo_gate,
             echo_cancellation=s.echo_cancellation,
             noise_reduction=None if s.noise_reduction == "none" else s.noise_reduction,
+            grounding=grounding,
         )
 
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from server.knowledge.knowledge import Knowledge
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,12 +29,18 @@ class SessionRequest:
 @dataclass(frozen=True, slots=True)
 class SessionSetup:
     """Per-session settings from the embedding backend; None leaves the server default.
-    A client's own session.update can still change instructions and voice later."""
+    A client's own session.update can still change instructions and voice later.
+
+    knowledge: this session's operator knowledge instead of the server's (VOXGATE_KNOWLEDGE):
+    a `Knowledge` (`server.knowledge.knowledge.parse_knowledge`, `load_knowledge_file` or
+    `knowledge_from_items`, which raise KnowledgeFileError naming the line) or the path of a
+    knowledge file. Indexed on first use and kept for later sessions that give the same one."""
 
     instructions: str | None = None
     voice: str | None = None
     profile: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    knowledge: Knowledge | Path | None = None
 
 
 SessionSetupHook = Callable[[SessionRequest], Awaitable[SessionSetup]]

@@ -23,7 +23,7 @@ event loop. A backend failure raises `BackendError`.
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -124,6 +124,29 @@ class SessionOptions:
     # evaluate the words as they are recognised, so that the score and the reply start sooner
     score_turn_end: bool = False
     transcription: TranscriptionOptions = field(default_factory=TranscriptionOptions)
+    # the operator's knowledge and the specifics guard on the language model's replies
+    # (server/knowledge/grounding.py); None: the model answers alone, unchecked
+    grounding: ReplyGrounding | None = None
+
+
+class ReplyGrounding(Protocol):
+    """Operator knowledge between the caller and the language model (server/knowledge)."""
+
+    async def look_ahead(self, words: str) -> None:
+        """Prepare for a reply to `words` (the caller's words so far); may be cancelled."""
+        ...
+
+    def reply(
+        self,
+        complete: Callable[[Sequence[Message], SessionOptions], AsyncIterator[str | ToolCallRequest]],
+        history: Sequence[Message],
+        options: SessionOptions,
+        report: Callable[[str], None],
+    ) -> AsyncIterator[str | ToolCallRequest]:
+        """The reply to `history`: the operator's answer, or `complete`'s text checked phrase
+        by phrase; `report(path)` says which ("knowledge", "grounded_model", "model",
+        "fallback")."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,12 +197,15 @@ class StageTimings:
     anticipated: whether the reply was started from the recogniser's last hypothesis before
     the final transcript (True: the guess was right and the reply kept; False: started but
     thrown away; None: not tried).
+    answer_path: how the reply was answered under grounding (server/knowledge/grounding.py):
+    "knowledge", "grounded_model", "model" or "fallback"; None without grounding.
     """
 
     asr_final_ms: float | None = None
     llm_first_token_ms: float | None = None
     tts_first_audio_ms: float | None = None
     anticipated: bool | None = None
+    answer_path: str | None = None
 
 
 class OmniSession(Protocol):

@@ -21,6 +21,12 @@ speaks (prefill: one request at a time, never more), so the model has evaluated 
 line by the time they pause: the pause's score is usually ready at once, and the reply's
 prompt shares all but its last tokens with what the model holds. A score that fails or runs
 out of time is None: the turn then ends on the policy's plain silence.
+
+Grounding (`SessionOptions.grounding`, server/knowledge/grounding.py): the language model's
+stream goes through it, so a reply may be the operator's answer, a model reply grounded in
+the operator's entries, or a fallback when the model states a specific nobody gave it. While
+the caller speaks, each new hypothesis is looked up ahead (one lookup at a time), so the
+reply's lookup is usually cached; anticipation runs the lookup on the hypothesis too.
 """
 
 from __future__ import annotations
@@ -80,6 +86,7 @@ class _LlmRun:
     phrases: asyncio.Queue[str | object]
     task: asyncio.Task[None] | None = None
     first_token_ms: float | None = None
+    answer_path: str | None = None  # set by grounding
 
 
 def _history_key(history: Sequence[Message]) -> tuple[tuple[str, str, bool], ...]:
@@ -141,6 +148,8 @@ class CascadeSession:
         self._anticipated_text = ""
         self._scores: dict[str, asyncio.Task[float | None]] = {}  # this turn's, by words
         self._prefill: asyncio.Task[float | None] | None = None  # the one prefill in flight
+        self._look_ahead: asyncio.Task[None] | None = None  # the one knowledge lookup in flight
+        self._looked_up = ""
 
     def update(self, options: SessionOptions) -> None:
         self.options = options
@@ -155,6 +164,14 @@ class CascadeSession:
             words = self._asr.hypothesis
             if words and words not in self._scores:
                 self._prefill = self._score_task(words)
+        grounding = self.options.grounding
+        if grounding is not None and (self._look_ahead is None or self._look_ahead.done()):
+            words = self._asr.hypothesis
+            if words and words != self._looked_up:
+                self._looked_up = words
+                self._look_ahead = asyncio.create_task(
+                    grounding.look_ahead(words), name="cascade-knowledge-look-ahead"
+                )
 
     async def clear_audio(self) -> None:
         stream, self._asr = self._asr, None
@@ -162,6 +179,12 @@ class CascadeSession:
             await stream.aclose()
         await self._drop_anticipation()
         await self._drop_scores()
+        await self._drop_look_ahead()
+
+    async def _drop_look_ahead(self) -> None:
+        task, self._look_ahead, self._looked_up = self._look_ahead, None, ""
+        if task is not None:
+            await cancel_and_wait(task, timeout_s=2.0)
 
     async def commit_audio(self) -> AsyncIterator[TranscriptDelta]:
         stream, self._asr = self._asr, None
@@ -366,6 +389,7 @@ class CascadeSession:
                         yield AudioChunk(frame)
             await writer  # re-raises a language model failure
             self.timings.llm_first_token_ms = run.first_token_ms
+            self.timings.answer_path = run.answer_path
         finally:
             await cancel_and_wait(writer, timeout_s=2.0)
             if not record.message.text:
@@ -400,11 +424,20 @@ class CascadeSession:
         try:
             deadlines = self._model.deadlines
 
+            def report(path: str) -> None:
+                run.answer_path = path
+
             def stream(
                 history: Sequence[Message], options: SessionOptions
             ) -> AsyncIterator[str | ToolCallRequest]:
+                grounding = options.grounding
+                source = (
+                    self._model.llm.complete(history, options)
+                    if grounding is None
+                    else grounding.reply(self._model.llm.complete, history, options, report)
+                )
                 return DeadlineIterator(
-                    self._model.llm.complete(history, options),
+                    source,
                     stage="language model",
                     first_item_s=deadlines.llm_first_token_timeout_s,
                     gap_s=deadlines.llm_token_gap_timeout_s,
@@ -483,3 +516,4 @@ class CascadeSession:
         await self.clear_audio()
         await self._drop_anticipation()
         await self._drop_scores()
+        await self._drop_look_ahead()

@@ -8,8 +8,10 @@ transcripts, `FakeLlm` scripted replies, `FakeTts` a tone whose length follows t
 from __future__ import annotations
 
 import asyncio
+import zlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -204,3 +206,25 @@ class FakeToolCallingLlm:
                 continue
             for word in step.split():
                 yield word + " "
+
+
+class FakeSentenceEncoder:
+    """A fake of the sentence encoder (server/knowledge/embedding.py): it understands nothing;
+    a text's vector is its bag of lowercased words hashed into `dimension` slots, normalised,
+    so texts that share words score high and others near zero."""
+
+    def __init__(self, dimension: int = 256) -> None:
+        self.dimension = dimension
+        self.calls = 0
+
+    def encode(self, texts: list[str]) -> np.ndarray[Any, np.dtype[np.float32]]:
+        self.calls += 1
+        vectors = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in text.lower().replace("?", " ").split():
+                vectors[row, zlib.crc32(word.encode()) % self.dimension] += 1.0
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        unit: np.ndarray[Any, np.dtype[np.float32]] = (vectors / np.clip(norms, 1e-9, None)).astype(
+            np.float32
+        )
+        return unit

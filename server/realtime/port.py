@@ -104,6 +104,14 @@ from server.streaming.session_config import SessionConfig
 _ASSISTANT_PARTS = frozenset({"output_text", "text", "output_audio", "audio"})
 
 
+def response_metadata(metadata: Mapping[str, str] | None, answer_path: str | None) -> dict[str, str] | None:
+    """A response's metadata: the client's, and how Voxgate answered (`voxgate_answer_path`,
+    under operator knowledge: server/knowledge)."""
+    if answer_path is None:
+        return None if metadata is None else dict(metadata)
+    return {**(metadata or {}), "voxgate_answer_path": answer_path}
+
+
 class RealtimePort:
     """A conversation's ClientPort for an OpenAI Realtime client."""
 
@@ -459,7 +467,7 @@ class RealtimePort:
                     reason=output.reason,
                     error=output.error,
                     extra_output=calls,
-                    metadata=output.metadata,
+                    metadata=response_metadata(output.metadata, output.answer_path),
                     out_of_band=output.out_of_band,
                 )
             case ItemDeleted():

@@ -534,7 +534,9 @@ class EventWriter:
         metadata: Mapping[str, str] | None = None,
         out_of_band: bool = False,
     ) -> list[dict[str, Any]]:
-        """`extra_output`: the response's function_call items, listed after its message."""
+        """`extra_output`: the response's function_call items, listed after its message.
+        `metadata`: the response object's metadata in response.done (the protocol's string
+        map; Voxgate puts `voxgate_answer_path` there under grounding)."""
         part = self.assistant_part(transcript, with_audio)
         common: dict[str, Any] = {"response_id": response_id, "item_id": item_id, "output_index": 0}
         if with_audio:

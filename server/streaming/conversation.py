@@ -324,6 +324,7 @@ class Conversation:
             transcription=TranscriptionOptions(
                 self.config.transcription_language, self.config.transcription_prompt
             ),
+            grounding=self._options.grounding,
         )
 
     def _tool_choice(self) -> ToolChoice:

@@ -204,6 +204,9 @@ class ResponseEnded:
     function_calls: tuple[FunctionCall, ...] = field(default_factory=tuple)
     metadata: Mapping[str, str] | None = None
     out_of_band: bool = False
+    # how the reply was answered under grounding (StageTimings.answer_path), for
+    # response.metadata; None without grounding
+    answer_path: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -381,8 +381,11 @@ class Replies:
         except Exception as exc:  # a backend failed mid-reply: this response fails, the session lives
             await self._fail(reply, exc)
             return
-        await self._close(reply, "completed")
-        host.publish(AssistantTurn(host.config.id, reply.item_id, reply.transcript, "completed", False))
+        answer_path = session.timings.answer_path
+        await self._close(reply, "completed", answer_path=answer_path)
+        host.publish(
+            AssistantTurn(host.config.id, reply.item_id, reply.transcript, "completed", False, answer_path)
+        )
         played_out = self._playout.played_out_at_ms()
         if played_out is not None:
             await asyncio.sleep(max(0.0, played_out / 1000 - self._clock()))
@@ -425,6 +428,8 @@ class Replies:
             self._metrics.tts_first_audio.observe(t.tts_first_audio_ms / 1000)
         if t.anticipated is not None:
             self._metrics.anticipations.labels(outcome="kept" if t.anticipated else "discarded").inc()
+        if t.answer_path is not None:
+            self._metrics.answers.labels(path=t.answer_path).inc()
 
     def _finish(self, reply: ActiveReply) -> None:
         if reply.finish():
@@ -436,6 +441,7 @@ class Replies:
         status: str,
         reason: str | None = None,
         error: dict[str, Any] | None = None,
+        answer_path: str | None = None,
     ) -> None:
         """The closing events of a response, in protocol order; once per reply."""
         if not reply.close():
@@ -458,6 +464,7 @@ class Replies:
                 error=error,
                 function_calls=tuple(self.io(reply).function_calls),
                 metadata=self.io(reply).metadata,
+                answer_path=answer_path,
             ),
         )
         self._metrics.responses.labels(status=status).inc()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from server.audio import AudioFormat, Encoding
+from server.model.base import ReplyGrounding
 from server.privacy import PrivacyOptions
 from server.streaming.end_of_turn import semantic_policy
 from server.streaming.lifetime import LifetimeOptions
@@ -96,6 +97,8 @@ class ConversationOptions:
     echo_gate: bool = False
     echo_cancellation: bool = False
     noise_reduction: str | None = None
+    # the operator's knowledge and the checks on the model's replies (server/knowledge)
+    grounding: ReplyGrounding | None = None
 
     def session_config(self, session_id: str) -> SessionConfig:
         """The session settings a session with these options starts from."""

@@ -542,6 +542,20 @@ async def test_typed_conversation_refunds_an_order_and_logs_the_call(fake_desk: 
     assert [r["text"] for r in rows if r["kind"] == "assistant_turn"][2].startswith("Done.")
 
 
+@pytest.mark.slow  # the shipped sentence encoder indexes the desk's knowledge
+async def test_the_desks_knowledge_answers_before_the_dialogue_manager(fake_desk: str) -> None:
+    async with realtime_client(fake_desk, path=f"/voice/v1/realtime?caller=%2B{ADA[1:]}") as client:
+        await client.wait_for("session.created")
+        shipping = await say(client, "how much does it cost to ship to canada")
+        assert shipping.startswith("Yes, we ship to Canada. Shipping there costs twelve dollars")
+        done = client.of_type("response.done")[-1]
+        assert done["response"]["metadata"] == {"voxgate_answer_path": "knowledge"}
+        # the desk's own business stays with its dialogue manager
+        assert "order number" in (await say(client, "where is my order")).lower()
+        path = client.of_type("response.done")[-1]["response"]["metadata"]["voxgate_answer_path"]
+        assert path in ("model", "grounded_model")  # the brain was asked (maybe with notes)
+
+
 async def test_an_unknown_caller_is_served_without_a_customer(fake_desk: str) -> None:
     async with realtime_client(fake_desk, path="/voice/v1/realtime?caller=%2B19999999999") as client:
         created = await client.wait_for("session.created")

@@ -73,7 +73,7 @@ def test_prefix_text_puts_instructions_first_or_the_default() -> None:
     assert prefix_text("").startswith(DEFAULT_SYSTEM_TEXT + "\n\nCall 1\nCustomer: ")
     custom = prefix_text("You work for a\n pizza place.")
     assert custom.startswith("You work for a pizza place.\n\nCall 1\n")
-    assert custom.endswith("\nCall 5\n")
+    assert custom.endswith("\nCall 6\n")
 
 
 # --- cutting the reply ---------------------------------------------------------------------

@@ -15,34 +15,54 @@ from server.model.base import Message
 INTERRUPTED_MARK = "—"
 SPEAKER_TAGS = ("Customer:", "Agent:")
 FALLBACK_REPLY = "Sorry, could you say that again?"
+# The agent's role and its honesty are taught by the examples more than by the system text:
+# a base model continues the transcript. Measured on 50 caller lines (BENCHMARKS.md,
+# "Operator knowledge"): the earlier prompt (four calls, no notes, no short caller lines)
+# answered as the customer 16 times in 50 at temperature 0.8 ("Hi, I just bought a new
+# phone."); these examples, where the agent answers "Hello?", "Yes.", "Hold on a second." as
+# the agent and says it does not know what no note gives, 6 in 50; 0 at temperature 0.2 with
+# the role check (server/knowledge/grounding.py lowers it for checked replies). A note line
+# "(Notes: ...)" after the customer's line is how grounding passes the operator's entries.
 DEFAULT_SYSTEM_TEXT = (
-    "Transcripts of phone calls to the customer service line of an online shop. The agent is"
-    " friendly and helpful, and answers in one or two short sentences."
+    "Transcripts of phone calls to the customer service line of an online shop. The agent works"
+    " for the shop and answers the customer in one or two short sentences. The agent states prices,"
+    " times and numbers only when the notes give them; otherwise the agent says so and offers to"
+    " connect the customer to a colleague."
 )
 EXAMPLE_CALLS = """\
 Call 1
-Customer: Hi, I ordered a jacket last week and it still hasn't arrived.
+Customer: Hello?
+Agent: Hello, thanks for calling. How can I help you today?
+Customer: I ordered a jacket last week and it still hasn't arrived.
 Agent: I'm sorry about that. Could you tell me your order number, please?
 Customer: It's 4 8 2 1 3.
-Agent: Thanks. It shipped on Monday and should arrive by Thursday.
+Agent: Thank you. I'll connect you to a colleague who can check order 4 8 2 1 3.
 
 Call 2
 Customer: Do you ship to Canada?
-Agent: Yes, we ship to Canada, and delivery usually takes —
-Customer: Sorry, how much does shipping cost?
-Agent: Shipping to Canada costs twelve dollars.
+(Notes: Shipping to Canada costs twelve dollars.)
+Agent: Yes, we ship to Canada, and shipping costs twelve dollars.
+Customer: How long does it take?
+Agent: I don't have that information, but I can connect you to a colleague.
+Customer: Okay, thanks.
+Agent: You're welcome. Is there anything else I can help you with?
 
 Call 3
 Customer: I want to return a pair of shoes that don't fit.
-Agent: No problem. I'll email you a free return label right away.
-Customer: How long does the refund take?
-Agent: Refunds reach your account within five working days.
+(Notes: Returns are free within thirty days of delivery.)
+Agent: No problem. Returns are free within thirty days of delivery.
+Customer: Yes.
+Agent: Great. Is there anything else I can help you with?
 
 Call 4
-Customer: Hello?
-Agent: Hello, thanks for calling. How can I help you today?
-Customer: Can I pay by bank transfer?
-Agent: Yes, bank transfer works, but card payments are faster.
+Customer: Can I talk to a real person?
+Agent: Of course. I'll connect you to a colleague now.
+
+Call 5
+Customer: Hold on a second.
+Agent: Sure, take your time.
+Customer: That's all, thank you.
+Agent: You're welcome. Thanks for calling, and have a nice day.
 """
 _SENTENCE_END = re.compile(r"[.!?]+(?=\s)")
 
@@ -53,7 +73,7 @@ _SENTENCE_END = re.compile(r"[.!?]+(?=\s)")
 def prefix_text(instructions: str) -> str:
     """System text and the example calls: the part of the prompt no turn changes."""
     system = " ".join(instructions.split()) or DEFAULT_SYSTEM_TEXT
-    return f"{system}\n\n{EXAMPLE_CALLS}\nCall 5\n"
+    return f"{system}\n\n{EXAMPLE_CALLS}\nCall 6\n"
 
 
 def turn_lines(history: Sequence[Message]) -> list[str]:
