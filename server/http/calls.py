@@ -10,14 +10,13 @@ Bad bodies get 400 `{"error": {...}}` naming the field; Redis unreachable, 503.
 
 from __future__ import annotations
 
-import json
 import time
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from server.errors import ProtocolViolation, SharedStateUnavailable
-from server.http.client_secrets import error_response, require_api_key
+from server.http.client_secrets import error_response, json_body, require_api_key
 from server.telephony.call_parameters import CallParameters, check_call_parameters, check_call_sid
 
 router = APIRouter()
@@ -30,15 +29,9 @@ async def put_call_parameters(request: Request, call_sid: str) -> JSONResponse:
     refusal = require_api_key(request)
     if refusal is not None:
         return refusal
-    raw = await request.body()
-    if len(raw) > MAX_CALL_BODY_BYTES:
-        return error_response(
-            413, f"the request body is over {MAX_CALL_BODY_BYTES} bytes", code="request_too_large"
-        )
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return error_response(400, f"the request body is not JSON: {exc}", code="invalid_json")
+    body = await json_body(request, MAX_CALL_BODY_BYTES)
+    if isinstance(body, JSONResponse):
+        return body
     try:
         check_call_sid(call_sid)
         parameters, ttl_s = check_call_parameters(body)

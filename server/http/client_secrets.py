@@ -76,21 +76,30 @@ def _described_session(runtime: Runtime, session: dict[str, Any]) -> dict[str, A
     return described
 
 
+async def json_body(request: Request, max_bytes: int, empty: object = None) -> object | JSONResponse:
+    """The request's JSON body (`empty` for an empty one, when given), or the error response:
+    413 over `max_bytes`, 400 when it is not JSON."""
+    raw = await request.body()
+    if len(raw) > max_bytes:
+        return error_response(413, f"the request body is over {max_bytes} bytes", code="request_too_large")
+    if empty is not None and not raw.strip():
+        return empty
+    try:
+        parsed: object = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return error_response(400, f"the request body is not JSON: {exc}", code="invalid_json")
+    return parsed
+
+
 @router.post("/v1/realtime/client_secrets")
 async def mint_client_secret(request: Request) -> JSONResponse:
     access: AccessControl = request.app.state.access
     refusal = require_api_key(request)
     if refusal is not None:
         return refusal
-    raw = await request.body()
-    if len(raw) > MAX_MINT_BODY_BYTES:
-        return error_response(
-            413, f"the request body is over {MAX_MINT_BODY_BYTES} bytes", code="request_too_large"
-        )
-    try:
-        body = json.loads(raw) if raw.strip() else {}
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return error_response(400, f"the request body is not JSON: {exc}", code="invalid_json")
+    body = await json_body(request, MAX_MINT_BODY_BYTES, empty={})
+    if isinstance(body, JSONResponse):
+        return body
     try:
         ttl_s, session = parse_mint_request(body, access.default_ttl_s)
         secret = await access.secrets.mint(session, ttl_s, now_s=time.time())
