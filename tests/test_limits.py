@@ -7,6 +7,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
@@ -42,10 +43,12 @@ async def health(url: str) -> dict[str, Any]:
 
 
 async def metric(url: str, line_start: str) -> float:
+    """The sum of the samples whose line starts with `line_start` once the `replica` label
+    every sample carries is taken out."""
     async with httpx.AsyncClient() as http:
         text = (await http.get(url + "/metrics")).text
-    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start)]
-    return sum(values)
+    lines = [re.sub(r',?replica="[^"]*"', "", line).replace("{}", "") for line in text.splitlines()]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(line_start))
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 20.0) -> None:
