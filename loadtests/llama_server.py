@@ -44,7 +44,7 @@ def main() -> None:
 
     llama_cpp.Llama = FullSwaLlama  # type: ignore[misc]  # llama_cpp.server builds llama_cpp.Llama
     sys.argv[0] = "llama_cpp.server"
-    serve()
+    serve()  # type: ignore[no-untyped-call]  # llama_cpp.server is untyped
 
 
 if __name__ == "__main__":

@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out", type=Path, default=Path("results/remote_llm.json"), help="raw samples (JSON)"
     )
+    parser.add_argument("--report", type=Path, help="print the report of a saved --out file and exit")
     parser.add_argument("--data-dir", type=Path, default=HUMAN_DATA_DIR, help="pocketsphinx-testdata folder")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="synthetic corpus cache")
     return parser
@@ -271,14 +272,37 @@ def _percentiles(values: Sequence[float]) -> str:
     return f"p50 {np.median(a):7.0f}  p90 {np.percentile(a, 90):7.0f}  (n={len(a)})"
 
 
+def with_server_figures(
+    samples: dict[str, list[dict[str, Any]]], server_turns: dict[str, list[dict[str, Any]]]
+) -> dict[str, list[dict[str, Any]]]:
+    """The samples with each turn's SERVER_FIELDS from its server's log. One session per
+    utterance, one after another: the n-th logged turn is the n-th sample. A configuration
+    whose counts differ (a turn without a log line) gets none."""
+    out = {}
+    for name, rows in samples.items():
+        logged = server_turns.get(name, [])
+        if len(logged) != len(rows):
+            out[name] = rows
+            continue
+        out[name] = [
+            {**row, **{f: turn.get(f) for f in SERVER_FIELDS}} for row, turn in zip(rows, logged, strict=True)
+        ]
+    return out
+
+
+def _server_field(field: str) -> Callable[[dict[str, Any]], float | None]:
+    return lambda sample: sample.get(field)
+
+
 def report(result: dict[str, Any]) -> str:
     """Per metric: each configuration's p50/p90, then each pair's paired differences."""
-    samples = result["samples"]
+    samples = with_server_figures(result["samples"], result.get("server_turns") or {})
     keyed = {
         name: {(s["round"], s["index"]): s for s in samples[name] if not s["warm_up"]} for name in CONFIGS
     }
     lines = []
-    for label, metric in METRICS.items():
+    metrics = {**METRICS, **{f"{f} (server log)": _server_field(f) for f in SERVER_FIELDS}}
+    for label, metric in metrics.items():
         lines.append(label)
         values = {name: {k: metric(s) for k, s in keyed[name].items()} for name in CONFIGS}
         for name in CONFIGS:
@@ -295,12 +319,6 @@ def report(result: dict[str, Any]) -> str:
                     f"  {left} - {right}, paired: median {np.median(d):+.0f}  p10 {np.percentile(d, 10):+.0f}"
                     f"  p90 {np.percentile(d, 90):+.0f}  (n={len(d)})"
                 )
-    server_turns = result.get("server_turns") or {}
-    for field in SERVER_FIELDS:
-        lines.append(f"{field} (server log, not paired, first turn left out)")
-        for name in CONFIGS:
-            logged = [t.get(field) for t in server_turns.get(name, [])[1:]]
-            lines.append(f"  {name:15s} {_percentiles([v for v in logged if isinstance(v, (int, float))])}")
     replies = {name: sum(1 for s in keyed[name].values() if not s["reply"]) for name in CONFIGS}
     lines.append("empty replies: " + ", ".join(f"{name} {n}" for name, n in replies.items()))
     return "\n".join(lines)
@@ -308,6 +326,9 @@ def report(result: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.report is not None:
+        print(report(json.loads(args.report.read_text())))
+        return 0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     try:
         result = asyncio.run(run(args))

@@ -72,6 +72,6 @@ def test_report_pairs_turns_and_leaves_out_the_warm_up(tmp_path: Path) -> None:
     # one pair per comparison: (0, 1); the warm-up (0, 0) is left out, (1, 0) has no remote audio
     assert "remote - embedded, paired: median +20  p10 +20  p90 +20  (n=1)" in text
     assert "remote - embedded-noant, paired: median -30" in text
-    assert "llm_first_token_ms (server log" in text
-    assert "p50     110" in text  # the server's first turn is left out: (100 + 120) / 2
+    # the n-th logged turn is the n-th sample's: 900 is the warm-up's, left out
+    assert "llm_first_token_ms (server log)\n  embedded        p50     110" in text
     assert text.endswith("empty replies: embedded 0, embedded-noant 0, remote 1")
