@@ -15,8 +15,8 @@ threads and context, and three `python -m server serve` processes with the fast 
   anticipates (server/http/app.py ANTICIPATING_LLMS), whatever the setting.
 
 Then, round after round, speaks the same corpus utterances at real time (loadtests.session,
-one session per round and configuration) to each configuration in turn, rotating which goes
-first, and pairs each utterance's figures with the remote one: voice-to-voice (end of speech in
+one session per utterance: the base model served as a chat answers the second turn of a
+conversation with nothing) to each configuration in turn, rotating which goes first, and pairs each utterance's figures with the remote one: voice-to-voice (end of speech in
 the audio -> first reply audio), the user transcript, and transcript -> first audio (the
 language model's first phrase and the voice's first audio for it: where the hop is). Every
 session asks for `max_output_tokens` (default 48, the embedded backend's own cap) so the two
