@@ -57,10 +57,9 @@ from server.model.fakes import EnergyClassifierFactory, FakeTts, tone
 from server.model.tool_calls import ToolResult
 from server.vad.detector import ClassifierFactory
 from tests.harness import RealtimeTestClient, decode_audio_deltas, realtime_client, running_server
+from tests.model.scripted_http import Request, scripted_server
 from tests.model.test_openai_llm import (
-    Request,
     arguments_fragment,
-    chat_server,
     chunk_event,
     first_fragment,
     streaming,
@@ -609,7 +608,7 @@ async def test_with_a_tool_capable_remote_model_the_model_calls_the_tools(
             events = [chunk_event("It has shipped with UPS."), chunk_event(None, "stop")]
         await streaming([*events, "data: [DONE]\n\n"])(request, reader, writer)
 
-    async with chat_server(respond) as server:
+    async with scripted_server(respond) as server:
         voice: dict[str, Any] = {
             "asr": "fake-asr",
             "tts": "quick-fake-tts",
@@ -621,7 +620,7 @@ async def test_with_a_tool_capable_remote_model_the_model_calls_the_tools(
                 created = await client.wait_for("session.created")
                 assert (await say(client, "where is order twelve thirty four")) == "It has shipped with UPS."
             rows = await call_log_of(url, created["session"]["id"])
-    first, second = (r.body for r in server.requests)
+    first, second = (r.json() for r in server.requests)
     assert {t["function"]["name"] for t in first["tools"]} == {
         "order_status",
         "request_refund",

@@ -1,6 +1,6 @@
 """The OpenAI-compatible backend against a real HTTP server on 127.0.0.1.
 
-`ChatServer` is a small HTTP/1.1 server (asyncio streams, on the test's own loop) that records
+`ScriptedHttpServer` (tests/model/scripted_http.py) is a small HTTP/1.1 server (asyncio streams, on the test's own loop) that records
 each request and answers `/v1/chat/completions` the way the scenario asks: a chunked
 `text/event-stream`, an error status, a stream that stalls, or one that breaks off.
 """
@@ -11,9 +11,8 @@ import asyncio
 import json
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -28,75 +27,7 @@ from server.model.backends.openai_llm import (
 from server.model.base import ImageInput, Message, SessionOptions, ToolCallRequest
 from server.model.tool_calls import ForcedTool, ToolChoice, ToolSpec
 from server.tools import SessionTools, ToolBox
-
-
-@dataclass
-class Request:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: Any
-
-
-Respond = Callable[[Request, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-@dataclass
-class ChatServer:
-    respond: Respond
-    requests: list[Request] = field(default_factory=list)
-    disconnected: asyncio.Event = field(default_factory=asyncio.Event)
-    _handlers: set[asyncio.Task[None]] = field(default_factory=set)
-    _server: asyncio.Server | None = None
-
-    @property
-    def base_url(self) -> str:
-        assert self._server is not None
-        port = self._server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}/v1"
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-
-    async def aclose(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in self._handlers:
-            task.cancel()
-        await asyncio.gather(*self._handlers, return_exceptions=True)
-        await self._server.wait_closed()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            request_line, *header_lines = head.decode("latin-1").strip().split("\r\n")
-            method, path, _ = request_line.split(" ", 2)
-            headers = {}
-            for line in header_lines:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
-            raw = await reader.readexactly(int(headers.get("content-length", "0")))
-            request = Request(method, path, headers, json.loads(raw) if raw else None)
-            self.requests.append(request)
-            await self.respond(request, reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            self.disconnected.set()
-        finally:
-            writer.close()
-            self._handlers.discard(task)
-
-
-@asynccontextmanager
-async def chat_server(respond: Respond) -> AsyncIterator[ChatServer]:
-    server = ChatServer(respond)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.aclose()
+from tests.model.scripted_http import Request, Respond, scripted_server
 
 
 @asynccontextmanager
@@ -212,7 +143,7 @@ async def test_streams_pieces_and_sends_instructions_and_history() -> None:
         chunk_event(None, finish_reason="stop"),
         "data: [DONE]\n\n",
     ]
-    async with chat_server(streaming(events)) as server:
+    async with scripted_server(streaming(events)) as server:
         async with backend(server.base_url, api_key="sk-test") as llm:
             pieces = await collect(llm, HISTORY, instructions="You are Ada from Acme.")
 
@@ -220,11 +151,11 @@ async def test_streams_pieces_and_sends_instructions_and_history() -> None:
     [request] = server.requests
     assert (request.method, request.path) == ("POST", "/v1/chat/completions")
     assert request.headers["authorization"] == "Bearer sk-test"
-    assert request.body["model"] == "test-model"
-    assert request.body["stream"] is True
-    assert request.body["max_tokens"] == 40
-    assert request.body["temperature"] == pytest.approx(0.2)
-    assert request.body["messages"] == [
+    assert request.json()["model"] == "test-model"
+    assert request.json()["stream"] is True
+    assert request.json()["max_tokens"] == 40
+    assert request.json()["temperature"] == pytest.approx(0.2)
+    assert request.json()["messages"] == [
         {"role": "system", "content": "You are Ada from Acme."},
         {"role": "user", "content": "Hi, where is my order?"},
         {"role": "assistant", "content": "It shipped yesterday and should—"},
@@ -234,17 +165,17 @@ async def test_streams_pieces_and_sends_instructions_and_history() -> None:
 
 async def test_empty_instructions_send_the_default_system_prompt() -> None:
     events = [chunk_event("Hello."), "data: [DONE]\n\n"]
-    async with chat_server(streaming(events)) as server:
+    async with scripted_server(streaming(events)) as server:
         async with backend(server.base_url) as llm:
             assert await collect(llm, HISTORY[:1]) == ["Hello."]
     [request] = server.requests
-    assert request.body["messages"][0] == {"role": "system", "content": DEFAULT_INSTRUCTIONS}
+    assert request.json()["messages"][0] == {"role": "system", "content": DEFAULT_INSTRUCTIONS}
     assert "authorization" not in request.headers
 
 
 async def test_http_500_is_a_retryable_backend_error_with_the_servers_message() -> None:
     body = json.dumps({"error": {"message": "model is loading", "type": "server_error"}})
-    async with chat_server(status(500, body)) as server:
+    async with scripted_server(status(500, body)) as server:
         async with backend(server.base_url) as llm:
             with pytest.raises(BackendError, match=r"HTTP 500: model is loading") as caught:
                 await collect(llm, HISTORY)
@@ -252,7 +183,7 @@ async def test_http_500_is_a_retryable_backend_error_with_the_servers_message() 
 
 
 async def test_http_401_is_not_retryable() -> None:
-    async with chat_server(status(401, '{"error": "invalid api key"}')) as server:
+    async with scripted_server(status(401, '{"error": "invalid api key"}')) as server:
         async with backend(server.base_url) as llm:
             with pytest.raises(BackendError, match=r"HTTP 401: invalid api key") as caught:
                 await collect(llm, HISTORY)
@@ -270,7 +201,7 @@ async def test_connection_refused_is_a_retryable_backend_error() -> None:
 
 
 async def test_a_stalled_stream_times_out() -> None:
-    async with chat_server(stalling(chunk_event("Let me"))) as server:
+    async with scripted_server(stalling(chunk_event("Let me"))) as server:
         async with backend(server.base_url, timeout_s=0.3) as llm:
             pieces: list[str] = []
             started = time.monotonic()
@@ -286,7 +217,7 @@ async def test_a_stalled_stream_times_out() -> None:
 
 
 async def test_a_stream_that_breaks_off_is_retryable() -> None:
-    async with chat_server(streaming([chunk_event("It should")])) as server:
+    async with scripted_server(streaming([chunk_event("It should")])) as server:
         async with backend(server.base_url) as llm:
             with pytest.raises(BackendError, match="ended before") as caught:
                 await collect(llm, HISTORY)
@@ -295,7 +226,7 @@ async def test_a_stream_that_breaks_off_is_retryable() -> None:
 
 async def test_a_malformed_chunk_is_not_retryable() -> None:
     events = [chunk_event("Sure"), "data: {not json\n\n", "data: [DONE]\n\n"]
-    async with chat_server(streaming(events)) as server:
+    async with scripted_server(streaming(events)) as server:
         async with backend(server.base_url) as llm:
             with pytest.raises(BackendError, match="malformed") as caught:
                 await collect(llm, HISTORY)
@@ -304,7 +235,7 @@ async def test_a_malformed_chunk_is_not_retryable() -> None:
 
 async def test_an_error_event_in_the_stream_raises() -> None:
     events = [chunk_event("Sure"), 'data: {"error": {"message": "context overflow"}}\n\n']
-    async with chat_server(streaming(events)) as server:
+    async with scripted_server(streaming(events)) as server:
         async with backend(server.base_url) as llm:
             with pytest.raises(BackendError, match="context overflow"):
                 await collect(llm, HISTORY)
@@ -312,13 +243,13 @@ async def test_an_error_event_in_the_stream_raises() -> None:
 
 async def test_a_stream_ending_with_finish_reason_but_no_done_is_accepted() -> None:
     events = [chunk_event("Bye"), chunk_event(None, finish_reason="stop")]
-    async with chat_server(streaming(events)) as server:
+    async with scripted_server(streaming(events)) as server:
         async with backend(server.base_url) as llm:
             assert await collect(llm, HISTORY) == ["Bye"]
 
 
 async def test_leaving_early_closes_the_connection() -> None:
-    async with chat_server(endless(delay_s=0.01)) as server:
+    async with scripted_server(endless(delay_s=0.01)) as server:
         async with backend(server.base_url) as llm:
             async with aclosing(llm.complete(HISTORY, SessionOptions())) as pieces:
                 first = await anext(pieces)
@@ -410,7 +341,7 @@ async def test_tools_are_offered_and_streamed_tool_calls_are_joined_by_index() -
         tool_call_event([], finish_reason="tool_calls"),
         "data: [DONE]\n\n",
     ]
-    async with chat_server(streaming(events)) as server:
+    async with scripted_server(streaming(events)) as server:
         async with backend(server.base_url) as llm:
             options = SessionOptions(tools=session_tools(ORDER_TOOL, choice="required"))
             pieces = [piece async for piece in llm.complete(HISTORY, options)]
@@ -420,7 +351,7 @@ async def test_tools_are_offered_and_streamed_tool_calls_are_joined_by_index() -
         ToolCallRequest("call_b", "order_status", '{"order_id": "B2"}'),
     ]
     [request] = server.requests
-    assert request.body["tools"] == [
+    assert request.json()["tools"] == [
         {
             "type": "function",
             "function": {
@@ -430,21 +361,21 @@ async def test_tools_are_offered_and_streamed_tool_calls_are_joined_by_index() -
             },
         }
     ]
-    assert request.body["tool_choice"] == "required"
+    assert request.json()["tool_choice"] == "required"
 
 
 async def test_no_tools_key_without_tools() -> None:
     events = [chunk_event("Hi."), "data: [DONE]\n\n"]
-    async with chat_server(streaming(events)) as server:
+    async with scripted_server(streaming(events)) as server:
         async with backend(server.base_url) as llm:
             assert await collect(llm, HISTORY) == ["Hi."]
-    assert "tools" not in server.requests[0].body
-    assert "tool_choice" not in server.requests[0].body
+    assert "tools" not in server.requests[0].json()
+    assert "tool_choice" not in server.requests[0].json()
 
 
 async def test_a_tool_call_without_a_name_is_a_malformed_stream() -> None:
     events = [tool_call_event([arguments_fragment(0, "{}")], finish_reason="tool_calls"), "data: [DONE]\n\n"]
-    async with chat_server(streaming(events)) as server:
+    async with scripted_server(streaming(events)) as server:
         async with backend(server.base_url) as llm:
             with pytest.raises(BackendError, match="no function name") as caught:
                 await collect(llm, HISTORY)
@@ -454,7 +385,7 @@ async def test_a_tool_call_without_a_name_is_a_malformed_stream() -> None:
 async def test_tool_call_arguments_that_are_not_text_are_a_malformed_stream() -> None:
     bad = {"index": 0, "id": "c", "function": {"name": "x", "arguments": {"order_id": 1}}}
     events = [tool_call_event([bad], finish_reason="tool_calls"), "data: [DONE]\n\n"]
-    async with chat_server(streaming(events)) as server:
+    async with scripted_server(streaming(events)) as server:
         async with backend(server.base_url) as llm:
             with pytest.raises(BackendError, match="not text"):
                 await collect(llm, HISTORY)
@@ -488,11 +419,11 @@ def test_history_with_tool_calls_and_results_is_sent_in_the_chat_shape() -> None
 
 async def test_a_forced_function_is_sent_in_chat_completions_form() -> None:
     events = [tool_call_event([first_fragment(0, "call_a", "order_status")]), "data: [DONE]\n\n"]
-    async with chat_server(streaming(events)) as server:
+    async with scripted_server(streaming(events)) as server:
         async with backend(server.base_url) as llm:
             options = SessionOptions(tools=session_tools(ORDER_TOOL, choice=ForcedTool("order_status")))
             [piece async for piece in llm.complete(HISTORY, options)]
-    assert server.requests[0].body["tool_choice"] == {
+    assert server.requests[0].json()["tool_choice"] == {
         "type": "function",
         "function": {"name": "order_status"},
     }
@@ -502,12 +433,12 @@ async def test_images_go_to_a_vision_model_as_content_parts_over_the_wire() -> N
     png = ImageInput("image/png", b"\x89PNG\r\n\x1a\nrest", "low")
     history = [Message("user", "What is this?", images=(png,)), Message("user", "", images=(png,))]
     events = [chunk_event("A chart."), chunk_event(None, finish_reason="stop"), "data: [DONE]\n\n"]
-    async with chat_server(streaming(events)) as server:
+    async with scripted_server(streaming(events)) as server:
         async with backend(server.base_url) as llm:
             assert llm.accepts_images
             assert await collect(llm, history) == ["A chart."]
     image_part = {"type": "image_url", "image_url": {"url": png.data_url, "detail": "low"}}
-    assert server.requests[0].body["messages"][1:] == [
+    assert server.requests[0].json()["messages"][1:] == [
         {"role": "user", "content": [{"type": "text", "text": "What is this?"}, image_part]},
         {"role": "user", "content": [image_part]},
     ]
