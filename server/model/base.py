@@ -234,6 +234,10 @@ class OmniSession(Protocol):
         """What the assistant said earlier (a client replaying a conversation); not spoken."""
         ...
 
+    def add_system_text(self, text: str) -> None:
+        """A system note added mid-conversation (context the model reads; never spoken)."""
+        ...
+
     def add_tool_result(self, call_id: str, output: str) -> None:
         """The client's output for a client-side tool call of an earlier reply."""
         ...

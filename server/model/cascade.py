@@ -225,6 +225,9 @@ class CascadeSession:
         self._history.append(Message("assistant", text))
         self._last_reply = None  # not ours to truncate
 
+    def add_system_text(self, text: str) -> None:
+        self._history.append(Message("system", text))
+
     def add_tool_result(self, call_id: str, output: str) -> None:
         insert_tool_result(self._history, Message("tool", output, tool_call_id=call_id))
 

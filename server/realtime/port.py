@@ -55,6 +55,7 @@ from server.streaming.commands import (
     AddAssistantText,
     AddFunctionCall,
     AddFunctionOutput,
+    AddSystemText,
     AddUserText,
     AppendAudio,
     CancelResponse,
@@ -91,6 +92,7 @@ from server.streaming.outputs import (
     SessionUpdated,
     SpeechStarted,
     SpeechStopped,
+    SystemTextAdded,
     TranscriptCompleted,
     TranscriptDelta,
     TranscriptFailed,
@@ -264,9 +266,18 @@ class RealtimePort:
                     param="item.content",
                 )
             return AddAssistantText(" ".join(t for t in said if t), item.id, event.event_id)
+        if item.type == "message" and item.role == "system":
+            notes = [p.text for p in item.content if p.type in ("input_text", "text") and p.text]
+            if not notes or len(notes) != len(item.content):
+                raise ProtocolViolation(
+                    "a system message takes input_text parts with text",
+                    code="missing_field",
+                    param="item.content",
+                )
+            return AddSystemText(" ".join(notes), item.id, event.event_id)
         if item.type != "message" or item.role != "user":
             raise ProtocolViolation(
-                f"conversation.item.create supports user and assistant messages; got {item.type}"
+                f"conversation.item.create supports user, system and assistant messages; got {item.type}"
                 + (f"/{item.role}" if item.role else ""),
                 code="unsupported_item_type",
                 param="item.type",
@@ -391,6 +402,9 @@ class RealtimePort:
             case UserTextAdded():
                 item = w.user_text_item(output.item_id, output.text, output.images)
                 return w.item_added(item, output.previous_item_id)
+            case SystemTextAdded():
+                note = w.message_item(output.item_id, "system", [{"type": "input_text", "text": output.text}])
+                return w.item_added(note, output.previous_item_id)
             case AssistantTextAdded():
                 item = w.assistant_item(output.item_id, "completed", w.assistant_part(output.text, False))
                 return w.item_added(item, output.previous_item_id)

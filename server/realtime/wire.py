@@ -402,17 +402,20 @@ class EventWriter:
             "content": [{"type": "input_audio", "transcript": transcript}],
         }
 
-    def user_text_item(self, item_id: str, text: str, images: Sequence[ImageInput] = ()) -> dict[str, Any]:
-        content: list[dict[str, Any]] = [{"type": "input_text", "text": text}] if text or not images else []
-        content += [{"type": "input_image", "image_url": i.data_url, "detail": i.detail} for i in images]
+    def message_item(self, item_id: str, role: str, content: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "id": item_id,
             "object": "realtime.item",
             "type": "message",
             "status": "completed",
-            "role": "user",
+            "role": role,
             "content": content,
         }
+
+    def user_text_item(self, item_id: str, text: str, images: Sequence[ImageInput] = ()) -> dict[str, Any]:
+        content: list[dict[str, Any]] = [{"type": "input_text", "text": text}] if text or not images else []
+        content += [{"type": "input_image", "image_url": i.data_url, "detail": i.detail} for i in images]
+        return self.message_item(item_id, "user", content)
 
     def assistant_part(self, transcript: str, audio: bool) -> dict[str, Any]:
         if audio:

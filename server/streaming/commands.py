@@ -60,6 +60,15 @@ class AddUserText:
 
 
 @dataclass(frozen=True, slots=True)
+class AddSystemText:
+    """A system note the client adds mid-conversation (context for the model; never spoken)."""
+
+    text: str
+    item_id: str | None = None
+    event_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class AddAssistantText:
     """What the assistant said earlier, added by the client (a history it replays)."""
 
@@ -156,6 +165,7 @@ Command = (
     | ClearAudio
     | AddUserText
     | AddAssistantText
+    | AddSystemText
     | AddFunctionCall
     | AddFunctionOutput
     | TruncateItem

@@ -51,6 +51,7 @@ from server.streaming.commands import (
     AddAssistantText,
     AddFunctionCall,
     AddFunctionOutput,
+    AddSystemText,
     AddUserText,
     AppendAudio,
     CancelResponse,
@@ -86,6 +87,7 @@ from server.streaming.outputs import (
     SessionUpdated,
     SpeechStarted,
     SpeechStopped,
+    SystemTextAdded,
     UserAudioAdded,
     UserTextAdded,
 )
@@ -370,6 +372,12 @@ class Conversation:
                 self._image_bytes += sum(len(image.data) for image in command.images)
                 previous, self.last_item_id = self.last_item_id, item_id
                 await self.send(UserTextAdded(item_id, command.text, previous, command.images))
+            case AddSystemText():
+                item_id = command.item_id or new_id("item")
+                self.model_session.add_system_text(command.text)
+                self.remember_item(item_id, lambda m: m.role == "system")
+                previous, self.last_item_id = self.last_item_id, item_id
+                await self.send(SystemTextAdded(item_id, command.text, previous))
             case AddAssistantText():
                 item_id = command.item_id or new_id("item")
                 self.model_session.add_assistant_text(command.text)

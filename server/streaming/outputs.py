@@ -107,6 +107,15 @@ class UserTextAdded:
 
 
 @dataclass(frozen=True, slots=True)
+class SystemTextAdded:
+    """A system message the client added to the conversation."""
+
+    item_id: str
+    text: str
+    previous_item_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class AssistantTextAdded:
     """An assistant message the client added to the conversation (e.g. a replayed history)."""
 
@@ -248,6 +257,7 @@ Output = (
     | UserAudioAdded
     | UserTextAdded
     | AssistantTextAdded
+    | SystemTextAdded
     | FunctionCallAdded
     | FunctionOutputAdded
     | TranscriptDelta

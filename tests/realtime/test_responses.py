@@ -391,3 +391,27 @@ async def test_items_go_at_the_end_and_audio_parts_are_refused_naming_them() -> 
         )
         second_error = await client.wait_for("error", after=client.index_of(refused) + 1)
         assert second_error["error"]["param"] == "item.content[0].type"
+
+
+async def test_a_system_note_joins_the_history_the_model_reads() -> None:
+    llm = FakeLlm(["Noted."])
+    async with running_server(fake_app(llm=llm)) as url, realtime_client(url) as client:
+        await client.wait_for("session.created")
+        note = {
+            "type": "message",
+            "role": "system",
+            "content": [{"type": "input_text", "text": "The caller is a gold member."}],
+        }
+        await client.send({"type": "conversation.item.create", "item": note})
+        added = (await client.wait_for("conversation.item.added"))["item"]
+        assert (added["role"], added["content"]) == ("system", note["content"])
+        bad = {"type": "message", "role": "system", "content": [{"type": "input_image", "image_url": "x"}]}
+        await client.send({"type": "conversation.item.create", "item": bad})
+        assert (await client.wait_for("error"))["error"]["param"] == "item.content"
+        await client.send({"type": "conversation.item.create", "item": user_text("what am I?")})
+        await client.send({"type": "response.create", "response": {"output_modalities": ["text"]}})
+        await client.wait_for("response.done")
+    assert [(m.role, m.text) for m in llm.calls[0]] == [
+        ("system", "The caller is a gold member."),
+        ("user", "what am I?"),
+    ]

@@ -605,6 +605,11 @@ class RealtimeUpstreamSession:
         if self._link is not None:
             self._link.send_nowait(wire.message_item_event(self._event_id("item"), "assistant", text))
 
+    def add_system_text(self, text: str) -> None:
+        self._history.append(Message("system", text))
+        if self._link is not None:
+            self._link.send_nowait(wire.message_item_event(self._event_id("item"), "system", text))
+
     def add_function_call(self, call: ToolCallRequest) -> None:
         self._history.append(Message("assistant", "", tool_calls=(call,)))
         self._last_reply = None

@@ -302,7 +302,7 @@ def message_item_event(
     upstream session)."""
     parts: list[dict[str, Any]] = []
     if text or not images:
-        parts.append({"type": "input_text" if role == "user" else "output_text", "text": text})
+        parts.append({"type": "output_text" if role == "assistant" else "input_text", "text": text})
     parts += [{"type": "input_image", "image_url": i.data_url, "detail": i.detail} for i in images]
     return {
         "type": "conversation.item.create",
