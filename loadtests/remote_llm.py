@@ -49,10 +49,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 
 from loadtests.bench_latency import BenchError, all_turns, free_port, plan_turns, run_plans, spawned_server
 from loadtests.corpus import DEFAULT_CACHE_DIR, HUMAN_DATA_DIR, CorpusUnavailable, load_corpus
+from loadtests.paired import TURN_METRICS, keyed_samples, paired_lines
 from loadtests.session import SessionOptions
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -62,16 +62,6 @@ PAIRS = (("remote", "embedded"), ("remote", "embedded-noant"))
 SERVED_MODEL = "gemma-3-270m"
 # the server's per-turn log fields reported beside the client's figures
 SERVER_FIELDS = ("llm_first_token_ms", "tts_first_audio_ms")
-METRICS: dict[str, Callable[[dict[str, Any]], float | None]] = {
-    "voice_to_voice_ms": lambda s: s["voice_to_voice_ms"],
-    "user_transcript_ms": lambda s: s["transcript_ms"],
-    # the language model's first phrase and the voice's first audio for it
-    "transcript_to_audio_ms": lambda s: (
-        None
-        if s["voice_to_voice_ms"] is None or s["transcript_ms"] is None
-        else s["voice_to_voice_ms"] - s["transcript_ms"]
-    ),
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -265,13 +255,6 @@ def logged_turns(log_path: Path) -> list[dict[str, Any]]:
     return turns
 
 
-def _percentiles(values: Sequence[float]) -> str:
-    if not values:
-        return "n=0"
-    a = np.asarray(values)
-    return f"p50 {np.median(a):7.0f}  p90 {np.percentile(a, 90):7.0f}  (n={len(a)})"
-
-
 def with_server_figures(
     samples: dict[str, list[dict[str, Any]]], server_turns: dict[str, list[dict[str, Any]]]
 ) -> dict[str, list[dict[str, Any]]]:
@@ -297,28 +280,9 @@ def _server_field(field: str) -> Callable[[dict[str, Any]], float | None]:
 def report(result: dict[str, Any]) -> str:
     """Per metric: each configuration's p50/p90, then each pair's paired differences."""
     samples = with_server_figures(result["samples"], result.get("server_turns") or {})
-    keyed = {
-        name: {(s["round"], s["index"]): s for s in samples[name] if not s["warm_up"]} for name in CONFIGS
-    }
-    lines = []
-    metrics = {**METRICS, **{f"{f} (server log)": _server_field(f) for f in SERVER_FIELDS}}
-    for label, metric in metrics.items():
-        lines.append(label)
-        values = {name: {k: metric(s) for k, s in keyed[name].items()} for name in CONFIGS}
-        for name in CONFIGS:
-            lines.append(f"  {name:15s} {_percentiles([v for v in values[name].values() if v is not None])}")
-        for left, right in PAIRS:
-            pairs = []
-            for key in sorted(values[left].keys() & values[right].keys()):
-                a, b = values[left][key], values[right][key]
-                if a is not None and b is not None:
-                    pairs.append(a - b)
-            if pairs:
-                d = np.asarray(pairs)
-                lines.append(
-                    f"  {left} - {right}, paired: median {np.median(d):+.0f}  p10 {np.percentile(d, 10):+.0f}"
-                    f"  p90 {np.percentile(d, 90):+.0f}  (n={len(d)})"
-                )
+    keyed = keyed_samples(samples, CONFIGS)
+    metrics = {**TURN_METRICS, **{f"{f} (server log)": _server_field(f) for f in SERVER_FIELDS}}
+    lines = paired_lines(keyed, metrics, CONFIGS, PAIRS, 15)
     replies = {name: sum(1 for s in keyed[name].values() if not s["reply"]) for name in CONFIGS}
     lines.append("empty replies: " + ", ".join(f"{name} {n}" for name, n in replies.items()))
     return "\n".join(lines)

@@ -30,14 +30,13 @@ import contextlib
 import json
 import random
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from loadtests.bench_latency import BenchError, all_turns, plan_turns, run_plans, spawned_server
 from loadtests.corpus import DEFAULT_CACHE_DIR, HUMAN_DATA_DIR, CorpusUnavailable, load_corpus
+from loadtests.paired import TURN_METRICS, keyed_samples, paired_lines
 from loadtests.session import SessionOptions
 
 BASE_ENV = {
@@ -47,16 +46,6 @@ BASE_ENV = {
     "VOXGATE_LOG_LEVEL": "warning",
 }
 CONFIGS = ("embedded", "remote")
-METRICS: dict[str, Callable[[dict[str, Any]], float | None]] = {
-    "voice_to_voice_ms": lambda s: s["voice_to_voice_ms"],
-    "user_transcript_ms": lambda s: s["transcript_ms"],
-    # the rest of the turn: the responder (instant) and the voice's first audio
-    "transcript_to_audio_ms": lambda s: (
-        None
-        if s["voice_to_voice_ms"] is None or s["transcript_ms"] is None
-        else s["voice_to_voice_ms"] - s["transcript_ms"]
-    ),
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,36 +123,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return {"config": {**vars(args), "out": str(args.out)}, "base_env": BASE_ENV, "samples": samples}
 
 
-def _percentiles(values: Sequence[float]) -> str:
-    if not values:
-        return "n=0"
-    a = np.asarray(values)
-    return f"p50 {np.median(a):7.0f}  p90 {np.percentile(a, 90):7.0f}  (n={len(a)})"
-
-
 def report(result: dict[str, Any]) -> str:
-    samples = result["samples"]
-    keyed = {
-        name: {(s["round"], s["index"]): s for s in samples[name] if not s["warm_up"]} for name in CONFIGS
-    }
-    lines = []
-    for label, metric in METRICS.items():
-        lines.append(label)
-        values = {name: {k: metric(s) for k, s in keyed[name].items()} for name in CONFIGS}
-        for name in CONFIGS:
-            lines.append(f"  {name:9s} {_percentiles([v for v in values[name].values() if v is not None])}")
-        pairs = []
-        for key in values["embedded"].keys() & values["remote"].keys():
-            embedded, remote = values["embedded"][key], values["remote"][key]
-            if embedded is not None and remote is not None:
-                pairs.append(remote - embedded)
-        if pairs:
-            a = np.asarray(pairs)
-            lines.append(
-                f"  remote - embedded, paired: median {np.median(a):+.0f}  p10 {np.percentile(a, 10):+.0f}"
-                f"  p90 {np.percentile(a, 90):+.0f}  (n={len(a)})"
-            )
-    return "\n".join(lines)
+    keyed = keyed_samples(result["samples"], CONFIGS)
+    return "\n".join(paired_lines(keyed, TURN_METRICS, CONFIGS, (("remote", "embedded"),), 9))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

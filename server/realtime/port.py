@@ -318,7 +318,8 @@ class RealtimePort:
 
     def render(self, output: Output) -> list[dict[str, Any]]:
         events = self._render(output)
-        self._items.remember(events)
+        if not isinstance(output, ResponseAudio):  # audio (every 20 ms) carries no item to keep
+            self._items.remember(events)
         return events
 
     def _render(self, output: Output) -> list[dict[str, Any]]:
