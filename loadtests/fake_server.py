@@ -95,9 +95,10 @@ def fake_model_app(
     return create_app(config, model=model, on_event=on_event)
 
 
-def gateway_app(upstream_url: str, vad: str | None = None) -> FastAPI:
+def gateway_app(upstream_url: str, vad: str | None = None, turn_detection: str = "gateway") -> FastAPI:
     """Voxgate serving the `realtime` profile from `upstream_url`, with the fake server's
-    settings and VAD (`energy` or a named one)."""
+    settings and VAD (`energy` or a named one); `turn_detection` "upstream": the upstream's
+    VAD ends the turns instead."""
     chosen = {} if vad in (None, "energy") else {"vad": vad}
     config = Settings.model_validate(
         {
@@ -105,7 +106,7 @@ def gateway_app(upstream_url: str, vad: str | None = None) -> FastAPI:
             **FAKE_AUDIO_SETTINGS,
             **chosen,
             "profile": "realtime",
-            "backend_options": {"realtime": {"url": upstream_url}},
+            "backend_options": {"realtime": {"url": upstream_url, "turn_detection": turn_detection}},
         }
     )
     classifier = EnergyClassifierFactory() if vad == "energy" else None
@@ -154,6 +155,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--upstream", help="relay sessions to this realtime URL instead (the realtime profile)"
     )
+    parser.add_argument(
+        "--upstream-turn-detection",
+        choices=("gateway", "upstream"),
+        default="gateway",
+        help="with --upstream: whose VAD ends the turns (default %(default)s)",
+    )
     parser.add_argument("--api-key", action="append", default=[], help="require this API key (repeatable)")
     parser.add_argument(
         "--events-log", type=Path, help="append the server's events to this file (JSON lines)"
@@ -174,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan = WorkerPlan(fake_worker, (args.vad, args.reply, not args.vad_in_loop, args.shutdown_grace_s))
         return serve_with_workers(plan, sock, args.workers, shutdown_bound_s(args.shutdown_grace_s))
     if args.upstream:
-        app = gateway_app(args.upstream, args.vad)
+        app = gateway_app(args.upstream, args.vad, args.upstream_turn_detection)
         described = f"Voxgate gateway to {args.upstream} on ws://{args.host}:{args.port}/v1/realtime"
     else:
         app = fake_model_app(

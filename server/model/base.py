@@ -127,6 +127,21 @@ class SessionOptions:
     # the operator's knowledge and the specifics guard on the language model's replies
     # (server/knowledge/grounding.py); None: the model answers alone, unchecked
     grounding: ReplyGrounding | None = None
+    # the caller's turn detection as the client set it (None: the client commits its turns);
+    # read only by a session whose model detects the turns itself (DetectsTurns)
+    voice_detection: VoiceDetection | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VoiceDetection:
+    """The client's `turn_detection`, for a model that ends the caller's turns itself: the
+    type (`server_vad` | `semantic_vad`) and what that type reads."""
+
+    type: str = "server_vad"
+    eagerness: str = "auto"
+    threshold: float = 0.5
+    prefix_padding_ms: int = 300
+    silence_duration_ms: int = 300
 
 
 class ReplyGrounding(Protocol):
@@ -390,6 +405,47 @@ class TurnEndScoring(HearsWords, Protocol):
     async def end_of_turn_probability(self, words: str) -> float | None:
         """The probability that the caller's turn is complete after `words`; None if this
         session cannot say (no scorer, or the scorer failed)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class HeardSpeechStart:
+    """The model's own VAD heard the caller start speaking at `audio_start_ms` of the
+    session's input audio (the audio pushed to the session since it opened)."""
+
+    audio_start_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeardSpeechStop:
+    """... and stop at `audio_end_ms`: the model ends (commits) the caller's turn there."""
+
+    audio_end_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class TurnDetectionFailed:
+    """The model cannot detect turns for now (its connection is down); it keeps trying."""
+
+    message: str
+
+
+TurnSignal = HeardSpeechStart | HeardSpeechStop | TurnDetectionFailed
+
+
+@runtime_checkable
+class DetectsTurns(Protocol):
+    """An OmniSession whose model may detect the caller's turns itself (optional; the realtime
+    profile with the upstream's VAD). When `detects_turns`, the conversation does not run its
+    own VAD: it pushes all the caller's audio, takes the turns from `turn_signals()` (under the
+    client's `voice_detection`), and `commit_audio` adopts the turn the model committed."""
+
+    @property
+    def detects_turns(self) -> bool: ...
+
+    def turn_signals(self) -> AsyncIterator[TurnSignal]:
+        """The model's turn signals for the whole session, in order; never raises for a
+        failure of the model (TurnDetectionFailed), ends only when cancelled."""
         ...
 
 

@@ -8,6 +8,8 @@ Tasks (one TaskGroup, all named, none fire-and-forget):
 - writer: paces reply audio out of the PlayoutBuffer at real time;
 - timer: advances the turn clock when the client stops sending audio (silence by absence);
 - lifetime: the session's maximum duration and idle timeout;
+- model turns: when the model detects the turns itself (DetectsTurns: the upstream's VAD),
+  its speech signals -> TurnTaker -> actions, in place of our VAD;
 - the transcription of the committed turn, and the current reply (replies.py).
 
 The decisions live in sans-I/O machines: TurnTaker (turns.py) decides who has the floor,
@@ -33,6 +35,9 @@ from server.events import AgentEvent, EventHandler, FalseInterruption, SessionEn
 from server.ids import new_id
 from server.metrics import Metrics
 from server.model.base import (
+    DetectsTurns,
+    HeardSpeechStart,
+    HeardSpeechStop,
     HearsWords,
     ImageInput,
     KnowsVoices,
@@ -43,7 +48,9 @@ from server.model.base import (
     SessionOptions,
     ToolSpec,
     TranscriptionOptions,
+    TurnDetectionFailed,
     TurnEndScoring,
+    VoiceDetection,
 )
 from server.model.tool_calls import ForcedTool, ToolChoice
 from server.streaming.capture import InputAudio, VadFrame
@@ -107,6 +114,8 @@ from server.streaming.turns import (
     DiscardNoise,
     FrameClassified,
     IgnoreOverlap,
+    ModelSpeechStarted,
+    ModelSpeechStopped,
     PauseReply,
     PrepareReply,
     ReportIdle,
@@ -203,6 +212,8 @@ class Conversation:
         self._overlap_words = ""  # the words the TurnTaker last heard over a paused reply
         self._stop_requested = False
         self._speech_end_s: float | None = None
+        self._model_detects_turns = False  # the model's VAD ends the turns (DetectsTurns)
+        self._model_turns_failing = False  # ... and it cannot for now (reported once)
         self._lifetime = SessionLifetime(options.lifetime, clock())
         self.ended_by: SessionEnd | None = None  # set when the server ended the session (lifetime.py)
         port.attach(self)
@@ -241,6 +252,9 @@ class Conversation:
         self._metrics.session_opened()
         try:
             self._session = await self._model.open(self._session_options())
+            self._model_detects_turns = (
+                isinstance(self._session, DetectsTurns) and self._session.detects_turns
+            )
             self._fit_turns_to(self._session)
             self._update_processing(self.config)
             opening = self._port.opening_settings()
@@ -256,6 +270,10 @@ class Conversation:
                     tg.create_task(self._write_loop(), name="conversation-writer")
                     tg.create_task(self._timer_loop(), name="conversation-timer")
                     tg.create_task(self._lifetime_loop(), name="conversation-lifetime")
+                    if isinstance(self._session, DetectsTurns) and self._model_detects_turns:
+                        tg.create_task(
+                            self._follow_model_turns(self._session), name="conversation-model-turns"
+                        )
                     if self._stop_requested:
                         tg.create_task(self._stop_now(), name="conversation-stop")
             except* TransportClosed:
@@ -273,8 +291,11 @@ class Conversation:
     def _fit_turns_to(self, session: OmniSession) -> None:
         """Turn-taking that the session cannot serve is off: speculative replies when it cannot
         roll them back, the `words` barge-in mode when it hears no words (without words every
-        short barge-in would count as noise)."""
+        short barge-in would count as noise). A model that detects the turns itself takes
+        them over: no VAD of ours, no speculation, any speech it hears over a reply cancels it."""
         turn = self._options.turn
+        if self._model_detects_turns:
+            turn = replace(turn, model_detects_turns=True, speculative_silence_ms=None, interruption=None)
         if not session.capabilities.can_rollback:
             turn = replace(turn, speculative_silence_ms=None)
         if not isinstance(session, HearsWords):
@@ -327,6 +348,15 @@ class Conversation:
                 self.config.transcription_language, self.config.transcription_prompt
             ),
             grounding=self._options.grounding,
+            voice_detection=self._voice_detection(),
+        )
+
+    def _voice_detection(self) -> VoiceDetection | None:
+        td = self.config.turn_detection
+        if td is None:
+            return None
+        return VoiceDetection(
+            td.type, td.eagerness, td.threshold, td.prefix_padding_ms, td.silence_duration_ms
         )
 
     def _tool_choice(self) -> ToolChoice:
@@ -521,9 +551,13 @@ class Conversation:
         """Audio at the input format's rate, as received at `now_s`. The reader and the
         silence timer both feed audio: one at a time, so VAD frames stay in order."""
         async with self._ingest_lock:
-            vad_on = self.config.turn_detection is not None
+            vad_on = self.config.turn_detection is not None and not self._model_detects_turns
             model_frame, vad_frames = self._input.push(frame, now_s, classify=vad_on)
-            if model_frame.sample_count and (self._capturing or not vad_on):
+            if model_frame.sample_count and self._model_detects_turns:
+                # the model hears everything to find the turns; nothing kept here but its length
+                self._captured_ms += int(model_frame.duration_ms)
+                self.model_session.push_audio(model_frame)
+            elif model_frame.sample_count and (self._capturing or not vad_on):
                 self._push_to_model(model_frame)
             if vad_on and vad_frames and self._deadline_due():
                 unclassified_ms = sum(f.duration_ms for f in vad_frames)
@@ -540,7 +574,7 @@ class Conversation:
                 classified = FrameClassified(vad_frame.start_ms, vad_frame.duration_ms, probability)
                 self._turns.receive(classified, now_ms=vad_frame.start_ms + vad_frame.duration_ms)
                 await self._run_turn_actions()
-            if vad_on and self._turns.next_deadline() is not None:
+            if self.config.turn_detection is not None and self._turns.next_deadline() is not None:
                 # a silence deadline falls due with the audio that reaches it, not a VAD frame later
                 # (a part-frame can't hold a voice onset: that needs vad_min_voiced_ms of frames)
                 self._turns.receive(Tick(), now_ms=self._input.input_ms)
@@ -563,6 +597,35 @@ class Conversation:
             reply_text = reply.transcript if reply is not None else ""
             self._turns.receive(WordsHeard(words, reply_text), now_ms=self._input.input_ms)
             await self._run_turn_actions()
+
+    async def _follow_model_turns(self, session: DetectsTurns) -> None:
+        """The model's speech signals drive the TurnTaker (in place of our VAD's frames); a
+        model that cannot detect turns for now is reported once, until it can again."""
+        async for signal in session.turn_signals():
+            match signal:
+                case TurnDetectionFailed(message=message):
+                    if not self._model_turns_failing:
+                        self._model_turns_failing = True
+                        self._metrics.errors.labels(code="backend_error").inc()
+                        await self.send(
+                            Failed(
+                                f"turn detection is unavailable: {message}; retrying",
+                                "backend_error",
+                                type="server_error",
+                            )
+                        )
+                    continue
+                case HeardSpeechStart(audio_start_ms=start_ms):
+                    event: ModelSpeechStarted | ModelSpeechStopped = ModelSpeechStarted(start_ms)
+                case HeardSpeechStop(audio_end_ms=end_ms):
+                    event = ModelSpeechStopped(end_ms)
+            self._model_turns_failing = False
+            async with self._ingest_lock:
+                if self.config.turn_detection is None:
+                    continue  # the client commits its turns itself
+                self._turns.receive(event, now_ms=self._input.input_ms)
+                await self._run_turn_actions()
+            self._timer_wakeup.set()
 
     def _is_echo(self, vad_frame: VadFrame) -> bool:
         """The frame is explained by the reply's echo (echo_gate.py): silence to the VAD."""
@@ -792,7 +855,11 @@ class Conversation:
 
     async def _commit_input(self, *, from_vad: bool, speech_end_ms: int | None = None) -> None:
         if not from_vad:
-            if not self._capturing and self.config.turn_detection is not None:
+            if (
+                not self._capturing
+                and self.config.turn_detection is not None
+                and not self._model_detects_turns
+            ):
                 self._start_capture(self._input.input_ms - 1000)
             if self._captured_ms < MIN_COMMIT_MS:
                 raise ProtocolViolation(

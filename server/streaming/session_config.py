@@ -140,4 +140,5 @@ class ConversationOptions:
             else None,
             semantic_hangover_ms=defaults.semantic_hangover_ms,
             interruption=defaults.interruption,
+            model_detects_turns=defaults.model_detects_turns,
         )

@@ -53,6 +53,12 @@ outlasts it), except that a backchannel is then a turn: "yes" answers the reply'
 before the decision, so a client that stops its playback on `speech_started` never does so for
 a backchannel. In the `voice` mode (interruption None) any voice of `barge_in_min_ms` cancels.
 
+Turns detected by the model (`TurnOptions.model_detects_turns`: the realtime profile with the
+upstream's VAD). The loop feeds no frames; the model's ModelSpeechStarted / ModelSpeechStopped
+drive the same announcements: LISTENING --started--> USER_SPEAKING (cancel the active reply if
+allowed: any speech the model hears over it is an interruption) --stopped--> LISTENING (speech
+stopped, commit, reply). No capture, no speculation, no overlap judging: the model decided.
+
 Invariants:
 - A paused reply is resumed (IgnoreOverlap, or ResumeReply when the input is cleared) or
   cancelled (CancelReply) or ends by itself; PauseReply is issued at most once per overlap.
@@ -102,6 +108,7 @@ class TurnOptions:
     semantic: SemanticPolicy | None = None  # semantic end of turn; silence_duration_ms unused
     semantic_hangover_ms: int = 30  # one VAD frame: the pause is scored as soon as it begins
     interruption: InterruptionPolicy | None = None  # `words` barge-in mode; None: `voice`
+    model_detects_turns: bool = False  # the model's VAD: ModelSpeechStarted/Stopped, no frames
 
     def detector_options(self, *, user_speaking: bool = False) -> DetectorOptions:
         """The VAD hysteresis; in semantic mode the offset of a turn's speech is called
@@ -172,8 +179,30 @@ class WordsHeard:
     reply_text: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class ModelSpeechStarted:
+    """The model's own VAD heard the caller start at `audio_start_ms` (model_detects_turns)."""
+
+    audio_start_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpeechStopped:
+    """... and stop at `audio_end_ms`; the model has committed the turn."""
+
+    audio_end_ms: int
+
+
 TurnInput = (
-    FrameClassified | Tick | ReplyStarted | ReplyFinished | InputCleared | CompletionScored | WordsHeard
+    FrameClassified
+    | Tick
+    | ReplyStarted
+    | ReplyFinished
+    | InputCleared
+    | CompletionScored
+    | WordsHeard
+    | ModelSpeechStarted
+    | ModelSpeechStopped
 )
 
 
@@ -353,6 +382,8 @@ class TurnTaker:
 
     def _receive(self, event: TurnInput, now_ms: int) -> None:
         match event:
+            case FrameClassified() if self.options.model_detects_turns:
+                raise TurnStateError("frames fed while the model detects the turns")
             case FrameClassified():
                 for voice in self._detector.push(event.probability, event.start_ms, event.duration_ms):
                     self._on_voice(voice, now_ms)
@@ -388,6 +419,10 @@ class TurnTaker:
                     self._scored = True
                     self._completion = probability
                     self._check_deadlines(now_ms)
+            case ModelSpeechStarted(audio_start_ms=start_ms):
+                self._on_model_speech_started(start_ms)
+            case ModelSpeechStopped(audio_end_ms=end_ms):
+                self._on_model_speech_stopped(end_ms)
             case _:
                 raise TurnStateError(f"unknown turn input {event!r}")
 
@@ -541,6 +576,32 @@ class TurnTaker:
                 pass  # the end of voice that began before the client cleared the buffer
             case _:
                 raise TurnStateError(f"{voice!r} in state {self.state.value}")
+
+    def _on_model_speech_started(self, start_ms: int) -> None:
+        if not self.options.model_detects_turns:
+            raise TurnStateError("the model's speech events while the gateway detects the turns")
+        if self.state is not UserState.LISTENING:
+            return  # the model heard the same speech again (a replay after it reconnected)
+        self._onset_ms = start_ms
+        self._idle_since_ms = None
+        if self._interruptible():
+            assert self._active_reply is not None
+            self._actions.append(CancelReply(self._active_reply, reason="turn_detected"))
+            self._active_reply = None
+        self._actions.append(AnnounceSpeechStarted(audio_start_ms=start_ms))
+        self.state = UserState.USER_SPEAKING
+
+    def _on_model_speech_stopped(self, end_ms: int) -> None:
+        if not self.options.model_detects_turns:
+            raise TurnStateError("the model's speech events while the gateway detects the turns")
+        if self.state is not UserState.USER_SPEAKING:
+            return  # its start was cleared by the client, or came before we listened
+        self._voice_end_ms = max(end_ms, self._onset_ms)
+        self._actions.append(AnnounceSpeechStopped(audio_end_ms=self._voice_end_ms))
+        self._actions.append(CommitTurn(audio_end_ms=self._voice_end_ms))
+        if self.options.create_response:
+            self._actions.append(StartReply())
+        self.state = UserState.LISTENING
 
     def _check_pending(self, now_ms: int) -> None:
         policy = self.options.interruption

@@ -180,7 +180,6 @@ async def test_a_silent_upstream_fails_the_turn_within_the_deadline() -> None:
         ({}, "url"),
         ({"url": "http://example.com"}, "ws://"),
         ({"url": "ws://x", "turn_detection": "both"}, "turn_detection"),
-        ({"url": "ws://x", "turn_detection": "upstream"}, "not supported yet"),
         ({"url": "ws://x", "colour": "red"}, "colour"),
     ],
 )

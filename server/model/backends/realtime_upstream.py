@@ -1,10 +1,18 @@
 """An OmniModel served by an upstream OpenAI-Realtime-compatible websocket (issue 17).
 
 The upstream is OpenAI's GA Realtime API, Azure's, or another Voxgate. Voxgate keeps the edge:
-auth, admission, Twilio, server-paced playout and exact truncation, barge-in, histograms. It
-also keeps turn-taking: the upstream session has `turn_detection: null`, our VAD ends the turn
-(`commit_audio` -> `input_audio_buffer.commit`) and `respond` asks for the reply
-(`response.create`). The upstream's own VAD is not used (README: what it would take).
+auth, admission, Twilio, server-paced playout and exact truncation, barge-in, histograms. Who
+detects the caller's turns is the option `turn_detection`:
+- "gateway" (default): the upstream session has `turn_detection: null`, our VAD ends the turn
+  (`commit_audio` -> `input_audio_buffer.commit`) and `respond` asks for the reply
+  (`response.create`).
+- "upstream": the upstream runs its VAD with the client's settings (`voice_detection`:
+  server_vad or semantic_vad) but `create_response` and `interrupt_response` false, so it only
+  reports: its `speech_started/stopped` become `turn_signals()` (on the session's input clock),
+  the conversation announces them, cancels a reply the caller talks over and asks for the
+  reply; `commit_audio` adopts the turn the upstream committed instead of committing. The
+  session keeps a link up (reconnecting with backoff) while it detects turns: without one
+  nobody would hear the caller.
 
     model = load({"url": "ws://host:8765/v1/realtime", "api_key": "...", "model": "..."}, deadlines)
     session = await model.open(options)   # starts connecting at once, in the background
@@ -64,6 +72,8 @@ from server.model.backends import realtime_wire as wire
 from server.model.base import (
     AudioChunk,
     Capabilities,
+    HeardSpeechStart,
+    HeardSpeechStop,
     ImageInput,
     Message,
     ReplyEvent,
@@ -72,6 +82,8 @@ from server.model.base import (
     StageTimings,
     ToolCallRequest,
     TranscriptDelta,
+    TurnDetectionFailed,
+    TurnSignal,
 )
 from server.model.deadlines import DeadlineIterator, ModelDeadlines
 from server.model.phrases import cut_text_to_fraction
@@ -81,6 +93,9 @@ log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 _CLOSE_TIMEOUT_S = 2.0
+# the upstream's VAD: reconnecting after a failure waits this long, doubling up to the maximum
+RECONNECT_FIRST_S = 0.5
+RECONNECT_MAX_S = 10.0
 STAGE = "upstream realtime model"
 
 
@@ -91,8 +106,8 @@ class RealtimeUpstreamOptions:
     the URL has one. headers: more handshake headers (Azure: {"api-key": "..."}).
     voice: the upstream's voice name ("": its default; a client's Voxgate voice is not sent,
     the names differ). transcription_model: asked of the upstream for user transcripts
-    ("": none). turn_detection: "gateway" only (ours); "upstream" (its VAD) is refused, not
-    yet served: the conversation would have to take turns from the model (README).
+    ("": none). turn_detection: "gateway" (our VAD ends the turns) or "upstream" (its VAD, with
+    the client's settings; see the module docstring).
     connect_timeout_s: connecting and the handshake. transcript_timeout_s: the wait for a
     turn's transcript after the commit. max_queued_audio_ms: unsent audio kept when the
     upstream reads slowly. max_turn_audio_ms: audio of the turn in progress kept for a replay
@@ -104,7 +119,7 @@ class RealtimeUpstreamOptions:
     headers: Mapping[str, str] = field(default_factory=dict)
     voice: str = ""
     transcription_model: str = "whisper-1"
-    turn_detection: Literal["gateway"] = "gateway"
+    turn_detection: Literal["gateway", "upstream"] = "gateway"
     connect_timeout_s: float = 5.0
     transcript_timeout_s: float = 3.0
     max_queued_audio_ms: int = 5_000
@@ -124,19 +139,18 @@ class RealtimeUpstreamOptions:
         ):
             raise ValueError("realtime backend option 'headers' must map names to strings")
         turns = options.get("turn_detection", "gateway")
-        if turns == "upstream":
+        if turns not in ("gateway", "upstream"):
             raise ValueError(
-                "realtime backend option turn_detection='upstream' (the upstream's VAD) is not supported"
-                " yet: Voxgate's own VAD and turn-taking end the turns ('gateway')"
+                f"realtime backend option 'turn_detection' must be 'gateway' (Voxgate's VAD) or"
+                f" 'upstream' (the upstream's), not {turns!r}"
             )
-        if turns != "gateway":
-            raise ValueError(f"realtime backend option 'turn_detection' must be 'gateway', not {turns!r}")
         d = cls(url=url)
         return cls(
             url=url,
             api_key=_opt(options, "api_key", str, d.api_key),
             model=_opt(options, "model", str, d.model),
             headers=dict(headers),
+            turn_detection="upstream" if turns == "upstream" else "gateway",
             voice=_opt(options, "voice", str, d.voice),
             transcription_model=_opt(options, "transcription_model", str, d.transcription_model),
             connect_timeout_s=float(_opt(options, "connect_timeout_s", (int, float), d.connect_timeout_s)),
@@ -254,6 +268,8 @@ class _Link:
         self._closing = False
         self.lost: BackendError | None = None
         self.dropped_audio_ms = 0.0
+        # the session's input ms at the upstream's audio ms 0 (its times are this socket's)
+        self.audio_base_ms = 0.0
         self._sender = asyncio.create_task(self._send_loop(), name="realtime-upstream-sender")
         self._reader = asyncio.create_task(self._read_loop(), name="realtime-upstream-reader")
 
@@ -391,6 +407,11 @@ class RealtimeUpstreamSession:
         self._last_reply: _ReplyRecord | None = None
         self._ids = itertools.count(1)
         self._closed = False
+        # the upstream's VAD (detects_turns)
+        self._pushed_ms = 0.0  # all audio pushed: the session's input clock
+        self._signals: asyncio.Queue[TurnSignal | None] = asyncio.Queue()  # None: the link was lost
+        self._model_commit: str | None = None  # the upstream's last commit, not yet adopted
+        self._awaiting_model_commit = False  # it said the speech stopped; its commit follows
 
     # -- the link
 
@@ -401,9 +422,16 @@ class RealtimeUpstreamSession:
     def _event_id(self, kind: str) -> str:
         return f"vg_{kind}_{next(self._ids)}"
 
-    async def _connect(self) -> _Link:
+    @property
+    def detects_turns(self) -> bool:
+        return self._opts.turn_detection == "upstream"
+
+    async def _connect(self, old: _Link | None = None) -> _Link:
+        if old is not None:
+            await old.aclose()
         ws = await connect(self._opts)
         link = _Link(ws, self._on_event, self._on_lost, self._opts.max_queued_audio_ms)
+        link.audio_base_ms = self._pushed_ms - self._turn_audio_ms  # where the replay begins
         # no await from here on: no audio or item can slip in between the replay and the link
         link.send_nowait(self._session_update())
         for message in self._history:
@@ -424,32 +452,28 @@ class RealtimeUpstreamSession:
 
     async def _ensure_link(self) -> _Link:
         """The live link, connecting (and replaying) if there is none; BackendError if the
-        upstream cannot be reached or refuses."""
+        upstream cannot be reached or refuses. Callers at the same time share one attempt
+        (a caller cancelled while waiting leaves it to the others)."""
         if self._closed:
             raise BackendError("the session is closed")
-        if self._link is not None and self._link.is_up:
-            return self._link
-        old, self._link = self._link, None
-        if old is not None:
-            await old.aclose()
-        task, self._connecting = self._connecting, None
-        if task is not None and task.done():
-            if not task.cancelled():
-                task.exception()  # the eager connect's failure, if any, is superseded by ours
-            task = None
-        if task is None:
-            task = asyncio.create_task(self._connect(), name="realtime-upstream-connect")
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if not task.done():
-                self._connecting = task  # still connecting: the next caller takes it over
-            raise
+        link = self._link
+        if link is not None and link.is_up:
+            return link
+        task = self._connecting
+        if task is None or task.done():
+            if task is not None and not task.cancelled():
+                task.exception()  # the last attempt's failure, if any, is superseded by this one
+            self._link = None
+            task = self._connecting = asyncio.create_task(
+                self._connect(old=link), name="realtime-upstream-connect"
+            )
+        return await asyncio.shield(task)
 
     def _session_update(self) -> dict[str, Any]:
         o = self.options
         tools = o.tools
         specs = [s for s in tools.specs() if s.client_side] if tools is not None else []
+        vad = o.voice_detection if self.detects_turns else None
         return wire.session_update_event(
             instructions=o.instructions,
             voice=self._opts.voice or None,
@@ -457,6 +481,15 @@ class RealtimeUpstreamSession:
             tools=specs,
             tool_choice=tools.choice if tools is not None and specs else "auto",
             max_output_tokens=o.max_output_tokens,
+            turn_detection=None
+            if vad is None
+            else wire.turn_detection_config(
+                vad.type,
+                eagerness=vad.eagerness,
+                threshold=vad.threshold,
+                prefix_padding_ms=vad.prefix_padding_ms,
+                silence_duration_ms=vad.silence_duration_ms,
+            ),
         )
 
     def _on_lost(self, link: _Link, failure: BackendError) -> None:
@@ -472,6 +505,10 @@ class RealtimeUpstreamSession:
                 response.items.put_nowait(failure)
         self._requested = deque(r for r in self._requested if r.link is not link)
         self._responses = {k: r for k, r in self._responses.items() if r.link is not link}
+        self._model_commit = None  # the new socket's upstream never heard of it
+        self._awaiting_model_commit = False
+        if self.detects_turns:
+            self._signals.put_nowait(None)  # turn_signals() reconnects
 
     def _on_event(self, link: _Link, event: wire.UpstreamEvent) -> None:
         """Route one upstream event (never awaits)."""
@@ -479,10 +516,26 @@ class RealtimeUpstreamSession:
             return  # a link we dropped: its stragglers are not ours
         match event:
             case wire.InputCommitted(item_id=item_id):
+                self._awaiting_model_commit = False
                 if self._commit is not None and not self._commit.done():
                     if self._opts.transcription_model:  # its transcript may follow at once
                         self._transcripts[item_id] = asyncio.get_running_loop().create_future()
                     self._commit.set_result(item_id)
+                elif self.detects_turns:  # its VAD ended a turn: commit_audio adopts it
+                    if self._model_commit is not None:  # never adopted (cleared meanwhile)
+                        self._transcripts.pop(self._model_commit, None)
+                    if self._opts.transcription_model:
+                        self._transcripts[item_id] = asyncio.get_running_loop().create_future()
+                    self._model_commit = item_id
+                    self._turn_audio.clear()
+                    self._turn_audio_ms = 0.0
+            case wire.SpeechStarted(audio_start_ms=start_ms):
+                if self.detects_turns:
+                    self._signals.put_nowait(HeardSpeechStart(round(link.audio_base_ms + start_ms)))
+            case wire.SpeechStopped(audio_end_ms=end_ms):
+                if self.detects_turns:
+                    self._awaiting_model_commit = True
+                    self._signals.put_nowait(HeardSpeechStop(round(link.audio_base_ms + end_ms)))
             case wire.InputTranscribed(item_id=item_id, text=text, failed=failed):
                 if failed:
                     log.warning("the upstream could not transcribe a turn", extra={"item_id": item_id})
@@ -536,6 +589,7 @@ class RealtimeUpstreamSession:
 
     def push_audio(self, frame: PcmFrame) -> None:
         pcm = frame.to_bytes()
+        self._pushed_ms += frame.duration_ms
         self._turn_audio.append(pcm)
         self._turn_audio_ms += frame.duration_ms
         while self._turn_audio_ms > self._opts.max_turn_audio_ms and len(self._turn_audio) > 1:
@@ -546,23 +600,35 @@ class RealtimeUpstreamSession:
     async def clear_audio(self) -> None:
         self._turn_audio.clear()
         self._turn_audio_ms = 0.0
+        if self._model_commit is not None:  # a turn the client threw away
+            self._transcripts.pop(self._model_commit, None)
+            self._model_commit = None
         if self._link is not None:
             self._link.send_nowait(wire.clear_event())
 
     async def commit_audio(self) -> AsyncIterator[TranscriptDelta]:
+        """Commit the turn (gateway VAD, or the client's own commit); with the upstream's VAD,
+        adopt the turn the upstream committed itself (its commit may still be on its way)."""
         started = time.perf_counter()
         await self._drop_anticipated()
         link = await self._ensure_link()
         loop = asyncio.get_running_loop()
         self._commit = loop.create_future()
-        link.send_nowait(wire.commit_event(self._event_id("commit")))
-        self._turn_audio.clear()
-        self._turn_audio_ms = 0.0
-        if self.options.anticipate_reply:  # a reply follows: ask for it now (module docstring)
+        adopted, self._model_commit = self._model_commit, None
+        if adopted is not None:
+            self._commit.set_result(adopted)
+        elif not self._awaiting_model_commit:
+            link.send_nowait(wire.commit_event(self._event_id("commit")))
+            self._turn_audio.clear()
+            self._turn_audio_ms = 0.0
+        if self.options.anticipate_reply and (adopted is not None or not self.detects_turns):
+            # a reply follows: ask for it now, after the commit (module docstring)
             self._anticipated = self._request(link, with_audio=True, instructions=None)
         try:
             async with asyncio.timeout(self._model.deadlines.asr_final_timeout_s) as deadline:
                 item_id = await self._commit
+            if self.options.anticipate_reply and self._anticipated is None and self.detects_turns:
+                self._anticipated = self._request(link, with_audio=True, instructions=None)
         except TimeoutError as exc:
             await self._drop_anticipated()
             if deadline.expired():
@@ -747,6 +813,22 @@ class RealtimeUpstreamSession:
         if link is not None and link is self._link and link.is_up and record.item_id is not None:
             link.send_nowait(wire.truncate_event(self._event_id("truncate"), record.item_id, audio_end_ms))
         return text
+
+    async def turn_signals(self) -> AsyncIterator[TurnSignal]:
+        """The upstream's speech signals (detects_turns), keeping a link up meanwhile: a lost
+        or refused one is reported (TurnDetectionFailed) and tried again with backoff."""
+        delay_s = RECONNECT_FIRST_S
+        while not self._closed:
+            try:
+                await self._ensure_link()
+            except BackendError as exc:
+                yield TurnDetectionFailed(str(exc))
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, RECONNECT_MAX_S)
+                continue
+            delay_s = RECONNECT_FIRST_S
+            while (signal := await self._signals.get()) is not None:
+                yield signal
 
     async def aclose(self) -> None:
         self._closed = True

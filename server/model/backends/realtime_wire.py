@@ -223,7 +223,10 @@ def session_update_event(
     tools: Sequence[ToolSpec],
     tool_choice: ToolChoice,
     max_output_tokens: int | None,
+    turn_detection: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """`turn_detection`: None, the gateway commits each turn; else the upstream's VAD
+    (`turn_detection_config`)."""
     output: dict[str, Any] = {"format": _AUDIO_FORMAT}
     if voice:
         output["voice"] = voice
@@ -233,7 +236,7 @@ def session_update_event(
         "audio": {
             "input": {
                 "format": _AUDIO_FORMAT,
-                "turn_detection": None,  # ours: the gateway commits each turn
+                "turn_detection": turn_detection,
                 "transcription": None if transcription_model is None else {"model": transcription_model},
             },
             "output": output,
@@ -256,6 +259,22 @@ def session_update_event(
     if max_output_tokens is not None:
         session["max_output_tokens"] = max_output_tokens
     return {"type": "session.update", "session": session}
+
+
+def turn_detection_config(
+    kind: str, *, eagerness: str, threshold: float, prefix_padding_ms: int, silence_duration_ms: int
+) -> dict[str, Any]:
+    """The upstream's VAD with the client's settings, reporting only: it commits each turn
+    and says so (`speech_started/stopped`, `committed`), but neither answers nor cancels by
+    itself; the gateway asks for the reply and cancels what the caller talks over."""
+    config: dict[str, Any] = {"type": kind, "create_response": False, "interrupt_response": False}
+    if kind == "semantic_vad":
+        config["eagerness"] = eagerness
+    else:
+        config["threshold"] = threshold
+        config["prefix_padding_ms"] = prefix_padding_ms
+        config["silence_duration_ms"] = silence_duration_ms
+    return config
 
 
 def append_event(pcm: bytes) -> dict[str, Any]:
