@@ -276,7 +276,11 @@ async def realtime(websocket: WebSocket) -> None:
         model,
         runtime.vad,
         runtime.conversation_options(
-            model=requested, instructions=setup.instructions, voice=setup.voice, grounding=grounding
+            model=requested,
+            instructions=setup.instructions,
+            voice=setup.voice,
+            grounding=grounding,
+            turns_detected_by=setup.turns_detected_by,
         ),
         runtime.metrics,
         on_event=runtime.on_event,
@@ -397,7 +401,11 @@ async def twilio(websocket: WebSocket) -> None:
             model,
             runtime.vad,
             runtime.conversation_options(
-                model=requested, instructions=setup.instructions, voice=setup.voice, grounding=grounding
+                model=requested,
+                instructions=setup.instructions,
+                voice=setup.voice,
+                grounding=grounding,
+                turns_detected_by=setup.turns_detected_by,
             ),
             runtime.metrics,
             on_event=runtime.on_event,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from server.events import EventHandler
 from server.http.cluster_admission import ClusterAdmission
@@ -78,6 +79,7 @@ class Runtime:
         instructions: str | None = None,
         voice: str | None = None,
         grounding: Grounding | None = None,
+        turns_detected_by: Literal["gateway", "upstream"] | None = None,
     ) -> ConversationOptions:
         s = self.settings
         return ConversationOptions(
@@ -108,6 +110,7 @@ class Runtime:
             echo_cancellation=s.echo_cancellation,
             noise_reduction=None if s.noise_reduction == "none" else s.noise_reduction,
             grounding=grounding,
+            model_detects_turns=None if turns_detected_by is None else turns_detected_by == "upstream",
         )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from server.knowledge.knowledge import Knowledge
 
@@ -34,13 +35,19 @@ class SessionSetup:
     knowledge: this session's operator knowledge instead of the server's (VOXGATE_KNOWLEDGE):
     a `Knowledge` (`server.knowledge.knowledge.parse_knowledge`, `load_knowledge_file` or
     `knowledge_from_items`, which raise KnowledgeFileError naming the line) or the path of a
-    knowledge file. Indexed on first use and kept for later sessions that give the same one."""
+    knowledge file. Indexed on first use and kept for later sessions that give the same one.
+
+    turns_detected_by: who ends the caller's turns in a session of the `realtime` profile:
+    "gateway" (Voxgate's VAD) or "upstream" (the upstream model's VAD, with the client's
+    turn_detection settings); None: the profile's `turn_detection` option. The other profiles'
+    models have no VAD: Voxgate's always ends their turns."""
 
     instructions: str | None = None
     voice: str | None = None
     profile: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
     knowledge: Knowledge | Path | None = None
+    turns_detected_by: Literal["gateway", "upstream"] | None = None
 
 
 SessionSetupHook = Callable[[SessionRequest], Awaitable[SessionSetup]]

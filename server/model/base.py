@@ -130,6 +130,9 @@ class SessionOptions:
     # the caller's turn detection as the client set it (None: the client commits its turns);
     # read only by a session whose model detects the turns itself (DetectsTurns)
     voice_detection: VoiceDetection | None = None
+    # whether a model that can detect turns (DetectsTurns) does so in this session; None: its
+    # default. Decided when the session opens.
+    model_detects_turns: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

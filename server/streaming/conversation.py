@@ -349,6 +349,7 @@ class Conversation:
             ),
             grounding=self._options.grounding,
             voice_detection=self._voice_detection(),
+            model_detects_turns=self._options.model_detects_turns,
         )
 
     def _voice_detection(self) -> VoiceDetection | None:

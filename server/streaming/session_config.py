@@ -99,6 +99,8 @@ class ConversationOptions:
     noise_reduction: str | None = None
     # the operator's knowledge and the checks on the model's replies (server/knowledge)
     grounding: ReplyGrounding | None = None
+    # whether the model's own VAD ends the turns, where it has one (DetectsTurns); None: its default
+    model_detects_turns: bool | None = None
 
     def session_config(self, session_id: str) -> SessionConfig:
         """The session settings a session with these options starts from."""

@@ -21,6 +21,7 @@ from fastapi import FastAPI
 
 from server.audio import PcmFrame
 from server.http.app import create_app
+from server.http.session_setup import SessionRequest, SessionSetup
 from server.model.fakes import FAKE_AUDIO_SETTINGS, EnergyClassifierFactory, tone
 from server.settings import Settings
 from tests.harness import RealtimeTestClient, decode_audio_deltas, realtime_client, running_server
@@ -257,4 +258,40 @@ async def test_manual_commits_still_work_with_the_upstreams_vad_off() -> None:
             assert done["response"]["status"] == "completed", done
     updates = [e for e in script.received if e["type"] == "session.update"]
     assert updates[-1]["session"]["audio"]["input"]["turn_detection"] is None
+    assert [e["type"] for e in script.received].count("input_audio_buffer.commit") == 1
+
+
+async def test_a_session_setup_can_keep_the_gateways_vad_for_its_session() -> None:
+    """Embedding code chooses per session: this one keeps Voxgate's VAD (a FAKE energy VAD
+    that hears the tone), so the upstream's VAD is off and the gateway commits."""
+    script = ScriptedUpstream(start_ms=0, end_ms=0, speech_after_ms=10**9)  # never reports speech
+
+    async def setup(request: SessionRequest) -> SessionSetup:
+        return SessionSetup(turns_detected_by="gateway")
+
+    async with websockets.serve(script.serve, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        settings = Settings.model_validate(
+            {
+                **FAKE_AUDIO_SETTINGS,
+                "profile": "realtime",
+                "backend_options": {
+                    "realtime": {
+                        "url": f"ws://127.0.0.1:{port}/v1/realtime",
+                        "turn_detection": "upstream",
+                        "transcription_model": "",
+                    }
+                },
+            }
+        )
+        app = create_app(settings, vad=EnergyClassifierFactory(), session_setup=setup)
+        async with running_server(app) as gateway, realtime_client(gateway) as client:
+            await client.wait_for("session.created")
+            await client.stream(tone(600))
+            await client.stream(PcmFrame.silence(600, 24_000))
+            await client.wait_for("input_audio_buffer.speech_stopped")
+            done = await client.wait_for("response.done", timeout_s=10)
+            assert done["response"]["status"] == "completed", done
+    updates = [e for e in script.received if e["type"] == "session.update"]
+    assert all(u["session"]["audio"]["input"]["turn_detection"] is None for u in updates)
     assert [e["type"] for e in script.received].count("input_audio_buffer.commit") == 1

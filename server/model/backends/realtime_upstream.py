@@ -412,6 +412,8 @@ class RealtimeUpstreamSession:
         self._signals: asyncio.Queue[TurnSignal | None] = asyncio.Queue()  # None: the link was lost
         self._model_commit: str | None = None  # the upstream's last commit, not yet adopted
         self._awaiting_model_commit = False  # it said the speech stopped; its commit follows
+        chosen = options.model_detects_turns
+        self._detects_turns = self._opts.turn_detection == "upstream" if chosen is None else chosen
 
     # -- the link
 
@@ -424,7 +426,7 @@ class RealtimeUpstreamSession:
 
     @property
     def detects_turns(self) -> bool:
-        return self._opts.turn_detection == "upstream"
+        return self._detects_turns
 
     async def _connect(self, old: _Link | None = None) -> _Link:
         if old is not None:
