@@ -1,10 +1,11 @@
 // The Voxgate voice client: wires the websocket, the audio worklets and the page together.
 //
 // Protocol: OpenAI Realtime, GA dialect, on /v1/realtime of this page's origin. The page sends
-// session.update (PCM16 24 kHz both ways, VAD, voice, instructions), streams the microphone as
-// 20 ms input_audio_buffer.append events, and plays response.output_audio.delta. When the user
-// talks over a reply (input_audio_buffer.speech_started) or presses Interrupt, playback stops at
-// once and the page sends conversation.item.truncate with what it actually played.
+// session.update (PCM16 24 kHz both ways, server or semantic VAD, voice, instructions), streams
+// the microphone as 20 ms input_audio_buffer.append events, and plays
+// response.output_audio.delta. When the user talks over a reply
+// (input_audio_buffer.speech_started) or presses Interrupt, playback stops at once and the page
+// sends conversation.item.truncate with what it actually played.
 //
 // Test hooks: window.voxgate (see `hooks` at the end).
 
@@ -103,10 +104,11 @@ function showSettings(session) {
   fillForm(ui, settings, session);
   ui.accessKey.value = accessToken ?? "";
   view.rangeValues();
+  view.turnDetectionFields();
 }
 
 function currentSessionUpdate() {
-  return sessionUpdate(settings, RATES);
+  return sessionUpdate(settings, RATES, state.session);
 }
 
 function applySettings(event) {
@@ -194,6 +196,7 @@ function handleEvent(raw) {
       state.session = raw.session;
       if (state.settingsPending) view.settingsStatus("Applied.");
       state.settingsPending = false;
+      showSettings(state.session); // what the server runs now (it answers only our updates)
       view.sessionInfo(state.session);
       break;
     case "input_audio_buffer.speech_started":
@@ -515,6 +518,7 @@ ui.retry.addEventListener("click", () => connection.retryNow());
 ui.form.addEventListener("submit", applySettings);
 ui.threshold.addEventListener("input", () => view.rangeValues());
 ui.silence.addEventListener("input", () => view.rangeValues());
+ui.turnDetection.addEventListener("change", () => view.turnDetectionFields());
 document.addEventListener("keydown", (event) => {
   const typing = event.target instanceof HTMLInputElement || event.target instanceof HTMLTextAreaElement;
   if (event.key === "Escape" && !typing && !ui.interrupt.disabled) {
