@@ -123,3 +123,64 @@ async def test_the_servers_turn_detection_is_kept_and_shown() -> None:
         td = (await page.hooks("v.session"))["audio"]["input"]["turn_detection"]
         assert (td["type"], td["eagerness"]) == ("semantic_vad", "low")
         assert page.page_errors == []
+
+
+def speech_seconds(wav: Path, *, lead_s: float, tail_s: float) -> float:
+    with wave.open(str(wav)) as f:
+        frames: int = f.getnframes()
+        rate: int = f.getframerate()
+    return frames / rate - lead_s - tail_s
+
+
+@pytest.mark.parametrize(
+    ("settings", "commits"),
+    [
+        # an unfinished line: the server would wait 8 s of silence
+        ({"turn_detection": "semantic_vad", "eagerness": "low"}, 1),
+        # a long silence, so that only the page's stop ends the turn this soon
+        ({"turn_detection": "server_vad", "silence_duration_ms": 3000}, 0),
+    ],
+    ids=["semantic_vad", "server_vad"],
+)
+async def test_stopping_the_microphone_ends_the_turn(
+    tmp_path: Path, settings: dict[str, Any], commits: int
+) -> None:
+    wav = speech_wav(tmp_path, "My order number is", lead_s=LEAD_S, tail_s=3.0)
+    speech_s = speech_seconds(wav, lead_s=LEAD_S, tail_s=3.0)
+    llm = UnfinishedLlm()
+    app = fake_app(asr=FakeAsr(script=["my order number is"]), llm=llm, **settings)
+    async with running_server(app) as url, chromium(microphone_wav=wav) as browser:
+        page = await open_client(browser, url)
+        await page.click_microphone()
+        await page.wait_until(
+            "v.events.some(e => e.type === 'input_audio_buffer.speech_started')",
+            10,
+            "the server to hear speech",
+        )
+        # the user said their words and has been quiet for a second: the server still waits
+        sent = int(RATE * (LEAD_S + speech_s + 1.0))
+        await page.wait_until(f"v.counters.samplesSent > {sent}", 10, "a second of silence after the speech")
+        assert await page.hooks("v.events.some(e => e.type === 'input_audio_buffer.committed')") is False
+        assert await page.hooks("v.state.who") == "user"
+
+        await page.click_microphone()  # Stop microphone: "I'm done"
+        stopped_s = time.monotonic()
+        await page.wait_until(
+            "v.events.some(e => e.type === 'input_audio_buffer.committed')"
+            " && v.events.some(e => e.type === 'response.created')",
+            2.5,
+            "the turn to end and a reply to start after the stop",
+        )
+        assert time.monotonic() - stopped_s < 2.5
+        assert len(await page.hooks("v.commitsSent")) == commits
+        if settings["turn_detection"] == "semantic_vad":
+            assert llm.scored, "the server never scored the words: the test proves nothing"
+        await page.wait_until("v.latencies.length === 1", 10, "the reply to play")
+        latency = (await page.hooks("v.latencies"))[0]
+        if commits:  # the turn ended at the press, not at a silence
+            assert latency["method"] == "stop"
+        user = [e for e in await page.hooks("v.transcript") if e["role"] == "user"]
+        assert len(user) == 1 and user[0]["text"] == "my order number is"
+        assert await page.hooks("v.state.who") != "user"
+        assert await page.hooks("v.errors") == []
+        assert page.page_errors == []
