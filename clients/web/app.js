@@ -1,10 +1,12 @@
 // The Voxgate voice client: wires the websocket, the audio worklets and the page together.
 //
 // Protocol: OpenAI Realtime, GA dialect, on /v1/realtime of this page's origin. The page sends
-// session.update (PCM16 24 kHz both ways, VAD, voice, instructions), streams the microphone as
-// 20 ms input_audio_buffer.append events, and plays response.output_audio.delta. When the user
-// talks over a reply (input_audio_buffer.speech_started) or presses Interrupt, playback stops at
-// once and the page sends conversation.item.truncate with what it actually played.
+// session.update (PCM16 24 kHz both ways, server or semantic VAD, voice, instructions), streams
+// the microphone as 20 ms input_audio_buffer.append events, and plays
+// response.output_audio.delta. When the user talks over a reply
+// (input_audio_buffer.speech_started) or presses Interrupt, playback stops at once and the page
+// sends conversation.item.truncate with what it actually played. Stopping the microphone ends
+// the user's turn (endTurnOnStop).
 //
 // Test hooks: window.voxgate (see `hooks` at the end).
 
@@ -65,6 +67,7 @@ const itemAudio = new Map(); // itemId -> {receivedSamples, ended}
 const droppedItems = new Set(); // items cut by the user: late chunks are not played
 const latencies = [];
 const truncatesSent = [];
+const commitsSent = []; // turns the page ended itself (Stop microphone under semantic_vad)
 const truncatedReceived = [];
 const errors = [];
 const events = [];
@@ -103,10 +106,11 @@ function showSettings(session) {
   fillForm(ui, settings, session);
   ui.accessKey.value = accessToken ?? "";
   view.rangeValues();
+  view.turnDetectionFields();
 }
 
 function currentSessionUpdate() {
-  return sessionUpdate(settings, RATES);
+  return sessionUpdate(settings, RATES, state.session);
 }
 
 function applySettings(event) {
@@ -194,6 +198,7 @@ function handleEvent(raw) {
       state.session = raw.session;
       if (state.settingsPending) view.settingsStatus("Applied.");
       state.settingsPending = false;
+      showSettings(state.session); // what the server runs now (it answers only our updates)
       view.sessionInfo(state.session);
       break;
     case "input_audio_buffer.speech_started":
@@ -203,6 +208,8 @@ function handleEvent(raw) {
       onSpeechStopped();
       break;
     case "input_audio_buffer.committed":
+      state.userSpeaking = false; // a commit the page asked for comes without speech_stopped
+      renderSpeaking();
       transcript.userTurn(raw.item_id);
       view.conversationStarted();
       break;
@@ -459,12 +466,40 @@ function onFrame(pcm, rms, peak) {
 }
 
 /**
- * After the microphone stops, the server hears nothing more; silence makes its voice detector
- * end a turn the user was in the middle of, as if they had paused for the silence duration.
+ * The user pressed Stop microphone: they are done, so a turn they were in ends now.
+ *
+ * server_vad: silence_duration_ms + 300 ms of silence, sent at once, ends the turn exactly as
+ * if they had paused; it cannot race the server, which reads the audio in order.
+ * semantic_vad: no fixed silence does that, as an unfinished sentence waits up to the
+ * eagerness' maximum (8 s at low) and the score of the words arrives when it does. A turn the
+ * server announced (speech_started) and has not ended is committed and answered instead:
+ * input_audio_buffer.commit, then response.create (unless the session does not create
+ * responses). The commit can cross the server's own end of the turn on the wire (a round
+ * trip's window); when no turn is known to be open, the silence is sent as in server_vad.
  */
-function sendTrailingSilence() {
+function endTurnOnStop() {
   if (state.connection !== "ready") return;
-  const silenceMs = state.session?.audio?.input?.turn_detection?.silence_duration_ms ?? 300;
+  const td = state.session?.audio?.input?.turn_detection;
+  if (td?.type === "semantic_vad" && state.userSpeaking) {
+    commitTurn(td);
+  } else {
+    sendTrailingSilence(td);
+  }
+}
+
+function commitTurn(td) {
+  if (!connection.send({ type: "input_audio_buffer.commit" })) return;
+  commitsSent.push({ at: Math.round(performance.now()), turnDetection: td.type });
+  if (td.create_response !== false) connection.send({ type: "response.create" });
+  state.userSpeaking = false;
+  const now = performance.now();
+  pendingTurn = { speechEndAt: now, method: "stop", stoppedAt: now };
+  renderSpeaking();
+}
+
+/** Silence that makes the server's voice detector end a turn the user was in the middle of. */
+function sendTrailingSilence(td) {
+  const silenceMs = td?.silence_duration_ms ?? 300;
   const frame = silenceBase64(FRAME_MS, RATES.inputRateHz);
   for (let ms = 0; ms < silenceMs + 300; ms += FRAME_MS) {
     if (!connection.send({ type: "input_audio_buffer.append", audio: frame })) return;
@@ -482,7 +517,7 @@ async function toggleMicrophone() {
   if (state.mic === "on") {
     audio.stopMicrophone();
     voice.interrupt(); // the user is no longer heard: a voice run ends here
-    sendTrailingSilence();
+    endTurnOnStop();
     setMic("off");
     return;
   }
@@ -515,6 +550,7 @@ ui.retry.addEventListener("click", () => connection.retryNow());
 ui.form.addEventListener("submit", applySettings);
 ui.threshold.addEventListener("input", () => view.rangeValues());
 ui.silence.addEventListener("input", () => view.rangeValues());
+ui.turnDetection.addEventListener("change", () => view.turnDetectionFields());
 document.addEventListener("keydown", (event) => {
   const typing = event.target instanceof HTMLInputElement || event.target instanceof HTMLTextAreaElement;
   if (event.key === "Escape" && !typing && !ui.interrupt.disabled) {
@@ -554,6 +590,7 @@ const hooks = {
   latencies,
   truncatesSent,
   truncatedReceived,
+  commitsSent,
   errors,
   events,
   get session() {

@@ -5,6 +5,13 @@
 // Entries are keyed by the server's item ids. `snapshot()` is what tests read.
 
 const DEFAULT_MS_PER_CHAR = 50; // espeak-ng's default voice, measured; refined by finished replies
+const LATENCY_TITLES = {
+  local:
+    "Latency: from the end of your speech (detected here, from the microphone level) to the first reply audio played.",
+  server:
+    "Latency: from the end of your speech (estimated as the server's speech_stopped arrival minus its silence duration) to the first reply audio played.",
+  stop: "Latency: from pressing Stop microphone, which ended your turn, to the first reply audio played.",
+};
 
 /**
  * Split `text` into the words heard in `heardMs` and the rest. `totalMs`, when the item's
@@ -253,10 +260,7 @@ export class Transcript {
       const tag = document.createElement("span");
       tag.className = "tag latency";
       tag.textContent = `latency ${(entry.latencyMs / 1000).toFixed(2)} s`;
-      tag.title =
-        entry.latencyMethod === "local"
-          ? "Latency: from the end of your speech (detected here, from the microphone level) to the first reply audio played."
-          : "Latency: from the end of your speech (estimated as the server's speech_stopped arrival minus its silence duration) to the first reply audio played.";
+      tag.title = LATENCY_TITLES[entry.latencyMethod] ?? LATENCY_TITLES.server;
       meta.append(tag);
     }
     this.#scroll();

@@ -35,8 +35,13 @@ export class View {
       profile: $("profile"),
       threshold: $("threshold"),
       thresholdOut: $("threshold-out"),
+      thresholdField: $("threshold-field"),
+      turnDetection: $("turn-detection"),
       silence: $("silence"),
       silenceOut: $("silence-out"),
+      silenceField: $("silence-field"),
+      eagerness: $("eagerness"),
+      eagernessField: $("eagerness-field"),
       instructions: $("instructions"),
       accessKey: $("access-key"),
       settingsStatus: $("settings-status"),
@@ -158,7 +163,13 @@ export class View {
     if (!session) return;
     const td = session.audio?.input?.turn_detection;
     const parts = [`Session ${session.id}`, `model ${session.model}`, `voice ${session.audio?.output?.voice ?? "?"}`];
-    if (td) parts.push(`VAD ${Number(td.threshold).toFixed(2)}, ${td.silence_duration_ms} ms`);
+    if (td?.type === "semantic_vad") {
+      parts.push(`semantic VAD, eagerness ${td.eagerness}`);
+    } else if (td) {
+      parts.push(`VAD ${Number(td.threshold).toFixed(2)}, ${td.silence_duration_ms} ms`);
+    } else {
+      parts.push("no turn detection");
+    }
     this.ui.sessionInfo.textContent = parts.join(" · ");
   }
 
@@ -169,6 +180,14 @@ export class View {
   rangeValues() {
     this.ui.thresholdOut.value = Number(this.ui.threshold.value).toFixed(2);
     this.ui.silenceOut.value = `${this.ui.silence.value} ms`;
+  }
+
+  /** Show the chosen turn detection's own settings: threshold and silence, or eagerness. */
+  turnDetectionFields() {
+    const semantic = this.ui.turnDetection.value === "semantic_vad";
+    this.ui.thresholdField.hidden = semantic;
+    this.ui.silenceField.hidden = semantic;
+    this.ui.eagernessField.hidden = !semantic;
   }
 
   conversationStarted() {

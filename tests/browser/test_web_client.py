@@ -276,6 +276,7 @@ async def test_keyboard_reaches_every_control() -> None:
             "voice",
             "profile",
             "threshold",
+            "turn-detection",
             "silence",
         ):
             assert control in reached, reached
@@ -326,6 +327,13 @@ async def test_pure_helpers_in_the_browser() -> None:
                     update: sessionUpdate({ voice: 'en-gb', silenceMs: 500 },
                                           { inputRateHz: 24000, outputRateHz: 24000 }),
                     bare: sessionUpdate({}, { inputRateHz: 16000, outputRateHz: 24000 }),
+                    semantic: sessionUpdate(
+                        { turnDetection: 'semantic_vad', eagerness: 'low', silenceMs: 500, threshold: 0.6 },
+                        { inputRateHz: 24000, outputRateHz: 24000 }),
+                    // no type chosen: the server's semantic_vad stays
+                    kept: sessionUpdate({ threshold: 0.6, silenceMs: 500 },
+                                        { inputRateHz: 24000, outputRateHz: 24000 },
+                                        { audio: { input: { turn_detection: { type: 'semantic_vad' } } } }),
                 };
             }"""
         )
@@ -359,3 +367,11 @@ async def test_pure_helpers_in_the_browser() -> None:
         assert "instructions" not in session  # only what the user applied
         assert result["bare"]["session"]["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 16000}
         assert "voice" not in result["bare"]["session"]["audio"]["output"]
+        # no turn detection setting applied: the session's stays whatever the server runs
+        assert "turn_detection" not in result["bare"]["session"]["audio"]["input"]
+        # each type carries only its own fields (the server refuses eagerness with server_vad)
+        assert result["semantic"]["session"]["audio"]["input"]["turn_detection"] == {
+            "type": "semantic_vad",
+            "eagerness": "low",
+        }
+        assert result["kept"]["session"]["audio"]["input"]["turn_detection"] == {"type": "semantic_vad"}
