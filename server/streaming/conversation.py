@@ -213,6 +213,7 @@ class Conversation:
         self._stop_requested = False
         self._speech_end_s: float | None = None
         self._model_detects_turns = False  # the model's VAD ends the turns (DetectsTurns)
+        self._committed_until_ms = 0  # the input audio up to here belongs to committed turns
         self._model_turns_failing = False  # ... and it cannot for now (reported once)
         self._lifetime = SessionLifetime(options.lifetime, clock())
         self.ended_by: SessionEnd | None = None  # set when the server ended the session (lifetime.py)
@@ -861,7 +862,10 @@ class Conversation:
                 and self.config.turn_detection is not None
                 and not self._model_detects_turns
             ):
-                self._start_capture(self._input.input_ms - 1000)
+                # speech the VAD did not catch: the last second, but never audio of a turn
+                # already committed (a client's commit that crossed the VAD's on the wire
+                # finds the buffer empty, as OpenAI's does, instead of repeating the turn)
+                self._start_capture(max(self._input.input_ms - 1000, self._committed_until_ms))
             if self._captured_ms < MIN_COMMIT_MS:
                 raise ProtocolViolation(
                     f"buffer too small: {self._captured_ms} ms of audio; commit needs at least"
@@ -872,6 +876,7 @@ class Conversation:
             await self._run_turn_actions()
         item_id = self._input_item_id or new_id("item")
         self._input_item_id = None
+        self._committed_until_ms = self._input.input_ms
         self._capturing = False
         self._captured = []
         self._captured_ms = 0

@@ -15,6 +15,8 @@ from server.model.fakes import FakeAsr, FakeLlm, tone
 from server.streaming.commands import CancelResponse, CommitAudio, CreateResponse, TruncateItem, UpdateSession
 from server.streaming.conversation import Conversation
 from server.streaming.outputs import (
+    Failed,
+    InputCommitted,
     ItemTruncated,
     ResponseAudio,
     ResponseEnded,
@@ -157,3 +159,25 @@ def test_client_truncate_overrides_estimate() -> None:
         assert client_cut.output == ItemTruncated(first.output.item_id, 100)
 
     converse(script, FakeAsr(["hi"]), FakeLlm([LONG_REPLY]))
+
+
+def test_a_client_commit_that_crosses_the_vads_commit_finds_the_buffer_empty() -> None:
+    """A client ends its turn with a commit (the web client's Stop) just as the VAD ended it:
+    the commit is refused as empty, not filled with the turn's audio again (a second turn)."""
+
+    async def script(port: MemoryPort, _: Conversation) -> None:
+        await port.stream(tone(600))
+        committed = await port.stream_until(InputCommitted)
+        port.push(CommitAudio())
+        await port.stream(silence(200))
+        refused = port.first(Failed, after=port.index(committed))
+        assert refused is not None and isinstance(refused.output, Failed)
+        assert refused.output.code == "input_audio_buffer_commit_empty"
+        assert len(port.all(InputCommitted)) == 1
+        # a commit after new speech the VAD missed still takes that speech
+        await port.stream(silence(1000))
+        port.push(CommitAudio())
+        await port.stream(silence(100))
+        assert len(port.all(InputCommitted)) == 2
+
+    converse(script, FakeAsr(["hi", "again"]), FakeLlm(["Hello."]))
