@@ -100,36 +100,49 @@ async def test_barge_in_stops_playback_and_truncates(tmp_path: Path) -> None:
         # talk over the reply: a new getUserMedia plays the WAV from its start again
         await page.click_microphone()
         await page.click_microphone()
-        await page.wait_until("v.truncatesSent.length > 0", 10, "the page to cut the reply")
+        # the page cuts the reply when speech_started (or the cancel) finds it playing; on a
+        # busy machine the server may have paused the reply (words barge-in) long enough for
+        # the page to play out all it had before the cancel came: then the server's cut is
+        # the only one, and it must match what the page played
+        await page.wait_until(
+            "v.truncatesSent.length > 0 || v.truncatedReceived.length > 0", 10, "the reply to be cut"
+        )
         played_at_cut = await page.hooks("v.counters.samplesPlayed")
         await page.page.wait_for_timeout(400)
         # playback stopped at once: nothing more played while the user talks
         assert await page.hooks("v.counters.samplesPlayed") == played_at_cut
         assert await page.hooks("v.state.who") == "user"
 
-        truncate = (await page.hooks("v.truncatesSent"))[0]
-        assert truncate["reason"] == "barge-in" and truncate["sent"]
-        assert 0 < truncate["audioEndMs"] <= truncate["receivedSamples"] * 1000 / RATE
-        # the server took the page's position: conversation.item.truncated echoes it
-        await page.wait_until(
-            f"v.truncatedReceived.some(t => t.itemId === '{truncate['itemId']}'"
-            f" && t.audioEndMs === {truncate['audioEndMs']})",
-            5,
-            "the server to confirm the page's truncate",
-        )
+        sent = await page.hooks("v.truncatesSent")
+        if sent:
+            truncate = sent[0]
+            assert truncate["reason"] == "barge-in" and truncate["sent"]
+            assert 0 < truncate["audioEndMs"] <= truncate["receivedSamples"] * 1000 / RATE
+            item_id, audio_end_ms = truncate["itemId"], truncate["audioEndMs"]
+            # the server took the page's position: conversation.item.truncated echoes it
+            await page.wait_until(
+                f"v.truncatedReceived.some(t => t.itemId === '{item_id}' && t.audioEndMs === {audio_end_ms})",
+                5,
+                "the server to confirm the page's truncate",
+            )
+        else:
+            cut_by_server = (await page.hooks("v.truncatedReceived"))[0]
+            item_id, audio_end_ms = cut_by_server["itemId"], cut_by_server["audioEndMs"]
+            assert await page.hooks("v.state.audioItemId") is None  # drained: nothing left to cut
+            assert 0 < audio_end_ms <= played_at_cut * 1000 / RATE
         assert await metric(url, "voxgate_interruptions_total") >= 1
 
         # the transcript shows the heard part, and the unheard rest struck through
-        cut = next(e for e in await page.hooks("v.transcript") if e["itemId"] == truncate["itemId"])
+        cut = next(e for e in await page.hooks("v.transcript") if e["itemId"] == item_id)
         assert cut["interrupted"] and cut["heard"] and cut["unheard"].strip()
         assert cut["heard"] + cut["unheard"] == cut["text"]
         assert len(cut["heard"]) <= cut["heardMs"] / 25 + 8  # no faster than 40 characters a second
-        struck = page.page.locator(f"li[data-item-id='{truncate['itemId']}'] del.unheard")
+        struck = page.page.locator(f"li[data-item-id='{item_id}'] del.unheard")
         assert await struck.count() == 1
 
         # the conversation goes on: the second question gets its own reply
         await page.wait_until(
-            f"v.transcript.some(e => e.role === 'assistant' && e.itemId !== '{truncate['itemId']}')"
+            f"v.transcript.some(e => e.role === 'assistant' && e.itemId !== '{item_id}')"
             " && v.state.who === 'assistant'",
             30,
             "the second reply to play",
