@@ -218,7 +218,7 @@ def synthesize_with_espeak(text: str, path: Path, voice: str, timeout_s: float =
     synthesize("espeak-ng", ["-v", voice, "-w", "{out}", text], text, path, timeout_s)
 
 
-def _spoken(engine: str, voice: str, text: str, cache_dir: Path) -> tuple[NDArray[np.int16], int]:
+def spoken(engine: str, voice: str, text: str, cache_dir: Path) -> tuple[NDArray[np.int16], int]:
     slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
     path = cache_dir / f"{engine}-{voice}-{slug}.wav"
     if not path.exists():
@@ -241,7 +241,7 @@ def load_backchannels(
     voices = [("flite", v) for v in flite_voices] + [("espeak", v) for v in espeak_voices]
     for word in words:
         for engine, voice in voices:
-            samples, rate = _spoken(engine, voice, BACKCHANNELS[word], cache_dir)
+            samples, rate = spoken(engine, voice, BACKCHANNELS[word], cache_dir)
             clip = make_utterance(f"bc-{word}-{engine}-{voice}", samples, rate, word, "synthetic")
             speech = clip.samples[
                 clip.speech_start_ms * SAMPLE_RATE_HZ // 1000 : clip.speech_end_ms * SAMPLE_RATE_HZ // 1000
@@ -269,7 +269,7 @@ def load_interruptions(
     clips = []
     for i, text in enumerate(sentences):
         voice = INTERRUPTION_VOICES[i % len(INTERRUPTION_VOICES)]
-        samples, rate = _spoken("flite", voice, text, cache_dir)
+        samples, rate = spoken("flite", voice, text, cache_dir)
         slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
         clips.append(make_utterance(f"int-{voice}-{slug[:32]}", samples, rate, text, "synthetic"))
     return clips

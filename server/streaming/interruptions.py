@@ -4,7 +4,9 @@ When the caller talks over a reply in `words` barge-in mode (turns.py), the repl
 pauses and the recogniser's words decide what the overlap was:
 
 - an **interruption**: a word that takes the floor ("wait", "stop", "no", "actually",
-  "what"), or more words than a backchannel holds (one of them not a listener's), or voice
+  "what"), once the recogniser has moved past it to another word or the voice has stopped
+  (its last word is a guess: "uh-huh" passes through "but" on its way to "the flood"), or
+  more words than a backchannel holds (one of them not a listener's), or voice
   that goes on past `decide_within_ms`: the reply is cancelled and the caller's speech is a
   turn;
 - a **backchannel**: only listener words ("uh-huh", "yeah", "right", "okay", "mm-hmm"), or
@@ -104,7 +106,11 @@ def classify_overlap(
     words = words_of(text)
     if echoes_reply(text, reply_text, policy):
         return OverlapKind.ECHO if final else None
-    if any(word in policy.interruption_words for word in words):
+    # the recogniser's last word is its guess so far: a listener's "uh-huh" passes through
+    # "the", "but", "of" on its way to "the flood"; a word that takes the floor counts once a
+    # later word follows it, or when the voice has stopped (the reply stays paused meanwhile)
+    settled = words if final else words[:-1]
+    if any(word in policy.interruption_words for word in settled):
         return OverlapKind.INTERRUPTION
     unknown = [word for word in words if word not in policy.backchannel_words]
     if unknown and len(words) > policy.max_backchannel_words:

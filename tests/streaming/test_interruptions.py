@@ -69,11 +69,13 @@ def test_backchannel_pauses_then_resumes_the_reply_without_announcing() -> None:
 
 
 def test_real_interruption_cancels_on_its_first_words() -> None:
+    """A word that takes the floor counts once the recogniser has moved past it (its last word
+    is a guess that changes); the reply stays paused meanwhile."""
     taker = replying()
-    timeline = run(taker, ["S" * 14, WordsHeard("wait"), "S" * 20])
+    timeline = run(taker, ["S" * 14, WordsHeard("wait"), "S" * 3, WordsHeard("wait i"), "S" * 20])
     assert kinds(timeline)[:4] == [BeginCapture, PauseReply, CancelReply, AnnounceSpeechStarted]
     cancel_at = next(t for t, a in timeline if isinstance(a, CancelReply))
-    assert cancel_at == 14 * FRAME_MS  # when the word arrived, after barge_in_min_ms
+    assert cancel_at == 17 * FRAME_MS  # when the next word arrived, after barge_in_min_ms
     assert next(a for _, a in timeline if isinstance(a, AnnounceSpeechStarted)).audio_start_ms == 0
     assert taker.state is UserState.USER_SPEAKING
     assert taker.active_reply is None
@@ -81,7 +83,7 @@ def test_real_interruption_cancels_on_its_first_words() -> None:
 
 def test_words_before_barge_in_min_wait_for_it() -> None:
     taker = replying()
-    timeline = run(taker, ["S" * 8, WordsHeard("stop"), "S" * 10])
+    timeline = run(taker, ["S" * 8, WordsHeard("stop it"), "S" * 10])
     cancel_at = next(t for t, a in timeline if isinstance(a, CancelReply))
     assert cancel_at == 260  # the first frame at or past barge_in_min_ms (250)
 
@@ -224,7 +226,11 @@ def test_settle_deadline_is_reported_and_ticks_decide() -> None:
         ("", True, OverlapKind.NOISE),
         ("", False, None),
         ("yeah", False, None),
-        ("wait", False, OverlapKind.INTERRUPTION),
+        ("wait", False, None),  # the last word may still change
+        ("wait", True, OverlapKind.INTERRUPTION),
+        ("wait i", False, OverlapKind.INTERRUPTION),
+        ("the but", False, None),  # what "uh-huh" sounds like half way
+        ("but the", False, OverlapKind.INTERRUPTION),
         ("No.", True, OverlapKind.INTERRUPTION),
         ("what about the refund", False, OverlapKind.INTERRUPTION),
         ("the blue shirt", False, OverlapKind.INTERRUPTION),
@@ -260,3 +266,16 @@ def test_an_echo_of_the_reply_resumes_it_even_past_decide_within() -> None:
     assert CancelReply not in kinds(timeline)
     ignored = next(a for _, a in timeline if isinstance(a, IgnoreOverlap))
     assert ignored.kind is OverlapKind.ECHO and ignored.paused_reply == 5
+
+
+def test_a_floor_word_the_recogniser_takes_back_does_not_cancel() -> None:
+    """Half way through a listener's "uh-huh" the recogniser guesses "but"; then it hears "the
+    flood": the reply resumes (the guess never counted)."""
+    taker = replying()
+    timeline = run(
+        taker,
+        ["S" * 10, WordsHeard("the"), "S" * 2, WordsHeard("but"), "S" * 4, WordsHeard("the flood"), "." * 15],
+    )
+    assert CancelReply not in kinds(timeline)
+    ignored = next(a for _, a in timeline if isinstance(a, IgnoreOverlap))
+    assert ignored.kind is OverlapKind.BACKCHANNEL

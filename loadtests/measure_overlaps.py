@@ -1,0 +1,228 @@
+"""What the `words` barge-in rules make of speech over a reply, clip by clip, offline.
+
+    python -m loadtests.measure_overlaps [--held-out] [--show]
+
+`bench_barge_in` measures barge-in through a live server, at real time, on a loaded box; this
+replays the same decisions without a clock, so that each clip's outcome depends only on the
+rules, the VAD and the recogniser: for every clip the server's Silero VAD classifies the audio
+frame by frame and the server's PocketSphinx configuration decodes it in 32 ms chunks as the
+audio advances (in this process; the hypothesis after each chunk is taken as heard at that
+point of the audio, so a loaded server hears the words later than this). The real TurnTaker
+(server/streaming/turns.py, default options, `words` mode) runs over a reply that started
+500 ms before the clip; its actions say what happened: the reply paused, cancelled
+(interruption) or resumed (backchannel / noise / echo), and when.
+
+Clips:
+- backchannels: "uh-huh", "mm-hmm", "yeah", "right", "okay" (`loadtests.overlays`) in the
+  bench's voices (flite kal, awb, rms, slt; espeak-ng en-us) and, with `--held-out`, in voices
+  the rules were never tuned on (espeak-ng en-gb, en-us+f3, en-us+m3, en-au and en-sc; flite
+  kal16);
+- interruptions: the corpus's customer-service sentences in flite's voices (as the bench) and,
+  with `--held-out`, in espeak-ng en-gb and en-us+f3, plus the human recordings of
+  pocketsphinx-testdata.
+
+Reported per group: backchannels resumed (wanted: all), and for interruptions: cancelled
+(wanted: all) and the voice time from the clip's first voiced frame to the cancel (the stale
+audio a caller hears is about this plus the transport). `--show` prints every clip with the
+words the rules saw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pocketsphinx
+import soxr
+
+from loadtests.corpus import (
+    DEFAULT_CACHE_DIR,
+    SAMPLE_RATE_HZ,
+    SYNTHETIC_SENTENCES,
+    CorpusUnavailable,
+    Utterance,
+    load_human,
+    make_utterance,
+)
+from loadtests.overlays import BACKCHANNELS, load_backchannels, load_interruptions, spoken
+from server.audio import PcmFrame
+from server.model.backends import pocketsphinx_asr
+from server.streaming.interruptions import InterruptionPolicy
+from server.streaming.turns import (
+    CancelReply,
+    FrameClassified,
+    IgnoreOverlap,
+    PauseReply,
+    ReplyStarted,
+    Tick,
+    TurnOptions,
+    TurnTaker,
+    WordsHeard,
+)
+from server.vad import silero
+
+REPLY_TEXT = (
+    "Let me check on your order. Could you read me the order number from your confirmation email? "
+    "It is the number that starts with two letters."
+)
+LEAD_MS = 500  # the reply plays this long before the clip
+TAIL_MS = 1500  # silence after the clip
+CHUNK_MS = 32  # the recogniser's chunks, one VAD frame each
+HELD_OUT_BACKCHANNEL_ESPEAK = ("en-gb", "en-us+f3", "en-us+m3", "en-au", "en-sc")
+HELD_OUT_BACKCHANNEL_FLITE = ("kal16",)
+HELD_OUT_INTERRUPTION_ESPEAK = ("en-gb", "en-us+f3")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    clip: str
+    group: str
+    kind: str  # cancelled | resumed:<kind> | nothing (never paused, no decision)
+    decided_after_ms: int | None  # from the first voiced frame of the clip
+    words: str
+
+
+def decoder_config() -> dict[str, object]:
+    """The server's PocketSphinx configuration (pocketsphinx_asr.load)."""
+    asr = pocketsphinx_asr.load()
+    config: dict[str, object] = json.loads(asr._pool._config_json)
+    asr.close()
+    return config
+
+
+def decoder(config: dict[str, object]) -> pocketsphinx.Decoder:
+    """A fresh decoder for one clip, so that no clip depends on the ones before it (a pooled
+    decoder's cepstral mean adapts from utterance to utterance)."""
+    return pocketsphinx.Decoder(pocketsphinx.Config(**config))
+
+
+def replay(clip: Utterance, group: str, vad: silero.SileroVad, config: dict[str, object]) -> Outcome:
+    """One clip over a reply through the VAD, the recogniser and the TurnTaker."""
+    asr = decoder(config)
+    rate = silero.SAMPLE_RATE_HZ  # the VAD's and the recogniser's rate (the clips are 24 kHz)
+    frame = silero.FRAME_MS * rate // 1000
+    samples = soxr.resample(clip.samples, SAMPLE_RATE_HZ, rate).astype(np.int16)
+    audio = np.concatenate(
+        [np.zeros(LEAD_MS * rate // 1000, np.int16), samples, np.zeros(TAIL_MS * rate // 1000, np.int16)]
+    )
+    taker = TurnTaker(TurnOptions(interruption=InterruptionPolicy()))
+    taker.receive(ReplyStarted(1), now_ms=0)
+    classifier = vad.open(0.5)
+    asr.start_utt()
+    words = ""
+    first_voice_ms: int | None = None
+    outcome: tuple[str, int] | None = None
+    paused = False
+    for i in range(0, len(audio) - frame + 1, frame):
+        start_ms = i * 1000 // rate
+        end_ms = start_ms + silero.FRAME_MS
+        chunk = audio[i : i + frame]
+        if start_ms >= LEAD_MS:  # the server decodes the caller's audio from the onset on
+            asr.process_raw(chunk.tobytes(), False, False)
+            hyp = asr.hyp()
+            words = hyp.hypstr if hyp is not None else words
+        probability = classifier.speech_probability(PcmFrame(chunk, rate))
+        if probability >= 0.5 and first_voice_ms is None and start_ms >= LEAD_MS:
+            first_voice_ms = start_ms
+        taker.receive(FrameClassified(start_ms, silero.FRAME_MS, probability), now_ms=end_ms)
+        if taker.wants_words:
+            taker.receive(WordsHeard(words, REPLY_TEXT), now_ms=end_ms)
+        taker.receive(Tick(), now_ms=end_ms)
+        for action in taker.actions():
+            if isinstance(action, PauseReply):
+                paused = True
+            elif isinstance(action, CancelReply) and outcome is None:
+                outcome = ("cancelled", end_ms)
+            elif isinstance(action, IgnoreOverlap) and outcome is None and action.paused_reply is not None:
+                outcome = (f"resumed:{action.kind.value}", end_ms)
+        if outcome is not None:
+            break
+    asr.end_utt()
+    base = first_voice_ms if first_voice_ms is not None else LEAD_MS
+    if outcome is None:
+        return Outcome(clip.name, group, "paused, undecided" if paused else "nothing", None, words)
+    return Outcome(clip.name, group, outcome[0], outcome[1] - base, words)
+
+
+def held_out_backchannels(cache_dir: Path) -> list[Utterance]:
+    clips = []
+    for word, text in BACKCHANNELS.items():
+        voices = [("espeak", v) for v in HELD_OUT_BACKCHANNEL_ESPEAK] + [
+            ("flite", v) for v in HELD_OUT_BACKCHANNEL_FLITE
+        ]
+        for engine, voice in voices:
+            try:
+                samples, rate = spoken(engine, voice, text, cache_dir)
+            except Exception as exc:  # a voice this machine lacks
+                raise CorpusUnavailable(f"{engine} {voice}: {exc}") from exc
+            clips.append(make_utterance(f"bc-{word}-{engine}-{voice}", samples, rate, word, "synthetic"))
+    return clips
+
+
+def held_out_interruptions(cache_dir: Path) -> list[Utterance]:
+    clips = []
+    for i, text in enumerate(SYNTHETIC_SENTENCES):
+        voice = HELD_OUT_INTERRUPTION_ESPEAK[i % len(HELD_OUT_INTERRUPTION_ESPEAK)]
+        samples, rate = spoken("espeak", voice, text, cache_dir)
+        clips.append(make_utterance(f"int-espeak-{voice}-{i}", samples, rate, text, "synthetic"))
+    return clips
+
+
+def report(outcomes: Sequence[Outcome]) -> None:
+    groups = sorted({o.group for o in outcomes})
+    print(f"{'group':34} {'n':>3} {'wanted':>7}   decided after p50 / p90 / max (ms)")
+    for group in groups:
+        rows = [o for o in outcomes if o.group == group]
+        want = "cancelled" if group.startswith("interruption") else "resumed"
+        good = [o for o in rows if o.kind.startswith(want)]
+        times = sorted(o.decided_after_ms for o in good if o.decided_after_ms is not None)
+        timing = (
+            f"{statistics.median(times):.0f} / {float(np.percentile(times, 90)):.0f} / {times[-1]}"
+            if times
+            else "-"
+        )
+        print(f"{group:34} {len(rows):>3} {len(good) / len(rows):>7.0%}   {timing}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtests.measure_overlaps", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--held-out", action="store_true", help="also voices the rules were not tuned on")
+    parser.add_argument("--show", action="store_true", help="every clip, with the words the rules saw")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
+    args = parser.parse_args(argv)
+    try:
+        sets: list[tuple[str, list[Utterance]]] = [
+            ("backchannel (bench voices)", load_backchannels(args.cache_dir)),
+            ("interruption (bench: flite)", load_interruptions(args.cache_dir)),
+        ]
+        if args.held_out:
+            sets += [
+                ("backchannel (held-out voices)", held_out_backchannels(args.cache_dir)),
+                ("interruption (held-out: espeak)", held_out_interruptions(args.cache_dir)),
+                ("interruption (human recordings)", load_human()),
+            ]
+    except CorpusUnavailable as exc:
+        print(f"corpus unavailable: {exc}", file=sys.stderr)
+        return 2
+    vad = silero.load()
+    config = decoder_config()
+    outcomes = [replay(clip, group, vad, config) for group, clips in sets for clip in clips]
+    if args.show:
+        for o in outcomes:
+            after = "" if o.decided_after_ms is None else f" after {o.decided_after_ms} ms"
+            print(f"{o.group:34} {o.clip:44} {o.kind:22}{after:>16}  heard {o.words!r}")
+        print()
+    report(outcomes)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
