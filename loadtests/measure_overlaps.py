@@ -102,9 +102,13 @@ def decoder(config: dict[str, object]) -> pocketsphinx.Decoder:
     return pocketsphinx.Decoder(pocketsphinx.Config(**config))
 
 
-def replay(clip: Utterance, group: str, vad: silero.SileroVad, config: dict[str, object]) -> Outcome:
-    """One clip over a reply through the VAD, the recogniser and the TurnTaker."""
+def replay(
+    clip: Utterance, group: str, vad: silero.SileroVad, config: dict[str, object], asr_lag_ms: int = 0
+) -> Outcome:
+    """One clip over a reply through the VAD, the recogniser and the TurnTaker; the words of
+    each point of the audio reach the rules `asr_lag_ms` later (a busy recogniser)."""
     asr = decoder(config)
+    decoded: list[tuple[int, str]] = []  # (audio ms decoded up to, the hypothesis then)
     rate = silero.SAMPLE_RATE_HZ  # the VAD's and the recogniser's rate (the clips are 24 kHz)
     frame = silero.FRAME_MS * rate // 1000
     samples = soxr.resample(clip.samples, SAMPLE_RATE_HZ, rate).astype(np.int16)
@@ -126,7 +130,9 @@ def replay(clip: Utterance, group: str, vad: silero.SileroVad, config: dict[str,
         if start_ms >= LEAD_MS:  # the server decodes the caller's audio from the onset on
             asr.process_raw(chunk.tobytes(), False, False)
             hyp = asr.hyp()
-            words = hyp.hypstr if hyp is not None else words
+            if hyp is not None:
+                decoded.append((end_ms, hyp.hypstr))
+        words = next((w for at, w in reversed(decoded) if at <= end_ms - asr_lag_ms), "")
         probability = classifier.speech_probability(PcmFrame(chunk, rate))
         if probability >= 0.5 and first_voice_ms is None and start_ms >= LEAD_MS:
             first_voice_ms = start_ms
@@ -196,6 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--held-out", action="store_true", help="also voices the rules were not tuned on")
     parser.add_argument("--show", action="store_true", help="every clip, with the words the rules saw")
+    parser.add_argument(
+        "--asr-lag-ms", type=int, default=0, help="the words reach the rules this late (default %(default)s)"
+    )
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
     args = parser.parse_args(argv)
     try:
@@ -214,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     vad = silero.load()
     config = decoder_config()
-    outcomes = [replay(clip, group, vad, config) for group, clips in sets for clip in clips]
+    outcomes = [replay(clip, group, vad, config, args.asr_lag_ms) for group, clips in sets for clip in clips]
     if args.show:
         for o in outcomes:
             after = "" if o.decided_after_ms is None else f" after {o.decided_after_ms} ms"
