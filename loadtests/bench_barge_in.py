@@ -490,6 +490,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="spawn one server per config; alternate",
     )
+    add(
+        "--pool",
+        nargs="+",
+        metavar="LABEL=FILE",
+        default=None,
+        help="report earlier runs' trials (--out files) together, each under its label; runs nothing",
+    )
     add("--scenarios", default=",".join(SCENARIOS), help="comma-separated: " + ",".join(SCENARIOS))
     add("--repeat", type=int, default=3, help="trials per scenario cell (default %(default)s)")
     add(
@@ -624,8 +631,34 @@ def _progress_line(outcome: TrialOutcome) -> None:
     )
 
 
+def pooled_outcomes(labelled: Sequence[str]) -> list[TrialOutcome]:
+    """The trials of earlier runs (`--out` files), each file's under its LABEL (LABEL=FILE):
+    several runs of one server pooled, or runs of two servers side by side."""
+    outcomes: list[TrialOutcome] = []
+    for item in labelled:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            raise BenchError(f"--pool takes LABEL=FILE, not {item!r}")
+        try:
+            trials = json.loads(Path(path).read_text())["trials"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise BenchError(f"cannot read the trials of {path}: {exc}") from exc
+        fields = set(TrialOutcome.__dataclass_fields__)
+        outcomes += [
+            TrialOutcome(**{**{k: v for k, v in t.items() if k in fields}, "config": label}) for t in trials
+        ]
+    return outcomes
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.pool:
+        try:
+            print(format_rows(rows_of(pooled_outcomes(args.pool))))
+        except BenchError as exc:
+            print(f"bench_barge_in: {exc}", file=sys.stderr)
+            return 2
+        return 0
     try:
         result = asyncio.run(run(args, _progress_line))
     except BenchError as exc:
