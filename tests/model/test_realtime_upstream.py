@@ -9,7 +9,6 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import websockets
@@ -20,7 +19,7 @@ from server.http.app import create_app
 from server.model.fakes import FAKE_AUDIO_SETTINGS, EnergyClassifierFactory, tone
 from server.settings import Settings
 from tests.harness import RealtimeTestClient, decode_audio_deltas, realtime_client, running_server
-from tests.model.upstream_process import UpstreamProcess, free_port, upstream
+from tests.model.upstream_process import UpstreamProcess, deltas_of, free_port, talk_over_the_reply, upstream
 
 REPLY = "Your parcel left the warehouse this morning and should arrive on Thursday afternoon."
 REPLY_MS = len(REPLY) * 50  # FakeTts: 50 ms of tone a character
@@ -54,10 +53,6 @@ async def speak(client: RealtimeTestClient) -> None:
     await client.stream(PcmFrame.silence(500, 24_000))
 
 
-def deltas_of(client: RealtimeTestClient, response_id: str) -> list[dict[str, Any]]:
-    return [e for e in client.of_type("response.output_audio.delta") if e["response_id"] == response_id]
-
-
 async def test_a_turn_through_the_gateway(tmp_path: Path) -> None:
     with upstream(tmp_path, REPLY) as up:
         async with gateway_client(up.url) as client:
@@ -81,25 +76,7 @@ async def test_barge_in_truncates_the_upstream_item_to_what_was_heard(tmp_path: 
     with upstream(tmp_path, REPLY) as up:
         async with gateway_client(up.url) as client:
             await speak(client)
-            first = await client.wait_for("response.output_audio.delta", timeout_s=10)
-            await client.stream(PcmFrame.silence(800, 24_000))  # ~0.8 s of the reply plays
-            await client.stream(tone(500))  # the caller talks over it
-            await client.stream(PcmFrame.silence(400, 24_000))
-            cancelled = await client.wait_for("response.done", timeout_s=10)
-            assert cancelled["response"]["status"] == "cancelled", cancelled
-            truncated = await client.wait_for("conversation.item.truncated")
-            heard_ms = truncated["audio_end_ms"]
-            sent_ms = len(decode_audio_deltas(deltas_of(client, first["response_id"]))) / 24
-            assert 600 <= heard_ms <= sent_ms
-            # the upstream's item was cut at exactly the gateway's figure (its last truncation
-            # of the item is the client's, i.e. the gateway's, word)
-            for _ in range(50):
-                cuts = up.events("Truncated")
-                if cuts and cuts[-1]["source"] == "client":
-                    break
-                await asyncio.sleep(0.1)
-            assert cuts[-1]["source"] == "client", cuts
-            assert cuts[-1]["heard_ms"] == heard_ms
+            cancelled = await talk_over_the_reply(client, up)
             # the next turn is answered
             second = await client.wait_for(
                 "response.done", timeout_s=15, after=client.index_of(cancelled) + 1

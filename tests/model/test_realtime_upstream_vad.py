@@ -25,7 +25,7 @@ from server.http.session_setup import SessionRequest, SessionSetup
 from server.model.fakes import FAKE_AUDIO_SETTINGS, EnergyClassifierFactory, tone
 from server.settings import Settings
 from tests.harness import RealtimeTestClient, decode_audio_deltas, realtime_client, running_server
-from tests.model.upstream_process import UpstreamProcess, free_port, upstream
+from tests.model.upstream_process import UpstreamProcess, deltas_of, free_port, talk_over_the_reply, upstream
 
 REPLY = "Your parcel left the warehouse this morning and should arrive on Thursday afternoon."
 REPLY_MS = len(REPLY) * 50  # FakeTts: 50 ms of tone a character
@@ -52,10 +52,6 @@ async def gateway_client(url: str, **options: object) -> AsyncIterator[RealtimeT
     ):
         await client.wait_for("session.created")
         yield client
-
-
-def deltas_of(client: RealtimeTestClient, response_id: str) -> list[dict[str, Any]]:
-    return [e for e in client.of_type("response.output_audio.delta") if e["response_id"] == response_id]
 
 
 async def test_the_upstreams_vad_ends_the_turn_and_the_gateway_answers_it(tmp_path: Path) -> None:
@@ -86,23 +82,7 @@ async def test_speech_over_the_reply_cancels_it_and_truncates_the_upstream_item(
         async with gateway_client(up.url) as client:
             await client.stream(tone(600))
             await client.stream(PcmFrame.silence(500, 24_000))
-            first = await client.wait_for("response.output_audio.delta", timeout_s=10)
-            await client.stream(PcmFrame.silence(800, 24_000))  # ~0.8 s of the reply plays
-            await client.stream(tone(500))  # the caller talks over it
-            await client.stream(PcmFrame.silence(600, 24_000))
-            cancelled = await client.wait_for("response.done", timeout_s=10)
-            assert cancelled["response"]["status"] == "cancelled", cancelled
-            truncated = await client.wait_for("conversation.item.truncated")
-            heard_ms = truncated["audio_end_ms"]
-            sent_ms = len(decode_audio_deltas(deltas_of(client, first["response_id"]))) / 24
-            assert 600 <= heard_ms <= sent_ms
-            for _ in range(50):
-                cuts = up.events("Truncated")
-                if cuts and cuts[-1]["source"] == "client":
-                    break
-                await asyncio.sleep(0.1)
-            assert cuts[-1]["source"] == "client", cuts
-            assert cuts[-1]["heard_ms"] == heard_ms
+            cancelled = await talk_over_the_reply(client, up)
             # the interruption is the next turn, found by the upstream and answered
             second = await client.wait_for(
                 "response.done", timeout_s=15, after=client.index_of(cancelled) + 1

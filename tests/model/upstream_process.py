@@ -3,6 +3,7 @@ FAKE models: FakeAsr, FakeLlm, FakeTts, the energy VAD), started and killed by t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -16,6 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from server.audio import PcmFrame
+from server.model.fakes import tone
+from tests.harness import RealtimeTestClient, decode_audio_deltas
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -92,3 +97,33 @@ def upstream(tmp_path: Path, reply: str, api_key: str | None = None) -> Iterator
         yield process
     finally:
         process.kill()
+
+
+def deltas_of(client: RealtimeTestClient, response_id: str) -> list[dict[str, Any]]:
+    return [e for e in client.of_type("response.output_audio.delta") if e["response_id"] == response_id]
+
+
+async def talk_over_the_reply(client: RealtimeTestClient, up: UpstreamProcess) -> dict[str, Any]:
+    """With a reply playing: ~0.8 s of it heard, then the caller talks over it. Checks that
+    the reply is cancelled and the upstream's item truncated to exactly what the gateway says
+    the caller heard; returns the cancelled response.done."""
+    first = await client.wait_for("response.output_audio.delta", timeout_s=10)
+    await client.stream(PcmFrame.silence(800, 24_000))  # ~0.8 s of the reply plays
+    await client.stream(tone(500))  # the caller talks over it
+    await client.stream(PcmFrame.silence(600, 24_000))
+    cancelled = await client.wait_for("response.done", timeout_s=10)
+    assert cancelled["response"]["status"] == "cancelled", cancelled
+    truncated = await client.wait_for("conversation.item.truncated")
+    heard_ms = truncated["audio_end_ms"]
+    sent_ms = len(decode_audio_deltas(deltas_of(client, first["response_id"]))) / 24
+    assert 600 <= heard_ms <= sent_ms
+    # the upstream's item was cut at exactly the gateway's figure (its last truncation of the
+    # item is the client's, i.e. the gateway's, word)
+    for _ in range(50):
+        cuts = up.events("Truncated")
+        if cuts and cuts[-1]["source"] == "client":
+            break
+        await asyncio.sleep(0.1)
+    assert cuts[-1]["source"] == "client", cuts
+    assert cuts[-1]["heard_ms"] == heard_ms
+    return cancelled
