@@ -148,7 +148,9 @@ def _telephone(samples: Samples) -> Samples:
 
     low = soxr.resample(samples.astype(np.float32), RATE_HZ, 8000).clip(-32768, 32767).astype(np.int16)
     coded = np.frombuffer(audioop.ulaw2lin(audioop.lin2ulaw(low.tobytes(), 2), 2), dtype=np.int16)
-    back: Samples = soxr.resample(coded.astype(np.float32), 8000, RATE_HZ).clip(-32768, 32767).astype(np.int16)
+    back: Samples = (
+        soxr.resample(coded.astype(np.float32), 8000, RATE_HZ).clip(-32768, 32767).astype(np.int16)
+    )
     return back
 
 
@@ -238,7 +240,9 @@ def biased_arpa(
     domain_total = sum(unigrams.values())
     domain = {w: (c + add) / (domain_total + add * len(unigrams)) for w, c in unigrams.items()}
     vocabulary = sorted(set(unigrams) | set(general))
-    mixed = {w: (1 - general_share) * domain.get(w, 0.0) + general_share * general.get(w, 0.0) for w in vocabulary}
+    mixed = {
+        w: (1 - general_share) * domain.get(w, 0.0) + general_share * general.get(w, 0.0) for w in vocabulary
+    }
     norm = sum(mixed.values())
     unigram_p = {w: p / norm for w, p in mixed.items()}
     followers: dict[str, list[tuple[str, int]]] = {}
@@ -280,7 +284,9 @@ Policy = Callable[[Sequence[Scored], Sequence[Scored]], AnswerPlan]
 
 def policies(th: MatchThresholds) -> dict[str, Policy]:
     def fallback(stricter: float | None, agree: int | None = None) -> Policy:
-        domain_th = th if stricter is None else replace(th, answer_score=th.answer_score + stricter, hedge_score=None)
+        domain_th = (
+            th if stricter is None else replace(th, answer_score=th.answer_score + stricter, hedge_score=None)
+        )
 
         def decide(general: Sequence[Scored], biased: Sequence[Scored]) -> AnswerPlan:
             plan = choose_answer(general, th)
@@ -320,7 +326,9 @@ def run_bias() -> None:
     for program, voice in VOICES:
         for question in QUESTIONS:
             samples = speak(program, voice, question)
-            rows.append((question, f"{program}:{voice}", decode(general_dec, samples), decode(biased_dec, samples)))
+            rows.append(
+                (question, f"{program}:{voice}", decode(general_dec, samples), decode(biased_dec, samples))
+            )
     human = []
     for clip in human_clips():
         human.append((clip.reference, decode(general_dec, clip.samples), decode(biased_dec, clip.samples)))
@@ -350,7 +358,9 @@ def run_bias() -> None:
         for question, voice, general, biased in rows:
             plan = policy(index.search(general.text), index.search(biased.text))
             want = expected_line(question)
-            group = ("espeak-ng" if voice.startswith("espeak") else "flite") + (" in" if want is not None else " out")
+            group = ("espeak-ng" if voice.startswith("espeak") else "flite") + (
+                " in" if want is not None else " out"
+            )
             tally = counts.setdefault(group, Counter())
             tally["n"] += 1
             if isinstance(plan, SpeakAnswer):
