@@ -11,7 +11,7 @@
 // Test hooks: window.voxgate (see `hooks` at the end).
 
 import { refusalReason, saveAccessToken, takeAccessToken } from "./access.js";
-import { AudioEngine, MicrophoneError } from "./audio.js";
+import { AudioEngine, MicrophoneError, playedAtCut } from "./audio.js";
 import { RealtimeConnection, realtimeUrl } from "./connection.js";
 import { base64ToBuffer, bufferToBase64, silenceBase64 } from "./pcm.js";
 import { fillForm, loadSettings, modelName, readForm, saveSettings, sessionUpdate } from "./settings.js";
@@ -78,6 +78,7 @@ const transcript = new Transcript(ui.transcript, ui.announcer);
 const voice = new VoiceActivity(FRAME_MS); // where speech ended, from the microphone level
 let pendingTurn = null; // {speechEndAt, method, stoppedAt}: waiting for the reply's first audio
 let lastProgress = null; // the playback worklet's last report
+let lastDrained = null; // ... and the last item it played to the end
 let settings = loadSettings(); // only what the user applied; the rest stays the server's
 let accessToken = takeAccessToken(); // when the server asks for a key (access.js)
 
@@ -374,9 +375,7 @@ async function stopReply(reason) {
   renderSpeaking();
   const cleared = await audio.clearPlayback();
   const received = itemAudio.get(itemId)?.receivedSamples ?? 0;
-  let played = cleared && cleared.itemId === itemId ? cleared.playedSamples : 0;
-  if (!cleared && lastProgress?.itemId === itemId) played = lastProgress.playedSamples;
-  played = Math.min(played, received);
+  const played = Math.min(playedAtCut(itemId, cleared, lastDrained, lastProgress), received);
   // what reached the speaker: the worklet's position less the output path's latency
   const playedMs = (played * 1000) / RATES.outputRateHz;
   const audioEndMs = Math.max(0, Math.floor(playedMs - audio.outputLatencyS * 1000));
@@ -433,6 +432,7 @@ function onPlayback(msg) {
       state.assistantSpeaking = msg.state !== "idle" && state.audioItemId !== null;
       break;
     case "drained":
+      lastDrained = msg;
       counters.samplesPlayed = msg.totalPlayed;
       if (state.audioItemId === msg.itemId) state.audioItemId = null;
       state.assistantSpeaking = false;

@@ -16,6 +16,19 @@ export class MicrophoneError extends Error {
   }
 }
 
+/**
+ * How much of `itemId` the speaker played when the page cut it, in source samples: the
+ * worklet's answer to the clear if it still held the item; else (it had played the item to the
+ * end just before the clear, its "drained" first, or it did not answer) the last position it
+ * reported for the item; else 0.
+ */
+export function playedAtCut(itemId, cleared, lastDrained, lastProgress) {
+  if (cleared && cleared.itemId === itemId) return cleared.playedSamples;
+  if (lastDrained?.itemId === itemId) return lastDrained.playedSamples;
+  if (lastProgress?.itemId === itemId) return lastProgress.playedSamples;
+  return 0;
+}
+
 export function describeMicrophoneError(err) {
   const name = err?.name ?? "";
   if (name === "NotAllowedError" || name === "SecurityError" || name === "PermissionDeniedError") {

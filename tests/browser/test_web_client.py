@@ -117,7 +117,7 @@ async def test_barge_in_stops_playback_and_truncates(tmp_path: Path) -> None:
         if sent:
             truncate = sent[0]
             assert truncate["reason"] == "barge-in" and truncate["sent"]
-            assert 0 < truncate["audioEndMs"] <= truncate["receivedSamples"] * 1000 / RATE
+            assert 0 < truncate["audioEndMs"] <= truncate["receivedSamples"] * 1000 / RATE, await page.dump()
             item_id, audio_end_ms = truncate["itemId"], truncate["audioEndMs"]
             # the server took the page's position: conversation.item.truncated echoes it
             await page.wait_until(
@@ -315,6 +315,7 @@ async def test_pure_helpers_in_the_browser() -> None:
                 const { backoffDelayMs, realtimeUrl } = await import('/connection.js');
                 const { VoiceActivity } = await import('/voice-activity.js');
                 const { sessionUpdate } = await import('/settings.js');
+                const { playedAtCut } = await import('/audio.js');
                 // voice 0-1000 ms, a pause, voice again 1500-1800 ms; frames every 20 ms
                 const voice = new VoiceActivity(20);
                 for (let t = 0; t <= 2400; t += 20) {
@@ -322,7 +323,15 @@ async def test_pure_helpers_in_the_browser() -> None:
                     voice.push(voiced ? -20 : -120, t);
                 }
                 const text = 'Let me check on your order. Could you read me the number?';
+                const progress = { itemId: 'a', playedSamples: 900 };
                 return {
+                    // what the page reports as played when it cuts item 'a': the worklet's answer,
+                    // else (it had drained 'a' just before the clear) its drained figure
+                    cutHeld: playedAtCut('a', { itemId: 'a', playedSamples: 1200 }, null, progress),
+                    cutDrained: playedAtCut('a', { itemId: null, playedSamples: 0 },
+                                            { itemId: 'a', playedSamples: 31200 }, progress),
+                    cutSilent: playedAtCut('a', null, { itemId: 'b', playedSamples: 5 }, progress),
+                    cutUnknown: playedAtCut('a', { itemId: null, playedSamples: 0 }, null, null),
                     half: splitHeard(text, 500, { totalMs: 1000 }),
                     none: splitHeard(text, 0, { totalMs: 1000 }),
                     all: splitHeard(text, 5000, { totalMs: 1000 }),
@@ -351,6 +360,13 @@ async def test_pure_helpers_in_the_browser() -> None:
             }"""
         )
         text = "Let me check on your order. Could you read me the number?"
+        # a reply played out to the end just before the cut is not reported as unheard
+        assert (result["cutHeld"], result["cutDrained"], result["cutSilent"], result["cutUnknown"]) == (
+            1200,
+            31200,
+            900,
+            0,
+        )
         assert result["half"]["heard"] + result["half"]["unheard"] == text
         assert result["half"]["heard"] == "Let me check on your order."
         assert result["none"] == {"heard": "", "unheard": text}
