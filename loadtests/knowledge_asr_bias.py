@@ -5,7 +5,7 @@
     python -m loadtests.knowledge_asr_bias bias       # a second decode with a biased LM
 
 Both decode in this process with the shipped backend's decoder settings (the model in the
-`pocketsphinx` wheel, `_CMN_INIT`, one pass) and feed audio as the backend does: one decoder
+`pocketsphinx` wheel via `decoder_settings`, one pass) and feed audio as the backend does: one decoder
 kept across utterances (its cepstral mean carries over), 200 ms of digital silence either
 side, 200 ms batches. The audio is `loadtests.knowledge_eval`'s cached speech (six voices, the
 50 questions of `loadtests.knowledge_set`).
@@ -52,7 +52,7 @@ from server.knowledge.retrieval import (
     SpeakAnswer,
     choose_answer,
 )
-from server.model.backends.pocketsphinx_asr import _CMN_INIT
+from server.model.backends.pocketsphinx_asr import decoder_settings
 
 Samples = npt.NDArray[np.int16]
 RATE_HZ = 16_000
@@ -63,33 +63,14 @@ GENERAL_SHARE = 0.5  # their share of the unigram mass
 QUESTIONS = [q.question for q in IN_KNOWLEDGE] + list(OUT_OF_KNOWLEDGE)
 
 
-def model_files() -> dict[str, str]:
-    import pocketsphinx
-
-    model_dir = Path(pocketsphinx.get_model_path()) / "en-us"
-    return {
-        "hmm": str(model_dir / "en-us"),
-        "lm": str(model_dir / "en-us.lm.bin"),
-        "dict": str(model_dir / "cmudict-en-us.dict"),
-    }
-
-
 def decoder(lm: str | None = None, front_end: dict[str, object] | None = None) -> Any:
     """A decoder with the backend's settings. `front_end`: feature settings applied after the
     model's feat.params (which override the same keys given to the constructor)."""
     import pocketsphinx
 
-    files = model_files()
+    config = decoder_settings()
     if lm is not None:
-        files["lm"] = lm
-    config = {
-        **files,
-        "samprate": RATE_HZ,
-        "fwdflat": False,
-        "bestpath": False,
-        "cmninit": _CMN_INIT,
-        "loglevel": "ERROR",
-    }
+        config["lm"] = lm
     made = pocketsphinx.Decoder(**config)
     if front_end:
         changed = made.config
@@ -207,9 +188,9 @@ def general_unigrams(count: int) -> dict[str, float]:
     """The `count` most likely words of the general model (over the dictionary), normalised."""
     from pocketsphinx import NGramModel
 
-    files = model_files()
-    general = NGramModel.readfile(files["lm"])
-    with open(files["dict"]) as lines:
+    files = decoder_settings()
+    general = NGramModel.readfile(str(files["lm"]))
+    with open(str(files["dict"])) as lines:
         words = {line.split()[0] for line in lines if line.strip() and "(" not in line.split()[0]}
     best = sorted(((general.prob([w]), w) for w in words), reverse=True)[:count]
     weights = {w: 1.0001**logp for logp, w in best}  # pocketsphinx's log base

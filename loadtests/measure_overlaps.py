@@ -30,7 +30,6 @@ words the rules saw.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from collections.abc import Sequence
@@ -86,14 +85,6 @@ class Outcome:
     kind: str  # cancelled | resumed:<kind> | nothing (never paused, no decision)
     decided_after_ms: int | None  # from the first voiced frame of the clip
     words: str
-
-
-def decoder_config() -> dict[str, object]:
-    """The server's PocketSphinx configuration (pocketsphinx_asr.load)."""
-    asr = pocketsphinx_asr.load()
-    config: dict[str, object] = json.loads(asr._pool._config_json)
-    asr.close()
-    return config
 
 
 def decoder(config: dict[str, object]) -> pocketsphinx.Decoder:
@@ -222,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"corpus unavailable: {exc}", file=sys.stderr)
         return 2
     vad = silero.load()
-    config = decoder_config()
+    config = pocketsphinx_asr.decoder_settings()
     outcomes = [replay(clip, group, vad, config, args.asr_lag_ms) for group, clips in sets for clip in clips]
     if args.show:
         for o in outcomes:

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from server.events import EventHandler
 from server.http.cluster_admission import ClusterAdmission
 from server.http.knowledge_service import KnowledgeService
-from server.http.session_setup import SessionSetupHook
+from server.http.session_setup import SessionSetup, SessionSetupHook
 from server.http.shutdown import LiveSessions
 from server.knowledge.grounding import Grounding
 from server.knowledge.knowledge import Knowledge
@@ -76,16 +75,18 @@ class Runtime:
     def conversation_options(
         self,
         model: str | None = None,
-        instructions: str | None = None,
-        voice: str | None = None,
+        setup: SessionSetup | None = None,
         grounding: Grounding | None = None,
-        turns_detected_by: Literal["gateway", "upstream"] | None = None,
     ) -> ConversationOptions:
+        """A session's options: the server's settings, with what the embedding backend's
+        `setup` chose for it (None: nothing) and the model `model` it asked for."""
         s = self.settings
+        setup = setup or SessionSetup()
+        turns_by = setup.turns_detected_by
         return ConversationOptions(
             model_name=model or s.model_name,
-            instructions=s.instructions if instructions is None else instructions,
-            voice=s.voice if voice is None else voice,
+            instructions=s.instructions if setup.instructions is None else setup.instructions,
+            voice=s.voice if setup.voice is None else setup.voice,
             turn=TurnOptions(
                 threshold=s.vad_threshold,
                 min_speech_ms=s.min_speech_ms,
@@ -110,7 +111,7 @@ class Runtime:
             echo_cancellation=s.echo_cancellation,
             noise_reduction=None if s.noise_reduction == "none" else s.noise_reduction,
             grounding=grounding,
-            model_detects_turns=None if turns_detected_by is None else turns_detected_by == "upstream",
+            model_detects_turns=None if turns_by is None else turns_by == "upstream",
         )
 
 

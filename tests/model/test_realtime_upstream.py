@@ -5,46 +5,28 @@ FakeLlm, FakeTts, the energy VAD). The gateway's own VAD ends the turns (the def
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import websockets
-from fastapi import FastAPI
 
 from server.audio import PcmFrame
 from server.http.app import create_app
 from server.model.fakes import FAKE_AUDIO_SETTINGS, EnergyClassifierFactory, tone
 from server.settings import Settings
 from tests.harness import RealtimeTestClient, decode_audio_deltas, realtime_client, running_server
-from tests.model.upstream_process import UpstreamProcess, deltas_of, free_port, talk_over_the_reply, upstream
+from tests.model.upstream_process import (
+    UpstreamProcess,
+    deltas_of,
+    free_port,
+    gateway_client,
+    talk_over_the_reply,
+    upstream,
+)
 
 REPLY = "Your parcel left the warehouse this morning and should arrive on Thursday afternoon."
 REPLY_MS = len(REPLY) * 50  # FakeTts: 50 ms of tone a character
-
-
-def gateway_app(url: str, **options: object) -> FastAPI:
-    settings = Settings.model_validate(
-        {
-            **FAKE_AUDIO_SETTINGS,
-            "profile": "realtime",
-            "backend_options": {"realtime": {"url": url, **options}},
-            "llm_first_token_timeout_s": 5.0,
-        }
-    )
-    return create_app(settings, vad=EnergyClassifierFactory())
-
-
-@contextlib.asynccontextmanager
-async def gateway_client(url: str, **options: object) -> AsyncIterator[RealtimeTestClient]:
-    async with (
-        running_server(gateway_app(url, **options)) as gateway,
-        realtime_client(gateway, path="/v1/realtime?model=voxgate-realtime") as client,
-    ):
-        await client.wait_for("session.created")
-        yield client
 
 
 async def speak(client: RealtimeTestClient) -> None:

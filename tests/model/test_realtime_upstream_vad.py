@@ -12,12 +12,10 @@ import asyncio
 import base64
 import contextlib
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import websockets
-from fastapi import FastAPI
 
 from server.audio import PcmFrame
 from server.http.app import create_app
@@ -25,38 +23,30 @@ from server.http.session_setup import SessionRequest, SessionSetup
 from server.model.fakes import FAKE_AUDIO_SETTINGS, EnergyClassifierFactory, tone
 from server.settings import Settings
 from tests.harness import RealtimeTestClient, decode_audio_deltas, realtime_client, running_server
-from tests.model.upstream_process import UpstreamProcess, deltas_of, free_port, talk_over_the_reply, upstream
+from tests.model.upstream_process import (
+    UpstreamProcess,
+    deltas_of,
+    free_port,
+    gateway_client,
+    talk_over_the_reply,
+    upstream,
+)
 
 REPLY = "Your parcel left the warehouse this morning and should arrive on Thursday afternoon."
 REPLY_MS = len(REPLY) * 50  # FakeTts: 50 ms of tone a character
 DEAF = EnergyClassifierFactory(rms_threshold=1e9)  # a FAKE local VAD: nothing is ever speech
 
 
-def gateway_app(url: str, **options: object) -> FastAPI:
-    settings = Settings.model_validate(
-        {
-            **FAKE_AUDIO_SETTINGS,
-            "profile": "realtime",
-            "backend_options": {"realtime": {"url": url, "turn_detection": "upstream", **options}},
-            "llm_first_token_timeout_s": 5.0,
-        }
-    )
-    return create_app(settings, vad=DEAF)
-
-
-@contextlib.asynccontextmanager
-async def gateway_client(url: str, **options: object) -> AsyncIterator[RealtimeTestClient]:
-    async with (
-        running_server(gateway_app(url, **options)) as gateway,
-        realtime_client(gateway, path="/v1/realtime?model=voxgate-realtime") as client,
-    ):
-        await client.wait_for("session.created")
-        yield client
+def upstream_vad_client(
+    url: str, **options: object
+) -> contextlib.AbstractAsyncContextManager[RealtimeTestClient]:
+    """A client of a gateway whose turns the upstream's VAD ends (its own VAD is DEAF)."""
+    return gateway_client(url, DEAF, turn_detection="upstream", **options)
 
 
 async def test_the_upstreams_vad_ends_the_turn_and_the_gateway_answers_it(tmp_path: Path) -> None:
     with upstream(tmp_path, REPLY) as up:
-        async with gateway_client(up.url) as client:
+        async with upstream_vad_client(up.url) as client:
             await client.stream(PcmFrame.silence(400, 24_000))
             await client.stream(tone(600))
             await client.stream(PcmFrame.silence(700, 24_000))
@@ -79,7 +69,7 @@ async def test_the_upstreams_vad_ends_the_turn_and_the_gateway_answers_it(tmp_pa
 
 async def test_speech_over_the_reply_cancels_it_and_truncates_the_upstream_item(tmp_path: Path) -> None:
     with upstream(tmp_path, REPLY) as up:
-        async with gateway_client(up.url) as client:
+        async with upstream_vad_client(up.url) as client:
             await client.stream(tone(600))
             await client.stream(PcmFrame.silence(500, 24_000))
             cancelled = await talk_over_the_reply(client, up)
@@ -97,7 +87,7 @@ async def test_an_upstream_that_goes_away_is_reported_once_and_turns_resume_when
     up = UpstreamProcess(free_port(), tmp_path / "events.jsonl", REPLY)
     up.start()
     try:
-        async with gateway_client(up.url) as client:
+        async with upstream_vad_client(up.url) as client:
             await client.stream(PcmFrame.silence(300, 24_000))
             up.kill()
             error = await client.wait_for("error", timeout_s=10)
@@ -186,7 +176,9 @@ async def test_the_clients_vad_settings_go_upstream_reporting_only_and_no_commit
     script = ScriptedUpstream(start_ms=200, end_ms=900, speech_after_ms=1000)
     async with websockets.serve(script.serve, "127.0.0.1", 0) as server:
         port = next(iter(server.sockets)).getsockname()[1]
-        async with gateway_client(f"ws://127.0.0.1:{port}/v1/realtime", transcription_model="") as client:
+        async with upstream_vad_client(
+            f"ws://127.0.0.1:{port}/v1/realtime", transcription_model=""
+        ) as client:
             turn_detection = {"type": "semantic_vad", "eagerness": "high"}
             await client.send(
                 {
@@ -223,7 +215,9 @@ async def test_manual_commits_still_work_with_the_upstreams_vad_off() -> None:
     script = ScriptedUpstream(start_ms=0, end_ms=0, speech_after_ms=10**9)  # never reports speech
     async with websockets.serve(script.serve, "127.0.0.1", 0) as server:
         port = next(iter(server.sockets)).getsockname()[1]
-        async with gateway_client(f"ws://127.0.0.1:{port}/v1/realtime", transcription_model="") as client:
+        async with upstream_vad_client(
+            f"ws://127.0.0.1:{port}/v1/realtime", transcription_model=""
+        ) as client:
             await client.send(
                 {
                     "type": "session.update",

@@ -12,15 +12,19 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+from fastapi import FastAPI
 
 from server.audio import PcmFrame
-from server.model.fakes import tone
-from tests.harness import RealtimeTestClient, decode_audio_deltas
+from server.http.app import create_app
+from server.model.fakes import FAKE_AUDIO_SETTINGS, EnergyClassifierFactory, tone
+from server.settings import Settings
+from server.vad.detector import ClassifierFactory
+from tests.harness import RealtimeTestClient, decode_audio_deltas, realtime_client, running_server
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -127,3 +131,30 @@ async def talk_over_the_reply(client: RealtimeTestClient, up: UpstreamProcess) -
     assert cuts[-1]["source"] == "client", cuts
     assert cuts[-1]["heard_ms"] == heard_ms
     return cancelled
+
+
+def gateway_app(url: str, vad: ClassifierFactory | None = None, **options: object) -> FastAPI:
+    """A gateway (FAKE audio settings) serving the `realtime` profile from `url` with these
+    backend `options`; `vad`: its own VAD (default the FAKE energy VAD)."""
+    settings = Settings.model_validate(
+        {
+            **FAKE_AUDIO_SETTINGS,
+            "profile": "realtime",
+            "backend_options": {"realtime": {"url": url, **options}},
+            "llm_first_token_timeout_s": 5.0,
+        }
+    )
+    return create_app(settings, vad=vad if vad is not None else EnergyClassifierFactory())
+
+
+@contextlib.asynccontextmanager
+async def gateway_client(
+    url: str, vad: ClassifierFactory | None = None, **options: object
+) -> AsyncIterator[RealtimeTestClient]:
+    """A client of `gateway_app(url, vad, **options)`, its session created."""
+    async with (
+        running_server(gateway_app(url, vad, **options)) as gateway,
+        realtime_client(gateway, path="/v1/realtime?model=voxgate-realtime") as client,
+    ):
+        await client.wait_for("session.created")
+        yield client

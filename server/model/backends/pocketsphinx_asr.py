@@ -109,12 +109,8 @@ def load(options: Mapping[str, object] | None = None) -> PocketsphinxAsr:
         import pocketsphinx
     except ImportError as exc:
         raise BackendUnavailable("the pocketsphinx ASR backend needs the `pocketsphinx` package") from exc
-    model_dir = Path(pocketsphinx.get_model_path()) / "en-us"
-    files = {
-        "hmm": model_dir / "en-us",
-        "lm": model_dir / "en-us.lm.bin",
-        "dict": model_dir / "cmudict-en-us.dict",
-    }
+    decoder_config = decoder_settings(two_pass=parsed.two_pass)
+    files = {key: Path(str(decoder_config[key])) for key in ("hmm", "lm", "dict")}
     missing = [str(path) for path in files.values() if not path.exists()]
     if not (files["hmm"] / "mdef").exists():
         missing.append(str(files["hmm"] / "mdef"))
@@ -122,19 +118,30 @@ def load(options: Mapping[str, object] | None = None) -> PocketsphinxAsr:
         raise BackendUnavailable(
             "the en-us model of the `pocketsphinx` package is incomplete; missing: " + ", ".join(missing)
         )
-    decoder_config: dict[str, object] = {
-        **{key: str(path) for key, path in files.items()},
-        "samprate": SAMPLE_RATE_HZ,
-        "fwdflat": parsed.two_pass,
-        "bestpath": parsed.two_pass,
-        "cmninit": _CMN_INIT,
-        "loglevel": "ERROR",
-    }
     try:
         pocketsphinx.Config(**decoder_config)  # rejects unknown keys and bad values now
     except (KeyError, ValueError, RuntimeError) as exc:
         raise BackendUnavailable(f"pocketsphinx rejected its configuration: {exc}") from exc
     return PocketsphinxAsr(decoder_config, parsed)
+
+
+def decoder_settings(*, two_pass: bool = False) -> dict[str, object]:
+    """The decoder configuration this backend runs with: the `pocketsphinx` wheel's en-us
+    model and our settings (what `pocketsphinx.Config(**...)` takes; measurement tools decode
+    with it too). Needs the package installed; `load` checks the files."""
+    import pocketsphinx
+
+    model_dir = Path(pocketsphinx.get_model_path()) / "en-us"
+    return {
+        "hmm": str(model_dir / "en-us"),
+        "lm": str(model_dir / "en-us.lm.bin"),
+        "dict": str(model_dir / "cmudict-en-us.dict"),
+        "samprate": SAMPLE_RATE_HZ,
+        "fwdflat": two_pass,
+        "bestpath": two_pass,
+        "cmninit": _CMN_INIT,
+        "loglevel": "ERROR",
+    }
 
 
 def _parse_options(options: Mapping[str, object]) -> PocketsphinxOptions:

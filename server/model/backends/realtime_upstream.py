@@ -529,8 +529,7 @@ class RealtimeUpstreamSession:
                     if self._opts.transcription_model:
                         self._transcripts[item_id] = asyncio.get_running_loop().create_future()
                     self._model_commit = item_id
-                    self._turn_audio.clear()
-                    self._turn_audio_ms = 0.0
+                    self._forget_turn_audio()
             case wire.SpeechStarted(audio_start_ms=start_ms):
                 if self.detects_turns:
                     self._signals.put_nowait(HeardSpeechStart(round(link.audio_base_ms + start_ms)))
@@ -589,6 +588,11 @@ class RealtimeUpstreamSession:
         if self._link is not None:
             self._link.send_nowait(self._session_update())
 
+    def _forget_turn_audio(self) -> None:
+        """The turn in progress was committed or cleared: a reconnect replays none of it."""
+        self._turn_audio.clear()
+        self._turn_audio_ms = 0.0
+
     def push_audio(self, frame: PcmFrame) -> None:
         pcm = frame.to_bytes()
         self._pushed_ms += frame.duration_ms
@@ -600,8 +604,7 @@ class RealtimeUpstreamSession:
             self._link.send_audio_nowait(pcm, frame.duration_ms)
 
     async def clear_audio(self) -> None:
-        self._turn_audio.clear()
-        self._turn_audio_ms = 0.0
+        self._forget_turn_audio()
         if self._model_commit is not None:  # a turn the client threw away
             self._transcripts.pop(self._model_commit, None)
             self._model_commit = None
@@ -621,15 +624,16 @@ class RealtimeUpstreamSession:
             self._commit.set_result(adopted)
         elif not self._awaiting_model_commit:
             link.send_nowait(wire.commit_event(self._event_id("commit")))
-            self._turn_audio.clear()
-            self._turn_audio_ms = 0.0
-        if self.options.anticipate_reply and (adopted is not None or not self.detects_turns):
-            # a reply follows: ask for it now, after the commit (module docstring)
+            self._forget_turn_audio()
+        # a reply follows: ask for it now (module docstring), but after the commit, so with the
+        # upstream's VAD only once its commit is known
+        ask_after_commit = self.detects_turns and adopted is None
+        if self.options.anticipate_reply and not ask_after_commit:
             self._anticipated = self._request(link, with_audio=True, instructions=None)
         try:
             async with asyncio.timeout(self._model.deadlines.asr_final_timeout_s) as deadline:
                 item_id = await self._commit
-            if self.options.anticipate_reply and self._anticipated is None and self.detects_turns:
+            if self.options.anticipate_reply and ask_after_commit:
                 self._anticipated = self._request(link, with_audio=True, instructions=None)
         except TimeoutError as exc:
             await self._drop_anticipated()
