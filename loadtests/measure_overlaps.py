@@ -30,6 +30,7 @@ words the rules saw.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 from collections.abc import Sequence
@@ -53,12 +54,16 @@ from loadtests.overlays import BACKCHANNELS, load_backchannels, load_interruptio
 from server.audio import PcmFrame
 from server.model.backends import pocketsphinx_asr
 from server.streaming.interruptions import InterruptionPolicy
+from server.streaming.session_config import TurnDetectionConfig
 from server.streaming.turns import (
+    BeginCapture,
     CancelReply,
+    DiscardNoise,
     FrameClassified,
     IgnoreOverlap,
     PauseReply,
     ReplyStarted,
+    ResumeReply,
     Tick,
     TurnOptions,
     TurnTaker,
@@ -73,6 +78,7 @@ REPLY_TEXT = (
 LEAD_MS = 500  # the reply plays this long before the clip
 TAIL_MS = 1500  # silence after the clip
 CHUNK_MS = 32  # the recogniser's chunks, one VAD frame each
+PREFIX_PADDING_MS = TurnDetectionConfig().prefix_padding_ms  # the server's default
 HELD_OUT_BACKCHANNEL_ESPEAK = ("en-gb", "en-us+f3", "en-us+m3", "en-au", "en-sc")
 HELD_OUT_BACKCHANNEL_FLITE = ("kal16",)
 HELD_OUT_INTERRUPTION_ESPEAK = ("en-gb", "en-us+f3")
@@ -82,69 +88,100 @@ HELD_OUT_INTERRUPTION_ESPEAK = ("en-gb", "en-us+f3")
 class Outcome:
     clip: str
     group: str
-    kind: str  # cancelled | resumed:<kind> | nothing (never paused, no decision)
+    kind: str  # the first decision: cancelled | resumed:<kind> | nothing (never paused, no decision)
     decided_after_ms: int | None  # from the first voiced frame of the clip
     words: str
+    paused_ms: int | None = None  # from PauseReply to the first decision
+    cancelled: bool = False  # the reply was cancelled at some point (after a resume, too)
+    stale_ms: int | None = None  # cancelled: the reply's playing time after the first voiced frame
 
 
 def decoder(config: dict[str, object]) -> pocketsphinx.Decoder:
-    """A fresh decoder for one clip, so that no clip depends on the ones before it (a pooled
+    """A fresh decoder for one capture, so that no clip depends on the ones before it (a pooled
     decoder's cepstral mean adapts from utterance to utterance)."""
     return pocketsphinx.Decoder(pocketsphinx.Config(**config))
 
 
 def replay(
-    clip: Utterance, group: str, vad: silero.SileroVad, config: dict[str, object], asr_lag_ms: int = 0
+    clip: Utterance,
+    group: str,
+    vad: silero.SileroVad,
+    config: dict[str, object],
+    asr_lag_ms: int = 0,
+    policy: InterruptionPolicy | None = None,
 ) -> Outcome:
     """One clip over a reply through the VAD, the recogniser and the TurnTaker; the words of
-    each point of the audio reach the rules `asr_lag_ms` later (a busy recogniser)."""
-    asr = decoder(config)
-    decoded: list[tuple[int, str]] = []  # (audio ms decoded up to, the hypothesis then)
+    each point of the audio reach the rules `asr_lag_ms` later (a busy recogniser). As in the
+    server, the recogniser hears the audio from a voice onset (less the prefix padding) until
+    the overlap is dropped; the replay goes on after a resume, so a caller who goes on talking
+    after a pause inside the sentence is followed to the end of the clip."""
     rate = silero.SAMPLE_RATE_HZ  # the VAD's and the recogniser's rate (the clips are 24 kHz)
     frame = silero.FRAME_MS * rate // 1000
     samples = soxr.resample(clip.samples, SAMPLE_RATE_HZ, rate).astype(np.int16)
     audio = np.concatenate(
         [np.zeros(LEAD_MS * rate // 1000, np.int16), samples, np.zeros(TAIL_MS * rate // 1000, np.int16)]
     )
-    taker = TurnTaker(TurnOptions(interruption=InterruptionPolicy()))
+    options = TurnOptions(interruption=policy or InterruptionPolicy())
+    taker = TurnTaker(options)
     taker.receive(ReplyStarted(1), now_ms=0)
     classifier = vad.open(0.5)
-    asr.start_utt()
+    asr: pocketsphinx.Decoder | None = None
+    decoded: list[tuple[int, str]] = []  # (audio ms decoded up to, the hypothesis then)
     words = ""
     first_voice_ms: int | None = None
-    outcome: tuple[str, int] | None = None
-    paused = False
+    first: tuple[str, int] | None = None
+    paused_at_ms: int | None = None
+    playing, cancelled_at_ms, played_after_voice_ms = True, None, 0
     for i in range(0, len(audio) - frame + 1, frame):
         start_ms = i * 1000 // rate
         end_ms = start_ms + silero.FRAME_MS
         chunk = audio[i : i + frame]
-        if start_ms >= LEAD_MS:  # the server decodes the caller's audio from the onset on
+        if asr is not None:
             asr.process_raw(chunk.tobytes(), False, False)
             hyp = asr.hyp()
-            if hyp is not None:
-                decoded.append((end_ms, hyp.hypstr))
+            decoded.append((end_ms, hyp.hypstr if hyp is not None else ""))
         words = next((w for at, w in reversed(decoded) if at <= end_ms - asr_lag_ms), "")
         probability = classifier.speech_probability(PcmFrame(chunk, rate))
         if probability >= 0.5 and first_voice_ms is None and start_ms >= LEAD_MS:
             first_voice_ms = start_ms
+        if playing and first_voice_ms is not None and cancelled_at_ms is None:
+            played_after_voice_ms += silero.FRAME_MS
         taker.receive(FrameClassified(start_ms, silero.FRAME_MS, probability), now_ms=end_ms)
         if taker.wants_words:
             taker.receive(WordsHeard(words, REPLY_TEXT), now_ms=end_ms)
         taker.receive(Tick(), now_ms=end_ms)
         for action in taker.actions():
+            if isinstance(action, BeginCapture):
+                asr = decoder(config)
+                asr.start_utt()
+                decoded = []
+                from_sample = max(0, action.from_ms - PREFIX_PADDING_MS) * rate // 1000
+                asr.process_raw(audio[from_sample : i + frame].tobytes(), False, False)
+                hyp = asr.hyp()
+                decoded.append((end_ms, hyp.hypstr if hyp is not None else ""))
+            elif isinstance(action, (IgnoreOverlap, DiscardNoise)):
+                asr, decoded = None, []
             if isinstance(action, PauseReply):
-                paused = True
-            elif isinstance(action, CancelReply) and outcome is None:
-                outcome = ("cancelled", end_ms)
-            elif isinstance(action, IgnoreOverlap) and outcome is None and action.paused_reply is not None:
-                outcome = (f"resumed:{action.kind.value}", end_ms)
-        if outcome is not None:
-            break
-    asr.end_utt()
+                paused_at_ms, playing = end_ms, False
+            elif isinstance(action, ResumeReply) or (
+                isinstance(action, IgnoreOverlap) and action.paused_reply is not None
+            ):
+                playing = True
+            if isinstance(action, CancelReply) and cancelled_at_ms is None:
+                cancelled_at_ms, playing = end_ms, False
+            if first is None and isinstance(action, CancelReply):
+                first = ("cancelled", end_ms)
+            elif first is None and isinstance(action, IgnoreOverlap) and action.paused_reply is not None:
+                first = (f"resumed:{action.kind.value}", end_ms)
     base = first_voice_ms if first_voice_ms is not None else LEAD_MS
-    if outcome is None:
-        return Outcome(clip.name, group, "paused, undecided" if paused else "nothing", None, words)
-    return Outcome(clip.name, group, outcome[0], outcome[1] - base, words)
+    stale_ms = played_after_voice_ms if cancelled_at_ms is not None else None
+    if first is None:
+        kind = "nothing" if paused_at_ms is None else "paused, undecided"
+        return Outcome(clip.name, group, kind, None, words, None, cancelled_at_ms is not None, stale_ms)
+    paused_ms = None if paused_at_ms is None else first[1] - paused_at_ms
+    return Outcome(
+        clip.name, group, first[0], first[1] - base, words, paused_ms, cancelled_at_ms is not None, stale_ms
+    )
 
 
 def held_out_backchannels(cache_dir: Path) -> list[Utterance]:
@@ -171,20 +208,37 @@ def held_out_interruptions(cache_dir: Path) -> list[Utterance]:
     return clips
 
 
+def _spread(values: Sequence[int]) -> str:
+    ordered = sorted(values)
+    if not ordered:
+        return "-"
+    return f"{statistics.median(ordered):.0f} / {float(np.percentile(ordered, 90)):.0f} / {ordered[-1]}"
+
+
 def report(outcomes: Sequence[Outcome]) -> None:
+    """Per group: the share with the wanted outcome (interruptions: cancelled, at once or
+    after a resume; backchannels: never cancelled, resumed at once); when the first decision
+    came (ms of voice); for resumed clips, how long the reply was paused (the server's pause:
+    the caller hears it less the client's buffered lead); for cancelled ones, how much of the
+    reply played after the caller's first voiced frame (stale audio, resumed stretches
+    included)."""
     groups = sorted({o.group for o in outcomes})
-    print(f"{'group':34} {'n':>3} {'wanted':>7}   decided after p50 / p90 / max (ms)")
+    print(
+        f"{'group':34} {'n':>3} {'wanted':>7}   {'decided after p50 / p90 / max':>30}"
+        "   paused (resumed) or stale (cancelled) p50 / p90 / max (ms)"
+    )
     for group in groups:
         rows = [o for o in outcomes if o.group == group]
-        want = "cancelled" if group.startswith("interruption") else "resumed"
-        good = [o for o in rows if o.kind.startswith(want)]
-        times = sorted(o.decided_after_ms for o in good if o.decided_after_ms is not None)
-        timing = (
-            f"{statistics.median(times):.0f} / {float(np.percentile(times, 90)):.0f} / {times[-1]}"
-            if times
-            else "-"
-        )
-        print(f"{group:34} {len(rows):>3} {len(good) / len(rows):>7.0%}   {timing}")
+        if group.startswith("interruption"):
+            good = [o for o in rows if o.cancelled]
+            after = _spread([o.stale_ms for o in good if o.stale_ms is not None]) + " stale"
+            late = sum(not o.kind.startswith("cancelled") for o in good)
+            after += f" ({late} after a resume)" if late else ""
+        else:
+            good = [o for o in rows if o.kind.startswith("resumed") and not o.cancelled]
+            after = _spread([o.paused_ms for o in good if o.paused_ms is not None]) + " paused"
+        decided = _spread([o.decided_after_ms for o in good if o.decided_after_ms is not None])
+        print(f"{group:34} {len(rows):>3} {len(good) / len(rows):>7.0%}   {decided:>30}   {after}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -196,8 +250,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--asr-lag-ms", type=int, default=0, help="the words reach the rules this late (default %(default)s)"
     )
+    parser.add_argument(
+        "--settle-ms", type=int, default=None, help="InterruptionPolicy.settle_ms (default: the server's)"
+    )
+    parser.add_argument(
+        "--pause-after-ms", type=int, default=None, help="InterruptionPolicy.pause_after_ms (default: the server's)"
+    )
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
     args = parser.parse_args(argv)
+    policy = InterruptionPolicy()
+    if args.settle_ms is not None:
+        policy = dataclasses.replace(policy, settle_ms=args.settle_ms)
+    if args.pause_after_ms is not None:
+        policy = dataclasses.replace(policy, pause_after_ms=args.pause_after_ms)
     try:
         sets: list[tuple[str, list[Utterance]]] = [
             ("backchannel (bench voices)", load_backchannels(args.cache_dir)),
@@ -214,11 +279,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     vad = silero.load()
     config = pocketsphinx_asr.decoder_settings()
-    outcomes = [replay(clip, group, vad, config, args.asr_lag_ms) for group, clips in sets for clip in clips]
+    outcomes = [
+        replay(clip, group, vad, config, args.asr_lag_ms, policy) for group, clips in sets for clip in clips
+    ]
     if args.show:
         for o in outcomes:
             after = "" if o.decided_after_ms is None else f" after {o.decided_after_ms} ms"
-            print(f"{o.group:34} {o.clip:44} {o.kind:22}{after:>16}  heard {o.words!r}")
+            paused = "" if o.paused_ms is None else f" paused {o.paused_ms} ms"
+            paused += f", cancelled later (stale {o.stale_ms} ms)" if o.cancelled and o.kind != "cancelled" else ""
+            print(f"{o.group:34} {o.clip:44} {o.kind:22}{after:>16}{paused:>16}  heard {o.words!r}")
         print()
     report(outcomes)
     return 0
