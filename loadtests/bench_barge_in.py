@@ -16,9 +16,28 @@ caller's microphone hears during the reply depends on the scenario:
 - noise: the same, with a door slam, a cough, keyboard clicks or a burst of music;
 - real: a real interruption (the corpus's sentences in flite's four voices, and short human
   recordings of pocketsphinx-testdata), without and with echo
-  (`--real-echo-db`, `--real-echo-delay-ms`). Wanted: the reply is `cancelled` with reason
-  `turn_detected`, and little stale audio: the time from sending the interruption's first
-  voiced frame to receiving the cancelled reply's last audio delta (`BargeInResult.reaction_ms`).
+  (`--real-echo-db`, `--real-echo-delay-ms`), after 300-900 ms of reply (`--real-after-ms`:
+  earlier than the others, since the replies run only 0.7-1.8 s). Wanted: the reply is
+  `cancelled` with reason `turn_detected`, and little stale audio.
+
+How a real interruption is counted. A trial counts when it ran and the interruption went out
+mid-reply; one whose reply ended (or was cut by echo) before the interruption was due is
+reported as `unsent`, not as a failure. Of those that count, a reply that was not cancelled
+but whose last audio delta arrived within `CANCEL_EXPECTED_MS` (300 ms) of the interruption's
+voice ended by itself while the caller began (no server could have cut it that fast): `ended`,
+neither a success nor a miss. The rate is cancelled / `live`, the trials whose reply still
+played 300 ms into the interruption; any other of those (completed, or ended another way) is a
+miss. (Files written before `stale_from_voice_ms` existed are judged from the first sound.)
+
+Stale audio is reported twice, per trial and per row (cancelled replies), because the clip's
+first sound is not always its voice: `stale_audio_ms` runs from sending the interruption's
+first voiced frame, as the energy envelope finds it (`loadtests.corpus.speech_span_ms`, runs of
+30 ms or more), to receiving the reply's last audio delta (`BargeInResult.reaction_ms`, kept for
+every ending, completed too); `stale_from_voice_ms` runs from its voice, the first voiced run of
+`SUSTAINED_VOICE_MS` (100 ms) or more (`voice_start_ms`): the first less the clip's lag between
+the two. They differ on a few clips only: flite kal's "where"/"why" open with a ~60 ms
+aspiration and ~170 ms of near silence (230 and 220 ms), awb's "thank you" and cards-002 by 90 ms;
+there the first figure reads ~330 ms where the reply stopped ~100 ms into the word.
 
 Everything is measured through the protocol: events and audio received, on the client's clock;
 it works against any server speaking the OpenAI Realtime protocol.
@@ -63,10 +82,13 @@ from loadtests.bench_latency import (
 from loadtests.corpus import (
     DEFAULT_CACHE_DIR,
     HUMAN_DATA_DIR,
+    SAMPLE_RATE_HZ,
+    SUSTAINED_VOICE_MS,
     CorpusUnavailable,
     Utterance,
     load_human,
     load_synthetic,
+    voice_start_ms,
 )
 from loadtests.overlays import load_backchannels, load_interruptions, noise_clips
 from loadtests.recorder import TurnResult
@@ -76,8 +98,9 @@ from loadtests.stats import summarize
 
 Scenario = Literal["echo", "backchannel", "noise", "real"]
 SCENARIOS: Final[tuple[Scenario, ...]] = ("echo", "backchannel", "noise", "real")
-# long replies, so that an overlay 600-1500 ms in lands mid-reply; Voxgate's fast profile caps
-# a reply at two sentences, so they are asked to be long ones
+# long replies, so that an overlay 600-1500 ms in (a real interruption: 300-900 ms) lands
+# mid-reply; Voxgate's fast profile caps a reply at two sentences, so they are asked to be long
+# ones (they still come out 0.7-1.8 s long: see `real_after_ms`, `CANCEL_EXPECTED_MS`)
 DEFAULT_INSTRUCTIONS: Final = (
     "You are a customer-service agent on the phone. Answer every question in two long, detailed "
     "sentences of at least twenty words each."
@@ -85,6 +108,13 @@ DEFAULT_INSTRUCTIONS: Final = (
 DEFAULT_MAX_OUTPUT_TOKENS: Final = 200
 LINGER_MS: Final = 500  # after the reply's end: catches the speech_started that follows a cancel
 HUMAN_INTERRUPTIONS: Final = ("goforward", "cards-001", "cards-002")  # short pocketsphinx clips
+# A real interruption's reply that was not cancelled, and whose last audio arrived within this
+# long of the interruption's voice starting, ended by itself: no server could have cut it.
+# Voxgate stops sending a reply's audio once it has heard 120 ms of voice (min_speech_ms: it
+# pauses the reply, and cancels it later); its VAD (Silero) hears an onset late, and the
+# caller's frames and the reply's audio take their time over the transport, so ~300 ms is the
+# earliest a cancel can be expected to show in the audio received.
+CANCEL_EXPECTED_MS: Final = 300
 
 
 # --- planning ------------------------------------------------------------------------------------
@@ -122,7 +152,10 @@ class PlanOptions:
     noise_db: float | None = -60.0
     real_echo_db: float = -12.0
     real_echo_delay_ms: float = 120.0
-    after_ms: tuple[int, int] = (600, 1500)
+    after_ms: tuple[int, int] = (600, 1500)  # backchannel, noise: reply heard before the overlay
+    # real: earlier, since replies run 0.7-1.8 s; at 600-1500 ms many ended before the
+    # interruption went out, or while the caller was speaking
+    real_after_ms: tuple[int, int] = (300, 900)
 
 
 def plan_trials(corpora: Corpora, options: PlanOptions, rng: random.Random) -> list[Trial]:
@@ -130,7 +163,9 @@ def plan_trials(corpora: Corpora, options: PlanOptions, rng: random.Random) -> l
     from `rng` (a run with the same seed plans the same trials). Per scenario:
     echo: every level x delay, `repeat` times; backchannel: `repeat` x every backchannel clip's
     word, the clip drawn among that word's voices; noise: `repeat` x every noise; real:
-    `repeat` x (clean, echo), the interruption drawn from the interruption clips."""
+    `repeat` x (clean, echo), the interruption drawn from the interruption clips. The overlay
+    goes out `after_ms` into the reply, drawn from `real_after_ms` for a real interruption and
+    from `after_ms` otherwise."""
     trials: list[Trial] = []
     quiet = RoomOptions(noise_db=options.noise_db)
 
@@ -139,6 +174,7 @@ def plan_trials(corpora: Corpora, options: PlanOptions, rng: random.Random) -> l
         return RoomOptions(echo=echo, noise_db=options.noise_db)
 
     def add(scenario: Scenario, variant: str, room: RoomOptions, overlay: Utterance | None = None) -> None:
+        after_range = options.real_after_ms if scenario == "real" else options.after_ms
         trials.append(
             Trial(
                 index=len(trials),
@@ -147,7 +183,7 @@ def plan_trials(corpora: Corpora, options: PlanOptions, rng: random.Random) -> l
                 question=rng.choice(corpora.questions),
                 room=room,
                 overlay=overlay,
-                after_ms=rng.randint(*options.after_ms) if overlay is not None else 0,
+                after_ms=0 if overlay is None else rng.randint(*after_range),
                 delay_ms=None if room.echo is None else room.echo.delay_ms,
             )
         )
@@ -176,6 +212,10 @@ def plan_trials(corpora: Corpora, options: PlanOptions, rng: random.Random) -> l
 # --- outcomes (pure) -------------------------------------------------------------------------------
 
 Status = Literal["completed", "cancelled", "cancelled_other", "incomplete", "no_reply", "error"]
+# what a real interruption did to the reply: `cancelled` (turn_detected); `ended_by_itself`
+# (not cancelled, its audio over within CANCEL_EXPECTED_MS of the interruption's voice: no
+# verdict); `missed` (not cancelled, its audio went on past that)
+RealEnding = Literal["cancelled", "ended_by_itself", "missed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +236,9 @@ class TrialOutcome:
     max_stall_ms: float = 0.0
     pause_ms: float | None = None  # the longest gap that began after the overlay's first voiced frame
     stale_audio_ms: float | None = None  # overlay's first voiced frame sent -> last audio of the reply
+    # the same from the overlay's voice (`voice_start_ms`): less the clip's sound before its
+    # voice (a kal "where": 230 ms of aspiration and silence); None in files older than it
+    stale_from_voice_ms: float | None = None
     reply_audio_ms: float = 0.0
     voice_to_voice_ms: float | None = None
     error: str | None = None
@@ -208,11 +251,47 @@ class TrialOutcome:
     @property
     def counts(self) -> bool:
         """Whether the trial measures its scenario: it ran, and any overlay went out mid-reply."""
-        return (
-            self.status != "error"
-            and self.status != "no_reply"
-            and (self.scenario == "echo" or self.overlay_sent)
-        )
+        return self.has_run and (self.scenario == "echo" or self.overlay_sent)
+
+    @property
+    def has_run(self) -> bool:
+        """The session ran and the question got a reply."""
+        return self.status != "error" and self.status != "no_reply"
+
+    @property
+    def is_overlay_unsent(self) -> bool:
+        """The trial ran, but the reply ended (or was cut) before its overlay was due."""
+        return self.has_run and self.overlay is not None and not self.overlay_sent
+
+    @property
+    def real_ending(self) -> RealEnding | None:
+        """A counted real trial's verdict (`real_ending_of`); None for the other trials. Files
+        older than `stale_from_voice_ms` are judged on `stale_audio_ms` (from the first sound)."""
+        if self.scenario != "real" or not self.counts:
+            return None
+        stale = self.stale_audio_ms if self.stale_from_voice_ms is None else self.stale_from_voice_ms
+        return real_ending_of(self.status, stale)
+
+
+def real_ending_of(status: Status, stale_from_voice_ms: float | None) -> RealEnding:
+    """What a real interruption did to the reply, from the reply's final status and the time
+    from the interruption's voice to the reply's last audio delta: `cancelled` if it was
+    cancelled (turn_detected); else `ended_by_itself` if its audio was over within
+    CANCEL_EXPECTED_MS (a reply completed, or cut for another reason, before any server could
+    have cancelled it); else `missed` (no time known: missed)."""
+    if status == "cancelled":
+        return "cancelled"
+    if stale_from_voice_ms is not None and stale_from_voice_ms <= CANCEL_EXPECTED_MS:
+        return "ended_by_itself"
+    return "missed"
+
+
+def voice_lag_ms(clip: Utterance) -> int:
+    """How long after its first sound (`Utterance.speech_start_ms`, where the microphone's
+    `voiced_sent_s` points) the clip's voice begins (`voice_start_ms`); 0 without a sustained
+    voiced run (a noise)."""
+    start = voice_start_ms(clip.samples, SAMPLE_RATE_HZ)
+    return 0 if start is None else max(0, start - clip.speech_start_ms)
 
 
 def status_of(turn: TurnResult) -> Status:
@@ -249,6 +328,11 @@ def outcome_of(trial: Trial, config: str, session: SessionResult) -> TrialOutcom
         return base
     barge = main.barge_in
     sent = barge is not None and barge.sent
+    stale = barge.reaction_ms if barge is not None and sent else None
+    from_voice = None
+    if stale is not None and trial.overlay is not None:
+        # a reply that ended between the first sound and the voice left no stale audio
+        from_voice = max(0.0, stale - voice_lag_ms(trial.overlay))
     return dataclasses.replace(
         base,
         status="error" if errors is not None else status_of(main),
@@ -257,7 +341,8 @@ def outcome_of(trial: Trial, config: str, session: SessionResult) -> TrialOutcom
         stalls=main.audio_stalls,
         max_stall_ms=main.max_audio_stall_ms,
         pause_ms=barge.max_stall_after_interrupt_ms if barge is not None and sent else None,
-        stale_audio_ms=barge.reaction_ms if barge is not None and sent else None,
+        stale_audio_ms=stale,
+        stale_from_voice_ms=from_voice,
         reply_audio_ms=main.reply_audio_ms,
         voice_to_voice_ms=main.voice_to_voice_ms,
     )
@@ -277,6 +362,9 @@ class Row:
     other: int  # cancelled for another reason, incomplete
     self_interrupted: int
     early: int  # of the trials that do not count: replies cancelled before the overlay went out
+    unsent: int  # of the trials that do not count: replies that ended (or were cut) before the overlay
+    ended_by_itself: int  # real, of those that count: the reply ended before a cancel was possible
+    playing: int  # those that count less ended_by_itself: the reply still played CANCEL_EXPECTED_MS in
     speech_started: int  # trials with speech_started during the reply
     with_stalls: int  # trials with an audible gap in the reply
     pause_p50: float | None
@@ -285,22 +373,28 @@ class Row:
     stale_p50: float | None
     stale_p90: float | None
     stale_max: float | None
+    # the same from the overlay's voice (TrialOutcome.stale_from_voice_ms); None in older files
+    voice_stale_p50: float | None
+    voice_stale_p90: float | None
+    voice_stale_max: float | None
 
     @property
     def rate(self) -> float | None:
         """The scenario's headline share: echo, self-interrupted; backchannel and noise,
-        completed; real, cancelled (turn_detected)."""
+        completed (of `n`); real, cancelled (turn_detected) of `playing`: a reply that ended
+        by itself as the caller began is neither a success nor a miss."""
+        if self.scenario == "real":
+            return None if self.playing == 0 else self.cancelled / self.playing
         if self.n == 0:
             return None
-        hits = {"echo": self.self_interrupted, "real": self.cancelled}.get(self.scenario, self.completed)
-        return hits / self.n
+        return (self.self_interrupted if self.scenario == "echo" else self.completed) / self.n
 
 
 RATE_LABEL: Final[dict[Scenario, str]] = {
     "echo": "self-interrupted",
     "backchannel": "completed",
     "noise": "completed",
-    "real": "cancelled",
+    "real": f"cancelled, of the replies still playing {CANCEL_EXPECTED_MS} ms into the interruption's voice",
 }
 
 
@@ -308,6 +402,8 @@ def row_of(scenario: Scenario, group: str, config: str, outcomes: Sequence[Trial
     counted = [o for o in outcomes if o.counts]
     pauses = summarize(o.pause_ms for o in counted)
     stale = summarize(o.stale_audio_ms for o in counted if o.status == "cancelled")
+    voice_stale = summarize(o.stale_from_voice_ms for o in counted if o.status == "cancelled")
+    ended = sum(o.real_ending == "ended_by_itself" for o in counted)
     return Row(
         scenario=scenario,
         group=group,
@@ -319,6 +415,9 @@ def row_of(scenario: Scenario, group: str, config: str, outcomes: Sequence[Trial
         other=sum(o.status in ("cancelled_other", "incomplete") for o in counted),
         self_interrupted=sum(o.is_self_interrupted for o in counted),
         early=sum(o.overlay is not None and not o.overlay_sent and o.is_self_interrupted for o in outcomes),
+        unsent=sum(o.is_overlay_unsent for o in outcomes),
+        ended_by_itself=ended,
+        playing=len(counted) - ended,
         speech_started=sum(o.speech_started > 0 for o in counted),
         with_stalls=sum(o.stalls > 0 for o in counted),
         pause_p50=None if pauses is None else pauses.p50,
@@ -327,6 +426,9 @@ def row_of(scenario: Scenario, group: str, config: str, outcomes: Sequence[Trial
         stale_p50=None if stale is None else stale.p50,
         stale_p90=None if stale is None else stale.p90,
         stale_max=None if stale is None else stale.max,
+        voice_stale_p50=None if voice_stale is None else voice_stale.p50,
+        voice_stale_p90=None if voice_stale is None else voice_stale.p90,
+        voice_stale_max=None if voice_stale is None else voice_stale.max,
     )
 
 
@@ -365,22 +467,33 @@ def format_rows(rows: Sequence[Row]) -> str:
             lines.append(
                 f"== {scenario} ({RATE_LABEL[row.scenario]} = the rate) ==\n"
                 f"{'group':<14}{'config':<10}{'n':>4}{'rate':>7}{'done':>6}{'cancel':>7}{'other':>6}"
-                f"{'self':>5}{'spst':>5}{'gaps':>5}{'early':>6}   pause p50/p90/max ms   stale p50/p90/max ms"
+                f"{'self':>5}{'spst':>5}{'gaps':>5}{'early':>6}{'unsent':>7}{'ended':>6}{'live':>5}"
+                "   pause p50/p90/max ms   stale p50/p90/max ms   from voice p50/p90/max"
             )
         rate = "-" if row.rate is None else f"{row.rate:.0%}"
+        real = row.scenario == "real"
+        ended = f"{row.ended_by_itself:>6}" if real else f"{'-':>6}"
+        live = f"{row.playing:>5}" if real else f"{'-':>5}"
         skipped = f" (+{row.trials - row.n})" if row.trials > row.n else ""
         lines.append(
             f"{row.group:<14}{row.config:<10}{row.n:>4}{rate:>7}{row.completed:>6}{row.cancelled:>7}"
-            f"{row.other:>6}{row.self_interrupted:>5}{row.speech_started:>5}{row.with_stalls:>5}{row.early:>6}   "
+            f"{row.other:>6}{row.self_interrupted:>5}{row.speech_started:>5}{row.with_stalls:>5}{row.early:>6}"
+            f"{row.unsent:>7}{ended}{live}   "
             f"{_num(row.pause_p50)}{_num(row.pause_p90)}{_num(row.pause_max)}        "
-            f"{_num(row.stale_p50)}{_num(row.stale_p90)}{_num(row.stale_max)}{skipped}"
+            f"{_num(row.stale_p50)}{_num(row.stale_p90)}{_num(row.stale_max)}          "
+            f"{_num(row.voice_stale_p50)}{_num(row.voice_stale_p90)}{_num(row.voice_stale_max)}{skipped}"
         )
     lines.append(
         "\nn: trials that count (ran, and the overlay went out mid-reply; (+k): k more did not); "
         "done/cancel: response.done completed / cancelled turn_detected; other: another ending; "
         "self: cancelled or speech_started; spst: speech_started after the reply began; gaps: replies "
-        "with an audible gap; early: replies cut (by echo) before the overlay was due; pause: longest gap after the overlay began; stale: overlay's first "
-        "voiced frame sent -> last audio of the cancelled reply"
+        "with an audible gap; early: replies cut (by echo) before the overlay was due; unsent: replies "
+        "that ended or were cut before the overlay was due (early included); ended (real): replies not "
+        f"cancelled whose audio was over within {CANCEL_EXPECTED_MS} ms of the interruption's voice, "
+        "neither a success nor a miss; live (real): n less ended, the rate's denominator (live - cancel: "
+        "misses); pause: longest gap after the overlay began; stale: overlay's first voiced frame sent "
+        "(its first sound) -> last audio of the cancelled reply; from voice: the same from the overlay's "
+        f"first voiced run of {SUSTAINED_VOICE_MS} ms or more (older files: -)"
     )
     return "\n".join(lines)
 
@@ -511,7 +624,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("--real-echo-db", type=float, default=-12.0, help="echo level of the real scenario's echo variant")
     add("--real-echo-delay-ms", type=float, default=120.0, help="its delay")
     add(
-        "--after-ms", default="600-1500", help="reply heard before the overlay, a range (default %(default)s)"
+        "--after-ms",
+        default="600-1500",
+        help="reply heard before a backchannel or noise, LO-HI or LO,HI (default %(default)s)",
+    )
+    add(
+        "--real-after-ms",
+        default="300,900",
+        help="reply heard before a real interruption, LO,HI or LO-HI (default %(default)s)",
     )
     add("--instructions", default=DEFAULT_INSTRUCTIONS, help="session instructions ('' to send none)")
     add(
@@ -531,12 +651,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def plan_options(args: argparse.Namespace) -> PlanOptions:
-    low, sep, high = args.after_ms.partition("-")
+def parse_range_ms(text: str, what: str) -> tuple[int, int]:
+    """A range in ms, "LO-HI" or "LO,HI" (or one number: LO = HI) -> (LO, HI)."""
+    low, sep, high = text.partition("," if "," in text else "-")
     try:
-        after = (int(low), int(high) if sep else int(low))
+        bounds = (int(low), int(high) if sep else int(low))
     except ValueError as exc:
-        raise BenchError(f"--after-ms takes LOW-HIGH in ms, not {args.after_ms!r}") from exc
+        raise BenchError(f"{what} takes LO-HI or LO,HI in ms, not {text!r}") from exc
+    if not 0 <= bounds[0] <= bounds[1]:
+        raise BenchError(f"{what}: need 0 <= LO <= HI, not {text!r}")
+    return bounds
+
+
+def plan_options(args: argparse.Namespace) -> PlanOptions:
+    after = parse_range_ms(args.after_ms, "--after-ms")
+    real_after = parse_range_ms(args.real_after_ms, "--real-after-ms")
     if args.repeat < 1:
         raise BenchError("--repeat must be at least 1")
     return PlanOptions(
@@ -549,6 +678,7 @@ def plan_options(args: argparse.Namespace) -> PlanOptions:
         real_echo_db=args.real_echo_db,
         real_echo_delay_ms=args.real_echo_delay_ms,
         after_ms=after,
+        real_after_ms=real_after,
     )
 
 
@@ -619,8 +749,12 @@ def report_json(result: BargeInRun) -> dict[str, Any]:
 
 def _progress_line(outcome: TrialOutcome) -> None:
     extra = "" if outcome.pause_ms is None else f" pause {outcome.pause_ms:.0f} ms"
-    if outcome.stale_audio_ms is not None and outcome.status == "cancelled":
+    if outcome.stale_audio_ms is not None and outcome.scenario == "real":
         extra += f" stale {outcome.stale_audio_ms:.0f} ms"
+        if outcome.stale_from_voice_ms is not None:
+            extra += f" (from voice {outcome.stale_from_voice_ms:.0f} ms)"
+    if outcome.real_ending is not None and outcome.real_ending != "cancelled":
+        extra += f": {outcome.real_ending.replace('_', ' ')}"
     print(
         f"[{outcome.trial:3d} {outcome.config}] {outcome.scenario} {outcome.variant}: {outcome.status}"
         f"{'' if outcome.overlay_sent or outcome.overlay is None else ' (overlay not sent)'}"

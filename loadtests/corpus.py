@@ -46,6 +46,13 @@ SPEECH_RELATIVE_DB: Final = 40.0  # voiced: within this of the loudest frame...
 NOISE_MARGIN_DB: Final = 6.0  # ...and this far above the clip's noise floor...
 SPEECH_ABSOLUTE_FLOOR_RMS: Final = 100.0  # ...and above -50 dBFS (int16 units)
 MIN_VOICED_RUN_MS: Final = 30  # shorter voiced runs are clicks, not speech
+# A clip's voice begins with its first voiced run at least this long (`voice_start_ms`). Flite's
+# kal voice opens "where"/"why" with a ~60 ms aspiration (about -37 dBFS), then ~170 ms of near
+# silence before the word: the envelope counts the burst as the clip's first sound, but a VAD
+# rightly does not hear it as voice, and a server wanting 120 ms of voice before it yields
+# (Voxgate's min_speech_ms) cannot start counting there. 100 ms is longer than such a burst
+# (or a soft opening "th") and no longer than a stressed syllable, so it finds the first word.
+SUSTAINED_VOICE_MS: Final = 100
 
 Source = Literal["human", "synthetic", "pauses", "file", "noise"]  # noise: loadtests.overlays
 SOURCES: Final[tuple[Source, ...]] = ("human", "synthetic", "pauses")
@@ -133,6 +140,15 @@ def speech_span_ms(
         return None
     duration_ms = len(samples) * 1000 // sample_rate_hz
     return runs[0][0] * frame_ms, min(runs[-1][1] * frame_ms, duration_ms)
+
+
+def voice_start_ms(samples: NDArray[np.int16], sample_rate_hz: int) -> int | None:
+    """Where the clip's voice begins: the start of its first voiced run of at least
+    `SUSTAINED_VOICE_MS` (the envelope and threshold of `speech_span_ms`), or None if no run is
+    that long. At or after the clip's first sound (`speech_span_ms(...)[0]`); the difference is
+    a property of the clip: an aspiration or a click before the first word."""
+    span = speech_span_ms(samples, sample_rate_hz, min_run_ms=SUSTAINED_VOICE_MS)
+    return None if span is None else span[0]
 
 
 def _runs(flags: NDArray[np.bool_]) -> list[tuple[int, int]]:

@@ -42,6 +42,8 @@ class BargeInResult:
     expects_reply: bool = True  # False: a backchannel or a noise, which should not interrupt
     sent: bool = False
     started_after_ms: float | None = None  # reply heard when the interrupter's first voiced frame went
+    # interrupter's first voiced frame sent -> the response's last audio delta received (0: none
+    # after it), whether the response was cancelled or not
     reaction_ms: float | None = None
     audio_after_interrupt_ms: float | None = None
     # the player's longest wait on reply audio that began after the interrupter's first voiced

@@ -53,7 +53,9 @@ message; send times as soon as `websocket.send` returns):
   time; whenever it runs dry before the next chunk arrives, that wait is a stall (reply audio
   arriving slower than real time);
 - barge-in: reaction is the time from sending the interrupter's first voiced frame to
-  receiving the last audio delta of the interrupted response (0 when none arrived after it);
+  receiving the last audio delta of the interrupted response (0 when none arrived after it),
+  whatever its ending: for a reply that completed, it tells whether the reply was still
+  playing when the interrupter began (the barge-in benchmark's "ended by itself");
   `audio_after_interrupt_ms` is the reply audio received after that frame; the interrupted
   response's `response.done` should be `cancelled` with reason `turn_detected`.
 Reply audio is assumed to be pcm16 at 24 kHz, the session's default output format.

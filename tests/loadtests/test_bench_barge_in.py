@@ -5,28 +5,39 @@ real server code running fake models (named as such)."""
 from __future__ import annotations
 
 import base64
+import dataclasses
+import json
 import random
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 from loadtests.bench_barge_in import (
+    CANCEL_EXPECTED_MS,
     Corpora,
     PlanOptions,
+    RealEnding,
     Status,
     Target,
     Trial,
     TrialOutcome,
+    build_parser,
     format_rows,
     outcome_of,
     parse_compare,
+    plan_options,
     plan_trials,
+    pooled_outcomes,
+    real_ending_of,
     row_of,
     rows_of,
     run_trial,
+    voice_lag_ms,
 )
 from loadtests.bench_latency import BenchError
+from loadtests.corpus import SAMPLE_RATE_HZ, Utterance, make_utterance, speech_span_ms, voice_start_ms
 from loadtests.microphone import Speech
 from loadtests.recorder import TurnRecorder
 from loadtests.room import EchoOptions, RoomOptions
@@ -170,7 +181,8 @@ def test_plan_covers_every_cell_and_repeats_with_the_seed() -> None:
     assert all(t.room.echo is not None and t.overlay is None for t in by["echo"])
     assert [t.variant for t in by["noise"]] == ["cough", "cough"]
     assert [t.variant for t in by["real"]] == ["clean", "echo"] * 2
-    assert all(600 <= t.after_ms <= 1500 for t in by["backchannel"] + by["real"])
+    assert all(600 <= t.after_ms <= 1500 for t in by["backchannel"] + by["noise"])
+    assert all(300 <= t.after_ms <= 900 for t in by["real"])  # PlanOptions.real_after_ms
     again = plan_trials(corpora, options, random.Random(5))
     assert [t.after_ms for t in again] == [t.after_ms for t in trials]
     assert [t.index for t in trials] == list(range(len(trials)))
@@ -220,3 +232,130 @@ async def test_a_backchannel_over_a_server_that_holds_the_reply_then_resumes() -
     assert outcome.status == "completed" and not outcome.is_self_interrupted
     assert outcome.pause_ms is not None and outcome.pause_ms > 0 and outcome.stalls >= 1
     assert len(log.speech_end_received) == 1  # the server answered the question only
+
+
+# --- real interruptions: replies that ended by themselves, stale audio from the voice -------------
+
+
+def burst_then_tone() -> Utterance:
+    """Like flite kal's "where": 200 ms of silence, a 60 ms noise burst at about -37 dBFS, 170 ms
+    of silence, then 400 ms of a loud tone (the word) and 100 ms of silence."""
+    rate = SAMPLE_RATE_HZ
+    burst = np.random.default_rng(3).normal(0, 460, 60 * rate // 1000)
+    t = np.arange(400 * rate // 1000) / rate
+    parts = (np.zeros(200 * rate // 1000), burst, np.zeros(170 * rate // 1000))
+    tone = np.sin(2 * np.pi * 300 * t) * 8000
+    samples = np.concatenate((*parts, tone, np.zeros(100 * rate // 1000)))
+    return make_utterance("burst-where", samples.astype(np.int16), rate, "where", "synthetic")
+
+
+def test_the_voice_starts_with_the_first_sustained_voiced_run_not_a_burst_before_it() -> None:
+    clip = burst_then_tone()
+    assert clip.speech_start_ms == 200  # the first sound: the burst counts (a run of 30 ms or more)
+    assert speech_span_ms(clip.samples, SAMPLE_RATE_HZ) == (200, 830)
+    assert voice_start_ms(clip.samples, SAMPLE_RATE_HZ) == 430  # the tone: the word
+    assert voice_lag_ms(clip) == 230
+    assert voice_lag_ms(QUESTION) == 0  # a clip that opens with its voice
+    silence = np.zeros(SAMPLE_RATE_HZ // 2, dtype=np.int16)
+    assert voice_start_ms(silence, SAMPLE_RATE_HZ) is None
+
+
+@pytest.mark.parametrize(
+    ("status", "stale_ms", "expected"),
+    [
+        ("cancelled", 120.0, "cancelled"),  # cut: a success, however early
+        ("cancelled", 900.0, "cancelled"),
+        ("completed", 0.0, "ended_by_itself"),  # no audio after the interruption began
+        ("completed", float(CANCEL_EXPECTED_MS), "ended_by_itself"),
+        ("completed", CANCEL_EXPECTED_MS + 1.0, "missed"),  # still playing, and played on
+        ("incomplete", 100.0, "ended_by_itself"),  # ended another way before a cancel was possible
+        ("cancelled_other", 700.0, "missed"),
+        ("completed", None, "missed"),  # no timing: no excuse
+    ],
+)
+def test_a_real_interruptions_ending(status: Status, stale_ms: float | None, expected: RealEnding) -> None:
+    assert real_ending_of(status, stale_ms) == expected
+
+
+def test_a_real_trial_is_judged_from_the_interruptions_voice() -> None:
+    # the reply's last delta at 2.5 s; the interruption's first sound went out at 2.1 s, its voice
+    # 230 ms later: 400 ms of stale audio from the burst, 170 ms from the voice
+    chunks = [(1.4 + 0.1 * i, 100) for i in range(12)]
+    clip = burst_then_tone()
+    real = Trial(0, "real", "clean", QUESTION, RoomOptions(), clip, 800)
+    outcome = outcome_of(real, "x", recorded(reply(chunks, 2.6, "completed"), overlay_voiced_s=2.1))
+    assert outcome.stale_audio_ms == pytest.approx(400)
+    assert outcome.stale_from_voice_ms == pytest.approx(170)
+    assert outcome.counts and outcome.real_ending == "ended_by_itself"
+    # the same reply over a clip without the burst: 400 ms after the voice began, a miss
+    plain = dataclasses.replace(real, overlay=OVERLAY)
+    missed = outcome_of(plain, "x", recorded(reply(chunks, 2.6, "completed"), overlay_voiced_s=2.1))
+    assert missed.stale_from_voice_ms == pytest.approx(400) and missed.real_ending == "missed"
+    # a reply that ended between the burst and the voice left no stale audio from the voice
+    early = outcome_of(real, "x", recorded(reply(chunks, 2.6, "completed"), overlay_voiced_s=2.4))
+    assert early.stale_audio_ms == pytest.approx(100) and early.stale_from_voice_ms == 0.0
+
+
+def real_outcome(
+    status: Status, stale_ms: float | None, from_voice_ms: float | None = None, sent: bool = True
+) -> TrialOutcome:
+    return TrialOutcome(
+        0,
+        "A",
+        "real",
+        "clean",
+        status,
+        "q",
+        "o",
+        overlay_sent=sent,
+        stale_audio_ms=stale_ms if sent else None,
+        stale_from_voice_ms=from_voice_ms if sent else None,
+    )
+
+
+def test_real_rows_leave_out_replies_that_ended_by_themselves_and_unsent_interruptions() -> None:
+    outcomes = [
+        real_outcome("cancelled", 340, 110),  # a kal "where": 230 ms of burst and silence
+        real_outcome("cancelled", 150, 150),
+        real_outcome("completed", 250, 250),  # ended by itself
+        real_outcome("completed", 680, 680),  # missed
+        real_outcome("completed", None, sent=False),  # the reply ended before the interruption
+        real_outcome("error", None, sent=False),
+    ]
+    (row,) = [r for r in rows_of(outcomes) if r.group == "all"]
+    assert (row.trials, row.n, row.unsent, row.ended_by_itself, row.playing) == (6, 4, 1, 1, 3)
+    assert row.cancelled == 2 and row.rate == pytest.approx(2 / 3)
+    assert row.stale_max == 340 and row.voice_stale_max == 150  # cancelled replies only
+    assert row.stale_p50 == pytest.approx(245) and row.voice_stale_p50 == pytest.approx(130)
+    table = format_rows([row])
+    assert "cancelled, of the replies still playing 300 ms" in table
+    assert "from voice p50/p90/max" in table and "(+2)" in table
+    every_reply_ended = row_of("real", "all", "A", [real_outcome("completed", 0, 0)])
+    assert every_reply_ended.playing == 0 and every_reply_ended.rate is None
+
+
+def test_the_pool_reads_files_without_the_new_fields(tmp_path: Path) -> None:
+    """A file from before stale_from_voice_ms: its real trials are judged from the first sound,
+    and the rows show no figure from the voice."""
+    old = real_outcome("completed", 250)
+    trial_json = {k: v for k, v in dataclasses.asdict(old).items() if k != "stale_from_voice_ms"}
+    missed = {**trial_json, "stale_audio_ms": 681.0}
+    cancelled = {**trial_json, "status": "cancelled", "stale_audio_ms": 333.0}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"trials": [trial_json, missed, cancelled]}))
+    outcomes = pooled_outcomes([f"old={path}"])
+    assert [o.real_ending for o in outcomes] == ["ended_by_itself", "missed", "cancelled"]
+    (row,) = [r for r in rows_of(outcomes) if r.group == "all"]
+    assert row.config == "old" and row.playing == 2 and row.rate == pytest.approx(1 / 2)
+    assert row.stale_max == 333 and row.voice_stale_max is None
+    assert "old" in format_rows(rows_of(outcomes))
+
+
+def test_the_real_scenario_has_its_own_delay_range() -> None:
+    options = plan_options(build_parser().parse_args([]))
+    assert options.real_after_ms == (300, 900) and options.after_ms == (600, 1500)
+    args = build_parser().parse_args(["--real-after-ms", "200,400", "--after-ms", "700-800"])
+    assert (plan_options(args).real_after_ms, plan_options(args).after_ms) == ((200, 400), (700, 800))
+    for bad in ("200,x", "900,300"):
+        with pytest.raises(BenchError):
+            plan_options(build_parser().parse_args(["--real-after-ms", bad]))
