@@ -43,11 +43,14 @@ import soxr
 
 from loadtests.corpus import (
     DEFAULT_CACHE_DIR,
+    PAUSE_VOICES,
     SAMPLE_RATE_HZ,
     SYNTHETIC_SENTENCES,
     CorpusUnavailable,
+    PausedSentence,
     Utterance,
     load_human,
+    load_pauses_synthetic,
     make_utterance,
 )
 from loadtests.overlays import BACKCHANNELS, load_backchannels, load_interruptions, spoken
@@ -82,6 +85,21 @@ PREFIX_PADDING_MS = TurnDetectionConfig().prefix_padding_ms  # the server's defa
 HELD_OUT_BACKCHANNEL_ESPEAK = ("en-gb", "en-us+f3", "en-us+m3", "en-au", "en-sc")
 HELD_OUT_BACKCHANNEL_FLITE = ("kal16",)
 HELD_OUT_INTERRUPTION_ESPEAK = ("en-gb", "en-us+f3")
+# interruptions that open with a listener's word and a short pause: a caller often takes the
+# floor with "okay, but ..." (written for the rejoin rule, so not held out)
+LISTENER_LED_INTERRUPTIONS: tuple[tuple[str, str], ...] = (
+    ("okay", "but where is my order"),
+    ("yeah", "no that is the wrong address"),
+    ("thank you", "that is all for today"),
+    ("right", "can i talk to a human agent"),
+    ("sure", "and how long will the refund take"),
+    ("okay", "i want to cancel my subscription"),
+    ("yes", "my package arrived damaged"),
+    ("um hum", "so when does the technician come"),
+    ("alright", "please change my delivery address"),
+    ("i see", "why was my card charged twice"),
+)
+LISTENER_LED_PAUSES_MS = (200, 300, 400)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +180,8 @@ def replay(
             elif isinstance(action, (IgnoreOverlap, DiscardNoise)):
                 asr, decoded = None, []
             if isinstance(action, PauseReply):
-                paused_at_ms, playing = end_ms, False
+                paused_at_ms = end_ms if paused_at_ms is None else paused_at_ms  # the first pause
+                playing = False
             elif isinstance(action, ResumeReply) or (
                 isinstance(action, IgnoreOverlap) and action.paused_reply is not None
             ):
@@ -215,6 +234,21 @@ def _spread(values: Sequence[int]) -> str:
     return f"{statistics.median(ordered):.0f} / {float(np.percentile(ordered, 90)):.0f} / {ordered[-1]}"
 
 
+def listener_led_interruptions(cache_dir: Path) -> list[Utterance]:
+    """`LISTENER_LED_INTERRUPTIONS` in flite's four voices, cycled, with 200-400 ms of silence
+    after the listener's word (the pause corpus's joining)."""
+    sentences = [
+        PausedSentence(
+            first,
+            second,
+            PAUSE_VOICES[i % len(PAUSE_VOICES)],
+            LISTENER_LED_PAUSES_MS[i % len(LISTENER_LED_PAUSES_MS)],
+        )
+        for i, (first, second) in enumerate(LISTENER_LED_INTERRUPTIONS)
+    ]
+    return load_pauses_synthetic(cache_dir, sentences)
+
+
 def report(outcomes: Sequence[Outcome]) -> None:
     """Per group: the share with the wanted outcome (interruptions: cancelled, at once or
     after a resume; backchannels: never cancelled, resumed at once); when the first decision
@@ -254,7 +288,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--settle-ms", type=int, default=None, help="InterruptionPolicy.settle_ms (default: the server's)"
     )
     parser.add_argument(
-        "--pause-after-ms", type=int, default=None, help="InterruptionPolicy.pause_after_ms (default: the server's)"
+        "--pause-after-ms",
+        type=int,
+        default=None,
+        help="InterruptionPolicy.pause_after_ms (default: the server's)",
+    )
+    parser.add_argument(
+        "--rejoin-within-ms",
+        type=int,
+        default=None,
+        help="InterruptionPolicy.rejoin_within_ms (default: the server's; 0: off)",
     )
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
     args = parser.parse_args(argv)
@@ -263,10 +306,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         policy = dataclasses.replace(policy, settle_ms=args.settle_ms)
     if args.pause_after_ms is not None:
         policy = dataclasses.replace(policy, pause_after_ms=args.pause_after_ms)
+    if args.rejoin_within_ms is not None:
+        policy = dataclasses.replace(policy, rejoin_within_ms=args.rejoin_within_ms)
     try:
         sets: list[tuple[str, list[Utterance]]] = [
             ("backchannel (bench voices)", load_backchannels(args.cache_dir)),
             ("interruption (bench: flite)", load_interruptions(args.cache_dir)),
+            ("interruption (listener-led: flite)", listener_led_interruptions(args.cache_dir)),
         ]
         if args.held_out:
             sets += [
@@ -286,7 +332,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for o in outcomes:
             after = "" if o.decided_after_ms is None else f" after {o.decided_after_ms} ms"
             paused = "" if o.paused_ms is None else f" paused {o.paused_ms} ms"
-            paused += f", cancelled later (stale {o.stale_ms} ms)" if o.cancelled and o.kind != "cancelled" else ""
+            paused += (
+                f", cancelled later (stale {o.stale_ms} ms)" if o.cancelled and o.kind != "cancelled" else ""
+            )
             print(f"{o.group:34} {o.clip:44} {o.kind:22}{after:>16}{paused:>16}  heard {o.words!r}")
         print()
     report(outcomes)

@@ -70,12 +70,16 @@ class InterruptionPolicy:
     most the playout lead, plays on meanwhile, so shorter clicks are never heard as a gap);
     `decide_within_ms`: voiced time after which speech still going on is an interruption
     whatever its words; `settle_ms`: after the voice stops, how long the recogniser's last
-    words are awaited; `max_backchannel_words`: more words than this, one of them not a
-    listener's, is an interruption."""
+    words are awaited; `rejoin_within_ms`: a voice that starts this soon after a backchannel's
+    voice ended continues it (the reply pauses at its onset, and the words from the
+    backchannel's onset on are judged: "thank you ... that is all" takes the floor);
+    `max_backchannel_words`: more words than this, one of them not a listener's, is an
+    interruption."""
 
     pause_after_ms: int = 120
     decide_within_ms: int = 1000
     settle_ms: int = 150
+    rejoin_within_ms: int = 500
     max_backchannel_words: int = 2
     echo_min_words: int = 2  # words heard before they can be judged an echo of the reply
     echo_share: float = 0.6  # ... and the share of them among the reply's latest words

@@ -51,7 +51,10 @@ A voice resuming in OVERLAP_ENDING goes back to OVERLAP. If the reply ends while
 undecided (it had sent all its audio), the overlap is still judged as one (the reply's echo
 outlasts it), except that a backchannel is then a turn: "yes" answers the reply's question. Nothing is announced
 before the decision, so a client that stops its playback on `speech_started` never does so for
-a backchannel. In the `voice` mode (interruption None) any voice of `barge_in_min_ms` cancels.
+a backchannel. A voice that starts within `rejoin_within_ms` of a backchannel's end continues
+it ("okay ... but where is my order"): the reply pauses at its onset, the capture starts again
+at the backchannel's onset, and the words are judged together (`decide_within_ms` still counts
+from the new voice's own onset, so "yeah ... yeah" stays a backchannel). In the `voice` mode (interruption None) any voice of `barge_in_min_ms` cancels.
 
 Turns detected by the model (`TurnOptions.model_detects_turns`: the realtime profile with the
 upstream's VAD). The loop feeds no frames; the model's ModelSpeechStarted / ModelSpeechStopped
@@ -343,6 +346,10 @@ class TurnTaker:
         self._over_reply = False  # the caller's current voice began over a reply (it paused it)
         self._overlap_words = ""  # the recogniser's words for the speech over the reply
         self._reply_text = ""  # ... and the text of that reply so far
+        # a backchannel that resumed the reply: (until when a new voice continues it, its onset)
+        self._rejoin: tuple[int, int] | None = None
+        self._rejoining = False  # the current voice continues that backchannel
+        self._voice_onset_ms = 0  # the current voice's own onset (decide_within counts from it)
 
     # -- public API
 
@@ -394,6 +401,7 @@ class TurnTaker:
             case ReplyStarted(reply_id=reply_id):
                 self._active_reply = reply_id
                 self._idle_since_ms = None
+                self._rejoin = None
             case ReplyFinished(reply_id=reply_id):
                 if self._active_reply == reply_id:
                     self._active_reply = None
@@ -497,6 +505,9 @@ class TurnTaker:
     def _ignore_overlap(self, kind: OverlapKind, end_ms: int) -> None:
         paused, self._paused_reply = self._paused_reply, None
         self._over_reply = False
+        policy = self.options.interruption
+        if paused is not None and kind is OverlapKind.BACKCHANNEL and policy is not None:
+            self._rejoin = (end_ms + policy.rejoin_within_ms, self._onset_ms)
         self._actions.append(IgnoreOverlap(kind, self._overlap_words, self._onset_ms, end_ms, paused))
         self.state = UserState.LISTENING
         if self._active_reply is None:
@@ -528,7 +539,7 @@ class TurnTaker:
         if (
             kind is None
             and self.state is UserState.OVERLAP
-            and now_ms - self._onset_ms >= policy.decide_within_ms
+            and now_ms - self._voice_onset_ms >= policy.decide_within_ms
             and not echoes_reply(words, reply_text, policy)
         ):
             kind = OverlapKind.INTERRUPTION  # still talking: whatever the words, they want the floor
@@ -542,12 +553,17 @@ class TurnTaker:
     def _on_voice(self, voice: VoiceStarted | VoiceStopped, now_ms: int) -> None:
         match (self.state, voice):
             case (UserState.LISTENING, VoiceStarted(at_ms=at_ms)):
-                self._onset_ms = at_ms
+                rejoin, self._rejoin = self._rejoin, None
+                # a caller who goes on soon after a backchannel ("thank you, that is all") was
+                # not done: the reply pauses at once and all their words are judged together
+                self._rejoining = rejoin is not None and self._active_reply is not None and at_ms <= rejoin[0]
+                self._onset_ms = rejoin[1] if rejoin is not None and self._rejoining else at_ms
+                self._voice_onset_ms = at_ms
                 self._over_reply = False
                 self._overlap_words = self._reply_text = ""
                 self._idle_since_ms = None
                 self.state = UserState.VOICE_PENDING
-                self._actions.append(BeginCapture(from_ms=at_ms))
+                self._actions.append(BeginCapture(from_ms=self._onset_ms))
             case (UserState.VOICE_PENDING, VoiceStopped(at_ms=at_ms)):
                 if self._over_reply:
                     self._ignore_overlap(OverlapKind.NOISE, at_ms)
@@ -612,7 +628,8 @@ class TurnTaker:
             return
         voiced_ms = self._detector.voiced_run_ms
         if policy is not None and (self._interruptible() or self._over_reply):
-            if self._active_reply is not None and not self._over_reply and voiced_ms >= policy.pause_after_ms:
+            pause_ms = 0 if self._rejoining else policy.pause_after_ms
+            if self._active_reply is not None and not self._over_reply and voiced_ms >= pause_ms:
                 self._over_reply = True
                 self._paused_reply = self._active_reply
                 self._actions.append(PauseReply(self._active_reply))

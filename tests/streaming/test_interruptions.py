@@ -279,3 +279,55 @@ def test_a_floor_word_the_recogniser_takes_back_does_not_cancel() -> None:
     assert CancelReply not in kinds(timeline)
     ignored = next(a for _, a in timeline if isinstance(a, IgnoreOverlap))
     assert ignored.kind is OverlapKind.BACKCHANNEL
+
+
+def test_a_voice_soon_after_a_backchannel_continues_it() -> None:
+    """ "okay ... but where is my order": the caller goes on within rejoin_within_ms of a
+    resumed backchannel, so the reply pauses at the new voice's onset (not 120 ms into it),
+    the capture starts again at the backchannel's onset and the words are judged together."""
+    taker = replying()
+    first = run(taker, ["S" * 15, WordsHeard("okay"), "." * 20])
+    assert kinds(first) == [BeginCapture, PauseReply, IgnoreOverlap]  # resumed at 300 + 150
+    second = run(taker, ["." * 5 + "S" * 3], start_ms=700)
+    assert kinds(second) == [BeginCapture, PauseReply]
+    assert second[0][1] == BeginCapture(from_ms=0)  # the backchannel's onset
+    assert second[1][0] == second[0][0]  # paused as the onset is heard
+    rest = run(taker, ["S" * 10, WordsHeard("okay but where"), "S" * 5], start_ms=860)
+    assert kinds(rest)[:2] == [CancelReply, AnnounceSpeechStarted]
+    assert next(a for _, a in rest if isinstance(a, AnnounceSpeechStarted)).audio_start_ms == 0
+
+
+def test_a_voice_after_the_rejoin_window_is_a_new_overlap() -> None:
+    taker = replying()
+    run(taker, ["S" * 15, WordsHeard("okay"), "." * 20])
+    timeline = run(taker, ["." * 25 + "S" * 8], start_ms=700)  # voice at 1200: 900 ms after "okay"
+    assert kinds(timeline) == [BeginCapture, PauseReply]
+    assert timeline[0][1] == BeginCapture(from_ms=1200)
+    assert timeline[1][0] == 1200 + 120
+
+
+def test_two_backchannels_in_a_row_both_resume() -> None:
+    """ "yeah ... yeah yeah": the second joins the first, but `decide_within_ms` counts from
+    its own onset, so a listener's second word is no interruption for being late."""
+    taker = replying()
+    run(taker, ["S" * 15, WordsHeard("yeah"), "." * 20])
+    timeline = run(taker, ["." * 5 + "S" * 30, WordsHeard("yeah yeah"), "." * 20], start_ms=700)
+    assert kinds(timeline) == [BeginCapture, PauseReply, IgnoreOverlap]
+    ignored = next(a for _, a in timeline if isinstance(a, IgnoreOverlap))
+    assert ignored.kind is OverlapKind.BACKCHANNEL and ignored.paused_reply == 5
+    assert taker.active_reply == 5
+
+
+def test_no_rejoin_after_noise_or_once_the_reply_changed() -> None:
+    """Only a backchannel (words) is continued: a cough is not the start of a sentence; and a
+    new reply forgets the last one's backchannel."""
+    taker = replying()
+    run(taker, ["S" * 15 + "." * 20])  # wordless: noise
+    timeline = run(taker, ["." * 5 + "S" * 8], start_ms=700)
+    assert timeline[0][1] == BeginCapture(from_ms=800) and timeline[1][0] == 800 + 120
+    taker = replying()
+    run(taker, ["S" * 15, WordsHeard("okay"), "." * 20])
+    taker.receive(ReplyFinished(5), 700)
+    taker.receive(ReplyStarted(6), 700)
+    timeline = run(taker, ["." * 5 + "S" * 8], start_ms=700)
+    assert timeline[0][1] == BeginCapture(from_ms=800) and timeline[1][0] == 800 + 120
