@@ -14,8 +14,10 @@ caller's microphone hears during the reply depends on the scenario:
   the reply completes, with a short pause (the player's longest stall that began after the
   backchannel's first voiced frame was sent);
 - noise: the same, with a door slam, a cough, keyboard clicks or a burst of music;
-- real: a real interruption (the corpus's sentences in flite's four voices, and short human
-  recordings of pocketsphinx-testdata), without and with echo
+- real: a real interruption (the corpus's sentences in flite's four voices, the same
+  opening with a listener's word and a short pause, "okay ... but where is my order"
+  (`loadtests.overlays.listener_led_interruptions`), and short human recordings of
+  pocketsphinx-testdata), without and with echo
   (`--real-echo-db`, `--real-echo-delay-ms`), after 300-900 ms of reply (`--real-after-ms`:
   earlier than the others, since the replies run only 0.7-1.8 s). Wanted: the reply is
   `cancelled` with reason `turn_detected`, and little stale audio.
@@ -45,12 +47,17 @@ it works against any server speaking the OpenAI Realtime protocol.
 Servers: `--url` (one running server), `--spawn "ENV=..."` (one spawned server, as
 `loadtests.bench_latency` does), or `--compare "A=ENV ..." "B=ENV ..."`: both servers are
 spawned and every trial runs on each, in alternating order (A then B, then B then A), with the
-same utterances and timings, so the two columns are paired and share the box's load.
+same utterances and timings, so the two columns are paired and share the box's load. A spec's
+`VOXGATE_BENCH_CHECKOUT=DIR` runs that server from another checkout (a worktree of an older
+commit), so two code versions are compared the same way.
 
     python -m loadtests.bench_barge_in --spawn "" --scenarios echo,backchannel,noise,real --repeat 3
     python -m loadtests.bench_barge_in --repeat 5 --out results/barge.json --compare \\
         "voice=VOXGATE_BARGE_IN_MODE=voice VOXGATE_ECHO_CANCELLATION=false" \\
         "words=VOXGATE_BARGE_IN_MODE=words VOXGATE_ECHO_CANCELLATION=true"
+    git worktree add /tmp/before HEAD~1
+    python -m loadtests.bench_barge_in --scenarios backchannel,real --compare \\
+        "before=VOXGATE_BENCH_CHECKOUT=/tmp/before" "after="
 
 Exit status: 0 when every trial ran without a client or server error, 1 when some had errors,
 2 when the benchmark could not start (corpus, server, arguments).
@@ -90,7 +97,7 @@ from loadtests.corpus import (
     load_synthetic,
     voice_start_ms,
 )
-from loadtests.overlays import load_backchannels, load_interruptions, noise_clips
+from loadtests.overlays import listener_led_interruptions, load_backchannels, load_interruptions, noise_clips
 from loadtests.recorder import TurnResult
 from loadtests.room import EchoOptions, Room, RoomOptions
 from loadtests.session import BargeInPlan, SessionOptions, SessionResult, TurnPlan, run_session
@@ -546,7 +553,7 @@ def load_corpora(scenarios: Sequence[Scenario], cache_dir: Path, data_dir: Path,
         backchannels = load_backchannels(cache_dir) if "backchannel" in scenarios else []
         interruptions: list[Utterance] = []
         if "real" in scenarios:
-            interruptions = load_interruptions(cache_dir)
+            interruptions = load_interruptions(cache_dir) + listener_led_interruptions(cache_dir)
             with contextlib.suppress(CorpusUnavailable):  # the human clips are a bonus
                 interruptions += [u for u in load_human(data_dir) if u.name in HUMAN_INTERRUPTIONS]
     except CorpusUnavailable as exc:

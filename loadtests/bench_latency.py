@@ -45,7 +45,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import httpx
 
@@ -160,15 +160,36 @@ def command_name(pid: int) -> str:
     return module
 
 
+CHECKOUT_KEY: Final = "VOXGATE_BENCH_CHECKOUT"
+
+
+def split_checkout(env: dict[str, str]) -> tuple[dict[str, str], Path]:
+    """A spawn spec's environment, less `VOXGATE_BENCH_CHECKOUT=DIR`, and the checkout the
+    server runs from: DIR (another commit's worktree, for a paired A/B of two code versions
+    in one run) or this repository."""
+    rest = {k: v for k, v in env.items() if k != CHECKOUT_KEY}
+    if CHECKOUT_KEY not in env:
+        return rest, REPO_ROOT
+    checkout = Path(env[CHECKOUT_KEY]).resolve()
+    if not (checkout / "server" / "__main__.py").is_file():
+        raise BenchError(
+            f"{CHECKOUT_KEY}={env[CHECKOUT_KEY]}: not a Voxgate checkout (no server/__main__.py)"
+        )
+    return rest, checkout
+
+
 @contextlib.asynccontextmanager
 async def spawned_server(
     env: dict[str, str], log_path: Path, startup_timeout_s: float = 180.0
 ) -> AsyncIterator[tuple[str, ServerStats]]:
-    """Run `python -m server serve` on a free loopback port; yields (ws url, stats).
+    """Run `python -m server serve` on a free loopback port; yields (ws url, stats). The
+    server runs from this repository, or from `VOXGATE_BENCH_CHECKOUT` in `env`
+    (`split_checkout`).
 
     The stats' memory fields are filled in on exit, just before the process gets SIGTERM
     (then SIGKILL if it has not exited within 10 s).
     """
+    env, checkout = split_checkout(env)
     port = free_port()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log_file:
@@ -181,7 +202,7 @@ async def spawned_server(
             "127.0.0.1",
             "--port",
             str(port),
-            cwd=REPO_ROOT,
+            cwd=checkout,
             env={**os.environ, **env},
             stdin=asyncio.subprocess.DEVNULL,
             stdout=log_file,

@@ -43,17 +43,20 @@ import soxr
 
 from loadtests.corpus import (
     DEFAULT_CACHE_DIR,
-    PAUSE_VOICES,
     SAMPLE_RATE_HZ,
     SYNTHETIC_SENTENCES,
     CorpusUnavailable,
-    PausedSentence,
     Utterance,
     load_human,
-    load_pauses_synthetic,
     make_utterance,
 )
-from loadtests.overlays import BACKCHANNELS, load_backchannels, load_interruptions, spoken
+from loadtests.overlays import (
+    BACKCHANNELS,
+    listener_led_interruptions,
+    load_backchannels,
+    load_interruptions,
+    spoken,
+)
 from server.audio import PcmFrame
 from server.model.backends import pocketsphinx_asr
 from server.streaming.interruptions import InterruptionPolicy
@@ -85,21 +88,6 @@ PREFIX_PADDING_MS = TurnDetectionConfig().prefix_padding_ms  # the server's defa
 HELD_OUT_BACKCHANNEL_ESPEAK = ("en-gb", "en-us+f3", "en-us+m3", "en-au", "en-sc")
 HELD_OUT_BACKCHANNEL_FLITE = ("kal16",)
 HELD_OUT_INTERRUPTION_ESPEAK = ("en-gb", "en-us+f3")
-# interruptions that open with a listener's word and a short pause: a caller often takes the
-# floor with "okay, but ..." (written for the rejoin rule, so not held out)
-LISTENER_LED_INTERRUPTIONS: tuple[tuple[str, str], ...] = (
-    ("okay", "but where is my order"),
-    ("yeah", "no that is the wrong address"),
-    ("thank you", "that is all for today"),
-    ("right", "can i talk to a human agent"),
-    ("sure", "and how long will the refund take"),
-    ("okay", "i want to cancel my subscription"),
-    ("yes", "my package arrived damaged"),
-    ("um hum", "so when does the technician come"),
-    ("alright", "please change my delivery address"),
-    ("i see", "why was my card charged twice"),
-)
-LISTENER_LED_PAUSES_MS = (200, 300, 400)
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,21 +220,6 @@ def _spread(values: Sequence[int]) -> str:
     if not ordered:
         return "-"
     return f"{statistics.median(ordered):.0f} / {float(np.percentile(ordered, 90)):.0f} / {ordered[-1]}"
-
-
-def listener_led_interruptions(cache_dir: Path) -> list[Utterance]:
-    """`LISTENER_LED_INTERRUPTIONS` in flite's four voices, cycled, with 200-400 ms of silence
-    after the listener's word (the pause corpus's joining)."""
-    sentences = [
-        PausedSentence(
-            first,
-            second,
-            PAUSE_VOICES[i % len(PAUSE_VOICES)],
-            LISTENER_LED_PAUSES_MS[i % len(LISTENER_LED_PAUSES_MS)],
-        )
-        for i, (first, second) in enumerate(LISTENER_LED_INTERRUPTIONS)
-    ]
-    return load_pauses_synthetic(cache_dir, sentences)
 
 
 def report(outcomes: Sequence[Outcome]) -> None:

@@ -33,10 +33,13 @@ from numpy.typing import NDArray
 from loadtests.corpus import (
     DEFAULT_CACHE_DIR,
     FLITE_VOICE,
+    PAUSE_VOICES,
     SAMPLE_RATE_HZ,
     SYNTHETIC_SENTENCES,
     CorpusUnavailable,
+    PausedSentence,
     Utterance,
+    load_pauses_synthetic,
     make_utterance,
     read_wav,
     synthesize,
@@ -258,6 +261,24 @@ def load_backchannels(
 INTERRUPTION_VOICES: Final = ("kal", "awb", "rms", FLITE_VOICE)
 
 
+# interruptions that open with a listener's word and a short pause: a caller often takes the
+# floor with "okay, but ..." (written with the rule that
+# follows them, turns.py's rejoin, so not held out)
+LISTENER_LED_INTERRUPTIONS: Final[tuple[tuple[str, str], ...]] = (
+    ("okay", "but where is my order"),
+    ("yeah", "no that is the wrong address"),
+    ("thank you", "that is all for today"),
+    ("right", "can i talk to a human agent"),
+    ("sure", "and how long will the refund take"),
+    ("okay", "i want to cancel my subscription"),
+    ("yes", "my package arrived damaged"),
+    ("um hum", "so when does the technician come"),
+    ("alright", "please change my delivery address"),
+    ("i see", "why was my card charged twice"),
+)
+LISTENER_LED_PAUSES_MS: Final = (200, 300, 400)
+
+
 def load_interruptions(
     cache_dir: Path = DEFAULT_CACHE_DIR, sentences: Sequence[str] = SYNTHETIC_SENTENCES
 ) -> list[Utterance]:
@@ -273,3 +294,18 @@ def load_interruptions(
         slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
         clips.append(make_utterance(f"int-{voice}-{slug[:32]}", samples, rate, text, "synthetic"))
     return clips
+
+
+def listener_led_interruptions(cache_dir: Path = DEFAULT_CACHE_DIR) -> list[Utterance]:
+    """`LISTENER_LED_INTERRUPTIONS` in flite's four voices, cycled, with 200-400 ms of silence
+    after the listener's word (the pause corpus's joining), named `pauses-VOICE-...`."""
+    sentences = [
+        PausedSentence(
+            first,
+            second,
+            PAUSE_VOICES[i % len(PAUSE_VOICES)],
+            LISTENER_LED_PAUSES_MS[i % len(LISTENER_LED_PAUSES_MS)],
+        )
+        for i, (first, second) in enumerate(LISTENER_LED_INTERRUPTIONS)
+    ]
+    return load_pauses_synthetic(cache_dir, sentences)

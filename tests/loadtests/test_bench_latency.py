@@ -20,6 +20,7 @@ from loadtests.bench_latency import (
     report_json,
     run_plans,
     spawned_server,
+    split_checkout,
     wer_by_source,
 )
 from loadtests.session import TurnPlan, run_session
@@ -38,6 +39,16 @@ def test_parse_env_spec() -> None:
     assert parse_env_spec("") == {}
     with pytest.raises(BenchError, match="NAME=VALUE"):
         parse_env_spec("rules")
+
+
+def test_a_spawn_spec_may_name_another_checkout(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    assert split_checkout({"A": "1"}) == ({"A": "1"}, repo)
+    (tmp_path / "server").mkdir()
+    (tmp_path / "server" / "__main__.py").write_text("")
+    assert split_checkout({"A": "1", "VOXGATE_BENCH_CHECKOUT": str(tmp_path)}) == ({"A": "1"}, tmp_path)
+    with pytest.raises(BenchError, match="not a Voxgate checkout"):
+        split_checkout({"VOXGATE_BENCH_CHECKOUT": str(tmp_path / "nowhere")})
 
 
 def test_plan_turns_repeats_and_draws_interrupters_from_the_rest() -> None:
