@@ -195,3 +195,40 @@ def test_a_reply_that_failed_while_prepared_leaves_no_reply_to_talk_over() -> No
         assert isinstance(answered.output, ResponseEnded) and answered.output.status == "completed"
 
     converse_words(script, FailingOnceAsr(["where is my order", "okay"]), FakeLlm(["Hi."]), options)
+
+
+def test_okay_then_more_words_soon_after_is_one_interruption_from_the_okay() -> None:
+    """"okay ... but where is my order": the "okay" resumes the reply, the words that follow
+    within `rejoin_within_ms` pause it at their onset and take the floor, and the turn's audio
+    (and so its transcript) starts at the "okay", which the preroll still held."""
+    llm = FakeLlm([LONG_REPLY, "Let me check."])
+    asr = FakeAsr(["where is my order", "okay", "okay but where is my order"])
+    times: dict[str, float] = {}
+
+    async def script(port: MemoryPort, _: Conversation) -> None:
+        loop = asyncio.get_running_loop()
+        await port.stream(tone(600))
+        await port.stream_until(ResponseAudio)
+        await port.stream(silence(800))
+        await port.stream(tone(300))  # "okay"
+        await port.stream(silence(300))
+        times["rejoin_s"] = loop.time()
+        await port.stream(tone(900))  # "but where is my order"
+        cancelled = await port.stream_until(ResponseEnded)
+        assert isinstance(cancelled.output, ResponseEnded)
+        assert (cancelled.output.status, cancelled.output.reason) == ("cancelled", "turn_detected")
+        await port.stream_until(ResponseEnded, after=port.index(cancelled) + 1)
+
+    port, events = converse_words(script, asr, llm)
+    (false,) = [e for e in events if isinstance(e, FalseInterruption)]
+    assert false.transcript == "okay"
+    first_response = port.all(ResponseAudio)[0].response_id
+    # paused as the new voice's onset was heard (vad_min_voiced_ms), not pause_after_ms into it
+    last_sent_s = reply_audio(port, first_response)[-1][0]
+    onset_ms = WORDS.turn.vad_min_voiced_ms
+    assert last_sent_s - times["rejoin_s"] <= (onset_ms + 20) / 1000 < POLICY.pause_after_ms / 1000
+    # the interruption's capture holds the "okay", the gap and the rest
+    assert asr.streams[2].pushed_ms >= 300 + 300 + 900
+    started = port.all(SpeechStarted)
+    assert len(started) == 2
+    assert [m.text for m in llm.calls[1] if m.role == "user"][-1] == "okay but where is my order"
