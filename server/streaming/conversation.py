@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -664,6 +665,17 @@ class Conversation:
             await self._execute(action)
 
     async def _execute(self, action: TurnAction) -> None:
+        if log.isEnabledFor(logging.DEBUG):  # no words: they are the caller's
+            times = {k: v for k, v in dataclasses.asdict(action).items() if isinstance(v, int)}
+            log.debug(
+                "turn action",
+                extra={
+                    "session_id": self.config.id,
+                    "action": type(action).__name__,
+                    "input_ms": self._input.input_ms,
+                    **times,
+                },
+            )
         match action:
             case BeginCapture(from_ms=from_ms):
                 td = self.config.turn_detection

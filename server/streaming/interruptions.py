@@ -79,7 +79,7 @@ class InterruptionPolicy:
     pause_after_ms: int = 120
     decide_within_ms: int = 1000
     settle_ms: int = 150
-    rejoin_within_ms: int = 500
+    rejoin_within_ms: int = 800
     max_backchannel_words: int = 2
     echo_min_words: int = 2  # words heard before they can be judged an echo of the reply
     echo_share: float = 0.6  # ... and the share of them among the reply's latest words

@@ -565,6 +565,13 @@ class TurnTaker:
                 self.state = UserState.VOICE_PENDING
                 self._actions.append(BeginCapture(from_ms=self._onset_ms))
             case (UserState.VOICE_PENDING, VoiceStopped(at_ms=at_ms)):
+                if self._over_reply and self._rejoining:
+                    # a short burst that continues a backchannel is judged on all the words
+                    # since the backchannel began (over an echo, the gate leaves a caller's
+                    # sentence in such bursts), not dismissed as noise for its length
+                    self._voice_end_ms = at_ms
+                    self.state = UserState.OVERLAP_ENDING
+                    return
                 if self._over_reply:
                     self._ignore_overlap(OverlapKind.NOISE, at_ms)
                     return

@@ -331,3 +331,21 @@ def test_no_rejoin_after_noise_or_once_the_reply_changed() -> None:
     taker.receive(ReplyStarted(6), 700)
     timeline = run(taker, ["." * 5 + "S" * 8], start_ms=700)
     assert timeline[0][1] == BeginCapture(from_ms=800) and timeline[1][0] == 800 + 120
+
+
+def test_a_short_burst_that_continues_a_backchannel_is_judged_on_its_words() -> None:
+    """Over an echo the gate leaves a caller's "I want to cancel my subscription" in short
+    bursts: one too short for an overlap of its own, continuing a backchannel, is judged on
+    all the words since the backchannel began rather than dismissed as noise."""
+    taker = replying()
+    run(taker, ["S" * 15, WordsHeard("i want"), "." * 20])  # taken for a listener's
+    timeline = run(
+        taker, ["." * 5 + "S" * 6 + "." * 2, WordsHeard("i want to cancel"), "." * 20], start_ms=700
+    )
+    assert kinds(timeline)[:4] == [BeginCapture, PauseReply, CancelReply, AnnounceSpeechStarted]
+    assert taker.active_reply is None
+    # alone, the same burst is noise: the reply resumes
+    taker = replying()
+    timeline = run(taker, ["." * 5 + "S" * 6 + "." * 20], start_ms=700)
+    assert kinds(timeline) == [BeginCapture, PauseReply, IgnoreOverlap]
+    assert next(a for _, a in timeline if isinstance(a, IgnoreOverlap)).kind is OverlapKind.NOISE
