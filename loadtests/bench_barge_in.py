@@ -39,7 +39,12 @@ every ending, completed too); `stale_from_voice_ms` runs from its voice, the fir
 `SUSTAINED_VOICE_MS` (100 ms) or more (`voice_start_ms`): the first less the clip's lag between
 the two. They differ on a few clips only: flite kal's "where"/"why" open with a ~60 ms
 aspiration and ~170 ms of near silence (230 and 220 ms), awb's "thank you" and cards-002 by 90 ms;
-there the first figure reads ~330 ms where the reply stopped ~100 ms into the word.
+there the first figure reads ~330 ms where the reply stopped ~100 ms into the word. In a
+listener-led clip the voice that takes the floor is the one after the pause (`voice_lag_ms`):
+the reply rightly resumes after "okay" and stops again when the caller goes on, so the first
+figure counts the resumed stretch too. The real rows are also split into `sentences` and
+`listener-led`; `--pool` measures older files' listener-led trials again from the voice after
+the pause (the clips are rebuilt from the cache).
 
 Everything is measured through the protocol: events and audio received, on the client's clock;
 it works against any server speaking the OpenAI Realtime protocol.
@@ -295,10 +300,23 @@ def real_ending_of(status: Status, stale_from_voice_ms: float | None) -> RealEnd
 
 def voice_lag_ms(clip: Utterance) -> int:
     """How long after its first sound (`Utterance.speech_start_ms`, where the microphone's
-    `voiced_sent_s` points) the clip's voice begins (`voice_start_ms`); 0 without a sustained
-    voiced run (a noise)."""
+    `voiced_sent_s` points) the voice that takes the floor begins (`voice_start_ms`): the
+    clip's voice; in a listener-led clip ("okay ... but where is my order", a clip with a
+    pause), the voice after its pause, since the listener's word before it rightly resumes the
+    reply. 0 without a sustained voiced run (a noise)."""
+    if clip.pause_ms is not None:
+        pause_end_ms = clip.pause_ms[1]
+        rest = clip.samples[pause_end_ms * SAMPLE_RATE_HZ // 1000 :]
+        after = voice_start_ms(rest, SAMPLE_RATE_HZ)
+        if after is not None:
+            return max(0, pause_end_ms + after - clip.speech_start_ms)
     start = voice_start_ms(clip.samples, SAMPLE_RATE_HZ)
     return 0 if start is None else max(0, start - clip.speech_start_ms)
+
+
+def is_listener_led(overlay: str | None) -> bool:
+    """A listener-led interruption's clip (`loadtests.overlays.listener_led_interruptions`)."""
+    return overlay is not None and overlay.startswith("pauses-")
 
 
 def status_of(turn: TurnResult) -> Status:
@@ -452,6 +470,9 @@ def rows_of(outcomes: Sequence[TrialOutcome]) -> list[Row]:
         if scenario == "echo":
             for o in mine:
                 groups.setdefault(f"{o.delay_ms:g} ms", []).append(o)
+        if scenario == "real":
+            for o in mine:
+                groups.setdefault("listener-led" if is_listener_led(o.overlay) else "sentences", []).append(o)
         groups["all"] = mine
         for group, members in groups.items():
             for config in configs:
@@ -500,7 +521,8 @@ def format_rows(rows: Sequence[Row]) -> str:
         "neither a success nor a miss; live (real): n less ended, the rate's denominator (live - cancel: "
         "misses); pause: longest gap after the overlay began; stale: overlay's first voiced frame sent "
         "(its first sound) -> last audio of the cancelled reply; from voice: the same from the overlay's "
-        f"first voiced run of {SUSTAINED_VOICE_MS} ms or more (older files: -)"
+        f"first voiced run of {SUSTAINED_VOICE_MS} ms or more, in a listener-led clip the first after "
+        "its pause (older files: -)"
     )
     return "\n".join(lines)
 
@@ -788,7 +810,25 @@ def pooled_outcomes(labelled: Sequence[str]) -> list[TrialOutcome]:
         outcomes += [
             TrialOutcome(**{**{k: v for k, v in t.items() if k in fields}, "config": label}) for t in trials
         ]
-    return outcomes
+    return _with_floor_lags(outcomes)
+
+
+def _with_floor_lags(outcomes: list[TrialOutcome]) -> list[TrialOutcome]:
+    """Listener-led trials of files written before `voice_lag_ms` measured from the voice
+    after the pause: their `stale_from_voice_ms` measured again from it (the clips are
+    deterministic: rebuilt from the cache); unchanged when the clips cannot be made here."""
+    if not any(is_listener_led(o.overlay) and o.stale_audio_ms is not None for o in outcomes):
+        return outcomes
+    try:
+        lags = {clip.name: voice_lag_ms(clip) for clip in listener_led_interruptions(DEFAULT_CACHE_DIR)}
+    except CorpusUnavailable:
+        return outcomes
+    return [
+        dataclasses.replace(o, stale_from_voice_ms=max(0.0, o.stale_audio_ms - lags[o.overlay]))
+        if o.overlay in lags and o.stale_audio_ms is not None
+        else o
+        for o in outcomes
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -25,6 +25,7 @@ from loadtests.bench_barge_in import (
     TrialOutcome,
     build_parser,
     format_rows,
+    is_listener_led,
     outcome_of,
     parse_compare,
     plan_options,
@@ -37,7 +38,14 @@ from loadtests.bench_barge_in import (
     voice_lag_ms,
 )
 from loadtests.bench_latency import BenchError
-from loadtests.corpus import SAMPLE_RATE_HZ, Utterance, make_utterance, speech_span_ms, voice_start_ms
+from loadtests.corpus import (
+    SAMPLE_RATE_HZ,
+    Utterance,
+    insert_pause,
+    make_utterance,
+    speech_span_ms,
+    voice_start_ms,
+)
 from loadtests.microphone import Speech
 from loadtests.recorder import TurnRecorder
 from loadtests.room import EchoOptions, RoomOptions
@@ -359,3 +367,21 @@ def test_the_real_scenario_has_its_own_delay_range() -> None:
     for bad in ("200,x", "900,300"):
         with pytest.raises(BenchError):
             plan_options(build_parser().parse_args(["--real-after-ms", bad]))
+
+
+def test_a_listener_led_interruption_takes_the_floor_after_its_pause() -> None:
+    """ "okay ... but where is my order": the listener's word rightly resumes the reply, so
+    the voice that takes the floor is the one after the pause."""
+    rate = SAMPLE_RATE_HZ
+    t = np.arange(300 * rate // 1000) / rate
+    word = (np.sin(2 * np.pi * 300 * t) * 8000).astype(np.int16)
+    gap = np.zeros(200 * rate // 1000, np.int16)
+    whole = make_utterance("okay-but", np.concatenate((gap, word, word, gap)), rate, "okay but", "synthetic")
+    clip = insert_pause(whole, whole.speech_start_ms + 300, 400, "pauses-test-okay-but")
+    assert is_listener_led(clip.name) and not is_listener_led("int-kal-where-is-my-order")
+    lag = voice_lag_ms(clip)
+    assert 300 + 400 - 20 <= lag <= 300 + 400 + 20  # the second word, after the pause (faded edges)
+    assert voice_lag_ms(whole) == 0
+    led = dataclasses.replace(real_outcome("cancelled", 900, 150), overlay=clip.name)
+    rows = {r.group: r for r in rows_of([led, real_outcome("cancelled", 120, 120)])}
+    assert rows["listener-led"].n == 1 and rows["sentences"].n == 1 and rows["all"].n == 2
