@@ -108,7 +108,10 @@ def classify_overlap(
     overlap; None while undecided (`final`: the voice has stopped and its words have
     settled, so it is decided)."""
     words = words_of(text)
-    if echoes_reply(text, reply_text, policy):
+    # a listener's words the reply happens to have said too ("thank you") are the caller's:
+    # either way the reply resumes, but a caller who goes on is then heard as going on
+    listener_only = bool(words) and all(word in policy.backchannel_words for word in words)
+    if not listener_only and echoes_reply(text, reply_text, policy):
         return OverlapKind.ECHO if final else None
     # the recogniser's last word is its guess so far: a listener's "uh-huh" passes through
     # "the", "but", "of" on its way to "the flood"; a word that takes the floor counts once a

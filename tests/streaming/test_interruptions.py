@@ -241,7 +241,7 @@ def test_classify_overlap(words: str, final: bool, kind: OverlapKind | None) -> 
     assert classify_overlap(words, POLICY, final=final) is kind
 
 
-REPLY_TEXT = "Your order left our warehouse this morning and should arrive on Thursday"
+REPLY_TEXT = "Thank you. Your order left our warehouse this morning and should arrive on Thursday"
 
 
 @pytest.mark.parametrize(
@@ -252,6 +252,8 @@ REPLY_TEXT = "Your order left our warehouse this morning and should arrive on Th
         ("our warehouse this morning but", True, OverlapKind.ECHO),
         ("what about the refund", False, OverlapKind.INTERRUPTION),
         ("thursday", True, OverlapKind.BACKCHANNEL),  # one word is too few to call it an echo
+        # a listener's words are the caller's, even when the reply said them too
+        ("thank you", True, OverlapKind.BACKCHANNEL),
     ],
 )
 def test_the_replys_own_words_are_an_echo(words: str, final: bool, kind: OverlapKind | None) -> None:
