@@ -71,8 +71,9 @@ class InterruptionPolicy:
     `decide_within_ms`: voiced time after which speech still going on is an interruption
     whatever its words; `settle_ms`: after the voice stops, how long the recogniser's last
     words are awaited; `rejoin_within_ms`: a voice that starts this soon after a backchannel's
-    voice ended continues it (the reply pauses at its onset, and the words from the
-    backchannel's onset on are judged: "thank you ... that is all" takes the floor);
+    or a noise's voice ended continues it (the words from its onset on are judged: "thank you
+    ... that is all" takes the floor; after a backchannel the reply pauses at the new voice's
+    onset);
     `max_backchannel_words`: more words than this, one of them not a listener's, is an
     interruption."""
 

@@ -53,7 +53,10 @@ outlasts it), except that a backchannel is then a turn: "yes" answers the reply'
 before the decision, so a client that stops its playback on `speech_started` never does so for
 a backchannel. A voice that starts within `rejoin_within_ms` of a backchannel's end continues
 it ("okay ... but where is my order"): the reply pauses at its onset, the capture starts again
-at the backchannel's onset, and the words are judged together (`decide_within_ms` still counts
+at the backchannel's onset, and the words are judged together, a burst too short for an
+overlap included. After wordless noise the same holds, except that the reply pauses
+`pause_after_ms` into the new voice as usual: a sentence the echo gate chopped into short
+bursts is judged as one (`decide_within_ms` still counts
 from the new voice's own onset, so "yeah ... yeah" stays a backchannel). In the `voice` mode (interruption None) any voice of `barge_in_min_ms` cancels.
 
 Turns detected by the model (`TurnOptions.model_detects_turns`: the realtime profile with the
@@ -346,9 +349,11 @@ class TurnTaker:
         self._over_reply = False  # the caller's current voice began over a reply (it paused it)
         self._overlap_words = ""  # the recogniser's words for the speech over the reply
         self._reply_text = ""  # ... and the text of that reply so far
-        # a backchannel that resumed the reply: (until when a new voice continues it, its onset)
-        self._rejoin: tuple[int, int] | None = None
-        self._rejoining = False  # the current voice continues that backchannel
+        # an overlap that resumed the reply as a backchannel or noise: (until when a new voice
+        # continues it, its onset, whether that voice pauses the reply at once)
+        self._rejoin: tuple[int, int, bool] | None = None
+        self._rejoining = False  # the current voice continues that overlap
+        self._pause_at_onset = False  # ... and pauses the reply as soon as it is a voice
         self._voice_onset_ms = 0  # the current voice's own onset (decide_within counts from it)
 
     # -- public API
@@ -506,8 +511,13 @@ class TurnTaker:
         paused, self._paused_reply = self._paused_reply, None
         self._over_reply = False
         policy = self.options.interruption
-        if paused is not None and kind is OverlapKind.BACKCHANNEL and policy is not None:
-            self._rejoin = (end_ms + policy.rejoin_within_ms, self._onset_ms)
+        self._rejoin = None
+        if paused is not None and policy is not None and kind in (OverlapKind.BACKCHANNEL, OverlapKind.NOISE):
+            # words pause at once ("okay ... but"); wordless voice waits pause_after_ms as
+            # ever (coughs), but a burst after it is judged with it: a voice the echo gate or
+            # the VAD chopped into bursts too short for an overlap is a sentence, not noise
+            at_once = kind is OverlapKind.BACKCHANNEL
+            self._rejoin = (end_ms + policy.rejoin_within_ms, self._onset_ms, at_once)
         self._actions.append(IgnoreOverlap(kind, self._overlap_words, self._onset_ms, end_ms, paused))
         self.state = UserState.LISTENING
         if self._active_reply is None:
@@ -516,6 +526,7 @@ class TurnTaker:
     def _take_floor(self, now_ms: int) -> None:
         """The speech over the reply is a turn: cancel the reply (if still active) and
         announce the speech; the turn goes on from where the voice is."""
+        self._rejoin = None
         if self._interruptible():
             assert self._active_reply is not None
             self._actions.append(CancelReply(self._active_reply, reason="turn_detected"))
@@ -553,11 +564,12 @@ class TurnTaker:
     def _on_voice(self, voice: VoiceStarted | VoiceStopped, now_ms: int) -> None:
         match (self.state, voice):
             case (UserState.LISTENING, VoiceStarted(at_ms=at_ms)):
-                rejoin, self._rejoin = self._rejoin, None
+                rejoin = self._rejoin  # kept across a discarded click: cleared by a decision
                 # a caller who goes on soon after a backchannel ("thank you, that is all") was
                 # not done: the reply pauses at once and all their words are judged together
                 self._rejoining = rejoin is not None and self._active_reply is not None and at_ms <= rejoin[0]
                 self._onset_ms = rejoin[1] if rejoin is not None and self._rejoining else at_ms
+                self._pause_at_onset = rejoin is not None and self._rejoining and rejoin[2]
                 self._voice_onset_ms = at_ms
                 self._over_reply = False
                 self._overlap_words = self._reply_text = ""
@@ -635,7 +647,7 @@ class TurnTaker:
             return
         voiced_ms = self._detector.voiced_run_ms
         if policy is not None and (self._interruptible() or self._over_reply):
-            pause_ms = 0 if self._rejoining else policy.pause_after_ms
+            pause_ms = 0 if self._pause_at_onset else policy.pause_after_ms
             if self._active_reply is not None and not self._over_reply and voiced_ms >= pause_ms:
                 self._over_reply = True
                 self._paused_reply = self._active_reply

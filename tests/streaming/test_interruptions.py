@@ -320,11 +320,16 @@ def test_two_backchannels_in_a_row_both_resume() -> None:
     assert taker.active_reply == 5
 
 
-def test_no_rejoin_after_noise_or_once_the_reply_changed() -> None:
-    """Only a backchannel (words) is continued: a cough is not the start of a sentence; and a
-    new reply forgets the last one's backchannel."""
+def test_a_voice_after_wordless_noise_continues_it_but_waits_to_pause() -> None:
+    """After a cough the next voice is judged with it (its capture starts at the cough), but
+    pauses the reply only pause_after_ms into it, as any voice: a cough is no sentence start.
+    An echo is never continued, and a new reply forgets the last one's overlaps."""
     taker = replying()
     run(taker, ["S" * 15 + "." * 20])  # wordless: noise
+    timeline = run(taker, ["." * 5 + "S" * 8], start_ms=700)
+    assert timeline[0][1] == BeginCapture(from_ms=0) and timeline[1][0] == 800 + 120
+    taker = replying()
+    run(taker, ["S" * 15, WordsHeard("should arrive on thursday", REPLY_TEXT), "." * 20])  # an echo
     timeline = run(taker, ["." * 5 + "S" * 8], start_ms=700)
     assert timeline[0][1] == BeginCapture(from_ms=800) and timeline[1][0] == 800 + 120
     taker = replying()
@@ -333,6 +338,18 @@ def test_no_rejoin_after_noise_or_once_the_reply_changed() -> None:
     taker.receive(ReplyStarted(6), 700)
     timeline = run(taker, ["." * 5 + "S" * 8], start_ms=700)
     assert timeline[0][1] == BeginCapture(from_ms=800) and timeline[1][0] == 800 + 120
+
+
+def test_a_sentence_chopped_into_short_bursts_is_judged_as_one() -> None:
+    """The echo gate (or the VAD's dips) can leave "yes my package arrived damaged" as bursts
+    of 120-220 ms, each too short for an overlap: each used to resume the reply as noise. Now
+    a burst that follows another is judged on all the words since the first."""
+    taker = replying()
+    run(taker, ["S" * 11 + "." * 20])  # 220 ms: paused, then noise
+    timeline = run(taker, ["S" * 10 + "." * 2, WordsHeard("yes my package"), "." * 20], start_ms=620)
+    assert kinds(timeline)[:4] == [BeginCapture, PauseReply, CancelReply, AnnounceSpeechStarted]
+    assert timeline[0][1] == BeginCapture(from_ms=0)
+    assert next(a for _, a in timeline if isinstance(a, AnnounceSpeechStarted)).audio_start_ms == 0
 
 
 def test_a_short_burst_that_continues_a_backchannel_is_judged_on_its_words() -> None:
