@@ -419,6 +419,7 @@ class TurnTaker:
                     self._actions.append(AbandonPreparedReply())
                 self._resume_paused()
                 self._over_reply = False
+                self._rejoin = None  # the client dropped that audio: nothing to continue
                 self.state = UserState.LISTENING
             case WordsHeard(words=words, reply_text=reply_text):
                 self._overlap_words, self._reply_text = words, reply_text
