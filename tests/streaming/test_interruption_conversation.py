@@ -198,7 +198,7 @@ def test_a_reply_that_failed_while_prepared_leaves_no_reply_to_talk_over() -> No
 
 
 def test_okay_then_more_words_soon_after_is_one_interruption_from_the_okay() -> None:
-    """"okay ... but where is my order": the "okay" resumes the reply, the words that follow
+    """ "okay ... but where is my order": the "okay" resumes the reply, the words that follow
     within `rejoin_within_ms` pause it at their onset and take the floor, and the turn's audio
     (and so its transcript) starts at the "okay", which the preroll still held."""
     llm = FakeLlm([LONG_REPLY, "Let me check."])
