@@ -635,9 +635,10 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--pool",
         nargs="+",
-        metavar="LABEL=FILE",
+        metavar="[LABEL=]FILE",
         default=None,
-        help="report earlier runs' trials (--out files) together, each under its label; runs nothing",
+        help="report earlier runs' trials (--out files) together, each under its label (or, without "
+        "one, under the configs it ran); runs nothing",
     )
     add("--scenarios", default=",".join(SCENARIOS), help="comma-separated: " + ",".join(SCENARIOS))
     add("--repeat", type=int, default=3, help="trials per scenario cell (default %(default)s)")
@@ -796,19 +797,21 @@ def _progress_line(outcome: TrialOutcome) -> None:
 
 def pooled_outcomes(labelled: Sequence[str]) -> list[TrialOutcome]:
     """The trials of earlier runs (`--out` files), each file's under its LABEL (LABEL=FILE):
-    several runs of one server pooled, or runs of two servers side by side."""
+    several runs of one server pooled, or runs of two servers side by side; a FILE alone keeps
+    its trials' own configs (a `--compare` run's columns, pooled with other such runs)."""
     outcomes: list[TrialOutcome] = []
     for item in labelled:
-        label, sep, path = item.partition("=")
-        if not sep or not label or not path:
-            raise BenchError(f"--pool takes LABEL=FILE, not {item!r}")
+        label, sep, path = item.partition("=") if "=" in item else ("", "", item)
+        if (sep and not label) or not path:
+            raise BenchError(f"--pool takes LABEL=FILE or FILE, not {item!r}")
         try:
             trials = json.loads(Path(path).read_text())["trials"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise BenchError(f"cannot read the trials of {path}: {exc}") from exc
         fields = set(TrialOutcome.__dataclass_fields__)
+        relabel = {"config": label} if label else {}
         outcomes += [
-            TrialOutcome(**{**{k: v for k, v in t.items() if k in fields}, "config": label}) for t in trials
+            TrialOutcome(**{**{k: v for k, v in t.items() if k in fields}, **relabel}) for t in trials
         ]
     return _with_floor_lags(outcomes)
 

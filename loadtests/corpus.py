@@ -356,12 +356,11 @@ class PausedSentence:
 
 def paused_sentences(
     parts: Sequence[tuple[str, str]] = PAUSED_SENTENCE_PARTS,
+    pauses_ms: Sequence[int] = PAUSE_LENGTHS_MS,
 ) -> list[PausedSentence]:
     """The sentences with their voice and pause length, both cycled in order (deterministic)."""
     return [
-        PausedSentence(
-            first, second, PAUSE_VOICES[i % len(PAUSE_VOICES)], PAUSE_LENGTHS_MS[i % len(PAUSE_LENGTHS_MS)]
-        )
+        PausedSentence(first, second, PAUSE_VOICES[i % len(PAUSE_VOICES)], pauses_ms[i % len(pauses_ms)])
         for i, (first, second) in enumerate(parts)
     ]
 

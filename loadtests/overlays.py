@@ -33,14 +33,13 @@ from numpy.typing import NDArray
 from loadtests.corpus import (
     DEFAULT_CACHE_DIR,
     FLITE_VOICE,
-    PAUSE_VOICES,
     SAMPLE_RATE_HZ,
     SYNTHETIC_SENTENCES,
     CorpusUnavailable,
-    PausedSentence,
     Utterance,
     load_pauses_synthetic,
     make_utterance,
+    paused_sentences,
     read_wav,
     synthesize,
     synthesize_with_flite,
@@ -262,8 +261,8 @@ INTERRUPTION_VOICES: Final = ("kal", "awb", "rms", FLITE_VOICE)
 
 
 # interruptions that open with a listener's word and a short pause: a caller often takes the
-# floor with "okay, but ..." (written with the rule that
-# follows them, turns.py's rejoin, so not held out)
+# floor with "okay, but ..." (written with the rule that follows them, turns.py's rejoin, so
+# not held out)
 LISTENER_LED_INTERRUPTIONS: Final[tuple[tuple[str, str], ...]] = (
     ("okay", "but where is my order"),
     ("yeah", "no that is the wrong address"),
@@ -299,13 +298,5 @@ def load_interruptions(
 def listener_led_interruptions(cache_dir: Path = DEFAULT_CACHE_DIR) -> list[Utterance]:
     """`LISTENER_LED_INTERRUPTIONS` in flite's four voices, cycled, with 200-400 ms of silence
     after the listener's word (the pause corpus's joining), named `pauses-VOICE-...`."""
-    sentences = [
-        PausedSentence(
-            first,
-            second,
-            PAUSE_VOICES[i % len(PAUSE_VOICES)],
-            LISTENER_LED_PAUSES_MS[i % len(LISTENER_LED_PAUSES_MS)],
-        )
-        for i, (first, second) in enumerate(LISTENER_LED_INTERRUPTIONS)
-    ]
+    sentences = paused_sentences(LISTENER_LED_INTERRUPTIONS, LISTENER_LED_PAUSES_MS)
     return load_pauses_synthetic(cache_dir, sentences)

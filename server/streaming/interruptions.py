@@ -73,8 +73,7 @@ class InterruptionPolicy:
     words are awaited; `rejoin_within_ms`: a voice that starts this soon after a backchannel's
     or a noise's voice ended continues it (the words from its onset on are judged: "thank you
     ... that is all" takes the floor; after a backchannel the reply pauses at the new voice's
-    onset);
-    `max_backchannel_words`: more words than this, one of them not a listener's, is an
+    onset); `max_backchannel_words`: more words than this, one of them not a listener's, is an
     interruption."""
 
     pause_after_ms: int = 120

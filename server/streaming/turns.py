@@ -54,10 +54,11 @@ before the decision, so a client that stops its playback on `speech_started` nev
 a backchannel. A voice that starts within `rejoin_within_ms` of a backchannel's end continues
 it ("okay ... but where is my order"): the reply pauses at its onset, the capture starts again
 at the backchannel's onset, and the words are judged together, a burst too short for an
-overlap included. After wordless noise the same holds, except that the reply pauses
+overlap included (`decide_within_ms` still counts from the new voice's own onset, so "yeah ...
+yeah" stays a backchannel). After wordless noise the same holds, except that the reply pauses
 `pause_after_ms` into the new voice as usual: a sentence the echo gate chopped into short
-bursts is judged as one (`decide_within_ms` still counts
-from the new voice's own onset, so "yeah ... yeah" stays a backchannel). In the `voice` mode (interruption None) any voice of `barge_in_min_ms` cancels.
+bursts is judged as one. In the `voice` mode (interruption None) any voice of
+`barge_in_min_ms` cancels.
 
 Turns detected by the model (`TurnOptions.model_detects_turns`: the realtime profile with the
 upstream's VAD). The loop feeds no frames; the model's ModelSpeechStarted / ModelSpeechStopped
@@ -330,6 +331,17 @@ TurnAction = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class _Rejoin:
+    """An overlap that resumed the reply as a backchannel or noise: a voice starting by
+    `until_ms` continues it, judged from `onset_ms`, pausing the reply at its onset if
+    `pause_at_once` (after words; after noise it waits `pause_after_ms` as any voice)."""
+
+    until_ms: int
+    onset_ms: int
+    pause_at_once: bool
+
+
 class TurnTaker:
     """Server-VAD turn-taking. See the module docstring for the state diagram."""
 
@@ -349,11 +361,8 @@ class TurnTaker:
         self._over_reply = False  # the caller's current voice began over a reply (it paused it)
         self._overlap_words = ""  # the recogniser's words for the speech over the reply
         self._reply_text = ""  # ... and the text of that reply so far
-        # an overlap that resumed the reply as a backchannel or noise: (until when a new voice
-        # continues it, its onset, whether that voice pauses the reply at once)
-        self._rejoin: tuple[int, int, bool] | None = None
-        self._rejoining = False  # the current voice continues that overlap
-        self._pause_at_onset = False  # ... and pauses the reply as soon as it is a voice
+        self._rejoin: _Rejoin | None = None  # the overlap a new voice may continue
+        self._continuing: _Rejoin | None = None  # ... the one the current voice continues
         self._voice_onset_ms = 0  # the current voice's own onset (decide_within counts from it)
 
     # -- public API
@@ -518,7 +527,7 @@ class TurnTaker:
             # ever (coughs), but a burst after it is judged with it: a voice the echo gate or
             # the VAD chopped into bursts too short for an overlap is a sentence, not noise
             at_once = kind is OverlapKind.BACKCHANNEL
-            self._rejoin = (end_ms + policy.rejoin_within_ms, self._onset_ms, at_once)
+            self._rejoin = _Rejoin(end_ms + policy.rejoin_within_ms, self._onset_ms, at_once)
         self._actions.append(IgnoreOverlap(kind, self._overlap_words, self._onset_ms, end_ms, paused))
         self.state = UserState.LISTENING
         if self._active_reply is None:
@@ -565,12 +574,13 @@ class TurnTaker:
     def _on_voice(self, voice: VoiceStarted | VoiceStopped, now_ms: int) -> None:
         match (self.state, voice):
             case (UserState.LISTENING, VoiceStarted(at_ms=at_ms)):
-                rejoin = self._rejoin  # kept across a discarded click: cleared by a decision
                 # a caller who goes on soon after a backchannel ("thank you, that is all") was
-                # not done: the reply pauses at once and all their words are judged together
-                self._rejoining = rejoin is not None and self._active_reply is not None and at_ms <= rejoin[0]
-                self._onset_ms = rejoin[1] if rejoin is not None and self._rejoining else at_ms
-                self._pause_at_onset = rejoin is not None and self._rejoining and rejoin[2]
+                # not done: all their words are judged together (self._rejoin is kept across a
+                # discarded click; a decision clears it)
+                rejoin = self._rejoin
+                live = rejoin is not None and self._active_reply is not None and at_ms <= rejoin.until_ms
+                self._continuing = rejoin if live else None
+                self._onset_ms = self._continuing.onset_ms if self._continuing is not None else at_ms
                 self._voice_onset_ms = at_ms
                 self._over_reply = False
                 self._overlap_words = self._reply_text = ""
@@ -578,7 +588,7 @@ class TurnTaker:
                 self.state = UserState.VOICE_PENDING
                 self._actions.append(BeginCapture(from_ms=self._onset_ms))
             case (UserState.VOICE_PENDING, VoiceStopped(at_ms=at_ms)):
-                if self._over_reply and self._rejoining:
+                if self._over_reply and self._continuing is not None:
                     # a short burst that continues a backchannel is judged on all the words
                     # since the backchannel began (over an echo, the gate leaves a caller's
                     # sentence in such bursts), not dismissed as noise for its length
@@ -648,7 +658,8 @@ class TurnTaker:
             return
         voiced_ms = self._detector.voiced_run_ms
         if policy is not None and (self._interruptible() or self._over_reply):
-            pause_ms = 0 if self._pause_at_onset else policy.pause_after_ms
+            at_once = self._continuing is not None and self._continuing.pause_at_once
+            pause_ms = 0 if at_once else policy.pause_after_ms
             if self._active_reply is not None and not self._over_reply and voiced_ms >= pause_ms:
                 self._over_reply = True
                 self._paused_reply = self._active_reply

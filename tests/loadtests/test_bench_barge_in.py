@@ -359,6 +359,20 @@ def test_the_pool_reads_files_without_the_new_fields(tmp_path: Path) -> None:
     assert "old" in format_rows(rows_of(outcomes))
 
 
+def test_the_pool_keeps_a_compare_runs_configs_without_a_label(tmp_path: Path) -> None:
+    trials = [
+        {**dataclasses.asdict(real_outcome("cancelled", 150, 150)), "config": "before"},
+        {**dataclasses.asdict(real_outcome("cancelled", 120, 120)), "config": "after"},
+    ]
+    for name in ("run-1.json", "run-2.json"):
+        (tmp_path / name).write_text(json.dumps({"trials": trials}))
+    outcomes = pooled_outcomes([str(tmp_path / "run-1.json"), str(tmp_path / "run-2.json")])
+    assert sorted(o.config for o in outcomes) == ["after", "after", "before", "before"]
+    assert {o.config for o in pooled_outcomes([f"x={tmp_path / 'run-1.json'}"])} == {"x"}
+    with pytest.raises(BenchError, match="LABEL=FILE or FILE"):
+        pooled_outcomes([f"={tmp_path / 'run-1.json'}"])
+
+
 def test_the_real_scenario_has_its_own_delay_range() -> None:
     options = plan_options(build_parser().parse_args([]))
     assert options.real_after_ms == (300, 900) and options.after_ms == (600, 1500)
