@@ -154,7 +154,7 @@ def replay(
             played_after_voice_ms += silero.FRAME_MS
         taker.receive(FrameClassified(start_ms, silero.FRAME_MS, probability), now_ms=end_ms)
         if taker.wants_words:
-            taker.receive(WordsHeard(words, REPLY_TEXT), now_ms=end_ms)
+            taker.receive(WordsHeard(words, REPLY_TEXT, end_ms - asr_lag_ms), now_ms=end_ms)
         taker.receive(Tick(), now_ms=end_ms)
         for action in taker.actions():
             if isinstance(action, BeginCapture):

@@ -339,9 +339,15 @@ class AsrStream(Protocol):
     """One utterance. push_audio, then end_input; iterate for partials and one final.
 
     `hypothesis`: the newest partial transcript of the audio pushed so far, as it is being
-    decoded ("" until there is one); read while the caller speaks (semantic end of turn)."""
+    decoded ("" until there is one); read while the caller speaks (semantic end of turn).
+    `decoded_ms`: how much of the pushed audio, from its start, `hypothesis` covers (a busy
+    recogniser lags behind the audio); None if the recogniser cannot say (one that hears the
+    utterance only once it ends)."""
 
     hypothesis: str
+
+    @property
+    def decoded_ms(self) -> int | None: ...
 
     def push_audio(self, frame: PcmFrame) -> None: ...
 
@@ -397,6 +403,12 @@ class HearsWords(Protocol):
 
     def words_so_far(self) -> str:
         """The words heard in the uncommitted turn so far ("" if none yet)."""
+        ...
+
+    def words_cover_ms(self) -> int | None:
+        """How much of the uncommitted input, from its start, `words_so_far()` covers (ms):
+        words judged before the recogniser reached the end of the speech miss its last
+        ones. None if the recogniser cannot say."""
         ...
 
 

@@ -252,6 +252,9 @@ class CascadeSession:
     def words_so_far(self) -> str:
         return self._asr.hypothesis if self._asr is not None else ""
 
+    def words_cover_ms(self) -> int | None:
+        return self._asr.decoded_ms if self._asr is not None else 0  # nothing pushed: all covered
+
     async def end_of_turn_probability(self, words: str) -> float | None:
         if not words.strip():
             return None

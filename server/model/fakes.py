@@ -34,6 +34,10 @@ class FakeAsrStream:
         self.pushed_ms += frame.duration_ms
         self.hypothesis = self._text  # a fake: it "hears" the scripted words at once
 
+    @property
+    def decoded_ms(self) -> int:
+        return int(self.pushed_ms)
+
     def end_input(self) -> None:
         self._ended.set()
 

@@ -192,6 +192,7 @@ class Conversation:
         self._capturing = False
         self._captured: list[PcmFrame] = []  # this turn's audio, replayed if a speculation is abandoned
         self._captured_ms = 0
+        self._capture_start_ms = 0  # where the captured audio (the model's uncommitted input) began
         self._input_item_id: str | None = None
         self._replies = Replies(
             self,
@@ -210,7 +211,8 @@ class Conversation:
         self._transcription: asyncio.Task[Exception | None] | None = None  # result: its failure
         self._scoring: asyncio.Task[None] | None = None  # the words of the current pause, scored
         self._scored_words: str | None = None  # ... which words
-        self._overlap_words = ""  # the words the TurnTaker last heard over a paused reply
+        # the words the TurnTaker last heard over a paused reply, and the input they cover
+        self._overlap_heard: tuple[str, int | None] | None = None
         self._stop_requested = False
         self._speech_end_s: float | None = None
         self._model_detects_turns = False  # the model's VAD ends the turns (DetectsTurns)
@@ -591,14 +593,26 @@ class Conversation:
         TurnTaker whenever they change: they decide whether it is an interruption."""
         session = self._session
         if not self._turns.wants_words or not isinstance(session, HearsWords):
-            self._overlap_words = ""
+            self._overlap_heard = None
             return
-        words = session.words_so_far()
-        if words != self._overlap_words:
-            self._overlap_words = words
+        words, cover_ms = session.words_so_far(), session.words_cover_ms()
+        # the input position the words reach: their judgement waits for the end of the speech
+        through_ms = None if cover_ms is None else self._capture_start_ms + cover_ms
+        if (words, through_ms) != self._overlap_heard:
+            self._overlap_heard = (words, through_ms)
+            if log.isEnabledFor(logging.DEBUG):  # how far the recogniser lags; no words
+                log.debug(
+                    "overlap words",
+                    extra={
+                        "session_id": self.config.id,
+                        "input_ms": self._input.input_ms,
+                        "through_ms": through_ms,
+                        "word_count": len(words.split()),
+                    },
+                )
             reply = self._replies.current
             reply_text = reply.transcript if reply is not None else ""
-            self._turns.receive(WordsHeard(words, reply_text), now_ms=self._input.input_ms)
+            self._turns.receive(WordsHeard(words, reply_text, through_ms), now_ms=self._input.input_ms)
             await self._run_turn_actions()
 
     async def _follow_model_turns(self, session: DetectsTurns) -> None:
@@ -853,6 +867,7 @@ class Conversation:
         self._capturing = True
         for frame in self._input.preroll_since(from_ms):
             self._push_to_model(frame)
+        self._capture_start_ms = self._input.input_ms - self._captured_ms
 
     async def _drop_capture(self) -> None:
         self._capturing = False

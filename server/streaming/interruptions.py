@@ -70,7 +70,9 @@ class InterruptionPolicy:
     most the playout lead, plays on meanwhile, so shorter clicks are never heard as a gap);
     `decide_within_ms`: voiced time after which speech still going on is an interruption
     whatever its words; `settle_ms`: after the voice stops, how long the recogniser's last
-    words are awaited; `rejoin_within_ms`: a voice that starts this soon after a backchannel's
+    words are awaited; `words_wait_ms`: ... and, when the recogniser lags behind the audio (a
+    busy machine), how long after the voice its decoding is awaited to reach `settle_ms` past
+    the voice's end (the reply stays paused meanwhile); `rejoin_within_ms`: a voice that starts this soon after a backchannel's
     or a noise's voice ended continues it (the words from its onset on are judged: "thank you
     ... that is all" takes the floor; after a backchannel the reply pauses at the new voice's
     onset); `max_backchannel_words`: more words than this, one of them not a listener's, is an
@@ -79,6 +81,7 @@ class InterruptionPolicy:
     pause_after_ms: int = 120
     decide_within_ms: int = 1000
     settle_ms: int = 150
+    words_wait_ms: int = 500
     rejoin_within_ms: int = 800
     max_backchannel_words: int = 2
     echo_min_words: int = 2  # words heard before they can be judged an echo of the reply

@@ -38,7 +38,9 @@ Interruptions decided on words (`TurnOptions.interruption`, the `words` barge-in
 interruptions.py). While a reply is active and may be interrupted, a voice that has been
 voiced for `pause_after_ms` pauses the reply's audio (PauseReply); at `barge_in_min_ms` it is
 an OVERLAP, judged by the recogniser's words (WordsHeard, fed by the loop whenever they
-change) and its length:
+or the audio they cover change) and its length. Once its voice stops, the words are final
+`settle_ms` later, or, when the recogniser lags behind the audio, once it has decoded that far
+(at most `words_wait_ms` after the voice):
 
     VOICE_PENDING --voiced >= barge_in_min_ms--> OVERLAP --voice offset--> OVERLAP_ENDING
           | too short: noise                        |  interruption words, or     | settle_ms later:
@@ -179,11 +181,14 @@ class CompletionScored:
 
 @dataclass(frozen=True, slots=True)
 class WordsHeard:
-    """The recogniser's words for the caller's current speech changed (fed while the caller
-    talks over a reply, `TurnTaker.wants_words`); `reply_text`: the reply's text so far."""
+    """The recogniser's words for the caller's current speech, or the audio they cover,
+    changed (fed while the caller talks over a reply, `TurnTaker.wants_words`); `reply_text`:
+    the reply's text so far; `through_ms`: the input position the recogniser has decoded up
+    to (None: it cannot say)."""
 
     words: str
     reply_text: str = ""
+    through_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,6 +365,7 @@ class TurnTaker:
         self._paused_reply: int | None = None  # the active reply, paused by this overlap
         self._over_reply = False  # the caller's current voice began over a reply (it paused it)
         self._overlap_words = ""  # the recogniser's words for the speech over the reply
+        self._words_through_ms: int | None = None  # ... the input they cover (None: unknown)
         self._reply_text = ""  # ... and the text of that reply so far
         self._rejoin: _Rejoin | None = None  # the overlap a new voice may continue
         self._continuing: _Rejoin | None = None  # ... the one the current voice continues
@@ -430,8 +436,9 @@ class TurnTaker:
                 self._over_reply = False
                 self._rejoin = None  # the client dropped that audio: nothing to continue
                 self.state = UserState.LISTENING
-            case WordsHeard(words=words, reply_text=reply_text):
+            case WordsHeard(words=words, reply_text=reply_text, through_ms=through_ms):
                 self._overlap_words, self._reply_text = words, reply_text
+                self._words_through_ms = through_ms
                 if self.state in (UserState.OVERLAP, UserState.OVERLAP_ENDING):
                     self._judge_overlap(now_ms, final=False)
                     self._check_deadlines(now_ms)
@@ -491,7 +498,7 @@ class TurnTaker:
             spec = self._speculation_deadline()
             return end if spec is None else min(spec, end)
         if self.state is UserState.OVERLAP_ENDING and self.options.interruption is not None:
-            return self._voice_end_ms + self.options.interruption.settle_ms
+            return self._overlap_judged_at()
         if (
             self.state is UserState.LISTENING
             and self._idle_since_ms is not None
@@ -511,6 +518,19 @@ class TurnTaker:
 
     def _required_voice_ms(self) -> int:
         return self._barge_in_voice_ms() if self._interruptible() else self.options.min_speech_ms
+
+    def _overlap_judged_at(self) -> int:
+        """When the words of an overlap whose voice stopped are final: `settle_ms` after the
+        voice, once the recogniser has decoded that far; a busy recogniser lags the audio, and
+        words judged before it reached the end of the speech miss the last ones (or all of a
+        short phrase's), so the judgement waits for it, up to `words_wait_ms` after the voice."""
+        policy = self.options.interruption
+        assert policy is not None
+        settled_ms = self._voice_end_ms + policy.settle_ms
+        through_ms = self._words_through_ms
+        if through_ms is None or through_ms >= settled_ms:
+            return settled_ms
+        return max(settled_ms, self._voice_end_ms + policy.words_wait_ms)
 
     def _resume_paused(self) -> None:
         if self._paused_reply is not None:
@@ -584,6 +604,7 @@ class TurnTaker:
                 self._voice_onset_ms = at_ms
                 self._over_reply = False
                 self._overlap_words = self._reply_text = ""
+                self._words_through_ms = None
                 self._idle_since_ms = None
                 self.state = UserState.VOICE_PENDING
                 self._actions.append(BeginCapture(from_ms=self._onset_ms))

@@ -27,6 +27,7 @@ class ScriptedAsrStream:
         self._final = final
         self._ended = asyncio.Event()
         self.hypothesis = ""
+        self.decoded_ms: int | None = None  # a fake: it cannot say
 
     def push_audio(self, frame: PcmFrame) -> None:
         pass

@@ -295,3 +295,20 @@ def test_missing_model_files_name_the_package(monkeypatch: pytest.MonkeyPatch, t
 def test_bad_options_are_rejected(options: dict[str, object]) -> None:
     with pytest.raises(BackendError):
         load(options)
+
+
+async def test_decoded_ms_follows_the_decoder_to_the_end_of_the_audio(
+    shared_asr: PocketsphinxAsr, long_speech: Samples
+) -> None:
+    """The conversation waits for the words of the end of a caller's speech: the stream says
+    how much of its audio the hypothesis covers, which lags what was pushed."""
+    stream = shared_asr.open_stream()
+    audio = long_speech[: 3 * RATE]
+    for frame in frames(audio):
+        stream.push_audio(frame)
+    assert stream.decoded_ms == 0  # pushing never waits for the decoder
+    stream.end_input()
+    covered = [stream.decoded_ms async for _ in stream]
+    await stream.aclose()
+    assert covered == sorted(covered)
+    assert covered[-1] == len(audio) * 1000 // RATE

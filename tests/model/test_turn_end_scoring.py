@@ -22,6 +22,7 @@ class HypothesisStream:
 
     def __init__(self) -> None:
         self.hypothesis = ""
+        self.decoded_ms: int | None = None  # a fake: it cannot say
         self.closed = False
         self._ended = asyncio.Event()
 

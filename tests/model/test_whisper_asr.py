@@ -259,13 +259,17 @@ async def test_final_reuses_the_decode_of_the_end_of_turn_silence(asr: WhisperAs
     stream = asr.open_stream()
     try:
         reader = aiter(stream)
-        for frame in frames(np.concatenate([goforward(), silence(600)])):
+        audio = np.concatenate([goforward(), silence(600)])
+        for frame in frames(audio):
             stream.push_audio(frame)  # speech, then a pause: one decode of all of it starts
+        assert stream.decoded_ms == 0  # the words cover nothing before the decode is done
         partial = await asyncio.wait_for(anext(reader), timeout=30)
         assert not partial.is_final and "forward" in words(partial.text)
         assert stream.stats.decodes == 1
+        assert stream.decoded_ms == len(audio) * 1000 // RATE  # all of it: the silence adds nothing
         for frame in frames(silence(300)):  # more silence changes nothing
             stream.push_audio(frame)
+        assert stream.decoded_ms == (len(audio) + len(silence(300))) * 1000 // RATE
         ended = time.perf_counter()
         stream.end_input()
         final = await asyncio.wait_for(anext(reader), timeout=30)

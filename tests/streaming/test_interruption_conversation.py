@@ -5,8 +5,11 @@ stopped; a real interruption cancels it, and what the caller heard stops at the 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
+import numpy as np
+
+from server.audio import PcmFrame
 from server.errors import BackendError
 from server.events import AgentEvent, FalseInterruption, Interrupted
 from server.model.base import TranscriptionOptions
@@ -232,3 +235,56 @@ def test_okay_then_more_words_soon_after_is_one_interruption_from_the_okay() -> 
     started = port.all(SpeechStarted)
     assert len(started) == 2
     assert [m.text for m in llm.calls[1] if m.role == "user"][-1] == "okay but where is my order"
+
+
+class LaggingAsrStream(FakeAsrStream):
+    """A FAKE recogniser `lag_ms` of audio behind what it was pushed (a busy machine): its
+    words are the scripted ones once it has decoded to the end of the loud audio, else none."""
+
+    def __init__(self, text: str, lag_ms: int) -> None:
+        super().__init__(text, delay_s=0.0)
+        self._lag_ms = lag_ms
+        self._loud_until_ms = 0.0
+
+    def push_audio(self, frame: PcmFrame) -> None:
+        self.pushed_ms += frame.duration_ms
+        if frame.sample_count and int(np.abs(frame.samples).max()) > 1000:
+            self._loud_until_ms = self.pushed_ms
+        heard = self._loud_until_ms and self.decoded_ms >= self._loud_until_ms
+        self.hypothesis = self._text if heard else ""
+
+    @property
+    def decoded_ms(self) -> int:
+        return max(0, int(self.pushed_ms) - self._lag_ms)
+
+
+@dataclass
+class LaggingAsr(FakeAsr):
+    lag_ms: int = 300
+
+    def open_stream(self, transcription: TranscriptionOptions | None = None) -> FakeAsrStream:
+        index = min(len(self.streams), len(self.script) - 1)
+        stream = LaggingAsrStream(self.script[index], self.lag_ms)
+        self.streams.append(stream)
+        return stream
+
+
+def test_a_short_interruption_waits_for_a_lagging_recogniser_and_takes_the_floor() -> None:
+    """ "ten of clubs" in 300 ms over the reply, heard by a recogniser 300 ms behind: judged
+    settle_ms after the voice, its words would be none (noise: the reply resumes and the caller
+    is never answered). The judgement waits until the words cover the end of the speech."""
+    llm = FakeLlm([LONG_REPLY, "Ten of clubs, noted."])
+
+    async def script(port: MemoryPort, _: Conversation) -> None:
+        await port.stream(tone(600))
+        await port.stream_until(ResponseAudio)
+        await port.stream(silence(800))
+        await port.stream(tone(300))
+        cancelled = await port.stream_until(ResponseEnded)
+        assert isinstance(cancelled.output, ResponseEnded)
+        assert (cancelled.output.status, cancelled.output.reason) == ("cancelled", "turn_detected")
+        await port.stream_until(ResponseEnded, after=port.index(cancelled) + 1)
+
+    port, events = converse_words(script, LaggingAsr(["where is my order", "ten of clubs"]), llm)
+    assert not any(isinstance(e, FalseInterruption) for e in events)
+    assert [m.text for m in llm.calls[1] if m.role == "user"] == ["where is my order", "ten of clubs"]

@@ -368,3 +368,36 @@ def test_a_short_burst_that_continues_a_backchannel_is_judged_on_its_words() -> 
     timeline = run(taker, ["." * 5 + "S" * 6 + "." * 20], start_ms=700)
     assert kinds(timeline) == [BeginCapture, PauseReply, IgnoreOverlap]
     assert next(a for _, a in timeline if isinstance(a, IgnoreOverlap)).kind is OverlapKind.NOISE
+
+
+def test_words_are_final_only_once_the_recogniser_has_decoded_past_the_voice() -> None:
+    """A busy recogniser lags the audio: "ten of clubs" judged at settle_ms with the words
+    decoded so far ("") would be noise. The judgement waits until the words cover settle_ms
+    past the voice's end, then the caller's words take the floor."""
+    taker = replying()
+    timeline = run(taker, ["S" * 15, WordsHeard("", through_ms=100), "." * 20])  # voice ends at 300
+    assert kinds(timeline) == [BeginCapture, PauseReply]  # not judged at 300 + 150
+    assert taker.state is UserState.OVERLAP_ENDING
+    behind = run(taker, [WordsHeard("ten", through_ms=440), "." * 2], start_ms=700)
+    assert kinds(behind) == []  # 440 < 450: the last word may still be coming
+    caught_up = run(taker, [WordsHeard("ten of clubs", through_ms=460)], start_ms=740)
+    assert kinds(caught_up)[:2] == [CancelReply, AnnounceSpeechStarted]
+    assert caught_up[0][0] == 740
+
+
+def test_a_recogniser_that_stays_behind_is_awaited_words_wait_ms_at_most() -> None:
+    taker = replying()
+    timeline = run(taker, ["S" * 15, WordsHeard("", through_ms=100), "." * 40])
+    assert kinds(timeline) == [BeginCapture, PauseReply, IgnoreOverlap]
+    resumed_at = next(t for t, a in timeline if isinstance(a, IgnoreOverlap))
+    assert resumed_at == 300 + POLICY.words_wait_ms  # the voice's end + the longest wait
+    assert next(a for _, a in timeline if isinstance(a, IgnoreOverlap)).kind is OverlapKind.NOISE
+
+
+def test_a_recogniser_that_kept_up_is_judged_after_settle_ms() -> None:
+    taker = replying()
+    timeline = run(taker, ["S" * 15, WordsHeard("yeah", through_ms=290), "." * 8])
+    assert kinds(timeline) == [BeginCapture, PauseReply]  # its words do not yet cover 450
+    late = run(taker, [WordsHeard("yeah", through_ms=470), "." * 10], start_ms=460)
+    assert kinds(late) == [IgnoreOverlap]
+    assert late[0][0] == 460  # at once: 470 is past the voice's end + settle_ms

@@ -224,10 +224,16 @@ class PocketsphinxStream:
         self._wake_reader: asyncio.Event | None = None
         self._partial: Transcript | None = None  # newest partial not yet read
         self.hypothesis = ""  # newest partial, read or not
+        self._decoded_bytes = 0  # audio the decoder has processed (the hypothesis covers it)
         self._final: Transcript | None = None
         self._error: BackendError | None = None
         self._final_read = False
         self._inflight: asyncio.Future[Any] | None = None  # decoder request still running
+
+    @property
+    def decoded_ms(self) -> int:
+        """The pushed audio the hypothesis covers: decoded, or dropped unheard."""
+        return self._decoded_bytes // _BYTES_PER_MS + self.dropped_ms
 
     def push_audio(self, frame: PcmFrame) -> None:
         """Queue 16 kHz audio for decoding; never blocks. Call from the event loop."""
@@ -310,6 +316,7 @@ class PocketsphinxStream:
                     batch = bytes(self._pending[:_MAX_BATCH_BYTES])
                     del self._pending[:_MAX_BATCH_BYTES]
                     text = await self._call(decoder.process, batch)
+                    self._decoded_bytes += len(batch)
                     if text and text != last_text:
                         last_text = self.hypothesis = text
                         self._publish(partial=Transcript(text, is_final=False))

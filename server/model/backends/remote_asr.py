@@ -229,6 +229,10 @@ class RemoteAsrStream:
         self._closed = False
         self._iterator: AsyncGenerator[Transcript, None] | None = None
 
+    @property
+    def decoded_ms(self) -> None:
+        return None  # the server hears the utterance once it ends
+
     def push_audio(self, frame: PcmFrame) -> None:
         """Keep `frame` for the request; never blocks."""
         if self._closed or self._input_ended:

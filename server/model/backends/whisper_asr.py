@@ -269,6 +269,13 @@ class WhisperStream:
         self._error: BackendError | None = None
         self._final_read = False
 
+    @property
+    def decoded_ms(self) -> int:
+        """The pushed audio the hypothesis covers: all of it once the last decode reached the
+        speech's end (the silence after it changes nothing), else up to that decode's end."""
+        covered = self._total if self._decoded_end == self._speech_end() else self._decoded_end
+        return covered * 1000 // SAMPLE_RATE_HZ
+
     def push_audio(self, frame: PcmFrame) -> None:
         """Queue 16 kHz audio; never blocks. Call from the event loop."""
         if self._closed or self._input_ended:
