@@ -648,7 +648,9 @@ class Conversation:
         """The frame is explained by the reply's echo (echo_gate.py): silence to the VAD."""
         if self._echo_gate is None or vad_frame.reference is None:
             return False
-        if self._echo_gate.is_echo(vad_frame.frame, vad_frame.reference):
+        # while a voice is heard, the frames may be the caller's: they teach the gate nothing
+        learn = not self._turns.hears_voice
+        if self._echo_gate.is_echo(vad_frame.frame, vad_frame.reference, learn=learn):
             self._metrics.echo_frames.inc()
             return True
         return False

@@ -8,8 +8,9 @@ it can be: a double-talk detector in the manner of Geigel's, with the echo's lev
 For each frame, with the reference of the last `window_ms` (the longest echo delay covered):
 - `reference_peak` = the loudest reference frame in the window (mean square);
 - the echo return, `mic / reference_peak`, is learned as the median of that ratio over the
-  last `history_ms` of frames with the reference active (the caller talking over the reply is
-  rare, so the median is the echo's; a headset or a client's own canceller gives almost 0);
+  last `history_ms` of frames with the reference active and no voice being heard (the
+  conversation says when the caller may be talking; a headset or a client's own canceller
+  gives almost 0);
 - the frame is **echo** when the reference is active and the microphone is no louder than the
   echo could be: `mic <= return * reference_peak * margin`. The conversation then counts it
   as silence for turn-taking; the audio itself is untouched, so the recogniser hears the
@@ -77,9 +78,12 @@ class EchoGate:
             return None
         return float(np.median(np.fromiter(self._returns, dtype=np.float64)))
 
-    def is_echo(self, mic: PcmFrame, reference: PcmFrame) -> bool:
+    def is_echo(self, mic: PcmFrame, reference: PcmFrame, *, learn: bool = True) -> bool:
         """Whether the microphone frame is explained by the echo of `reference` (the reply
-        audio over the same span of the input stream)."""
+        audio over the same span of the input stream). `learn=False` while the caller may be
+        talking (a voice is being heard): the frame is judged, but teaches the echo's return
+        nothing; a caller who talks over the session's first reply, before much echo has been
+        heard, would otherwise be most of the history, and be taken for the echo."""
         power = _power(mic)
         self._references.append(_power(reference))
         self._mics.append(power)
@@ -92,7 +96,7 @@ class EchoGate:
             return False
         echo_return = self.echo_return
         self._active_frames += 1
-        if self._active_frames > self._window:  # any echo of the window's reference is back by now
+        if learn and self._active_frames > self._window:  # any echo of the window's reference is back by now
             self._returns.append(power / envelope)
         if echo_return is None:
             echo_return = 10 ** (self.options.initial_return_db / 10)

@@ -386,6 +386,12 @@ class TurnTaker:
         return self._voice_end_ms
 
     @property
+    def hears_voice(self) -> bool:
+        """A voice is being heard, from its onset until it is dismissed or its turn ends: the
+        caller may be talking."""
+        return self.state is not UserState.LISTENING
+
+    @property
     def wants_words(self) -> bool:
         """The caller is talking over a paused reply: feed WordsHeard when their words change."""
         return self._over_reply

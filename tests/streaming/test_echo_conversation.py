@@ -141,3 +141,32 @@ def test_noise_reduction_keeps_steady_noise_from_passing_for_speech(
     options = replace(ConversationOptions(), noise_reduction=noise_reduction)
     port = converse(script, FakeAsr(["hello"]), FakeLlm(["Hi."]), options)
     assert bool(port.all(SpeechStarted)) is speech_started
+
+
+def test_a_caller_who_talks_early_over_the_first_reply_is_not_taken_for_its_echo() -> None:
+    """No echo path (a headset), the echo gate on, `words` mode: the caller talks 300 ms into
+    the session's first reply, for 2.5 s, and the recogniser hears a listener's word. The
+    reply pauses and resumes (a backchannel), and the caller, still talking, must still be
+    heard: frames heard while a voice is teach the gate nothing, so they are not learned as
+    the echo's level (which silenced the caller until the reply ended) and the voice, going
+    on, takes the floor."""
+    statuses: list[str] = []
+
+    async def script(port: MemoryPort, _: Conversation) -> None:
+        caller = EchoingCaller(port, delay_ms=100, level_db=-80)
+        await caller.listen(600, speech=tone(600))
+        while not port.all(ResponseAudio):
+            await caller.listen(20)
+        await caller.listen(300)
+        # "yeah" (judged a backchannel: the reply resumes), a breath, then the caller goes on
+        first, rest = tone(700, amplitude=16000), tone(1800, amplitude=16000)
+        speech = np.concatenate([first.samples, np.zeros(RATE * 250 // 1000, np.int16), rest.samples])
+        await caller.listen(2750, speech=PcmFrame(speech, RATE))
+        while not port.all(ResponseEnded) and caller._play_end < RATE * 30:
+            await caller.listen(200)
+        statuses.extend(e.status for e in port.all(ResponseEnded))
+
+    options = replace(ConversationOptions(), echo_gate=True)
+    options = replace(options, turn=replace(options.turn, interruption=InterruptionPolicy()))
+    converse(script, FakeAsr(["where is my order", "yeah"]), FakeLlm([LONG_REPLY, "Ok."]), options)
+    assert statuses[0] == "cancelled"

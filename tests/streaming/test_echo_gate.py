@@ -101,3 +101,29 @@ def test_a_long_delay_is_learned_within_the_first_seconds() -> None:
     gate = EchoGate(EchoGateOptions(), frame_ms=32)
     run(echo_of(reference, 250, -12), reference, gate)
     assert gate.delay_frames in (7, 8)
+
+
+def test_a_caller_heard_over_the_first_reply_does_not_teach_the_gate() -> None:
+    """The caller talks 0.5 s into the session's first reply, with no echo path: before the
+    return is known, most frames with the reply playing are the caller's. Learning from them
+    would take the caller for the echo and gate them for the rest of the reply; frames heard
+    while a voice is (`learn=False`) teach the gate nothing."""
+    reference = speechlike(4, seed=11)
+    caller = np.zeros_like(reference)
+    start, end = RATE // 2, 3 * RATE
+    caller[start:end] = speechlike(2.5, seed=12, level=3000.0)
+    mic = caller + np.random.default_rng(13).normal(0, 10, len(reference))
+    spoken = range(start // FRAME + 3, end // FRAME - 1)  # the voice onset takes a few frames
+
+    def heard(learn_while_talking: bool) -> int:
+        gate = EchoGate(EchoGateOptions(), frame_ms=32)
+        decisions = [
+            gate.is_echo(m, r, learn=learn_while_talking or i not in spoken)
+            for i, (m, r) in enumerate(zip(frames(mic), frames(reference), strict=True))
+        ]
+        return sum(not decisions[i] for i in spoken)
+
+    # frozen: only the troughs between syllables are gated (as with the initial guess), and
+    # the VAD's hangover bridges them; learning: the caller is gone within a third of a second
+    assert heard(learn_while_talking=False) >= 0.7 * len(spoken)
+    assert heard(learn_while_talking=True) < 0.3 * len(spoken)

@@ -307,15 +307,20 @@ class PocketsphinxStream:
         wake = self._wake_worker
         assert wake is not None
         decoder: _DecoderProcess | None = None
+        started_s = time.perf_counter()
+        checkout_s = decode_s = 0.0
         try:
             decoder = await self._checkout()
+            checkout_s = time.perf_counter() - started_s
             await self._call(decoder.start_utterance)
             last_text = ""
             while True:
                 while self._pending:
                     batch = bytes(self._pending[:_MAX_BATCH_BYTES])
                     del self._pending[:_MAX_BATCH_BYTES]
+                    request_s = time.perf_counter()
                     text = await self._call(decoder.process, batch)
+                    decode_s += time.perf_counter() - request_s
                     self._decoded_bytes += len(batch)
                     if text and text != last_text:
                         last_text = self.hypothesis = text
@@ -333,6 +338,16 @@ class PocketsphinxStream:
             error.__cause__ = exc
             self._publish(error=error)
         finally:
+            if log.isEnabledFor(logging.DEBUG):  # how fast the decoder keeps up, under load
+                log.debug(
+                    "pocketsphinx utterance",
+                    extra={
+                        "decoded_ms": self.decoded_ms,
+                        "checkout_ms": round(checkout_s * 1000, 1),
+                        "decode_ms": round(decode_s * 1000, 1),
+                        "open_ms": round((time.perf_counter() - started_s) * 1000, 1),
+                    },
+                )
             await self._hand_back(decoder)
 
     async def _checkout(self) -> _DecoderProcess:
