@@ -43,13 +43,15 @@ or the audio they cover change) and its length. Once its voice stops, the words 
 (at most `words_wait_ms` after the voice):
 
     VOICE_PENDING --voiced >= barge_in_min_ms--> OVERLAP --voice offset--> OVERLAP_ENDING
-          | too short: noise                        |  interruption words, or     | settle_ms later:
+          | too short, no words: noise              |  interruption words, or     | settle_ms later:
           v                                         |  voice past decide_within   | words judged
     IgnoreOverlap (resumes the reply)               v                             v
                                    CancelReply + AnnounceSpeechStarted   backchannel / noise:
                                    (then USER_SPEAKING / ENDPOINTING)    IgnoreOverlap
 
-A voice resuming in OVERLAP_ENDING goes back to OVERLAP. If the reply ends while the overlap is
+A burst too short for an overlap that holds words (or may: the recogniser has not decoded
+its end yet) is judged on them as an overlap that ended. A voice resuming in OVERLAP_ENDING goes
+back to OVERLAP. If the reply ends while the overlap is
 undecided (it had sent all its audio), the overlap is still judged as one (the reply's echo
 outlasts it), except that a backchannel is then a turn: "yes" answers the reply's question. Nothing is announced
 before the decision, so a client that stops its playback on `speech_started` never does so for
@@ -615,12 +617,17 @@ class TurnTaker:
                 self.state = UserState.VOICE_PENDING
                 self._actions.append(BeginCapture(from_ms=self._onset_ms))
             case (UserState.VOICE_PENDING, VoiceStopped(at_ms=at_ms)):
-                if self._over_reply and self._continuing is not None:
-                    # a short burst that continues a backchannel is judged on all the words
-                    # since the backchannel began (over an echo, the gate leaves a caller's
-                    # sentence in such bursts), not dismissed as noise for its length
+                heard = self._overlap_words or (
+                    self._words_through_ms is not None and self._words_through_ms < at_ms
+                )
+                if self._over_reply and (self._continuing is not None or heard):
+                    # a short burst that continues a backchannel, or that holds words (or may:
+                    # the recogniser has not reached its end), is judged on its words, not
+                    # dismissed as noise for its length: over an echo, the gate leaves a
+                    # caller's sentence in such bursts ("what are your" ... "opening hours")
                     self._voice_end_ms = at_ms
                     self.state = UserState.OVERLAP_ENDING
+                    self._judge_overlap(now_ms, final=False)
                     return
                 if self._over_reply:
                     self._ignore_overlap(OverlapKind.NOISE, at_ms)

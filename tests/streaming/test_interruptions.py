@@ -401,3 +401,27 @@ def test_a_recogniser_that_kept_up_is_judged_after_settle_ms() -> None:
     late = run(taker, [WordsHeard("yeah", through_ms=470), "." * 10], start_ms=460)
     assert kinds(late) == [IgnoreOverlap]
     assert late[0][0] == 460  # at once: 470 is past the voice's end + settle_ms
+
+
+def test_a_short_burst_with_words_is_judged_on_them() -> None:
+    """Over an echo the gate can leave a caller's "what are your" as a 200 ms burst, too short
+    for an overlap: its words take the floor instead of the burst passing for noise."""
+    taker = replying()
+    timeline = run(taker, ["S" * 10, WordsHeard("what are your", through_ms=200), "." * 20])
+    assert kinds(timeline)[:4] == [BeginCapture, PauseReply, CancelReply, AnnounceSpeechStarted]
+    cancel_at = next(t for t, a in timeline if isinstance(a, CancelReply))
+    assert cancel_at == 300  # as the voice's end is called: "what", a later word after it
+
+
+def test_a_wordless_burst_is_noise_at_once_unless_the_recogniser_is_behind() -> None:
+    caught_up = replying()
+    timeline = run(caught_up, ["S" * 10, WordsHeard("", through_ms=200), "." * 20])
+    assert kinds(timeline) == [BeginCapture, PauseReply, IgnoreOverlap]
+    assert (
+        next(t for t, a in timeline if isinstance(a, IgnoreOverlap)) == 300
+    )  # when the voice ends (hangover)
+    behind = replying()
+    timeline = run(behind, ["S" * 10, WordsHeard("", through_ms=60), "." * 10])
+    assert kinds(timeline) == [BeginCapture, PauseReply]  # its words may be coming
+    later = run(behind, [WordsHeard("", through_ms=400)], start_ms=400)
+    assert kinds(later) == [IgnoreOverlap] and later[0][1].kind is OverlapKind.NOISE  # type: ignore[union-attr]
