@@ -41,6 +41,16 @@ REPLY = [
         "I can also change the delivery address or send the parcel to a pickup point near you if that helps.",
     ),
 ]
+# short first replies: a session's first reply, one sentence, after the caller's question
+FIRST_REPLIES = [
+    ("slt", "Your parcel is on its way."),
+    ("awb", "I can help you with that right now."),
+    ("kal", "Sure, let me check your order for you."),
+    ("rms", "Your refund was sent yesterday and should arrive within three days."),
+    ("slt", "I am sorry to hear that, I will send a new one today."),
+    ("awb", "Yes."),
+]
+QUESTION = ("kal", "my package arrived damaged yesterday")
 CALLERS = [
     ("kal", "yeah"),
     ("rms", "okay"),
@@ -75,10 +85,12 @@ def voiced_runs_ms(voiced: Sequence[bool]) -> list[int]:
     return [*runs, best] if best else runs
 
 
-def voiced(mic: Signal, reference: Signal, margin_db: float) -> tuple[list[bool], list[bool]]:
+def voiced(
+    mic: Signal, reference: Signal, margin_db: float, options: EchoGateOptions | None = None
+) -> tuple[list[bool], list[bool]]:
     """Per frame: Silero's voiced, and voiced with the gate."""
     classifier = silero.load().open(0.5)
-    gate = EchoGate(EchoGateOptions(margin_db=margin_db), frame_ms=32)
+    gate = EchoGate(options or EchoGateOptions(margin_db=margin_db), frame_ms=32)
     raw: list[bool] = []
     gated: list[bool] = []
     for i in range(0, len(mic) - FRAME + 1, FRAME):
@@ -133,7 +145,39 @@ def main(argv: Sequence[str] | None = None) -> int:
             span = gated[at // FRAME : (at + len(near)) // FRAME + 1]
             cells.append(max(voiced_runs_ms(span) or [0]))
         print(f"{name:<40}" + "".join(f"{c:>9}" for c in cells))
+    first_replies(cache_dir=None, margin_db=args.margin_db)
     return 0
+
+
+def first_replies(cache_dir: Path | None, margin_db: float) -> None:
+    """A session's first reply, one short sentence, right after the caller's question: the gate
+    has heard no echo yet (its return and delay are being learned); what of the echo reaches
+    turn-taking during the reply and in the second after it (its tail)?"""
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = cache_dir or Path(tmp)
+        question = speech(*QUESTION, cache)
+        replies = [(text, speech(voice, text, cache)) for voice, text in FIRST_REPLIES]
+    print("\nfirst replies (a fresh gate; the question, 300 ms, the reply's echo): voiced runs >= 120 ms")
+    print(f"{'level dB':>8} {'delay ms':>8} {'no gate':>8} {'gate':>6}   worst reply")
+    gap = RATE * 3 // 10
+    for level_db in (-6, -12, -20):
+        for delay_ms in (30, 120, 250):
+            raw_runs = gated_runs = 0
+            worst = ("", 0)
+            for text, reply in replies:
+                start = len(question) + gap
+                reference = np.zeros(start + len(reply) + RATE)
+                reference[start : start + len(reply)] = reply
+                mic = microphone(reference, level_db, delay_ms, question, 0)[: len(reference)]
+                raw, gated = voiced(mic, reference, margin_db)
+                after = start // FRAME
+                r = sum(x >= 120 for x in voiced_runs_ms(raw[after:]))
+                g = sum(x >= 120 for x in voiced_runs_ms(gated[after:]))
+                raw_runs, gated_runs = raw_runs + r, gated_runs + g
+                worst = max(worst, (text, g), key=lambda w: w[1])
+            print(
+                f"{level_db:>8} {delay_ms:>8} {raw_runs:>8} {gated_runs:>6}   {worst[0][:40]!r} ({worst[1]})"
+            )
 
 
 if __name__ == "__main__":

@@ -75,6 +75,7 @@ from server.streaming.commands import (
     UpdateSession,
 )
 from server.streaming.echo_gate import EchoGate, EchoGateOptions
+from server.streaming.interruptions import OverlapKind
 from server.streaming.items import ItemMessages
 from server.streaming.lifetime import EndSession, SessionEnd, SessionLifetime, WarnExpiring
 from server.streaming.notifier import EventNotifier
@@ -648,12 +649,18 @@ class Conversation:
         """The frame is explained by the reply's echo (echo_gate.py): silence to the VAD."""
         if self._echo_gate is None or vad_frame.reference is None:
             return False
-        # while a voice is heard, the frames may be the caller's: they teach the gate nothing
-        learn = not self._turns.hears_voice
-        if self._echo_gate.is_echo(vad_frame.frame, vad_frame.reference, learn=learn):
+        # while a voice is heard, the frames may be the caller's: held until it is decided
+        hold = self._turns.hears_voice
+        if self._echo_gate.is_echo(vad_frame.frame, vad_frame.reference, hold=hold):
             self._metrics.echo_frames.inc()
             return True
         return False
+
+    def _settle_echo_frames(self, *, echo: bool) -> None:
+        """The voice whose frames the echo gate held was decided: the reply's echo or noise
+        (they teach it the echo's level), or the caller's (forgotten)."""
+        if self._echo_gate is not None:
+            self._echo_gate.settle_held(echo=echo)
 
     def _deadline_due(self) -> bool:
         deadline = self._turns.next_deadline()
@@ -698,6 +705,7 @@ class Conversation:
                 self._start_capture(from_ms - (td.prefix_padding_ms if td else 0))
             case DiscardNoise():
                 self._metrics.noise_ignored.inc()
+                self._settle_echo_frames(echo=True)
                 await self._drop_capture()
             case CancelReply(reason=reason):
                 await self._replies.cancel(reason=reason)
@@ -708,11 +716,13 @@ class Conversation:
             case IgnoreOverlap():
                 await self._ignore_overlap(action)
             case AnnounceSpeechStarted(audio_start_ms=start_ms):
+                self._settle_echo_frames(echo=False)  # the caller's turn
                 self._input_item_id = new_id("item")
                 await self.send(SpeechStarted(start_ms, self._input_item_id))
             case AnnounceSpeechStopped(audio_end_ms=end_ms):
                 await self.send(SpeechStopped(end_ms, self._input_item_id))
             case CommitTurn(audio_end_ms=end_ms):
+                self._settle_echo_frames(echo=False)
                 await self._commit_input(from_vad=True, speech_end_ms=end_ms)
             case PrepareReply():
                 self._prepare_reply()
@@ -730,6 +740,7 @@ class Conversation:
     async def _ignore_overlap(self, action: IgnoreOverlap) -> None:
         """Speech over the reply was a backchannel or noise: forget its audio, let the
         reply go on, and tell the embedding code."""
+        self._settle_echo_frames(echo=action.kind in (OverlapKind.ECHO, OverlapKind.NOISE))
         await self._drop_capture()
         self._metrics.false_interruptions.labels(kind=action.kind.value).inc()
         if action.paused_reply is None:
@@ -878,6 +889,7 @@ class Conversation:
         await self.model_session.clear_audio()
 
     async def _clear_input(self) -> None:
+        self._settle_echo_frames(echo=False)
         self._turns.receive(TurnInputCleared(), self._input.input_ms)
         await self._run_turn_actions()
         await self._drop_capture()

@@ -8,9 +8,10 @@ it can be: a double-talk detector in the manner of Geigel's, with the echo's lev
 For each frame, with the reference of the last `window_ms` (the longest echo delay covered):
 - `reference_peak` = the loudest reference frame in the window (mean square);
 - the echo return, `mic / reference_peak`, is learned as the median of that ratio over the
-  last `history_ms` of frames with the reference active and no voice being heard (the
-  conversation says when the caller may be talking; a headset or a client's own canceller
-  gives almost 0);
+  last `history_ms` of frames with the reference active, less those of the caller's voice
+  (the frames of a voice are held until the conversation has decided what it was: the
+  reply's echo or noise teach the return, the caller's words do not; a headset or a client's
+  own canceller gives almost 0);
 - the frame is **echo** when the reference is active and the microphone is no louder than the
   echo could be: `mic <= return * reference_peak * margin`. The conversation then counts it
   as silence for turn-taking; the audio itself is untouched, so the recogniser hears the
@@ -65,6 +66,7 @@ class EchoGate:
         self._references: deque[float] = deque(maxlen=self._history + self._window + 1)
         self._mics: deque[float] = deque(maxlen=self._history)
         self._returns: deque[float] = deque(maxlen=self._history)
+        self._held: deque[float] = deque(maxlen=self._history)  # ... of a voice not yet decided
         self._margin = 10 ** (options.margin_db / 10)
         self._active = options.active_rms**2
         self.delay_frames: int | None = None  # the echo's delay, once estimated
@@ -78,12 +80,13 @@ class EchoGate:
             return None
         return float(np.median(np.fromiter(self._returns, dtype=np.float64)))
 
-    def is_echo(self, mic: PcmFrame, reference: PcmFrame, *, learn: bool = True) -> bool:
+    def is_echo(self, mic: PcmFrame, reference: PcmFrame, *, hold: bool = False) -> bool:
         """Whether the microphone frame is explained by the echo of `reference` (the reply
-        audio over the same span of the input stream). `learn=False` while the caller may be
-        talking (a voice is being heard): the frame is judged, but teaches the echo's return
-        nothing; a caller who talks over the session's first reply, before much echo has been
-        heard, would otherwise be most of the history, and be taken for the echo."""
+        audio over the same span of the input stream). `hold=True` while a voice is being
+        heard that may be the caller's: the frame is judged, but what it would teach about the
+        echo's return waits for `settle_held()`; a caller who talks over the session's first
+        reply, before much echo has been heard, would otherwise be most of the history, and be
+        taken for the echo."""
         power = _power(mic)
         self._references.append(_power(reference))
         self._mics.append(power)
@@ -96,11 +99,19 @@ class EchoGate:
             return False
         echo_return = self.echo_return
         self._active_frames += 1
-        if learn and self._active_frames > self._window:  # any echo of the window's reference is back by now
-            self._returns.append(power / envelope)
+        if self._active_frames > self._window:  # any echo of the window's reference is back by now
+            (self._held if hold else self._returns).append(power / envelope)
         if echo_return is None:
             echo_return = 10 ** (self.options.initial_return_db / 10)
         return power <= echo_return * envelope * self._margin
+
+    def settle_held(self, *, echo: bool) -> None:
+        """The voice heard over the held frames was decided: the reply's own echo, or noise
+        (`echo`: they teach the return: an echo louder than the gate expected is learned), or
+        the caller's words (forgotten)."""
+        if echo:
+            self._returns.extend(self._held)
+        self._held.clear()
 
     def _echo_envelope(self) -> float:
         """The loudest the echo can be now (before the return): the reference at the echo's

@@ -106,8 +106,8 @@ def test_a_long_delay_is_learned_within_the_first_seconds() -> None:
 def test_a_caller_heard_over_the_first_reply_does_not_teach_the_gate() -> None:
     """The caller talks 0.5 s into the session's first reply, with no echo path: before the
     return is known, most frames with the reply playing are the caller's. Learning from them
-    would take the caller for the echo and gate them for the rest of the reply; frames heard
-    while a voice is (`learn=False`) teach the gate nothing."""
+    would take the caller for the echo and gate them for the rest of the reply; frames held
+    while a voice is heard, then settled as the caller's, teach the gate nothing."""
     reference = speechlike(4, seed=11)
     caller = np.zeros_like(reference)
     start, end = RATE // 2, 3 * RATE
@@ -115,15 +115,29 @@ def test_a_caller_heard_over_the_first_reply_does_not_teach_the_gate() -> None:
     mic = caller + np.random.default_rng(13).normal(0, 10, len(reference))
     spoken = range(start // FRAME + 3, end // FRAME - 1)  # the voice onset takes a few frames
 
-    def heard(learn_while_talking: bool) -> int:
+    def heard(hold: bool) -> int:
         gate = EchoGate(EchoGateOptions(), frame_ms=32)
-        decisions = [
-            gate.is_echo(m, r, learn=learn_while_talking or i not in spoken)
-            for i, (m, r) in enumerate(zip(frames(mic), frames(reference), strict=True))
-        ]
+        decisions = []
+        for i, (m, r) in enumerate(zip(frames(mic), frames(reference), strict=True)):
+            decisions.append(gate.is_echo(m, r, hold=hold and i in spoken))
+            if i == spoken[-1]:
+                gate.settle_held(echo=False)  # the voice was the caller's
         return sum(not decisions[i] for i in spoken)
 
-    # frozen: only the troughs between syllables are gated (as with the initial guess), and
-    # the VAD's hangover bridges them; learning: the caller is gone within a third of a second
-    assert heard(learn_while_talking=False) >= 0.7 * len(spoken)
-    assert heard(learn_while_talking=True) < 0.3 * len(spoken)
+    # held: only the troughs between syllables are gated (as with the initial guess), and the
+    # VAD's hangover bridges them; learned: the caller is gone within a third of a second
+    assert heard(hold=True) >= 0.7 * len(spoken)
+    assert heard(hold=False) < 0.3 * len(spoken)
+
+
+def test_an_echo_louder_than_expected_is_learned_once_its_voice_is_settled_as_echo() -> None:
+    """A -3 dB echo passes the initial guess (-12 dB) as voice; its frames are held while the
+    voice is judged, and once it is settled as the reply's echo they teach the return."""
+    reference = speechlike(3, seed=14)
+    mic = echo_of(reference, 120, -3) + np.random.default_rng(15).normal(0, 10, len(reference))
+    gate = EchoGate(EchoGateOptions(), frame_ms=32)
+    for m, r in zip(frames(mic), frames(reference), strict=True):
+        gate.is_echo(m, r, hold=True)
+    assert gate.echo_return is None  # nothing learned while held
+    gate.settle_held(echo=True)
+    assert gate.echo_return == pytest.approx(10 ** (-3 / 10), rel=1.0)
