@@ -40,7 +40,8 @@ voiced for `pause_after_ms` pauses the reply's audio (PauseReply); at `barge_in_
 an OVERLAP, judged by the recogniser's words (WordsHeard, fed by the loop whenever they
 or the audio they cover change) and its length. Once its voice stops, the words are final
 `settle_ms` later, or, when the recogniser lags behind the audio, once it has decoded that far
-(at most `words_wait_ms` after the voice):
+(at most `words_wait_ms` after the voice); a voice starting again meanwhile, its onset not yet
+complete, holds the judgement until the onset is made (the overlap goes on) or fails:
 
     VOICE_PENDING --voiced >= barge_in_min_ms--> OVERLAP --voice offset--> OVERLAP_ENDING
           | too short, no words: noise              |  interruption words, or     | settle_ms later:
@@ -506,6 +507,8 @@ class TurnTaker:
             spec = self._speculation_deadline()
             return end if spec is None else min(spec, end)
         if self.state is UserState.OVERLAP_ENDING and self.options.interruption is not None:
+            if self._detector.voiced_run_ms:
+                return None  # a voice may be starting again: judged once its onset is or is not
             return self._overlap_judged_at()
         if (
             self.state is UserState.LISTENING

@@ -425,3 +425,13 @@ def test_a_wordless_burst_is_noise_at_once_unless_the_recogniser_is_behind() -> 
     assert kinds(timeline) == [BeginCapture, PauseReply]  # its words may be coming
     later = run(behind, [WordsHeard("", through_ms=400)], start_ms=400)
     assert kinds(later) == [IgnoreOverlap] and later[0][1].kind is OverlapKind.NOISE  # type: ignore[union-attr]
+
+
+def test_a_voice_starting_again_as_the_words_settle_keeps_the_overlap() -> None:
+    """ "thank you ... that is all": the caller goes on just before the words of "thank you"
+    are final, but the new voice's onset is not yet complete (it takes vad_min_voiced_ms). The
+    judgement waits for it instead of resuming the reply for a frame or two and pausing it again."""
+    taker = replying()
+    timeline = run(taker, ["S" * 15, WordsHeard("thank you", through_ms=10_000), "." * 7 + "S" * 10])
+    assert kinds(timeline) == [BeginCapture, PauseReply]
+    assert taker.state is UserState.OVERLAP
