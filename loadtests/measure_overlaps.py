@@ -65,6 +65,7 @@ from server.streaming.turns import (
     BeginCapture,
     CancelReply,
     DiscardNoise,
+    EndCapture,
     FrameClassified,
     IgnoreOverlap,
     PauseReply,
@@ -119,7 +120,8 @@ def replay(
     """One clip over a reply through the VAD, the recogniser and the TurnTaker; the words of
     each point of the audio reach the rules `asr_lag_ms` later (a busy recogniser). As in the
     server, the recogniser hears the audio from a voice onset (less the prefix padding) until
-    the overlap is dropped; the replay goes on after a resume, so a caller who goes on talking
+    the overlap is dropped (a resumed one's capture is kept for a voice that may continue it);
+    the replay goes on after a resume, so a caller who goes on talking
     after a pause inside the sentence is followed to the end of the clip."""
     rate = silero.SAMPLE_RATE_HZ  # the VAD's and the recogniser's rate (the clips are 24 kHz)
     frame = silero.FRAME_MS * rate // 1000
@@ -157,7 +159,7 @@ def replay(
             taker.receive(WordsHeard(words, REPLY_TEXT, end_ms - asr_lag_ms), now_ms=end_ms)
         taker.receive(Tick(), now_ms=end_ms)
         for action in taker.actions():
-            if isinstance(action, BeginCapture):
+            if isinstance(action, BeginCapture) and asr is None:  # else it goes on (a rejoin)
                 asr = decoder(config)
                 asr.start_utt()
                 decoded = []
@@ -165,7 +167,9 @@ def replay(
                 asr.process_raw(audio[from_sample : i + frame].tobytes(), False, False)
                 hyp = asr.hyp()
                 decoded.append((end_ms, hyp.hypstr if hyp is not None else ""))
-            elif isinstance(action, (IgnoreOverlap, DiscardNoise)):
+            elif isinstance(action, (IgnoreOverlap, DiscardNoise)) and not action.keeps_capture:
+                asr, decoded = None, []
+            elif isinstance(action, EndCapture):
                 asr, decoded = None, []
             if isinstance(action, PauseReply):
                 paused_at_ms = end_ms if paused_at_ms is None else paused_at_ms  # the first pause

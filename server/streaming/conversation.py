@@ -114,6 +114,7 @@ from server.streaming.turns import (
     CommitTurn,
     CompletionScored,
     DiscardNoise,
+    EndCapture,
     FrameClassified,
     IgnoreOverlap,
     ModelSpeechStarted,
@@ -703,9 +704,12 @@ class Conversation:
             case BeginCapture(from_ms=from_ms):
                 td = self.config.turn_detection
                 self._start_capture(from_ms - (td.prefix_padding_ms if td else 0))
-            case DiscardNoise():
+            case DiscardNoise(keeps_capture=keeps_capture):
                 self._metrics.noise_ignored.inc()
                 self._settle_echo_frames(echo=True)
+                if not keeps_capture:
+                    await self._drop_capture()
+            case EndCapture():
                 await self._drop_capture()
             case CancelReply(reason=reason):
                 await self._replies.cancel(reason=reason)
@@ -741,7 +745,8 @@ class Conversation:
         """Speech over the reply was a backchannel or noise: forget its audio, let the
         reply go on, and tell the embedding code."""
         self._settle_echo_frames(echo=action.kind in (OverlapKind.ECHO, OverlapKind.NOISE))
-        await self._drop_capture()
+        if not action.keeps_capture:  # else a voice may continue it: the recogniser hears on
+            await self._drop_capture()
         self._metrics.false_interruptions.labels(kind=action.kind.value).inc()
         if action.paused_reply is None:
             return

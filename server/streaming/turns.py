@@ -60,7 +60,9 @@ a backchannel. A voice that starts within `rejoin_within_ms` of a backchannel's 
 it ("okay ... but where is my order"): the reply pauses at its onset, the capture starts again
 at the backchannel's onset, and the words are judged together, a burst too short for an
 overlap included (`decide_within_ms` still counts from the new voice's own onset, so "yeah ...
-yeah" stays a backchannel). After wordless noise the same holds, except that the reply pauses
+yeah" stays a backchannel; the resumed overlap's capture is kept open meanwhile, so the
+recogniser hears on instead of decoding it all again, and EndCapture drops it if no voice
+comes). After wordless noise the same holds, except that the reply pauses
 `pause_after_ms` into the new voice as usual: a sentence the echo gate chopped into short
 bursts is judged as one. In the `voice` mode (interruption None) any voice of
 `barge_in_min_ms` cancels.
@@ -297,21 +299,31 @@ class ResumeReply:
 @dataclass(frozen=True, slots=True)
 class IgnoreOverlap:
     """Speech over the reply in [start_ms, end_ms) was a backchannel or noise, not a turn:
-    drop its audio (nothing was announced) and resume `paused_reply` where it stopped."""
+    drop its audio (nothing was announced) and resume `paused_reply` where it stopped.
+    `keeps_capture`: a voice may yet continue it (rejoin): the capture goes on, its audio
+    still heard by the recogniser, until EndCapture or that voice's BeginCapture."""
 
     kind: OverlapKind
     words: str
     start_ms: int
     end_ms: int
     paused_reply: int | None
+    keeps_capture: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class DiscardNoise:
-    """A voiced burst too short to be a turn (cough, click); nothing was announced."""
+    """A voiced burst too short to be a turn (cough, click); nothing was announced.
+    `keeps_capture`: as IgnoreOverlap's (a click between an overlap and its continuation)."""
 
     start_ms: int
     end_ms: int
+    keeps_capture: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EndCapture:
+    """The capture an IgnoreOverlap or DiscardNoise kept was not continued: drop its audio."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,6 +347,7 @@ TurnAction = (
     | ResumeReply
     | IgnoreOverlap
     | DiscardNoise
+    | EndCapture
     | ReportIdle
 )
 
@@ -372,6 +385,8 @@ class TurnTaker:
         self._reply_text = ""  # ... and the text of that reply so far
         self._rejoin: _Rejoin | None = None  # the overlap a new voice may continue
         self._continuing: _Rejoin | None = None  # ... the one the current voice continues
+        # the capture of that overlap is kept open for the voice (its audio is not decoded twice)
+        self._capture_kept = False
         self._voice_onset_ms = 0  # the current voice's own onset (decide_within counts from it)
 
     # -- public API
@@ -431,6 +446,7 @@ class TurnTaker:
                 self._active_reply = reply_id
                 self._idle_since_ms = None
                 self._rejoin = None
+                self._end_kept_capture()
             case ReplyFinished(reply_id=reply_id):
                 if self._active_reply == reply_id:
                     self._active_reply = None
@@ -438,12 +454,14 @@ class TurnTaker:
                     # nothing left to pause; a voice that began over it is still judged as an
                     # overlap (its echo's tail is no turn), but words are then an answer
                     self._paused_reply = None
+                    self._end_kept_capture()  # nothing left to continue over
             case InputCleared():
                 if self.state is UserState.PREPARED:
                     self._actions.append(AbandonPreparedReply())
                 self._resume_paused()
                 self._over_reply = False
                 self._rejoin = None  # the client dropped that audio: nothing to continue
+                self._capture_kept = False  # ... the loop drops the capture itself
                 self.state = UserState.LISTENING
             case WordsHeard(words=words, reply_text=reply_text, through_ms=through_ms):
                 self._overlap_words, self._reply_text = words, reply_text
@@ -510,13 +528,16 @@ class TurnTaker:
             if self._detector.voiced_run_ms:
                 return None  # a voice may be starting again: judged once its onset is or is not
             return self._overlap_judged_at()
-        if (
-            self.state is UserState.LISTENING
-            and self._idle_since_ms is not None
-            and self.options.idle_timeout_ms is not None
-        ):
-            return self._idle_since_ms + self.options.idle_timeout_ms
-        return None
+        if self.state is not UserState.LISTENING:
+            return None
+        kept = self._rejoin.until_ms if self._capture_kept and self._rejoin is not None else None
+        idle = self._idle_deadline()
+        return min((d for d in (kept, idle) if d is not None), default=None)
+
+    def _idle_deadline(self) -> int | None:
+        if self._idle_since_ms is None or self.options.idle_timeout_ms is None:
+            return None
+        return self._idle_since_ms + self.options.idle_timeout_ms
 
     # -- transitions
 
@@ -543,6 +564,11 @@ class TurnTaker:
             return settled_ms
         return max(settled_ms, self._voice_end_ms + policy.words_wait_ms)
 
+    def _end_kept_capture(self) -> None:
+        if self._capture_kept:
+            self._capture_kept = False
+            self._actions.append(EndCapture())
+
     def _resume_paused(self) -> None:
         if self._paused_reply is not None:
             self._actions.append(ResumeReply(self._paused_reply))
@@ -559,7 +585,12 @@ class TurnTaker:
             # the VAD chopped into bursts too short for an overlap is a sentence, not noise
             at_once = kind is OverlapKind.BACKCHANNEL
             self._rejoin = _Rejoin(end_ms + policy.rejoin_within_ms, self._onset_ms, at_once)
-        self._actions.append(IgnoreOverlap(kind, self._overlap_words, self._onset_ms, end_ms, paused))
+        self._capture_kept = self._rejoin is not None
+        self._actions.append(
+            IgnoreOverlap(
+                kind, self._overlap_words, self._onset_ms, end_ms, paused, keeps_capture=self._capture_kept
+            )
+        )
         self.state = UserState.LISTENING
         if self._active_reply is None:
             self._idle_since_ms = end_ms
@@ -611,6 +642,9 @@ class TurnTaker:
                 rejoin = self._rejoin
                 live = rejoin is not None and self._active_reply is not None and at_ms <= rejoin.until_ms
                 self._continuing = rejoin if live else None
+                if not live:
+                    self._end_kept_capture()
+                self._capture_kept = False  # a continuing voice's BeginCapture goes on with it
                 self._onset_ms = self._continuing.onset_ms if self._continuing is not None else at_ms
                 self._voice_onset_ms = at_ms
                 self._over_reply = False
@@ -635,7 +669,11 @@ class TurnTaker:
                 if self._over_reply:
                     self._ignore_overlap(OverlapKind.NOISE, at_ms)
                     return
-                self._actions.append(DiscardNoise(start_ms=self._onset_ms, end_ms=at_ms))
+                # a click that continued an overlap leaves that overlap's capture open
+                self._capture_kept = self._continuing is not None
+                self._actions.append(
+                    DiscardNoise(start_ms=self._onset_ms, end_ms=at_ms, keeps_capture=self._capture_kept)
+                )
                 self.state = UserState.LISTENING
                 if self._active_reply is None:
                     self._idle_since_ms = now_ms
@@ -722,6 +760,8 @@ class TurnTaker:
                     self.state = UserState.PREPARED
                 case UserState.OVERLAP_ENDING:
                     self._judge_overlap(now_ms, final=True)
+                case UserState.LISTENING if self._capture_kept and deadline != self._idle_deadline():
+                    self._end_kept_capture()  # the rejoin window passed without a voice
                 case UserState.ENDPOINTING | UserState.PREPARED:
                     self._actions.append(AnnounceSpeechStopped(audio_end_ms=self._voice_end_ms))
                     self._actions.append(CommitTurn(audio_end_ms=self._voice_end_ms))

@@ -85,8 +85,12 @@ def test_backchannel_pauses_the_reply_and_it_goes_on_where_it_stopped() -> None:
         await port.stream_until(ResponseEnded)
 
     alone, _ = converse_words(undisturbed, FakeAsr(["where is my order"]), FakeLlm([LONG_REPLY]))
-    port, events = converse_words(script, FakeAsr(["where is my order", "yeah"]), llm)
+    asr = FakeAsr(["where is my order", "yeah"])
+    port, events = converse_words(script, asr, llm)
     (response_id,) = {a.response_id for a in port.all(ResponseAudio)}
+    # the "yeah"'s capture stayed open for a voice that might continue it, and no longer:
+    # padding, the "yeah", its hangover and settling, then rejoin_within_ms (a frame's slack)
+    assert asr.streams[1].pushed_ms <= 300 + 400 + 90 + POLICY.settle_ms + POLICY.rejoin_within_ms + 40
     chunks = reply_audio(port, response_id)
     # nothing was lost or repeated: the audio sent is the whole reply, once, as without the "yeah"
     assert [a.audio for a in port.all(ResponseAudio)] == [a.audio for a in alone.all(ResponseAudio)]
@@ -205,7 +209,8 @@ def test_okay_then_more_words_soon_after_is_one_interruption_from_the_okay() -> 
     within `rejoin_within_ms` pause it at their onset and take the floor, and the turn's audio
     (and so its transcript) starts at the "okay", which the preroll still held."""
     llm = FakeLlm([LONG_REPLY, "Let me check."])
-    asr = FakeAsr(["where is my order", "okay", "okay but where is my order"])
+    # the "okay"'s capture: 300 ms of padding, the "okay", 300 ms, then the rest from ~900 ms on
+    asr = TimedWordsAsr([[(0, "where is my order")], [(0, "okay"), (950, "okay but where is my order")]])
     times: dict[str, float] = {}
 
     async def script(port: MemoryPort, _: Conversation) -> None:
@@ -230,11 +235,39 @@ def test_okay_then_more_words_soon_after_is_one_interruption_from_the_okay() -> 
     last_sent_s = reply_audio(port, first_response)[-1][0]
     onset_ms = WORDS.turn.vad_min_voiced_ms
     assert last_sent_s - times["rejoin_s"] <= (onset_ms + 20) / 1000 < POLICY.pause_after_ms / 1000
-    # the interruption's capture holds the "okay", the gap and the rest
-    assert asr.streams[2].pushed_ms >= 300 + 300 + 900
+    # the interruption's capture is the "okay"'s, kept open: it holds the "okay", the gap and
+    # the rest, heard once (no second stream decoding it all again)
+    assert len(asr.streams) == 2  # the question's; the "okay" and what followed it
+    assert asr.streams[1].pushed_ms >= 300 + 300 + 900
     started = port.all(SpeechStarted)
     assert len(started) == 2
     assert [m.text for m in llm.calls[1] if m.role == "user"][-1] == "okay but where is my order"
+
+
+class TimedWordsStream(FakeAsrStream):
+    """A FAKE recogniser whose words follow the audio pushed: each (pushed_ms, text) step is
+    heard once that much audio has been pushed."""
+
+    def __init__(self, steps: list[tuple[int, str]]) -> None:
+        super().__init__(steps[0][1], delay_s=0.0)
+        self._steps = steps
+
+    def push_audio(self, frame: PcmFrame) -> None:
+        self.pushed_ms += frame.duration_ms
+        self._text = self.hypothesis = [text for at_ms, text in self._steps if at_ms <= self.pushed_ms][-1]
+
+
+class TimedWordsAsr(FakeAsr):
+    """Each stream's steps are the next of `steps` (the last repeats)."""
+
+    def __init__(self, steps: list[list[tuple[int, str]]]) -> None:
+        super().__init__()
+        self.steps = steps
+
+    def open_stream(self, transcription: TranscriptionOptions | None = None) -> FakeAsrStream:
+        stream = TimedWordsStream(self.steps[min(len(self.streams), len(self.steps) - 1)])
+        self.streams.append(stream)
+        return stream
 
 
 class LaggingAsrStream(FakeAsrStream):

@@ -14,6 +14,7 @@ from server.streaming.turns import (
     CancelReply,
     CommitTurn,
     DiscardNoise,
+    EndCapture,
     IgnoreOverlap,
     InputCleared,
     PauseReply,
@@ -61,7 +62,9 @@ def test_backchannel_pauses_then_resumes_the_reply_without_announcing() -> None:
     pause_at = next(t for t, a in timeline if isinstance(a, PauseReply))
     assert pause_at == 100 + 120  # onset + pause_after_ms
     ignored = next(a for _, a in timeline if isinstance(a, IgnoreOverlap))
-    assert ignored == IgnoreOverlap(OverlapKind.BACKCHANNEL, "yeah", 100, 400, paused_reply=5)
+    assert ignored == IgnoreOverlap(
+        OverlapKind.BACKCHANNEL, "yeah", 100, 400, paused_reply=5, keeps_capture=True
+    )
     resume_at = next(t for t, a in timeline if isinstance(a, IgnoreOverlap))
     assert resume_at == 560  # the voice's end + settle_ms (550), on the next frame's edge
     assert taker.active_reply == 5
@@ -303,9 +306,10 @@ def test_a_voice_after_the_rejoin_window_is_a_new_overlap() -> None:
     taker = replying()
     run(taker, ["S" * 15, WordsHeard("okay"), "." * 20])
     timeline = run(taker, ["." * 25 + "S" * 8], start_ms=700)  # voice at 1200: 900 ms after "okay"
-    assert kinds(timeline) == [BeginCapture, PauseReply]
-    assert timeline[0][1] == BeginCapture(from_ms=1200)
-    assert timeline[1][0] == 1200 + 120
+    assert kinds(timeline) == [EndCapture, BeginCapture, PauseReply]
+    assert timeline[0][0] == 300 + 800  # the window's end: the "okay"'s capture is dropped
+    assert timeline[1][1] == BeginCapture(from_ms=1200)
+    assert timeline[2][0] == 1200 + 120
 
 
 def test_two_backchannels_in_a_row_both_resume() -> None:
@@ -335,6 +339,7 @@ def test_a_voice_after_wordless_noise_continues_it_but_waits_to_pause() -> None:
     taker = replying()
     run(taker, ["S" * 15, WordsHeard("okay"), "." * 20])
     taker.receive(ReplyFinished(5), 700)
+    assert taker.actions() == [EndCapture()]  # the "okay"'s capture, kept for a rejoin
     taker.receive(ReplyStarted(6), 700)
     timeline = run(taker, ["." * 5 + "S" * 8], start_ms=700)
     assert timeline[0][1] == BeginCapture(from_ms=800) and timeline[1][0] == 800 + 120
@@ -388,7 +393,12 @@ def test_words_are_final_only_once_the_recogniser_has_decoded_past_the_voice() -
 def test_a_recogniser_that_stays_behind_is_awaited_words_wait_ms_at_most() -> None:
     taker = replying()
     timeline = run(taker, ["S" * 15, WordsHeard("", through_ms=100), "." * 40])
-    assert kinds(timeline) == [BeginCapture, PauseReply, IgnoreOverlap]
+    assert kinds(timeline) == [
+        BeginCapture,
+        PauseReply,
+        IgnoreOverlap,
+        EndCapture,
+    ]  # the noise's capture, kept 800 ms
     resumed_at = next(t for t, a in timeline if isinstance(a, IgnoreOverlap))
     assert resumed_at == 300 + POLICY.words_wait_ms  # the voice's end + the longest wait
     assert next(a for _, a in timeline if isinstance(a, IgnoreOverlap)).kind is OverlapKind.NOISE
