@@ -388,6 +388,7 @@ class TurnTaker:
         # the capture of that overlap is kept open for the voice (its audio is not decoded twice)
         self._capture_kept = False
         self._voice_onset_ms = 0  # the current voice's own onset (decide_within counts from it)
+        self._short_burst = False  # the overlap being judged is a burst too short for an overlap
 
     # -- public API
 
@@ -626,8 +627,10 @@ class TurnTaker:
             and not echoes_reply(words, reply_text, policy)
         ):
             kind = OverlapKind.INTERRUPTION  # still talking: whatever the words, they want the floor
-        if kind is OverlapKind.BACKCHANNEL and self._active_reply is None:
-            kind = OverlapKind.INTERRUPTION  # the reply ended meanwhile: "yes" answers it
+        if kind is OverlapKind.BACKCHANNEL and self._active_reply is None and not self._short_burst:
+            # the reply ended meanwhile: "yes" answers it (a short burst's one listener word
+            # is no answer: it is as often the tail of the reply's own echo)
+            kind = OverlapKind.INTERRUPTION
         if kind is OverlapKind.INTERRUPTION:
             self._take_floor(now_ms)
         elif kind is not None:
@@ -650,6 +653,7 @@ class TurnTaker:
                 self._over_reply = False
                 self._overlap_words = self._reply_text = ""
                 self._words_through_ms = None
+                self._short_burst = False
                 self._idle_since_ms = None
                 self.state = UserState.VOICE_PENDING
                 self._actions.append(BeginCapture(from_ms=self._onset_ms))
@@ -657,6 +661,7 @@ class TurnTaker:
                 heard = self._overlap_words or (
                     self._words_through_ms is not None and self._words_through_ms < at_ms
                 )
+                self._short_burst = self._continuing is None
                 if self._over_reply and (self._continuing is not None or heard):
                     # a short burst that continues a backchannel, or that holds words (or may:
                     # the recogniser has not reached its end), is judged on its words, not
@@ -682,6 +687,7 @@ class TurnTaker:
                 self.state = UserState.OVERLAP_ENDING
             case (UserState.OVERLAP_ENDING, VoiceStarted()):
                 self.state = UserState.OVERLAP
+                self._short_burst = False  # it goes on: an overlap like any other
             case (UserState.USER_SPEAKING, VoiceStopped(at_ms=at_ms)):
                 self._voice_end_ms = at_ms
                 self.state = UserState.ENDPOINTING

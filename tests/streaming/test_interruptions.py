@@ -445,3 +445,16 @@ def test_a_voice_starting_again_as_the_words_settle_keeps_the_overlap() -> None:
     timeline = run(taker, ["S" * 15, WordsHeard("thank you", through_ms=10_000), "." * 7 + "S" * 10])
     assert kinds(timeline) == [BeginCapture, PauseReply]
     assert taker.state is UserState.OVERLAP
+
+
+def test_a_short_burst_with_one_listener_word_is_no_answer_when_the_reply_ends() -> None:
+    """The tail of the reply's own echo, as the reply ends, can come through as a 200 ms burst
+    the recogniser hears as "oh": a longer overlap whose reply ended would be an answer ("yes"),
+    but a burst too short for an overlap is dropped, as a short burst always was."""
+    taker = replying()
+    timeline = run(taker, ["S" * 10, WordsHeard("oh", through_ms=200), "." * 3])
+    taker.receive(ReplyFinished(5), 260)
+    timeline += run(taker, ["." * 5, WordsHeard("oh", through_ms=400), "." * 10], start_ms=260)
+    assert AnnounceSpeechStarted not in kinds(timeline)
+    ignored = next(a for _, a in timeline if isinstance(a, IgnoreOverlap))
+    assert ignored.kind is OverlapKind.BACKCHANNEL and ignored.paused_reply is None
