@@ -27,7 +27,7 @@ from loadtests.room import room_impulse_response
 from server.audio import PcmFrame, resample
 from server.streaming.echo_gate import EchoGate, EchoGateOptions
 from server.vad import silero
-from server.vad.detector import DetectorOptions, SpeechDetector
+from server.vad.detector import DetectorOptions, SpeechDetector, VoiceStarted
 
 RATE = 16_000
 FRAME = 512  # Silero's 32 ms
@@ -86,20 +86,31 @@ def voiced_runs_ms(voiced: Sequence[bool]) -> list[int]:
 
 
 def voiced(
-    mic: Signal, reference: Signal, margin_db: float, options: EchoGateOptions | None = None
+    mic: Signal, reference: Signal, options: EchoGateOptions, caller: range = range(0)
 ) -> tuple[list[bool], list[bool]]:
-    """Per frame: Silero's voiced, and voiced with the gate."""
+    """Per frame: Silero's voiced, and voiced with the gate (a fresh one). As in the server,
+    the frames of a voice the detector hears are held by the gate until the voice ends, then
+    settled: the caller's (a voice that began inside `caller`, sample indices) are forgotten,
+    the echo's are learned (the server's word rules decide this; here the truth does)."""
     classifier = silero.load().open(0.5)
-    gate = EchoGate(options or EchoGateOptions(margin_db=margin_db), frame_ms=32)
+    gate = EchoGate(options, frame_ms=32)
+    detector = SpeechDetector(DetectorOptions(threshold=0.5, min_voiced_ms=60, hangover_ms=90))
     raw: list[bool] = []
     gated: list[bool] = []
+    voice_start: int | None = None
     for i in range(0, len(mic) - FRAME + 1, FRAME):
         frame = PcmFrame(np.clip(mic[i : i + FRAME], -32768, 32767).astype(np.int16), RATE)
         ref = PcmFrame(np.clip(reference[i : i + FRAME], -32768, 32767).astype(np.int16), RATE)
         is_voiced = classifier.speech_probability(frame) > 0.5
-        is_echo = gate.is_echo(frame, ref)
+        is_echo = gate.is_echo(frame, ref, hold=voice_start is not None)
         raw.append(is_voiced)
         gated.append(is_voiced and not is_echo)
+        for event in detector.push(1.0 if gated[-1] else 0.0, len(gated) * 32, 32):
+            if isinstance(event, VoiceStarted):
+                voice_start = i
+            elif voice_start is not None:
+                gate.settle_held(echo=voice_start not in caller)
+                voice_start = None
     return raw, gated
 
 
@@ -116,7 +127,14 @@ def microphone(reply: Signal, level_db: float, delay_ms: int, near: Signal | Non
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtests.measure_echo_gate", description=__doc__)
     parser.add_argument("--margin-db", type=float, default=EchoGateOptions().margin_db)
+    parser.add_argument("--return-quantile", type=float, default=EchoGateOptions().return_quantile)
+    parser.add_argument("--unaligned-quantile", type=float, default=EchoGateOptions().unaligned_quantile)
     args = parser.parse_args(argv)
+    options = EchoGateOptions(
+        margin_db=args.margin_db,
+        return_quantile=args.return_quantile,
+        unaligned_quantile=args.unaligned_quantile,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp)
         reply = np.concatenate([speech(v, t, cache) for v, t in REPLY] * 2)
@@ -127,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{'level dB':>8} {'delay ms':>8} {'no gate':>10} {'gate':>10}")
     for level_db in (-6, -12, -20):
         for delay_ms in (30, 120, 250):
-            raw, gated = voiced(microphone(reply, level_db, delay_ms, None, 0), reference, args.margin_db)
+            raw, gated = voiced(microphone(reply, level_db, delay_ms, None, 0), reference, options)
             r, g = voiced_runs_ms(raw), voiced_runs_ms(gated)
             print(
                 f"{level_db:>8} {delay_ms:>8} {sum(x >= 250 for x in r):>4} / {sum(x >= 120 for x in r):<3}"
@@ -141,20 +159,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, near in callers:
         cells = []
         for level_db in (-6, -12, -20, -60):
-            _, gated = voiced(microphone(reply, level_db, 120, near, at), reference, args.margin_db)
+            mic = microphone(reply, level_db, 120, near, at)
+            _, gated = voiced(mic, reference, options, caller=range(at, at + len(near)))
             span = gated[at // FRAME : (at + len(near)) // FRAME + 1]
             cells.append(max(voiced_runs_ms(span) or [0]))
         print(f"{name:<40}" + "".join(f"{c:>9}" for c in cells))
-    first_replies(cache_dir=None, margin_db=args.margin_db)
+    first_replies(options)
     return 0
 
 
-def first_replies(cache_dir: Path | None, margin_db: float) -> None:
+def first_replies(options: EchoGateOptions) -> None:
     """A session's first reply, one short sentence, right after the caller's question: the gate
     has heard no echo yet (its return and delay are being learned); what of the echo reaches
     turn-taking during the reply and in the second after it (its tail)?"""
     with tempfile.TemporaryDirectory() as tmp:
-        cache = cache_dir or Path(tmp)
+        cache = Path(tmp)
         question = speech(*QUESTION, cache)
         replies = [(text, speech(voice, text, cache)) for voice, text in FIRST_REPLIES]
     print("\nfirst replies (a fresh gate; the question, 300 ms, the reply's echo): voiced runs >= 120 ms")
@@ -169,7 +188,7 @@ def first_replies(cache_dir: Path | None, margin_db: float) -> None:
                 reference = np.zeros(start + len(reply) + RATE)
                 reference[start : start + len(reply)] = reply
                 mic = microphone(reference, level_db, delay_ms, question, 0)[: len(reference)]
-                raw, gated = voiced(mic, reference, margin_db)
+                raw, gated = voiced(mic, reference, options)
                 after = start // FRAME
                 r = sum(x >= 120 for x in voiced_runs_ms(raw[after:]))
                 g = sum(x >= 120 for x in voiced_runs_ms(gated[after:]))

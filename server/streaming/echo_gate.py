@@ -54,6 +54,9 @@ class EchoGateOptions:
     margin_db: float = 6.0  # the caller must be this much louder than the echo could be
     active_rms: float = 100.0  # reference quieter than this (int16 units) plays no echo
     min_delay_correlation: float = 0.3  # a weaker delay estimate is not trusted
+    delay_history_ms: int = 0  # ... nor one made on less reference played than this
+    return_quantile: float = 0.5  # the echo's return: this quantile of the learned ratios
+    unaligned_quantile: float = 0.75  # ... while the delay is unknown (the window's loudest)
 
 
 class EchoGate:
@@ -78,7 +81,10 @@ class EchoGate:
         """The learned echo return (a power ratio), None until known."""
         if len(self._returns) * self.frame_ms < self.options.min_history_ms:
             return None
-        return float(np.median(np.fromiter(self._returns, dtype=np.float64)))
+        quantile = (
+            self.options.return_quantile if self.delay_frames is not None else self.options.unaligned_quantile
+        )
+        return float(np.quantile(np.fromiter(self._returns, dtype=np.float64), quantile))
 
     def is_echo(self, mic: PcmFrame, reference: PcmFrame, *, hold: bool = False) -> bool:
         """Whether the microphone frame is explained by the echo of `reference` (the reply
@@ -117,7 +123,8 @@ class EchoGate:
         """The loudest the echo can be now (before the return): the reference at the echo's
         delay and its room tail; with the delay unknown, the loudest of the window."""
         refs = self._references
-        if self.delay_frames is None:
+        trusted = self._active_frames * self.frame_ms >= self.options.delay_history_ms
+        if self.delay_frames is None or not trusted:
             return max(list(refs)[-self._window - 1 :])
         newest = len(refs) - 1 - self.delay_frames
         envelope = 0.0
