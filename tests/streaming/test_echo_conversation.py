@@ -37,6 +37,15 @@ class EchoingCaller:
         self._play_end = 0
         self._start_s = asyncio.get_running_loop().time()
 
+    @classmethod
+    async def asking(cls, port: MemoryPort, delay_ms: int, level_db: float) -> EchoingCaller:
+        """A caller who has asked a question (600 ms) and hears the reply's first audio."""
+        caller = cls(port, delay_ms, level_db)
+        await caller.listen(600, speech=tone(600))
+        while not port.all(ResponseAudio):
+            await caller.listen(20)
+        return caller
+
     def _place_new_audio(self) -> None:
         for sent in self._port.sent[self._seen :]:
             if isinstance(sent.output, ResponseAudio):
@@ -71,10 +80,7 @@ def run_with_echo(
     statuses: list[str] = []
 
     async def script(port: MemoryPort, _: Conversation) -> None:
-        caller = EchoingCaller(port, delay_ms=100, level_db=-6)
-        await caller.listen(600, speech=tone(600))
-        while not port.all(ResponseAudio):
-            await caller.listen(20)
+        caller = await EchoingCaller.asking(port, delay_ms=100, level_db=-6)
         if barge_in is not None:
             await caller.listen(1500)
             await caller.listen(barge_in.sample_count * 1000 // RATE, speech=barge_in)
@@ -147,16 +153,13 @@ def test_a_caller_who_talks_early_over_the_first_reply_is_not_taken_for_its_echo
     """No echo path (a headset), the echo gate on, `words` mode: the caller talks 300 ms into
     the session's first reply, for 2.5 s, and the recogniser hears a listener's word. The
     reply pauses and resumes (a backchannel), and the caller, still talking, must still be
-    heard: frames heard while a voice is teach the gate nothing, so they are not learned as
-    the echo's level (which silenced the caller until the reply ended) and the voice, going
-    on, takes the floor."""
+    heard: the gate holds the frames of a voice until it is decided, and forgets the caller's,
+    so they are not learned as the echo's level (which silenced the caller until the reply
+    ended) and the voice, going on, takes the floor."""
     statuses: list[str] = []
 
     async def script(port: MemoryPort, _: Conversation) -> None:
-        caller = EchoingCaller(port, delay_ms=100, level_db=-80)
-        await caller.listen(600, speech=tone(600))
-        while not port.all(ResponseAudio):
-            await caller.listen(20)
+        caller = await EchoingCaller.asking(port, delay_ms=100, level_db=-80)
         await caller.listen(300)
         # "yeah" (judged a backchannel: the reply resumes), a breath, then the caller goes on
         first, rest = tone(700, amplitude=16000), tone(1800, amplitude=16000)

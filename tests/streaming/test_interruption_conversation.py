@@ -5,6 +5,7 @@ stopped; a real interruption cancels it, and what the caller heard stops at the 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -48,6 +49,28 @@ def converse_words(
         return port
 
     return run_virtual(main), events
+
+
+def interrupting(
+    speech_ms: int, times: dict[str, float] | None = None
+) -> Callable[[MemoryPort, Conversation], Awaitable[None]]:
+    """A question; 800 ms into its reply, `speech_ms` of speech that must cancel the reply;
+    then the answer to it. `times` gets the first reply audio's and the speech's start."""
+    times = {} if times is None else times
+
+    async def script(port: MemoryPort, _: Conversation) -> None:
+        await port.stream(tone(600))
+        first = await port.stream_until(ResponseAudio)
+        times["first_audio_s"] = first.at_s
+        await port.stream(silence(800))
+        times["onset_s"] = asyncio.get_running_loop().time()
+        await port.stream(tone(speech_ms))
+        cancelled = await port.stream_until(ResponseEnded)
+        assert isinstance(cancelled.output, ResponseEnded)
+        assert (cancelled.output.status, cancelled.output.reason) == ("cancelled", "turn_detected")
+        await port.stream_until(ResponseEnded, after=port.index(cancelled) + 1)
+
+    return script
 
 
 def reply_audio(port: MemoryPort, response_id: str) -> list[tuple[float, float]]:
@@ -128,19 +151,7 @@ def test_a_real_interruption_cancels_and_the_caller_heard_up_to_the_pause() -> N
     llm = FakeLlm([LONG_REPLY, "Of course."])
     times: dict[str, float] = {}
 
-    async def script(port: MemoryPort, _: Conversation) -> None:
-        loop = asyncio.get_running_loop()
-        await port.stream(tone(600))
-        first = await port.stream_until(ResponseAudio)
-        times["first_audio_s"] = first.at_s
-        await port.stream(silence(800))
-        times["onset_s"] = loop.time()
-        await port.stream(tone(900))
-        cancelled = await port.stream_until(ResponseEnded)
-        assert isinstance(cancelled.output, ResponseEnded)
-        assert (cancelled.output.status, cancelled.output.reason) == ("cancelled", "turn_detected")
-        await port.stream_until(ResponseEnded, after=port.index(cancelled) + 1)
-
+    script = interrupting(900, times)
     port, events = converse_words(script, FakeAsr(["where is my order", "wait I need the blue one"]), llm)
     first_response = port.all(ResponseAudio)[0].response_id
     chunks = reply_audio(port, first_response)
@@ -307,17 +318,6 @@ def test_a_short_interruption_waits_for_a_lagging_recogniser_and_takes_the_floor
     settle_ms after the voice, its words would be none (noise: the reply resumes and the caller
     is never answered). The judgement waits until the words cover the end of the speech."""
     llm = FakeLlm([LONG_REPLY, "Ten of clubs, noted."])
-
-    async def script(port: MemoryPort, _: Conversation) -> None:
-        await port.stream(tone(600))
-        await port.stream_until(ResponseAudio)
-        await port.stream(silence(800))
-        await port.stream(tone(300))
-        cancelled = await port.stream_until(ResponseEnded)
-        assert isinstance(cancelled.output, ResponseEnded)
-        assert (cancelled.output.status, cancelled.output.reason) == ("cancelled", "turn_detected")
-        await port.stream_until(ResponseEnded, after=port.index(cancelled) + 1)
-
-    port, events = converse_words(script, LaggingAsr(["where is my order", "ten of clubs"]), llm)
+    port, events = converse_words(interrupting(300), LaggingAsr(["where is my order", "ten of clubs"]), llm)
     assert not any(isinstance(e, FalseInterruption) for e in events)
     assert [m.text for m in llm.calls[1] if m.role == "user"] == ["where is my order", "ten of clubs"]
