@@ -121,8 +121,8 @@ def replay(
     each point of the audio reach the rules `asr_lag_ms` later (a busy recogniser). As in the
     server, the recogniser hears the audio from a voice onset (less the prefix padding) until
     the overlap is dropped (a resumed one's capture is kept for a voice that may continue it);
-    the replay goes on after a resume, so a caller who goes on talking
-    after a pause inside the sentence is followed to the end of the clip."""
+    the replay goes on after a resume, so a caller who goes on talking after a pause inside
+    the sentence is followed to the end of the clip."""
     rate = silero.SAMPLE_RATE_HZ  # the VAD's and the recogniser's rate (the clips are 24 kHz)
     frame = silero.FRAME_MS * rate // 1000
     samples = soxr.resample(clip.samples, SAMPLE_RATE_HZ, rate).astype(np.int16)
