@@ -165,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cells.append(max(voiced_runs_ms(span) or [0]))
         print(f"{name:<40}" + "".join(f"{c:>9}" for c in cells))
     first_replies(options)
+    first_reply_double_talk(options)
     return 0
 
 
@@ -197,6 +198,36 @@ def first_replies(options: EchoGateOptions) -> None:
             print(
                 f"{level_db:>8} {delay_ms:>8} {raw_runs:>8} {gated_runs:>6}   {worst[0][:40]!r} ({worst[1]})"
             )
+
+
+def first_reply_double_talk(options: EchoGateOptions) -> None:
+    """A caller talking 600 ms into a session's short first reply (a fresh gate, the echo
+    120 ms late): the longest voiced run the detector builds of them, median and least over
+    the replies of more than a few words."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(tmp)
+        question = speech(*QUESTION, cache)
+        replies = [speech(voice, text, cache) for voice, text in FIRST_REPLIES if len(text.split()) > 4]
+        callers = [(f"{v}: {t}", speech(v, t, cache)) for v, t in CALLERS]
+    print(
+        "\ndouble talk over a first reply (600 ms in, echo 120 ms late): longest voiced run, median / least, ms"
+    )
+    print(f"{'caller':<40}" + "".join(f"{f'{lv} dB':>12}" for lv in (-12, -20)))
+    start = len(question) + RATE * 3 // 10
+    at = start + RATE * 6 // 10
+    for name, near in callers:
+        cells = []
+        for level_db in (-12, -20):
+            runs = []
+            for reply in replies:
+                reference = np.zeros(start + len(reply) + RATE)
+                reference[start : start + len(reply)] = reply
+                mic = microphone(reference, level_db, 120, question, 0)[: len(reference)]
+                mic[at : at + len(near)] += near[: len(mic) - at]
+                _, gated = voiced(mic, reference, options, caller=range(at, at + len(near)))
+                runs.append(max(voiced_runs_ms(gated[at // FRAME : (at + len(near)) // FRAME + 1]) or [0]))
+            cells.append(f"{int(np.median(runs))} / {min(runs)}")
+        print(f"{name:<40}" + "".join(f"{c:>12}" for c in cells))
 
 
 if __name__ == "__main__":
