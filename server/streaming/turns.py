@@ -50,21 +50,22 @@ complete, holds the judgement until the onset is made (the overlap goes on) or f
                                    CancelReply + AnnounceSpeechStarted   backchannel / noise:
                                    (then USER_SPEAKING / ENDPOINTING)    IgnoreOverlap
 
-A burst too short for an overlap that holds words (or may: the recogniser has not decoded
-its end yet) is judged on them as an overlap that ended. A voice resuming in OVERLAP_ENDING goes
-back to OVERLAP. If the reply ends while the overlap is
-undecided (it had sent all its audio), the overlap is still judged as one (the reply's echo
-outlasts it), except that a backchannel is then a turn: "yes" answers the reply's question. Nothing is announced
-before the decision, so a client that stops its playback on `speech_started` never does so for
-a backchannel. A voice that starts within `rejoin_within_ms` of a backchannel's end continues
-it ("okay ... but where is my order"): the reply pauses at its onset, the capture goes on from
-the backchannel's onset (kept open since the reply resumed, so the recogniser hears on instead
-of decoding it all again; EndCapture drops it if no voice comes within the window), and the
-words are judged together, a burst too short for an overlap included (`decide_within_ms`
-still counts from the new voice's own onset, so "yeah ... yeah" stays a backchannel). After
-wordless noise the same holds, except that the reply pauses `pause_after_ms` into the new
-voice as usual: a sentence the echo gate chopped into short bursts is judged as one. In the `voice` mode (interruption None) any voice of
-`barge_in_min_ms` cancels.
+A burst too short for an overlap that holds words (or may: the recogniser has not decoded its
+end yet) is judged on them as an overlap that ended. A voice resuming in OVERLAP_ENDING goes
+back to OVERLAP. If the reply ends while the overlap is undecided (it had sent all its audio),
+the overlap is still judged as one (the reply's echo outlasts it), except that a backchannel is
+then a turn: "yes" answers the reply's question (not a short burst's one listener word: as
+often the tail of the reply's own echo). Nothing is announced before the decision, so a
+client that stops its playback on `speech_started` never does so for a backchannel. A voice
+that starts within `rejoin_within_ms` of a backchannel's end continues it ("okay ... but where
+is my order"): the reply pauses at its onset, the capture goes on from the backchannel's onset
+(kept open since the reply resumed, so the recogniser hears on instead of decoding it all
+again; EndCapture drops it if no voice comes within the window), and the words are judged
+together, a burst too short for an overlap included (`decide_within_ms` still counts from the
+new voice's own onset, so "yeah ... yeah" stays a backchannel). After wordless noise the same
+holds, except that the reply pauses `pause_after_ms` into the new voice as usual: a sentence
+the echo gate chopped into short bursts is judged as one. In the `voice` mode (interruption
+None) any voice of `barge_in_min_ms` cancels.
 
 Turns detected by the model (`TurnOptions.model_detects_turns`: the realtime profile with the
 upstream's VAD). The loop feeds no frames; the model's ModelSpeechStarted / ModelSpeechStopped
