@@ -54,7 +54,6 @@ class EchoGateOptions:
     margin_db: float = 6.0  # the caller must be this much louder than the echo could be
     active_rms: float = 100.0  # reference quieter than this (int16 units) plays no echo
     min_delay_correlation: float = 0.3  # a weaker delay estimate is not trusted
-    delay_history_ms: int = 0  # ... nor one made on less reference played than this
     return_quantile: float = 0.5  # the echo's return: this quantile of the learned ratios
     unaligned_quantile: float = 0.75  # ... while the delay is unknown (the window's loudest)
 
@@ -123,8 +122,7 @@ class EchoGate:
         """The loudest the echo can be now (before the return): the reference at the echo's
         delay and its room tail; with the delay unknown, the loudest of the window."""
         refs = self._references
-        trusted = self._active_frames * self.frame_ms >= self.options.delay_history_ms
-        if self.delay_frames is None or not trusted:
+        if self.delay_frames is None:
             return max(list(refs)[-self._window - 1 :])
         newest = len(refs) - 1 - self.delay_frames
         envelope = 0.0

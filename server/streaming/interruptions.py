@@ -66,17 +66,17 @@ class OverlapKind(Enum):
 class InterruptionPolicy:
     """How speech over a reply is judged (`words` barge-in mode).
 
-    `pause_after_ms`: voiced time before the reply's audio pauses (the client's buffer, at
-    most the playout lead, plays on meanwhile, so shorter clicks are never heard as a gap);
+    `pause_after_ms`: voiced time before the reply's audio pauses (the client's buffer, at most
+    the playout lead, plays on meanwhile, so shorter clicks are never heard as a gap);
     `decide_within_ms`: voiced time after which speech still going on is an interruption
     whatever its words; `settle_ms`: after the voice stops, how long the recogniser's last
     words are awaited; `words_wait_ms`: ... and, when the recogniser lags behind the audio (a
     busy machine), how long after the voice its decoding is awaited to reach `settle_ms` past
-    the voice's end (the reply stays paused meanwhile); `rejoin_within_ms`: a voice that starts this soon after a backchannel's
-    or a noise's voice ended continues it (the words from its onset on are judged: "thank you
-    ... that is all" takes the floor; after a backchannel the reply pauses at the new voice's
-    onset); `max_backchannel_words`: more words than this, one of them not a listener's, is an
-    interruption."""
+    the voice's end (the reply stays paused meanwhile); `rejoin_within_ms`: a voice that starts
+    this soon after a backchannel's or a noise's voice ended continues it (the words from its
+    onset on are judged: "thank you ... that is all" takes the floor; after a backchannel the
+    reply pauses at the new voice's onset); `max_backchannel_words`: more words than this, one
+    of them not a listener's, is an interruption."""
 
     pause_after_ms: int = 120
     decide_within_ms: int = 1000

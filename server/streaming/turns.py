@@ -385,8 +385,6 @@ class TurnTaker:
         self._reply_text = ""  # ... and the text of that reply so far
         self._rejoin: _Rejoin | None = None  # the overlap a new voice may continue
         self._continuing: _Rejoin | None = None  # ... the one the current voice continues
-        # the capture of that overlap is kept open for the voice (its audio is not decoded twice)
-        self._capture_kept = False
         self._voice_onset_ms = 0  # the current voice's own onset (decide_within counts from it)
         self._short_burst = False  # the overlap being judged is a burst too short for an overlap
 
@@ -446,8 +444,7 @@ class TurnTaker:
             case ReplyStarted(reply_id=reply_id):
                 self._active_reply = reply_id
                 self._idle_since_ms = None
-                self._rejoin = None
-                self._end_kept_capture()
+                self._end_rejoin()
             case ReplyFinished(reply_id=reply_id):
                 if self._active_reply == reply_id:
                     self._active_reply = None
@@ -455,14 +452,13 @@ class TurnTaker:
                     # nothing left to pause; a voice that began over it is still judged as an
                     # overlap (its echo's tail is no turn), but words are then an answer
                     self._paused_reply = None
-                    self._end_kept_capture()  # nothing left to continue over
+                    self._end_rejoin()  # nothing left to continue over
             case InputCleared():
                 if self.state is UserState.PREPARED:
                     self._actions.append(AbandonPreparedReply())
                 self._resume_paused()
                 self._over_reply = False
-                self._rejoin = None  # the client dropped that audio: nothing to continue
-                self._capture_kept = False  # ... the loop drops the capture itself
+                self._rejoin = None  # the client dropped that audio (the loop drops the capture)
                 self.state = UserState.LISTENING
             case WordsHeard(words=words, reply_text=reply_text, through_ms=through_ms):
                 self._overlap_words, self._reply_text = words, reply_text
@@ -531,7 +527,7 @@ class TurnTaker:
             return self._overlap_judged_at()
         if self.state is not UserState.LISTENING:
             return None
-        kept = self._rejoin.until_ms if self._capture_kept and self._rejoin is not None else None
+        kept = self._rejoin.until_ms if self._rejoin is not None else None
         idle = self._idle_deadline()
         return min((d for d in (kept, idle) if d is not None), default=None)
 
@@ -565,10 +561,17 @@ class TurnTaker:
             return settled_ms
         return max(settled_ms, self._voice_end_ms + policy.words_wait_ms)
 
-    def _end_kept_capture(self) -> None:
+    @property
+    def _capture_kept(self) -> bool:
+        """The capture of the overlap a new voice may continue is still open (listening, that
+        overlap's audio not decoded twice); while a voice is heard, the capture is its own."""
+        return self.state is UserState.LISTENING and self._rejoin is not None
+
+    def _end_rejoin(self) -> None:
+        """No voice can continue that overlap any more: its kept capture is dropped."""
         if self._capture_kept:
-            self._capture_kept = False
             self._actions.append(EndCapture())
+        self._rejoin = None
 
     def _resume_paused(self) -> None:
         if self._paused_reply is not None:
@@ -586,11 +589,9 @@ class TurnTaker:
             # the VAD chopped into bursts too short for an overlap is a sentence, not noise
             at_once = kind is OverlapKind.BACKCHANNEL
             self._rejoin = _Rejoin(end_ms + policy.rejoin_within_ms, self._onset_ms, at_once)
-        self._capture_kept = self._rejoin is not None
+        kept = self._rejoin is not None
         self._actions.append(
-            IgnoreOverlap(
-                kind, self._overlap_words, self._onset_ms, end_ms, paused, keeps_capture=self._capture_kept
-            )
+            IgnoreOverlap(kind, self._overlap_words, self._onset_ms, end_ms, paused, keeps_capture=kept)
         )
         self.state = UserState.LISTENING
         if self._active_reply is None:
@@ -646,8 +647,7 @@ class TurnTaker:
                 live = rejoin is not None and self._active_reply is not None and at_ms <= rejoin.until_ms
                 self._continuing = rejoin if live else None
                 if not live:
-                    self._end_kept_capture()
-                self._capture_kept = False  # a continuing voice's BeginCapture goes on with it
+                    self._end_rejoin()  # else its BeginCapture goes on with the kept capture
                 self._onset_ms = self._continuing.onset_ms if self._continuing is not None else at_ms
                 self._voice_onset_ms = at_ms
                 self._over_reply = False
@@ -675,10 +675,8 @@ class TurnTaker:
                     self._ignore_overlap(OverlapKind.NOISE, at_ms)
                     return
                 # a click that continued an overlap leaves that overlap's capture open
-                self._capture_kept = self._continuing is not None
-                self._actions.append(
-                    DiscardNoise(start_ms=self._onset_ms, end_ms=at_ms, keeps_capture=self._capture_kept)
-                )
+                kept = self._rejoin is not None
+                self._actions.append(DiscardNoise(start_ms=self._onset_ms, end_ms=at_ms, keeps_capture=kept))
                 self.state = UserState.LISTENING
                 if self._active_reply is None:
                     self._idle_since_ms = now_ms
@@ -767,7 +765,7 @@ class TurnTaker:
                 case UserState.OVERLAP_ENDING:
                     self._judge_overlap(now_ms, final=True)
                 case UserState.LISTENING if self._capture_kept and deadline != self._idle_deadline():
-                    self._end_kept_capture()  # the rejoin window passed without a voice
+                    self._end_rejoin()  # the window passed without a voice
                 case UserState.ENDPOINTING | UserState.PREPARED:
                     self._actions.append(AnnounceSpeechStopped(audio_end_ms=self._voice_end_ms))
                     self._actions.append(CommitTurn(audio_end_ms=self._voice_end_ms))
