@@ -18,6 +18,7 @@ import argparse
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -62,6 +63,12 @@ CALLERS = [
 Signal = npt.NDArray[np.float64]
 
 
+class Rules(TypedDict):
+    """How the server settles a voice's held frames (`voiced`)."""
+
+    noise_teaches: bool
+
+
 def speech(voice: str, text: str, cache: Path) -> Signal:
     path = cache / f"{voice}-{abs(hash(text))}.wav"
     if not path.exists():
@@ -85,19 +92,29 @@ def voiced_runs_ms(voiced: Sequence[bool]) -> list[int]:
     return [*runs, best] if best else runs
 
 
+BARGE_IN_MS = 250  # a shorter voice is a burst: dismissed as noise, no words judged
+
+
 def voiced(
-    mic: Signal, reference: Signal, options: EchoGateOptions, caller: range = range(0)
+    mic: Signal,
+    reference: Signal,
+    options: EchoGateOptions,
+    caller: range = range(0),
+    *,
+    noise_teaches: bool = False,
 ) -> tuple[list[bool], list[bool]]:
     """Per frame: Silero's voiced, and voiced with the gate (a fresh one). As in the server,
     the frames of a voice the detector hears are held by the gate until the voice ends, then
-    settled: the caller's (a voice that began inside `caller`, sample indices) are forgotten,
-    the echo's are learned (the server's word rules decide this; here the truth does)."""
+    settled as the server does: a burst shorter than a barge-in is noise (forgotten; taught with
+    `noise_teaches`, the server's rule until 2026-12-05); a longer voice is judged on its words, here by the truth: the caller's
+    (a voice that began inside `caller`, sample indices) are forgotten, the echo's taught."""
     classifier = silero.load().open(0.5)
     gate = EchoGate(options, frame_ms=32)
     detector = SpeechDetector(DetectorOptions(threshold=0.5, min_voiced_ms=60, hangover_ms=90))
     raw: list[bool] = []
     gated: list[bool] = []
     voice_start: int | None = None
+    onset_ms = 0
     for i in range(0, len(mic) - FRAME + 1, FRAME):
         frame = PcmFrame(np.clip(mic[i : i + FRAME], -32768, 32767).astype(np.int16), RATE)
         ref = PcmFrame(np.clip(reference[i : i + FRAME], -32768, 32767).astype(np.int16), RATE)
@@ -107,9 +124,12 @@ def voiced(
         gated.append(is_voiced and not is_echo)
         for event in detector.push(1.0 if gated[-1] else 0.0, len(gated) * 32, 32):
             if isinstance(event, VoiceStarted):
-                voice_start = i
+                voice_start, onset_ms = i, event.at_ms
             elif voice_start is not None:
-                gate.settle_held(echo=voice_start not in caller)
+                if event.at_ms - onset_ms < BARGE_IN_MS:
+                    gate.settle_held(echo=noise_teaches)
+                else:
+                    gate.settle_held(echo=voice_start not in caller)
                 voice_start = None
     return raw, gated
 
@@ -129,12 +149,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--margin-db", type=float, default=EchoGateOptions().margin_db)
     parser.add_argument("--return-quantile", type=float, default=EchoGateOptions().return_quantile)
     parser.add_argument("--unaligned-quantile", type=float, default=EchoGateOptions().unaligned_quantile)
+    parser.add_argument(
+        "--onset-ms", type=int, default=EchoGateOptions().onset_ms, help="0: the gate before 2026-12-05"
+    )
+    parser.add_argument(
+        "--noise-teaches",
+        action="store_true",
+        help="a burst dismissed as noise teaches the echo's level (the server's rule before 2026-12-05)",
+    )
     args = parser.parse_args(argv)
     options = EchoGateOptions(
         margin_db=args.margin_db,
         return_quantile=args.return_quantile,
         unaligned_quantile=args.unaligned_quantile,
+        onset_ms=args.onset_ms,
     )
+    rules: Rules = {"noise_teaches": args.noise_teaches}
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp)
         reply = np.concatenate([speech(v, t, cache) for v, t in REPLY] * 2)
@@ -145,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{'level dB':>8} {'delay ms':>8} {'no gate':>10} {'gate':>10}")
     for level_db in (-6, -12, -20):
         for delay_ms in (30, 120, 250):
-            raw, gated = voiced(microphone(reply, level_db, delay_ms, None, 0), reference, options)
+            raw, gated = voiced(microphone(reply, level_db, delay_ms, None, 0), reference, options, **rules)
             r, g = voiced_runs_ms(raw), voiced_runs_ms(gated)
             print(
                 f"{level_db:>8} {delay_ms:>8} {sum(x >= 250 for x in r):>4} / {sum(x >= 120 for x in r):<3}"
@@ -160,16 +190,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         cells = []
         for level_db in (-6, -12, -20, -60):
             mic = microphone(reply, level_db, 120, near, at)
-            _, gated = voiced(mic, reference, options, caller=range(at, at + len(near)))
+            _, gated = voiced(mic, reference, options, caller=range(at, at + len(near)), **rules)
             span = gated[at // FRAME : (at + len(near)) // FRAME + 1]
             cells.append(max(voiced_runs_ms(span) or [0]))
         print(f"{name:<40}" + "".join(f"{c:>9}" for c in cells))
-    first_replies(options)
-    first_reply_double_talk(options)
+    first_replies(options, rules)
+    first_reply_double_talk(options, rules)
+    going_on_over_next_reply(options, rules)
     return 0
 
 
-def first_replies(options: EchoGateOptions) -> None:
+def first_replies(options: EchoGateOptions, rules: Rules) -> None:
     """A session's first reply, one short sentence, right after the caller's question: the gate
     has heard no echo yet (its return and delay are being learned); what of the echo reaches
     turn-taking during the reply and in the second after it (its tail)?"""
@@ -189,7 +220,7 @@ def first_replies(options: EchoGateOptions) -> None:
                 reference = np.zeros(start + len(reply) + RATE)
                 reference[start : start + len(reply)] = reply
                 mic = microphone(reference, level_db, delay_ms, question, 0)[: len(reference)]
-                raw, gated = voiced(mic, reference, options)
+                raw, gated = voiced(mic, reference, options, **rules)
                 after = start // FRAME
                 r = sum(x >= 120 for x in voiced_runs_ms(raw[after:]))
                 g = sum(x >= 120 for x in voiced_runs_ms(gated[after:]))
@@ -200,7 +231,7 @@ def first_replies(options: EchoGateOptions) -> None:
             )
 
 
-def first_reply_double_talk(options: EchoGateOptions) -> None:
+def first_reply_double_talk(options: EchoGateOptions, rules: Rules) -> None:
     """A caller talking 600 ms into a session's short first reply (a fresh gate, the echo
     120 ms late): the longest voiced run the detector builds of them, median and least over
     the replies of more than a few words."""
@@ -224,10 +255,55 @@ def first_reply_double_talk(options: EchoGateOptions) -> None:
                 reference[start : start + len(reply)] = reply
                 mic = microphone(reference, level_db, 120, question, 0)[: len(reference)]
                 mic[at : at + len(near)] += near[: len(mic) - at]
-                _, gated = voiced(mic, reference, options, caller=range(at, at + len(near)))
+                _, gated = voiced(mic, reference, options, caller=range(at, at + len(near)), **rules)
                 runs.append(max(voiced_runs_ms(gated[at // FRAME : (at + len(near)) // FRAME + 1]) or [0]))
             cells.append(f"{int(np.median(runs))} / {min(runs)}")
         print(f"{name:<40}" + "".join(f"{c:>12}" for c in cells))
+
+
+# a caller's short answer after the reply, then, once the turn has ended on their pause and the
+# next reply has begun, the rest of their sentence (bench_barge_in's listener-led clips)
+GOING_ON = [
+    ("kal", "sure", "and how long will the refund take"),
+    ("slt", "okay", "so when does the technician come"),
+    ("awb", "yes", "and can I change the delivery address"),
+    ("rms", "right", "but where is my order"),
+]
+
+
+def going_on_over_next_reply(options: EchoGateOptions, rules: Rules) -> None:
+    """The caller answers a session's first reply as it ends ("sure"), pauses, and goes on
+    ("and how long will the refund take") 70 ms after the reply to "sure" began: that turn
+    ended on the pause (300 ms of silence after the voice's 90 ms hangover). A fresh gate, the
+    echo 120 ms late; the longest voiced run of the going-on, median / least over the replies
+    (>= 250: heard, the reply cancelled)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(tmp)
+        question = speech(*QUESTION, cache)
+        replies = [speech(voice, text, cache) for voice, text in FIRST_REPLIES if len(text.split()) > 4]
+        callers = [(f"{v}: {a} ... {b}", speech(v, a, cache), speech(v, b, cache)) for v, a, b in GOING_ON]
+    print("\ngoing on over the next reply (a first reply, an answer, its turn ended, the rest): median / least")
+    print(f"{'caller':<48}" + "".join(f"{f'{lv} dB':>12}" for lv in (-6, -12, -20)))
+    start = len(question) + RATE * 3 // 10
+    for name, answer, rest in callers:
+        cells = []
+        for level_db in (-6, -12, -20):
+            runs = []
+            for first, then in zip(replies, replies[1:] + replies[:1], strict=True):
+                answer_at = start + len(first) - RATE // 10
+                second = answer_at + len(answer) + RATE * 39 // 100
+                rest_at = second + RATE * 7 // 100
+                reference = np.zeros(max(second + len(then), rest_at + len(rest)) + RATE)
+                reference[start : start + len(first)] = first
+                reference[second : second + len(then)] = then
+                mic = microphone(reference, level_db, 120, question, 0)[: len(reference)]
+                mic[answer_at : answer_at + len(answer)] += answer
+                mic[rest_at : rest_at + len(rest)] += rest
+                caller = range(answer_at, rest_at + len(rest))
+                _, gated = voiced(mic, reference, options, caller=caller, **rules)
+                runs.append(max(voiced_runs_ms(gated[rest_at // FRAME : (rest_at + len(rest)) // FRAME + 1]) or [0]))
+            cells.append(f"{int(np.median(runs))} / {min(runs)}")
+        print(f"{name:<48}" + "".join(f"{c:>12}" for c in cells))
 
 
 if __name__ == "__main__":

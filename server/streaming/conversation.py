@@ -706,7 +706,7 @@ class Conversation:
                 self._start_capture(from_ms - (td.prefix_padding_ms if td else 0))
             case DiscardNoise(keeps_capture=keeps_capture):
                 self._metrics.noise_ignored.inc()
-                self._settle_echo_frames(echo=True)
+                self._settle_echo_frames(echo=False)  # a burst: as often the caller, chopped
                 if not keeps_capture:
                     await self._drop_capture()
             case EndCapture():
@@ -744,7 +744,7 @@ class Conversation:
     async def _ignore_overlap(self, action: IgnoreOverlap) -> None:
         """Speech over the reply was a backchannel or noise: forget its audio, let the
         reply go on, and tell the embedding code."""
-        self._settle_echo_frames(echo=action.kind in (OverlapKind.ECHO, OverlapKind.NOISE))
+        self._settle_echo_frames(echo=action.kind is OverlapKind.ECHO)
         if not action.keeps_capture:  # else a voice may continue it: the recogniser hears on
             await self._drop_capture()
         self._metrics.false_interruptions.labels(kind=action.kind.value).inc()

@@ -56,6 +56,7 @@ class EchoGateOptions:
     min_delay_correlation: float = 0.3  # a weaker delay estimate is not trusted
     return_quantile: float = 0.5  # the echo's return: this quantile of the learned ratios
     unaligned_quantile: float = 0.75  # ... while the delay is unknown (the window's loudest)
+    onset_ms: int = 96  # a voice's first frames come before its onset is called: taught this late
 
 
 class EchoGate:
@@ -69,6 +70,9 @@ class EchoGate:
         self._mics: deque[float] = deque(maxlen=self._history)
         self._returns: deque[float] = deque(maxlen=self._history)
         self._held: deque[float] = deque(maxlen=self._history)  # ... of a voice not yet decided
+        # ... and of the newest frames, which may yet turn out to be a voice's onset
+        self._pending: deque[float] = deque()
+        self._pending_frames = -(-options.onset_ms // frame_ms)
         self._margin = 10 ** (options.margin_db / 10)
         self._active = options.active_rms**2
         self.delay_frames: int | None = None  # the echo's delay, once estimated
@@ -105,7 +109,12 @@ class EchoGate:
         echo_return = self.echo_return
         self._active_frames += 1
         if self._active_frames > self._window:  # any echo of the window's reference is back by now
-            (self._held if hold else self._returns).append(power / envelope)
+            self._pending.append(power / envelope)
+        if hold:  # a voice began: its onset's frames are held with it
+            self._held.extend(self._pending)
+            self._pending.clear()
+        while len(self._pending) > self._pending_frames:
+            self._returns.append(self._pending.popleft())
         if echo_return is None:
             echo_return = 10 ** (self.options.initial_return_db / 10)
         return power <= echo_return * envelope * self._margin
