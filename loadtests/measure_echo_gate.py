@@ -282,7 +282,9 @@ def going_on_over_next_reply(options: EchoGateOptions, rules: Rules) -> None:
         question = speech(*QUESTION, cache)
         replies = [speech(voice, text, cache) for voice, text in FIRST_REPLIES if len(text.split()) > 4]
         callers = [(f"{v}: {a} ... {b}", speech(v, a, cache), speech(v, b, cache)) for v, a, b in GOING_ON]
-    print("\ngoing on over the next reply (a first reply, an answer, its turn ended, the rest): median / least")
+    print(
+        "\ngoing on over the next reply (a first reply, an answer, its turn ended, the rest): median / least"
+    )
     print(f"{'caller':<48}" + "".join(f"{f'{lv} dB':>12}" for lv in (-6, -12, -20)))
     start = len(question) + RATE * 3 // 10
     for name, answer, rest in callers:
@@ -301,7 +303,9 @@ def going_on_over_next_reply(options: EchoGateOptions, rules: Rules) -> None:
                 mic[rest_at : rest_at + len(rest)] += rest
                 caller = range(answer_at, rest_at + len(rest))
                 _, gated = voiced(mic, reference, options, caller=caller, **rules)
-                runs.append(max(voiced_runs_ms(gated[rest_at // FRAME : (rest_at + len(rest)) // FRAME + 1]) or [0]))
+                runs.append(
+                    max(voiced_runs_ms(gated[rest_at // FRAME : (rest_at + len(rest)) // FRAME + 1]) or [0])
+                )
             cells.append(f"{int(np.median(runs))} / {min(runs)}")
         print(f"{name:<48}" + "".join(f"{c:>12}" for c in cells))
 
