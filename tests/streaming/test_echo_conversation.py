@@ -173,3 +173,28 @@ def test_a_caller_who_talks_early_over_the_first_reply_is_not_taken_for_its_echo
     options = replace(options, turn=replace(options.turn, interruption=InterruptionPolicy()))
     converse(script, FakeAsr(["where is my order", "yeah"]), FakeLlm([LONG_REPLY, "Ok."]), options)
     assert statuses[0] == "cancelled"
+
+
+def test_bursts_dismissed_as_noise_do_not_teach_the_gate_the_callers_level() -> None:
+    """Over a -20 dB echo, the caller makes a dozen short loud sounds (100 ms each: too short
+    to count, dismissed as noise), then talks. Live, such bursts were the caller's sentence
+    chopped by the gate; learned as the echo's level, they taught it that the echo was as loud
+    as the caller, and the sentence that followed was gated to the end of the reply. A burst
+    no words show to be the reply's echo teaches nothing: the caller is heard and interrupts."""
+    statuses: list[str] = []
+
+    async def script(port: MemoryPort, _: Conversation) -> None:
+        caller = await EchoingCaller.asking(port, delay_ms=100, level_db=-20)
+        await caller.listen(1000)
+        for _ in range(12):
+            await caller.listen(100, speech=tone(100, amplitude=16000))
+            await caller.listen(160)
+        await caller.listen(1500, speech=tone(1500, amplitude=4000))  # 6 dB below the reply
+        while not port.all(ResponseEnded) and caller._play_end < RATE * 30:
+            await caller.listen(200)
+        statuses.extend(e.status for e in port.all(ResponseEnded))
+
+    options = replace(ConversationOptions(), echo_gate=True)
+    reply = f"{LONG_REPLY} {LONG_REPLY}"  # still playing when the caller talks
+    converse(script, FakeAsr(["where is my order", "hmm"]), FakeLlm([reply, "Ok."]), options)
+    assert statuses[0] == "cancelled"

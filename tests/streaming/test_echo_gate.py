@@ -168,3 +168,26 @@ def test_while_the_delay_is_unknown_the_return_is_a_high_quantile() -> None:
     assert gate.echo_return == pytest.approx(float(np.quantile(ratios, 0.75)), rel=0.05)
     gate.delay_frames = 3  # a delay found: the median again
     assert gate.echo_return == pytest.approx(float(np.median(ratios)), rel=0.05)
+
+
+def test_the_frames_before_a_voices_onset_is_called_are_held_with_it() -> None:
+    """The detector calls a voice's onset after its first frames (60 ms voiced): those frames
+    reach the gate before the conversation knows a voice is there. Live, over a short first
+    reply's -12 dB echo, such frames of the caller's voices raised the learned return to -7 dB
+    and the caller was gated from then on. The newest frames are taught only `onset_ms`
+    later, so a voice that starts holds them too."""
+    gate = EchoGate(EchoGateOptions(), frame_ms=32)
+    reference = PcmFrame(np.full(FRAME, 3000, dtype=np.int16), RATE)  # steady: the delay unknown
+    echo = PcmFrame(np.full(FRAME, 300, dtype=np.int16), RATE)  # -20 dB
+    caller = PcmFrame(np.full(FRAME, 3000, dtype=np.int16), RATE)  # 0 dB
+    for _ in range(gate._window + 18):
+        gate.is_echo(echo, reference)
+    assert gate.echo_return == pytest.approx(0.01, rel=0.01)
+    for _ in range(5):  # five voices, each called two frames into it, then judged the caller's
+        gate.is_echo(caller, reference)
+        gate.is_echo(caller, reference)
+        for _ in range(6):
+            gate.is_echo(caller, reference, hold=True)
+        gate.settle_held(echo=False)
+        gate.is_echo(echo, reference)
+    assert gate.echo_return == pytest.approx(0.01, rel=0.01)
