@@ -9,9 +9,10 @@ For each frame, with the reference of the last `window_ms` (the longest echo del
 - `reference_peak` = the loudest reference frame in the window (mean square);
 - the echo return, `mic / reference_peak`, is learned as the median of that ratio over the
   last `history_ms` of frames with the reference active, less those of the caller's voice
-  (the frames of a voice are held until the conversation has decided what it was: the
-  reply's echo or noise teach the return, the caller's words do not; a headset or a client's
-  own canceller gives almost 0);
+  (the frames of a voice, its onset's included, are held until the conversation has decided
+  what it was: only a voice whose words echo the reply's teaches the return; the caller's
+  words, a backchannel and a burst dismissed as noise do not, since the gate itself chops a
+  caller's sentence into such bursts; a headset or a client's own canceller gives almost 0);
 - the frame is **echo** when the reference is active and the microphone is no louder than the
   echo could be: `mic <= return * reference_peak * margin`. The conversation then counts it
   as silence for turn-taking; the audio itself is untouched, so the recogniser hears the
@@ -21,13 +22,16 @@ For each frame, with the reference of the last `window_ms` (the longest echo del
 The return is learned only once the reference has played for `window_ms` (before that the
 microphone may be quiet only because the echo has not come back yet, which would teach the
 gate that there is none). Until `min_history_ms` more has been seen (the first reply's first
-second or so),
-the return is unknown and taken as `initial_return_db`, the loudest echo expected: early in
-the session's first reply a caller must speak within 6 dB of the reply's level to be heard, and
-an echo louder than -12 dB may get through (the issue's target is 0 self-interruptions at
--12 dB and below). With the
-delay estimated (the lag at which the microphone's energy follows the reference's best), the
-echo expected now is the reference at that delay and its room tail, not the window's loudest.
+second or so), the return is unknown and taken as `initial_return_db`, the loudest echo
+expected: early in the session's first reply a caller must speak within 6 dB of the reply's
+level to be heard, and an echo louder than -12 dB may get through (the issue's target is 0
+self-interruptions at -12 dB and below); until the delay is known, the return is the upper
+quartile of the ratios. The delay is estimated as the lag at which the microphone's energy
+follows the reference's best, over the frames with the reply playing (a caller's question
+before the reply would hide it). With it, the echo expected now is the reference at that
+delay and its room tail, not the window's loudest, and the learned frames' ratios are measured
+again against it: a ratio to the window's loudest reads lower (10 dB on a short first reply in
+measure_echo_gate), and its median would let the echo through.
 The window and history are in frames, so nothing here reads a clock.
 
 The cost: a caller talking over an echo louder than `margin` below their own voice is not
@@ -59,6 +63,11 @@ class EchoGateOptions:
     onset_ms: int = 96  # a voice's first frames come before its onset is called: taught this late
 
 
+# the reference's spread (std of log10 power) below which it has no delay to find: speech
+# swings 20-30 dB between syllables (~0.8), a tone or a hum hardly at all
+MIN_REFERENCE_SPREAD = 0.2
+
+
 class EchoGate:
     def __init__(self, options: EchoGateOptions, frame_ms: int) -> None:
         self.options = options
@@ -68,10 +77,15 @@ class EchoGate:
         self._tail = 10 ** (-options.tail_db_per_100ms * frame_ms / 1000)  # power per frame
         self._references: deque[float] = deque(maxlen=self._history + self._window + 1)
         self._mics: deque[float] = deque(maxlen=self._history)
+        self._frames = 0  # frames seen: the newest is number _frames - 1
+        # the frames that teach the echo's return (by number), and their ratios mic / envelope,
+        # measured again whenever the delay estimate changes: a ratio to the window's loudest
+        # reference reads far below one to the reference at the delay, and a median of the
+        # former applied to the latter would let the echo through
+        self._taught: deque[int] = deque(maxlen=self._history)
         self._returns: deque[float] = deque(maxlen=self._history)
-        self._held: deque[float] = deque(maxlen=self._history)  # ... of a voice not yet decided
-        # ... and of the newest frames, which may yet turn out to be a voice's onset
-        self._pending: deque[float] = deque()
+        self._held: list[int] = []  # ... frames of a voice not yet decided
+        self._pending: deque[int] = deque()  # ... the newest, which may be a voice's onset
         self._pending_frames = -(-options.onset_ms // frame_ms)
         self._margin = 10 ** (options.margin_db / 10)
         self._active = options.active_rms**2
@@ -99,22 +113,23 @@ class EchoGate:
         power = _power(mic)
         self._references.append(_power(reference))
         self._mics.append(power)
+        self._frames += 1
         self._since_estimate += 1
         if self._since_estimate >= 8:
             self._since_estimate = 0
             self._estimate_delay()
-        envelope = self._echo_envelope()
+        envelope = self._envelope_of(self._frames - 1)
         if envelope < self._active:
             return False
         echo_return = self.echo_return
         self._active_frames += 1
         if self._active_frames > self._window:  # any echo of the window's reference is back by now
-            self._pending.append(power / envelope)
+            self._pending.append(self._frames - 1)
         if hold:  # a voice began: its onset's frames are held with it
             self._held.extend(self._pending)
             self._pending.clear()
         while len(self._pending) > self._pending_frames:
-            self._returns.append(self._pending.popleft())
+            self._teach([self._pending.popleft()])
         if echo_return is None:
             echo_return = 10 ** (self.options.initial_return_db / 10)
         return power <= echo_return * envelope * self._margin
@@ -124,16 +139,43 @@ class EchoGate:
         (`echo`: they teach the return: an echo louder than the gate expected is learned), or
         the caller's words (forgotten)."""
         if echo:
-            self._returns.extend(self._held)
+            self._teach(self._held)
         self._held.clear()
 
-    def _echo_envelope(self) -> float:
-        """The loudest the echo can be now (before the return): the reference at the echo's
-        delay and its room tail; with the delay unknown, the loudest of the window."""
+    def _teach(self, frames: list[int]) -> None:
+        for frame in frames:
+            ratio = self._ratio_of(frame)
+            if ratio is not None:
+                self._taught.append(frame)
+                self._returns.append(ratio)
+
+    def _ratio_of(self, frame: int) -> float | None:
+        """Frame number `frame`'s microphone over the echo envelope then (None: gone from the
+        history, or no reference playing)."""
+        age = self._frames - 1 - frame
+        if age >= len(self._mics):
+            return None
+        envelope = self._envelope_of(frame)
+        if envelope < self._active:
+            return None
+        return self._mics[len(self._mics) - 1 - age] / envelope
+
+    def _relearn(self) -> None:
+        """The delay estimate changed: the taught frames' ratios, measured again."""
+        taught = list(self._taught)
+        self._taught.clear()
+        self._returns.clear()
+        self._teach(taught)
+
+    def _envelope_of(self, frame: int) -> float:
+        """The loudest the echo can be in frame number `frame` (before the return): the
+        reference at the echo's delay and its room tail; with the delay unknown, the loudest
+        of the window."""
         refs = self._references
+        newest = len(refs) - 1 - (self._frames - 1 - frame)  # its place in refs
         if self.delay_frames is None:
-            return max(list(refs)[-self._window - 1 :])
-        newest = len(refs) - 1 - self.delay_frames
+            return max((refs[i] for i in range(max(0, newest - self._window), newest + 1)), default=0.0)
+        newest -= self.delay_frames
         envelope = 0.0
         weight = 1.0
         # one frame either side of the delay at full weight (a delay between two frames, an
@@ -151,6 +193,7 @@ class EchoGate:
         if count * self.frame_ms < self.options.min_history_ms:
             return
         refs = np.log10(np.fromiter(self._references, dtype=np.float64) + 1.0)
+        active_log = float(np.log10(self._active + 1.0))
         mics = np.log10(np.fromiter(self._mics, dtype=np.float64) + 1.0)
         correlations: dict[int, float] = {}
         for lag in range(self._window + 1):
@@ -158,8 +201,14 @@ class EchoGate:
             if n * self.frame_ms < self.options.min_history_ms:
                 continue
             ref, mic = refs[len(refs) - lag - n : len(refs) - lag], mics[count - n :]
-            if float(np.std(ref)) == 0.0 or float(np.std(mic)) == 0.0:
+            # only while the reply played: the caller's question, with no reply, says nothing
+            # of the delay and would hide it
+            playing = ref >= active_log
+            if int(np.count_nonzero(playing)) * self.frame_ms < self.options.min_history_ms:
                 continue
+            ref, mic = ref[playing], mic[playing]
+            if float(np.std(ref)) < MIN_REFERENCE_SPREAD or float(np.std(mic)) == 0.0:
+                continue  # a steady reference (a tone, a hum): no delay to find
             correlations[lag] = float(np.corrcoef(ref, mic)[0, 1])
         if len(correlations) <= self._window // 2:
             return
@@ -168,10 +217,10 @@ class EchoGate:
         typical = float(np.median(list(correlations.values())))
         # a clear peak, or none: a steady reference (a tone, a hum) has no delay to find, and a
         # wrong one would let its echo through; the window's loudest stands in for it
-        if best >= self.options.min_delay_correlation and best - typical >= 0.1:
-            self.delay_frames = best_lag
-        else:
-            self.delay_frames = None
+        found = best_lag if best >= self.options.min_delay_correlation and best - typical >= 0.1 else None
+        if found != self.delay_frames:
+            self.delay_frames = found
+            self._relearn()
 
 
 def _power(frame: PcmFrame) -> float:

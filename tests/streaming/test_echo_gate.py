@@ -191,3 +191,60 @@ def test_the_frames_before_a_voices_onset_is_called_are_held_with_it() -> None:
         gate.settle_held(echo=False)
         gate.is_echo(echo, reference)
     assert gate.echo_return == pytest.approx(0.01, rel=0.01)
+
+
+def syllables(seconds: float, seed: int, level: float = 3000.0) -> np.ndarray:
+    """Noise in bursts of random length (80-250 ms) and gaps (30-150 ms): speech's rhythm
+    without `speechlike`'s period, which a delay estimate could mistake by a period."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros(int(seconds * RATE))
+    at = 0
+    while at < len(out):
+        n = int(rng.uniform(0.08, 0.25) * RATE)
+        out[at : at + n] = rng.normal(0, level, len(out[at : at + n])) * rng.uniform(0.3, 1.0)
+        at += n + int(rng.uniform(0.03, 0.15) * RATE)
+    return out
+
+
+def first_reply_after_a_question(delay_ms: int = 120, level_db: float = -12) -> tuple[np.ndarray, np.ndarray]:
+    """A session's start: the caller's question (2 s, as loud as the reply), 300 ms, then a
+    2.5 s first reply whose echo comes back `delay_ms` late at `level_db`."""
+    question = syllables(2, seed=21)
+    reply = syllables(2.5, seed=22)
+    gap = np.zeros(RATE * 3 // 10)
+    reference = np.concatenate([np.zeros_like(question), gap, reply, np.zeros(RATE)])
+    mic = echo_of(reference, delay_ms, level_db)
+    mic[: len(question)] += question
+    return mic + np.random.default_rng(23).normal(0, 10, len(mic)), reference
+
+
+def test_the_callers_question_does_not_hide_the_delay() -> None:
+    """The delay is estimated over the frames with the reply playing: the question before it
+    (loud microphone, no reference) would otherwise dominate the correlation, and the first
+    reply would play out with the delay unknown (so measured live: never found in a short
+    first reply)."""
+    mic, reference = first_reply_after_a_question()
+    gate = EchoGate(EchoGateOptions(), frame_ms=32)
+    reply_end = (2 * RATE + RATE * 3 // 10 + int(2.5 * RATE)) // FRAME
+    for i, (m, r) in enumerate(zip(frames(mic), frames(reference), strict=True)):
+        gate.is_echo(m, r)
+        if i == reply_end:
+            break
+    assert gate.delay_frames in (3, 4)
+
+
+def test_once_the_delay_is_known_the_learned_ratios_are_measured_against_it() -> None:
+    """Ratios learned against the window's loudest reference read far below the echo's true
+    level; measured again at the delay, their median is the echo's level (-12 dB here), so the
+    echo stays gated."""
+    mic, reference = first_reply_after_a_question()
+    gate = EchoGate(EchoGateOptions(), frame_ms=32)
+    reply = range(
+        (2 * RATE + RATE * 3 // 10) // FRAME, (2 * RATE + RATE * 3 // 10 + int(2.5 * RATE)) // FRAME
+    )
+    decisions = [gate.is_echo(m, r) for m, r in zip(frames(mic), frames(reference), strict=True)]
+    assert gate.delay_frames is not None
+    assert gate.echo_return is not None
+    assert 10 * np.log10(gate.echo_return) == pytest.approx(-12, abs=3)
+    loud = [i for i in reply if np.sqrt(np.mean(frames(mic)[i].samples.astype(float) ** 2)) > 200]
+    assert sum(not decisions[i] for i in loud) <= len(loud) // 20
