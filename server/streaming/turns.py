@@ -62,7 +62,8 @@ is my order"): the reply pauses at its onset, the capture goes on from the backc
 (kept open since the reply resumed, so the recogniser hears on instead of decoding it all
 again; EndCapture drops it if no voice comes within the window), and the words are judged
 together, a burst too short for an overlap included (`decide_within_ms` still counts from the
-new voice's own onset, so "yeah ... yeah" stays a backchannel). After wordless noise the same
+new voice's own onset, so "yeah ... yeah" stays a backchannel); if the reply has ended
+meanwhile, the new voice is a turn from that onset. After wordless noise the same
 holds, except that the reply pauses `pause_after_ms` into the new voice as usual: a sentence
 the echo gate chopped into short bursts is judged as one. In the `voice` mode (interruption
 None) any voice of `barge_in_min_ms` cancels.
@@ -450,9 +451,11 @@ class TurnTaker:
                     self._active_reply = None
                     self._idle_since_ms = now_ms
                     # nothing left to pause; a voice that began over it is still judged as an
-                    # overlap (its echo's tail is no turn), but words are then an answer
+                    # overlap (its echo's tail is no turn), but words are then an answer. A
+                    # resumed overlap's window stays open: a caller who goes on in it ("four
+                    # ... queen of clubs", the reply having ended meanwhile) starts a turn
+                    # at its onset, so its first words are not lost
                     self._paused_reply = None
-                    self._end_rejoin()  # nothing left to continue over
             case InputCleared():
                 if self.state is UserState.PREPARED:
                     self._actions.append(AbandonPreparedReply())
@@ -644,7 +647,7 @@ class TurnTaker:
                 # not done: all their words are judged together (self._rejoin is kept across a
                 # discarded click; a decision clears it)
                 rejoin = self._rejoin
-                live = rejoin is not None and self._active_reply is not None and at_ms <= rejoin.until_ms
+                live = rejoin is not None and at_ms <= rejoin.until_ms
                 self._continuing = rejoin if live else None
                 if not live:
                     self._end_rejoin()  # else its BeginCapture goes on with the kept capture

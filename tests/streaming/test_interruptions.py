@@ -339,8 +339,9 @@ def test_a_voice_after_wordless_noise_continues_it_but_waits_to_pause() -> None:
     taker = replying()
     run(taker, ["S" * 15, WordsHeard("okay"), "." * 20])
     taker.receive(ReplyFinished(5), 700)
-    assert taker.actions() == [EndCapture()]  # the "okay"'s capture, kept for a rejoin
+    assert taker.actions() == []  # the "okay"'s capture, kept for a rejoin, even now
     taker.receive(ReplyStarted(6), 700)
+    assert taker.actions() == [EndCapture()]  # ... but not into the next reply
     timeline = run(taker, ["." * 5 + "S" * 8], start_ms=700)
     assert timeline[0][1] == BeginCapture(from_ms=800) and timeline[1][0] == 800 + 120
 
@@ -458,3 +459,27 @@ def test_a_short_burst_with_one_listener_word_is_no_answer_when_the_reply_ends()
     assert AnnounceSpeechStarted not in kinds(timeline)
     ignored = next(a for _, a in timeline if isinstance(a, IgnoreOverlap))
     assert ignored.kind is OverlapKind.BACKCHANNEL and ignored.paused_reply is None
+
+
+def test_a_caller_who_goes_on_after_the_reply_ended_keeps_their_first_words() -> None:
+    """ "four ... queen of clubs" (live, a short reply): "four" was taken for a listener's
+    word and the reply resumed with little left; it ended before the caller went on. The
+    turn starts at "four": its capture was kept through the rejoin window, not dropped when
+    the reply ended, so the recogniser hears "four queen of clubs"."""
+    taker = replying()
+    run(taker, ["S" * 15, WordsHeard("four"), "." * 10])  # resumed at 450
+    taker.receive(ReplyFinished(5), 560)
+    assert taker.actions() == []
+    timeline = run(taker, ["." * 5 + "S" * 20 + "." * 20], start_ms=560)
+    assert kinds(timeline)[:2] == [BeginCapture, AnnounceSpeechStarted]
+    assert timeline[0][1] == BeginCapture(from_ms=0)
+    assert timeline[1][1] == AnnounceSpeechStarted(audio_start_ms=0)
+    assert CommitTurn in kinds(timeline)
+    # after the window, a voice is a turn of its own, and the kept capture was dropped
+    taker = replying()
+    run(taker, ["S" * 15, WordsHeard("four"), "." * 10])
+    taker.receive(ReplyFinished(5), 560)
+    timeline = run(taker, ["." * 40 + "S" * 20], start_ms=560)
+    assert kinds(timeline)[:3] == [EndCapture, BeginCapture, AnnounceSpeechStarted]
+    assert timeline[0][0] == 300 + POLICY.rejoin_within_ms
+    assert timeline[1][1] == BeginCapture(from_ms=1360)
