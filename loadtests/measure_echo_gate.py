@@ -9,7 +9,11 @@ the microphone, and the gate zeroes the frames it calls echo; the voiced runs ar
 server's own detector (60 ms onset, 90 ms gaps bridged), so ">= 120" is a reply paused (words
 mode) and ">= 250" a barge-in. Double talk: a caller's utterance (backchannels and sentences, in
 other flite voices) over the -6/-12/-20 dB echo, or none (-60): the longest voiced run the
-detector builds of it, with the gate, against the 250 ms a barge-in needs.
+detector builds of it, with the gate, against the 250 ms a barge-in needs. Then a session's
+first seconds with a fresh gate: a short first reply's echo alone, a caller talking over it,
+and a caller who answers it, pauses (their turn ends) and goes on over the next reply. A
+voice's frames are settled as the server settles them (`voiced`); `--noise-teaches` and
+`--onset-ms 0` give the rules before 2026-12-05.
 """
 
 from __future__ import annotations
