@@ -584,6 +584,28 @@ def load_corpora(scenarios: Sequence[Scenario], cache_dir: Path, data_dir: Path,
     return Corpora(questions, backchannels, noises, interruptions)
 
 
+def only_clips(corpora: Corpora, scenarios: Sequence[Scenario], patterns: Sequence[str]) -> Corpora:
+    """The clips whose names contain one of `patterns` (none: all), for a scenario that uses
+    clips (backchannel, noise, real): one clip run many times, to trace it. Raises BenchError
+    when a scenario is left without a clip."""
+    if not patterns:
+        return corpora
+
+    def chosen(clips: Sequence[Utterance], scenario: Scenario) -> list[Utterance]:
+        kept = [c for c in clips if any(p in c.name for p in patterns)]
+        if scenario in scenarios and not kept:
+            names = ", ".join(c.name for c in clips[:8])
+            raise BenchError(f"--clips {','.join(patterns)}: no {scenario} clip matches (e.g. {names})")
+        return kept
+
+    return dataclasses.replace(
+        corpora,
+        backchannels=chosen(corpora.backchannels, "backchannel"),
+        noises=chosen(corpora.noises, "noise"),
+        interruptions=chosen(corpora.interruptions, "real"),
+    )
+
+
 def parse_list(text: str, what: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
@@ -642,6 +664,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--scenarios", default=",".join(SCENARIOS), help="comma-separated: " + ",".join(SCENARIOS))
     add("--repeat", type=int, default=3, help="trials per scenario cell (default %(default)s)")
+    add(
+        "--clips",
+        default="",
+        help="only the clips whose names contain one of these (comma-separated), e.g. "
+        "--clips sure-and-how-long: one clip many times, to trace it with the server's debug log",
+    )
     add(
         "--echo-db",
         default="-6,-12,-20",
@@ -725,6 +753,8 @@ async def run(args: argparse.Namespace, progress: Callable[[TrialOutcome], None]
     if args.spawn is not None and args.compare:
         raise BenchError("--spawn and --compare exclude each other")
     corpora = load_corpora(options.scenarios, args.cache_dir, args.data_dir, args.seed)
+    patterns = [p.strip() for p in args.clips.split(",") if p.strip()]
+    corpora = only_clips(corpora, options.scenarios, patterns)
     trials = plan_trials(corpora, options, random.Random(args.seed))
     session = SessionOptions(
         url=args.url,

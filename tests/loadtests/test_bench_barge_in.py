@@ -26,6 +26,7 @@ from loadtests.bench_barge_in import (
     build_parser,
     format_rows,
     is_listener_led,
+    only_clips,
     outcome_of,
     parse_compare,
     plan_options,
@@ -194,6 +195,21 @@ def test_plan_covers_every_cell_and_repeats_with_the_seed() -> None:
     again = plan_trials(corpora, options, random.Random(5))
     assert [t.after_ms for t in again] == [t.after_ms for t in trials]
     assert [t.index for t in trials] == list(range(len(trials)))
+
+
+def test_clips_narrow_the_plan_to_one_clip_and_a_typo_is_an_error() -> None:
+    corpora = Corpora(
+        [QUESTION], [OVERLAY], [tone_clip("noise-cough")], [tone_clip("int-a"), tone_clip("pauses-kal-sure")]
+    )
+    narrowed = only_clips(corpora, ["real"], ["kal-sure"])
+    assert [c.name for c in narrowed.interruptions] == ["pauses-kal-sure"]
+    trials = plan_trials(narrowed, PlanOptions(scenarios=["real"], repeat=3), random.Random(1))
+    assert {t.overlay.name for t in trials if t.overlay is not None} == {"pauses-kal-sure"}
+    assert only_clips(corpora, ["real"], []) is corpora
+    with pytest.raises(BenchError, match="no real clip matches"):
+        only_clips(corpora, ["real"], ["kal-sur3"])
+    args = build_parser().parse_args(["--clips", "kal-sure,cards-002"])
+    assert args.clips == "kal-sure,cards-002"
 
 
 def test_compare_specs() -> None:
