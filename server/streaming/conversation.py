@@ -658,8 +658,10 @@ class Conversation:
         return False
 
     def _settle_echo_frames(self, *, echo: bool) -> None:
-        """The voice whose frames the echo gate held was decided: the reply's echo or noise
-        (they teach it the echo's level), or the caller's (forgotten)."""
+        """The voice whose frames the echo gate held was decided: the reply's echo, its words
+        the reply's own (they teach it the echo's level), or anything else: the caller's words,
+        a backchannel, a burst dismissed as noise (forgotten: the gate itself chops a caller's
+        sentence into such bursts, and learning them would gate the caller)."""
         if self._echo_gate is not None:
             self._echo_gate.settle_held(echo=echo)
 

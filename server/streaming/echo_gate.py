@@ -41,6 +41,7 @@ heard until the reply pauses or ends (measured: BENCHMARKS.md, "Barge-in in real
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,7 +85,7 @@ class EchoGate:
         # former applied to the latter would let the echo through
         self._taught: deque[int] = deque(maxlen=self._history)
         self._returns: deque[float] = deque(maxlen=self._history)
-        self._held: list[int] = []  # ... frames of a voice not yet decided
+        self._held: deque[int] = deque(maxlen=self._history)  # ... of a voice not yet decided
         self._pending: deque[int] = deque()  # ... the newest, which may be a voice's onset
         self._pending_frames = -(-options.onset_ms // frame_ms)
         self._margin = 10 ** (options.margin_db / 10)
@@ -142,7 +143,7 @@ class EchoGate:
             self._teach(self._held)
         self._held.clear()
 
-    def _teach(self, frames: list[int]) -> None:
+    def _teach(self, frames: Iterable[int]) -> None:
         for frame in frames:
             ratio = self._ratio_of(frame)
             if ratio is not None:
