@@ -186,7 +186,7 @@ def test_bursts_dismissed_as_noise_do_not_teach_the_gate_the_callers_level() -> 
     async def script(port: MemoryPort, _: Conversation) -> None:
         caller = await EchoingCaller.asking(port, delay_ms=100, level_db=-20)
         await caller.listen(1000)
-        for _ in range(12):
+        for _burst in range(12):
             await caller.listen(100, speech=tone(100, amplitude=16000))
             await caller.listen(160)
         await caller.listen(1500, speech=tone(1500, amplitude=4000))  # 6 dB below the reply
