@@ -666,15 +666,20 @@ async def test_spoken_conversation_calls_order_status_and_answers_with_audio(
             for sentence, utterance in caller_audio.items():
                 after = len(client.events)
                 await client.stream(PcmFrame(utterance.samples, 24_000))
-                await client.stream(PcmFrame.silence(800, 24_000))
-                done = await client.wait_for("response.done", timeout_s=60, after=after)
+                # a microphone keeps sending while the reply plays: the server places the reply
+                # it paces on the input's clock, so a client that went quiet would seem to talk
+                # over the reply when it spoke again (the echo gate then judges it)
+                waited = asyncio.create_task(client.wait_for("response.done", timeout_s=60, after=after))
+                while not waited.done():
+                    await client.stream(PcmFrame.silence(100, 24_000))
+                done = waited.result()
                 assert done["response"]["status"] == "completed", (sentence, done)
                 audio = decode_audio_deltas(
                     [e for e in client.events[after:] if e["type"] == "response.output_audio.delta"]
                 )
                 assert len(audio) > 24_000 // 2, sentence  # at least half a second of reply audio
                 replies.append(_transcript(client, after))
-                await asyncio.sleep(0.5)  # let the reply finish playing before the next sentence
+                await client.stream(PcmFrame.silence(500, 24_000))  # the reply finishes playing
         assert "order number" in replies[0]
         assert replies[1].startswith("Order one two three four, the wireless headphones, has shipped")
         assert "transferring you" in replies[2]
