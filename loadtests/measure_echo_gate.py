@@ -22,7 +22,6 @@ import argparse
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -67,12 +66,6 @@ CALLERS = [
 Signal = npt.NDArray[np.float64]
 
 
-class Rules(TypedDict):
-    """How the server settles a voice's held frames (`voiced`)."""
-
-    noise_teaches: bool
-
-
 def speech(voice: str, text: str, cache: Path) -> Signal:
     path = cache / f"{voice}-{abs(hash(text))}.wav"
     if not path.exists():
@@ -99,6 +92,15 @@ def voiced_runs_ms(voiced: Sequence[bool]) -> list[int]:
 BARGE_IN_MS = 250  # a shorter voice is a burst: dismissed as noise, no words judged
 
 
+def longest_run_ms(gated: Sequence[bool], start: int, end: int) -> int:
+    """The longest voiced run the detector builds of the samples [start, end)."""
+    return max(voiced_runs_ms(gated[start // FRAME : end // FRAME + 1]) or [0])
+
+
+def median_least(runs: Sequence[int]) -> str:
+    return f"{int(np.median(runs))} / {min(runs)}"
+
+
 def voiced(
     mic: Signal,
     reference: Signal,
@@ -110,8 +112,9 @@ def voiced(
     """Per frame: Silero's voiced, and voiced with the gate (a fresh one). As in the server,
     the frames of a voice the detector hears are held by the gate until the voice ends, then
     settled as the server does: a burst shorter than a barge-in is noise (forgotten; taught with
-    `noise_teaches`, the server's rule until 2026-12-05); a longer voice is judged on its words, here by the truth: the caller's
-    (a voice that began inside `caller`, sample indices) are forgotten, the echo's taught."""
+    `noise_teaches`, the server's rule until 2026-12-05); a longer voice is judged on its
+    words, here by the truth: the caller's (a voice that began inside `caller`, sample
+    indices) are forgotten, the echo's taught."""
     classifier = silero.load().open(0.5)
     gate = EchoGate(options, frame_ms=32)
     detector = SpeechDetector(DetectorOptions(threshold=0.5, min_voiced_ms=60, hangover_ms=90))
@@ -168,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         unaligned_quantile=args.unaligned_quantile,
         onset_ms=args.onset_ms,
     )
-    rules: Rules = {"noise_teaches": args.noise_teaches}
+    noise_teaches = bool(args.noise_teaches)
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp)
         reply = np.concatenate([speech(v, t, cache) for v, t in REPLY] * 2)
@@ -179,7 +182,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{'level dB':>8} {'delay ms':>8} {'no gate':>10} {'gate':>10}")
     for level_db in (-6, -12, -20):
         for delay_ms in (30, 120, 250):
-            raw, gated = voiced(microphone(reply, level_db, delay_ms, None, 0), reference, options, **rules)
+            raw, gated = voiced(
+                microphone(reply, level_db, delay_ms, None, 0),
+                reference,
+                options,
+                noise_teaches=noise_teaches,
+            )
             r, g = voiced_runs_ms(raw), voiced_runs_ms(gated)
             print(
                 f"{level_db:>8} {delay_ms:>8} {sum(x >= 250 for x in r):>4} / {sum(x >= 120 for x in r):<3}"
@@ -194,17 +202,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         cells = []
         for level_db in (-6, -12, -20, -60):
             mic = microphone(reply, level_db, 120, near, at)
-            _, gated = voiced(mic, reference, options, caller=range(at, at + len(near)), **rules)
-            span = gated[at // FRAME : (at + len(near)) // FRAME + 1]
-            cells.append(max(voiced_runs_ms(span) or [0]))
+            _, gated = voiced(
+                mic, reference, options, caller=range(at, at + len(near)), noise_teaches=noise_teaches
+            )
+            cells.append(longest_run_ms(gated, at, at + len(near)))
         print(f"{name:<40}" + "".join(f"{c:>9}" for c in cells))
-    first_replies(options, rules)
-    first_reply_double_talk(options, rules)
-    going_on_over_next_reply(options, rules)
+    first_replies(options, noise_teaches)
+    first_reply_double_talk(options, noise_teaches)
+    going_on_over_next_reply(options, noise_teaches)
     return 0
 
 
-def first_replies(options: EchoGateOptions, rules: Rules) -> None:
+def first_replies(options: EchoGateOptions, noise_teaches: bool) -> None:
     """A session's first reply, one short sentence, right after the caller's question: the gate
     has heard no echo yet (its return and delay are being learned); what of the echo reaches
     turn-taking during the reply and in the second after it (its tail)?"""
@@ -224,7 +233,7 @@ def first_replies(options: EchoGateOptions, rules: Rules) -> None:
                 reference = np.zeros(start + len(reply) + RATE)
                 reference[start : start + len(reply)] = reply
                 mic = microphone(reference, level_db, delay_ms, question, 0)[: len(reference)]
-                raw, gated = voiced(mic, reference, options, **rules)
+                raw, gated = voiced(mic, reference, options, noise_teaches=noise_teaches)
                 after = start // FRAME
                 r = sum(x >= 120 for x in voiced_runs_ms(raw[after:]))
                 g = sum(x >= 120 for x in voiced_runs_ms(gated[after:]))
@@ -235,7 +244,7 @@ def first_replies(options: EchoGateOptions, rules: Rules) -> None:
             )
 
 
-def first_reply_double_talk(options: EchoGateOptions, rules: Rules) -> None:
+def first_reply_double_talk(options: EchoGateOptions, noise_teaches: bool) -> None:
     """A caller talking 600 ms into a session's short first reply (a fresh gate, the echo
     120 ms late): the longest voiced run the detector builds of them, median and least over
     the replies of more than a few words."""
@@ -259,9 +268,11 @@ def first_reply_double_talk(options: EchoGateOptions, rules: Rules) -> None:
                 reference[start : start + len(reply)] = reply
                 mic = microphone(reference, level_db, 120, question, 0)[: len(reference)]
                 mic[at : at + len(near)] += near[: len(mic) - at]
-                _, gated = voiced(mic, reference, options, caller=range(at, at + len(near)), **rules)
-                runs.append(max(voiced_runs_ms(gated[at // FRAME : (at + len(near)) // FRAME + 1]) or [0]))
-            cells.append(f"{int(np.median(runs))} / {min(runs)}")
+                _, gated = voiced(
+                    mic, reference, options, caller=range(at, at + len(near)), noise_teaches=noise_teaches
+                )
+                runs.append(longest_run_ms(gated, at, at + len(near)))
+            cells.append(median_least(runs))
         print(f"{name:<40}" + "".join(f"{c:>12}" for c in cells))
 
 
@@ -275,7 +286,7 @@ GOING_ON = [
 ]
 
 
-def going_on_over_next_reply(options: EchoGateOptions, rules: Rules) -> None:
+def going_on_over_next_reply(options: EchoGateOptions, noise_teaches: bool) -> None:
     """The caller answers a session's first reply as it ends ("sure"), pauses, and goes on
     ("and how long will the refund take") 70 ms after the reply to "sure" began: that turn
     ended on the pause (300 ms of silence after the voice's 90 ms hangover). A fresh gate, the
@@ -306,11 +317,9 @@ def going_on_over_next_reply(options: EchoGateOptions, rules: Rules) -> None:
                 mic[answer_at : answer_at + len(answer)] += answer
                 mic[rest_at : rest_at + len(rest)] += rest
                 caller = range(answer_at, rest_at + len(rest))
-                _, gated = voiced(mic, reference, options, caller=caller, **rules)
-                runs.append(
-                    max(voiced_runs_ms(gated[rest_at // FRAME : (rest_at + len(rest)) // FRAME + 1]) or [0])
-                )
-            cells.append(f"{int(np.median(runs))} / {min(runs)}")
+                _, gated = voiced(mic, reference, options, caller=caller, noise_teaches=noise_teaches)
+                runs.append(longest_run_ms(gated, rest_at, rest_at + len(rest)))
+            cells.append(median_least(runs))
         print(f"{name:<48}" + "".join(f"{c:>12}" for c in cells))
 
 

@@ -767,7 +767,7 @@ class TurnTaker:
                     self.state = UserState.PREPARED
                 case UserState.OVERLAP_ENDING:
                     self._judge_overlap(now_ms, final=True)
-                case UserState.LISTENING if self._capture_kept and deadline != self._idle_deadline():
+                case UserState.LISTENING if self._rejoin is not None and deadline == self._rejoin.until_ms:
                     self._end_rejoin()  # the window passed without a voice
                 case UserState.ENDPOINTING | UserState.PREPARED:
                     self._actions.append(AnnounceSpeechStopped(audio_end_ms=self._voice_end_ms))
