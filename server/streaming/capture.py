@@ -11,7 +11,12 @@ The echo canceller's far end: the conversation reports each chunk of reply audio
 time the caller starts hearing it (`reply_plays(frame, at_s)`); that time is placed on the
 input stream's clock from the newest input's arrival (echo_reference.py). The echo itself
 comes back later than that by the network's round trip and the device's delay, which the
-canceller finds.
+canceller finds. A client that stops sending while the reply plays (a half-duplex client: a
+muted microphone, push-to-talk) leaves a gap in the input that its clock, counting samples,
+does not see: when audio comes again, the reference read beside it moves on by the gap, or the
+caller's next words would be judged against the reply that played while they were silent.
+Audio that arrives late and then in a burst (network jitter) is told apart by the burst: the
+stream catches up with real time, and the reference moves back.
 
 `now_s` values are passed in by the caller; nothing here reads a clock.
 """
@@ -29,6 +34,10 @@ from server.streaming.echo_reference import EchoReference
 from server.vad.detector import SessionClassifier
 
 _MAX_ARRIVALS = 2000
+# the input falling this much further behind real time at one append is a gap in the stream (the
+# client stopped sending), not a late packet: jitter on a websocket is tens of milliseconds, and
+# a client that goes quiet for a reply does so for seconds
+STREAM_GAP_MS = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +77,8 @@ class InputAudio:
         self._processor: InputProcessor | None = None
         self._reference = EchoReference(input_rate_hz)
         self.tracks_reply = False  # keep the reply the caller hears beside their audio (echo)
+        self._least_lag_ms: float | None = None  # the input's least lag behind real time
+        self.gap_ms = 0.0  # how far the reference was moved on past gaps in the input
 
     def set_processor(self, processor: InputProcessor | None) -> None:
         """Clean the caller's audio with `processor` from now on (None: as it comes); the
@@ -121,6 +132,7 @@ class InputAudio:
         resampler holds some back), and the VAD frames it completed (none unless `classify`)."""
         self._input_samples += frame.sample_count
         self.last_push_s = now_s
+        self._follow_gaps(now_s)
         far = self._reference.take(frame.sample_count) if self.tracks_reply else None
         if self._processor is not None:
             silence = PcmFrame(np.zeros(frame.sample_count, dtype=np.int16), frame.sample_rate_hz)
@@ -141,6 +153,20 @@ class InputAudio:
             ):
                 self._preroll.popleft()
         return model_frame, vad_frames
+
+    def _follow_gaps(self, now_s: float) -> None:
+        """Move the reference on by a gap in the input stream, and back as late audio catches
+        up. The input's lag behind real time is least when its audio arrives on time; a gap
+        raises it for good, a late packet until the burst behind it arrives. The reference
+        stays where it is while the lag stays between its least since the last gap and
+        STREAM_GAP_MS above that (jitter; a client's clock running slow)."""
+        lag_ms = (now_s - self.start_s) * 1000 - self.input_ms
+        if self._least_lag_ms is None or lag_ms < self._least_lag_ms:
+            self._least_lag_ms = lag_ms
+        behind_ms = lag_ms - self._least_lag_ms
+        if behind_ms > self.gap_ms + STREAM_GAP_MS or behind_ms < self.gap_ms:
+            self._reference.shift(round((behind_ms - self.gap_ms) * self.input_rate_hz / 1000))
+            self.gap_ms = behind_ms
 
     def _vad_frames(self, frame: PcmFrame, far: PcmFrame | None) -> list[VadFrame]:
         out: list[VadFrame] = []

@@ -559,7 +559,17 @@ class Conversation:
         silence timer both feed audio: one at a time, so VAD frames stay in order."""
         async with self._ingest_lock:
             vad_on = self.config.turn_detection is not None and not self._model_detects_turns
+            gap_ms = self._input.gap_ms
             model_frame, vad_frames = self._input.push(frame, now_s, classify=vad_on)
+            if self._input.gap_ms != gap_ms and log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "input gap",  # the echo reference moved on past it, or back after late audio
+                    extra={
+                        "session_id": self.config.id,
+                        "input_ms": self._input.input_ms,
+                        "gap_ms": self._input.gap_ms,
+                    },
+                )
             if model_frame.sample_count and self._model_detects_turns:
                 # the model hears everything to find the turns; nothing kept here but its length
                 self._captured_ms += int(model_frame.duration_ms)

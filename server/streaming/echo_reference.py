@@ -9,6 +9,11 @@ returns the reference for the next `n` samples of input, silence where nothing p
 remains (network, device and room delay) is the canceller's to find: it estimates the delay
 itself, within its range.
 
+`shift(n)` moves the read position without reading: forward over reply audio that played
+while no input was captured (a client that stops sending while the reply plays), back when
+audio captured earlier arrives late (network jitter). What was placed stays readable for
+`capacity_ms` behind the newest audio placed, so moving back finds it again.
+
 No clock and no I/O here: positions are sample counts at `sample_rate_hz`.
 """
 
@@ -27,8 +32,10 @@ class EchoReference:
         self.sample_rate_hz = sample_rate_hz
         self.capacity_ms = capacity_ms
         self._ring: NDArray[np.int16] = np.zeros(sample_rate_hz * capacity_ms // 1000, dtype=np.int16)
-        self._position = 0  # the input sample the next take() starts at
-        self._written_to = 0  # the end of the reference written so far (absolute samples)
+        self._position = 0  # the sample the next take() starts at
+        # the end of the reference written so far (absolute samples): every ring slot holds the
+        # audio (or silence) of one position in [_written_to - capacity, _written_to)
+        self._written_to = 0
 
     @property
     def position(self) -> int:
@@ -47,22 +54,28 @@ class EchoReference:
         end = min(at_sample + len(samples), self._position + size)
         if end <= start:
             return
+        if start > self._written_to:  # nothing played in between: silence, not older audio
+            self._ring[np.arange(max(self._written_to, start - size), start) % size] = 0
         index = np.arange(start, end) % size
         self._ring[index] = samples[skip : skip + (end - start)]
         self._written_to = max(self._written_to, end)
 
     def take(self, sample_count: int) -> PcmFrame:
-        """The reference for the next `sample_count` samples of input (consumed)."""
+        """The reference for the next `sample_count` samples of input (the position moves on)."""
         size = len(self._ring)
         start, end = self._position, self._position + sample_count
         out = np.zeros(sample_count, dtype=np.int16)
-        known_end = min(end, self._written_to)
-        if known_end > start:
-            index = np.arange(start, known_end) % size
-            out[: known_end - start] = self._ring[index]
-            self._ring[index] = 0  # the ring slot is free for audio one capacity later
+        known_start, known_end = max(start, self._written_to - size), min(end, self._written_to)
+        if known_end > known_start:
+            out[known_start - start : known_end - start] = self._ring[
+                np.arange(known_start, known_end) % size
+            ]
         self._position = end
         return PcmFrame(out, self.sample_rate_hz)
+
+    def shift(self, sample_count: int) -> None:
+        """Move the read position by `sample_count` (negative: back) without reading."""
+        self._position += sample_count
 
     def reset(self, sample_rate_hz: int | None = None) -> None:
         """Forget everything (the input format changed); the position is kept."""

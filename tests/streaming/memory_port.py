@@ -85,6 +85,14 @@ class MemoryPort:
             await self.stream(silence)
         return found
 
+    async def wait_until(self, kind: type[Output], *, after: int = 0, limit_s: float = 30.0) -> Sent:
+        """Send nothing until an output of `kind` (at index >= after) is sent: a muted microphone."""
+        async with asyncio.timeout(limit_s):
+            while (found := self.first(kind, after)) is None:
+                self._new.clear()
+                await self._new.wait()
+        return found
+
     def first(self, kind: type[Output], after: int = 0) -> Sent | None:
         return next((s for s in self.sent[after:] if isinstance(s.output, kind)), None)
 

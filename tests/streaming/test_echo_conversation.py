@@ -198,3 +198,28 @@ def test_bursts_dismissed_as_noise_do_not_teach_the_gate_the_callers_level() -> 
     reply = f"{LONG_REPLY} {LONG_REPLY}"  # still playing when the caller talks
     converse(script, FakeAsr(["where is my order", "hmm"]), FakeLlm([reply, "Ok."]), options)
     assert statuses[0] == "cancelled"
+
+
+def test_a_client_that_stops_sending_while_the_reply_plays_is_heard_when_it_speaks_again() -> None:
+    """A half-duplex client (its microphone muted while the reply plays: no echo, and no audio
+    at all) asks, waits for the whole reply in silence, then asks again, 8 dB below the reply's
+    level. The input's clock stood still while the reply played; read by sample count alone,
+    the new question would line up with the reply's start, and the gate, which has learned
+    nothing yet, would take it for the reply's echo and never hear it."""
+
+    async def script(port: MemoryPort, _: Conversation) -> None:
+        await port.stream(PcmFrame.silence(200, RATE))
+        await port.stream(tone(600))
+        await port.stream_until(ResponseAudio)  # the microphone is muted from the reply's start
+        await port.wait_until(ResponseEnded)
+        await asyncio.sleep(0.5)
+        asked = len(port.sent)
+        await port.stream(tone(1000, amplitude=3000))
+        await port.stream_until(ResponseEnded, after=asked)
+
+    options = replace(ConversationOptions(), echo_gate=True)
+    port = converse(
+        script, FakeAsr(["where is my order", "and the invoice"]), FakeLlm([LONG_REPLY, "Ok."]), options
+    )
+    assert len(port.all(SpeechStarted)) == 2
+    assert [e.status for e in port.all(ResponseEnded)] == ["completed", "completed"]

@@ -56,3 +56,23 @@ def test_other_rates_are_resampled_and_reset_keeps_the_clock() -> None:
     ref.reset(16_000)
     assert ref.position == 320 and ref.sample_rate_hz == 16_000
     assert (ref.take(160).samples == 0).all()
+
+
+def test_shifting_on_passes_over_audio_and_shifting_back_reads_it_again() -> None:
+    ref = EchoReference(RATE, capacity_ms=1000)
+    ref.played(ramp(1, 400), at_sample=0)
+    ref.shift(300)  # no input was captured while the first 300 samples played
+    assert list(ref.take(50).samples) == list(range(301, 351))
+    ref.shift(-350)  # that input had only come late: read from the start again
+    assert list(ref.take(100).samples) == list(range(1, 101))
+
+
+def test_audio_overwritten_by_newer_is_not_read_after_shifting_back() -> None:
+    ref = EchoReference(RATE, capacity_ms=100)  # 800 samples
+    ref.played(ramp(1, 400), at_sample=0)
+    ref.shift(1000)
+    ref.played(ramp(1001, 500), at_sample=1000)  # its ring slots held the first audio's
+    ref.shift(-1000)
+    assert (ref.take(700).samples == 0).all()  # beyond the ring's reach behind the newest
+    assert (ref.take(300).samples == 0).all()  # nothing played between the two
+    assert list(ref.take(500).samples) == list(range(1001, 1501))
