@@ -586,9 +586,10 @@ class Conversation:
                     await self._run_turn_actions()
             for vad_frame in vad_frames:
                 probability = await self._speech_probability(vad_frame.frame)  # keeps the VAD's state
+                masked = False
                 if self._is_echo(vad_frame):
-                    probability = 0.0
-                classified = FrameClassified(vad_frame.start_ms, vad_frame.duration_ms, probability)
+                    masked, probability = probability >= self._turns.options.threshold, 0.0
+                classified = FrameClassified(vad_frame.start_ms, vad_frame.duration_ms, probability, masked)
                 self._turns.receive(classified, now_ms=vad_frame.start_ms + vad_frame.duration_ms)
                 await self._run_turn_actions()
             if self.config.turn_detection is not None and self._turns.next_deadline() is not None:

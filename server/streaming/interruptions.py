@@ -72,7 +72,11 @@ class InterruptionPolicy:
     whatever its words; `settle_ms`: after the voice stops, how long the recogniser's last
     words are awaited; `words_wait_ms`: ... and, when the recogniser lags behind the audio (a
     busy machine), how long after the voice its decoding is awaited to reach `settle_ms` past
-    the voice's end (the reply stays paused meanwhile); `rejoin_within_ms`: a voice that starts
+    the voice's end (the reply stays paused meanwhile); `masked_wait_ms`: after the voice, how
+    long frames the echo gate took for the reply's echo (the VAD heard a voice in them) may
+    hold the judgement, since the caller may be talking on under the echo of the audio the
+    client still plays after the pause (its lead, the echo's delay and the room's tail);
+    `rejoin_within_ms`: a voice that starts
     this soon after a backchannel's or a noise's voice ended continues it (the words from its
     onset on are judged: "thank you ... that is all" takes the floor; after a backchannel the
     reply pauses at the new voice's onset); `max_backchannel_words`: more words than this, one
@@ -82,6 +86,7 @@ class InterruptionPolicy:
     decide_within_ms: int = 1000
     settle_ms: int = 150
     words_wait_ms: int = 500
+    masked_wait_ms: int = 400
     rejoin_within_ms: int = 800
     max_backchannel_words: int = 2
     echo_min_words: int = 2  # words heard before they can be judged an echo of the reply

@@ -152,6 +152,9 @@ class FrameClassified:
     start_ms: int
     duration_ms: int
     probability: float
+    # the echo gate took the frame for the reply's echo although the VAD heard a voice in it
+    # (its probability is then 0): the caller may be talking on under the echo
+    masked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,6 +391,7 @@ class TurnTaker:
         self._continuing: _Rejoin | None = None  # ... the one the current voice continues
         self._voice_onset_ms = 0  # the current voice's own onset (decide_within counts from it)
         self._short_burst = False  # the overlap being judged is a burst too short for an overlap
+        self._masked_until_ms = 0  # the end of the latest masked frame (FrameClassified.masked)
 
     # -- public API
 
@@ -436,6 +440,8 @@ class TurnTaker:
             case FrameClassified() if self.options.model_detects_turns:
                 raise TurnStateError("frames fed while the model detects the turns")
             case FrameClassified():
+                if event.masked:
+                    self._masked_until_ms = event.start_ms + event.duration_ms
                 for voice in self._detector.push(event.probability, event.start_ms, event.duration_ms):
                     self._on_voice(voice, now_ms)
                 self._check_pending(now_ms)
@@ -555,10 +561,17 @@ class TurnTaker:
         """When the words of an overlap whose voice stopped are final: `settle_ms` after the
         voice, once the recogniser has decoded that far; a busy recogniser lags the audio, and
         words judged before it reached the end of the speech miss the last ones (or all of a
-        short phrase's), so the judgement waits for it, up to `words_wait_ms` after the voice."""
+        short phrase's), so the judgement waits for it, up to `words_wait_ms` after the voice.
+        Frames the echo gate masked after the voice count as voice, up to `masked_wait_ms`
+        after it: the voice may have stopped only where the echo of the audio the client still
+        played after the pause drowned the caller's next syllables ("please" ... under the
+        echo ... "change my address"); once that echo is over, they are heard again."""
         policy = self.options.interruption
         assert policy is not None
-        settled_ms = self._voice_end_ms + policy.settle_ms
+        heard_to_ms = min(
+            max(self._voice_end_ms, self._masked_until_ms), self._voice_end_ms + policy.masked_wait_ms
+        )
+        settled_ms = heard_to_ms + policy.settle_ms
         through_ms = self._words_through_ms
         if through_ms is None or through_ms >= settled_ms:
             return settled_ms
