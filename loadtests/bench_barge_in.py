@@ -127,6 +127,7 @@ HUMAN_INTERRUPTIONS: Final = ("goforward", "cards-001", "cards-002")  # short po
 # caller's frames and the reply's audio take their time over the transport, so ~300 ms is the
 # earliest a cancel can be expected to show in the audio received.
 CANCEL_EXPECTED_MS: Final = 300
+ECHO_SUFFIX: Final = ", echo"  # a backchannel's or noise's variant over the real scenario's echo
 
 
 # --- planning ------------------------------------------------------------------------------------
@@ -168,6 +169,10 @@ class PlanOptions:
     # real: earlier, since replies run 0.7-1.8 s; at 600-1500 ms many ended before the
     # interruption went out, or while the caller was speaking
     real_after_ms: tuple[int, int] = (300, 900)
+    # backchannels and noises over the real scenario's echo too (a speakerphone), variant
+    # "WORD, echo": a caller the echo gate cuts off is awaited until the echo is over, which
+    # may pause the reply longer there
+    overlay_echo: bool = False
 
 
 def plan_trials(corpora: Corpora, options: PlanOptions, rng: random.Random) -> list[Trial]:
@@ -175,7 +180,9 @@ def plan_trials(corpora: Corpora, options: PlanOptions, rng: random.Random) -> l
     from `rng` (a run with the same seed plans the same trials). Per scenario:
     echo: every level x delay, `repeat` times; backchannel: `repeat` x every backchannel clip's
     word, the clip drawn among that word's voices; noise: `repeat` x every noise; real:
-    `repeat` x (clean, echo), the interruption drawn from the interruption clips. The overlay
+    `repeat` x (clean, echo), the interruption drawn from the interruption clips; with
+    `overlay_echo`, every backchannel and noise trial is followed by the same over the real
+    scenario's echo. The overlay
     goes out `after_ms` into the reply, drawn from `real_after_ms` for a real interruption and
     from `after_ms` otherwise."""
     trials: list[Trial] = []
@@ -200,6 +207,7 @@ def plan_trials(corpora: Corpora, options: PlanOptions, rng: random.Random) -> l
             )
         )
 
+    real_echo = echo_room(options.real_echo_db, options.real_echo_delay_ms)
     for scenario in options.scenarios:
         for _ in range(options.repeat):
             if scenario == "echo":
@@ -211,12 +219,16 @@ def plan_trials(corpora: Corpora, options: PlanOptions, rng: random.Random) -> l
                 for word in words:
                     clip = rng.choice([u for u in corpora.backchannels if u.reference == word])
                     add("backchannel", word, quiet, clip)
+                    if options.overlay_echo:
+                        add("backchannel", f"{word}{ECHO_SUFFIX}", real_echo, clip)
             elif scenario == "noise":
                 for noise in corpora.noises:
-                    add("noise", noise.name.removeprefix("noise-"), quiet, noise)
+                    kind = noise.name.removeprefix("noise-")
+                    add("noise", kind, quiet, noise)
+                    if options.overlay_echo:
+                        add("noise", f"{kind}{ECHO_SUFFIX}", real_echo, noise)
             else:
-                room = echo_room(options.real_echo_db, options.real_echo_delay_ms)
-                for variant, chosen in (("clean", quiet), ("echo", room)):
+                for variant, chosen in (("clean", quiet), ("echo", real_echo)):
                     add("real", variant, chosen, rng.choice(corpora.interruptions))
     return trials
 
@@ -473,6 +485,9 @@ def rows_of(outcomes: Sequence[TrialOutcome]) -> list[Row]:
         if scenario == "real":
             for o in mine:
                 groups.setdefault("listener-led" if is_listener_led(o.overlay) else "sentences", []).append(o)
+        if scenario in ("backchannel", "noise") and any(o.variant.endswith(ECHO_SUFFIX) for o in mine):
+            for o in mine:
+                groups.setdefault("echo" if o.variant.endswith(ECHO_SUFFIX) else "clean", []).append(o)
         groups["all"] = mine
         for group, members in groups.items():
             for config in configs:
@@ -682,6 +697,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--real-echo-db", type=float, default=-12.0, help="echo level of the real scenario's echo variant")
     add("--real-echo-delay-ms", type=float, default=120.0, help="its delay")
     add(
+        "--overlay-echo",
+        action="store_true",
+        help="backchannels and noises also over that echo (variant 'WORD, echo'; rows clean / echo)",
+    )
+    add(
         "--after-ms",
         default="600-1500",
         help="reply heard before a backchannel or noise, LO-HI or LO,HI (default %(default)s)",
@@ -737,6 +757,7 @@ def plan_options(args: argparse.Namespace) -> PlanOptions:
         real_echo_delay_ms=args.real_echo_delay_ms,
         after_ms=after,
         real_after_ms=real_after,
+        overlay_echo=args.overlay_echo,
     )
 
 

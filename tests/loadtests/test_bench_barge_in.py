@@ -197,6 +197,31 @@ def test_plan_covers_every_cell_and_repeats_with_the_seed() -> None:
     assert [t.index for t in trials] == list(range(len(trials)))
 
 
+def test_overlay_echo_adds_backchannels_and_noises_over_the_echo_without_changing_the_rest() -> None:
+    corpora = Corpora([QUESTION], [OVERLAY], [tone_clip("noise-cough")], [tone_clip("interrupt")])
+    options = PlanOptions(scenarios=["backchannel", "noise", "real"], repeat=2)
+    plain = plan_trials(corpora, options, random.Random(5))
+    both = plan_trials(corpora, dataclasses.replace(options, overlay_echo=True), random.Random(5))
+    overlays = [t for t in both if t.scenario in ("backchannel", "noise")]
+    assert [t.variant for t in overlays] == [OVERLAY.reference, f"{OVERLAY.reference}, echo"] * 2 + [
+        "cough",
+        "cough, echo",
+    ] * 2
+    echo = [t for t in overlays if t.variant.endswith(", echo")]
+    assert all(t.room.echo is not None and t.delay_ms == options.real_echo_delay_ms for t in echo)
+    assert all(t.room.echo is None for t in overlays if t not in echo)
+    # without it the plan is what it was
+    assert [t.variant for t in plain if t.scenario == "real"] == ["clean", "echo"] * 2
+    assert len(plain) == 8 and len(both) == 12
+    assert build_parser().parse_args(["--overlay-echo"]).overlay_echo
+
+    def out(variant: str, config: str) -> TrialOutcome:
+        return TrialOutcome(0, config, "backchannel", variant, "completed", "q", "o", overlay_sent=True)
+
+    rows = rows_of([out("yeah", "A"), out("yeah, echo", "A")])
+    assert [r.group for r in rows] == ["yeah", "yeah, echo", "clean", "echo", "all"]
+
+
 def test_clips_narrow_the_plan_to_one_clip_and_a_typo_is_an_error() -> None:
     corpora = Corpora(
         [QUESTION], [OVERLAY], [tone_clip("noise-cough")], [tone_clip("int-a"), tone_clip("pauses-kal-sure")]
