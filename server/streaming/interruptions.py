@@ -110,11 +110,15 @@ def echoes_reply(text: str, reply_text: str, policy: InterruptionPolicy) -> bool
 
 
 def classify_overlap(
-    text: str, policy: InterruptionPolicy, *, final: bool, reply_text: str = ""
+    text: str, policy: InterruptionPolicy, *, final: bool, reply_text: str = "", reply_echoes: bool = False
 ) -> OverlapKind | None:
     """What the words heard over the reply (whose text so far is `reply_text`) make of the
     overlap; None while undecided (`final`: the voice has stopped and its words have
-    settled, so it is decided)."""
+    settled, so it is decided). `reply_echoes`: the reply's echo is heard in this overlap (the
+    echo gate masked some of its frames), so the recogniser hears the caller and the echo
+    together; the reply's own latest words are then taken for the echo's: they neither take
+    the floor nor count among the caller's words (live, over a -12 dB echo, "uh-huh" and one
+    of the reply's words made three, and a backchannel cancelled the reply)."""
     words = words_of(text)
     # a listener's words the reply happens to have said too ("thank you") are the caller's:
     # either way the reply resumes, but a caller who goes on is then heard as going on
@@ -125,10 +129,15 @@ def classify_overlap(
     # "the", "but", "of" on its way to "the flood"; a word that takes the floor counts once a
     # later word follows it, or when the voice has stopped (the reply stays paused meanwhile)
     settled = words if final else words[:-1]
+    callers = words
+    if reply_echoes:
+        echoed = set(words_of(reply_text)[-policy.echo_window_words :])
+        settled = [word for word in settled if word not in echoed]
+        callers = [word for word in words if word not in echoed]
     if any(word in policy.interruption_words for word in settled):
         return OverlapKind.INTERRUPTION
-    unknown = [word for word in words if word not in policy.backchannel_words]
-    if unknown and len(words) > policy.max_backchannel_words:
+    unknown = [word for word in callers if word not in policy.backchannel_words]
+    if unknown and len(callers) > policy.max_backchannel_words:
         return OverlapKind.INTERRUPTION
     if not final:
         return None

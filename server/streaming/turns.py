@@ -655,7 +655,9 @@ class TurnTaker:
         assert policy is not None
         words = self._overlap_words if self._held_words is None else self._held_words
         reply_text = self._reply_text
-        kind = classify_overlap(words, policy, final=final, reply_text=reply_text)
+        # the gate masked frames of this overlap: the recogniser hears the reply's echo in it
+        reply_echoes = self._masked_until_ms > self._onset_ms
+        kind = classify_overlap(words, policy, final=final, reply_text=reply_text, reply_echoes=reply_echoes)
         if (
             kind is None
             and self.state is UserState.OVERLAP
