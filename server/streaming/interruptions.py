@@ -15,7 +15,10 @@ pauses and the recogniser's words decide what the overlap was:
 - **echo**: words the reply itself has been saying (its own voice came back through a
   speakerphone or a phone line's echo, past the echo canceller): the reply resumes. The
   server knows what it said, so its own words cannot take the floor from it; while they are
-  heard, voice going on past `decide_within_ms` is not an interruption either.
+  heard, voice going on past `decide_within_ms` is not an interruption either. Where the
+  echo is heard in an overlap (the echo gate masked some of its frames), the reply's own words
+  among the caller's are the echo's too: they neither take the floor nor count as the
+  caller's ("uh-huh" and one echoed word are still a backchannel).
 
 Why unclear short bursts resume rather than cancel: the recogniser has no lexical entry for
 "uh-huh" or "mm-hmm" and hears them as one or two unrelated words ("ahead", "the flood",
@@ -76,11 +79,11 @@ class InterruptionPolicy:
     long frames the echo gate took for the reply's echo (the VAD heard a voice in them) may
     hold the judgement, since the caller may be talking on under the echo of the audio the
     client still plays after the pause (its lead, the echo's delay and the room's tail);
-    `rejoin_within_ms`: a voice that starts
-    this soon after a backchannel's or a noise's voice ended continues it (the words from its
-    onset on are judged: "thank you ... that is all" takes the floor; after a backchannel the
-    reply pauses at the new voice's onset); `max_backchannel_words`: more words than this, one
-    of them not a listener's, is an interruption."""
+    `rejoin_within_ms`: a voice that starts this soon after a backchannel's or a noise's voice
+    ended continues it (the words from its onset on are judged: "thank you ... that is all"
+    takes the floor; after a backchannel the reply pauses at the new voice's onset);
+    `max_backchannel_words`: more words than this, one of them not a listener's, is an
+    interruption."""
 
     pause_after_ms: int = 120
     decide_within_ms: int = 1000
