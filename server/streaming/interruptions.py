@@ -112,6 +112,12 @@ def echoes_reply(text: str, reply_text: str, policy: InterruptionPolicy) -> bool
     return sum(word in recent for word in words) >= policy.echo_share * len(words)
 
 
+def listener_words_only(text: str, policy: InterruptionPolicy) -> bool:
+    """Whether the words heard are all a listener's ("yeah", "okay right"); none: False."""
+    words = words_of(text)
+    return bool(words) and all(word in policy.backchannel_words for word in words)
+
+
 def classify_overlap(
     text: str, policy: InterruptionPolicy, *, final: bool, reply_text: str = "", reply_echoes: bool = False
 ) -> OverlapKind | None:
@@ -125,8 +131,7 @@ def classify_overlap(
     words = words_of(text)
     # a listener's words the reply happens to have said too ("thank you") are the caller's:
     # either way the reply resumes, but a caller who goes on is then heard as going on
-    listener_only = bool(words) and all(word in policy.backchannel_words for word in words)
-    if not listener_only and echoes_reply(text, reply_text, policy):
+    if not listener_words_only(text, policy) and echoes_reply(text, reply_text, policy):
         return OverlapKind.ECHO if final else None
     # the recogniser's last word is its guess so far: a listener's "uh-huh" passes through
     # "the", "but", "of" on its way to "the flood"; a word that takes the floor counts once a

@@ -97,6 +97,7 @@ from server.streaming.interruptions import (
     OverlapKind,
     classify_overlap,
     echoes_reply,
+    listener_words_only,
 )
 from server.vad.detector import DetectorOptions, SpeechDetector, VoiceStarted, VoiceStopped
 
@@ -567,13 +568,16 @@ class TurnTaker:
         voice, once the recogniser has decoded that far; a busy recogniser lags the audio, and
         words judged before it reached the end of the speech miss the last ones (or all of a
         short phrase's), so the judgement waits for it, up to `words_wait_ms` after the voice.
-        Then, if the echo gate masked frames after the voice, the words are held as they
-        settled and the judgement waits `settle_ms` past the last masked frame (up to
-        `masked_wait_ms` past the voice): the voice may have stopped only where the echo of the
-        audio the client still played after the pause drowned the caller's next syllables
-        ("please" ... under the echo ... "change my address"). If it comes back, the overlap
+        Then, if the echo gate masked frames after the voice and the words are not a
+        listener's, they are held as they settled and the judgement waits `settle_ms` past the
+        last masked frame (up to `masked_wait_ms` past the voice): the voice may have stopped
+        only where the echo of the audio the client still played after the pause drowned the
+        caller's next syllables ("please" ... under the echo ... "change my address", the
+        recogniser having made two unclear words of "please"). If it comes back, the overlap
         goes on, judged on all the words; if not, on the held words: what the recogniser made
-        of the masked echo meanwhile ("yeah" + "your order") is not the caller's."""
+        of the masked echo meanwhile ("a hot" + "your order") is not the caller's. A listener's
+        words ("yeah") are judged at once: holding them cost every backchannel over an echo
+        250 ms more pause (bench_barge_in --overlay-echo, wb-91)."""
         policy = self.options.interruption
         assert policy is not None
         if self._held_words is not None:
@@ -583,6 +587,15 @@ class TurnTaker:
         if through_ms is None or through_ms >= settled_ms:
             return settled_ms
         return max(settled_ms, self._voice_end_ms + policy.words_wait_ms)
+
+    def _may_go_on_masked(self, settled_ms: int) -> bool:
+        """Whether the caller may be talking on under the echo past `settled_ms`, when the
+        words settled: the gate masked frames after the voice, and the words are not a
+        listener's ("yeah" is decided at once; two unclear words or none may be the start of
+        a sentence the echo drowned)."""
+        policy = self.options.interruption
+        assert policy is not None
+        return self._masked_hold_ms() > settled_ms and not listener_words_only(self._overlap_words, policy)
 
     def _masked_hold_ms(self) -> int:
         """`settle_ms` past the last frame the echo gate masked after the voice (the voice's
@@ -800,8 +813,8 @@ class TurnTaker:
                 case UserState.ENDPOINTING if deadline < self._voice_end_ms + self.end_silence_ms():
                     self._actions.append(PrepareReply(audio_end_ms=self._voice_end_ms))
                     self.state = UserState.PREPARED
-                case UserState.OVERLAP_ENDING if (
-                    self._held_words is None and self._masked_hold_ms() > deadline
+                case UserState.OVERLAP_ENDING if self._held_words is None and self._may_go_on_masked(
+                    deadline
                 ):
                     self._held_words = self._overlap_words  # the words settled: masked frames hold them
                 case UserState.OVERLAP_ENDING:

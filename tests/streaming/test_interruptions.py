@@ -554,21 +554,32 @@ def test_a_voice_the_echo_gate_cut_off_is_judged_once_the_echo_is_over() -> None
 
 
 def test_masked_frames_hold_a_judgement_settle_ms_past_them_and_masked_wait_ms_at_most() -> None:
-    """While masked frames hold it, the words are held as they settled: what the recogniser
-    makes of the masked echo meanwhile (live, "uh-huh" became three words, and the reply was
-    cancelled) is not the caller's."""
+    """Two unclear words ("uh-huh", or the start of a sentence the echo drowned) are held
+    while masked frames go on. What the recogniser makes of the masked echo meanwhile (live,
+    "uh-huh" became three words, and the reply was cancelled) is not the caller's: the words
+    are judged as they settled."""
     taker = replying()
-    run(taker, ["S" * 14, WordsHeard("yeah"), "." * 4])  # the voice ends at 280
+    run(taker, ["S" * 14, WordsHeard("a hot"), "." * 4])  # the voice ends at 280
     timeline = feed_masked(taker, 5, 360)  # the echo, masked up to 460
-    timeline += run(taker, [WordsHeard("yeah your order"), "." * 20], start_ms=460)
+    timeline += run(taker, [WordsHeard("a hot your order"), "." * 20], start_ms=460)
     assert kinds(timeline) == [IgnoreOverlap]
     assert timeline[0][1] == IgnoreOverlap(
-        OverlapKind.BACKCHANNEL, "yeah", 0, 280, paused_reply=5, keeps_capture=True
+        OverlapKind.BACKCHANNEL, "a hot", 0, 280, paused_reply=5, keeps_capture=True
     )
     assert timeline[0][0] == 620  # the last masked frame's end + settle_ms (610), on a frame's edge
     # an echo that goes on (the reply was not paused, or a long room tail) holds it no longer
     taker = replying()
-    run(taker, ["S" * 14, WordsHeard("yeah"), "." * 4])
+    run(taker, ["S" * 14, WordsHeard("a hot"), "." * 4])
     timeline = feed_masked(taker, 30, 360)
     assert kinds(timeline) == [IgnoreOverlap]
     assert timeline[0][0] == 840  # the voice's end + masked_wait_ms + settle_ms (830), on an edge
+
+
+def test_a_listeners_words_are_judged_at_once_whatever_the_gate_masks_after_them() -> None:
+    """ "yeah" needs no wait to see if a sentence goes on under the echo: holding it cost every
+    backchannel over an echo a longer pause. A caller who does go on still rejoins it."""
+    taker = replying()
+    run(taker, ["S" * 14, WordsHeard("yeah"), "." * 4])  # the voice ends at 280
+    timeline = feed_masked(taker, 10, 360)
+    assert kinds(timeline) == [IgnoreOverlap]
+    assert timeline[0][0] == 440  # the voice's end + settle_ms (430), on a frame's edge
