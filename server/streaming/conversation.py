@@ -621,6 +621,7 @@ class Conversation:
                         "input_ms": self._input.input_ms,
                         "through_ms": through_ms,
                         "word_count": len(words.split()),
+                        "echo": self._turns.overlap_hears_echo,
                     },
                 )
             reply = self._replies.current

@@ -83,7 +83,10 @@ class InterruptionPolicy:
     ended continues it (the words from its onset on are judged: "thank you ... that is all"
     takes the floor; after a backchannel the reply pauses at the new voice's onset);
     `max_backchannel_words`: more words than this, one of them not a listener's, is an
-    interruption."""
+    interruption; `echo_extra_words`: ... and over the reply's echo this many more, since the
+    recogniser makes words of the echo too, and through a room and a phone line not always the
+    reply's own (a caller who wants the floor goes on: `decide_within_ms` and the rejoin
+    catch a sentence)."""
 
     pause_after_ms: int = 120
     decide_within_ms: int = 1000
@@ -92,6 +95,7 @@ class InterruptionPolicy:
     masked_wait_ms: int = 400
     rejoin_within_ms: int = 800
     max_backchannel_words: int = 2
+    echo_extra_words: int = 2
     echo_min_words: int = 2  # words heard before they can be judged an echo of the reply
     echo_share: float = 0.6  # ... and the share of them among the reply's latest words
     echo_window_words: int = 40  # the reply's latest words (text runs ahead of the audio)
@@ -126,8 +130,9 @@ def classify_overlap(
     settled, so it is decided). `reply_echoes`: the reply's echo is heard in this overlap (the
     echo gate masked some of its frames), so the recogniser hears the caller and the echo
     together; the reply's own latest words are then taken for the echo's: they neither take
-    the floor nor count among the caller's words (live, over a -12 dB echo, "uh-huh" and one
-    of the reply's words made three, and a backchannel cancelled the reply)."""
+    the floor nor count among the caller's words, and `echo_extra_words` more of them may be a
+    listener's (live, over a -12 dB echo, "uh-huh" came out as three or four words, and a
+    backchannel cancelled the reply in half the trials)."""
     words = words_of(text)
     # a listener's words the reply happens to have said too ("thank you") are the caller's:
     # either way the reply resumes, but a caller who goes on is then heard as going on
@@ -138,14 +143,16 @@ def classify_overlap(
     # later word follows it, or when the voice has stopped (the reply stays paused meanwhile)
     settled = words if final else words[:-1]
     callers = words
+    most_words = policy.max_backchannel_words
     if reply_echoes:
+        most_words += policy.echo_extra_words
         echoed = set(words_of(reply_text)[-policy.echo_window_words :])
         settled = [word for word in settled if word not in echoed]
         callers = [word for word in words if word not in echoed]
     if any(word in policy.interruption_words for word in settled):
         return OverlapKind.INTERRUPTION
     unknown = [word for word in callers if word not in policy.backchannel_words]
-    if unknown and len(callers) > policy.max_backchannel_words:
+    if unknown and len(callers) > most_words:
         return OverlapKind.INTERRUPTION
     if not final:
         return None

@@ -419,6 +419,12 @@ class TurnTaker:
         return self.state is not UserState.LISTENING
 
     @property
+    def overlap_hears_echo(self) -> bool:
+        """The echo gate masked frames of the current overlap: the recogniser hears the reply's
+        echo in it, beside the caller."""
+        return self._masked_until_ms > self._onset_ms
+
+    @property
     def wants_words(self) -> bool:
         """The caller is talking over a paused reply: feed WordsHeard when their words change."""
         return self._over_reply
@@ -668,9 +674,9 @@ class TurnTaker:
         assert policy is not None
         words = self._overlap_words if self._held_words is None else self._held_words
         reply_text = self._reply_text
-        # the gate masked frames of this overlap: the recogniser hears the reply's echo in it
-        reply_echoes = self._masked_until_ms > self._onset_ms
-        kind = classify_overlap(words, policy, final=final, reply_text=reply_text, reply_echoes=reply_echoes)
+        kind = classify_overlap(
+            words, policy, final=final, reply_text=reply_text, reply_echoes=self.overlap_hears_echo
+        )
         if (
             kind is None
             and self.state is UserState.OVERLAP

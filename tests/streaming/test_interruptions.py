@@ -279,6 +279,11 @@ def test_the_replys_own_words_are_an_echo(words: str, final: bool, kind: Overlap
         ("please change my address", False, True, OverlapKind.INTERRUPTION),
         ("wait morning", False, True, OverlapKind.INTERRUPTION),
         ("our warehouse this morning but", True, True, OverlapKind.ECHO),
+        # the echo misheard ("older" for "order"): two more words may still be a listener's
+        ("a hot older lift", True, True, OverlapKind.BACKCHANNEL),
+        ("a hot older lift", False, True, None),
+        ("a hot older lift", False, False, OverlapKind.INTERRUPTION),
+        ("a hot older lift the day", False, True, OverlapKind.INTERRUPTION),
     ],
 )
 def test_over_the_replys_echo_its_own_words_are_not_the_callers(
