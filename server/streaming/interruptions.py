@@ -75,24 +75,19 @@ class InterruptionPolicy:
     whatever its words; `settle_ms`: after the voice stops, how long the recogniser's last
     words are awaited; `words_wait_ms`: ... and, when the recogniser lags behind the audio (a
     busy machine), how long after the voice its decoding is awaited to reach `settle_ms` past
-    the voice's end (the reply stays paused meanwhile); `masked_wait_ms`: after the voice, how
-    long frames the echo gate took for the reply's echo (the VAD heard a voice in them) may
-    hold the judgement, since the caller may be talking on under the echo of the audio the
-    client still plays after the pause (its lead, the echo's delay and the room's tail);
-    `rejoin_within_ms`: a voice that starts this soon after a backchannel's or a noise's voice
-    ended continues it (the words from its onset on are judged: "thank you ... that is all"
-    takes the floor; after a backchannel the reply pauses at the new voice's onset);
-    `max_backchannel_words`: more words than this, one of them not a listener's, is an
-    interruption; `echo_extra_words`: ... and over the reply's echo this many more, since the
-    recogniser makes words of the echo too, and through a room and a phone line not always the
-    reply's own (a caller who wants the floor goes on: `decide_within_ms` and the rejoin
-    catch a sentence)."""
+    the voice's end (the reply stays paused meanwhile); `rejoin_within_ms`: a voice that starts
+    this soon after a backchannel's or a noise's voice ended continues it (the words from its
+    onset on are judged: "thank you ... that is all" takes the floor; after a backchannel the
+    reply pauses at the new voice's onset); `max_backchannel_words`: more words than this, one
+    of them not a listener's, is an interruption; `echo_extra_words`: ... and over the reply's
+    echo this many more, since the recogniser makes words of the echo too, and through a room
+    and a phone line not always the reply's own (a caller who wants the floor goes on:
+    `decide_within_ms` and the rejoin catch a sentence)."""
 
     pause_after_ms: int = 120
     decide_within_ms: int = 1000
     settle_ms: int = 150
     words_wait_ms: int = 500
-    masked_wait_ms: int = 400
     rejoin_within_ms: int = 800
     max_backchannel_words: int = 2
     echo_extra_words: int = 2
@@ -116,12 +111,6 @@ def echoes_reply(text: str, reply_text: str, policy: InterruptionPolicy) -> bool
     return sum(word in recent for word in words) >= policy.echo_share * len(words)
 
 
-def listener_words_only(text: str, policy: InterruptionPolicy) -> bool:
-    """Whether the words heard are all a listener's ("yeah", "okay right"); none: False."""
-    words = words_of(text)
-    return bool(words) and all(word in policy.backchannel_words for word in words)
-
-
 def classify_overlap(
     text: str, policy: InterruptionPolicy, *, final: bool, reply_text: str = "", reply_echoes: bool = False
 ) -> OverlapKind | None:
@@ -136,7 +125,8 @@ def classify_overlap(
     words = words_of(text)
     # a listener's words the reply happens to have said too ("thank you") are the caller's:
     # either way the reply resumes, but a caller who goes on is then heard as going on
-    if not listener_words_only(text, policy) and echoes_reply(text, reply_text, policy):
+    listener_only = bool(words) and all(word in policy.backchannel_words for word in words)
+    if not listener_only and echoes_reply(text, reply_text, policy):
         return OverlapKind.ECHO if final else None
     # the recogniser's last word is its guess so far: a listener's "uh-huh" passes through
     # "the", "but", "of" on its way to "the flood"; a word that takes the floor counts once a

@@ -40,11 +40,8 @@ voiced for `pause_after_ms` pauses the reply's audio (PauseReply); at `barge_in_
 an OVERLAP, judged by the recogniser's words (WordsHeard, fed by the loop whenever they
 or the audio they cover change) and its length. Once its voice stops, the words are final
 `settle_ms` later, or, when the recogniser lags behind the audio, once it has decoded that far
-(at most `words_wait_ms` after the voice); frames the echo gate masked after the voice hold the
-words as they settled until `settle_ms` past the last of them (the caller may be talking on
-under the echo of what the client still played after the pause); a voice starting again
-meanwhile, its onset not yet complete, holds the judgement until the onset is made (the
-overlap goes on, judged on all its words) or fails:
+(at most `words_wait_ms` after the voice); a voice starting again meanwhile, its onset not yet
+complete, holds the judgement until the onset is made (the overlap goes on) or fails:
 
     VOICE_PENDING --voiced >= barge_in_min_ms--> OVERLAP --voice offset--> OVERLAP_ENDING
           | too short, no words: noise              |  interruption words, or     | settle_ms later:
@@ -97,7 +94,6 @@ from server.streaming.interruptions import (
     OverlapKind,
     classify_overlap,
     echoes_reply,
-    listener_words_only,
 )
 from server.vad.detector import DetectorOptions, SpeechDetector, VoiceStarted, VoiceStopped
 
@@ -157,7 +153,7 @@ class FrameClassified:
     duration_ms: int
     probability: float
     # the echo gate took the frame for the reply's echo although the VAD heard a voice in it
-    # (its probability is then 0): the caller may be talking on under the echo
+    # (its probability is then 0): the reply's echo is in the caller's audio
     masked: bool = False
 
 
@@ -396,7 +392,6 @@ class TurnTaker:
         self._voice_onset_ms = 0  # the current voice's own onset (decide_within counts from it)
         self._short_burst = False  # the overlap being judged is a burst too short for an overlap
         self._masked_until_ms = 0  # the end of the latest masked frame (FrameClassified.masked)
-        self._held_words: str | None = None  # an overlap's words as they settled, while masked frames hold it
 
     # -- public API
 
@@ -479,12 +474,11 @@ class TurnTaker:
                 self._resume_paused()
                 self._over_reply = False
                 self._rejoin = None  # the client dropped that audio (the loop drops the capture)
-                self._held_words = None
                 self.state = UserState.LISTENING
             case WordsHeard(words=words, reply_text=reply_text, through_ms=through_ms):
                 self._overlap_words, self._reply_text = words, reply_text
                 self._words_through_ms = through_ms
-                if self.state in (UserState.OVERLAP, UserState.OVERLAP_ENDING) and self._held_words is None:
+                if self.state in (UserState.OVERLAP, UserState.OVERLAP_ENDING):
                     self._judge_overlap(now_ms, final=False)
                     self._check_deadlines(now_ms)
             case CompletionScored(voice_end_ms=voice_end_ms, probability=probability):
@@ -573,45 +567,14 @@ class TurnTaker:
         """When the words of an overlap whose voice stopped are final: `settle_ms` after the
         voice, once the recogniser has decoded that far; a busy recogniser lags the audio, and
         words judged before it reached the end of the speech miss the last ones (or all of a
-        short phrase's), so the judgement waits for it, up to `words_wait_ms` after the voice.
-        Then, if the echo gate masked frames after the voice and the words are not a
-        listener's, they are held as they settled and the judgement waits `settle_ms` past the
-        last masked frame (up to `masked_wait_ms` past the voice): the voice may have stopped
-        only where the echo of the audio the client still played after the pause drowned the
-        caller's next syllables ("please" ... under the echo ... "change my address", the
-        recogniser having made two unclear words of "please"). If it comes back, the overlap
-        goes on, judged on all the words; if not, on the held words: what the recogniser made
-        of the masked echo meanwhile ("a hot" + "your order") is not the caller's. A listener's
-        words ("yeah") are judged at once: holding them cost every backchannel over an echo
-        250 ms more pause (bench_barge_in --overlay-echo, wb-91)."""
+        short phrase's), so the judgement waits for it, up to `words_wait_ms` after the voice."""
         policy = self.options.interruption
         assert policy is not None
-        if self._held_words is not None:
-            return self._masked_hold_ms()
         settled_ms = self._voice_end_ms + policy.settle_ms
         through_ms = self._words_through_ms
         if through_ms is None or through_ms >= settled_ms:
             return settled_ms
         return max(settled_ms, self._voice_end_ms + policy.words_wait_ms)
-
-    def _may_go_on_masked(self, settled_ms: int) -> bool:
-        """Whether the caller may be talking on under the echo past `settled_ms`, when the
-        words settled: the gate masked frames after the voice, and the words are not a
-        listener's ("yeah" is decided at once; two unclear words or none may be the start of
-        a sentence the echo drowned)."""
-        policy = self.options.interruption
-        assert policy is not None
-        return self._masked_hold_ms() > settled_ms and not listener_words_only(self._overlap_words, policy)
-
-    def _masked_hold_ms(self) -> int:
-        """`settle_ms` past the last frame the echo gate masked after the voice (the voice's
-        end if none), at most `masked_wait_ms` past the voice."""
-        policy = self.options.interruption
-        assert policy is not None
-        masked_ms = min(
-            max(self._voice_end_ms, self._masked_until_ms), self._voice_end_ms + policy.masked_wait_ms
-        )
-        return masked_ms + policy.settle_ms
 
     @property
     def _capture_kept(self) -> bool:
@@ -631,8 +594,6 @@ class TurnTaker:
             self._paused_reply = None
 
     def _ignore_overlap(self, kind: OverlapKind, end_ms: int) -> None:
-        words = self._overlap_words if self._held_words is None else self._held_words
-        self._held_words = None
         paused, self._paused_reply = self._paused_reply, None
         self._over_reply = False
         policy = self.options.interruption
@@ -644,7 +605,9 @@ class TurnTaker:
             at_once = kind is OverlapKind.BACKCHANNEL
             self._rejoin = _Rejoin(end_ms + policy.rejoin_within_ms, self._onset_ms, at_once)
         kept = self._rejoin is not None
-        self._actions.append(IgnoreOverlap(kind, words, self._onset_ms, end_ms, paused, keeps_capture=kept))
+        self._actions.append(
+            IgnoreOverlap(kind, self._overlap_words, self._onset_ms, end_ms, paused, keeps_capture=kept)
+        )
         self.state = UserState.LISTENING
         if self._active_reply is None:
             self._idle_since_ms = end_ms
@@ -653,7 +616,6 @@ class TurnTaker:
         """The speech over the reply is a turn: cancel the reply (if still active) and
         announce the speech; the turn goes on from where the voice is."""
         self._rejoin = None
-        self._held_words = None
         if self._interruptible():
             assert self._active_reply is not None
             self._actions.append(CancelReply(self._active_reply, reason="turn_detected"))
@@ -672,8 +634,7 @@ class TurnTaker:
     def _judge_overlap(self, now_ms: int, *, final: bool) -> None:
         policy = self.options.interruption
         assert policy is not None
-        words = self._overlap_words if self._held_words is None else self._held_words
-        reply_text = self._reply_text
+        words, reply_text = self._overlap_words, self._reply_text
         kind = classify_overlap(
             words, policy, final=final, reply_text=reply_text, reply_echoes=self.overlap_hears_echo
         )
@@ -742,7 +703,6 @@ class TurnTaker:
             case (UserState.OVERLAP_ENDING, VoiceStarted()):
                 self.state = UserState.OVERLAP
                 self._short_burst = False  # it goes on: an overlap like any other
-                self._held_words = None  # ... judged on all its words
             case (UserState.USER_SPEAKING, VoiceStopped(at_ms=at_ms)):
                 self._voice_end_ms = at_ms
                 self.state = UserState.ENDPOINTING
@@ -819,10 +779,6 @@ class TurnTaker:
                 case UserState.ENDPOINTING if deadline < self._voice_end_ms + self.end_silence_ms():
                     self._actions.append(PrepareReply(audio_end_ms=self._voice_end_ms))
                     self.state = UserState.PREPARED
-                case UserState.OVERLAP_ENDING if self._held_words is None and self._may_go_on_masked(
-                    deadline
-                ):
-                    self._held_words = self._overlap_words  # the words settled: masked frames hold them
                 case UserState.OVERLAP_ENDING:
                     self._judge_overlap(now_ms, final=True)
                 case UserState.LISTENING if self._rejoin is not None and deadline == self._rejoin.until_ms:

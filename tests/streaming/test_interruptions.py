@@ -56,6 +56,16 @@ def run(taker: TurnTaker, script: list[str | WordsHeard], start_ms: int = 0) -> 
     return out
 
 
+def feed_masked(taker: TurnTaker, frames: int, start_ms: int) -> list[tuple[int, TurnAction]]:
+    """Frames the echo gate took for the reply's echo although the VAD heard a voice."""
+    out: list[tuple[int, TurnAction]] = []
+    for i in range(frames):
+        begin = start_ms + i * FRAME_MS
+        taker.receive(FrameClassified(begin, FRAME_MS, 0.0, masked=True), begin + FRAME_MS)
+        out += [(begin + FRAME_MS, a) for a in taker.actions()]
+    return out
+
+
 def test_backchannel_pauses_then_resumes_the_reply_without_announcing() -> None:
     taker = replying()
     timeline = run(taker, ["." * 5 + "S" * 8, WordsHeard("yeah"), "S" * 7 + "." * 20])
@@ -527,64 +537,3 @@ def test_a_caller_who_goes_on_after_the_reply_ended_keeps_their_first_words() ->
     assert kinds(timeline)[:3] == [EndCapture, BeginCapture, AnnounceSpeechStarted]
     assert timeline[0][0] == 300 + POLICY.rejoin_within_ms
     assert timeline[1][1] == BeginCapture(from_ms=1360)
-
-
-def feed_masked(taker: TurnTaker, frames: int, start_ms: int) -> list[tuple[int, TurnAction]]:
-    """Frames the echo gate took for the reply's echo although the VAD heard a voice."""
-    out: list[tuple[int, TurnAction]] = []
-    for i in range(frames):
-        begin = start_ms + i * FRAME_MS
-        taker.receive(FrameClassified(begin, FRAME_MS, 0.0, masked=True), begin + FRAME_MS)
-        out += [(begin + FRAME_MS, a) for a in taker.actions()]
-    return out
-
-
-def test_a_voice_the_echo_gate_cut_off_is_judged_once_the_echo_is_over() -> None:
-    """ "please" (heard as two unclear words), then the echo of the audio the client still
-    played after the pause drowns the caller, who goes on: "change my delivery address". Live,
-    the two words were judged a backchannel 150 ms after the gate cut the voice off, the reply
-    resumed with 100 ms left and ended, and the caller's interruption came too late to stop
-    it. The frames the gate masked hold the judgement: when the echo is over, the voice is
-    heard again, and its words take the floor while the reply is still paused."""
-    taker = replying()
-    timeline = run(taker, ["S" * 14, WordsHeard("peace change"), "." * 4])  # the voice ends at 280
-    timeline += feed_masked(taker, 12, 360)  # 360-600: the caller under the echo
-    timeline += run(taker, ["S" * 10, WordsHeard("peace change my delivery"), "S" * 10], start_ms=600)
-    assert kinds(timeline)[:4] == [BeginCapture, PauseReply, CancelReply, AnnounceSpeechStarted]
-    # without the masked frames the same words were judged at the voice's end + settle_ms
-    taker = replying()
-    timeline = run(taker, ["S" * 14, WordsHeard("peace change"), "." * 16])
-    assert kinds(timeline) == [BeginCapture, PauseReply, IgnoreOverlap]
-    assert timeline[-1][0] == 440  # the voice's end + settle_ms (430), on the next frame's edge
-
-
-def test_masked_frames_hold_a_judgement_settle_ms_past_them_and_masked_wait_ms_at_most() -> None:
-    """Two unclear words ("uh-huh", or the start of a sentence the echo drowned) are held
-    while masked frames go on. What the recogniser makes of the masked echo meanwhile (live,
-    "uh-huh" became three words, and the reply was cancelled) is not the caller's: the words
-    are judged as they settled."""
-    taker = replying()
-    run(taker, ["S" * 14, WordsHeard("a hot"), "." * 4])  # the voice ends at 280
-    timeline = feed_masked(taker, 5, 360)  # the echo, masked up to 460
-    timeline += run(taker, [WordsHeard("a hot your order"), "." * 20], start_ms=460)
-    assert kinds(timeline) == [IgnoreOverlap]
-    assert timeline[0][1] == IgnoreOverlap(
-        OverlapKind.BACKCHANNEL, "a hot", 0, 280, paused_reply=5, keeps_capture=True
-    )
-    assert timeline[0][0] == 620  # the last masked frame's end + settle_ms (610), on a frame's edge
-    # an echo that goes on (the reply was not paused, or a long room tail) holds it no longer
-    taker = replying()
-    run(taker, ["S" * 14, WordsHeard("a hot"), "." * 4])
-    timeline = feed_masked(taker, 30, 360)
-    assert kinds(timeline) == [IgnoreOverlap]
-    assert timeline[0][0] == 840  # the voice's end + masked_wait_ms + settle_ms (830), on an edge
-
-
-def test_a_listeners_words_are_judged_at_once_whatever_the_gate_masks_after_them() -> None:
-    """ "yeah" needs no wait to see if a sentence goes on under the echo: holding it cost every
-    backchannel over an echo a longer pause. A caller who does go on still rejoins it."""
-    taker = replying()
-    run(taker, ["S" * 14, WordsHeard("yeah"), "." * 4])  # the voice ends at 280
-    timeline = feed_masked(taker, 10, 360)
-    assert kinds(timeline) == [IgnoreOverlap]
-    assert timeline[0][0] == 440  # the voice's end + settle_ms (430), on a frame's edge
