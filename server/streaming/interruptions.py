@@ -15,10 +15,7 @@ pauses and the recogniser's words decide what the overlap was:
 - **echo**: words the reply itself has been saying (its own voice came back through a
   speakerphone or a phone line's echo, past the echo canceller): the reply resumes. The
   server knows what it said, so its own words cannot take the floor from it; while they are
-  heard, voice going on past `decide_within_ms` is not an interruption either. Where the
-  echo is heard in an overlap (the echo gate masked some of its frames), the reply's own words
-  among the caller's are the echo's too: they neither take the floor nor count as the
-  caller's ("uh-huh" and one echoed word are still a backchannel).
+  heard, voice going on past `decide_within_ms` is not an interruption either.
 
 Why unclear short bursts resume rather than cancel: the recogniser has no lexical entry for
 "uh-huh" or "mm-hmm" and hears them as one or two unrelated words ("ahead", "the flood",
@@ -79,10 +76,7 @@ class InterruptionPolicy:
     this soon after a backchannel's or a noise's voice ended continues it (the words from its
     onset on are judged: "thank you ... that is all" takes the floor; after a backchannel the
     reply pauses at the new voice's onset); `max_backchannel_words`: more words than this, one
-    of them not a listener's, is an interruption; `echo_extra_words`: ... and over the reply's
-    echo this many more, since the recogniser makes words of the echo too, and through a room
-    and a phone line not always the reply's own (a caller who wants the floor goes on:
-    `decide_within_ms` and the rejoin catch a sentence)."""
+    of them not a listener's, is an interruption."""
 
     pause_after_ms: int = 120
     decide_within_ms: int = 1000
@@ -90,7 +84,6 @@ class InterruptionPolicy:
     words_wait_ms: int = 500
     rejoin_within_ms: int = 800
     max_backchannel_words: int = 2
-    echo_extra_words: int = 2
     echo_min_words: int = 2  # words heard before they can be judged an echo of the reply
     echo_share: float = 0.6  # ... and the share of them among the reply's latest words
     echo_window_words: int = 40  # the reply's latest words (text runs ahead of the audio)
@@ -112,16 +105,11 @@ def echoes_reply(text: str, reply_text: str, policy: InterruptionPolicy) -> bool
 
 
 def classify_overlap(
-    text: str, policy: InterruptionPolicy, *, final: bool, reply_text: str = "", reply_echoes: bool = False
+    text: str, policy: InterruptionPolicy, *, final: bool, reply_text: str = ""
 ) -> OverlapKind | None:
     """What the words heard over the reply (whose text so far is `reply_text`) make of the
     overlap; None while undecided (`final`: the voice has stopped and its words have
-    settled, so it is decided). `reply_echoes`: the reply's echo is heard in this overlap (the
-    echo gate masked some of its frames), so the recogniser hears the caller and the echo
-    together; the reply's own latest words are then taken for the echo's: they neither take
-    the floor nor count among the caller's words, and `echo_extra_words` more of them may be a
-    listener's (live, over a -12 dB echo, "uh-huh" came out as three or four words, and a
-    backchannel cancelled the reply in half the trials)."""
+    settled, so it is decided)."""
     words = words_of(text)
     # a listener's words the reply happens to have said too ("thank you") are the caller's:
     # either way the reply resumes, but a caller who goes on is then heard as going on
@@ -132,17 +120,10 @@ def classify_overlap(
     # "the", "but", "of" on its way to "the flood"; a word that takes the floor counts once a
     # later word follows it, or when the voice has stopped (the reply stays paused meanwhile)
     settled = words if final else words[:-1]
-    callers = words
-    most_words = policy.max_backchannel_words
-    if reply_echoes:
-        most_words += policy.echo_extra_words
-        echoed = set(words_of(reply_text)[-policy.echo_window_words :])
-        settled = [word for word in settled if word not in echoed]
-        callers = [word for word in words if word not in echoed]
     if any(word in policy.interruption_words for word in settled):
         return OverlapKind.INTERRUPTION
-    unknown = [word for word in callers if word not in policy.backchannel_words]
-    if unknown and len(callers) > most_words:
+    unknown = [word for word in words if word not in policy.backchannel_words]
+    if unknown and len(words) > policy.max_backchannel_words:
         return OverlapKind.INTERRUPTION
     if not final:
         return None

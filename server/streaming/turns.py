@@ -416,7 +416,9 @@ class TurnTaker:
     @property
     def overlap_hears_echo(self) -> bool:
         """The echo gate masked frames of the current overlap: the recogniser hears the reply's
-        echo in it, beside the caller."""
+        echo in it, beside the caller (the debug log says so with each overlap's words: the
+        word rules judge such an overlap as any other, and over an echo they cancel the reply
+        for most backchannels, BENCHMARKS.md)."""
         return self._masked_until_ms > self._onset_ms
 
     @property
@@ -635,9 +637,7 @@ class TurnTaker:
         policy = self.options.interruption
         assert policy is not None
         words, reply_text = self._overlap_words, self._reply_text
-        kind = classify_overlap(
-            words, policy, final=final, reply_text=reply_text, reply_echoes=self.overlap_hears_echo
-        )
+        kind = classify_overlap(words, policy, final=final, reply_text=reply_text)
         if (
             kind is None
             and self.state is UserState.OVERLAP
