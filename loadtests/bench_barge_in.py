@@ -169,9 +169,8 @@ class PlanOptions:
     # real: earlier, since replies run 0.7-1.8 s; at 600-1500 ms many ended before the
     # interruption went out, or while the caller was speaking
     real_after_ms: tuple[int, int] = (300, 900)
-    # backchannels and noises over the real scenario's echo too (a speakerphone), variant
-    # "WORD, echo": a caller the echo gate cuts off is awaited until the echo is over, which
-    # may pause the reply longer there
+    # backchannels and noises over the real scenario's echo too (a listener on a speakerphone),
+    # variant "WORD, echo"
     overlay_echo: bool = False
 
 
@@ -182,9 +181,8 @@ def plan_trials(corpora: Corpora, options: PlanOptions, rng: random.Random) -> l
     word, the clip drawn among that word's voices; noise: `repeat` x every noise; real:
     `repeat` x (clean, echo), the interruption drawn from the interruption clips; with
     `overlay_echo`, every backchannel and noise trial is followed by the same over the real
-    scenario's echo. The overlay
-    goes out `after_ms` into the reply, drawn from `real_after_ms` for a real interruption and
-    from `after_ms` otherwise."""
+    scenario's echo. The overlay goes out `after_ms` into the reply, drawn from `real_after_ms`
+    for a real interruption and from `after_ms` otherwise."""
     trials: list[Trial] = []
     quiet = RoomOptions(noise_db=options.noise_db)
 

@@ -670,6 +670,14 @@ async def test_spoken_conversation_calls_order_status_and_answers_with_audio(
     async with running_server(app) as url:
         async with realtime_client(url, path=f"/voice/v1/realtime?caller=%2B{ADA[1:]}") as client:
             created = await client.wait_for("session.created", timeout_s=60)
+
+            async def listen(ms: int) -> None:
+                """The caller is quiet: their microphone sends silence, or nothing when muted."""
+                if microphone == "continuous":
+                    await client.stream(PcmFrame.silence(ms, 24_000))
+                else:
+                    await asyncio.sleep(ms / 1000)
+
             replies = []
             for sentence, utterance in caller_audio.items():
                 after = len(client.events)
@@ -678,10 +686,7 @@ async def test_spoken_conversation_calls_order_status_and_answers_with_audio(
                 if microphone == "half_duplex":
                     await client.stream(PcmFrame.silence(800, 24_000))  # then muted
                 while not waited.done():
-                    if microphone == "continuous":
-                        await client.stream(PcmFrame.silence(100, 24_000))
-                    else:
-                        await asyncio.sleep(0.1)
+                    await listen(100)
                 done = waited.result()
                 assert done["response"]["status"] == "completed", (sentence, done)
                 audio = decode_audio_deltas(
@@ -689,10 +694,7 @@ async def test_spoken_conversation_calls_order_status_and_answers_with_audio(
                 )
                 assert len(audio) > 24_000 // 2, sentence  # at least half a second of reply audio
                 replies.append(_transcript(client, after))
-                if microphone == "continuous":  # the reply finishes playing
-                    await client.stream(PcmFrame.silence(500, 24_000))
-                else:
-                    await asyncio.sleep(0.5)
+                await listen(500)  # the reply finishes playing
         assert "order number" in replies[0]
         assert replies[1].startswith("Order one two three four, the wireless headphones, has shipped")
         assert "transferring you" in replies[2]
