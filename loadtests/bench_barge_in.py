@@ -29,7 +29,9 @@ but whose last audio delta arrived within `CANCEL_EXPECTED_MS` (300 ms) of the i
 voice ended by itself while the caller began (no server could have cut it that fast): `ended`,
 neither a success nor a miss. The rate is cancelled / `live`, the trials whose reply still
 played 300 ms into the interruption; any other of those (completed, or ended another way) is a
-miss. (Files written before `stale_from_voice_ms` existed are judged from the first sound.)
+miss, and so is a trial whose session timed out after the interruption went out (`stuck`: the
+reply never ended, or the caller was never answered; it counts under `other`, and the bench still
+exits 1). (Files written before `stale_from_voice_ms` existed are judged from the first sound.)
 
 Stale audio is reported twice, per trial and per row (cancelled replies), because the clip's
 first sound is not always its voice: `stale_audio_ms` runs from sending the interruption's
@@ -264,6 +266,10 @@ class TrialOutcome:
     reply_audio_ms: float = 0.0
     voice_to_voice_ms: float | None = None
     error: str | None = None
+    # the overlay went out and the session then timed out waiting for the reply to end: the
+    # caller was left hanging (a paused reply never judged, words lost): a miss, not a bench
+    # fault (status stays `error`); False in files older than it
+    stuck: bool = False
 
     @property
     def is_self_interrupted(self) -> bool:
@@ -277,8 +283,8 @@ class TrialOutcome:
 
     @property
     def has_run(self) -> bool:
-        """The session ran and the question got a reply."""
-        return self.status != "error" and self.status != "no_reply"
+        """The session ran and the question got a reply (or one that never ended: `stuck`)."""
+        return self.stuck or (self.status != "error" and self.status != "no_reply")
 
     @property
     def is_overlay_unsent(self) -> bool:
@@ -291,6 +297,8 @@ class TrialOutcome:
         older than `stale_from_voice_ms` are judged on `stale_audio_ms` (from the first sound)."""
         if self.scenario != "real" or not self.counts:
             return None
+        if self.stuck:
+            return "missed"
         stale = self.stale_audio_ms if self.stale_from_voice_ms is None else self.stale_from_voice_ms
         return real_ending_of(self.status, stale)
 
@@ -371,6 +379,7 @@ def outcome_of(trial: Trial, config: str, session: SessionResult) -> TrialOutcom
     return dataclasses.replace(
         base,
         status="error" if errors is not None else status_of(main),
+        stuck=sent and any(e.kind == "timeout" for e in session.errors),
         overlay_sent=sent,
         speech_started=main.speech_started_during_reply,
         stalls=main.audio_stalls,
@@ -394,7 +403,7 @@ class Row:
     n: int  # those that count (see TrialOutcome.counts)
     completed: int
     cancelled: int  # turn_detected
-    other: int  # cancelled for another reason, incomplete
+    other: int  # cancelled for another reason, incomplete, or stuck (TrialOutcome.stuck)
     self_interrupted: int
     early: int  # of the trials that do not count: replies cancelled before the overlay went out
     unsent: int  # of the trials that do not count: replies that ended (or were cut) before the overlay
@@ -447,7 +456,7 @@ def row_of(scenario: Scenario, group: str, config: str, outcomes: Sequence[Trial
         n=len(counted),
         completed=sum(o.status == "completed" for o in counted),
         cancelled=sum(o.status == "cancelled" for o in counted),
-        other=sum(o.status in ("cancelled_other", "incomplete") for o in counted),
+        other=sum(o.status in ("cancelled_other", "incomplete") or o.stuck for o in counted),
         self_interrupted=sum(o.is_self_interrupted for o in counted),
         early=sum(o.overlay is not None and not o.overlay_sent and o.is_self_interrupted for o in outcomes),
         unsent=sum(o.is_overlay_unsent for o in outcomes),
@@ -526,7 +535,7 @@ def format_rows(rows: Sequence[Row]) -> str:
         )
     lines.append(
         "\nn: trials that count (ran, and the overlay went out mid-reply; (+k): k more did not); "
-        "done/cancel: response.done completed / cancelled turn_detected; other: another ending; "
+        "done/cancel: response.done completed / cancelled turn_detected; other: another ending, or none (stuck); "
         "self: cancelled or speech_started; spst: speech_started after the reply began; gaps: replies "
         "with an audible gap; early: replies cut (by echo) before the overlay was due; unsent: replies "
         "that ended or were cut before the overlay was due (early included); ended (real): replies not "

@@ -50,7 +50,7 @@ from loadtests.corpus import (
 from loadtests.microphone import Speech
 from loadtests.recorder import TurnRecorder
 from loadtests.room import EchoOptions, RoomOptions
-from loadtests.session import SessionResult
+from loadtests.session import SessionError, SessionResult
 from server.model.fakes import FakeAsr, FakeLlm
 from tests.conftest import fake_app
 from tests.harness import running_server
@@ -440,3 +440,21 @@ def test_a_listener_led_interruption_takes_the_floor_after_its_pause() -> None:
     led = dataclasses.replace(real_outcome("cancelled", 900, 150), overlay=clip.name)
     rows = {r.group: r for r in rows_of([led, real_outcome("cancelled", 120, 120)])}
     assert rows["listener-led"].n == 1 and rows["sentences"].n == 1 and rows["all"].n == 2
+
+
+def test_a_session_that_timed_out_after_the_interruption_is_a_miss_not_a_bench_error() -> None:
+    """Live, a caller whose interruption was taken for a listener's and whose words were then
+    lost was never answered: the session timed out waiting. That counts as a miss (under
+    `other`), not as an error left out of the rate."""
+    chunks = [(1.4 + 0.1 * i, 100) for i in range(12)]
+    session = recorded(reply(chunks, 2.55, "completed"), overlay_voiced_s=2.25)
+    session.errors.append(SessionError("timeout", "turn 0: no response.done within 30 s", 32000.0))
+    stuck = outcome_of(trial("real"), "x", session)
+    assert stuck.status == "error" and stuck.stuck and stuck.counts
+    assert stuck.real_ending == "missed"
+    row = row_of("real", "all", "x", [stuck])
+    assert (row.playing, row.cancelled, row.other, row.rate) == (1, 0, 1, 0.0)
+    # before the interruption went out, a timeout is the bench's (or the server's) fault
+    unsent = recorded(reply(chunks, 2.55, "completed"), overlay_voiced_s=None)
+    unsent.errors.append(SessionError("timeout", "turn 0: no response.done within 30 s", 32000.0))
+    assert not outcome_of(trial("real"), "x", unsent).counts
