@@ -1,6 +1,6 @@
 """What the `words` barge-in rules make of speech over a reply, clip by clip, offline.
 
-    python -m loadtests.measure_overlaps [--held-out] [--show]
+    python -m loadtests.measure_overlaps [--held-out] [--show] [--echo-db -12] [--unplaced-words]
 
 `bench_barge_in` measures barge-in through a live server, at real time, on a loaded box; this
 replays the same decisions without a clock, so that each clip's outcome depends only on the
@@ -21,6 +21,13 @@ Clips:
   with `--held-out`, in espeak-ng en-gb and en-us+f3, plus the human recordings of
   pocketsphinx-testdata.
 
+With `--echo-db` (and `--echo-delay-ms`), the microphone also hears the reply's echo: the
+reply text below in espeak-ng's en-us voice, played from the start of the replay, paused and
+resumed as the TurnTaker says (the client's buffer plays on `CLIENT_LEAD_MS` after a pause),
+through `loadtests.room`'s room (RT60 0.3 s); the server's echo gate judges every frame against
+what the reply played, and the recogniser's words reach the rules placed on the input's clock,
+as PocketSphinx places them in the server (`--unplaced-words`: as before they were).
+
 Reported per group: backchannels resumed (wanted: all), and for interruptions: cancelled
 (wanted: all) and the voice time from the clip's first voiced frame to the cancel (the stale
 audio a caller hears is about this plus the transport). `--show` prints every clip with the
@@ -40,6 +47,7 @@ from pathlib import Path
 import numpy as np
 import pocketsphinx
 import soxr
+from numpy.typing import NDArray
 
 from loadtests.corpus import (
     DEFAULT_CACHE_DIR,
@@ -57,13 +65,19 @@ from loadtests.overlays import (
     load_interruptions,
     spoken,
 )
+from loadtests.room import EchoOptions, room_impulse_response
 from server.audio import PcmFrame
 from server.model.backends import pocketsphinx_asr
-from server.streaming.interruptions import InterruptionPolicy
+from server.model.base import WordSpan
+from server.streaming.echo_gate import EchoGate, EchoGateOptions
+from server.streaming.interruptions import InterruptionPolicy, OverlapKind
+from server.streaming.playout import PlayoutOptions
 from server.streaming.session_config import TurnDetectionConfig
 from server.streaming.turns import (
+    AnnounceSpeechStarted,
     BeginCapture,
     CancelReply,
+    CommitTurn,
     DiscardNoise,
     EndCapture,
     FrameClassified,
@@ -89,6 +103,47 @@ PREFIX_PADDING_MS = TurnDetectionConfig().prefix_padding_ms  # the server's defa
 HELD_OUT_BACKCHANNEL_ESPEAK = ("en-gb", "en-us+f3", "en-us+m3", "en-au", "en-sc")
 HELD_OUT_BACKCHANNEL_FLITE = ("kal16",)
 HELD_OUT_INTERRUPTION_ESPEAK = ("en-gb", "en-us+f3")
+REPLY_VOICE = ("espeak", "en-us")  # the reply's voice, for its echo (`--echo-db`)
+CLIENT_LEAD_MS = PlayoutOptions().lead_ms  # a paused reply plays on this long (the client's buffer)
+
+
+class EchoedReply:
+    """The reply as a speakerphone brings it back (`--echo-db`): the player plays the reply
+    from the start of the replay, stops `CLIENT_LEAD_MS` after the server pauses it (the
+    client's buffer runs out) and goes on from there when it resumes or is cancelled for
+    good; the echo is what it played, through a room (`loadtests.room`: delay, level, RT60),
+    in the microphone. `reference` is what it played, frame by frame, on the input's clock,
+    as the server places it for the echo gate."""
+
+    def __init__(self, reply: NDArray[np.int16], options: EchoOptions, rate_hz: int, length: int) -> None:
+        self._reply = reply.astype(np.float64)
+        self._gain = 10 ** (options.level_db / 20)
+        self._response = room_impulse_response(options.rt60_s, options.direct_to_reverb_db, 0, rate_hz)
+        self._delay = round(options.delay_ms * rate_hz / 1000)
+        self._echo = np.zeros(length + len(self._response) + self._delay + len(self._reply))
+        self._position = 0  # the reply's samples played so far
+        self._rate_hz = rate_hz
+        self.stops_at_ms: int | None = None  # paused: the player stops here
+        self.cancelled = False
+
+    def play(self, start: int, n: int) -> NDArray[np.int16]:
+        """The reply played over input samples [start, start + n) (zeros while stopped); its
+        echo is added to what `echo(start, n)` returns from then on."""
+        start_ms = start * 1000 // self._rate_hz
+        stopped = self.cancelled or (self.stops_at_ms is not None and start_ms >= self.stops_at_ms)
+        chunk = np.zeros(n)
+        if not stopped:
+            played = self._reply[self._position : self._position + n]
+            chunk[: len(played)] = played
+            self._position += len(played)
+        if chunk.any():
+            echo = np.convolve(chunk * self._gain, self._response)
+            at = start + self._delay
+            self._echo[at : at + len(echo)] += echo
+        return chunk.astype(np.int16)
+
+    def echo(self, start: int, n: int) -> NDArray[np.float64]:
+        return self._echo[start : start + n]
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,26 +171,40 @@ def replay(
     config: dict[str, object],
     asr_lag_ms: int = 0,
     policy: InterruptionPolicy | None = None,
+    echo: tuple[NDArray[np.int16], EchoOptions] | None = None,
+    place_words: bool = True,
 ) -> Outcome:
     """One clip over a reply through the VAD, the recogniser and the TurnTaker; the words of
     each point of the audio reach the rules `asr_lag_ms` later (a busy recogniser). As in the
     server, the recogniser hears the audio from a voice onset (less the prefix padding) until
     the overlap is dropped (a resumed one's capture is kept for a voice that may continue it);
     the replay goes on after a resume, so a caller who goes on talking after a pause inside
-    the sentence is followed to the end of the clip."""
+    the sentence is followed to the end of the clip. With `echo` (the reply's audio at 16 kHz
+    and the room it comes back through), the microphone hears the reply's echo beside the
+    clip and the server's echo gate judges every frame against what the reply played, as in
+    the server: a voiced frame it takes for the echo is silence to the TurnTaker (masked).
+    `place_words`: the recogniser's words reach the TurnTaker with their spans, as the
+    server's PocketSphinx sends them (False: words alone, as a recogniser that cannot place
+    them)."""
     rate = silero.SAMPLE_RATE_HZ  # the VAD's and the recogniser's rate (the clips are 24 kHz)
     frame = silero.FRAME_MS * rate // 1000
     samples = soxr.resample(clip.samples, SAMPLE_RATE_HZ, rate).astype(np.int16)
     audio = np.concatenate(
         [np.zeros(LEAD_MS * rate // 1000, np.int16), samples, np.zeros(TAIL_MS * rate // 1000, np.int16)]
     )
+    reply = None if echo is None else EchoedReply(echo[0], echo[1], rate, len(audio))
+    gate = None if echo is None else EchoGate(EchoGateOptions(), silero.FRAME_MS)
+    mic = audio.copy()  # what the microphone hears: the clip, and the echo if any
     options = TurnOptions(interruption=policy or InterruptionPolicy())
     taker = TurnTaker(options)
     taker.receive(ReplyStarted(1), now_ms=0)
     classifier = vad.open(0.5)
     asr: pocketsphinx.Decoder | None = None
-    decoded: list[tuple[int, str]] = []  # (audio ms decoded up to, the hypothesis then)
+    # (audio ms decoded up to, the hypothesis then, its words placed on the replay's clock)
+    decoded: list[tuple[int, str, tuple[WordSpan, ...]]] = []
+    capture_ms = 0  # where the recogniser's audio starts
     words = ""
+    spans: tuple[WordSpan, ...] = ()
     first_voice_ms: int | None = None
     first: tuple[str, int] | None = None
     paused_at_ms: int | None = None
@@ -143,43 +212,63 @@ def replay(
     for i in range(0, len(audio) - frame + 1, frame):
         start_ms = i * 1000 // rate
         end_ms = start_ms + silero.FRAME_MS
-        chunk = audio[i : i + frame]
+        reference = None
+        if reply is not None:
+            reference = reply.play(i, frame)
+            mixed = audio[i : i + frame] + reply.echo(i, frame)
+            mic[i : i + frame] = np.clip(np.round(mixed), -32768, 32767).astype(np.int16)
+        chunk = mic[i : i + frame]
         if asr is not None:
             asr.process_raw(chunk.tobytes(), False, False)
-            hyp = asr.hyp()
-            decoded.append((end_ms, hyp.hypstr if hyp is not None else ""))
-        words = next((w for at, w in reversed(decoded) if at <= end_ms - asr_lag_ms), "")
+            decoded.append((end_ms, *_hypothesis(asr, capture_ms)))
+        words, spans = next(((w, p) for at, w, p in reversed(decoded) if at <= end_ms - asr_lag_ms), ("", ()))
         probability = classifier.speech_probability(PcmFrame(chunk, rate))
         if probability >= 0.5 and first_voice_ms is None and start_ms >= LEAD_MS:
             first_voice_ms = start_ms
         if playing and first_voice_ms is not None and cancelled_at_ms is None:
             played_after_voice_ms += silero.FRAME_MS
-        taker.receive(FrameClassified(start_ms, silero.FRAME_MS, probability), now_ms=end_ms)
+        masked = False
+        if gate is not None and reference is not None:
+            is_echo = gate.is_echo(PcmFrame(chunk, rate), PcmFrame(reference, rate), hold=taker.hears_voice)
+            if is_echo:
+                masked, probability = probability >= 0.5, 0.0
+        taker.receive(FrameClassified(start_ms, silero.FRAME_MS, probability, masked), now_ms=end_ms)
         if taker.wants_words:
-            taker.receive(WordsHeard(words, REPLY_TEXT, end_ms - asr_lag_ms), now_ms=end_ms)
+            heard = WordsHeard(words, REPLY_TEXT, end_ms - asr_lag_ms, spans if place_words else None)
+            taker.receive(heard, now_ms=end_ms)
         taker.receive(Tick(), now_ms=end_ms)
         for action in taker.actions():
             if isinstance(action, BeginCapture) and asr is None:  # else it goes on (a rejoin)
                 asr = decoder(config)
                 asr.start_utt()
                 decoded = []
-                from_sample = max(0, action.from_ms - PREFIX_PADDING_MS) * rate // 1000
-                asr.process_raw(audio[from_sample : i + frame].tobytes(), False, False)
-                hyp = asr.hyp()
-                decoded.append((end_ms, hyp.hypstr if hyp is not None else ""))
+                capture_ms = max(0, action.from_ms - PREFIX_PADDING_MS)
+                asr.process_raw(mic[capture_ms * rate // 1000 : i + frame].tobytes(), False, False)
+                decoded.append((end_ms, *_hypothesis(asr, capture_ms)))
             elif isinstance(action, (IgnoreOverlap, DiscardNoise)) and not action.keeps_capture:
                 asr, decoded = None, []
             elif isinstance(action, EndCapture):
                 asr, decoded = None, []
+            if gate is not None:  # as the conversation settles the frames the gate held
+                if isinstance(action, IgnoreOverlap):
+                    gate.settle_held(echo=action.kind is OverlapKind.ECHO)
+                elif isinstance(action, (DiscardNoise, AnnounceSpeechStarted, CommitTurn)):
+                    gate.settle_held(echo=False)
             if isinstance(action, PauseReply):
                 paused_at_ms = end_ms if paused_at_ms is None else paused_at_ms  # the first pause
                 playing = False
+                if reply is not None and reply.stops_at_ms is None:
+                    reply.stops_at_ms = end_ms + CLIENT_LEAD_MS
             elif isinstance(action, ResumeReply) or (
                 isinstance(action, IgnoreOverlap) and action.paused_reply is not None
             ):
                 playing = True
+                if reply is not None:
+                    reply.stops_at_ms = None
             if isinstance(action, CancelReply) and cancelled_at_ms is None:
                 cancelled_at_ms, playing = end_ms, False
+                if reply is not None:
+                    reply.cancelled = True
             if first is None and isinstance(action, CancelReply):
                 first = ("cancelled", end_ms)
             elif first is None and isinstance(action, IgnoreOverlap) and action.paused_reply is not None:
@@ -193,6 +282,13 @@ def replay(
     return Outcome(
         clip.name, group, first[0], first[1] - base, words, paused_ms, cancelled_at_ms is not None, stale_ms
     )
+
+
+def _hypothesis(asr: pocketsphinx.Decoder, capture_ms: int) -> tuple[str, tuple[WordSpan, ...]]:
+    hyp = asr.hyp()
+    spans = pocketsphinx_asr.word_spans_of(asr.seg())
+    placed = tuple(WordSpan(s.word, capture_ms + s.start_ms, capture_ms + s.end_ms) for s in spans)
+    return (hyp.hypstr if hyp is not None else ""), placed
 
 
 def held_out_backchannels(cache_dir: Path) -> list[Utterance]:
@@ -228,11 +324,11 @@ def _spread(values: Sequence[int]) -> str:
 
 def report(outcomes: Sequence[Outcome]) -> None:
     """Per group: the share with the wanted outcome (interruptions: cancelled, at once or
-    after a resume; backchannels: never cancelled, resumed at once); when the first decision
-    came (ms of voice); for resumed clips, how long the reply was paused (the server's pause:
-    the caller hears it less the client's buffered lead); for cancelled ones, how much of the
-    reply played after the caller's first voiced frame (stale audio, resumed stretches
-    included)."""
+    after a resume; backchannels: never cancelled, and resumed or never paused, as when the
+    echo gate takes a quiet one for the echo); when the first decision came (ms of voice); for
+    resumed clips, how long the reply was paused (the server's pause: the caller hears it less
+    the client's buffered lead); for cancelled ones, how much of the reply played after the
+    caller's first voiced frame (stale audio, resumed stretches included)."""
     groups = sorted({o.group for o in outcomes})
     print(
         f"{'group':34} {'n':>3} {'wanted':>7}   {'decided after p50 / p90 / max':>30}"
@@ -245,8 +341,8 @@ def report(outcomes: Sequence[Outcome]) -> None:
             after = _spread([o.stale_ms for o in good if o.stale_ms is not None]) + " stale"
             late = sum(not o.kind.startswith("cancelled") for o in good)
             after += f" ({late} after a resume)" if late else ""
-        else:
-            good = [o for o in rows if o.kind.startswith("resumed") and not o.cancelled]
+        else:  # resumed, or never paused: the reply went on either way
+            good = [o for o in rows if not o.cancelled and o.kind != "paused, undecided"]
             after = _spread([o.paused_ms for o in good if o.paused_ms is not None]) + " paused"
         decided = _spread([o.decided_after_ms for o in good if o.decided_after_ms is not None])
         print(f"{group:34} {len(rows):>3} {len(good) / len(rows):>7.0%}   {decided:>30}   {after}")
@@ -276,6 +372,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="InterruptionPolicy.rejoin_within_ms (default: the server's; 0: off)",
     )
+    parser.add_argument(
+        "--echo-db",
+        type=float,
+        default=None,
+        help="the reply's echo in the microphone at this level, dB relative to the reply (default: none)",
+    )
+    parser.add_argument("--echo-delay-ms", type=float, default=120.0, help="... after this delay")
+    parser.add_argument(
+        "--caller-word-share",
+        type=float,
+        default=None,
+        help="InterruptionPolicy.caller_word_share (default: the server's)",
+    )
+    parser.add_argument(
+        "--unplaced-words",
+        action="store_true",
+        help="judge the recogniser's words without their spans (as before they were placed)",
+    )
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
     args = parser.parse_args(argv)
     policy = InterruptionPolicy()
@@ -283,6 +397,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         policy = dataclasses.replace(policy, settle_ms=args.settle_ms)
     if args.pause_after_ms is not None:
         policy = dataclasses.replace(policy, pause_after_ms=args.pause_after_ms)
+    if args.caller_word_share is not None:
+        policy = dataclasses.replace(policy, caller_word_share=args.caller_word_share)
     if args.rejoin_within_ms is not None:
         policy = dataclasses.replace(policy, rejoin_within_ms=args.rejoin_within_ms)
     try:
@@ -300,10 +416,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CorpusUnavailable as exc:
         print(f"corpus unavailable: {exc}", file=sys.stderr)
         return 2
+    echo = None
+    if args.echo_db is not None:
+        reply, reply_rate = spoken(*REPLY_VOICE, REPLY_TEXT, args.cache_dir)
+        reply16 = soxr.resample(reply, reply_rate, silero.SAMPLE_RATE_HZ).astype(np.int16)
+        echo = (reply16, EchoOptions(delay_ms=args.echo_delay_ms, level_db=args.echo_db))
     vad = silero.load()
     config = pocketsphinx_asr.decoder_settings()
     outcomes = [
-        replay(clip, group, vad, config, args.asr_lag_ms, policy) for group, clips in sets for clip in clips
+        replay(clip, group, vad, config, args.asr_lag_ms, policy, echo, not args.unplaced_words)
+        for group, clips in sets
+        for clip in clips
     ]
     if args.show:
         for o in outcomes:

@@ -335,6 +335,29 @@ class Transcript:
     is_final: bool
 
 
+@dataclass(frozen=True, slots=True)
+class WordSpan:
+    """A word of a hypothesis and where the recogniser placed it: [start_ms, end_ms) of the
+    audio its stream (or, once the conversation has placed it, the session's input) was
+    pushed from its start."""
+
+    word: str
+    start_ms: int
+    end_ms: int
+
+
+@runtime_checkable
+class TimesWords(Protocol):
+    """An AsrStream that can say where each word of its hypothesis lies in the audio
+    (optional): the conversation tells the caller's words over the reply from those the
+    recogniser made of the reply's own echo (server/streaming/interruptions.py)."""
+
+    @property
+    def word_spans(self) -> tuple[WordSpan, ...]:
+        """The words of `hypothesis`, in order, each with its span (() until there is one)."""
+        ...
+
+
 class AsrStream(Protocol):
     """One utterance. push_audio, then end_input; iterate for partials and one final.
 
@@ -409,6 +432,11 @@ class HearsWords(Protocol):
         """How much of the uncommitted input, from its start, `words_so_far()` covers (ms):
         words judged before the recogniser reached the end of the speech miss its last
         ones. None if the recogniser cannot say."""
+        ...
+
+    def word_spans_so_far(self) -> tuple[WordSpan, ...] | None:
+        """The words of `words_so_far()` with their spans in the uncommitted input (ms from
+        its start); None if the recogniser does not place its words (TimesWords)."""
         ...
 
 

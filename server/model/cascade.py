@@ -54,9 +54,11 @@ from server.model.base import (
     SessionOptions,
     StageTimings,
     TextDelta,
+    TimesWords,
     TranscriptDelta,
     TtsBackend,
     TurnEndScorer,
+    WordSpan,
 )
 from server.model.deadlines import DeadlineIterator, ModelDeadlines
 from server.model.phrases import PhraseSplitter, cut_text_to_fraction
@@ -254,6 +256,11 @@ class CascadeSession:
 
     def words_cover_ms(self) -> int | None:
         return self._asr.decoded_ms if self._asr is not None else 0  # nothing pushed: all covered
+
+    def word_spans_so_far(self) -> tuple[WordSpan, ...] | None:
+        if self._asr is None:
+            return ()
+        return self._asr.word_spans if isinstance(self._asr, TimesWords) else None
 
     async def end_of_turn_probability(self, words: str) -> float | None:
         if not words.strip():

@@ -52,6 +52,7 @@ from server.model.base import (
     TurnDetectionFailed,
     TurnEndScoring,
     VoiceDetection,
+    WordSpan,
 )
 from server.model.tool_calls import ForcedTool, ToolChoice
 from server.streaming.capture import InputAudio, VadFrame
@@ -214,7 +215,7 @@ class Conversation:
         self._scoring: asyncio.Task[None] | None = None  # the words of the current pause, scored
         self._scored_words: str | None = None  # ... which words
         # the words the TurnTaker last heard over a paused reply, and the input they cover
-        self._overlap_heard: tuple[str, int | None] | None = None
+        self._overlap_heard: tuple[str, int | None, tuple[WordSpan, ...] | None] | None = None
         self._stop_requested = False
         self._speech_end_s: float | None = None
         self._model_detects_turns = False  # the model's VAD ends the turns (DetectsTurns)
@@ -611,8 +612,12 @@ class Conversation:
         words, cover_ms = session.words_so_far(), session.words_cover_ms()
         # the input position the words reach: their judgement waits for the end of the speech
         through_ms = None if cover_ms is None else self._capture_start_ms + cover_ms
-        if (words, through_ms) != self._overlap_heard:
-            self._overlap_heard = (words, through_ms)
+        spans = session.word_spans_so_far()
+        if spans is not None:  # placed on the input's clock, as the TurnTaker's frames are
+            start_ms = self._capture_start_ms
+            spans = tuple(WordSpan(s.word, start_ms + s.start_ms, start_ms + s.end_ms) for s in spans)
+        if (words, through_ms, spans) != self._overlap_heard:
+            self._overlap_heard = (words, through_ms, spans)
             if log.isEnabledFor(logging.DEBUG):  # how far the recogniser lags; no words
                 log.debug(
                     "overlap words",
@@ -626,7 +631,8 @@ class Conversation:
                 )
             reply = self._replies.current
             reply_text = reply.transcript if reply is not None else ""
-            self._turns.receive(WordsHeard(words, reply_text, through_ms), now_ms=self._input.input_ms)
+            heard = WordsHeard(words, reply_text, through_ms, spans)
+            self._turns.receive(heard, now_ms=self._input.input_ms)
             await self._run_turn_actions()
 
     async def _follow_model_turns(self, session: DetectsTurns) -> None:

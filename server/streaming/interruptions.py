@@ -17,6 +17,15 @@ pauses and the recogniser's words decide what the overlap was:
   server knows what it said, so its own words cannot take the floor from it; while they are
   heard, voice going on past `decide_within_ms` is not an interruption either.
 
+Over a speakerphone the recogniser hears the reply's echo beside the caller, and makes words of
+it: an "uh-huh" over the echo came out as three or four words ("isa op", "each of a duo"),
+which the count rule took for an interruption. Where the recogniser places its words
+(`WordSpan`, a TimesWords recogniser), only the caller's are judged: a word is the echo's
+when the echo gate (echo_gate.py) took for the echo more of the voice heard over it than it
+passed as the caller's (`VoiceLedger`, `callers_words`). The gate decides frame by frame,
+on energy, so a caller's word keeps the frames where their voice is louder than the echo
+could be; the recogniser itself hears the audio whole.
+
 Why unclear short bursts resume rather than cancel: the recogniser has no lexical entry for
 "uh-huh" or "mm-hmm" and hears them as one or two unrelated words ("ahead", "the flood",
 "aha" in our measurements, loadtests/bench_barge_in.py), while a caller who really wants
@@ -27,8 +36,12 @@ the words that take it.
 from __future__ import annotations
 
 import re
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+
+from server.model.base import WordSpan
 
 BACKCHANNEL_WORDS = frozenset(
     {
@@ -87,12 +100,53 @@ class InterruptionPolicy:
     echo_min_words: int = 2  # words heard before they can be judged an echo of the reply
     echo_share: float = 0.6  # ... and the share of them among the reply's latest words
     echo_window_words: int = 40  # the reply's latest words (text runs ahead of the audio)
+    # a placed word is the caller's when at least this share of the voice heard over it passed
+    # the echo gate (no voice at all: the caller's, as any word a recogniser cannot place)
+    caller_word_share: float = 0.5
     backchannel_words: frozenset[str] = field(default=BACKCHANNEL_WORDS)
     interruption_words: frozenset[str] = field(default=INTERRUPTION_WORDS)
 
 
 def words_of(text: str) -> list[str]:
     return _WORD.findall(text.lower())
+
+
+class VoiceLedger:
+    """Whose voice the latest voiced frames held, on the input's clock: the caller's (the VAD
+    heard a voice and the echo gate passed it) or the reply's echo (the VAD heard a voice the
+    gate took for the echo). Silent frames are not kept; the oldest go first."""
+
+    def __init__(self, max_frames: int = 1024) -> None:  # about half a minute of voice
+        self._frames: deque[tuple[int, int, bool]] = deque(maxlen=max_frames)  # start, end, caller's
+
+    def add(self, start_ms: int, duration_ms: int, *, callers: bool) -> None:
+        self._frames.append((start_ms, start_ms + duration_ms, callers))
+
+    def voice_ms(self, start_ms: int, end_ms: int) -> tuple[int, int]:
+        """The caller's voice and the echo's over [start_ms, end_ms), in ms."""
+        callers = echo = 0
+        for frame_start, frame_end, is_callers in reversed(self._frames):
+            if frame_end <= start_ms:
+                break  # the frames are in order: none older reaches the span
+            overlap = min(frame_end, end_ms) - max(frame_start, start_ms)
+            if overlap > 0:
+                if is_callers:
+                    callers += overlap
+                else:
+                    echo += overlap
+        return callers, echo
+
+
+def callers_words(spans: Sequence[WordSpan], voices: VoiceLedger, policy: InterruptionPolicy) -> str:
+    """The words of `spans` the caller said, as text: those over which the echo gate passed
+    at least `caller_word_share` of the voice heard (or heard none: the VAD is not a word
+    aligner, and a word it heard no voice in is kept, as without spans)."""
+    kept = []
+    for span in spans:
+        callers, echo = voices.voice_ms(span.start_ms, span.end_ms)
+        if callers + echo == 0 or callers >= policy.caller_word_share * (callers + echo):
+            kept.append(span.word)
+    return " ".join(kept)
 
 
 def echoes_reply(text: str, reply_text: str, policy: InterruptionPolicy) -> bool:

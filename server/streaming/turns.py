@@ -88,10 +88,13 @@ from dataclasses import dataclass
 from enum import Enum
 
 from server.errors import TurnStateError
+from server.model.base import WordSpan
 from server.streaming.end_of_turn import SemanticPolicy
 from server.streaming.interruptions import (
     InterruptionPolicy,
     OverlapKind,
+    VoiceLedger,
+    callers_words,
     classify_overlap,
     echoes_reply,
 )
@@ -193,11 +196,14 @@ class WordsHeard:
     """The recogniser's words for the caller's current speech, or the audio they cover,
     changed (fed while the caller talks over a reply, `TurnTaker.wants_words`); `reply_text`:
     the reply's text so far; `through_ms`: the input position the recogniser has decoded up
-    to (None: it cannot say)."""
+    to (None: it cannot say); `spans`: the same words placed on the input's clock (None: the
+    recogniser does not place them), so that the words it made of the reply's echo are not
+    taken for the caller's (interruptions.py)."""
 
     words: str
     reply_text: str = ""
     through_ms: int | None = None
+    spans: tuple[WordSpan, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,6 +391,8 @@ class TurnTaker:
         self._paused_reply: int | None = None  # the active reply, paused by this overlap
         self._over_reply = False  # the caller's current voice began over a reply (it paused it)
         self._overlap_words = ""  # the recogniser's words for the speech over the reply
+        self._overlap_spans: tuple[WordSpan, ...] | None = None  # ... placed (None: unplaced)
+        self._voices = VoiceLedger()  # the frames' voices: the caller's or the reply's echo
         self._words_through_ms: int | None = None  # ... the input they cover (None: unknown)
         self._reply_text = ""  # ... and the text of that reply so far
         self._rejoin: _Rejoin | None = None  # the overlap a new voice may continue
@@ -450,6 +458,8 @@ class TurnTaker:
             case FrameClassified():
                 if event.masked:
                     self._masked_until_ms = event.start_ms + event.duration_ms
+                if event.masked or event.probability >= self.options.threshold:
+                    self._voices.add(event.start_ms, event.duration_ms, callers=not event.masked)
                 for voice in self._detector.push(event.probability, event.start_ms, event.duration_ms):
                     self._on_voice(voice, now_ms)
                 self._check_pending(now_ms)
@@ -477,8 +487,9 @@ class TurnTaker:
                 self._over_reply = False
                 self._rejoin = None  # the client dropped that audio (the loop drops the capture)
                 self.state = UserState.LISTENING
-            case WordsHeard(words=words, reply_text=reply_text, through_ms=through_ms):
+            case WordsHeard(words=words, reply_text=reply_text, through_ms=through_ms, spans=spans):
                 self._overlap_words, self._reply_text = words, reply_text
+                self._overlap_spans = spans
                 self._words_through_ms = through_ms
                 if self.state in (UserState.OVERLAP, UserState.OVERLAP_ENDING):
                     self._judge_overlap(now_ms, final=False)
@@ -608,7 +619,7 @@ class TurnTaker:
             self._rejoin = _Rejoin(end_ms + policy.rejoin_within_ms, self._onset_ms, at_once)
         kept = self._rejoin is not None
         self._actions.append(
-            IgnoreOverlap(kind, self._overlap_words, self._onset_ms, end_ms, paused, keeps_capture=kept)
+            IgnoreOverlap(kind, self._callers_words(), self._onset_ms, end_ms, paused, keeps_capture=kept)
         )
         self.state = UserState.LISTENING
         if self._active_reply is None:
@@ -633,10 +644,18 @@ class TurnTaker:
         else:
             self.state = UserState.USER_SPEAKING
 
+    def _callers_words(self) -> str:
+        """The words heard over the reply that the caller said: all of them, unless the
+        recogniser placed them (then not those it made of the reply's echo)."""
+        policy = self.options.interruption
+        if self._overlap_spans is None or policy is None:
+            return self._overlap_words
+        return callers_words(self._overlap_spans, self._voices, policy)
+
     def _judge_overlap(self, now_ms: int, *, final: bool) -> None:
         policy = self.options.interruption
         assert policy is not None
-        words, reply_text = self._overlap_words, self._reply_text
+        words, reply_text = self._callers_words(), self._reply_text
         kind = classify_overlap(words, policy, final=final, reply_text=reply_text)
         if (
             kind is None
@@ -669,12 +688,15 @@ class TurnTaker:
                 self._voice_onset_ms = at_ms
                 self._over_reply = False
                 self._overlap_words = self._reply_text = ""
+                self._overlap_spans = None
                 self._words_through_ms = None
                 self._short_burst = False
                 self._idle_since_ms = None
                 self.state = UserState.VOICE_PENDING
                 self._actions.append(BeginCapture(from_ms=self._onset_ms))
             case (UserState.VOICE_PENDING, VoiceStopped(at_ms=at_ms)):
+                # any words, the echo's too: a burst the gate chopped from a caller's sentence
+                # may hold only the echo's so far, and waits for the sentence to go on
                 heard = self._overlap_words or (
                     self._words_through_ms is not None and self._words_through_ms < at_ms
                 )

@@ -2,6 +2,7 @@ import asyncio
 import time
 import wave
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from server.errors import BackendError, BackendUnavailable
 from server.model.backends import pocketsphinx_asr
 from server.model.backends.espeak_tts import load as load_tts
 from server.model.backends.pocketsphinx_asr import PocketsphinxAsr, load
-from server.model.base import AsrBackend, Transcript
+from server.model.base import AsrBackend, TimesWords, Transcript, WordSpan
 
 pytestmark = pytest.mark.slow
 
@@ -312,3 +313,42 @@ async def test_decoded_ms_follows_the_decoder_to_the_end_of_the_audio(
     await stream.aclose()
     assert covered == sorted(covered)
     assert covered[-1] == len(audio) * 1000 // RATE
+
+
+async def test_partials_place_their_words_in_the_streams_audio(
+    shared_asr: PocketsphinxAsr, refund_request: Samples
+) -> None:
+    """Each partial's words come with their spans in the pushed audio (TimesWords): the same
+    words as the hypothesis, in order, after the second of silence pushed before them."""
+    assert isinstance(shared_asr.open_stream(), TimesWords)
+    stream = shared_asr.open_stream()
+    audio = np.concatenate([np.zeros(RATE, dtype=np.int16), refund_request])
+    for frame in frames(audio):
+        stream.push_audio(frame)
+    stream.end_input()
+    placed = []
+    async for transcript in stream:
+        if not transcript.is_final:
+            placed.append((transcript.text, stream.word_spans))
+    await stream.aclose()
+    assert placed
+    audio_ms = len(audio) * 1000 // RATE
+    for text, spans in placed:
+        assert [span.word for span in spans] == text.split()
+        assert all(1000 <= s.start_ms < s.end_ms <= audio_ms for s in spans)
+        assert all(a.end_ms <= b.start_ms for a, b in zip(spans, spans[1:], strict=False))
+
+
+@dataclass
+class Segment:
+    """What `Decoder.seg()` yields, for word_spans_of (its frames are 10 ms)."""
+
+    word: str
+    start_frame: int
+    end_frame: int
+
+
+def test_word_spans_leave_out_fillers_and_pronunciation_numbers() -> None:
+    segments = [Segment("<s>", 0, 21), Segment("i", 22, 36), Segment("<sil>", 37, 40)]
+    segments += [Segment("want(2)", 41, 69), Segment("[NOISE]", 70, 75), Segment("</s>", 76, 80)]
+    assert pocketsphinx_asr.word_spans_of(segments) == (WordSpan("i", 220, 370), WordSpan("want", 410, 700))

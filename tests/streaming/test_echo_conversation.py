@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from server.audio import PcmFrame
-from server.model.fakes import FakeAsr, FakeLlm, tone
+from server.model.base import TranscriptionOptions, WordSpan
+from server.model.fakes import FakeAsr, FakeAsrStream, FakeLlm, tone
 from server.streaming.conversation import Conversation
 from server.streaming.interruptions import InterruptionPolicy
 from server.streaming.outputs import ResponseAudio, ResponseEnded, SpeechStarted
@@ -223,3 +224,53 @@ def test_a_client_that_stops_sending_while_the_reply_plays_is_heard_when_it_spea
     )
     assert len(port.all(SpeechStarted)) == 2
     assert [e.status for e in port.all(ResponseEnded)] == ["completed", "completed"]
+
+
+class PlacingAsrStream(FakeAsrStream):
+    """A FAKE recogniser that places its scripted words (TimesWords) as PocketSphinx placed
+    "isa on them" for an "uh-huh" over the echo: the first word in the capture's first 240 ms
+    (its padding before the caller's voice: the echo), the others spread over the rest."""
+
+    @property
+    def word_spans(self) -> tuple[WordSpan, ...]:
+        first, *rest = self.hypothesis.split() or [""]
+        if not first:
+            return ()
+        end_ms = max(int(self.pushed_ms), 400)
+        step_ms = (end_ms - 300) // max(1, len(rest))
+        spans = [WordSpan(first, 0, 240)]
+        spans += [WordSpan(word, 300 + i * step_ms, 300 + (i + 1) * step_ms) for i, word in enumerate(rest)]
+        return tuple(spans)
+
+
+class PlacingAsr(FakeAsr):
+    def open_stream(self, transcription: TranscriptionOptions | None = None) -> FakeAsrStream:
+        index = min(len(self.streams), len(self.script) - 1)
+        stream = PlacingAsrStream(self.script[index], self.delay_s)
+        self.streams.append(stream)
+        return stream
+
+
+@pytest.mark.parametrize(("asr_kind", "status"), [(PlacingAsr, "completed"), (FakeAsr, "cancelled")])
+def test_words_the_recogniser_made_of_the_echo_do_not_take_the_floor(
+    asr_kind: type[FakeAsr], status: str
+) -> None:
+    """Over a -6 dB echo, behind the echo gate, the caller says "uh-huh" (400 ms) and the
+    recogniser hears "isa on them": three unclear words, an interruption by the count. A
+    recogniser that places its words shows "isa" lying in the echo before the caller's voice
+    (the frames the gate masked): the caller said two, and the reply goes on."""
+    statuses: list[str] = []
+
+    async def script(port: MemoryPort, _: Conversation) -> None:
+        caller = await EchoingCaller.asking(port, delay_ms=100, level_db=-6)
+        await caller.listen(1500)
+        await caller.listen(400, speech=tone(400, amplitude=16000))
+        while not port.all(ResponseEnded) and caller._play_end < RATE * 30:
+            await caller.listen(200)
+        statuses.extend(e.status for e in port.all(ResponseEnded))
+
+    options = replace(ConversationOptions(), echo_gate=True)
+    options = replace(options, turn=replace(options.turn, interruption=InterruptionPolicy()))
+    asr = asr_kind(["where is my order", "isa on them"])
+    converse(script, asr, FakeLlm([LONG_REPLY, "Ok."]), options)
+    assert statuses[0] == status

@@ -6,7 +6,14 @@ from dataclasses import replace
 
 import pytest
 
-from server.streaming.interruptions import InterruptionPolicy, OverlapKind, classify_overlap
+from server.model.base import WordSpan
+from server.streaming.interruptions import (
+    InterruptionPolicy,
+    OverlapKind,
+    VoiceLedger,
+    callers_words,
+    classify_overlap,
+)
 from server.streaming.turns import (
     AnnounceSpeechStarted,
     AnnounceSpeechStopped,
@@ -508,3 +515,67 @@ def test_a_caller_who_goes_on_after_the_reply_ended_keeps_their_first_words() ->
     assert kinds(timeline)[:3] == [EndCapture, BeginCapture, AnnounceSpeechStarted]
     assert timeline[0][0] == 300 + POLICY.rejoin_within_ms
     assert timeline[1][1] == BeginCapture(from_ms=1360)
+
+
+def placed(*words: tuple[str, int, int]) -> tuple[WordSpan, ...]:
+    return tuple(WordSpan(word, start_ms, end_ms) for word, start_ms, end_ms in words)
+
+
+# "uh-huh" over the reply's echo, as PocketSphinx heard it in measure_overlaps --echo-db -12:
+# the echo before the caller's voice (the capture's prefix padding, masked by the gate) came
+# out as "isa", the caller's voice as "on them"
+ISA_ON_THEM = placed(("isa", 0, 240), ("on", 240, 400), ("them", 400, 560))
+
+
+@pytest.mark.parametrize(
+    ("spans", "kind"),
+    [
+        (ISA_ON_THEM, OverlapKind.BACKCHANNEL),  # "isa" is the echo's: two words, a listener's
+        (None, OverlapKind.INTERRUPTION),  # unplaced: three unclear words, the floor taken
+    ],
+)
+def test_words_the_recogniser_made_of_the_echo_are_not_the_callers(
+    spans: tuple[WordSpan, ...] | None, kind: OverlapKind
+) -> None:
+    taker = replying()
+    timeline = run(taker, ["E" * 12 + "S" * 16, WordsHeard("isa on them", spans=spans), "E" * 4 + "." * 20])
+    decided = [a for _, a in timeline if isinstance(a, (IgnoreOverlap, CancelReply))]
+    if kind is OverlapKind.INTERRUPTION:
+        assert isinstance(decided[0], CancelReply)
+    else:
+        assert decided == [IgnoreOverlap(kind, "on them", 240, 560, paused_reply=5, keeps_capture=True)]
+
+
+def test_a_caller_talking_over_the_echo_still_takes_the_floor() -> None:
+    """Over an echo the gate masks the caller's quieter syllables too ("my", two frames of
+    five): the words over the voice it passed are still the caller's, and take the floor."""
+    taker = replying()
+    spans = placed(
+        ("yet", 0, 200), ("where", 200, 400), ("is", 400, 500), ("my", 500, 600), ("order", 600, 800)
+    )
+    timeline = run(
+        taker,
+        ["E" * 10 + "S" * 15 + "EE" + "S" * 13, WordsHeard("yet where is my order", spans=spans), "." * 20],
+    )
+    assert kinds(timeline)[:4] == [BeginCapture, PauseReply, CancelReply, AnnounceSpeechStarted]
+    assert next(a for _, a in timeline if isinstance(a, AnnounceSpeechStarted)).audio_start_ms == 200
+
+
+def test_voice_ledger_splits_a_span_between_the_caller_and_the_echo() -> None:
+    voices = VoiceLedger()
+    for start_ms in range(0, 200, 20):
+        voices.add(start_ms, 20, callers=start_ms >= 100)  # the echo, then the caller
+    assert voices.voice_ms(50, 150) == (50, 50)
+    assert voices.voice_ms(200, 400) == (0, 0)  # nothing heard there
+    spans = placed(("the", 0, 90), ("audio", 90, 200), ("later", 300, 400))
+    # "the": all echo; "audio": 10 ms echo, 100 ms the caller's; "later": no voice, kept
+    assert callers_words(spans, voices, POLICY) == "audio later"
+    stricter = replace(POLICY, caller_word_share=0.95)
+    assert callers_words(spans, voices, stricter) == "later"
+
+
+def test_voice_ledger_forgets_its_oldest_frames() -> None:
+    voices = VoiceLedger(max_frames=4)
+    for start_ms in range(0, 200, 20):
+        voices.add(start_ms, 20, callers=False)
+    assert voices.voice_ms(0, 200) == (0, 80)

@@ -32,11 +32,13 @@ OPTIONS = TurnOptions(
 
 
 def feed(taker: TurnTaker, pattern: str, start_ms: int = 0) -> list[tuple[int, TurnAction]]:
-    """`pattern` is one char per 20 ms frame: 'S' speech, '.' silence."""
+    """`pattern` is one char per 20 ms frame: 'S' speech, '.' silence, 'E' a voice the echo
+    gate took for the reply's echo (silence to the TurnTaker, masked)."""
     out: list[tuple[int, TurnAction]] = []
     for i, c in enumerate(pattern):
         begin = start_ms + i * FRAME_MS
-        taker.receive(FrameClassified(begin, FRAME_MS, 1.0 if c == "S" else 0.0), begin + FRAME_MS)
+        frame = FrameClassified(begin, FRAME_MS, 1.0 if c == "S" else 0.0, masked=c == "E")
+        taker.receive(frame, begin + FRAME_MS)
         out += [(begin + FRAME_MS, a) for a in taker.actions()]
     return out
 

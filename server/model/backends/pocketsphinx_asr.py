@@ -47,6 +47,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import signal
 import socket
 import struct
@@ -55,14 +56,14 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from server.audio import AudioFormatError, PcmFrame
 from server.errors import BackendError, BackendUnavailable
-from server.model.base import Transcript, TranscriptionOptions
+from server.model.base import Transcript, TranscriptionOptions, WordSpan
 from server.model.worker_process import launch, read_exactly
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,8 @@ _INFLIGHT_WAIT_S = 0.4  # how long a closing stream waits for its last decoder r
 # 38 % word error rate on held-out human recordings (the card names) instead of 14 %.
 _CMN_INIT = "52.80,6.35,-3.12,20.30,-14.18,3.96,-7.17,-6.59,1.47,-4.19,3.04,-1.81,-2.62"
 _RETRY_CHECKOUT_S = 0.05
+DECODER_FRAME_MS = 10  # the decoder's frames (its default frame rate, 100 a second)
+_ALTERNATE = re.compile(r"\(\d+\)$")  # "want(2)": the dictionary's second pronunciation
 
 _T = TypeVar("_T")
 
@@ -199,6 +202,27 @@ class PocketsphinxAsr:
         self._pool.close()
 
 
+def word_spans_of(segments: Iterable[Any]) -> tuple[WordSpan, ...]:
+    """A decoder's segmentation (`Decoder.seg()`, also mid-utterance) as the hypothesis's
+    words with their spans in the utterance's audio: fillers (`<s>`, `<sil>`, `[NOISE]`) left
+    out, as `hyp()` leaves them, and a pronunciation's number taken off ("want(2)")."""
+    spans = []
+    for segment in segments:
+        word = str(segment.word)
+        if word.startswith(("<", "[", "+")):
+            continue
+        start_ms = int(segment.start_frame) * DECODER_FRAME_MS
+        end_ms = (int(segment.end_frame) + 1) * DECODER_FRAME_MS  # end_frame is its last frame
+        spans.append(WordSpan(_ALTERNATE.sub("", word), start_ms, end_ms))
+    return tuple(spans)
+
+
+def _shifted(spans: tuple[WordSpan, ...], by_ms: int) -> tuple[WordSpan, ...]:
+    if not by_ms:
+        return spans
+    return tuple(WordSpan(span.word, span.start_ms + by_ms, span.end_ms + by_ms) for span in spans)
+
+
 # --- Streams -----------------------------------------------------------------------------
 
 
@@ -224,6 +248,7 @@ class PocketsphinxStream:
         self._wake_reader: asyncio.Event | None = None
         self._partial: Transcript | None = None  # newest partial not yet read
         self.hypothesis = ""  # newest partial, read or not
+        self.word_spans: tuple[WordSpan, ...] = ()  # ... its words, placed (TimesWords)
         self._decoded_bytes = 0  # audio the decoder has processed (the hypothesis covers it)
         self._final: Transcript | None = None
         self._error: BackendError | None = None
@@ -319,9 +344,12 @@ class PocketsphinxStream:
                     batch = bytes(self._pending[:_MAX_BATCH_BYTES])
                     del self._pending[:_MAX_BATCH_BYTES]
                     request_s = time.perf_counter()
-                    text = await self._call(decoder.process, batch)
+                    text, spans = await self._call(decoder.process, batch)
                     decode_s += time.perf_counter() - request_s
                     self._decoded_bytes += len(batch)
+                    if text:  # the words may move while they stay the same words
+                        # on the pushed audio's clock: audio dropped unheard came before them
+                        self.word_spans = _shifted(spans, self.dropped_ms)
                     if text and text != last_text:
                         last_text = self.hypothesis = text
                         self._publish(partial=Transcript(text, is_final=False))
@@ -528,9 +556,17 @@ class _DecoderProcess:
         """Begin an utterance, first ending whatever the previous user left unfinished."""
         self._request(_START, b"", _OK)
 
-    def process(self, audio: bytes) -> str:
-        """Decode 16-bit audio; returns the current best hypothesis ("" if none)."""
-        return self._request(_AUDIO, audio, _HYPOTHESIS)
+    def process(self, audio: bytes) -> tuple[str, tuple[WordSpan, ...]]:
+        """Decode 16-bit audio; returns the current best hypothesis ("" if none) and its
+        words placed in the utterance's audio."""
+        answer = self._request(_AUDIO, audio, _HYPOTHESIS)
+        try:
+            decoded = json.loads(answer)
+            spans = tuple(WordSpan(str(w), int(start), int(end)) for w, start, end in decoded["words"])
+            return str(decoded["text"]), spans
+        except (ValueError, KeyError, TypeError) as exc:
+            self.is_healthy = False
+            raise BackendError(f"pocketsphinx decoder sent a malformed hypothesis: {answer[:80]!r}") from exc
 
     def finish(self) -> str:
         """End the utterance; returns the final hypothesis ("" if nothing was recognised)."""
@@ -616,7 +652,9 @@ def _serve_decoder(sock: socket.socket, config: dict[str, Any]) -> None:
             elif kind == _AUDIO:
                 decoder.process_raw(payload, False, False)
                 hypothesis = decoder.hyp()
-                reply(_HYPOTHESIS, hypothesis.hypstr if hypothesis is not None else "")
+                text = hypothesis.hypstr if hypothesis is not None else ""
+                spans = [[span.word, span.start_ms, span.end_ms] for span in word_spans_of(decoder.seg())]
+                reply(_HYPOTHESIS, json.dumps({"text": text, "words": spans}))
             elif kind == _END:
                 decoder.end_utt()
                 in_utterance = False
