@@ -618,6 +618,10 @@ class Conversation:
             spans = tuple(WordSpan(s.word, start_ms + s.start_ms, start_ms + s.end_ms) for s in spans)
         if (words, through_ms, spans) != self._overlap_heard:
             self._overlap_heard = (words, through_ms, spans)
+            reply = self._replies.current
+            reply_text = reply.transcript if reply is not None else ""
+            heard = WordsHeard(words, reply_text, through_ms, spans)
+            self._turns.receive(heard, now_ms=self._input.input_ms)
             if log.isEnabledFor(logging.DEBUG):  # how far the recogniser lags; no words
                 log.debug(
                     "overlap words",
@@ -626,13 +630,11 @@ class Conversation:
                         "input_ms": self._input.input_ms,
                         "through_ms": through_ms,
                         "word_count": len(words.split()),
+                        # ... of them, the caller's (the others were heard over the echo)
+                        "callers_word_count": len(self._turns.overlap_callers_words.split()),
                         "echo": self._turns.overlap_hears_echo,
                     },
                 )
-            reply = self._replies.current
-            reply_text = reply.transcript if reply is not None else ""
-            heard = WordsHeard(words, reply_text, through_ms, spans)
-            self._turns.receive(heard, now_ms=self._input.input_ms)
             await self._run_turn_actions()
 
     async def _follow_model_turns(self, session: DetectsTurns) -> None:

@@ -424,10 +424,15 @@ class TurnTaker:
     @property
     def overlap_hears_echo(self) -> bool:
         """The echo gate masked frames of the current overlap: the recogniser hears the reply's
-        echo in it, beside the caller (the debug log says so with each overlap's words: the
-        word rules judge such an overlap as any other, and over an echo they cancel the reply
-        for most backchannels, BENCHMARKS.md)."""
+        echo in it, beside the caller (the debug log says so with each overlap's words; where
+        the recogniser places its words, those over the masked frames are not the caller's:
+        `_callers_words`)."""
         return self._masked_until_ms > self._onset_ms
+
+    @property
+    def overlap_callers_words(self) -> str:
+        """The words of the current (or last) overlap the caller said, as they are judged."""
+        return self._callers_words()
 
     @property
     def wants_words(self) -> bool:

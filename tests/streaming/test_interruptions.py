@@ -540,6 +540,7 @@ def test_words_the_recogniser_made_of_the_echo_are_not_the_callers(
     taker = replying()
     timeline = run(taker, ["E" * 12 + "S" * 16, WordsHeard("isa on them", spans=spans), "E" * 4 + "." * 20])
     decided = [a for _, a in timeline if isinstance(a, (IgnoreOverlap, CancelReply))]
+    assert taker.overlap_callers_words == ("on them" if spans else "isa on them")
     if kind is OverlapKind.INTERRUPTION:
         assert isinstance(decided[0], CancelReply)
     else:
