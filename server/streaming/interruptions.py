@@ -20,9 +20,10 @@ pauses and the recogniser's words decide what the overlap was:
 Over a speakerphone the recogniser hears the reply's echo beside the caller, and makes words of
 it: an "uh-huh" over the echo came out as three or four words ("isa op", "each of a duo"),
 which the count rule took for an interruption. Where the recogniser places its words
-(`WordSpan`, a TimesWords recogniser), only the caller's are judged: a word is the echo's
-when the echo gate (echo_gate.py) took for the echo more of the voice heard over it than it
-passed as the caller's (`VoiceLedger`, `callers_words`). The gate decides frame by frame,
+(`WordSpan`, a TimesWords recogniser) and the room has been heard to echo (the gate masked
+voice before the caller began: `echo_heard_ms`), only the caller's are judged: a word is the
+echo's when the echo gate (echo_gate.py) took for the echo more of the voice heard over it
+than it passed as the caller's (`VoiceLedger`, `callers_words`). The gate decides frame by frame,
 on energy, so a caller's word keeps the frames where their voice is louder than the echo
 could be; the recogniser itself hears the audio whole.
 
@@ -103,6 +104,13 @@ class InterruptionPolicy:
     # a placed word is the caller's when at least this share of the voice heard over it passed
     # the echo gate (no voice at all: the caller's, as any word a recogniser cannot place)
     caller_word_share: float = 0.5
+    # ... once the room is known to echo: the gate masked this much voice before the overlap,
+    # not counting the last `echo_heard_before_ms` before its onset (a quiet caller's first
+    # syllables, masked until the gate let them through; the capture's padding). Until then
+    # the masking is the gate's caution about an echo it has not heard (a quiet caller early
+    # in a session's first reply, with no echo at all, is masked too), and every word counts
+    echo_heard_ms: int = 150
+    echo_heard_before_ms: int = 300
     backchannel_words: frozenset[str] = field(default=BACKCHANNEL_WORDS)
     interruption_words: frozenset[str] = field(default=INTERRUPTION_WORDS)
 

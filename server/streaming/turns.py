@@ -393,6 +393,8 @@ class TurnTaker:
         self._overlap_words = ""  # the recogniser's words for the speech over the reply
         self._overlap_spans: tuple[WordSpan, ...] | None = None  # ... placed (None: unplaced)
         self._voices = VoiceLedger()  # the frames' voices: the caller's or the reply's echo
+        self._echo_heard_for: int | None = None  # the onset of the overlap _echo_heard is for
+        self._echo_heard = False  # ... the gate masked voice before it began (_room_echoes)
         self._words_through_ms: int | None = None  # ... the input they cover (None: unknown)
         self._reply_text = ""  # ... and the text of that reply so far
         self._rejoin: _Rejoin | None = None  # the overlap a new voice may continue
@@ -651,11 +653,20 @@ class TurnTaker:
 
     def _callers_words(self) -> str:
         """The words heard over the reply that the caller said: all of them, unless the
-        recogniser placed them (then not those it made of the reply's echo)."""
+        recogniser placed them and the room echoes (then not those it made of the echo)."""
         policy = self.options.interruption
-        if self._overlap_spans is None or policy is None:
+        if self._overlap_spans is None or policy is None or not self._room_echoes(policy):
             return self._overlap_words
         return callers_words(self._overlap_spans, self._voices, policy)
+
+    def _room_echoes(self, policy: InterruptionPolicy) -> bool:
+        """The gate masked `echo_heard_ms` of voice before this overlap (its last
+        `echo_heard_before_ms` aside): the room brings the reply back (once per overlap)."""
+        if self._echo_heard_for != self._onset_ms:
+            before_ms = self._onset_ms - policy.echo_heard_before_ms
+            _, echo_ms = self._voices.voice_ms(0, before_ms)  # as far back as the ledger goes
+            self._echo_heard_for, self._echo_heard = self._onset_ms, echo_ms >= policy.echo_heard_ms
+        return self._echo_heard
 
     def _judge_overlap(self, now_ms: int, *, final: bool) -> None:
         policy = self.options.interruption

@@ -522,9 +522,9 @@ def placed(*words: tuple[str, int, int]) -> tuple[WordSpan, ...]:
 
 
 # "uh-huh" over the reply's echo, as PocketSphinx heard it in measure_overlaps --echo-db -12:
-# the echo before the caller's voice (the capture's prefix padding, masked by the gate) came
-# out as "isa", the caller's voice as "on them"
-ISA_ON_THEM = placed(("isa", 0, 240), ("on", 240, 400), ("them", 400, 560))
+# the echo before the caller's voice (the capture's padding, masked by the gate) came out as
+# "isa", the caller's voice as "on them"; the reply's echo was heard for 500 ms before that
+ISA_ON_THEM = placed(("isa", 500, 740), ("on", 740, 900), ("them", 900, 1060))
 
 
 @pytest.mark.parametrize(
@@ -538,13 +538,27 @@ def test_words_the_recogniser_made_of_the_echo_are_not_the_callers(
     spans: tuple[WordSpan, ...] | None, kind: OverlapKind
 ) -> None:
     taker = replying()
-    timeline = run(taker, ["E" * 12 + "S" * 16, WordsHeard("isa on them", spans=spans), "E" * 4 + "." * 20])
+    frames = "E" * 25 + "E" * 12 + "S" * 16
+    timeline = run(taker, [frames, WordsHeard("isa on them", spans=spans), "E" * 4 + "." * 20])
     decided = [a for _, a in timeline if isinstance(a, (IgnoreOverlap, CancelReply))]
     assert taker.overlap_callers_words == ("on them" if spans else "isa on them")
     if kind is OverlapKind.INTERRUPTION:
         assert isinstance(decided[0], CancelReply)
     else:
-        assert decided == [IgnoreOverlap(kind, "on them", 240, 560, paused_reply=5, keeps_capture=True)]
+        assert decided == [IgnoreOverlap(kind, "on them", 740, 1060, paused_reply=5, keeps_capture=True)]
+
+
+def test_a_quiet_caller_in_a_room_never_heard_to_echo_keeps_every_word() -> None:
+    """No echo before the caller began, only their own first syllables masked (a quiet caller
+    early in a session's first reply: the gate masks what it takes for an echo it has not
+    heard yet). Live, dropping those words lost the human "ten of clubs" (two words left, a
+    listener's; the caller was never answered): here every word counts, and it takes the floor."""
+    taker = replying()
+    spans = placed(("ten", 500, 740), ("of", 740, 900), ("clubs", 900, 1060))
+    frames = "." * 25 + "E" * 12 + "S" * 16
+    timeline = run(taker, [frames, WordsHeard("ten of clubs", spans=spans), "." * 20])
+    assert taker.overlap_callers_words == "ten of clubs"
+    assert CancelReply in kinds(timeline)
 
 
 def test_a_caller_talking_over_the_echo_still_takes_the_floor() -> None:
@@ -554,12 +568,12 @@ def test_a_caller_talking_over_the_echo_still_takes_the_floor() -> None:
     spans = placed(
         ("yet", 0, 200), ("where", 200, 400), ("is", 400, 500), ("my", 500, 600), ("order", 600, 800)
     )
-    timeline = run(
-        taker,
-        ["E" * 10 + "S" * 15 + "EE" + "S" * 13, WordsHeard("yet where is my order", spans=spans), "." * 20],
-    )
+    frames = "E" * 25 + "E" * 10 + "S" * 15 + "EE" + "S" * 13  # the echo heard for 500 ms first
+    spans = tuple(WordSpan(s.word, s.start_ms + 500, s.end_ms + 500) for s in spans)
+    timeline = run(taker, [frames, WordsHeard("yet where is my order", spans=spans), "." * 20])
     assert kinds(timeline)[:4] == [BeginCapture, PauseReply, CancelReply, AnnounceSpeechStarted]
-    assert next(a for _, a in timeline if isinstance(a, AnnounceSpeechStarted)).audio_start_ms == 200
+    assert next(a for _, a in timeline if isinstance(a, AnnounceSpeechStarted)).audio_start_ms == 700
+    assert taker.overlap_callers_words == "where is my order"
 
 
 def test_voice_ledger_splits_a_span_between_the_caller_and_the_echo() -> None:
