@@ -352,3 +352,16 @@ def test_word_spans_leave_out_fillers_and_pronunciation_numbers() -> None:
     segments = [Segment("<s>", 0, 21), Segment("i", 22, 36), Segment("<sil>", 37, 40)]
     segments += [Segment("want(2)", 41, 69), Segment("[NOISE]", 70, 75), Segment("</s>", 76, 80)]
     assert pocketsphinx_asr.word_spans_of(segments) == (WordSpan("i", 220, 370), WordSpan("want", 410, 700))
+
+
+async def test_silence_alone_gives_no_words_and_one_empty_final(shared_asr: PocketsphinxAsr) -> None:
+    """Audio with nothing to recognise leaves the decoder without a hypothesis, and then
+    without a segmentation (`seg()` gives None): no words, no spans, no failure."""
+    stream = shared_asr.open_stream()
+    for frame in frames(np.zeros(RATE, dtype=np.int16)):
+        stream.push_audio(frame)
+    stream.end_input()
+    transcripts = [t async for t in stream]
+    await stream.aclose()
+    assert transcripts == [Transcript("", is_final=True)]
+    assert stream.word_spans == ()
