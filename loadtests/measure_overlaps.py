@@ -286,7 +286,7 @@ def replay(
 
 def _hypothesis(asr: pocketsphinx.Decoder, capture_ms: int) -> tuple[str, tuple[WordSpan, ...]]:
     hyp = asr.hyp()
-    spans = pocketsphinx_asr.word_spans_of(asr.seg())
+    spans = pocketsphinx_asr.placed_words(asr, hyp)  # as the server's decoders place them
     placed = tuple(WordSpan(s.word, capture_ms + s.start_ms, capture_ms + s.end_ms) for s in spans)
     return (hyp.hypstr if hyp is not None else ""), placed
 

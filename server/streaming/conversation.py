@@ -214,7 +214,8 @@ class Conversation:
         self._transcription: asyncio.Task[Exception | None] | None = None  # result: its failure
         self._scoring: asyncio.Task[None] | None = None  # the words of the current pause, scored
         self._scored_words: str | None = None  # ... which words
-        # the words the TurnTaker last heard over a paused reply, and the input they cover
+        # the words the TurnTaker last heard over a paused reply, the input they cover and
+        # their spans as the recogniser placed them (put on the input's clock only when new)
         self._overlap_heard: tuple[str, int | None, tuple[WordSpan, ...] | None] | None = None
         self._stop_requested = False
         self._speech_end_s: float | None = None
@@ -613,11 +614,11 @@ class Conversation:
         # the input position the words reach: their judgement waits for the end of the speech
         through_ms = None if cover_ms is None else self._capture_start_ms + cover_ms
         spans = session.word_spans_so_far()
-        if spans is not None:  # placed on the input's clock, as the TurnTaker's frames are
-            start_ms = self._capture_start_ms
-            spans = tuple(WordSpan(s.word, start_ms + s.start_ms, start_ms + s.end_ms) for s in spans)
         if (words, through_ms, spans) != self._overlap_heard:
             self._overlap_heard = (words, through_ms, spans)
+            if spans is not None:  # placed on the input's clock, as the TurnTaker's frames are
+                start_ms = self._capture_start_ms
+                spans = tuple(WordSpan(s.word, start_ms + s.start_ms, start_ms + s.end_ms) for s in spans)
             reply = self._replies.current
             reply_text = reply.transcript if reply is not None else ""
             heard = WordsHeard(words, reply_text, through_ms, spans)

@@ -373,6 +373,9 @@ class _Rejoin:
     pause_at_once: bool
 
 
+_END_OF_INPUT_MS = 2**62  # later than any input position: "from then on"
+
+
 class TurnTaker:
     """Server-VAD turn-taking. See the module docstring for the state diagram."""
 
@@ -401,7 +404,6 @@ class TurnTaker:
         self._continuing: _Rejoin | None = None  # ... the one the current voice continues
         self._voice_onset_ms = 0  # the current voice's own onset (decide_within counts from it)
         self._short_burst = False  # the overlap being judged is a burst too short for an overlap
-        self._masked_until_ms = 0  # the end of the latest masked frame (FrameClassified.masked)
 
     # -- public API
 
@@ -429,7 +431,8 @@ class TurnTaker:
         echo in it, beside the caller (the debug log says so with each overlap's words; where
         the recogniser places its words, those over the masked frames are not the caller's:
         `_callers_words`)."""
-        return self._masked_until_ms > self._onset_ms
+        _, echo_ms = self._voices.voice_ms(self._onset_ms, _END_OF_INPUT_MS)
+        return echo_ms > 0
 
     @property
     def overlap_callers_words(self) -> str:
@@ -463,8 +466,6 @@ class TurnTaker:
             case FrameClassified() if self.options.model_detects_turns:
                 raise TurnStateError("frames fed while the model detects the turns")
             case FrameClassified():
-                if event.masked:
-                    self._masked_until_ms = event.start_ms + event.duration_ms
                 if event.masked or event.probability >= self.options.threshold:
                     self._voices.add(event.start_ms, event.duration_ms, callers=not event.masked)
                 for voice in self._detector.push(event.probability, event.start_ms, event.duration_ms):

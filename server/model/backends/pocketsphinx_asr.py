@@ -217,11 +217,11 @@ def word_spans_of(segments: Iterable[Any]) -> tuple[WordSpan, ...]:
     return tuple(spans)
 
 
-def _placed(decoder: Any, hypothesis: Any) -> tuple[WordSpan, ...]:
-    """The hypothesis's words placed (worker side); none without a hypothesis. The binding's
-    segmentation can hold no search result to iterate (`TypeError: 'NoneType' object is not
-    iterable`, met on a decoder started after another was killed): the words then go
-    unplaced for this step rather than failing the utterance."""
+def placed_words(decoder: Any, hypothesis: Any) -> tuple[WordSpan, ...]:
+    """The words of `hypothesis` (`decoder.hyp()`) placed in the utterance's audio; none
+    without a hypothesis. The binding's segmentation can hold no search result to iterate
+    (`TypeError: 'NoneType' object is not iterable`, met on a decoder started after another
+    was killed): the words then go unplaced for this step rather than failing the utterance."""
     if hypothesis is None:
         return ()
     try:
@@ -666,7 +666,9 @@ def _serve_decoder(sock: socket.socket, config: dict[str, Any]) -> None:
                 decoder.process_raw(payload, False, False)
                 hypothesis = decoder.hyp()
                 text = hypothesis.hypstr if hypothesis is not None else ""
-                spans = [[span.word, span.start_ms, span.end_ms] for span in _placed(decoder, hypothesis)]
+                spans = [
+                    [span.word, span.start_ms, span.end_ms] for span in placed_words(decoder, hypothesis)
+                ]
                 reply(_HYPOTHESIS, json.dumps({"text": text, "words": spans}))
             elif kind == _END:
                 decoder.end_utt()
