@@ -263,6 +263,10 @@ class TrialOutcome:
     # the same from the overlay's voice (`voice_start_ms`): less the clip's sound before its
     # voice (a kal "where": 230 ms of aspiration and silence); None in files older than it
     stale_from_voice_ms: float | None = None
+    # the overlay's voice -> the end of the reply audio a real-time player played, stopping
+    # at speech_started (BargeInResult.heard_reaction_ms): the stale audio heard, the client's
+    # buffer included; None in files older than it
+    heard_from_voice_ms: float | None = None
     reply_audio_ms: float = 0.0
     voice_to_voice_ms: float | None = None
     error: str | None = None
@@ -372,10 +376,13 @@ def outcome_of(trial: Trial, config: str, session: SessionResult) -> TrialOutcom
     barge = main.barge_in
     sent = barge is not None and barge.sent
     stale = barge.reaction_ms if barge is not None and sent else None
-    from_voice = None
+    from_voice = heard = None
     if stale is not None and trial.overlay is not None:
         # a reply that ended between the first sound and the voice left no stale audio
-        from_voice = max(0.0, stale - voice_lag_ms(trial.overlay))
+        lag_ms = voice_lag_ms(trial.overlay)
+        from_voice = max(0.0, stale - lag_ms)
+        if barge is not None and barge.heard_reaction_ms is not None:
+            heard = max(0.0, barge.heard_reaction_ms - lag_ms)
     return dataclasses.replace(
         base,
         status="error" if errors is not None else status_of(main),
@@ -387,6 +394,7 @@ def outcome_of(trial: Trial, config: str, session: SessionResult) -> TrialOutcom
         pause_ms=barge.max_stall_after_interrupt_ms if barge is not None and sent else None,
         stale_audio_ms=stale,
         stale_from_voice_ms=from_voice,
+        heard_from_voice_ms=heard,
         reply_audio_ms=main.reply_audio_ms,
         voice_to_voice_ms=main.voice_to_voice_ms,
     )
@@ -421,6 +429,10 @@ class Row:
     voice_stale_p50: float | None
     voice_stale_p90: float | None
     voice_stale_max: float | None
+    # ... and as heard (TrialOutcome.heard_from_voice_ms); None in older files
+    heard_p50: float | None = None
+    heard_p90: float | None = None
+    heard_max: float | None = None
 
     @property
     def rate(self) -> float | None:
@@ -447,6 +459,7 @@ def row_of(scenario: Scenario, group: str, config: str, outcomes: Sequence[Trial
     pauses = summarize(o.pause_ms for o in counted)
     stale = summarize(o.stale_audio_ms for o in counted if o.status == "cancelled")
     voice_stale = summarize(o.stale_from_voice_ms for o in counted if o.status == "cancelled")
+    heard = summarize(o.heard_from_voice_ms for o in counted if o.status == "cancelled")
     ended = sum(o.real_ending == "ended_by_itself" for o in counted)
     return Row(
         scenario=scenario,
@@ -473,6 +486,9 @@ def row_of(scenario: Scenario, group: str, config: str, outcomes: Sequence[Trial
         voice_stale_p50=None if voice_stale is None else voice_stale.p50,
         voice_stale_p90=None if voice_stale is None else voice_stale.p90,
         voice_stale_max=None if voice_stale is None else voice_stale.max,
+        heard_p50=None if heard is None else heard.p50,
+        heard_p90=None if heard is None else heard.p90,
+        heard_max=None if heard is None else heard.max,
     )
 
 
@@ -518,7 +534,7 @@ def format_rows(rows: Sequence[Row]) -> str:
                 f"== {scenario} ({RATE_LABEL[row.scenario]} = the rate) ==\n"
                 f"{'group':<14}{'config':<10}{'n':>4}{'rate':>7}{'done':>6}{'cancel':>7}{'other':>6}"
                 f"{'self':>5}{'spst':>5}{'gaps':>5}{'early':>6}{'unsent':>7}{'ended':>6}{'live':>5}"
-                "   pause p50/p90/max ms   stale p50/p90/max ms   from voice p50/p90/max"
+                "   pause p50/p90/max ms   stale p50/p90/max ms   from voice p50/p90/max   heard p50/p90/max"
             )
         rate = "-" if row.rate is None else f"{row.rate:.0%}"
         real = row.scenario == "real"
@@ -531,7 +547,8 @@ def format_rows(rows: Sequence[Row]) -> str:
             f"{row.unsent:>7}{ended}{live}   "
             f"{_num(row.pause_p50)}{_num(row.pause_p90)}{_num(row.pause_max)}        "
             f"{_num(row.stale_p50)}{_num(row.stale_p90)}{_num(row.stale_max)}          "
-            f"{_num(row.voice_stale_p50)}{_num(row.voice_stale_p90)}{_num(row.voice_stale_max)}{skipped}"
+            f"{_num(row.voice_stale_p50)}{_num(row.voice_stale_p90)}{_num(row.voice_stale_max)}   "
+            f"{_num(row.heard_p50)}{_num(row.heard_p90)}{_num(row.heard_max)}{skipped}"
         )
     lines.append(
         "\nn: trials that count (ran, and the overlay went out mid-reply; (+k): k more did not); "
@@ -544,7 +561,8 @@ def format_rows(rows: Sequence[Row]) -> str:
         "misses); pause: longest gap after the overlay began; stale: overlay's first voiced frame sent "
         "(its first sound) -> last audio of the cancelled reply; from voice: the same from the overlay's "
         f"first voiced run of {SUSTAINED_VOICE_MS} ms or more, in a listener-led clip the first after "
-        "its pause (older files: -)"
+        "its pause (older files: -); heard: from voice to the end of the reply audio a real-time player "
+        "played, stopping at speech_started as an OpenAI client does (the client's buffer included)"
     )
     return "\n".join(lines)
 
@@ -841,6 +859,8 @@ def _progress_line(outcome: TrialOutcome) -> None:
         extra += f" stale {outcome.stale_audio_ms:.0f} ms"
         if outcome.stale_from_voice_ms is not None:
             extra += f" (from voice {outcome.stale_from_voice_ms:.0f} ms)"
+        if outcome.heard_from_voice_ms is not None:
+            extra += f" heard {outcome.heard_from_voice_ms:.0f} ms"
     if outcome.real_ending is not None and outcome.real_ending != "cancelled":
         extra += f": {outcome.real_ending.replace('_', ' ')}"
     print(

@@ -49,6 +49,11 @@ class BargeInResult:
     # the player's longest wait on reply audio that began after the interrupter's first voiced
     # frame was sent: the pause a caller hears when the server holds the reply, then resumes it
     max_stall_after_interrupt_ms: float | None = None
+    # interrupter's first voiced frame sent -> the end of the reply audio a real-time player
+    # played (`played_until_s`), which stops at the first speech_started after it (an OpenAI
+    # client drops its playback there): the stale audio the caller heard, a client's buffer
+    # included (`reaction_ms` counts to the last delta's arrival); 0: none after it
+    heard_reaction_ms: float | None = None
     status: str | None = None  # the interrupted response's final status
     reason: str | None = None
 
@@ -286,6 +291,11 @@ class TurnRecorder:
         result.max_stall_after_interrupt_ms = max(
             (ms for t, ms in audio_stall_spans(self.audio) if t - ms / 1000 >= start), default=0.0
         )
+        played_until = played_until_s(self.audio)
+        flushed = [t for t in self.speech_started_during_reply if t >= start]
+        if played_until is not None:
+            heard_until = min([played_until, *flushed[:1]])
+            result.heard_reaction_ms = max(0.0, (heard_until - start) * 1000)
         return result
 
 
@@ -302,6 +312,16 @@ def audio_stalls_ms(arrivals: Sequence[tuple[float, float]]) -> list[float]:
 def audio_stall_spans(arrivals: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
     """The stalls of `audio_stalls_ms` as (time s the player resumed, stall ms): the stall
     began at resume - ms / 1000."""
+    return _play(arrivals)[0]
+
+
+def played_until_s(arrivals: Sequence[tuple[float, float]]) -> float | None:
+    """When the player of `audio_stalls_ms` has played all of `arrivals` (None: nothing came)."""
+    return _play(arrivals)[1]
+
+
+def _play(arrivals: Sequence[tuple[float, float]]) -> tuple[list[tuple[float, float]], float | None]:
+    """A real-time player fed by `arrivals`: its stalls (`audio_stall_spans`) and when it ends."""
     stalls: list[tuple[float, float]] = []
     plays_until: float | None = None
     for t, ms in arrivals:
@@ -310,7 +330,7 @@ def audio_stall_spans(arrivals: Sequence[tuple[float, float]]) -> list[tuple[flo
                 stalls.append((t, (t - plays_until) * 1000))
             plays_until = t
         plays_until += ms / 1000
-    return stalls
+    return stalls, plays_until
 
 
 def _pcm16_duration_ms(delta: object) -> float | None:

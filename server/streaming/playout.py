@@ -16,6 +16,12 @@ Pausing (the caller talks over the reply, turns.py): `pause(now_ms)` stops `due(
 `resume(now_ms)`; the queue is kept, so the reply goes on exactly where it stopped, and what
 the client heard stays exact (nothing is sent meanwhile, it plays out what it holds).
 
+Resuming softly: after a resume the lead starts at `resume_lead_ms` and grows by
+`resume_lead_ramp` ms per ms back to `lead_ms`. A caller who goes on talking just after a
+backchannel ("thank you ... that is all") pauses the reply again within a few frames, and the
+client plays out all it was sent meanwhile: with the whole lead sent at once, 150 ms of reply
+over the caller's next words; with the soft start, the frames since the resume and 40-60 ms.
+
 Invariants:
 - Nothing is returned by `due()` while paused.
 - Chunks come out in the order pushed, each `chunk_ms` long except the last of a reply.
@@ -35,6 +41,8 @@ class PlayoutOptions:
     chunk_ms: int = 20
     lead_ms: int = 150
     client_buffer_ms: int = 0
+    resume_lead_ms: int = 40  # the lead just after a resume (then it grows back to lead_ms)
+    resume_lead_ramp: float = 0.25  # ... by this many ms per ms (150 ms again 440 ms later)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +66,7 @@ class PlayoutBuffer:
         self._sent_ms = 0.0
         self._play_end_ms: float | None = None
         self._paused_at_ms: float | None = None
+        self._resumed_at_ms: float | None = None  # the last resume, while the lead grows back
 
     # -- input
 
@@ -73,6 +82,7 @@ class PlayoutBuffer:
         self._sent_ms = 0.0
         self._play_end_ms = None
         self._paused_at_ms = None
+        self._resumed_at_ms = None
 
     def push(self, frame: PcmFrame) -> None:
         if frame.sample_rate_hz != self.sample_rate_hz:
@@ -109,6 +119,7 @@ class PlayoutBuffer:
         paused_at, self._paused_at_ms = self._paused_at_ms, None
         if paused_at is None:
             return 0.0
+        self._resumed_at_ms = now_ms
         ran_dry_ms = paused_at if self._play_end_ms is None else max(paused_at, self._play_end_ms)
         return max(0.0, now_ms - ran_dry_ms)
 
@@ -119,7 +130,25 @@ class PlayoutBuffer:
             return None
         if self._play_end_ms is None:
             return now_ms
-        return self._play_end_ms - self.options.lead_ms
+        at_full_lead = self._play_end_ms - self.options.lead_ms
+        resumed_at = self._resumed_at_ms
+        if resumed_at is None:
+            return at_full_lead
+        # while the lead grows back: the first t with play_end - t <= resume_lead + ramp (t - resumed)
+        ramp = self.options.resume_lead_ramp
+        growing = (self._play_end_ms - self.options.resume_lead_ms + ramp * resumed_at) / (1 + ramp)
+        return max(at_full_lead, growing)
+
+    def _lead_at_ms(self, now_ms: float) -> float:
+        """The audio the client may hold unplayed at `now_ms`: `lead_ms`, less just after a resume."""
+        full = float(self.options.lead_ms)
+        if self._resumed_at_ms is None:
+            return full
+        grown = self.options.resume_lead_ms + self.options.resume_lead_ramp * (now_ms - self._resumed_at_ms)
+        if grown >= full:
+            self._resumed_at_ms = None  # grown back
+            return full
+        return grown
 
     def due(self, now_ms: float) -> list[OutboundChunk]:
         """Chunks to send now; they count as sent at `now_ms`."""
@@ -127,7 +156,7 @@ class PlayoutBuffer:
         assert self.reply_id is not None or not self._queue
         while self._queue and self._paused_at_ms is None:
             play_end = now_ms if self._play_end_ms is None else max(self._play_end_ms, now_ms)
-            if play_end - now_ms >= self.options.lead_ms:
+            if play_end - now_ms >= self._lead_at_ms(now_ms):
                 break
             frame = self._queue.popleft()
             out.append(OutboundChunk(self.reply_id or 0, frame, self._sent_ms, play_end))
@@ -163,6 +192,7 @@ class PlayoutBuffer:
         """Drop every unsent chunk; returns `heard_ms(now_ms)` of the reply."""
         heard = self.heard_ms(now_ms)
         self._paused_at_ms = None
+        self._resumed_at_ms = None
         self._queue.clear()
         self._chunker = FrameChunker(self.options.chunk_ms, self.sample_rate_hz)
         self._input_done = True

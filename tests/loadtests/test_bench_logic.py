@@ -28,7 +28,7 @@ from loadtests.corpus import (
     speech_span_ms,
 )
 from loadtests.microphone import Microphone, Speech
-from loadtests.recorder import TurnRecorder, audio_stalls_ms
+from loadtests.recorder import TurnRecorder, audio_stalls_ms, played_until_s
 from loadtests.session import BargeInPlan, TurnPlan, run_session, session_url
 from loadtests.stats import summarize
 from loadtests.wer import WordErrors, normalize, wer, word_errors
@@ -115,6 +115,8 @@ async def test_barge_in_reaction_and_audio_after_interruption() -> None:
         barge_in.reaction_ms, (chunks_after[-1] - interrupted_at) * 1000, script.barge_in_reaction_ms
     )
     assert barge_in.audio_after_interrupt_ms == pytest.approx(20 * len(chunks_after), abs=20)
+    # heard: until the player ran out, or the client dropped its playback at speech_started
+    assert barge_in.heard_reaction_ms is not None and barge_in.heard_reaction_ms >= 0
     check_timing(barge_in.started_after_ms, barge_in.started_after_ms or 0, 400)  # heard 400 ms first
     assert main.reply_audio_ms < 1000  # cut well short of the 3 s reply
     # the interrupting speech is a turn of its own, measured like any other
@@ -255,6 +257,14 @@ def test_audio_stalls_simulate_a_real_time_player() -> None:
     assert audio_stalls_ms([(0.0, 100.0), (0.0, 100.0), (0.0, 100.0), (0.25, 100.0)]) == []
     assert audio_stalls_ms([]) == []
     assert audio_stalls_ms([(0.0, 20.0), (0.022, 20.0)]) == []  # 2 ms: below the tolerance
+
+
+def test_the_player_ends_when_all_it_was_sent_has_played() -> None:
+    # a burst of 150 ms at 0, then 20 ms chunks on time: the buffer plays out 150 ms after the last
+    arrivals = [(0.0, 150.0), *((0.02 * i, 20.0) for i in range(1, 5))]
+    assert played_until_s(arrivals) == pytest.approx(0.15 + 0.08)
+    assert played_until_s([(0.0, 20.0), (1.0, 20.0)]) == pytest.approx(1.02)  # a stall, then 20 ms
+    assert played_until_s([]) is None
 
 
 async def test_microphone_paces_frames_on_an_absolute_schedule() -> None:

@@ -96,8 +96,8 @@ def test_pause_holds_the_rest_and_resume_goes_on_where_it_stopped() -> None:
     # silence heard: from when the client ran dry (140) to the resumption
     assert buf.resume(500) == 360
     resumed = buf.due(500)
-    assert [c.offset_ms for c in resumed] == [140.0, 160.0, 180.0, 200.0, 220.0]  # no gap, no repeat
-    assert sum(c.frame.duration_ms for c in sent + resumed) == 240
+    assert [c.offset_ms for c in resumed] == [140.0, 160.0]  # no gap, no repeat (a soft lead: below)
+    assert sum(c.frame.duration_ms for c in sent + resumed) == 180
 
 
 def test_a_pause_shorter_than_the_lead_is_never_heard() -> None:
@@ -114,3 +114,47 @@ def test_clear_ends_a_pause() -> None:
     assert buf.clear(50) == 50
     assert not buf.is_paused
     assert buf.resume(60) == 0.0
+
+
+def test_after_a_resume_the_lead_grows_back_from_resume_lead() -> None:
+    """A caller who goes on just after a backchannel pauses the reply again at once: the
+    client holds 40 ms then, not the whole lead."""
+    buf = PlayoutBuffer(
+        PlayoutOptions(chunk_ms=20, lead_ms=100, resume_lead_ms=40, resume_lead_ramp=0.5), RATE
+    )
+    buf.begin(1)
+    buf.push(PcmFrame.silence(1000, RATE))
+    buf.due(0)  # 100 ms: the client plays until 100
+    buf.pause(0)
+    assert buf.resume(300) == 200  # it ran dry at 100
+    resumed = buf.due(300)
+    assert [c.offset_ms for c in resumed] == [100.0, 120.0]  # 40 ms, not 100
+    assert buf.next_due_ms(300) == 300.0  # it holds 40 ms: the lead now
+    due_at = buf.next_due_ms(320)
+    assert due_at is not None and due_at <= 320.0  # it holds 20 ms, the lead is 50: due already
+    # 40 ms after the resume the lead is 60 ms: the client played the 40 and gets 60
+    assert sum(c.frame.duration_ms for c in buf.due(340)) == 60
+    for t in range(340, 600, 10):
+        buf.due(t)
+    # grown back 120 ms after the resume: the client holds the whole lead again
+    played_out = buf.played_out_at_ms()
+    assert played_out is not None and played_out - 590 >= 100
+
+
+def test_a_pause_right_after_a_soft_resume_leaves_little_to_play() -> None:
+    def played_after_resume(options: PlayoutOptions) -> int:
+        buf = PlayoutBuffer(options, RATE)
+        buf.begin(1)
+        buf.push(PcmFrame.silence(2000, RATE))
+        buf.due(0)
+        buf.pause(0)
+        buf.resume(500)
+        for t in range(500, 581, 20):  # the writer wakes every 20 ms; the caller goes on at 580
+            buf.due(t)
+        buf.pause(580)
+        return buf.heard_ms(10_000) - 150  # the client plays out all it was sent
+
+    soft = played_after_resume(PlayoutOptions(chunk_ms=20, lead_ms=150))
+    # the 80 ms since the resume and the lead then (40 + 0.25 * 80), in whole 20 ms chunks
+    assert 80 + 60 <= soft < 80 + 60 + 20
+    assert played_after_resume(PlayoutOptions(chunk_ms=20, lead_ms=150, resume_lead_ms=150)) >= 80 + 150
