@@ -27,6 +27,13 @@ than it passed as the caller's (`VoiceLedger`, `callers_words`). The gate decide
 on energy, so a caller's word keeps the frames where their voice is louder than the echo
 could be; the recogniser itself hears the audio whole.
 
+A caller who goes on after a pause inside their sentence ("four ... queen of clubs") has had the
+turn ended by the silence, and the reply to "four" has begun: a voice that began by
+`going_on_within_ms` after the reply started (before the caller can have heard much of it; a
+listener's "uh-huh" answers something heard) is judged as theirs going on (`going_on`), where
+any word but a listener's takes the floor. Live, "queen of clubs" was otherwise two unclear words, a
+backchannel: the reply to "four" played on and the caller's words were lost.
+
 Why unclear short bursts resume rather than cancel: the recogniser has no lexical entry for
 "uh-huh" or "mm-hmm" and hears them as one or two unrelated words ("ahead", "the flood",
 "aha" in our measurements, loadtests/bench_barge_in.py), while a caller who really wants
@@ -89,14 +96,18 @@ class InterruptionPolicy:
     the voice's end (the reply stays paused meanwhile); `rejoin_within_ms`: a voice that starts
     this soon after a backchannel's or a noise's voice ended continues it (the words from its
     onset on are judged: "thank you ... that is all" takes the floor; after a backchannel the
-    reply pauses at the new voice's onset); `max_backchannel_words`: more words than this, one
-    of them not a listener's, is an interruption."""
+    reply pauses at the new voice's onset); `going_on_within_ms`: a voice that began by this
+    long after the reply started, before the caller can have heard much of it (the silence
+    ended their turn on a pause inside the sentence, "four ... queen of clubs"), is them going
+    on: any word but a listener's takes the floor; `max_backchannel_words`: more words than
+    this, one of them not a listener's, is an interruption."""
 
     pause_after_ms: int = 120
     decide_within_ms: int = 1000
     settle_ms: int = 150
     words_wait_ms: int = 500
     rejoin_within_ms: int = 800
+    going_on_within_ms: int = 250  # the reply's first audio reaches the caller ~0-300 ms after its start
     max_backchannel_words: int = 2
     echo_min_words: int = 2  # words heard before they can be judged an echo of the reply
     echo_share: float = 0.6  # ... and the share of them among the reply's latest words
@@ -167,11 +178,13 @@ def echoes_reply(text: str, reply_text: str, policy: InterruptionPolicy) -> bool
 
 
 def classify_overlap(
-    text: str, policy: InterruptionPolicy, *, final: bool, reply_text: str = ""
+    text: str, policy: InterruptionPolicy, *, final: bool, reply_text: str = "", going_on: bool = False
 ) -> OverlapKind | None:
     """What the words heard over the reply (whose text so far is `reply_text`) make of the
     overlap; None while undecided (`final`: the voice has stopped and its words have
-    settled, so it is decided)."""
+    settled, so it is decided). `going_on`: the voice began as the caller's own turn had
+    just ended (the reply answers a pause inside their sentence): any word but a listener's
+    takes the floor, as one that takes it always does."""
     words = words_of(text)
     # a listener's words the reply happens to have said too ("thank you") are the caller's:
     # either way the reply resumes, but a caller who goes on is then heard as going on
@@ -183,6 +196,8 @@ def classify_overlap(
     # later word follows it, or when the voice has stopped (the reply stays paused meanwhile)
     settled = words if final else words[:-1]
     if any(word in policy.interruption_words for word in settled):
+        return OverlapKind.INTERRUPTION
+    if going_on and any(word not in policy.backchannel_words for word in settled):
         return OverlapKind.INTERRUPTION
     unknown = [word for word in words if word not in policy.backchannel_words]
     if unknown and len(words) > policy.max_backchannel_words:

@@ -57,6 +57,10 @@ the overlap is still judged as one (the reply's echo outlasts it), except that a
 then a turn: "yes" answers the reply's question (not a short burst's one listener word: as
 often the tail of the reply's own echo). Nothing is announced before the decision, so a
 client that stops its playback on `speech_started` never does so for a backchannel. A voice
+that began by `going_on_within_ms` after the reply started (before the caller can have heard
+much of it: the silence ended their turn on a pause inside the sentence, "four ... queen of
+clubs") is the caller going on over the reply to their first words: any word but a
+listener's takes the floor. A voice
 that starts within `rejoin_within_ms` of a backchannel's end continues it ("okay ... but where
 is my order"): the reply pauses at its onset, the capture goes on from the backchannel's onset
 (kept open since the reply resumed, so the recogniser hears on instead of decoding it all
@@ -404,6 +408,9 @@ class TurnTaker:
         self._continuing: _Rejoin | None = None  # ... the one the current voice continues
         self._voice_onset_ms = 0  # the current voice's own onset (decide_within counts from it)
         self._short_burst = False  # the overlap being judged is a burst too short for an overlap
+        self._reply_started_ms: int | None = None  # when the latest reply started (input clock)
+        self._reply_requested = False  # StartReply issued, its ReplyStarted not yet received
+        self._reply_answers_turn = False  # the latest reply answers a turn committed here
 
     # -- public API
 
@@ -476,6 +483,8 @@ class TurnTaker:
                 self._check_deadlines(now_ms)
             case ReplyStarted(reply_id=reply_id):
                 self._active_reply = reply_id
+                self._reply_started_ms = now_ms
+                self._reply_answers_turn, self._reply_requested = self._reply_requested, False
                 self._idle_since_ms = None
                 self._end_rejoin()
             case ReplyFinished(reply_id=reply_id):
@@ -673,7 +682,9 @@ class TurnTaker:
         policy = self.options.interruption
         assert policy is not None
         words, reply_text = self._callers_words(), self._reply_text
-        kind = classify_overlap(words, policy, final=final, reply_text=reply_text)
+        kind = classify_overlap(
+            words, policy, final=final, reply_text=reply_text, going_on=self._going_on(policy)
+        )
         if (
             kind is None
             and self.state is UserState.OVERLAP
@@ -689,6 +700,14 @@ class TurnTaker:
             self._take_floor(now_ms)
         elif kind is not None:
             self._ignore_overlap(kind, self._voice_end_ms)
+
+    def _going_on(self, policy: InterruptionPolicy) -> bool:
+        """The overlap's voice began before the caller can have heard much of a reply to
+        their own turn: they go on after a pause inside their sentence."""
+        started_ms = self._reply_started_ms
+        if started_ms is None or not self._reply_answers_turn:
+            return False  # a reply the client asked for (response.create)
+        return self._onset_ms <= started_ms + policy.going_on_within_ms
 
     def _on_voice(self, voice: VoiceStarted | VoiceStopped, now_ms: int) -> None:
         match (self.state, voice):
@@ -782,6 +801,7 @@ class TurnTaker:
         self._actions.append(CommitTurn(audio_end_ms=self._voice_end_ms))
         if self.options.create_response:
             self._actions.append(StartReply())
+            self._reply_requested = True
         self.state = UserState.LISTENING
 
     def _check_pending(self, now_ms: int) -> None:
@@ -827,6 +847,7 @@ class TurnTaker:
                     self._actions.append(CommitTurn(audio_end_ms=self._voice_end_ms))
                     if self.options.create_response:
                         self._actions.append(StartReply())
+                        self._reply_requested = True
                     self.state = UserState.LISTENING
                 case _:
                     self._actions.append(ReportIdle(audio_ms=now_ms))

@@ -517,6 +517,42 @@ def test_a_caller_who_goes_on_after_the_reply_ended_keeps_their_first_words() ->
     assert timeline[1][1] == BeginCapture(from_ms=1360)
 
 
+def test_a_caller_going_on_over_the_reply_to_their_pause_takes_the_floor() -> None:
+    """ "four ... queen of clubs" (live, seed 212 trial 1): the silence after "four" ended the
+    turn and its reply started just after the caller went on; "of clubs" alone was two unclear
+    words, a backchannel, and "queen of clubs" was never answered. A voice that began before
+    the caller can have heard much of the reply is them going on: a word not a listener's
+    takes the floor."""
+
+    def over_the_reply_to_a_pause(onset_after_start_ms: int) -> list[tuple[int, TurnAction]]:
+        taker = TurnTaker(WORDS)
+        timeline = run(taker, ["S" * 20 + "." * 16])  # voice end 400, committed at 700
+        assert kinds(timeline)[-2:] == [CommitTurn, StartReply]
+        taker.receive(ReplyStarted(5), 720)
+        start_ms = 720 + onset_after_start_ms
+        return run(taker, ["S" * 15, WordsHeard("of clubs"), "." * 20], start_ms=start_ms)
+
+    going_on = over_the_reply_to_a_pause(POLICY.going_on_within_ms)
+    assert kinds(going_on)[:4] == [BeginCapture, PauseReply, CancelReply, AnnounceSpeechStarted]
+    # the same words once the caller has heard some of the reply are a listener's burst
+    later = over_the_reply_to_a_pause(POLICY.going_on_within_ms + FRAME_MS)
+    assert kinds(later) == [BeginCapture, PauseReply, IgnoreOverlap]
+
+
+@pytest.mark.parametrize(
+    ("words", "final", "kind"),
+    [
+        ("of clubs", True, OverlapKind.INTERRUPTION),
+        ("of clubs", False, None),  # "clubs" is the recogniser's guess so far
+        ("queen of", False, OverlapKind.INTERRUPTION),
+        ("okay", True, OverlapKind.BACKCHANNEL),  # a listener's word is still a listener's
+        ("", True, OverlapKind.NOISE),
+    ],
+)
+def test_classify_a_caller_going_on(words: str, final: bool, kind: OverlapKind | None) -> None:
+    assert classify_overlap(words, POLICY, final=final, going_on=True) is kind
+
+
 def placed(*words: tuple[str, int, int]) -> tuple[WordSpan, ...]:
     return tuple(WordSpan(word, start_ms, end_ms) for word, start_ms, end_ms in words)
 
