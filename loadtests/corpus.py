@@ -25,6 +25,7 @@ import hashlib
 import re
 import shutil
 import subprocess
+import tempfile
 import wave
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -254,15 +255,20 @@ def synthesize(program: str, argv: Sequence[str], text: str, path: Path, timeout
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial.wav")
-    try:
-        subprocess.run(
-            [executable, *(str(partial) if a == "{out}" else a for a in argv)],
-            check=True,
-            capture_output=True,
-            timeout=timeout_s,
-        )
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        raise CorpusUnavailable(f"{program} failed for {text!r}: {exc}") from exc
+    # the synthesiser writes to a short path: espeak-ng cuts its output path at 200 characters
+    # (a long sentence's cache name under pytest's tmp_path), leaving the file elsewhere
+    with tempfile.TemporaryDirectory() as scratch:
+        written = Path(scratch) / "out.wav"
+        try:
+            subprocess.run(
+                [executable, *(str(written) if a == "{out}" else a for a in argv)],
+                check=True,
+                capture_output=True,
+                timeout=timeout_s,
+            )
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            raise CorpusUnavailable(f"{program} failed for {text!r}: {exc}") from exc
+        shutil.move(written, partial)  # then into place atomically: no half-written cache
     partial.replace(path)
 
 

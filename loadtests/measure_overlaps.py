@@ -28,6 +28,12 @@ through `loadtests.room`'s room (RT60 0.3 s); the server's echo gate judges ever
 what the reply played, and the recogniser's words reach the rules placed on the input's clock,
 as PocketSphinx places them in the server (`--unplaced-words`: as before they were).
 
+With `--noises N`, the bench's synthetic noises too (door slam, cough, keyboard, music; seeds
+0..N-1; wanted: the reply never cancelled). `--residual-vad` (with `--echo-db`) is an experiment,
+not the server's rule: a frame the gate passes counts as the echo's when Silero finds no voice
+in WebRTC's echo canceller's output for it (BENCHMARKS.md, "A second VAD behind an echo
+canceller").
+
 Reported per group: backchannels resumed (wanted: all), and for interruptions: cancelled
 (wanted: all) and the voice time from the clip's first voiced frame to the cancel (the stale
 audio a caller hears is about this plus the transport). `--show` prints every clip with the
@@ -63,10 +69,12 @@ from loadtests.overlays import (
     listener_led_interruptions,
     load_backchannels,
     load_interruptions,
+    noise_clips,
     spoken,
 )
 from loadtests.room import EchoOptions, room_impulse_response
 from server.audio import PcmFrame
+from server.audio_processing import ProcessingOptions, open_input_processor
 from server.model.backends import pocketsphinx_asr
 from server.model.base import WordSpan
 from server.streaming.echo_gate import EchoGate, EchoGateOptions
@@ -173,6 +181,7 @@ def replay(
     policy: InterruptionPolicy | None = None,
     echo: tuple[NDArray[np.int16], EchoOptions] | None = None,
     place_words: bool = True,
+    residual_vad: bool = False,
 ) -> Outcome:
     """One clip over a reply through the VAD, the recogniser and the TurnTaker; the words of
     each point of the audio reach the rules `asr_lag_ms` later (a busy recogniser). As in the
@@ -185,7 +194,10 @@ def replay(
     the server: a voiced frame it takes for the echo is silence to the TurnTaker (masked).
     `place_words`: the recogniser's words reach the TurnTaker with their spans, as the
     server's PocketSphinx sends them (False: words alone, as a recogniser that cannot place
-    them)."""
+    them). `residual_vad` (with `echo`; an experiment, not the server's rule): a voiced frame the
+    gate passes is still the echo's when the VAD finds no voice in WebRTC's echo canceller's
+    output for it (`server.audio_processing`, AEC3), as if a second VAD listened behind a
+    canceller."""
     rate = silero.SAMPLE_RATE_HZ  # the VAD's and the recogniser's rate (the clips are 24 kHz)
     frame = silero.FRAME_MS * rate // 1000
     samples = soxr.resample(clip.samples, SAMPLE_RATE_HZ, rate).astype(np.int16)
@@ -199,6 +211,11 @@ def replay(
     taker = TurnTaker(options)
     taker.receive(ReplyStarted(1), now_ms=0)
     classifier = vad.open(0.5)
+    canceller, residual_classifier = None, None
+    if residual_vad and echo is not None:
+        canceller = open_input_processor(ProcessingOptions(echo_cancellation=True), rate)
+        residual_classifier = vad.open(0.5)
+    residual = np.zeros(frame, np.int16)  # the canceller's latest frame of output
     asr: pocketsphinx.Decoder | None = None
     # (audio ms decoded up to, the hypothesis then, its words placed on the replay's clock)
     decoded: list[tuple[int, str, tuple[WordSpan, ...]]] = []
@@ -230,6 +247,11 @@ def replay(
         masked = False
         if gate is not None and reference is not None:
             is_echo = gate.is_echo(PcmFrame(chunk, rate), PcmFrame(reference, rate), hold=taker.hears_voice)
+            if canceller is not None and residual_classifier is not None:  # (it holds back < 10 ms)
+                out = canceller.process(PcmFrame(chunk, rate), PcmFrame(reference, rate)).samples
+                residual = np.concatenate([residual, out])[-frame:]
+                residual_voiced = residual_classifier.speech_probability(PcmFrame(residual, rate)) >= 0.5
+                is_echo = is_echo or (probability >= 0.5 and not residual_voiced)
             if is_echo:
                 masked, probability = probability >= 0.5, 0.0
         taker.receive(FrameClassified(start_ms, silero.FRAME_MS, probability, masked), now_ms=end_ms)
@@ -273,6 +295,8 @@ def replay(
                 first = ("cancelled", end_ms)
             elif first is None and isinstance(action, IgnoreOverlap) and action.paused_reply is not None:
                 first = (f"resumed:{action.kind.value}", end_ms)
+    if canceller is not None:
+        canceller.close()
     base = first_voice_ms if first_voice_ms is not None else LEAD_MS
     stale_ms = played_after_voice_ms if cancelled_at_ms is not None else None
     if first is None:
@@ -390,8 +414,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="judge the recogniser's words without their spans (as before they were placed)",
     )
+    parser.add_argument(
+        "--noises",
+        type=int,
+        default=0,
+        help="also the bench's four noises (door slam, cough, keyboard, music) drawn with seeds 0..N-1",
+    )
+    parser.add_argument(
+        "--residual-vad",
+        action="store_true",
+        help="(with --echo-db) an experiment: a frame the gate passes is the echo's when the VAD hears "
+        "no voice behind WebRTC's echo canceller",
+    )
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
     args = parser.parse_args(argv)
+    if args.residual_vad and args.echo_db is None:
+        parser.error("--residual-vad needs --echo-db: it listens behind an echo canceller")
     policy = InterruptionPolicy()
     if args.settle_ms is not None:
         policy = dataclasses.replace(policy, settle_ms=args.settle_ms)
@@ -407,6 +445,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("interruption (bench: flite)", load_interruptions(args.cache_dir)),
             ("interruption (listener-led: flite)", listener_led_interruptions(args.cache_dir)),
         ]
+        if args.noises:
+            sets.append(("noise (synthetic)", [c for seed in range(args.noises) for c in noise_clips(seed)]))
         if args.held_out:
             sets += [
                 ("backchannel (held-out voices)", held_out_backchannels(args.cache_dir)),
@@ -424,7 +464,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     vad = silero.load()
     config = pocketsphinx_asr.decoder_settings()
     outcomes = [
-        replay(clip, group, vad, config, args.asr_lag_ms, policy, echo, not args.unplaced_words)
+        replay(
+            clip,
+            group,
+            vad,
+            config,
+            args.asr_lag_ms,
+            policy,
+            echo,
+            not args.unplaced_words,
+            args.residual_vad,
+        )
         for group, clips in sets
         for clip in clips
     ]

@@ -1,0 +1,43 @@
+"""measure_overlaps: the offline replay of the barge-in rules (real VAD and recogniser)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soxr
+
+from loadtests import measure_overlaps
+from loadtests.overlays import noise_clips, spoken
+from loadtests.room import EchoOptions
+from server.model.backends import pocketsphinx_asr
+from server.vad import silero
+
+
+def test_the_residual_vad_experiment_needs_an_echo(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        measure_overlaps.main(["--residual-vad"])
+    assert exited.value.code == 2
+    assert "--residual-vad needs --echo-db" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not shutil.which("espeak-ng"), reason="the reply's echo is spoken by espeak-ng")
+def test_music_over_the_echo_is_the_echo_behind_a_canceller(tmp_path: Path) -> None:
+    """Music over a -12 dB echo: the gate passes the loud frames and Silero hears the echo's
+    speech in them, so the words the recogniser makes of the echo cancel the reply; behind
+    WebRTC's canceller the VAD hears no voice, and nothing is even paused."""
+    reply, rate = spoken(*measure_overlaps.REPLY_VOICE, measure_overlaps.REPLY_TEXT, tmp_path)
+    reply16 = soxr.resample(reply, rate, silero.SAMPLE_RATE_HZ).astype(np.int16)
+    echo = (reply16, EchoOptions(delay_ms=120.0, level_db=-12.0))
+    music = next(clip for clip in noise_clips(0) if clip.name == "noise-music")  # as the bench draws it
+    vad, config = silero.load(), pocketsphinx_asr.decoder_settings()
+
+    def replayed(residual_vad: bool) -> measure_overlaps.Outcome:
+        return measure_overlaps.replay(music, "noise", vad, config, echo=echo, residual_vad=residual_vad)
+
+    assert replayed(residual_vad=False).cancelled
+    behind_canceller = replayed(residual_vad=True)
+    assert not behind_canceller.cancelled
