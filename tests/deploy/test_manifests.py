@@ -165,14 +165,14 @@ def test_rendering_changes_only_the_replicas_and_the_listen_address() -> None:
     removed = set(original.splitlines()) - set(rendered.splitlines())
     added = set(rendered.splitlines()) - set(original.splitlines())
     assert {line.strip() for line in removed} == {
-        "server voxgate-1:8000 max_fails=2 fail_timeout=10s;",
-        "server voxgate-2:8000 max_fails=2 fail_timeout=10s;",
+        "server voxgate-1:8000 max_fails=0;",
+        "server voxgate-2:8000 max_fails=0;",
         "listen 80;",
     }
     assert {line.strip() for line in added} == {
-        "server 127.0.0.1:9001 max_fails=2 fail_timeout=10s;",
-        "server 127.0.0.1:9002 max_fails=2 fail_timeout=10s;",
-        "server 127.0.0.1:9003 max_fails=2 fail_timeout=10s;",
+        "server 127.0.0.1:9001 max_fails=0;",
+        "server 127.0.0.1:9002 max_fails=0;",
+        "server 127.0.0.1:9003 max_fails=0;",
         "listen 127.0.0.1:8081;",
     }
 
