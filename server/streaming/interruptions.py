@@ -182,9 +182,9 @@ def classify_overlap(
 ) -> OverlapKind | None:
     """What the words heard over the reply (whose text so far is `reply_text`) make of the
     overlap; None while undecided (`final`: the voice has stopped and its words have
-    settled, so it is decided). `going_on`: the voice began as the caller's own turn had
-    just ended (the reply answers a pause inside their sentence): any word but a listener's
-    takes the floor, as one that takes it always does."""
+    settled, so it is decided). `going_on`: the voice began just as a reply to the caller's own
+    turn started (the silence ended it on a pause inside their sentence): any word but a
+    listener's takes the floor, as one that takes it always does."""
     words = words_of(text)
     # a listener's words the reply happens to have said too ("thank you") are the caller's:
     # either way the reply resumes, but a caller who goes on is then heard as going on

@@ -408,9 +408,10 @@ class TurnTaker:
         self._continuing: _Rejoin | None = None  # ... the one the current voice continues
         self._voice_onset_ms = 0  # the current voice's own onset (decide_within counts from it)
         self._short_burst = False  # the overlap being judged is a burst too short for an overlap
-        self._reply_started_ms: int | None = None  # when the latest reply started (input clock)
         self._reply_requested = False  # StartReply issued, its ReplyStarted not yet received
-        self._reply_answers_turn = False  # the latest reply answers a turn committed here
+        # when the latest reply started, if it answers a turn committed here (None: the client
+        # asked for it, response.create)
+        self._turn_reply_started_ms: int | None = None
 
     # -- public API
 
@@ -483,8 +484,8 @@ class TurnTaker:
                 self._check_deadlines(now_ms)
             case ReplyStarted(reply_id=reply_id):
                 self._active_reply = reply_id
-                self._reply_started_ms = now_ms
-                self._reply_answers_turn, self._reply_requested = self._reply_requested, False
+                self._turn_reply_started_ms = now_ms if self._reply_requested else None
+                self._reply_requested = False
                 self._idle_since_ms = None
                 self._end_rejoin()
             case ReplyFinished(reply_id=reply_id):
@@ -704,10 +705,8 @@ class TurnTaker:
     def _going_on(self, policy: InterruptionPolicy) -> bool:
         """The overlap's voice began before the caller can have heard much of a reply to
         their own turn: they go on after a pause inside their sentence."""
-        started_ms = self._reply_started_ms
-        if started_ms is None or not self._reply_answers_turn:
-            return False  # a reply the client asked for (response.create)
-        return self._onset_ms <= started_ms + policy.going_on_within_ms
+        started_ms = self._turn_reply_started_ms
+        return started_ms is not None and self._onset_ms <= started_ms + policy.going_on_within_ms
 
     def _on_voice(self, voice: VoiceStarted | VoiceStopped, now_ms: int) -> None:
         match (self.state, voice):
