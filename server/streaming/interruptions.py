@@ -6,9 +6,11 @@ pauses and the recogniser's words decide what the overlap was:
 - an **interruption**: a word that takes the floor ("wait", "stop", "no", "actually",
   "what"), once the recogniser has moved past it to another word or the voice has stopped
   (its last word is a guess: "uh-huh" passes through "but" on its way to "the flood"), or
-  more words than a backchannel holds (one of them not a listener's), or voice
-  that goes on past `decide_within_ms`: the reply is cancelled and the caller's speech is a
-  turn;
+  more words than a backchannel holds (one of them not a listener's), counted the same way
+  (over a speakerphone's echo, slt's "mm-hmm" held three of the caller's words, "tell him
+  i'm", on its way to "it's albumin"), or voice that goes on past `decide_within_ms`: the reply is cancelled and the
+  caller's speech is a turn. Waiting for a word to settle costs the caller no stale audio: the
+  reply is paused meanwhile;
 - a **backchannel**: only listener words ("uh-huh", "yeah", "right", "okay", "mm-hmm"), or
   a few unclear ones in a short burst: the reply resumes where it paused;
 - **noise**: no words at all (a cough, a door, a keyboard): the reply resumes;
@@ -65,10 +67,11 @@ BACKCHANNEL_WORDS = frozenset(
 
 INTERRUPTION_WORDS = frozenset(
     {
-        # words that take the floor, even alone
+        # words that take the floor, even alone ("hello" and "don't" are not: over a -12 dB
+        # echo the recogniser heard "uh-huh" as "oh hello" and "you don't", measure_overlaps)
         "wait", "stop", "no", "nope", "hold", "hang", "sorry", "excuse", "pardon", "actually",
-        "but", "what", "why", "how", "where", "please", "hello", "hey", "listen", "repeat",
-        "again", "cancel", "enough", "not", "don't", "didn't", "isn't", "wrong", "never",
+        "but", "what", "why", "how", "where", "please", "hey", "listen", "repeat",
+        "again", "cancel", "enough", "not", "didn't", "isn't", "wrong", "never",
         "question",
     }
 )  # fmt: skip
@@ -192,15 +195,16 @@ def classify_overlap(
     if not listener_only and echoes_reply(text, reply_text, policy):
         return OverlapKind.ECHO if final else None
     # the recogniser's last word is its guess so far: a listener's "uh-huh" passes through
-    # "the", "but", "of" on its way to "the flood"; a word that takes the floor counts once a
-    # later word follows it, or when the voice has stopped (the reply stays paused meanwhile)
+    # "the", "but", "of" on its way to "the flood"; a word that takes the floor, or one more
+    # than a backchannel holds, counts once a later word follows it, or when the voice has
+    # stopped (the reply stays paused meanwhile)
     settled = words if final else words[:-1]
     if any(word in policy.interruption_words for word in settled):
         return OverlapKind.INTERRUPTION
     if going_on and any(word not in policy.backchannel_words for word in settled):
         return OverlapKind.INTERRUPTION
-    unknown = [word for word in words if word not in policy.backchannel_words]
-    if unknown and len(words) > policy.max_backchannel_words:
+    unknown = [word for word in settled if word not in policy.backchannel_words]
+    if unknown and len(settled) > policy.max_backchannel_words:
         return OverlapKind.INTERRUPTION
     if not final:
         return None

@@ -119,8 +119,34 @@ def test_speech_past_decide_within_is_an_interruption_without_words() -> None:
 
 def test_many_unknown_words_are_an_interruption() -> None:
     taker = replying()
-    timeline = run(taker, ["S" * 15, WordsHeard("the blue shirt"), "S" * 5])
+    script: list[str | WordsHeard] = [
+        "S" * 15,
+        WordsHeard("the blue shirt"),
+        "S" * 5,
+        WordsHeard("the blue shirt is"),
+        "S" * 5,
+    ]
+    timeline = run(taker, script)
     assert CancelReply in kinds(timeline)
+
+
+def test_a_word_count_waits_for_the_last_word_to_settle() -> None:
+    """Over a speakerphone's echo the recogniser's running guess for slt's "mm-hmm" held three
+    of the caller's words ("tell him i'm") on its way to two ("it's albumin"): the count rule
+    waits until a later word follows (or the voice stops); the paused reply costs the caller
+    nothing more meanwhile."""
+    taker = replying()
+    script: list[str | WordsHeard] = [
+        "S" * 15,
+        WordsHeard("you tell him"),
+        "S" * 3,
+        WordsHeard("it's albumin"),
+        "." * 20,
+    ]
+    timeline = run(taker, script)
+    assert CancelReply not in kinds(timeline)
+    ignored = next(a for _, a in timeline if isinstance(a, IgnoreOverlap))
+    assert ignored.kind is OverlapKind.BACKCHANNEL
 
 
 def test_short_noise_over_the_reply_never_pauses_it() -> None:
@@ -254,7 +280,12 @@ def test_settle_deadline_is_reported_and_ticks_decide() -> None:
         ("but the", False, OverlapKind.INTERRUPTION),
         ("No.", True, OverlapKind.INTERRUPTION),
         ("what about the refund", False, OverlapKind.INTERRUPTION),
-        ("the blue shirt", False, OverlapKind.INTERRUPTION),
+        ("the blue shirt", False, None),  # its last word may still go: "uh-huh" passes through three
+        ("the blue shirt", True, OverlapKind.INTERRUPTION),
+        ("the blue shirt now", False, OverlapKind.INTERRUPTION),
+        # what the recogniser made of "uh-huh" over a speakerphone's echo: no floor-taking word
+        ("oh hello", True, OverlapKind.BACKCHANNEL),
+        ("you don't", True, OverlapKind.BACKCHANNEL),
         ("i need the other one", False, OverlapKind.INTERRUPTION),
     ],
 )
