@@ -27,7 +27,9 @@ voice before the caller began: `echo_heard_ms`), only the caller's are judged: a
 echo's when the echo gate (echo_gate.py) took for the echo more of the voice heard over it
 than it passed as the caller's (`VoiceLedger`, `callers_words`). The gate decides frame by frame,
 on energy, so a caller's word keeps the frames where their voice is louder than the echo
-could be; the recogniser itself hears the audio whole.
+could be; the recogniser itself hears the audio whole. In such a room the words it makes of a
+listener's "uh-huh" blended with the echo ("oh hello", "you don't": `ECHO_UNSURE_WORDS`) do
+not take the floor alone.
 
 A caller who goes on after a pause inside their sentence ("four ... queen of clubs") has had the
 turn ended by the silence, and the reply to "four" has begun: a voice that began by
@@ -67,14 +69,20 @@ BACKCHANNEL_WORDS = frozenset(
 
 INTERRUPTION_WORDS = frozenset(
     {
-        # words that take the floor, even alone ("hello" and "don't" are not: over a -12 dB
-        # echo the recogniser heard "uh-huh" as "oh hello" and "you don't", measure_overlaps)
+        # words that take the floor, even alone
         "wait", "stop", "no", "nope", "hold", "hang", "sorry", "excuse", "pardon", "actually",
-        "but", "what", "why", "how", "where", "please", "hey", "listen", "repeat",
-        "again", "cancel", "enough", "not", "didn't", "isn't", "wrong", "never",
+        "but", "what", "why", "how", "where", "please", "hello", "hey", "listen", "repeat",
+        "again", "cancel", "enough", "not", "don't", "didn't", "isn't", "wrong", "never",
         "question",
     }
 )  # fmt: skip
+
+# ... except where the room has been heard to echo: the recogniser makes these of a listener's
+# "uh-huh" over the reply's echo ("oh hello", "well" then "hello", "you don't" at -12 dB in
+# measure_overlaps: 4 of the 10 voices). In a quiet room no listener's word was heard as them,
+# and they keep the floor: with them dropped everywhere, one quiet-room "how do I reset my
+# password" was resumed as a one-word burst before it was cancelled (live; the word not logged)
+ECHO_UNSURE_WORDS = frozenset({"hello", "don't"})
 
 _WORD = re.compile(r"[a-z']+(?:-[a-z']+)*")
 
@@ -127,6 +135,7 @@ class InterruptionPolicy:
     echo_heard_before_ms: int = 300
     backchannel_words: frozenset[str] = field(default=BACKCHANNEL_WORDS)
     interruption_words: frozenset[str] = field(default=INTERRUPTION_WORDS)
+    echo_unsure_words: frozenset[str] = field(default=ECHO_UNSURE_WORDS)
 
 
 def words_of(text: str) -> list[str]:
@@ -181,14 +190,24 @@ def echoes_reply(text: str, reply_text: str, policy: InterruptionPolicy) -> bool
 
 
 def classify_overlap(
-    text: str, policy: InterruptionPolicy, *, final: bool, reply_text: str = "", going_on: bool = False
+    text: str,
+    policy: InterruptionPolicy,
+    *,
+    final: bool,
+    reply_text: str = "",
+    going_on: bool = False,
+    over_echo: bool = False,
 ) -> OverlapKind | None:
     """What the words heard over the reply (whose text so far is `reply_text`) make of the
     overlap; None while undecided (`final`: the voice has stopped and its words have
     settled, so it is decided). `going_on`: the voice began just as a reply to the caller's own
     turn started (the silence ended it on a pause inside their sentence): any word but a
-    listener's takes the floor, as one that takes it always does."""
+    listener's takes the floor, as one that takes it always does. `over_echo`: the room has
+    been heard to echo, and `echo_unsure_words` no longer take the floor alone."""
     words = words_of(text)
+    floor_words = (
+        policy.interruption_words - policy.echo_unsure_words if over_echo else policy.interruption_words
+    )
     # a listener's words the reply happens to have said too ("thank you") are the caller's:
     # either way the reply resumes, but a caller who goes on is then heard as going on
     listener_only = bool(words) and all(word in policy.backchannel_words for word in words)
@@ -199,7 +218,7 @@ def classify_overlap(
     # than a backchannel holds, counts once a later word follows it, or when the voice has
     # stopped (the reply stays paused meanwhile)
     settled = words if final else words[:-1]
-    if any(word in policy.interruption_words for word in settled):
+    if any(word in floor_words for word in settled):
         return OverlapKind.INTERRUPTION
     if going_on and any(word not in policy.backchannel_words for word in settled):
         return OverlapKind.INTERRUPTION

@@ -684,7 +684,12 @@ class TurnTaker:
         assert policy is not None
         words, reply_text = self._callers_words(), self._reply_text
         kind = classify_overlap(
-            words, policy, final=final, reply_text=reply_text, going_on=self._going_on(policy)
+            words,
+            policy,
+            final=final,
+            reply_text=reply_text,
+            going_on=self._going_on(policy),
+            over_echo=self._room_echoes(policy),
         )
         if (
             kind is None

@@ -283,14 +283,28 @@ def test_settle_deadline_is_reported_and_ticks_decide() -> None:
         ("the blue shirt", False, None),  # its last word may still go: "uh-huh" passes through three
         ("the blue shirt", True, OverlapKind.INTERRUPTION),
         ("the blue shirt now", False, OverlapKind.INTERRUPTION),
-        # what the recogniser made of "uh-huh" over a speakerphone's echo: no floor-taking word
-        ("oh hello", True, OverlapKind.BACKCHANNEL),
-        ("you don't", True, OverlapKind.BACKCHANNEL),
+        ("oh hello", True, OverlapKind.INTERRUPTION),  # in a room not heard to echo
         ("i need the other one", False, OverlapKind.INTERRUPTION),
     ],
 )
 def test_classify_overlap(words: str, final: bool, kind: OverlapKind | None) -> None:
     assert classify_overlap(words, POLICY, final=final) is kind
+
+
+@pytest.mark.parametrize(
+    ("words", "kind"),
+    [
+        # what the recogniser made of "uh-huh" over a -12 dB echo (measure_overlaps)
+        ("oh hello", OverlapKind.BACKCHANNEL),
+        ("you don't", OverlapKind.BACKCHANNEL),
+        ("hello there", OverlapKind.BACKCHANNEL),  # two words: a burst too short to be sure
+        ("hello can you hear me", OverlapKind.INTERRUPTION),  # more than a backchannel holds
+        ("wait", OverlapKind.INTERRUPTION),  # the other floor words keep it over the echo
+    ],
+)
+def test_over_an_echo_words_made_of_a_listener_do_not_take_the_floor(words: str, kind: OverlapKind) -> None:
+    assert classify_overlap(words, POLICY, final=True, over_echo=True) is kind
+    assert classify_overlap(words, POLICY, final=True) is OverlapKind.INTERRUPTION
 
 
 REPLY_TEXT = "Thank you. Your order left our warehouse this morning and should arrive on Thursday"
@@ -613,6 +627,20 @@ def test_words_the_recogniser_made_of_the_echo_are_not_the_callers(
         assert isinstance(decided[0], CancelReply)
     else:
         assert decided == [IgnoreOverlap(kind, "on them", 740, 1060, paused_reply=5, keeps_capture=True)]
+
+
+@pytest.mark.parametrize(("echo_first", "cancelled"), [(True, False), (False, True)])
+def test_hello_takes_the_floor_only_in_a_room_not_heard_to_echo(echo_first: bool, cancelled: bool) -> None:
+    """Over the reply's echo, the recogniser heard espeak's "uh-huh" as "oh hello": once the
+    gate has masked the echo before the voice, that is a listener's burst, and the reply
+    resumes; where no echo was heard, "hello" takes the floor as before."""
+    taker = replying()
+    spans = placed(("oh", 740, 840), ("hello", 840, 1060))
+    frames = ("E" if echo_first else ".") * 37 + "S" * 16
+    timeline = run(taker, [frames, WordsHeard("oh hello", spans=spans), "." * 20])
+    assert (CancelReply in kinds(timeline)) is cancelled
+    if not cancelled:
+        assert next(a for _, a in timeline if isinstance(a, IgnoreOverlap)).kind is OverlapKind.BACKCHANNEL
 
 
 def test_a_quiet_caller_in_a_room_never_heard_to_echo_keeps_every_word() -> None:
