@@ -8,9 +8,9 @@ pauses and the recogniser's words decide what the overlap was:
   (its last word is a guess: "uh-huh" passes through "but" on its way to "the flood"), or
   more words than a backchannel holds (one of them not a listener's), counted the same way
   (over a speakerphone's echo, slt's "mm-hmm" held three of the caller's words, "tell him
-  i'm", on its way to "it's albumin"), or voice that goes on past `decide_within_ms`: the reply is cancelled and the
-  caller's speech is a turn. Waiting for a word to settle costs the caller no stale audio: the
-  reply is paused meanwhile;
+  i'm", on its way to "it's albumin"), or voice that goes on past `decide_within_ms`: the
+  reply is cancelled and the caller's speech is a turn. Waiting for a word to settle costs
+  the caller no stale audio: the reply is paused meanwhile;
 - a **backchannel**: only listener words ("uh-huh", "yeah", "right", "okay", "mm-hmm"), or
   a few unclear ones in a short burst: the reply resumes where it paused;
 - **noise**: no words at all (a cough, a door, a keyboard): the reply resumes;
@@ -79,9 +79,10 @@ INTERRUPTION_WORDS = frozenset(
 
 # ... except where the room has been heard to echo: the recogniser makes these of a listener's
 # "uh-huh" over the reply's echo ("oh hello", "well" then "hello", "you don't" at -12 dB in
-# measure_overlaps: 4 of the 10 voices). In a quiet room no listener's word was heard as them,
-# and they keep the floor: with them dropped everywhere, one quiet-room "how do I reset my
-# password" was resumed as a one-word burst before it was cancelled (live; the word not logged)
+# measure_overlaps: espeak's held-out voices and flite's awb). In a quiet room no listener's word
+# was heard as them, and they keep the floor: with them dropped everywhere, one quiet-room "how
+# do I reset my password" was resumed as a one-word burst before it was cancelled (live; the
+# word not logged)
 ECHO_UNSURE_WORDS = frozenset({"hello", "don't"})
 
 _WORD = re.compile(r"[a-z']+(?:-[a-z']+)*")
