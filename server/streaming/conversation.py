@@ -55,6 +55,7 @@ from server.model.base import (
     WordSpan,
 )
 from server.model.tool_calls import ForcedTool, ToolChoice
+from server.privacy import redact
 from server.streaming.capture import InputAudio, VadFrame
 from server.streaming.commands import (
     AddAssistantText,
@@ -623,19 +624,8 @@ class Conversation:
             reply_text = reply.transcript if reply is not None else ""
             heard = WordsHeard(words, reply_text, through_ms, spans)
             self._turns.receive(heard, now_ms=self._input.input_ms)
-            if log.isEnabledFor(logging.DEBUG):  # how far the recogniser lags; no words
-                log.debug(
-                    "overlap words",
-                    extra={
-                        "session_id": self.config.id,
-                        "input_ms": self._input.input_ms,
-                        "through_ms": through_ms,
-                        "word_count": len(words.split()),
-                        # ... of them, the caller's (the others were heard over the echo)
-                        "callers_word_count": len(self._turns.overlap_callers_words.split()),
-                        "echo": self._turns.overlap_hears_echo,
-                    },
-                )
+            if log.isEnabledFor(logging.DEBUG):  # how far the recogniser lags
+                self._log_overlap_words(words, through_ms)
             await self._run_turn_actions()
 
     async def _follow_model_turns(self, session: DetectsTurns) -> None:
@@ -706,6 +696,26 @@ class Conversation:
         self._captured_ms += int(frame.duration_ms)
         if self._replies.prepared is None:  # while a reply is prepared, its transcript is final
             self.model_session.push_audio(frame)
+
+    def _log_overlap_words(self, words: str, through_ms: int | None) -> None:
+        """What the recogniser has heard over the reply, at debug level: counts, and the words
+        themselves only with `log_transcripts` (redacted as transcripts are), so an operator can
+        see why a reply was cancelled or went on."""
+        callers = self._turns.overlap_callers_words
+        fields: dict[str, object] = {
+            "session_id": self.config.id,
+            "input_ms": self._input.input_ms,
+            "through_ms": through_ms,
+            "word_count": len(words.split()),
+            # ... of them, the caller's (the others were heard over the echo)
+            "callers_word_count": len(callers.split()),
+            "echo": self._turns.overlap_hears_echo,
+        }
+        privacy = self._options.privacy
+        if privacy.log_transcripts:
+            fields["words"] = redact(words) if privacy.redact_transcripts else words
+            fields["callers_words"] = redact(callers) if privacy.redact_transcripts else callers
+        log.debug("overlap words", extra=fields)
 
     async def _run_turn_actions(self) -> None:
         for action in self._turns.actions():

@@ -5,16 +5,19 @@ stopped; a real interruption cancels it, and what the caller heard stops at the 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
+import pytest
 
 from server.audio import PcmFrame
 from server.errors import BackendError
 from server.events import AgentEvent, FalseInterruption, Interrupted
 from server.model.base import TranscriptionOptions
 from server.model.fakes import FakeAsr, FakeAsrStream, FakeLlm, tone
+from server.privacy import PrivacyOptions
 from server.streaming.conversation import Conversation
 from server.streaming.interruptions import InterruptionPolicy
 from server.streaming.outputs import ItemTruncated, ResponseAudio, ResponseEnded, SpeechStarted
@@ -321,3 +324,30 @@ def test_a_short_interruption_waits_for_a_lagging_recogniser_and_takes_the_floor
     port, events = converse_words(interrupting(300), LaggingAsr(["where is my order", "ten of clubs"]), llm)
     assert not any(isinstance(e, FalseInterruption) for e in events)
     assert [m.text for m in llm.calls[1] if m.role == "user"] == ["where is my order", "ten of clubs"]
+
+
+@pytest.mark.parametrize(
+    ("privacy", "logged"),
+    [
+        (PrivacyOptions(), None),  # counts only: what the caller said stays out of the logs
+        (PrivacyOptions(log_transcripts=True), "call me on 415 555 0100"),
+        (PrivacyOptions(log_transcripts=True, redact_transcripts=True), "call me on [phone]"),
+    ],
+)
+def test_overlap_words_are_logged_only_with_log_transcripts(
+    privacy: PrivacyOptions, logged: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The debug line that shows what the rules judged over the reply: an operator asking why a
+    reply was cancelled sees the words only where transcripts may be logged, redacted as they
+    are."""
+    caplog.set_level(logging.DEBUG, logger="server.streaming.conversation")
+    asr = FakeAsr(["where is my order", "call me on 415 555 0100", "thanks"])
+    converse_words(interrupting(1200), asr, FakeLlm([LONG_REPLY, "Sure."]), replace(WORDS, privacy=privacy))
+    lines = [r for r in caplog.records if r.getMessage() == "overlap words"]
+    assert lines, "no overlap words were logged"
+    assert all(isinstance(getattr(r, "word_count", None), int) for r in lines)
+    if logged is None:
+        assert not any(hasattr(r, "words") or hasattr(r, "callers_words") for r in lines)
+    else:
+        assert lines[-1].words == logged  # type: ignore[attr-defined]
+        assert lines[-1].callers_words == logged  # type: ignore[attr-defined]
