@@ -469,11 +469,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             group,
             vad,
             config,
-            args.asr_lag_ms,
-            policy,
-            echo,
-            not args.unplaced_words,
-            args.residual_vad,
+            asr_lag_ms=args.asr_lag_ms,
+            policy=policy,
+            echo=echo,
+            place_words=not args.unplaced_words,
+            residual_vad=args.residual_vad,
         )
         for group, clips in sets
         for clip in clips
