@@ -397,6 +397,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="InterruptionPolicy.rejoin_within_ms (default: the server's; 0: off)",
     )
     parser.add_argument(
+        "--word-gap-ms",
+        type=int,
+        default=None,
+        help="InterruptionPolicy.word_gap_ms (default: the server's; 0: off, a gap being at least the "
+        "VAD's hangover)",
+    )
+    parser.add_argument(
         "--echo-db",
         type=float,
         default=None,
@@ -439,6 +446,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         policy = dataclasses.replace(policy, caller_word_share=args.caller_word_share)
     if args.rejoin_within_ms is not None:
         policy = dataclasses.replace(policy, rejoin_within_ms=args.rejoin_within_ms)
+    if args.word_gap_ms is not None:
+        policy = dataclasses.replace(policy, word_gap_ms=args.word_gap_ms)
     try:
         sets: list[tuple[str, list[Utterance]]] = [
             ("backchannel (bench voices)", load_backchannels(args.cache_dir)),

@@ -69,8 +69,12 @@ together, a burst too short for an overlap included (`decide_within_ms` still co
 new voice's own onset, so "yeah ... yeah" stays a backchannel); if the reply has ended
 meanwhile, the new voice is a turn from that onset. After wordless noise the same
 holds, except that the reply pauses `pause_after_ms` into the new voice as usual: a sentence
-the echo gate chopped into short bursts is judged as one. In the `voice` mode (interruption
-None) any voice of `barge_in_min_ms` cancels.
+the echo gate chopped into short bursts is judged as one. One exception, in a room heard to
+echo: a burst too short for an overlap that starts within `word_gap_ms` of a backchannel as
+short is the rest of that word (the VAD split "o ... kay"): once settled it resumes the reply,
+whatever words the recogniser made of it with the echo; a voice going on meanwhile, or a
+further burst, is judged with all the words. In the `voice` mode (interruption None) any
+voice of `barge_in_min_ms` cancels.
 
 Turns detected by the model (`TurnOptions.model_detects_turns`: the realtime profile with the
 upstream's VAD). The loop feeds no frames; the model's ModelSpeechStarted / ModelSpeechStopped
@@ -375,6 +379,8 @@ class _Rejoin:
     until_ms: int
     onset_ms: int
     pause_at_once: bool
+    voice_end_ms: int  # where that overlap's voice stopped
+    syllable: bool  # ... one burst too short for an overlap: perhaps a word's first syllable
 
 
 _END_OF_INPUT_MS = 2**62  # later than any input position: "from then on"
@@ -408,6 +414,8 @@ class TurnTaker:
         self._continuing: _Rejoin | None = None  # ... the one the current voice continues
         self._voice_onset_ms = 0  # the current voice's own onset (decide_within counts from it)
         self._short_burst = False  # the overlap being judged is a burst too short for an overlap
+        # ... the rest of a backchannel's word (`_finishes_word`): it resumes, whatever its words
+        self._finishing_word = False
         self._reply_requested = False  # StartReply issued, its ReplyStarted not yet received
         # when the latest reply started, if it answers a turn committed here (None: the client
         # asked for it, response.create)
@@ -634,7 +642,8 @@ class TurnTaker:
             # ever (coughs), but a burst after it is judged with it: a voice the echo gate or
             # the VAD chopped into bursts too short for an overlap is a sentence, not noise
             at_once = kind is OverlapKind.BACKCHANNEL
-            self._rejoin = _Rejoin(end_ms + policy.rejoin_within_ms, self._onset_ms, at_once)
+            until_ms = end_ms + policy.rejoin_within_ms
+            self._rejoin = _Rejoin(until_ms, self._onset_ms, at_once, end_ms, self._short_burst)
         kept = self._rejoin is not None
         self._actions.append(
             IgnoreOverlap(kind, self._callers_words(), self._onset_ms, end_ms, paused, keeps_capture=kept)
@@ -683,14 +692,20 @@ class TurnTaker:
         policy = self.options.interruption
         assert policy is not None
         words, reply_text = self._callers_words(), self._reply_text
-        kind = classify_overlap(
-            words,
-            policy,
-            final=final,
-            reply_text=reply_text,
-            going_on=self._going_on(policy),
-            over_echo=self._room_echoes(policy),
-        )
+        if self._finishing_word:
+            # the rest of a listener's word the VAD split ("o ... kay"): over the echo the
+            # recogniser makes other words of it ("dakota where i'm"); judged when settled as
+            # any burst, so a voice going on meanwhile is an overlap judged on its words
+            kind = OverlapKind.BACKCHANNEL if final else None
+        else:
+            kind = classify_overlap(
+                words,
+                policy,
+                final=final,
+                reply_text=reply_text,
+                going_on=self._going_on(policy),
+                over_echo=self._room_echoes(policy),
+            )
         if (
             kind is None
             and self.state is UserState.OVERLAP
@@ -706,6 +721,25 @@ class TurnTaker:
             self._take_floor(now_ms)
         elif kind is not None:
             self._ignore_overlap(kind, self._voice_end_ms)
+
+    def _finishes_word(self) -> bool:
+        """The burst that just stopped began within `word_gap_ms` of a backchannel's voice,
+        in a room heard to echo, and both were too short for an overlap: two syllables of a
+        listener's word the VAD split ("o ... kay", "mm ... hmm"), whatever words the
+        recogniser makes of them over the echo. Once: a further burst is judged with all the
+        words since the first, so a sentence the gate chopped into bursts still takes the
+        floor; and a backchannel of an overlap's length is no syllable (offline, a caller's
+        "why was" heard as "won", and "the eight" as "a", went on in such bursts)."""
+        policy, rejoin = self.options.interruption, self._continuing
+        return (
+            policy is not None
+            and rejoin is not None
+            and rejoin.pause_at_once
+            and rejoin.syllable
+            and self._active_reply is not None
+            and self._voice_onset_ms - rejoin.voice_end_ms <= policy.word_gap_ms
+            and self._room_echoes(policy)
+        )
 
     def _going_on(self, policy: InterruptionPolicy) -> bool:
         """The overlap's voice began before the caller can have heard much of a reply to
@@ -730,7 +764,7 @@ class TurnTaker:
                 self._overlap_words = self._reply_text = ""
                 self._overlap_spans = None
                 self._words_through_ms = None
-                self._short_burst = False
+                self._short_burst = self._finishing_word = False
                 self._idle_since_ms = None
                 self.state = UserState.VOICE_PENDING
                 self._actions.append(BeginCapture(from_ms=self._onset_ms))
@@ -741,6 +775,7 @@ class TurnTaker:
                     self._words_through_ms is not None and self._words_through_ms < at_ms
                 )
                 self._short_burst = self._continuing is None
+                self._finishing_word = self._over_reply and self._finishes_word()
                 if self._over_reply and (self._continuing is not None or heard):
                     # a short burst that continues a backchannel, or that holds words (or may:
                     # the recogniser has not reached its end), is judged on its words, not
@@ -764,7 +799,7 @@ class TurnTaker:
                 self.state = UserState.OVERLAP_ENDING
             case (UserState.OVERLAP_ENDING, VoiceStarted()):
                 self.state = UserState.OVERLAP
-                self._short_burst = False  # it goes on: an overlap like any other
+                self._short_burst = self._finishing_word = False  # it goes on: an overlap like any other
             case (UserState.USER_SPEAKING, VoiceStopped(at_ms=at_ms)):
                 self._voice_end_ms = at_ms
                 self.state = UserState.ENDPOINTING

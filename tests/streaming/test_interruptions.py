@@ -453,6 +453,53 @@ def test_a_short_burst_that_continues_a_backchannel_is_judged_on_its_words() -> 
     assert next(a for _, a in timeline if isinstance(a, IgnoreOverlap)).kind is OverlapKind.NOISE
 
 
+@pytest.mark.parametrize("echo_first", [True, False])
+def test_a_short_burst_just_after_a_backchannel_over_the_echo_finishes_its_word(echo_first: bool) -> None:
+    """Over a -12 dB echo the VAD split flite kal's "okay" into "o" (160 ms) and "kay" (190 ms,
+    220 ms later); the recogniser made "dakota where i'm" of both with the echo
+    (measure_overlaps), and "where", settled by "i'm", took the floor. In a room heard to
+    echo, a burst too short for an overlap that starts within word_gap_ms of a backchannel's
+    voice, itself that short, is the rest of its word: the reply resumes as the burst stops.
+    Once: a third burst is judged with all the words, so a caller who goes on still takes the
+    floor. In a quiet room the words are judged as ever."""
+    taker = replying()
+    room = ("E" if echo_first else ".") * 37  # the reply's echo heard for 740 ms, or silence
+    first = run(taker, [room + "S" * 8, WordsHeard("okay"), "." * 10])
+    assert kinds(first)[-1] is IgnoreOverlap and taker.active_reply == 5
+    tail = run(taker, ["S" * 9, WordsHeard("dakota where i'm"), "." * 20], start_ms=1100)  # 200 ms on
+    if not echo_first:
+        assert kinds(tail)[:4] == [BeginCapture, PauseReply, CancelReply, AnnounceSpeechStarted]
+        return
+    assert kinds(tail) == [BeginCapture, PauseReply, IgnoreOverlap]
+    assert tail[1][0] == 1100 + OPTIONS.vad_min_voiced_ms  # paused as the onset is heard ...
+    assert tail[2][0] == 1280 + 160  # ... resumed once settled (settle_ms; the next frame's tick)
+    resumed = tail[2][1]
+    assert isinstance(resumed, IgnoreOverlap) and resumed.kind is OverlapKind.BACKCHANNEL
+    assert (resumed.start_ms, resumed.end_ms, resumed.paused_reply) == (740, 1280, 5)
+    # a third burst: the word was finished, so all the words since "o" are judged
+    third = run(taker, ["S" * 9, WordsHeard("dakota where i'm going"), "." * 20], start_ms=1580)
+    assert kinds(third)[:4] == [BeginCapture, PauseReply, CancelReply, AnnounceSpeechStarted]
+    # ... and a burst later than word_gap_ms after a backchannel is judged on its words
+    taker = replying()
+    run(taker, [room + "S" * 8, WordsHeard("okay"), "." * 20])
+    late = run(taker, ["S" * 9, WordsHeard("dakota where i'm"), "." * 20], start_ms=1300)  # 400 ms on
+    assert CancelReply in kinds(late)
+    # ... as is a voice that goes on before the rest of the word has settled (a human's "the
+    # eight ... of spades ... four of clubs", in bursts over a -20 dB echo)
+    taker = replying()
+    run(taker, [room + "S" * 8, WordsHeard("okay"), "." * 10])
+    going_on = run(
+        taker, ["S" * 9 + "." * 5 + "S" * 15, WordsHeard("a they eight of spades"), "." * 20], 1100
+    )
+    assert CancelReply in kinds(going_on) and IgnoreOverlap not in kinds(going_on)
+    # ... as is one after a backchannel of an overlap's length: no syllable (a caller's "why
+    # was", heard as "won", went on "my card", heard as "want my")
+    taker = replying()
+    run(taker, [room + "S" * 15, WordsHeard("won"), "." * 10])
+    after_overlap = run(taker, ["S" * 9, WordsHeard("won want my"), "." * 20], start_ms=1240)
+    assert CancelReply in kinds(after_overlap)
+
+
 def test_words_are_final_only_once_the_recogniser_has_decoded_past_the_voice() -> None:
     """A busy recogniser lags the audio: "ten of clubs" judged at settle_ms with the words
     decoded so far ("") would be noise. The judgement waits until the words cover settle_ms
