@@ -121,11 +121,12 @@ class InterruptionPolicy:
     rejoin_within_ms: int = 800
     going_on_within_ms: int = 250  # the reply's first audio reaches the caller ~0-300 ms after its start
     max_backchannel_words: int = 2
-    # in a room heard to echo, a burst too short for an overlap that starts this soon after a
-    # backchannel as short is the rest of its word: the VAD splits "o ... kay" and "mm ... hmm"
-    # (live: 100-220 ms gaps), and the recogniser makes words of the echo around the second
-    # syllable ("dakota where i'm" for flite kal's "okay" at -12 dB)
+    # in a room heard to echo, a voice that starts this soon after a backchannel too short for
+    # an overlap is the rest of its word: the VAD splits "o ... kay" and "mm ... hmm" (live:
+    # 100-220 ms gaps), and the recogniser makes words of the echo around the second syllable
+    # ("dakota where i'm" for flite kal's "okay" at -12 dB) ...
     word_gap_ms: int = 300
+    word_rest_max_ms: int = 400  # ... if it stops within this much voice (live: "kay" 240 ms)
     echo_min_words: int = 2  # words heard before they can be judged an echo of the reply
     echo_share: float = 0.6  # ... and the share of them among the reply's latest words
     echo_window_words: int = 40  # the reply's latest words (text runs ahead of the audio)

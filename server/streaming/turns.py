@@ -70,10 +70,10 @@ new voice's own onset, so "yeah ... yeah" stays a backchannel); if the reply has
 meanwhile, the new voice is a turn from that onset. After wordless noise the same
 holds, except that the reply pauses `pause_after_ms` into the new voice as usual: a sentence
 the echo gate chopped into short bursts is judged as one. One exception, in a room heard to
-echo: a burst too short for an overlap that starts within `word_gap_ms` of a backchannel as
-short is the rest of that word (the VAD split "o ... kay"): once settled it resumes the reply,
-whatever words the recogniser made of it with the echo; a voice going on meanwhile, or a
-further burst, is judged with all the words. In the `voice` mode (interruption None) any
+echo: a voice that starts within `word_gap_ms` of a backchannel too short for an overlap, and
+stops within `word_rest_max_ms` of voice, is the rest of that word (the VAD split "o ...
+kay"): once settled it resumes the reply, whatever words the recogniser made of it with the
+echo; a voice going on meanwhile, or a further burst, is judged with all the words. In the `voice` mode (interruption None) any
 voice of `barge_in_min_ms` cancels.
 
 Turns detected by the model (`TurnOptions.model_detects_turns`: the realtime profile with the
@@ -414,7 +414,7 @@ class TurnTaker:
         self._continuing: _Rejoin | None = None  # ... the one the current voice continues
         self._voice_onset_ms = 0  # the current voice's own onset (decide_within counts from it)
         self._short_burst = False  # the overlap being judged is a burst too short for an overlap
-        # ... the rest of a backchannel's word (`_finishes_word`): it resumes, whatever its words
+        # ... may be the rest of a backchannel's word (`_finishes_word`): no words decide it
         self._finishing_word = False
         self._reply_requested = False  # StartReply issued, its ReplyStarted not yet received
         # when the latest reply started, if it answers a turn committed here (None: the client
@@ -692,6 +692,8 @@ class TurnTaker:
         policy = self.options.interruption
         assert policy is not None
         words, reply_text = self._callers_words(), self._reply_text
+        if self._finishing_word and self._detector.voiced_run_ms > policy.word_rest_max_ms:
+            self._finishing_word = False  # too long for the rest of a word: the caller goes on
         if self._finishing_word:
             # the rest of a listener's word the VAD split ("o ... kay"): over the echo the
             # recogniser makes other words of it ("dakota where i'm"); judged when settled as
@@ -723,13 +725,14 @@ class TurnTaker:
             self._ignore_overlap(kind, self._voice_end_ms)
 
     def _finishes_word(self) -> bool:
-        """The burst that just stopped began within `word_gap_ms` of a backchannel's voice,
-        in a room heard to echo, and both were too short for an overlap: two syllables of a
-        listener's word the VAD split ("o ... kay", "mm ... hmm"), whatever words the
-        recogniser makes of them over the echo. Once: a further burst is judged with all the
-        words since the first, so a sentence the gate chopped into bursts still takes the
-        floor; and a backchannel of an overlap's length is no syllable (offline, a caller's
-        "why was" heard as "won", and "the eight" as "a", went on in such bursts)."""
+        """The voice that just began, within `word_gap_ms` of a backchannel's voice too short
+        for an overlap, in a room heard to echo, may be the second syllable of a listener's
+        word the VAD split ("o ... kay", "mm ... hmm"): if it stops within `word_rest_max_ms`
+        of voice, it is judged a listener's whatever words the recogniser makes of the two
+        over the echo. Once: a further burst is judged with all the words since the first, so
+        a sentence the gate chopped into bursts still takes the floor; and a backchannel of an
+        overlap's length is no syllable (offline, a caller's "why was" heard as "won", and "the
+        eight" as "a", went on in such bursts)."""
         policy, rejoin = self.options.interruption, self._continuing
         return (
             policy is not None
@@ -764,7 +767,8 @@ class TurnTaker:
                 self._overlap_words = self._reply_text = ""
                 self._overlap_spans = None
                 self._words_through_ms = None
-                self._short_burst = self._finishing_word = False
+                self._short_burst = False
+                self._finishing_word = self._finishes_word()
                 self._idle_since_ms = None
                 self.state = UserState.VOICE_PENDING
                 self._actions.append(BeginCapture(from_ms=self._onset_ms))
@@ -775,7 +779,6 @@ class TurnTaker:
                     self._words_through_ms is not None and self._words_through_ms < at_ms
                 )
                 self._short_burst = self._continuing is None
-                self._finishing_word = self._over_reply and self._finishes_word()
                 if self._over_reply and (self._continuing is not None or heard):
                     # a short burst that continues a backchannel, or that holds words (or may:
                     # the recogniser has not reached its end), is judged on its words, not

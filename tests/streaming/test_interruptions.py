@@ -454,14 +454,14 @@ def test_a_short_burst_that_continues_a_backchannel_is_judged_on_its_words() -> 
 
 
 @pytest.mark.parametrize("echo_first", [True, False])
-def test_a_short_burst_just_after_a_backchannel_over_the_echo_finishes_its_word(echo_first: bool) -> None:
+def test_a_voice_just_after_a_short_backchannel_over_the_echo_finishes_its_word(echo_first: bool) -> None:
     """Over a -12 dB echo the VAD split flite kal's "okay" into "o" (160 ms) and "kay" (190 ms,
     220 ms later); the recogniser made "dakota where i'm" of both with the echo
     (measure_overlaps), and "where", settled by "i'm", took the floor. In a room heard to
-    echo, a burst too short for an overlap that starts within word_gap_ms of a backchannel's
-    voice, itself that short, is the rest of its word: the reply resumes as the burst stops.
-    Once: a third burst is judged with all the words, so a caller who goes on still takes the
-    floor. In a quiet room the words are judged as ever."""
+    echo, a voice that starts within word_gap_ms of a backchannel too short for an overlap,
+    and stops within word_rest_max_ms, is the rest of its word: the reply resumes once it
+    settles. Once: a third burst is judged with all the words, so a caller who goes on still
+    takes the floor. In a quiet room the words are judged as ever."""
     taker = replying()
     room = ("E" if echo_first else ".") * 37  # the reply's echo heard for 740 ms, or silence
     first = run(taker, [room + "S" * 8, WordsHeard("okay"), "." * 10])
@@ -484,6 +484,13 @@ def test_a_short_burst_just_after_a_backchannel_over_the_echo_finishes_its_word(
     run(taker, [room + "S" * 8, WordsHeard("okay"), "." * 20])
     late = run(taker, ["S" * 9, WordsHeard("dakota where i'm"), "." * 20], start_ms=1300)  # 400 ms on
     assert CancelReply in kinds(late)
+    # live, "kay" lasted 240 ms, an overlap's length: up to word_rest_max_ms it is still the rest
+    # of the word; longer, the caller goes on, and the words are judged
+    for rest_frames, cancelled in ((15, False), (25, True)):
+        taker = replying()
+        run(taker, [room + "S" * 8, WordsHeard("okay"), "." * 10])
+        rest = run(taker, ["S" * rest_frames, WordsHeard("the soviet where"), "." * 20], start_ms=1100)
+        assert (CancelReply in kinds(rest)) is cancelled and (IgnoreOverlap in kinds(rest)) is not cancelled
     # ... as is a voice that goes on before the rest of the word has settled (a human's "the
     # eight ... of spades ... four of clubs", in bursts over a -20 dB echo)
     taker = replying()
