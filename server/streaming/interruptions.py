@@ -79,11 +79,13 @@ INTERRUPTION_WORDS = frozenset(
 
 # ... except where the room has been heard to echo: the recogniser makes these of a listener's
 # "uh-huh" over the reply's echo ("oh hello", "well" then "hello", "you don't" at -12 dB in
-# measure_overlaps: espeak's held-out voices and flite's awb). In a quiet room no listener's word
-# was heard as them, and they keep the floor: with them dropped everywhere, one quiet-room "how
-# do I reset my password" was resumed as a one-word burst before it was cancelled (live; the
-# word not logged)
-ECHO_UNSURE_WORDS = frozenset({"hello", "don't"})
+# measure_overlaps: espeak's held-out voices and flite's awb; live, with the words logged,
+# "aha where" for espeak's "uh-huh", "what i" for awb's "yeah", "the soviet where" for kal's
+# "okay"). In a quiet room no listener's word was heard as them, and they keep the floor: with
+# "hello" and "don't" dropped everywhere, one quiet-room "how do I reset my password" was resumed
+# as a one-word burst before it was cancelled (live; the word not logged). Over the echo a
+# caller's "what ..." or "where ..." still takes the floor by its count, a word or two later
+ECHO_UNSURE_WORDS = frozenset({"hello", "don't", "what", "where"})
 
 _WORD = re.compile(r"[a-z']+(?:-[a-z']+)*")
 

@@ -297,6 +297,11 @@ def test_classify_overlap(words: str, final: bool, kind: OverlapKind | None) -> 
         # what the recogniser made of "uh-huh" over a -12 dB echo (measure_overlaps)
         ("oh hello", OverlapKind.BACKCHANNEL),
         ("you don't", OverlapKind.BACKCHANNEL),
+        # ... and, live, of "uh-huh", "yeah", "okay" (the caller's share of the words)
+        ("aha where", OverlapKind.BACKCHANNEL),
+        ("what i", OverlapKind.BACKCHANNEL),
+        ("soviet where", OverlapKind.BACKCHANNEL),
+        ("where is my order", OverlapKind.INTERRUPTION),  # a caller's question: by its count
         ("hello there", OverlapKind.BACKCHANNEL),  # two words: a burst too short to be sure
         ("hello can you hear me", OverlapKind.INTERRUPTION),  # more than a backchannel holds
         ("wait", OverlapKind.INTERRUPTION),  # the other floor words keep it over the echo
