@@ -38,9 +38,10 @@ listener's "uh-huh" answers something heard) is judged as theirs going on (`goin
 any word but a listener's takes the floor. Live, "queen of clubs" was otherwise two unclear words, a
 backchannel: the reply to "four" played on and the caller's words were lost.
 
-Why unclear short bursts resume rather than cancel: the recogniser has no lexical entry for
-"uh-huh" or "mm-hmm" and hears them as one or two unrelated words ("ahead", "the flood",
-"aha" in our measurements, loadtests/bench_barge_in.py), while a caller who really wants
+Why unclear short bursts resume rather than cancel: PocketSphinx's language model has no
+"mm-hmm" and holds "uh-huh" as a word as rare as "dakota" (unigram log-probability -123481
+against -70269 for "okay"), so it hears them as one or two unrelated words ("ahead", "the
+flood", "aha" in our measurements, loadtests/bench_barge_in.py), while a caller who really wants
 the floor keeps talking, which `decide_within_ms` and the word count catch, or uses one of
 the words that take it.
 """
