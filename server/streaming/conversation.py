@@ -713,8 +713,8 @@ class Conversation:
         }
         privacy = self._options.privacy
         if privacy.log_transcripts:
-            fields["words"] = redact(words) if privacy.redact_transcripts else words
-            fields["callers_words"] = redact(callers) if privacy.redact_transcripts else callers
+            shown = redact if privacy.redact_transcripts else str
+            fields["words"], fields["callers_words"] = shown(words), shown(callers)
         log.debug("overlap words", extra=fields)
 
     async def _run_turn_actions(self) -> None:

@@ -73,8 +73,8 @@ the echo gate chopped into short bursts is judged as one. One exception, in a ro
 echo: a voice that starts within `word_gap_ms` of a backchannel too short for an overlap, and
 stops within `word_rest_max_ms` of voice, is the rest of that word (the VAD split "o ...
 kay"): once settled it resumes the reply, whatever words the recogniser made of it with the
-echo; a voice going on meanwhile, or a further burst, is judged with all the words. In the `voice` mode (interruption None) any
-voice of `barge_in_min_ms` cancels.
+echo; a voice going on meanwhile, or a further burst, is judged with all the words. In the
+`voice` mode (interruption None) any voice of `barge_in_min_ms` cancels.
 
 Turns detected by the model (`TurnOptions.model_detects_turns`: the realtime profile with the
 upstream's VAD). The loop feeds no frames; the model's ModelSpeechStarted / ModelSpeechStopped
