@@ -182,6 +182,7 @@ def replay(
     echo: tuple[NDArray[np.int16], EchoOptions] | None = None,
     place_words: bool = True,
     residual_vad: bool = False,
+    lead_ms: int = LEAD_MS,
 ) -> Outcome:
     """One clip over a reply through the VAD, the recogniser and the TurnTaker; the words of
     each point of the audio reach the rules `asr_lag_ms` later (a busy recogniser). As in the
@@ -197,12 +198,13 @@ def replay(
     them). `residual_vad` (with `echo`; an experiment, not the server's rule): a voiced frame the
     gate passes is still the echo's when the VAD finds no voice in WebRTC's echo canceller's
     output for it (`server.audio_processing`, AEC3), as if a second VAD listened behind a
-    canceller."""
+    canceller. `lead_ms`: how long the reply plays before the clip (its echo, before the caller's
+    voice, is all the gate and the rules know of the room)."""
     rate = silero.SAMPLE_RATE_HZ  # the VAD's and the recogniser's rate (the clips are 24 kHz)
     frame = silero.FRAME_MS * rate // 1000
     samples = soxr.resample(clip.samples, SAMPLE_RATE_HZ, rate).astype(np.int16)
     audio = np.concatenate(
-        [np.zeros(LEAD_MS * rate // 1000, np.int16), samples, np.zeros(TAIL_MS * rate // 1000, np.int16)]
+        [np.zeros(lead_ms * rate // 1000, np.int16), samples, np.zeros(TAIL_MS * rate // 1000, np.int16)]
     )
     reply = None if echo is None else EchoedReply(echo[0], echo[1], rate, len(audio))
     gate = None if echo is None else EchoGate(EchoGateOptions(), silero.FRAME_MS)
@@ -240,7 +242,7 @@ def replay(
             decoded.append((end_ms, *_hypothesis(asr, capture_ms)))
         words, spans = next(((w, p) for at, w, p in reversed(decoded) if at <= end_ms - asr_lag_ms), ("", ()))
         probability = classifier.speech_probability(PcmFrame(chunk, rate))
-        if probability >= 0.5 and first_voice_ms is None and start_ms >= LEAD_MS:
+        if probability >= 0.5 and first_voice_ms is None and start_ms >= lead_ms:
             first_voice_ms = start_ms
         if playing and first_voice_ms is not None and cancelled_at_ms is None:
             played_after_voice_ms += silero.FRAME_MS
@@ -254,7 +256,10 @@ def replay(
                 is_echo = is_echo or (probability >= 0.5 and not residual_voiced)
             if is_echo:
                 masked, probability = probability >= 0.5, 0.0
-        taker.receive(FrameClassified(start_ms, silero.FRAME_MS, probability, masked), now_ms=end_ms)
+        room_echoes = gate is not None and gate.echo_heard
+        taker.receive(
+            FrameClassified(start_ms, silero.FRAME_MS, probability, masked, room_echoes), now_ms=end_ms
+        )
         if taker.wants_words:
             heard = WordsHeard(words, REPLY_TEXT, end_ms - asr_lag_ms, spans if place_words else None)
             taker.receive(heard, now_ms=end_ms)
@@ -297,7 +302,7 @@ def replay(
                 first = (f"resumed:{action.kind.value}", end_ms)
     if canceller is not None:
         canceller.close()
-    base = first_voice_ms if first_voice_ms is not None else LEAD_MS
+    base = first_voice_ms if first_voice_ms is not None else lead_ms
     stale_ms = played_after_voice_ms if cancelled_at_ms is not None else None
     if first is None:
         kind = "nothing" if paused_at_ms is None else "paused, undecided"
@@ -411,6 +416,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--echo-delay-ms", type=float, default=120.0, help="... after this delay")
     parser.add_argument(
+        "--lead-ms",
+        type=int,
+        default=LEAD_MS,
+        help="the session's first reply plays this long before each clip (default %(default)s)",
+    )
+    parser.add_argument(
         "--caller-word-share",
         type=float,
         default=None,
@@ -483,6 +494,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             echo=echo,
             place_words=not args.unplaced_words,
             residual_vad=args.residual_vad,
+            lead_ms=args.lead_ms,
         )
         for group, clips in sets
         for clip in clips
