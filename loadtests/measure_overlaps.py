@@ -1,6 +1,6 @@
 """What the `words` barge-in rules make of speech over a reply, clip by clip, offline.
 
-    python -m loadtests.measure_overlaps [--held-out] [--show] [--echo-db -12] [--unplaced-words]
+    python -m loadtests.measure_overlaps [--held-out] [--show] [--echo-db -12] [--lead-ms 300] [--unplaced-words]
 
 `bench_barge_in` measures barge-in through a live server, at real time, on a loaded box; this
 replays the same decisions without a clock, so that each clip's outcome depends only on the
@@ -9,8 +9,9 @@ frame by frame and the server's PocketSphinx configuration decodes it in 32 ms c
 audio advances (in this process; the hypothesis after each chunk is taken as heard at that
 point of the audio, so a loaded server hears the words later than this). The real TurnTaker
 (server/streaming/turns.py, default options, `words` mode) runs over a reply that started
-500 ms before the clip; its actions say what happened: the reply paused, cancelled
-(interruption) or resumed (backchannel / noise / echo), and when.
+500 ms before the clip (`--lead-ms`: the session's first reply is all the room has been heard
+to do; the live bench overlays at 300-900 ms); its actions say what happened: the reply paused,
+cancelled (interruption) or resumed (backchannel / noise / echo), and when.
 
 Clips:
 - backchannels: "uh-huh", "mm-hmm", "yeah", "right", "okay" (`loadtests.overlays`) in the
@@ -256,10 +257,7 @@ def replay(
                 is_echo = is_echo or (probability >= 0.5 and not residual_voiced)
             if is_echo:
                 masked, probability = probability >= 0.5, 0.0
-        room_echoes = gate is not None and gate.echo_heard
-        taker.receive(
-            FrameClassified(start_ms, silero.FRAME_MS, probability, masked, room_echoes), now_ms=end_ms
-        )
+        taker.receive(FrameClassified(start_ms, silero.FRAME_MS, probability, masked), now_ms=end_ms)
         if taker.wants_words:
             heard = WordsHeard(words, REPLY_TEXT, end_ms - asr_lag_ms, spans if place_words else None)
             taker.receive(heard, now_ms=end_ms)

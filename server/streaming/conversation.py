@@ -592,10 +592,7 @@ class Conversation:
                 masked = False
                 if self._is_echo(vad_frame):
                     masked, probability = probability >= self._turns.options.threshold, 0.0
-                room_echoes = self._echo_gate is not None and self._echo_gate.echo_heard
-                classified = FrameClassified(
-                    vad_frame.start_ms, vad_frame.duration_ms, probability, masked, room_echoes
-                )
+                classified = FrameClassified(vad_frame.start_ms, vad_frame.duration_ms, probability, masked)
                 self._turns.receive(classified, now_ms=vad_frame.start_ms + vad_frame.duration_ms)
                 await self._run_turn_actions()
             if self.config.turn_detection is not None and self._turns.next_deadline() is not None:

@@ -34,18 +34,6 @@ again against it: a ratio to the window's loudest reads lower (10 dB on a short 
 measure_echo_gate), and its median would let the echo through.
 The window and history are in frames, so nothing here reads a clock.
 
-Whether the room echoes at all (`echo_heard`) is known sooner than its return: over the first
-`early_echo_ms` of the reply, the microphone's energy clear of the caller's voice (frames the
-conversation held as a voice, and the onset frames before them, are left out) is compared with
-the reference's at each delay. An echo follows the reply's syllables at one delay, closely
-(correlation of log powers 0.94-0.98 over its first 8-10 frames, offline at -6 to -20 dB), and
-swings with them (the slope of log microphone on log reference 0.44-0.83); a room's steady noise
-may correlate by chance over a few frames (up to 0.86 offline) but hardly swings (slope 0.02),
-and a cough, a door or a caller the conversation had not yet heard correlate below 0.75. Found,
-it tells the conversation that the room brings the reply back (a caller's backchannel 300 ms
-into the session's first reply is then judged as over an echo: its echo-made words are not the
-caller's) and gives the gate its delay ~200 ms before the regular estimate would.
-
 The cost: a caller talking over an echo louder than `margin` below their own voice is not
 heard until the reply pauses or ends (measured: BENCHMARKS.md, "Barge-in in real rooms").
 """
@@ -57,7 +45,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
 from server.audio import PcmFrame
 
@@ -75,10 +62,6 @@ class EchoGateOptions:
     return_quantile: float = 0.5  # the echo's return: this quantile of the learned ratios
     unaligned_quantile: float = 0.75  # ... while the delay is unknown (the window's loudest)
     onset_ms: int = 96  # a voice's first frames come before its onset is called: taught this late
-    early_echo_ms: int = 2000  # whether the room echoes is sought over this much reply first played
-    early_min_ms: int = 256  # ... once this much reply, clear of the caller, can show it
-    early_correlation: float = 0.85  # ... the microphone's energy follows the reply's this closely
-    early_slope: float = 0.25  # ... and swings with it (log mic / log reference; a steady noise ~0)
 
 
 # the reference's spread (std of log10 power) below which it has no delay to find: speech
@@ -95,8 +78,6 @@ class EchoGate:
         self._tail = 10 ** (-options.tail_db_per_100ms * frame_ms / 1000)  # power per frame
         self._references: deque[float] = deque(maxlen=self._history + self._window + 1)
         self._mics: deque[float] = deque(maxlen=self._history)
-        # ... and whether each may be the caller's (a voice held, or its onset's frames before)
-        self._callers: deque[bool] = deque(maxlen=self._history)
         self._frames = 0  # frames seen: the newest is number _frames - 1
         # the frames that teach the echo's return (by number), and their ratios mic / envelope,
         # measured again whenever the delay estimate changes: a ratio to the window's loudest
@@ -112,9 +93,6 @@ class EchoGate:
         self.delay_frames: int | None = None  # the echo's delay, once estimated
         self._since_estimate = 0
         self._active_frames = 0  # frames with the reference playing, so far
-        self._early_frames = max(1, options.early_echo_ms // frame_ms)
-        self._early_min = max(3, options.early_min_ms // frame_ms)
-        self.echo_heard = False  # the microphone was seen to follow the reply: the room echoes
 
     @property
     def echo_return(self) -> float | None:
@@ -136,17 +114,11 @@ class EchoGate:
         power = _power(mic)
         self._references.append(_power(reference))
         self._mics.append(power)
-        self._callers.append(False)
-        if hold:  # this frame, and the onset's before it, may be the caller's
-            for back in range(1, min(self._pending_frames + 1, len(self._callers)) + 1):
-                self._callers[-back] = True
         self._frames += 1
         self._since_estimate += 1
         if self._since_estimate >= 8:
             self._since_estimate = 0
             self._estimate_delay()
-        if not self.echo_heard and 0 < self._active_frames <= self._early_frames:
-            self._seek_echo()
         envelope = self._envelope_of(self._frames - 1)
         if envelope < self._active:
             return False
@@ -169,10 +141,6 @@ class EchoGate:
         the caller's words (forgotten)."""
         if echo:
             self._teach(self._held)
-            for frame in self._held:  # the reply's after all: it shows the delay too
-                age = self._frames - 1 - frame
-                if age < len(self._callers):
-                    self._callers[len(self._callers) - 1 - age] = False
         self._held.clear()
 
     def _teach(self, frames: Iterable[int]) -> None:
@@ -225,18 +193,18 @@ class EchoGate:
         count = len(self._mics)
         if count * self.frame_ms < self.options.min_history_ms:
             return
-        refs, mics, callers = self._logs()
+        refs = np.log10(np.fromiter(self._references, dtype=np.float64) + 1.0)
         active_log = float(np.log10(self._active + 1.0))
+        mics = np.log10(np.fromiter(self._mics, dtype=np.float64) + 1.0)
         correlations: dict[int, float] = {}
         for lag in range(self._window + 1):
             n = min(count, len(refs) - lag)  # the newest frames that have a reference `lag` before
             if n * self.frame_ms < self.options.min_history_ms:
                 continue
             ref, mic = refs[len(refs) - lag - n : len(refs) - lag], mics[count - n :]
-            # only while the reply played, and not the caller's voice: the caller's question,
-            # with no reply, says nothing of the delay and would hide it, as would their voice
-            # over the reply
-            playing = (ref >= active_log) & ~callers[count - n :]
+            # only while the reply played: the caller's question, with no reply, says nothing
+            # of the delay and would hide it
+            playing = ref >= active_log
             if int(np.count_nonzero(playing)) * self.frame_ms < self.options.min_history_ms:
                 continue
             ref, mic = ref[playing], mic[playing]
@@ -253,46 +221,6 @@ class EchoGate:
         found = best_lag if best >= self.options.min_delay_correlation and best - typical >= 0.1 else None
         if found != self.delay_frames:
             self.delay_frames = found
-            self._relearn()
-
-    def _logs(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
-        """The history's reference and microphone powers (log10), and its frames that may be
-        the caller's; the microphone's and the flags' newest frame is the references'."""
-        refs = np.log10(np.fromiter(self._references, dtype=np.float64) + 1.0)
-        mics = np.log10(np.fromiter(self._mics, dtype=np.float64) + 1.0)
-        return refs, mics, np.fromiter(self._callers, dtype=np.bool_)
-
-    def _seek_echo(self) -> None:
-        """Early in the reply: does the microphone's energy, clear of the caller, follow the
-        reference's at some delay, closely and with its swings? Then the room echoes, and
-        there is the delay (the module docstring says how closely, and why). Only frames with
-        the reply playing: in a gap, the room's tail fills the microphone."""
-        refs, mics, callers = self._logs()
-        count = len(mics) - self._pending_frames  # the newest may yet turn out a voice's onset
-        active_log = float(np.log10(self._active + 1.0))
-        options = self.options
-        best: tuple[float, float, int] | None = None  # correlation, slope, lag
-        for lag in range(self._window + 1):
-            end = len(refs) - lag - self._pending_frames  # the reference `lag` before mics[count - 1]
-            n = min(count, end)
-            if n < self._early_min:
-                continue
-            ref, mic = refs[end - n : end], mics[count - n : count]
-            clean = (ref >= active_log) & ~callers[count - n : count]
-            if int(np.count_nonzero(clean)) < self._early_min:
-                continue
-            ref, mic = ref[clean], mic[clean]
-            ref_spread, mic_spread = float(np.std(ref)), float(np.std(mic))
-            if ref_spread < MIN_REFERENCE_SPREAD or mic_spread == 0.0:
-                continue
-            correlation = float(np.corrcoef(ref, mic)[0, 1])
-            if best is None or correlation > best[0]:
-                best = (correlation, correlation * mic_spread / ref_spread, lag)
-        if best is None or best[0] < options.early_correlation or best[1] < options.early_slope:
-            return
-        self.echo_heard = True
-        if self.delay_frames is None:
-            self.delay_frames = best[2]
             self._relearn()
 
 

@@ -166,9 +166,6 @@ class FrameClassified:
     # the echo gate took the frame for the reply's echo although the VAD heard a voice in it
     # (its probability is then 0): the reply's echo is in the caller's audio
     masked: bool = False
-    # the gate has heard the microphone follow the reply (echo_gate.py, `echo_heard`): the
-    # room brings the reply back, whether or not the VAD heard a voice in its echo
-    room_echoes: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,7 +408,6 @@ class TurnTaker:
         self._voices = VoiceLedger()  # the frames' voices: the caller's or the reply's echo
         self._echo_heard_for: int | None = None  # the onset of the overlap _echo_heard is for
         self._echo_heard = False  # ... the gate masked voice before it began (_room_echoes)
-        self._echo_found = False  # the gate heard the microphone follow the reply (FrameClassified)
         self._words_through_ms: int | None = None  # ... the input they cover (None: unknown)
         self._reply_text = ""  # ... and the text of that reply so far
         self._rejoin: _Rejoin | None = None  # the overlap a new voice may continue
@@ -486,7 +482,6 @@ class TurnTaker:
             case FrameClassified() if self.options.model_detects_turns:
                 raise TurnStateError("frames fed while the model detects the turns")
             case FrameClassified():
-                self._echo_found = self._echo_found or event.room_echoes
                 if event.masked or event.probability >= self.options.threshold:
                     self._voices.add(event.start_ms, event.duration_ms, callers=not event.masked)
                 for voice in self._detector.push(event.probability, event.start_ms, event.duration_ms):
@@ -685,13 +680,8 @@ class TurnTaker:
         return callers_words(self._overlap_spans, self._voices, policy)
 
     def _room_echoes(self, policy: InterruptionPolicy) -> bool:
-        """The room brings the reply back: the gate heard the microphone follow the reply
-        (before the caller spoke: it leaves their voice out), or masked `echo_heard_ms` of
-        voice before this overlap (its last `echo_heard_before_ms` aside; once per overlap).
-        The first is known ~300 ms into the session's first reply; the second needs the echo
-        to have been voiced, and is what says so later on, a room's echo coming and going."""
-        if self._echo_found:
-            return True
+        """The gate masked `echo_heard_ms` of voice before this overlap (its last
+        `echo_heard_before_ms` aside): the room brings the reply back (once per overlap)."""
         if self._echo_heard_for != self._onset_ms:
             before_ms = self._onset_ms - policy.echo_heard_before_ms
             _, echo_ms = self._voices.voice_ms(0, before_ms)  # as far back as the ledger goes

@@ -10,7 +10,7 @@ import pytest
 import soxr
 
 from loadtests import measure_overlaps
-from loadtests.overlays import noise_clips, spoken
+from loadtests.overlays import load_backchannels, noise_clips, spoken
 from loadtests.room import EchoOptions
 from server.model.backends import pocketsphinx_asr
 from server.vad import silero
@@ -41,3 +41,27 @@ def test_music_over_the_echo_is_the_echo_behind_a_canceller(tmp_path: Path) -> N
     assert replayed(residual_vad=False).cancelled
     behind_canceller = replayed(residual_vad=True)
     assert not behind_canceller.cancelled
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not shutil.which("espeak-ng"), reason="the reply's echo is spoken by espeak-ng")
+def test_a_listener_early_in_the_first_reply_meets_a_room_not_yet_heard_to_echo(tmp_path: Path) -> None:
+    """`lead_ms` puts the clip earlier in the session's first reply. kal's "okay" 500 ms in,
+    over a -12 dB echo, goes on; 300 ms in, too little of the echo has been masked before it
+    for the room to count as echoing, so the words the recogniser makes of the echo ("the one
+    hundred") are taken for the caller's, and cancel the reply: the live bench's remaining
+    losses (BENCHMARKS.md, "Knowing the room early"). A change that turns this case must
+    update this test."""
+    reply, rate = spoken(*measure_overlaps.REPLY_VOICE, measure_overlaps.REPLY_TEXT, tmp_path)
+    reply16 = soxr.resample(reply, rate, silero.SAMPLE_RATE_HZ).astype(np.int16)
+    echo = (reply16, EchoOptions(delay_ms=120.0, level_db=-12.0))
+    okay = next(clip for clip in load_backchannels(tmp_path) if clip.name == "bc-okay-flite-kal")
+    vad, config = silero.load(), pocketsphinx_asr.decoder_settings()
+
+    def replayed(lead_ms: int) -> measure_overlaps.Outcome:
+        return measure_overlaps.replay(okay, "backchannel", vad, config, echo=echo, lead_ms=lead_ms)
+
+    assert replayed(500).kind == "resumed:backchannel"
+    early = replayed(300)
+    assert early.kind == "cancelled"
+    assert early.decided_after_ms is not None and early.decided_after_ms < 1000

@@ -33,14 +33,11 @@ OPTIONS = TurnOptions(
 
 def feed(taker: TurnTaker, pattern: str, start_ms: int = 0) -> list[tuple[int, TurnAction]]:
     """`pattern` is one char per 20 ms frame: 'S' speech, '.' silence, 'E' a voice the echo
-    gate took for the reply's echo (silence to the TurnTaker, masked), 'R' silence once the
-    gate has heard the microphone follow the reply (the room echoes, no voice in it)."""
+    gate took for the reply's echo (silence to the TurnTaker, masked)."""
     out: list[tuple[int, TurnAction]] = []
     for i, c in enumerate(pattern):
         begin = start_ms + i * FRAME_MS
-        frame = FrameClassified(
-            begin, FRAME_MS, 1.0 if c == "S" else 0.0, masked=c == "E", room_echoes=c == "R"
-        )
+        frame = FrameClassified(begin, FRAME_MS, 1.0 if c == "S" else 0.0, masked=c == "E")
         taker.receive(frame, begin + FRAME_MS)
         out += [(begin + FRAME_MS, a) for a in taker.actions()]
     return out
