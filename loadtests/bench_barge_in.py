@@ -147,6 +147,9 @@ class Trial:
     overlay: Utterance | None = None
     after_ms: int = 0
     delay_ms: float | None = None  # the echo's, for the echo scenario's table by delay
+    # the session first asks its question this many times and hears each reply out, so the
+    # server has heard the room before the reply that is measured (a call's later replies)
+    warmup_turns: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +177,7 @@ class PlanOptions:
     # backchannels and noises over the real scenario's echo too (a listener on a speakerphone),
     # variant "WORD, echo"
     overlay_echo: bool = False
+    warmup_turns: int = 0  # replies heard out before the measured one, in every session
 
 
 def plan_trials(corpora: Corpora, options: PlanOptions, rng: random.Random) -> list[Trial]:
@@ -204,6 +208,7 @@ def plan_trials(corpora: Corpora, options: PlanOptions, rng: random.Random) -> l
                 overlay=overlay,
                 after_ms=0 if overlay is None else rng.randint(*after_range),
                 delay_ms=None if room.echo is None else room.echo.delay_ms,
+                warmup_turns=options.warmup_turns,
             )
         )
 
@@ -357,8 +362,10 @@ def status_of(turn: TurnResult) -> Status:
 
 
 def outcome_of(trial: Trial, config: str, session: SessionResult) -> TrialOutcome:
-    """The outcome of `trial` from its session: the first turn of role "turn" is the reply."""
-    main = next((t for t in session.turns if t.role == "turn"), None)
+    """The outcome of `trial` from its session: the last turn of role "turn" is the reply
+    measured (those before it are `warmup_turns`)."""
+    asked = [t for t in session.turns if t.role == "turn"]
+    main = asked[-1] if len(asked) == trial.warmup_turns + 1 else None  # else one went missing
     errors = "; ".join(f"{e.kind}: {e.message}" for e in session.errors) or None
     base = TrialOutcome(
         trial=trial.index,
@@ -580,7 +587,8 @@ async def run_trial(trial: Trial, target: Target, options: SessionOptions, seed:
     barge_in = None
     if trial.overlay is not None:
         barge_in = BargeInPlan(trial.overlay, trial.after_ms, expects_reply=trial.scenario == "real")
-    plans = [TurnPlan(trial.question, barge_in, linger_ms=LINGER_MS)]
+    warmup = [TurnPlan(trial.question)] * trial.warmup_turns  # replies heard out, no overlay
+    plans = [*warmup, TurnPlan(trial.question, barge_in, linger_ms=LINGER_MS)]
     session_options = dataclasses.replace(
         options, url=target.url, deadline_s=session_deadline_s(plans, options)
     )
@@ -736,6 +744,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="300,900",
         help="reply heard before a real interruption, LO,HI or LO-HI (default %(default)s)",
     )
+    add(
+        "--warmup-turns",
+        type=int,
+        default=0,
+        help="each session first asks its question this many times and hears the replies out, so "
+        "the measured reply is not the session's first (the server has heard the room)",
+    )
     add("--instructions", default=DEFAULT_INSTRUCTIONS, help="session instructions ('' to send none)")
     add(
         "--max-output-tokens",
@@ -771,6 +786,8 @@ def plan_options(args: argparse.Namespace) -> PlanOptions:
     real_after = parse_range_ms(args.real_after_ms, "--real-after-ms")
     if args.repeat < 1:
         raise BenchError("--repeat must be at least 1")
+    if args.warmup_turns < 0:
+        raise BenchError("--warmup-turns cannot be negative")
     return PlanOptions(
         scenarios=parse_scenarios(args.scenarios),
         repeat=args.repeat,
@@ -783,6 +800,7 @@ def plan_options(args: argparse.Namespace) -> PlanOptions:
         after_ms=after,
         real_after_ms=real_after,
         overlay_echo=args.overlay_echo,
+        warmup_turns=args.warmup_turns,
     )
 
 

@@ -92,6 +92,7 @@ from server.streaming.turns import (
     FrameClassified,
     IgnoreOverlap,
     PauseReply,
+    ReplyFinished,
     ReplyStarted,
     ResumeReply,
     Tick,
@@ -106,6 +107,8 @@ REPLY_TEXT = (
     "It is the number that starts with two letters."
 )
 LEAD_MS = 500  # the reply plays this long before the clip
+GREETING_GAP_MS = 1000  # `--greeting`: from its end to the reply the clip overlaps
+GREETING_TEXT = "Thank you for calling. How can I help you today?"
 TAIL_MS = 1500  # silence after the clip
 CHUNK_MS = 32  # the recogniser's chunks, one VAD frame each
 PREFIX_PADDING_MS = TurnDetectionConfig().prefix_padding_ms  # the server's default
@@ -124,8 +127,11 @@ class EchoedReply:
     in the microphone. `reference` is what it played, frame by frame, on the input's clock,
     as the server places it for the echo gate."""
 
-    def __init__(self, reply: NDArray[np.int16], options: EchoOptions, rate_hz: int, length: int) -> None:
+    def __init__(
+        self, reply: NDArray[np.int16], options: EchoOptions, rate_hz: int, length: int, starts_at: int = 0
+    ) -> None:
         self._reply = reply.astype(np.float64)
+        self._starts_at = starts_at  # the input sample the reply starts playing at
         self._gain = 10 ** (options.level_db / 20)
         self._response = room_impulse_response(options.rt60_s, options.direct_to_reverb_db, 0, rate_hz)
         self._delay = round(options.delay_ms * rate_hz / 1000)
@@ -139,7 +145,11 @@ class EchoedReply:
         """The reply played over input samples [start, start + n) (zeros while stopped); its
         echo is added to what `echo(start, n)` returns from then on."""
         start_ms = start * 1000 // self._rate_hz
-        stopped = self.cancelled or (self.stops_at_ms is not None and start_ms >= self.stops_at_ms)
+        stopped = (
+            start < self._starts_at
+            or self.cancelled
+            or (self.stops_at_ms is not None and start_ms >= self.stops_at_ms)
+        )
         chunk = np.zeros(n)
         if not stopped:
             played = self._reply[self._position : self._position + n]
@@ -165,6 +175,7 @@ class Outcome:
     paused_ms: int | None = None  # from PauseReply to the first decision
     cancelled: bool = False  # the reply was cancelled at some point (after a resume, too)
     stale_ms: int | None = None  # cancelled: the reply's playing time after the first voiced frame
+    greeting_cancelled: bool = False  # `--greeting`: its own echo cancelled it (a self-interruption)
 
 
 def decoder(config: dict[str, object]) -> pocketsphinx.Decoder:
@@ -184,6 +195,7 @@ def replay(
     place_words: bool = True,
     residual_vad: bool = False,
     lead_ms: int = LEAD_MS,
+    greeting: NDArray[np.int16] | None = None,
 ) -> Outcome:
     """One clip over a reply through the VAD, the recogniser and the TurnTaker; the words of
     each point of the audio reach the rules `asr_lag_ms` later (a busy recogniser). As in the
@@ -200,19 +212,33 @@ def replay(
     gate passes is still the echo's when the VAD finds no voice in WebRTC's echo canceller's
     output for it (`server.audio_processing`, AEC3), as if a second VAD listened behind a
     canceller. `lead_ms`: how long the reply plays before the clip (its echo, before the caller's
-    voice, is all the gate and the rules know of the room)."""
+    voice, is all the gate and the rules know of the room). `greeting` (16 kHz, with `echo`):
+    the session opens with this reply, which the caller lets play out; the reply the clip
+    overlaps starts `GREETING_GAP_MS` after it ends."""
     rate = silero.SAMPLE_RATE_HZ  # the VAD's and the recogniser's rate (the clips are 24 kHz)
     frame = silero.FRAME_MS * rate // 1000
     samples = soxr.resample(clip.samples, SAMPLE_RATE_HZ, rate).astype(np.int16)
+    greeting_frames = 0 if greeting is None or echo is None else -(-len(greeting) // frame)
+    gap_frames = -(-GREETING_GAP_MS // silero.FRAME_MS)
+    reply_at_ms = 0 if not greeting_frames else (greeting_frames + gap_frames) * silero.FRAME_MS
+    lead_ms += reply_at_ms  # from here on, on the replay's clock
     audio = np.concatenate(
         [np.zeros(lead_ms * rate // 1000, np.int16), samples, np.zeros(TAIL_MS * rate // 1000, np.int16)]
     )
-    reply = None if echo is None else EchoedReply(echo[0], echo[1], rate, len(audio))
+    reply_at = reply_at_ms * rate // 1000
+    reply = None if echo is None else EchoedReply(echo[0], echo[1], rate, len(audio), starts_at=reply_at)
+    opening = None
+    if greeting is not None and echo is not None:
+        opening = EchoedReply(greeting, echo[1], rate, len(audio))
+    greeting_stopped = False
     gate = None if echo is None else EchoGate(EchoGateOptions(), silero.FRAME_MS)
     mic = audio.copy()  # what the microphone hears: the clip, and the echo if any
     options = TurnOptions(interruption=policy or InterruptionPolicy())
     taker = TurnTaker(options)
-    taker.receive(ReplyStarted(1), now_ms=0)
+    if opening is not None:
+        taker.receive(ReplyStarted(1), now_ms=0)
+    else:
+        taker.receive(ReplyStarted(2), now_ms=0)
     classifier = vad.open(0.5)
     canceller, residual_classifier = None, None
     if residual_vad and echo is not None:
@@ -233,9 +259,17 @@ def replay(
         start_ms = i * 1000 // rate
         end_ms = start_ms + silero.FRAME_MS
         reference = None
+        if opening is not None:
+            if start_ms == greeting_frames * silero.FRAME_MS:
+                taker.receive(ReplyFinished(1), now_ms=start_ms)
+            elif start_ms == reply_at_ms:
+                taker.receive(ReplyStarted(2), now_ms=start_ms)
         if reply is not None:
             reference = reply.play(i, frame)
             mixed = audio[i : i + frame] + reply.echo(i, frame)
+            if opening is not None:
+                reference = reference + opening.play(i, frame)
+                mixed = mixed + opening.echo(i, frame)
             mic[i : i + frame] = np.clip(np.round(mixed), -32768, 32767).astype(np.int16)
         chunk = mic[i : i + frame]
         if asr is not None:
@@ -279,6 +313,16 @@ def replay(
                     gate.settle_held(echo=action.kind is OverlapKind.ECHO)
                 elif isinstance(action, (DiscardNoise, AnnounceSpeechStarted, CommitTurn)):
                     gate.settle_held(echo=False)
+            if opening is not None and _greetings(action):
+                # the greeting's own echo taken for a voice: its player obeys, and the outcome
+                # stays the reply's after it (`greeting_stopped` says it happened)
+                if isinstance(action, PauseReply):
+                    opening.stops_at_ms = end_ms + CLIENT_LEAD_MS
+                elif isinstance(action, CancelReply):
+                    opening.cancelled = greeting_stopped = True
+                else:
+                    opening.stops_at_ms = None
+                continue
             if isinstance(action, PauseReply):
                 paused_at_ms = end_ms if paused_at_ms is None else paused_at_ms  # the first pause
                 playing = False
@@ -304,11 +348,28 @@ def replay(
     stale_ms = played_after_voice_ms if cancelled_at_ms is not None else None
     if first is None:
         kind = "nothing" if paused_at_ms is None else "paused, undecided"
-        return Outcome(clip.name, group, kind, None, words, None, cancelled_at_ms is not None, stale_ms)
+        return Outcome(
+            clip.name, group, kind, None, words, None, cancelled_at_ms is not None, stale_ms, greeting_stopped
+        )
     paused_ms = None if paused_at_ms is None else first[1] - paused_at_ms
     return Outcome(
-        clip.name, group, first[0], first[1] - base, words, paused_ms, cancelled_at_ms is not None, stale_ms
+        clip.name,
+        group,
+        first[0],
+        first[1] - base,
+        words,
+        paused_ms,
+        cancelled_at_ms is not None,
+        stale_ms,
+        greeting_stopped,
     )
+
+
+def _greetings(action: object) -> bool:
+    """The action is about the greeting (reply 1 when `replay` has one)."""
+    if isinstance(action, (PauseReply, ResumeReply, CancelReply)):
+        return action.reply_id == 1
+    return isinstance(action, IgnoreOverlap) and action.paused_reply == 1
 
 
 def _hypothesis(asr: pocketsphinx.Decoder, capture_ms: int) -> tuple[str, tuple[WordSpan, ...]]:
@@ -420,6 +481,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the session's first reply plays this long before each clip (default %(default)s)",
     )
     parser.add_argument(
+        "--greeting",
+        action="store_true",
+        help="(with --echo-db) the session opens with a greeting the caller lets play out; the reply "
+        "each clip overlaps comes after it",
+    )
+    parser.add_argument(
         "--caller-word-share",
         type=float,
         default=None,
@@ -446,6 +513,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.residual_vad and args.echo_db is None:
         parser.error("--residual-vad needs --echo-db: it listens behind an echo canceller")
+    if args.greeting and args.echo_db is None:
+        parser.error("--greeting needs --echo-db: the room hears it through the echo")
     policy = InterruptionPolicy()
     if args.settle_ms is not None:
         policy = dataclasses.replace(policy, settle_ms=args.settle_ms)
@@ -479,6 +548,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         reply, reply_rate = spoken(*REPLY_VOICE, REPLY_TEXT, args.cache_dir)
         reply16 = soxr.resample(reply, reply_rate, silero.SAMPLE_RATE_HZ).astype(np.int16)
         echo = (reply16, EchoOptions(delay_ms=args.echo_delay_ms, level_db=args.echo_db))
+    greeting = None
+    if args.greeting:
+        spoken_greeting, greeting_rate = spoken(*REPLY_VOICE, GREETING_TEXT, args.cache_dir)
+        greeting = soxr.resample(spoken_greeting, greeting_rate, silero.SAMPLE_RATE_HZ).astype(np.int16)
     vad = silero.load()
     config = pocketsphinx_asr.decoder_settings()
     outcomes = [
@@ -493,6 +566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             place_words=not args.unplaced_words,
             residual_vad=args.residual_vad,
             lead_ms=args.lead_ms,
+            greeting=greeting,
         )
         for group, clips in sets
         for clip in clips
@@ -507,6 +581,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{o.group:34} {o.clip:44} {o.kind:22}{after:>16}{paused:>16}  heard {o.words!r}")
         print()
     report(outcomes)
+    if greeting is not None:
+        stopped = sum(o.greeting_cancelled for o in outcomes)
+        print(f"\ngreetings cancelled by their own echo: {stopped} of {len(outcomes)}")
     return 0
 
 

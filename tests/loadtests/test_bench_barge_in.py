@@ -283,6 +283,22 @@ async def test_a_backchannel_over_a_server_that_holds_the_reply_then_resumes() -
     assert len(log.speech_end_received) == 1  # the server answered the question only
 
 
+async def test_a_warmup_turn_is_heard_out_and_the_next_reply_is_measured() -> None:
+    """--warmup-turns 1: the session asks its question once and hears the reply out (no
+    overlay), then asks again; the backchannel goes over the second reply, and that is the
+    reply the outcome describes."""
+    script = Script(reply_audio_ms=1500, backchannel_hold_ms=300)
+    async with scripted_server(script) as (url, log):
+        options = quick_options(url)
+        backchannel = Trial(
+            0, "backchannel", "uh-huh", QUESTION, RoomOptions(), OVERLAY, after_ms=400, warmup_turns=1
+        )
+        outcome = await run_trial(backchannel, Target("scripted", url), options, seed=0)
+    assert outcome.error is None and outcome.overlay_sent
+    assert outcome.status == "completed" and outcome.pause_ms is not None and outcome.pause_ms > 0
+    assert len(log.speech_end_received) == 2  # the question, twice
+
+
 # --- real interruptions: replies that ended by themselves, stale audio from the voice -------------
 
 
