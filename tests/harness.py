@@ -32,17 +32,24 @@ def server_config(app: FastAPI) -> uvicorn.Config:
     )
 
 
+START_TIMEOUT_S = 60
+
+
 @contextlib.asynccontextmanager
 async def serving(server: uvicorn.Server, stop_timeout_s: float = 10.0) -> AsyncIterator[str]:
     """Run `server` (configured with port 0) until the block ends; yields its http URL."""
     task = asyncio.create_task(server.serve(), name="test-uvicorn")
     try:
-        for _ in range(500):
+        # a model preloaded at startup may take many seconds on a loaded 2-core machine (CI
+        # once failed here on a gemma server after the 5 s this waited before)
+        for _ in range(START_TIMEOUT_S * 100):
             if server.started:
                 break
             if task.done():
                 task.result()
             await asyncio.sleep(0.01)
+        if not server.started:
+            raise RuntimeError(f"the test server did not start within {START_TIMEOUT_S} s")
         sockets = [s for srv in server.servers for s in srv.sockets]
         port = sockets[0].getsockname()[1]
         yield f"http://127.0.0.1:{port}"
