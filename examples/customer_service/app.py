@@ -19,6 +19,7 @@ The backend's own routes: GET /orders/{order_id}, /refunds, /handoffs, /calls an
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -113,11 +114,12 @@ def create_desk_app(
             knowledge=knowledge,
         )
 
+    call_log = CallLog(store, clock)
     agent = VoiceAgent(
         voice,
         brain=None if llm_drives else desk_brain,
         session_setup=session_setup,
-        on_event=CallLog(store, clock).record,
+        on_event=call_log.record,
         model=model,
         vad=vad,
     )
@@ -129,6 +131,7 @@ def create_desk_app(
         try:
             yield
         finally:
+            await asyncio.to_thread(call_log.close)  # the rows still being written, first
             await desk.close()
 
     host = FastAPI(title="Example support desk", lifespan=lifespan)

@@ -1,8 +1,8 @@
 """Voxgate's in-process events, stored: one `call_log` row per event, as a CRM would keep them.
 
 `CallLog.record` is the `VoiceAgent(on_event=...)` handler. Voxgate calls it in order for each
-session and bounds each call (server/events.py), so the write runs in a worker thread and a
-slow disk never holds up the conversation. `log_row` (pure) decides what a row holds: the
+session and bounds each call (server/events.py), so the write runs in a thread of its own and
+a slow disk never holds up the conversation; the rows go in in order. `log_row` (pure) decides what a row holds: the
 transcripts, tool calls with their arguments and results, interruptions and each turn's
 voice-to-voice latency.
 """
@@ -10,7 +10,9 @@ voice-to-voice latency.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, is_dataclass
 from datetime import datetime
 
@@ -67,13 +69,19 @@ def log_row(event: AgentEvent) -> LogRow:
 
 
 class CallLog:
+    """Rows are written one at a time, in order, by one thread. The notifier stops waiting for
+    a handler after its time bound, but a write it gave up on still runs; with
+    `asyncio.to_thread`'s pool the next event's write could overtake it, and a tool call's row
+    land after the session's `session_ended` (seen in CI on a busy machine)."""
+
     def __init__(self, store: SupportStore, clock: Callable[[], datetime] = utc_now) -> None:
         self.store = store
         self._clock = clock
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="call-log")
 
     async def record(self, event: AgentEvent) -> None:
         row = log_row(event)
-        await asyncio.to_thread(
+        write = functools.partial(
             self.store.add_call_log,
             row.session_id,
             self._clock(),
@@ -82,3 +90,8 @@ class CallLog:
             row.text,
             row.detail,
         )
+        await asyncio.get_running_loop().run_in_executor(self._writer, write)
+
+    def close(self) -> None:
+        """Wait for the rows still being written (blocking: call it from a thread)."""
+        self._writer.shutdown(wait=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -20,7 +21,7 @@ from examples.customer_service.__main__ import main as desk_main
 from examples.customer_service.app import DeskSettings, create_desk_app
 from examples.customer_service.brain import desk_brain, user_turns
 from examples.customer_service.call import CallContext, current_call, normalize_phone
-from examples.customer_service.call_log import log_row
+from examples.customer_service.call_log import CallLog, log_row
 from examples.customer_service.desk import SupportDesk
 from examples.customer_service.dialogue import (
     Awaiting,
@@ -368,6 +369,34 @@ async def test_order_status_reports_refund_eligibility(store: SupportStore) -> N
     )
     missing = await desk.order_status("9999")
     assert not missing.found and missing.say == "I couldn't find an order nine nine nine nine."
+
+
+class SlowFirstWriteStore:
+    """A store whose first call-log write takes 200 ms (a busy disk); it keeps the kinds in
+    the order their writes finished."""
+
+    def __init__(self) -> None:
+        self.kinds: list[str] = []
+
+    def add_call_log(self, session_id: str, at: datetime, kind: str, *args: object) -> None:
+        if not self.kinds and kind == "tool_called":
+            time.sleep(0.2)
+        self.kinds.append(kind)
+
+
+async def test_a_call_log_write_the_notifier_gave_up_on_is_not_overtaken() -> None:
+    """The notifier stops waiting for a handler after its time bound; the write it gave up
+    on still runs, and the session's next row must not land before it (CI, a busy machine:
+    a tool call's row written after session_ended, and the test reading the log missed it)."""
+    store = SlowFirstWriteStore()
+    call_log = CallLog(store, lambda: datetime(2026, 12, 6, tzinfo=UTC))  # type: ignore[arg-type]
+    tool = ToolCalled("s", "c1", "order_status", {"order_id": "1234"}, '{"found": true}', None, 3.21, False)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.02):
+            await call_log.record(tool)
+    await call_log.record(SessionEnded("s"))
+    await asyncio.to_thread(call_log.close)
+    assert store.kinds == ["tool_called", "session_ended"]
 
 
 def test_every_event_becomes_a_call_log_row() -> None:
