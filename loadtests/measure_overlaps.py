@@ -221,9 +221,9 @@ def replay(
     greeting_frames = 0 if greeting is None or echo is None else -(-len(greeting) // frame)
     gap_frames = -(-GREETING_GAP_MS // silero.FRAME_MS)
     reply_at_ms = 0 if not greeting_frames else (greeting_frames + gap_frames) * silero.FRAME_MS
-    lead_ms += reply_at_ms  # from here on, on the replay's clock
+    clip_at_ms = reply_at_ms + lead_ms  # on the replay's clock
     audio = np.concatenate(
-        [np.zeros(lead_ms * rate // 1000, np.int16), samples, np.zeros(TAIL_MS * rate // 1000, np.int16)]
+        [np.zeros(clip_at_ms * rate // 1000, np.int16), samples, np.zeros(TAIL_MS * rate // 1000, np.int16)]
     )
     reply_at = reply_at_ms * rate // 1000
     reply = None if echo is None else EchoedReply(echo[0], echo[1], rate, len(audio), starts_at=reply_at)
@@ -235,10 +235,7 @@ def replay(
     mic = audio.copy()  # what the microphone hears: the clip, and the echo if any
     options = TurnOptions(interruption=policy or InterruptionPolicy())
     taker = TurnTaker(options)
-    if opening is not None:
-        taker.receive(ReplyStarted(1), now_ms=0)
-    else:
-        taker.receive(ReplyStarted(2), now_ms=0)
+    taker.receive(ReplyStarted(1 if opening is not None else 2), now_ms=0)  # 1: the greeting
     classifier = vad.open(0.5)
     canceller, residual_classifier = None, None
     if residual_vad and echo is not None:
@@ -277,7 +274,7 @@ def replay(
             decoded.append((end_ms, *_hypothesis(asr, capture_ms)))
         words, spans = next(((w, p) for at, w, p in reversed(decoded) if at <= end_ms - asr_lag_ms), ("", ()))
         probability = classifier.speech_probability(PcmFrame(chunk, rate))
-        if probability >= 0.5 and first_voice_ms is None and start_ms >= lead_ms:
+        if probability >= 0.5 and first_voice_ms is None and start_ms >= clip_at_ms:
             first_voice_ms = start_ms
         if playing and first_voice_ms is not None and cancelled_at_ms is None:
             played_after_voice_ms += silero.FRAME_MS
@@ -344,7 +341,7 @@ def replay(
                 first = (f"resumed:{action.kind.value}", end_ms)
     if canceller is not None:
         canceller.close()
-    base = first_voice_ms if first_voice_ms is not None else lead_ms
+    base = first_voice_ms if first_voice_ms is not None else clip_at_ms
     stale_ms = played_after_voice_ms if cancelled_at_ms is not None else None
     if first is None:
         kind = "nothing" if paused_at_ms is None else "paused, undecided"
@@ -363,6 +360,14 @@ def replay(
         stale_ms,
         greeting_stopped,
     )
+
+
+def in_reply_voice(text: str, cache_dir: Path) -> NDArray[np.int16]:
+    """`text` in the reply's voice, at the VAD's and the recogniser's rate (for `replay`'s
+    `echo` and `greeting`)."""
+    samples, rate = spoken(*REPLY_VOICE, text, cache_dir)
+    resampled: NDArray[np.int16] = soxr.resample(samples, rate, silero.SAMPLE_RATE_HZ).astype(np.int16)
+    return resampled
 
 
 def _greetings(action: object) -> bool:
@@ -545,13 +550,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     echo = None
     if args.echo_db is not None:
-        reply, reply_rate = spoken(*REPLY_VOICE, REPLY_TEXT, args.cache_dir)
-        reply16 = soxr.resample(reply, reply_rate, silero.SAMPLE_RATE_HZ).astype(np.int16)
-        echo = (reply16, EchoOptions(delay_ms=args.echo_delay_ms, level_db=args.echo_db))
-    greeting = None
-    if args.greeting:
-        spoken_greeting, greeting_rate = spoken(*REPLY_VOICE, GREETING_TEXT, args.cache_dir)
-        greeting = soxr.resample(spoken_greeting, greeting_rate, silero.SAMPLE_RATE_HZ).astype(np.int16)
+        echo = (
+            in_reply_voice(REPLY_TEXT, args.cache_dir),
+            EchoOptions(delay_ms=args.echo_delay_ms, level_db=args.echo_db),
+        )
+    greeting = in_reply_voice(GREETING_TEXT, args.cache_dir) if args.greeting else None
     vad = silero.load()
     config = pocketsphinx_asr.decoder_settings()
     outcomes = [

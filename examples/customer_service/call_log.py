@@ -1,10 +1,10 @@
 """Voxgate's in-process events, stored: one `call_log` row per event, as a CRM would keep them.
 
 `CallLog.record` is the `VoiceAgent(on_event=...)` handler. Voxgate calls it in order for each
-session and bounds each call (server/events.py), so the write runs in a thread of its own and
-a slow disk never holds up the conversation; the rows go in in order. `log_row` (pure) decides what a row holds: the
-transcripts, tool calls with their arguments and results, interruptions and each turn's
-voice-to-voice latency.
+session and bounds each call (server/events.py), so the write runs in a thread of its own, in
+order, and a slow disk never holds up the conversation. `log_row` (pure) decides what a row
+holds: the transcripts, tool calls with their arguments and results, interruptions and each
+turn's voice-to-voice latency.
 """
 
 from __future__ import annotations

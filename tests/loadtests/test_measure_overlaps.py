@@ -5,12 +5,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soxr
 
 from loadtests import measure_overlaps
-from loadtests.overlays import load_backchannels, load_interruptions, noise_clips, spoken
+from loadtests.overlays import load_backchannels, load_interruptions, noise_clips
 from loadtests.room import EchoOptions
 from server.model.backends import pocketsphinx_asr
 from server.vad import silero
@@ -29,8 +27,7 @@ def test_music_over_the_echo_is_the_echo_behind_a_canceller(tmp_path: Path) -> N
     """Music over a -12 dB echo: the gate passes the loud frames and Silero hears the echo's
     speech in them, so the words the recogniser makes of the echo cancel the reply; behind
     WebRTC's canceller the VAD hears no voice, and nothing is even paused."""
-    reply, rate = spoken(*measure_overlaps.REPLY_VOICE, measure_overlaps.REPLY_TEXT, tmp_path)
-    reply16 = soxr.resample(reply, rate, silero.SAMPLE_RATE_HZ).astype(np.int16)
+    reply16 = measure_overlaps.in_reply_voice(measure_overlaps.REPLY_TEXT, tmp_path)
     echo = (reply16, EchoOptions(delay_ms=120.0, level_db=-12.0))
     music = next(clip for clip in noise_clips(0) if clip.name == "noise-music")  # as the bench draws it
     vad, config = silero.load(), pocketsphinx_asr.decoder_settings()
@@ -53,14 +50,12 @@ def test_a_listener_early_in_the_first_reply_meets_a_room_not_yet_heard_to_echo(
     losses (BENCHMARKS.md, "Knowing the room early"). A change that turns this case must
     update this test. After a greeting the caller let play out, the room is known, and the
     same "okay" 300 ms into the next reply does not cancel it."""
-    reply, rate = spoken(*measure_overlaps.REPLY_VOICE, measure_overlaps.REPLY_TEXT, tmp_path)
-    reply16 = soxr.resample(reply, rate, silero.SAMPLE_RATE_HZ).astype(np.int16)
+    reply16 = measure_overlaps.in_reply_voice(measure_overlaps.REPLY_TEXT, tmp_path)
     echo = (reply16, EchoOptions(delay_ms=120.0, level_db=-12.0))
     okay = next(clip for clip in load_backchannels(tmp_path) if clip.name == "bc-okay-flite-kal")
     vad, config = silero.load(), pocketsphinx_asr.decoder_settings()
 
-    greeting, greeting_rate = spoken(*measure_overlaps.REPLY_VOICE, measure_overlaps.GREETING_TEXT, tmp_path)
-    greeting16 = soxr.resample(greeting, greeting_rate, silero.SAMPLE_RATE_HZ).astype(np.int16)
+    greeting16 = measure_overlaps.in_reply_voice(measure_overlaps.GREETING_TEXT, tmp_path)
 
     def replayed(lead_ms: int, greeted: bool = False) -> measure_overlaps.Outcome:
         return measure_overlaps.replay(
