@@ -473,6 +473,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "VAD's hangover)",
     )
     parser.add_argument(
+        "--count-voice-ms",
+        type=int,
+        default=None,
+        help="InterruptionPolicy.count_voice_ms (default: the server's; 0: off)",
+    )
+    parser.add_argument(
         "--echo-db",
         type=float,
         default=None,
@@ -531,6 +537,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         policy = dataclasses.replace(policy, rejoin_within_ms=args.rejoin_within_ms)
     if args.word_gap_ms is not None:
         policy = dataclasses.replace(policy, word_gap_ms=args.word_gap_ms)
+    if args.count_voice_ms is not None:
+        policy = dataclasses.replace(policy, count_voice_ms=args.count_voice_ms)
     try:
         sets: list[tuple[str, list[Utterance]]] = [
             ("backchannel (bench voices)", load_backchannels(args.cache_dir)),

@@ -29,7 +29,10 @@ than it passed as the caller's (`VoiceLedger`, `callers_words`). The gate decide
 on energy, so a caller's word keeps the frames where their voice is louder than the echo
 could be; the recogniser itself hears the audio whole. In such a room the words it makes of a
 listener's "uh-huh" blended with the echo ("oh hello", "you don't": `ECHO_UNSURE_WORDS`) do
-not take the floor alone.
+not take the floor alone, and more words than a backchannel holds take it by their count only
+over as much of the caller's own voice as a sentence has (`count_voice_ms`): the recogniser
+made three words of a listener's "yeah" and the echo around it ("eat at all"), and three of the
+echo that passed the gate after a resume, judged with the "yeah" they followed ("yeah i on").
 
 A caller who goes on after a pause inside their sentence ("four ... queen of clubs") has had the
 turn ended by the silence, and the reply to "four" has begun: a voice that began by
@@ -124,6 +127,12 @@ class InterruptionPolicy:
     rejoin_within_ms: int = 800
     going_on_within_ms: int = 250  # the reply's first audio reaches the caller ~0-300 ms after its start
     max_backchannel_words: int = 2
+    # ... and, in a room heard to echo, only once the caller's own voice (what the echo gate
+    # passed, since the overlap's onset) has lasted this long: the recogniser makes words of
+    # the echo around a listener's short word, three of them over 320-576 ms of espeak's
+    # "yeah" and "mm-hmm" ("eat at all", "on a tom"), while the sentences it counted had
+    # 640 ms or more (measure_overlaps --greeting, BENCHMARKS.md)
+    count_voice_ms: int = 600
     # in a room heard to echo, a voice that starts this soon after a backchannel too short for
     # an overlap is the rest of its word: the VAD splits "o ... kay" and "mm ... hmm" (live:
     # 100-220 ms gaps), and the recogniser makes words of the echo around the second syllable
@@ -207,13 +216,16 @@ def classify_overlap(
     reply_text: str = "",
     going_on: bool = False,
     over_echo: bool = False,
+    callers_voice_ms: int | None = None,
 ) -> OverlapKind | None:
     """What the words heard over the reply (whose text so far is `reply_text`) make of the
     overlap; None while undecided (`final`: the voice has stopped and its words have
     settled, so it is decided). `going_on`: the voice began just as a reply to the caller's own
     turn started (the silence ended it on a pause inside their sentence): any word but a
     listener's takes the floor, as one that takes it always does. `over_echo`: the room has
-    been heard to echo, and `echo_unsure_words` no longer take the floor alone."""
+    been heard to echo, and `echo_unsure_words` no longer take the floor alone;
+    `callers_voice_ms` (there): the caller's own voice so far, which more words than a
+    backchannel holds must fill `count_voice_ms` of to take the floor by their count."""
     words = words_of(text)
     floor_words = (
         policy.interruption_words - policy.echo_unsure_words if over_echo else policy.interruption_words
@@ -233,7 +245,8 @@ def classify_overlap(
     if going_on and any(word not in policy.backchannel_words for word in settled):
         return OverlapKind.INTERRUPTION
     unknown = [word for word in settled if word not in policy.backchannel_words]
-    if unknown and len(settled) > policy.max_backchannel_words:
+    voiced = callers_voice_ms is None or callers_voice_ms >= policy.count_voice_ms
+    if unknown and len(settled) > policy.max_backchannel_words and voiced:
         return OverlapKind.INTERRUPTION
     if not final:
         return None

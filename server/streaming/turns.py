@@ -700,13 +700,15 @@ class TurnTaker:
             # any burst, so a voice going on meanwhile is an overlap judged on its words
             kind = OverlapKind.BACKCHANNEL if final else None
         else:
+            over_echo = self._room_echoes(policy)
             kind = classify_overlap(
                 words,
                 policy,
                 final=final,
                 reply_text=reply_text,
                 going_on=self._going_on(policy),
-                over_echo=self._room_echoes(policy),
+                over_echo=over_echo,
+                callers_voice_ms=self._voices.voice_ms(self._onset_ms, now_ms)[0] if over_echo else None,
             )
         if (
             kind is None

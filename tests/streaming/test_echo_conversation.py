@@ -255,16 +255,17 @@ class PlacingAsr(FakeAsr):
 def test_words_the_recogniser_made_of_the_echo_do_not_take_the_floor(
     asr_kind: type[FakeAsr], status: str
 ) -> None:
-    """Over a -6 dB echo, behind the echo gate, the caller says "uh-huh" (400 ms) and the
-    recogniser hears "isa on them": three unclear words, an interruption by the count. A
-    recogniser that places its words shows "isa" lying in the echo before the caller's voice
-    (the frames the gate masked): the caller said two, and the reply goes on."""
+    """Over a -6 dB echo, behind the echo gate, the caller draws out an "uh-huh" (700 ms,
+    voice enough for three words) and the recogniser hears "isa on them": three unclear words,
+    an interruption by the count. A recogniser that places its words shows "isa" lying in the
+    echo before the caller's voice (the frames the gate masked): the caller said two, and the
+    reply goes on."""
     statuses: list[str] = []
 
     async def script(port: MemoryPort, _: Conversation) -> None:
         caller = await EchoingCaller.asking(port, delay_ms=100, level_db=-6)
         await caller.listen(1500)
-        await caller.listen(400, speech=tone(400, amplitude=16000))
+        await caller.listen(700, speech=tone(700, amplitude=16000))
         while not port.all(ResponseEnded) and caller._play_end < RATE * 30:
             await caller.listen(200)
         statuses.extend(e.status for e in port.all(ResponseEnded))

@@ -481,14 +481,17 @@ def test_a_voice_just_after_a_short_backchannel_over_the_echo_finishes_its_word(
     resumed = tail[2][1]
     assert isinstance(resumed, IgnoreOverlap) and resumed.kind is OverlapKind.BACKCHANNEL
     assert (resumed.start_ms, resumed.end_ms, resumed.paused_reply) == (740, 1280, 5)
-    # a third burst: the word was finished, so all the words since "o" are judged
-    third = run(taker, ["S" * 9, WordsHeard("dakota where i'm going"), "." * 20], start_ms=1580)
+    # a third burst: the word was finished, so all the words since "o" are judged (and the
+    # caller's voice, 640 ms, holds four: count_voice_ms)
+    third = run(taker, ["S" * 15, WordsHeard("dakota where i'm going"), "." * 20], start_ms=1580)
     assert kinds(third)[:4] == [BeginCapture, PauseReply, CancelReply, AnnounceSpeechStarted]
-    # ... and a burst later than word_gap_ms after a backchannel is judged on its words
-    taker = replying()
-    run(taker, [room + "S" * 8, WordsHeard("okay"), "." * 20])
-    late = run(taker, ["S" * 9, WordsHeard("dakota where i'm"), "." * 20], start_ms=1300)  # 400 ms on
-    assert CancelReply in kinds(late)
+    # ... and a burst later than word_gap_ms after a backchannel is judged on its words ("but"
+    # takes the floor; "dakota where i'm" would not over these 340 ms of voice, count_voice_ms)
+    for start_ms, cancelled in ((1300, True), (1100, False)):  # 400 ms on; 200 ms on: its rest
+        taker = replying()
+        run(taker, [room + "S" * 8, WordsHeard("okay"), "." * (20 if start_ms == 1300 else 10)])
+        late = run(taker, ["S" * 9, WordsHeard("dakota but i'm"), "." * 20], start_ms=start_ms)
+        assert (CancelReply in kinds(late)) is cancelled
     # live, "kay" lasted 240 ms, an overlap's length: up to word_rest_max_ms it is still the rest
     # of the word; longer, the caller goes on, and the words are judged
     for rest_frames, cancelled in ((15, False), (25, True)):
@@ -508,7 +511,7 @@ def test_a_voice_just_after_a_short_backchannel_over_the_echo_finishes_its_word(
     # was", heard as "won", went on "my card", heard as "want my")
     taker = replying()
     run(taker, [room + "S" * 15, WordsHeard("won"), "." * 10])
-    after_overlap = run(taker, ["S" * 9, WordsHeard("won want my"), "." * 20], start_ms=1240)
+    after_overlap = run(taker, ["S" * 16, WordsHeard("won want my"), "." * 20], start_ms=1240)
     assert CancelReply in kinds(after_overlap)
 
 
@@ -678,14 +681,15 @@ def test_words_the_recogniser_made_of_the_echo_are_not_the_callers(
     spans: tuple[WordSpan, ...] | None, kind: OverlapKind
 ) -> None:
     taker = replying()
-    frames = "E" * 25 + "E" * 12 + "S" * 16
+    # a listener's word drawn out to 640 ms, voice enough for three words (count_voice_ms)
+    frames = "E" * 25 + "E" * 12 + "S" * 32
     timeline = run(taker, [frames, WordsHeard("isa on them", spans=spans), "E" * 4 + "." * 20])
     decided = [a for _, a in timeline if isinstance(a, (IgnoreOverlap, CancelReply))]
     assert taker.overlap_callers_words == ("on them" if spans else "isa on them")
     if kind is OverlapKind.INTERRUPTION:
         assert isinstance(decided[0], CancelReply)
     else:
-        assert decided == [IgnoreOverlap(kind, "on them", 740, 1060, paused_reply=5, keeps_capture=True)]
+        assert decided == [IgnoreOverlap(kind, "on them", 740, 1380, paused_reply=5, keeps_capture=True)]
 
 
 @pytest.mark.parametrize(("echo_first", "cancelled"), [(True, False), (False, True)])
@@ -722,7 +726,8 @@ def test_a_caller_talking_over_the_echo_still_takes_the_floor() -> None:
     spans = placed(
         ("yet", 0, 200), ("where", 200, 400), ("is", 400, 500), ("my", 500, 600), ("order", 600, 800)
     )
-    frames = "E" * 25 + "E" * 10 + "S" * 15 + "EE" + "S" * 13  # the echo heard for 500 ms first
+    # the echo heard for 500 ms first; the caller's voice, 640 ms of it passed, holds four words
+    frames = "E" * 25 + "E" * 10 + "S" * 15 + "EE" + "S" * 17
     spans = tuple(WordSpan(s.word, s.start_ms + 500, s.end_ms + 500) for s in spans)
     timeline = run(taker, [frames, WordsHeard("yet where is my order", spans=spans), "." * 20])
     assert kinds(timeline)[:4] == [BeginCapture, PauseReply, CancelReply, AnnounceSpeechStarted]
@@ -748,3 +753,48 @@ def test_voice_ledger_forgets_its_oldest_frames() -> None:
     for start_ms in range(0, 200, 20):
         voices.add(start_ms, 20, callers=False)
     assert voices.voice_ms(0, 200) == (0, 80)
+
+
+@pytest.mark.parametrize(
+    ("before", "voice_frames", "cancelled"),
+    [
+        ("E", 16, False),  # 320 ms of the caller's voice over the echo: a listener's word
+        ("E", 32, True),  # 640 ms: enough voice for three words, a sentence
+        (".", 16, True),  # no echo heard: the recogniser's words are the caller's, counted as ever
+    ],
+)
+def test_over_the_echo_a_word_count_needs_the_callers_voice_to_hold_it(
+    before: str, voice_frames: int, cancelled: bool
+) -> None:
+    """Over the reply's echo, once the room was heard, espeak's "yeah" (320 ms of voice the
+    gate passed) came out as "eat at all": three words, one not a listener's, which took the
+    floor by their count. Three words need more voice than that (`count_voice_ms`)."""
+    taker = replying()
+    end_ms = 740 + voice_frames * FRAME_MS
+    third = (end_ms - 740) // 3
+    spans = placed(
+        ("eat", 740, 740 + third), ("at", 740 + third, 740 + 2 * third), ("all", 740 + 2 * third, end_ms)
+    )
+    timeline = run(taker, [before * 37 + "S" * voice_frames, WordsHeard("eat at all", spans=spans), "." * 20])
+    assert taker.overlap_callers_words == "eat at all"
+    assert (CancelReply in kinds(timeline)) is cancelled
+    if not cancelled:
+        assert next(a for _, a in timeline if isinstance(a, IgnoreOverlap)).kind is OverlapKind.BACKCHANNEL
+
+
+def test_the_echo_passing_the_gate_after_a_backchannel_does_not_make_it_a_sentence() -> None:
+    """A listener's "yeah" over the echo resumed the reply; frames of the resumed reply's
+    echo then passed the gate inside the rejoin window (measure_overlaps --greeting, -20 dB):
+    judged with the backchannel's words, "yeah i on" was three words and cancelled the reply.
+    The caller's voice in all of it is a listener's word's, too short for three."""
+    taker = replying()
+    yeah = placed(("yeah", 740, 1060))
+    first = run(taker, ["E" * 37 + "S" * 16, WordsHeard("yeah", spans=yeah), "." * 12])
+    assert next(a for _, a in first if isinstance(a, IgnoreOverlap)).kind is OverlapKind.BACKCHANNEL
+    rejoined = placed(("yeah", 740, 1060), ("i", 1060, 1100), ("on", 1340, 1420))
+    later = run(
+        taker, ["E" * 3 + "SSS" + "E" * 3, WordsHeard("yeah i on", spans=rejoined), "." * 20], start_ms=1300
+    )
+    assert PauseReply in kinds(later)  # a voice just after a backchannel pauses at once
+    assert CancelReply not in kinds(later)
+    assert next(a for _, a in later if isinstance(a, IgnoreOverlap)).kind is OverlapKind.BACKCHANNEL
