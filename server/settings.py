@@ -13,6 +13,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from server.streaming.session_config import MAX_GREETING_CHARS
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VOXGATE_", extra="ignore")
@@ -59,6 +61,10 @@ class Settings(BaseSettings):
     # session defaults (a client may change them with session.update)
     instructions: str = ""
     voice: str = "en-us"
+    # the session's first reply, spoken as it is before the caller says anything (a phone
+    # line's "Thank you for calling ..."); empty: the assistant waits for the caller. A Twilio
+    # call's `greeting` <Parameter> and the session_setup hook's SessionSetup.greeting override it
+    greeting: str = Field(default="", max_length=MAX_GREETING_CHARS)
     vad_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     prefix_padding_ms: int = Field(default=300, ge=0, le=5000)
     silence_duration_ms: int = Field(default=250, ge=0, le=10_000)

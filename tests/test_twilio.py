@@ -118,6 +118,25 @@ async def test_a_whole_call() -> None:
         await no_session_left(url, baseline)
 
 
+async def test_a_call_greets_the_caller_with_its_greeting_parameter() -> None:
+    """A `greeting` <Parameter> is the call's first reply, spoken as it is while the line is
+    silent; the language model reads it in the history when the caller answers."""
+    greeting = "Thanks for calling Acme."
+    llm = RecordingLlm(["Your order ships today."])
+    app = fake_app(FakeAsr(["where is my order"]), llm)
+    async with running_server(app) as url:
+        async with twilio_call(url) as caller:
+            await caller.start({"greeting": greeting})
+            first = asyncio.ensure_future(caller.wait_for("media"))
+            await caller.silence_until(first)  # the caller says nothing
+            await caller.wait_played_out()
+            assert abs(caller.played_audio().duration_ms - len(greeting) * 50) <= 25  # FakeTts
+            await speak_until_reply(caller)
+            await caller.wait_played_out()
+            await caller.stop()
+    assert llm.calls == [[Message("assistant", greeting), Message("user", "where is my order")]]
+
+
 def kept_text(reply: str, audio_end_ms: int, ms_per_char: float = 50.0) -> str:
     """What CascadeModel keeps of `reply` once truncated at `audio_end_ms`, given FakeTts's
     `ms_per_char` of audio per phrase character (phrases as PhraseSplitter cuts them)."""
@@ -336,6 +355,7 @@ MEDIA_OK = {"event": "media", "streamSid": "MZ00000000000000000000000000000001",
             1008,
             "not a key",
         ),
+        ([start_with(customParameters={"greeting": "Hello. " * 200})], 1008, "greeting"),
         # tolerated: Twilio adds events; a mark we never sent; stop before start
         (["start", {"event": "something-new", "x": 1}, MEDIA_OK, "stop"], 1000, ""),
         (

@@ -394,7 +394,9 @@ async def twilio(websocket: WebSocket) -> None:
             stream,  # the call's settings (customParameters instructions/voice too) apply at its start
             model,
             runtime.vad,
-            runtime.conversation_options(requested, setup, grounding),
+            runtime.conversation_options(
+                requested, setup, grounding, start.custom_parameters.get("greeting")
+            ),
             runtime.metrics,
             on_event=runtime.on_event,
             tools=runtime.tools,

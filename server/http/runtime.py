@@ -77,12 +77,15 @@ class Runtime:
         model: str | None = None,
         setup: SessionSetup | None = None,
         grounding: Grounding | None = None,
+        call_greeting: str | None = None,
     ) -> ConversationOptions:
         """A session's options: the server's settings, with what the embedding backend's
-        `setup` chose for it (None: nothing) and the model `model` it asked for."""
+        `setup` chose for it (None: nothing), the model `model` it asked for and the greeting
+        its call asked for (a Twilio <Parameter>; the setup's wins)."""
         s = self.settings
         setup = setup or SessionSetup()
         turns_by = setup.turns_detected_by
+        greeting = next(g for g in (setup.greeting, call_greeting, s.greeting) if g is not None).strip()
         return ConversationOptions(
             model_name=model or s.model_name,
             instructions=s.instructions if setup.instructions is None else setup.instructions,
@@ -112,6 +115,7 @@ class Runtime:
             noise_reduction=None if s.noise_reduction == "none" else s.noise_reduction,
             grounding=grounding,
             model_detects_turns=None if turns_by is None else turns_by == "upstream",
+            greeting=greeting or None,
         )
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from server.knowledge.knowledge import Knowledge
+from server.streaming.session_config import MAX_GREETING_CHARS
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +41,11 @@ class SessionSetup:
     turns_detected_by: who ends the caller's turns in a session of the `realtime` profile:
     "gateway" (Voxgate's VAD) or "upstream" (the upstream model's VAD, with the client's
     turn_detection settings); None: the profile's `turn_detection` option. The other profiles'
-    models have no VAD: Voxgate's always ends their turns."""
+    models have no VAD: Voxgate's always ends their turns.
+
+    greeting: the session's first reply, spoken as it is before the caller says anything
+    ("" for none); None: the call's `greeting` <Parameter>, else the server's (VOXGATE_GREETING).
+    At most MAX_GREETING_CHARS (else ValueError, here)."""
 
     instructions: str | None = None
     voice: str | None = None
@@ -48,6 +53,13 @@ class SessionSetup:
     metadata: Mapping[str, str] = field(default_factory=dict)
     knowledge: Knowledge | Path | None = None
     turns_detected_by: Literal["gateway", "upstream"] | None = None
+    greeting: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.greeting is not None and len(self.greeting) > MAX_GREETING_CHARS:
+            raise ValueError(
+                f"SessionSetup.greeting holds {len(self.greeting)} characters; at most {MAX_GREETING_CHARS}"
+            )
 
 
 SessionSetupHook = Callable[[SessionRequest], Awaitable[SessionSetup]]

@@ -169,11 +169,16 @@ class ReplyGrounding(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ResponseOptions:
+    """One reply's settings (None: the session's). `say`: the reply is this text, spoken as it
+    is, instead of the language model's (a session's greeting); a model that cannot be handed
+    its words (an upstream realtime model) is asked to say exactly this."""
+
     with_audio: bool = True
     instructions: str | None = None
     voice: str | None = None
     temperature: float | None = None
     max_output_tokens: int | None = None
+    say: str | None = None
 
 
 # --- Events out of an omni session ------------------------------------------------------

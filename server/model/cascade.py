@@ -61,7 +61,7 @@ from server.model.base import (
     WordSpan,
 )
 from server.model.deadlines import DeadlineIterator, ModelDeadlines
-from server.model.phrases import PhraseSplitter, cut_text_to_fraction
+from server.model.phrases import PhraseSplitter, cut_text_to_fraction, phrases_of
 from server.model.tool_calls import ToolCallRequest
 from server.model.tool_rounds import ToolExchange, complete_with_tools, insert_before, insert_tool_result
 from server.model.voices import voice_is_known
@@ -361,7 +361,7 @@ class CascadeSession:
     async def respond(self, options: ResponseOptions) -> AsyncIterator[ReplyEvent]:
         session_options = self._response_session_options(options)
         voice = options.voice or self.options.voice
-        run = self._adopt_anticipation(session_options)
+        run = None if options.say is not None else self._adopt_anticipation(session_options)
         self.timings = StageTimings(
             asr_final_ms=self.timings.asr_final_ms,
             anticipated=self.timings.anticipated if run is None else True,
@@ -370,9 +370,12 @@ class CascadeSession:
             await self._drop_anticipation()
             history = list(self._history)
             run = _LlmRun(_history_key(history), session_options, asyncio.Queue())
-            run.task = asyncio.create_task(
-                self._write_phrases(history, session_options, run), name="cascade-llm"
+            writing = (
+                self._write_phrases(history, session_options, run)
+                if options.say is None
+                else self._write_text(options.say, run)
             )
+            run.task = asyncio.create_task(writing, name="cascade-llm")
         writer = run.task
         assert writer is not None
         record = _ReplyRecord(Message("assistant", ""))
@@ -478,6 +481,13 @@ class CascadeSession:
                 run.phrases.put_nowait(rest)
         finally:
             run.phrases.put_nowait(_END)
+
+    async def _write_text(self, text: str, run: _LlmRun) -> None:
+        """The reply is `text` as it is (ResponseOptions.say), in phrases: no language model
+        (so no language model timing either)."""
+        for phrase in phrases_of(text):
+            run.phrases.put_nowait(phrase)
+        run.phrases.put_nowait(_END)
 
     async def _speak(self, phrase: str, voice: str) -> AsyncIterator[PcmFrame]:
         tts = self._model.tts

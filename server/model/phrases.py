@@ -58,6 +58,14 @@ class PhraseSplitter:
         return phrase
 
 
+def phrases_of(text: str) -> list[str]:
+    """A whole text in the phrases PhraseSplitter cuts it into as it streams."""
+    splitter = PhraseSplitter()
+    phrases = splitter.push(text)
+    rest = splitter.flush()
+    return phrases if rest is None else [*phrases, rest]
+
+
 def _end_of_word(text: str, words: int) -> int:
     count = 0
     for m in re.finditer(r"\S+", text):

@@ -383,6 +383,9 @@ class Conversation:
     # --- reader ---------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
+        if self._options.greeting and self.config.session_type != "transcription":  # captions: no reply
+            # before the client's first command: a session.update sent at once applies after it
+            await self._start_reply(replace(self._default_response_options(), say=self._options.greeting))
         while True:
             command = await self._port.receive()
             self._lifetime.push_activity(self._clock())

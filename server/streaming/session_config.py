@@ -18,6 +18,8 @@ from server.streaming.lifetime import LifetimeOptions
 from server.streaming.playout import PlayoutOptions
 from server.streaming.turns import TurnOptions
 
+MAX_GREETING_CHARS = 1000  # about a minute of speech: a greeting, not a script
+
 
 @dataclass(slots=True)
 class TurnDetectionConfig:
@@ -101,6 +103,9 @@ class ConversationOptions:
     grounding: ReplyGrounding | None = None
     # whether the model's own VAD ends the turns, where it has one (DetectsTurns); None: its default
     model_detects_turns: bool | None = None
+    # spoken as the session's first reply, as it is, before the caller says anything (a phone
+    # line's "Thank you for calling ..."); None: the assistant waits for the caller
+    greeting: str | None = None
 
     def session_config(self, session_id: str) -> SessionConfig:
         """The session settings a session with these options starts from."""

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from server.errors import ProtocolViolation
+from server.telephony.twilio_wire import check_greeting
 
 MIN_CALL_TTL_S = 10
 MAX_CALL_TTL_S = 24 * 3600
@@ -65,6 +66,7 @@ def check_call_parameters(body: object) -> tuple[dict[str, str], int]:
             code="invalid_value",
             param="parameters",
         )
+    check_greeting(parameters, "parameters.greeting")
     ttl_s = body.get("ttl_s", DEFAULT_CALL_TTL_S)
     if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or not MIN_CALL_TTL_S <= ttl_s <= MAX_CALL_TTL_S:
         raise ProtocolViolation(

@@ -15,12 +15,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from server.errors import ProtocolViolation
+from server.streaming.session_config import MAX_GREETING_CHARS
 
 MULAW_ENCODING = "audio/x-mulaw"
 SAMPLE_RATE_HZ = 8_000
@@ -140,11 +142,13 @@ def parse_twilio_event(text: str) -> TwilioEvent | UnknownEvent:
 
 
 def check_start(start: Start) -> None:
-    """A start this endpoint can serve: one stream id, mu-law 8 kHz mono audio."""
+    """A start this endpoint can serve: one stream id, mu-law 8 kHz mono audio, a greeting
+    (a `greeting` <Parameter>) no longer than a greeting."""
     if start.start.stream_sid != start.stream_sid:
         raise ProtocolViolation(
             "start: start.streamSid differs from streamSid", code="invalid_value", param="start.streamSid"
         )
+    check_greeting(start.start.custom_parameters, "start.customParameters.greeting")
     fmt = start.start.media_format
     if (fmt.encoding, fmt.sample_rate_hz, fmt.channels) != (MULAW_ENCODING, SAMPLE_RATE_HZ, 1):
         raise ProtocolViolation(
@@ -152,6 +156,17 @@ def check_start(start: Start) -> None:
             f"this endpoint serves {MULAW_ENCODING} {SAMPLE_RATE_HZ} Hz mono",
             code="unsupported_media_format",
             param="start.mediaFormat",
+        )
+
+
+def check_greeting(parameters: Mapping[str, str], param: str) -> None:
+    """A call's `greeting` parameter, if any, holds at most MAX_GREETING_CHARS."""
+    greeting = parameters.get("greeting", "")
+    if len(greeting) > MAX_GREETING_CHARS:
+        raise ProtocolViolation(
+            f"the greeting holds {len(greeting)} characters; at most {MAX_GREETING_CHARS}",
+            code="invalid_value",
+            param=param,
         )
 
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from server.audio import PcmFrame
 from server.model.base import (
+    AudioChunk,
     Message,
     ResponseOptions,
     SessionOptions,
@@ -203,3 +204,37 @@ def test_only_local_models_beside_a_light_recogniser_anticipate() -> None:
     assert not off._anticipates(off.profiles["fast"])
     brain = build_catalog(Settings(), brain=FakeLlm())
     assert not any(brain._anticipates(p) for p in brain.profiles.values())
+
+
+async def test_a_reply_given_its_words_speaks_them_without_the_model_or_a_guess() -> None:
+    """ResponseOptions.say (a session's greeting): the words are the reply's as they are, in
+    the session's history for the model's next reply; the model is not asked, and a guess made
+    from the caller's words is not taken for it."""
+    greeting = "Thank you for calling. How can I help you today?"
+    llm = RecordingLlm(["Your order ships today."])
+    session = _session(ScriptedAsr([(["where is my order"], "where is my order")]), llm)
+    text, audio_ms = "", 0.0
+    async for event in session.respond(ResponseOptions(say=greeting)):
+        if isinstance(event, TextDelta):
+            text += event.text
+        elif isinstance(event, AudioChunk):
+            audio_ms += event.frame.duration_ms
+    assert text == greeting and audio_ms > 0
+    assert llm.calls == [] and session.timings.llm_first_token_ms is None
+    _, reply = await _turn(session)
+    assert reply == "Your order ships today."
+    assert [(m.role, m.text) for m in session.history()] == [
+        ("assistant", greeting),
+        ("user", "where is my order"),
+        ("assistant", "Your order ships today."),
+    ]
+    # a guess is running from the caller's words: a reply given its words does not adopt it
+    asr_session = _session(ScriptedAsr([(["hello"], "hello")]), RecordingLlm(["Hi."], delay_s=0.01))
+    asr_session.push_audio(PcmFrame.silence(200, 16_000))
+    async for _ in asr_session.commit_audio():
+        pass
+    said = ""
+    async for event in asr_session.respond(ResponseOptions(with_audio=False, say="One moment.")):
+        if isinstance(event, TextDelta):
+            said += event.text
+    assert said == "One moment."

@@ -269,3 +269,30 @@ async def test_a_session_setup_can_keep_the_gateways_vad_for_its_session() -> No
     updates = [e for e in script.received if e["type"] == "session.update"]
     assert all(u["session"]["audio"]["input"]["turn_detection"] is None for u in updates)
     assert [e["type"] for e in script.received].count("input_audio_buffer.commit") == 1
+
+
+async def test_a_greeting_asks_the_upstream_to_say_it_as_it_is() -> None:
+    """An upstream realtime model takes no words to speak, only instructions: the server's
+    greeting (VOXGATE_GREETING) opens the session as a response.create asking for exactly it."""
+    greeting = "Thank you for calling Acme. How can I help?"
+    script = ScriptedUpstream(start_ms=0, end_ms=0, speech_after_ms=10**9)
+    async with websockets.serve(script.serve, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        settings = Settings.model_validate(
+            {
+                **FAKE_AUDIO_SETTINGS,
+                "profile": "realtime",
+                "greeting": greeting,
+                "backend_options": {
+                    "realtime": {"url": f"ws://127.0.0.1:{port}/v1/realtime", "transcription_model": ""}
+                },
+            }
+        )
+        app = create_app(settings, vad=DEAF)
+        async with running_server(app) as gateway, realtime_client(gateway) as client:
+            await client.wait_for("session.created")
+            done = await client.wait_for("response.done", timeout_s=10)  # nothing was said to it
+            assert done["response"]["status"] == "completed", done
+    (create,) = [e for e in script.received if e["type"] == "response.create"]
+    assert f'"{greeting}"' in create["response"]["instructions"]
+    assert "word for word" in create["response"]["instructions"]

@@ -8,7 +8,11 @@ clock only moves when the conversation waits, so the bounds are the design's own
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
+
+import pytest
 
 from server.audio import PcmFrame
 from server.model.fakes import FakeAsr, FakeLlm, tone
@@ -20,6 +24,7 @@ from server.streaming.outputs import (
     ItemTruncated,
     ResponseAudio,
     ResponseEnded,
+    ResponseStarted,
     SessionCreated,
     SpeechStarted,
     SpeechStopped,
@@ -181,3 +186,69 @@ def test_a_client_commit_that_crosses_the_vads_commit_finds_the_buffer_empty() -
         assert len(port.all(InputCommitted)) == 2
 
     converse(script, FakeAsr(["hi", "again"]), FakeLlm(["Hello."]))
+
+
+GREETING = "Thank you for calling. How can I help you today?"
+
+
+def test_a_greeting_is_the_first_reply_spoken_as_it_is_before_the_caller_speaks() -> None:
+    llm = FakeLlm(["Your order ships today."])
+    options = replace(OPTIONS, greeting=GREETING)
+
+    async def script(port: MemoryPort, _: Conversation) -> None:
+        greeted = await port.wait_until(ResponseEnded)  # the caller has not said a word
+        assert isinstance(greeted.output, ResponseEnded)
+        assert (greeted.output.status, greeted.output.transcript) == ("completed", GREETING)
+        assert port.all(ResponseAudio)
+        await port.stream(tone(600))
+        answered = await port.stream_until(ResponseEnded, after=port.index(greeted) + 1)
+        assert isinstance(answered.output, ResponseEnded) and answered.output.status == "completed"
+
+    port = converse(script, FakeAsr(["where is my order"]), llm, options)
+    assert isinstance(port.sent[0].output, SessionCreated)
+    # the language model was not asked for the greeting; it reads it in the history
+    assert [[(m.role, m.text) for m in call] for call in llm.calls] == [
+        [("assistant", GREETING), ("user", "where is my order")]
+    ]
+
+
+def test_a_caller_who_talks_over_the_greeting_interrupts_it() -> None:
+    llm = FakeLlm(["Sure."])
+
+    async def script(port: MemoryPort, _: Conversation) -> None:
+        await port.wait_until(ResponseAudio)
+        await port.stream(silence(300))
+        await port.stream(tone(600))
+        ended = await port.stream_until(ResponseEnded)
+        assert isinstance(ended.output, ResponseEnded)
+        assert (ended.output.status, ended.output.reason) == ("cancelled", "turn_detected")
+        await port.stream_until(ResponseEnded, after=port.index(ended) + 1)
+
+    converse(script, FakeAsr(["i need a refund"]), llm, replace(OPTIONS, greeting=GREETING))
+    (history,) = llm.calls
+    assert history[0].role == "assistant" and history[0].interrupted  # what the caller heard of it
+    assert GREETING.startswith(history[0].text) and history[0].text != GREETING
+    assert (history[1].role, history[1].text) == ("user", "i need a refund")
+
+
+@pytest.mark.parametrize(("greeting", "session_type"), [(None, "realtime"), (GREETING, "transcription")])
+def test_without_a_greeting_or_in_a_transcription_session_nothing_is_said_first(
+    greeting: str | None, session_type: str
+) -> None:
+    options = replace(OPTIONS, greeting=greeting)
+
+    async def main() -> MemoryPort:
+        config = options.session_config("sess_test")
+        config.session_type = session_type  # captions only: never a reply
+        port = MemoryPort(UpdateSession(config))
+        conversation = caller_conversation(port, FakeAsr(["hello"]), FakeLlm(["Hi."]), options=options)
+        running = asyncio.create_task(conversation.run())
+        try:
+            with contextlib.suppress(TimeoutError):
+                await port.wait_until(ResponseStarted, limit_s=2.0)
+        finally:
+            port.hang_up()
+            await asyncio.wait_for(running, 5)
+        return port
+
+    assert run_virtual(main).all(ResponseStarted) == []

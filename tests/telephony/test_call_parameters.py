@@ -78,6 +78,7 @@ async def test_stored_parameters_reach_the_stream_under_its_own() -> None:
         ({"parameters": {}, "ttl_s": True}, "ttl_s"),
         ({"parameters": {}, "extra": 1}, "extra"),
         ({"parameters": {"instructions": "x" * 70_000}}, "parameters"),
+        ({"parameters": {"greeting": "Hello. " * 200}}, "parameters.greeting"),
     ],
 )
 async def test_bad_requests_get_400_naming_the_field(body: object, param: str | None) -> None:

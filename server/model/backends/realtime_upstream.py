@@ -338,6 +338,12 @@ class _Link:
                 await self._ws.close()
 
 
+def say_instructions(text: str) -> str:
+    """A response's instructions that ask the upstream model to speak `text` as it is: its
+    API takes no words to speak, only instructions (ResponseOptions.say; it may still vary)."""
+    return f'Say exactly the following to the caller, word for word, and nothing else: "{text}"'
+
+
 def _dumps(event: dict[str, Any]) -> str:
     return json.dumps(event, separators=(",", ":"))
 
@@ -731,16 +737,17 @@ class RealtimeUpstreamSession:
             link.send_nowait(wire.truncate_event(self._event_id("truncate"), response.item_id, heard_ms))
 
     async def respond(self, options: ResponseOptions) -> AsyncIterator[ReplyEvent]:
+        instructions = options.instructions if options.say is None else say_instructions(options.say)
         response, self._anticipated = self._anticipated, None
         if response is not None and not (
-            response.link.is_up and response.with_audio == options.with_audio and options.instructions is None
+            response.link.is_up and response.with_audio == options.with_audio and instructions is None
         ):
             self._cancel_upstream(response, heard_ms=0)
             response = None
         started = time.perf_counter()
         if response is None:
             link = await self._ensure_link()
-            response = self._request(link, with_audio=options.with_audio, instructions=options.instructions)
+            response = self._request(link, with_audio=options.with_audio, instructions=instructions)
         self.timings = StageTimings(asr_final_ms=self.timings.asr_final_ms)
         record = _ReplyRecord(Message("assistant", ""), link=response.link)
         self._history.append(record.message)
