@@ -38,6 +38,7 @@ from examples.customer_service.brain import desk_brain
 from examples.customer_service.call import CallContext, current_call, llm_instructions, normalize_phone
 from examples.customer_service.call_log import CallLog
 from examples.customer_service.desk import SupportDesk, utc_now
+from examples.customer_service.dialogue import opening
 from examples.customer_service.spoken_numbers import ORDER_ID_DIGITS
 from examples.customer_service.store import SupportStore
 from examples.customer_service.tools import register_tools
@@ -66,6 +67,8 @@ class DeskSettings(BaseSettings):
         "" treats such callers as unknown.
     voice_path: where Voxgate is mounted.
     knowledge: the desk's knowledge file (README "Knowledge"); None: none.
+    greet: the desk speaks first as a call connects ("Thanks for calling, Ada. ..."), as a
+        phone desk does: the session's greeting (SessionSetup.greeting).
     """
 
     model_config = SettingsConfigDict(env_prefix="DESK_", extra="ignore")
@@ -74,6 +77,7 @@ class DeskSettings(BaseSettings):
     demo_caller: str = "+15550100001"
     voice_path: str = Field(default="/voice", pattern=r"^/[A-Za-z0-9_/-]*[A-Za-z0-9_-]$")
     knowledge: Path | None = KNOWLEDGE_FILE
+    greet: bool = True
 
 
 def create_desk_app(
@@ -112,6 +116,7 @@ def create_desk_app(
             instructions=llm_instructions(customer) if llm_drives else None,
             metadata=metadata,
             knowledge=knowledge,
+            greeting=opening(customer.name if customer is not None else None) if settings.greet else "",
         )
 
     call_log = CallLog(store, clock)

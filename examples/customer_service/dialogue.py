@@ -127,6 +127,15 @@ class CallTool:
 Step = Say | CallTool
 
 
+def opening(caller_name: str | None) -> str:
+    """What the desk says as a call connects, before the caller speaks (its session greeting)."""
+    return f"Thanks for calling{_first_name(caller_name, ',')}. {HELP} How can I help?"
+
+
+def _first_name(caller_name: str | None, before: str = "") -> str:
+    return f"{before} {caller_name.split()[0]}" if caller_name else ""
+
+
 def respond(state: DialogueState, transcript: str, caller_name: str | None = None) -> Step:
     """The desk's next step after the caller said `transcript` in `state`."""
     heard = hear(transcript)
@@ -169,8 +178,7 @@ def respond(state: DialogueState, transcript: str, caller_name: str | None = Non
     if Intent.GOODBYE in intents:
         return Say("You're welcome. Thanks for calling, goodbye!", DialogueState())
     if Intent.GREETING in intents:
-        name = f" {caller_name.split()[0]}" if caller_name else ""
-        return Say(f"Hi{name}! {HELP} How can I help?", DialogueState())
+        return Say(f"Hi{_first_name(caller_name)}! {HELP} How can I help?", DialogueState())
     missed = _missed(state)
     if missed.misses >= 2:
         return Say(f"Sorry, I'm still not getting it. {HELP} Just say which.", missed)

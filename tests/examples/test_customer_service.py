@@ -33,6 +33,7 @@ from examples.customer_service.dialogue import (
     Say,
     after_tool,
     hear,
+    opening,
     respond,
 )
 from examples.customer_service.phrasing import spoken_amount, spoken_date
@@ -235,6 +236,8 @@ def test_yes_or_no_to_anything_else() -> None:
 def test_greeting_uses_the_callers_first_name() -> None:
     step = respond(DialogueState(), "hello", "Ada Lovelace")
     assert isinstance(step, Say) and step.text.startswith("Hi Ada!")
+    assert opening("Ada Lovelace").startswith("Thanks for calling, Ada. I can check on an order")
+    assert opening(None).startswith("Thanks for calling. I can check on an order")
 
 
 def test_not_understood_turns_are_counted() -> None:
@@ -462,9 +465,12 @@ def quick_fake_tts(options: object = None) -> FakeTts:
     return FakeTts(ms_per_char=5.0)
 
 
-def desk_app(tmp_path: Path, vad: ClassifierFactory | None = None, **voice: Any) -> FastAPI:
+def desk_app(
+    tmp_path: Path, vad: ClassifierFactory | None = None, *, greet: bool = False, **voice: Any
+) -> FastAPI:
+    """The desk on FAKE models; `greet` off unless asked: the dialogue tests type the first word."""
     return create_desk_app(
-        DeskSettings(db=tmp_path / "support.db"),
+        DeskSettings(db=tmp_path / "support.db", greet=greet),
         Settings(**voice),
         vad=vad or EnergyClassifierFactory(),
         clock=fixed_clock,
@@ -617,6 +623,31 @@ async def test_a_twilio_call_is_set_up_from_its_caller_parameter(fake_desk: str)
     detail = rows[0]["detail"]
     assert detail["customer_name"] == "Alan Turing" and detail["call_sid"] == caller.call_sid
     assert [r["text"] for r in rows if r["kind"] == "assistant_turn"][0].startswith("Hi Alan!")
+
+
+async def test_the_desk_greets_a_known_caller_by_name_before_they_speak(
+    tmp_path: Path, fake_speech: None
+) -> None:
+    """DeskSettings.greet (the default): the call opens with the desk's greeting, spoken while
+    the line is silent; the dialogue manager then answers the caller's first words as ever."""
+    async with running_server(desk_app(tmp_path, greet=True, asr="fake-asr", tts="quick-fake-tts")) as url:
+        async with twilio_call(url, path="/voice/v1/twilio") as caller:
+            await caller.start({"caller": "+15550100003"})
+            greeted = asyncio.ensure_future(caller.wait_for("media"))
+            await caller.silence_until(greeted)  # the caller says nothing
+            await caller.wait_played_out()
+            after = len(caller.received)
+            await caller.speak(tone(600))  # the FAKE recogniser hears "hello there"
+            answered = asyncio.ensure_future(caller.wait_for("media", after=after))
+            await caller.silence_until(answered)
+            await caller.wait_played_out()
+            await caller.stop()
+        async with httpx.AsyncClient(base_url=url) as http:
+            (started,) = [r for r in (await http.get("/calls")).json() if r["kind"] == "session_started"]
+        rows = await call_log_of(url, started["session_id"])
+    said = [r["text"] for r in rows if r["kind"] == "assistant_turn"]
+    assert said[0] == opening("Alan Turing") and said[0].startswith("Thanks for calling, Alan.")
+    assert said[1].startswith("Hi Alan!")
 
 
 async def test_with_a_tool_capable_remote_model_the_model_calls_the_tools(
