@@ -56,7 +56,10 @@ Servers: `--url` (one running server), `--spawn "ENV=..."` (one spawned server, 
 spawned and every trial runs on each, in alternating order (A then B, then B then A), with the
 same utterances and timings, so the two columns are paired and share the box's load. A spec's
 `VOXGATE_BENCH_CHECKOUT=DIR` runs that server from another checkout (a worktree of an older
-commit), so two code versions are compared the same way.
+commit), so two code versions are compared the same way. A server that greets each session
+first (`VOXGATE_GREETING`) is heard out before the question, its echo in the room, so
+`--compare "first=" 'greeted=VOXGATE_GREETING="Thank you for calling."'` pairs a call's first
+reply with the reply after a greeting (the trial's `greeting_ms` says it was heard).
 
     python -m loadtests.bench_barge_in --spawn "" --scenarios echo,backchannel,noise,real --repeat 3
     python -m loadtests.bench_barge_in --repeat 5 --out results/barge.json --compare \\
@@ -279,6 +282,9 @@ class TrialOutcome:
     # caller was left hanging (a paused reply never judged, words lost): a miss, not a bench
     # fault (status stays `error`); False in files older than it
     stuck: bool = False
+    # the server greeted the session first (VOXGATE_GREETING), heard out before the question:
+    # its length; None: no greeting (and in files older than it)
+    greeting_ms: float | None = None
 
     @property
     def is_self_interrupted(self) -> bool:
@@ -377,6 +383,7 @@ def outcome_of(trial: Trial, config: str, session: SessionResult) -> TrialOutcom
         overlay=None if trial.overlay is None else trial.overlay.name,
         delay_ms=trial.delay_ms,
         error=errors,
+        greeting_ms=session.greeting_ms,
     )
     if main is None:
         return base
@@ -881,6 +888,8 @@ def _progress_line(outcome: TrialOutcome) -> None:
             extra += f" heard {outcome.heard_from_voice_ms:.0f} ms"
     if outcome.real_ending is not None and outcome.real_ending != "cancelled":
         extra += f": {outcome.real_ending.replace('_', ' ')}"
+    if outcome.greeting_ms is not None:
+        extra += f" (after a {outcome.greeting_ms:.0f} ms greeting)"
     print(
         f"[{outcome.trial:3d} {outcome.config}] {outcome.scenario} {outcome.variant}: {outcome.status}"
         f"{'' if outcome.overlay_sent or outcome.overlay is None else ' (overlay not sent)'}"

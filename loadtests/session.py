@@ -162,6 +162,9 @@ class SessionResult:
     turns: list[TurnResult] = field(default_factory=list)
     errors: list[SessionError] = field(default_factory=list)
     connect_ms: float | None = None  # connecting to session.created
+    # a server that spoke first (a session greeting), heard out before the first turn: its
+    # response.created -> response.done; None: it waited for the caller
+    greeting_ms: float | None = None
     duration_s: float = 0.0
     frames_sent: int = 0
     late_frames: int = 0  # frames the microphone sent more than one frame late
@@ -305,6 +308,8 @@ class _SessionRunner:
         self._mic: Microphone | None = None
         self._main: TurnRecorder | None = None
         self._mic_task: asyncio.Task[None] | None = None
+        self._asked = False  # a turn has begun: responses from now on are replies to turns
+        self._greeting_started_s: float | None = None
 
     def _error(self, kind: ErrorKind, message: str, turn: int | None = None, code: str | None = None) -> None:
         at_ms = (time.monotonic() - self._start) * 1000
@@ -416,7 +421,12 @@ class _SessionRunner:
             )
             self._finish_active("closed")
             raise _Abort
-        error = item.event.get("error") if item.event.get("type") == "error" else None
+        kind = item.event.get("type")
+        if not self._asked and kind == "response.created" and self._greeting_started_s is None:
+            self._greeting_started_s = item.t  # the server speaks first: a session greeting
+        elif not self._asked and kind == "response.done" and self._greeting_started_s is not None:
+            self.result.greeting_ms = self.result.greeting_ms or (item.t - self._greeting_started_s) * 1000
+        error = item.event.get("error") if kind == "error" else None
         if isinstance(error, dict):
             self._error(
                 "server_error", str(error.get("message") or ""), turn, code=str_or_none(error.get("code"))
@@ -473,12 +483,29 @@ class _SessionRunner:
         self.result.silence_duration_ms = self._silence_ms
         self._mic = Microphone(ws.send, options.frame_ms, background=self._room)
         self._mic_task = tasks.create_task(self._mic.run(), name="bench-microphone")
-        await self._listen(options.lead_silence_ms / 1000)
+        await self._lead_in()
         for index, plan in enumerate(turns):
             if self._stop is not None and self._stop.is_set():
                 break
             await self._run_turn(index, plan, self._mic)
             await self._listen((options.pause_ms if plan.pause_ms is None else plan.pause_ms) / 1000)
+
+    async def _lead_in(self) -> None:
+        """The silence before the first turn. A server that greets the caller has begun by
+        now (its greeting starts as the session is created); it is heard out, as a caller
+        would, and the silence is kept again after it."""
+        options = self._options
+        await self._listen(options.lead_silence_ms / 1000)
+        if self._greeting_started_s is None or self.result.greeting_ms is not None:
+            return
+        until = time.monotonic() + options.reply_timeout_s
+        while self.result.greeting_ms is None:
+            if await self._next_event(until) is None:
+                self._error(
+                    "timeout", f"the server's greeting did not end within {options.reply_timeout_s:g} s"
+                )
+                raise _Abort
+        await self._listen(options.lead_silence_ms / 1000)
 
     async def _listen(self, duration_s: float) -> None:
         """Read (and drop) events for `duration_s`, so errors and closes are still seen."""
@@ -494,6 +521,7 @@ class _SessionRunner:
             main.barge_in_after_ms = plan.barge_in.after_ms
             main.barge_in_expects_reply = plan.barge_in.expects_reply
         self._active = [main]
+        self._asked = True
         self._main = main
         deadline = time.monotonic() + plan.utterance.duration_ms / 1000 + options.reply_timeout_s
         while True:

@@ -97,6 +97,28 @@ async def test_a_server_that_cannot_start_is_reported_not_waited_for(tmp_path: P
     assert time.monotonic() - began < 60
 
 
+async def test_the_client_hears_a_servers_greeting_out_before_its_first_turn() -> None:
+    """A server with a session greeting speaks first: the caller listens to it (its audio in
+    the room, if any), then asks; the greeting is no turn's reply."""
+    greeting = "Thanks for calling."
+    app = fake_app(FakeAsr(["where is my order"]), FakeLlm(["It ships tomorrow."]), greeting=greeting)
+    async with running_server(app) as base_url:
+        url = base_url.replace("http://", "ws://") + "/v1/realtime"
+        result = await run_session(quick_options(url, silence_duration_ms=300), [TurnPlan(tone_clip())])
+        plain = await run_session(
+            quick_options(base_url.replace("http://", "ws://") + "/v1/realtime", silence_duration_ms=300), []
+        )
+    assert result.errors == [] and result.greeting_ms is not None
+    assert result.greeting_ms >= len(greeting) * 50 - 200  # heard out: the fake speaks 50 ms a character
+    (turn,) = result.turns
+    assert turn.reply_transcript.strip() == "It ships tomorrow." and turn.response_status == "completed"
+    assert turn.speech_started_during_reply == 0 and turn.responses == 1
+    assert plain.greeting_ms is not None  # the same server greets every session
+    async with running_server(fake_app()) as base_url:
+        silent = await run_session(quick_options(base_url.replace("http://", "ws://") + "/v1/realtime"), [])
+    assert silent.greeting_ms is None and silent.errors == []
+
+
 async def test_the_client_against_the_server_with_fake_models() -> None:
     app = fake_app(FakeAsr(["where is my order"]), FakeLlm(["It ships tomorrow."]))
     async with running_server(app) as base_url:
