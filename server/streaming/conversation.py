@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
@@ -595,6 +596,10 @@ class Conversation:
                 masked = False
                 if self._is_echo(vad_frame):
                     masked, probability = probability >= self._turns.options.threshold, 0.0
+                if (masked or probability >= self._turns.options.threshold) and log.isEnabledFor(
+                    logging.DEBUG
+                ):
+                    self._log_gate(vad_frame.start_ms, masked)
                 classified = FrameClassified(vad_frame.start_ms, vad_frame.duration_ms, probability, masked)
                 self._turns.receive(classified, now_ms=vad_frame.start_ms + vad_frame.duration_ms)
                 await self._run_turn_actions()
@@ -670,6 +675,22 @@ class Conversation:
             self._metrics.echo_frames.inc()
             return True
         return False
+
+    def _log_gate(self, start_ms: int, masked: bool) -> None:
+        """A voiced frame over the reply, as the echo gate judged it (debug): its level against
+        the loudest the echo could have been, in dB; how near the gate came to the other side."""
+        gate = self._echo_gate
+        if gate is None or gate.last_limit is None:
+            return
+        fields = {
+            "session_id": self.config.id,
+            "start_ms": start_ms,
+            "masked": masked,
+            "mic_db": round(10 * math.log10(gate.last_power + 1.0), 1),
+            "limit_db": round(10 * math.log10(gate.last_limit + 1.0), 1),
+            "delay_frames": gate.delay_frames,
+        }
+        log.debug("echo gate frame", extra=fields)
 
     def _settle_echo_frames(self, *, echo: bool) -> None:
         """The voice whose frames the echo gate held was decided: the reply's echo, its words

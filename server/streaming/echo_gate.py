@@ -93,6 +93,10 @@ class EchoGate:
         self.delay_frames: int | None = None  # the echo's delay, once estimated
         self._since_estimate = 0
         self._active_frames = 0  # frames with the reference playing, so far
+        # the last frame judged, for a debug trace: its power and the loudest the echo could
+        # have been (power units; None: no reference playing, so no echo)
+        self.last_power = 0.0
+        self.last_limit: float | None = None
 
     @property
     def echo_return(self) -> float | None:
@@ -112,6 +116,7 @@ class EchoGate:
         reply, before much echo has been heard, would otherwise be most of the history, and be
         taken for the echo."""
         power = _power(mic)
+        self.last_power, self.last_limit = power, None
         self._references.append(_power(reference))
         self._mics.append(power)
         self._frames += 1
@@ -133,7 +138,8 @@ class EchoGate:
             self._teach([self._pending.popleft()])
         if echo_return is None:
             echo_return = 10 ** (self.options.initial_return_db / 10)
-        return power <= echo_return * envelope * self._margin
+        self.last_limit = echo_return * envelope * self._margin
+        return power <= self.last_limit
 
     def settle_held(self, *, echo: bool) -> None:
         """The voice heard over the held frames was decided: the reply's own echo, or noise

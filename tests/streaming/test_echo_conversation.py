@@ -6,6 +6,7 @@ plays to the end. (Fake models, named as such: the reply is a 220 Hz tone.)"""
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import replace
 
 import numpy as np
@@ -111,10 +112,20 @@ def test_the_replys_echo_interrupts_it_only_without_echo_handling(
     assert (len(port.all(SpeechStarted)) > 1) is interrupted
 
 
-def test_behind_the_echo_gate_a_caller_louder_than_the_echo_still_interrupts() -> None:
-    port, statuses = run_with_echo(False, echo_gate=True, barge_in=tone(800, amplitude=16000))
+def test_behind_the_echo_gate_a_caller_louder_than_the_echo_still_interrupts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="server.streaming.conversation"):
+        port, statuses = run_with_echo(False, echo_gate=True, barge_in=tone(800, amplitude=16000))
     assert statuses[0] == "cancelled"
     assert len(port.all(SpeechStarted)) == 2
+    # the debug trace of the gate's voiced frames: the echo's under its limit, the caller's over
+    traced = [r for r in caplog.records if r.getMessage() == "echo gate frame"]
+    masked = [r for r in traced if r.__dict__["masked"]]
+    passed = [r for r in traced if not r.__dict__["masked"]]
+    assert masked and passed
+    assert all(r.__dict__["mic_db"] <= r.__dict__["limit_db"] for r in masked)
+    assert all(r.__dict__["mic_db"] > r.__dict__["limit_db"] - 0.1 for r in passed)
 
 
 def test_without_echo_cancellation_the_echo_guard_keeps_the_reply_in_words_mode() -> None:

@@ -248,3 +248,19 @@ def test_once_the_delay_is_known_the_learned_ratios_are_measured_against_it() ->
     assert 10 * np.log10(gate.echo_return) == pytest.approx(-12, abs=3)
     loud = [i for i in reply if np.sqrt(np.mean(frames(mic)[i].samples.astype(float) ** 2)) > 200]
     assert sum(not decisions[i] for i in loud) <= len(loud) // 20
+
+
+def test_each_decision_leaves_the_frames_level_and_the_echos_limit_for_a_trace() -> None:
+    """`last_power` and `last_limit` (the debug log's "echo gate frame"): a frame is echo
+    exactly when its power is within the limit; with no reference playing there is none."""
+    reference = speechlike(4, seed=11)
+    gate = EchoGate(EchoGateOptions(), frame_ms=32)
+    mic = echo_of(reference, 120, -12) + speechlike(4, seed=12, level=1500.0) * (
+        np.arange(len(reference)) > 2 * RATE
+    )
+    for m, r in zip(frames(mic), frames(reference), strict=True):
+        echo = gate.is_echo(m, r)
+        assert gate.last_limit is not None and echo == (gate.last_power <= gate.last_limit)
+    gate = EchoGate(EchoGateOptions(), frame_ms=32)
+    assert not gate.is_echo(frames(mic)[-1], PcmFrame(np.zeros(FRAME, np.int16), RATE))
+    assert gate.last_limit is None and gate.last_power > 0
