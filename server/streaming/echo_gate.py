@@ -86,6 +86,10 @@ class EchoGate:
         self._taught: deque[int] = deque(maxlen=self._history)
         self._returns: deque[float] = deque(maxlen=self._history)
         self._held: deque[int] = deque(maxlen=self._history)  # ... of a voice not yet decided
+        # frames of a voice settled as the caller's: their energy follows the caller, not the
+        # reply, and would pull the delay estimate away from the echo's (live, from 4 frames to
+        # 8-10 after a listener's "uh-huh", and the resumed reply's echo passed the gate)
+        self._callers: deque[int] = deque(maxlen=self._history)
         self._pending: deque[int] = deque()  # ... the newest, which may be a voice's onset
         self._pending_frames = -(-options.onset_ms // frame_ms)
         self._margin = 10 ** (options.margin_db / 10)
@@ -121,7 +125,7 @@ class EchoGate:
         self._mics.append(power)
         self._frames += 1
         self._since_estimate += 1
-        if self._since_estimate >= 8:
+        if self._since_estimate >= 8 and not self._held:  # a voice being heard: wait for its verdict
             self._since_estimate = 0
             self._estimate_delay()
         envelope = self._envelope_of(self._frames - 1)
@@ -147,6 +151,8 @@ class EchoGate:
         the caller's words (forgotten)."""
         if echo:
             self._teach(self._held)
+        else:
+            self._callers.extend(self._held)
         self._held.clear()
 
     def _teach(self, frames: Iterable[int]) -> None:
@@ -202,15 +208,20 @@ class EchoGate:
         refs = np.log10(np.fromiter(self._references, dtype=np.float64) + 1.0)
         active_log = float(np.log10(self._active + 1.0))
         mics = np.log10(np.fromiter(self._mics, dtype=np.float64) + 1.0)
+        first = self._frames - count  # the frame number of mics[0]
+        callers = np.zeros(count, dtype=bool)
+        for frame in self._callers:
+            if frame >= first:
+                callers[frame - first] = True
         correlations: dict[int, float] = {}
         for lag in range(self._window + 1):
             n = min(count, len(refs) - lag)  # the newest frames that have a reference `lag` before
             if n * self.frame_ms < self.options.min_history_ms:
                 continue
             ref, mic = refs[len(refs) - lag - n : len(refs) - lag], mics[count - n :]
-            # only while the reply played: the caller's question, with no reply, says nothing
-            # of the delay and would hide it
-            playing = ref >= active_log
+            # only while the reply played and the caller did not talk over it: the caller's
+            # question, with no reply, says nothing of the delay and would hide it
+            playing = (ref >= active_log) & ~callers[count - n :]
             if int(np.count_nonzero(playing)) * self.frame_ms < self.options.min_history_ms:
                 continue
             ref, mic = ref[playing], mic[playing]

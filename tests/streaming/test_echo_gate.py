@@ -264,3 +264,26 @@ def test_each_decision_leaves_the_frames_level_and_the_echos_limit_for_a_trace()
     gate = EchoGate(EchoGateOptions(), frame_ms=32)
     assert not gate.is_echo(frames(mic)[-1], PcmFrame(np.zeros(FRAME, np.int16), RATE))
     assert gate.last_limit is None and gate.last_power > 0
+
+
+@pytest.mark.parametrize("seed", [21, 22, 23])
+def test_a_caller_talking_over_the_reply_does_not_move_the_delay(seed: int) -> None:
+    """Live, after a listener's "uh-huh" over a -12 dB echo 128 ms late, the delay estimate
+    went from 4 frames to 8-10: the caller's loud frames were in the correlation, and the
+    resumed reply's echo then passed the gate. A voice is left out of the estimate: while it is
+    heard (no estimate), and once it is settled as the caller's."""
+    reference = speechlike(9, seed=seed)
+    caller = np.zeros_like(reference)
+    start = 5 * RATE
+    caller[start : start + RATE] = speechlike(1, seed=seed + 100, level=9000.0)
+    mic = echo_of(reference, 128, -12) + caller + np.random.default_rng(seed).normal(0, 20, len(reference))
+    gate = EchoGate(EchoGateOptions(), frame_ms=32)
+    spoken = range(start // FRAME - 1, (start + RATE) // FRAME + 2)
+    delays = []
+    for i, (m, r) in enumerate(zip(frames(mic), frames(reference), strict=True)):
+        gate.is_echo(m, r, hold=i in spoken)
+        if i == spoken[-1]:
+            gate.settle_held(echo=False)
+        if i > spoken[-1]:
+            delays.append(gate.delay_frames)
+    assert set(delays) == {4}
