@@ -424,8 +424,13 @@ class _SessionRunner:
         kind = item.event.get("type")
         if not self._asked and kind == "response.created" and self._greeting_started_s is None:
             self._greeting_started_s = item.t  # the server speaks first: a session greeting
-        elif not self._asked and kind == "response.done" and self._greeting_started_s is not None:
-            self.result.greeting_ms = self.result.greeting_ms or (item.t - self._greeting_started_s) * 1000
+        elif (
+            not self._asked
+            and kind == "response.done"
+            and self._greeting_started_s is not None
+            and self.result.greeting_ms is None
+        ):
+            self.result.greeting_ms = (item.t - self._greeting_started_s) * 1000
         error = item.event.get("error") if kind == "error" else None
         if isinstance(error, dict):
             self._error(

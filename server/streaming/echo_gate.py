@@ -148,7 +148,7 @@ class EchoGate:
     def settle_held(self, *, echo: bool) -> None:
         """The voice heard over the held frames was decided: the reply's own echo, or noise
         (`echo`: they teach the return: an echo louder than the gate expected is learned), or
-        the caller's words (forgotten)."""
+        the caller's words (they teach nothing, and are left out of the delay estimate)."""
         if echo:
             self._teach(self._held)
         else:
