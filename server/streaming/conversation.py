@@ -219,6 +219,9 @@ class Conversation:
         # the words the TurnTaker last heard over a paused reply, the input they cover and
         # their spans as the recogniser placed them (put on the input's clock only when new)
         self._overlap_heard: tuple[str, int | None, tuple[WordSpan, ...] | None] | None = None
+        # the silence heard before the reply resumed under the caller's listener words, while
+        # the overlap is judged (ResumeReply(under_voice=True)); reported with its IgnoreOverlap
+        self._overlap_silence_ms = 0.0
         self._stop_requested = False
         self._speech_end_s: float | None = None
         self._model_detects_turns = False  # the model's VAD ends the turns (DetectsTurns)
@@ -769,11 +772,13 @@ class Conversation:
             case EndCapture():
                 await self._drop_capture()
             case CancelReply(reason=reason):
+                self._overlap_silence_ms = 0.0
                 await self._replies.cancel(reason=reason)
             case PauseReply(reply_id=reply_id):
                 self._replies.pause(reply_id)
-            case ResumeReply(reply_id=reply_id):
-                self._replies.resume(reply_id)
+            case ResumeReply(reply_id=reply_id, under_voice=under_voice):
+                silence_ms = self._replies.resume(reply_id)
+                self._overlap_silence_ms = self._overlap_silence_ms + silence_ms if under_voice else 0.0
             case IgnoreOverlap():
                 await self._ignore_overlap(action)
             case AnnounceSpeechStarted(audio_start_ms=start_ms):
@@ -805,9 +810,11 @@ class Conversation:
         if not action.keeps_capture:  # else a voice may continue it: the recogniser hears on
             await self._drop_capture()
         self._metrics.false_interruptions.labels(kind=action.kind.value).inc()
+        silence_before_ms, self._overlap_silence_ms = self._overlap_silence_ms, 0.0
         if action.paused_reply is None:
             return
-        silence_ms = self._replies.resume(action.paused_reply)
+        # (a reply that already talks on under the caller's words is not paused: resume() is 0)
+        silence_ms = self._replies.resume(action.paused_reply) + silence_before_ms
         self._metrics.barge_in_silence.observe(silence_ms / 1000)
         reply = self._replies.current
         log.info(

@@ -81,6 +81,16 @@ INTERRUPTION_WORDS = frozenset(
     }
 )  # fmt: skip
 
+# the words a reply talks on under while an overlap is judged: a listener's tokens, and what the
+# recogniser makes of a hum's start ("oh", "ah"); not "i", "the", "you", with which sentences
+# begin as often
+TALK_OVER_WORDS = frozenset(
+    {
+        "okay", "ok", "yeah", "yep", "yup", "yes", "right", "alright", "sure", "uh-huh", "uhhuh",
+        "mm-hmm", "mmhmm", "mhm", "hmm", "mm", "mmm", "hm", "aha", "oh", "ah",
+    }
+)  # fmt: skip
+
 # ... except where the room has been heard to echo: the recogniser makes these of a listener's
 # "uh-huh" over the reply's echo ("oh hello", "well" then "hello", "you don't" at -12 dB in
 # measure_overlaps: espeak's held-out voices and flite's awb; live, with the words logged,
@@ -139,6 +149,11 @@ class InterruptionPolicy:
     # ("dakota where i'm" for flite kal's "okay" at -12 dB) ...
     word_gap_ms: int = 300
     word_rest_max_ms: int = 400  # ... if it stops within this much voice (live: "kay" 240 ms)
+    # while an overlap is undecided, the paused reply talks on under the caller's words once
+    # its voice has lasted this long, as long as they are all `talk_over_words` (0: off; see
+    # TurnTaker._talk_over)
+    talk_over_after_ms: int = 250
+    talk_over_words: frozenset[str] = field(default=TALK_OVER_WORDS)
     echo_min_words: int = 2  # words heard before they can be judged an echo of the reply
     echo_share: float = 0.6  # ... and the share of them among the reply's latest words
     echo_window_words: int = 40  # the reply's latest words (text runs ahead of the audio)

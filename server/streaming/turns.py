@@ -84,7 +84,8 @@ stopped, commit, reply). No capture, no speculation, no overlap judging: the mod
 
 Invariants:
 - A paused reply is resumed (IgnoreOverlap, or ResumeReply when the input is cleared) or
-  cancelled (CancelReply) or ends by itself; PauseReply is issued at most once per overlap.
+  cancelled (CancelReply) or ends by itself. PauseReply is issued once per overlap, and again
+  only after a ResumeReply(under_voice=True) in the same overlap.
 - Every AnnounceSpeechStopped follows an AnnounceSpeechStarted of the same turn.
 - CancelReply is issued at most once per reply, and only for the active reply.
 - All times are input-stream milliseconds; nothing here reads a clock.
@@ -105,6 +106,7 @@ from server.streaming.interruptions import (
     callers_words,
     classify_overlap,
     echoes_reply,
+    words_of,
 )
 from server.vad.detector import DetectorOptions, SpeechDetector, VoiceStarted, VoiceStopped
 
@@ -301,17 +303,20 @@ class CancelReply:
 
 @dataclass(frozen=True, slots=True)
 class PauseReply:
-    """The caller is talking over the reply: stop sending its audio, keep the rest queued."""
+    """The caller is talking over the reply: stop sending its audio, keep the rest queued
+    (again, after a `ResumeReply(under_voice=True)`, once their words are not a listener's)."""
 
     reply_id: int
 
 
 @dataclass(frozen=True, slots=True)
 class ResumeReply:
-    """The client cleared the input while the reply was paused: send its audio again from
-    where it stopped."""
+    """Send the paused reply's audio again from where it stopped: the client cleared the
+    input, or (`under_voice`) the caller's words so far are a listener's and the reply talks
+    on under them while the overlap is judged (`InterruptionPolicy.talk_over_after_ms`)."""
 
     reply_id: int
+    under_voice: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,6 +407,7 @@ class TurnTaker:
         self._scored = False  # semantic mode: this pause's words were scored
         self._completion: float | None = None  # ... and their score (None: cannot be scored)
         self._paused_reply: int | None = None  # the active reply, paused by this overlap
+        self._talking_over = False  # ... and resumed under the caller's listener words since
         self._over_reply = False  # the caller's current voice began over a reply (it paused it)
         self._overlap_words = ""  # the recogniser's words for the speech over the reply
         self._overlap_spans: tuple[WordSpan, ...] | None = None  # ... placed (None: unplaced)
@@ -506,6 +512,7 @@ class TurnTaker:
                     # ... queen of clubs", the reply having ended meanwhile) starts a turn
                     # at its onset, so its first words are not lost
                     self._paused_reply = None
+                    self._talking_over = False
             case InputCleared():
                 if self.state is UserState.PREPARED:
                     self._actions.append(AbandonPreparedReply())
@@ -628,12 +635,14 @@ class TurnTaker:
         self._rejoin = None
 
     def _resume_paused(self) -> None:
-        if self._paused_reply is not None:
+        if self._paused_reply is not None and not self._talking_over:
             self._actions.append(ResumeReply(self._paused_reply))
-            self._paused_reply = None
+        self._paused_reply = None
+        self._talking_over = False
 
     def _ignore_overlap(self, kind: OverlapKind, end_ms: int) -> None:
         paused, self._paused_reply = self._paused_reply, None
+        self._talking_over = False
         self._over_reply = False
         policy = self.options.interruption
         self._rejoin = None
@@ -661,6 +670,7 @@ class TurnTaker:
             self._actions.append(CancelReply(self._active_reply, reason="turn_detected"))
             self._active_reply = None
         self._paused_reply = None
+        self._talking_over = False
         self._over_reply = False
         self._actions.append(AnnounceSpeechStarted(audio_start_ms=self._onset_ms))
         if self.state is UserState.OVERLAP_ENDING:
@@ -725,6 +735,34 @@ class TurnTaker:
             self._take_floor(now_ms)
         elif kind is not None:
             self._ignore_overlap(kind, self._voice_end_ms)
+        else:
+            self._talk_over(now_ms, words, policy)
+
+    def _talk_over(self, now_ms: int, words: str, policy: InterruptionPolicy) -> None:
+        """While the overlap is undecided, the paused reply plays on under a listener's word:
+        once its voice has lasted `talk_over_after_ms`, as long as every word heard so far is
+        one of `talk_over_words` ("yeah", "okay", "oh" for a hum); paused again as soon as one
+        is not. A listener's "okay" lasts 500-700 ms and is judged only once it has ended and
+        settled: the reply would stop for all of it. A pause or resume shorter than the
+        client's buffered lead is never heard, so the recogniser's changing guesses cost
+        nothing. Not for a voice that continues a backchannel or goes on over the reply's first
+        words: those callers are more likely going on."""
+        if policy.talk_over_after_ms <= 0 or self._paused_reply is None:
+            return
+        heard = words_of(words)
+        listening = (
+            bool(heard)
+            and all(word in policy.talk_over_words for word in heard)
+            and now_ms - self._voice_onset_ms >= policy.talk_over_after_ms
+            and self._continuing is None
+            and not self._going_on(policy)
+        )
+        if listening and not self._talking_over:
+            self._actions.append(ResumeReply(self._paused_reply, under_voice=True))
+            self._talking_over = True
+        elif not listening and self._talking_over:
+            self._actions.append(PauseReply(self._paused_reply))
+            self._talking_over = False
 
     def _finishes_word(self) -> bool:
         """The voice that just began, within `word_gap_ms` of a backchannel's voice too short

@@ -29,6 +29,7 @@ from tests.streaming.virtual_time import run_virtual
 POLICY = InterruptionPolicy()
 WORDS = ConversationOptions()
 WORDS = replace(WORDS, turn=replace(WORDS.turn, interruption=POLICY))
+PAUSING = replace(WORDS, turn=replace(WORDS.turn, interruption=replace(POLICY, talk_over_after_ms=0)))
 
 
 def converse_words(
@@ -90,6 +91,8 @@ def longest_gap_ms(chunks: list[tuple[float, float]]) -> float:
 
 
 def test_backchannel_pauses_the_reply_and_it_goes_on_where_it_stopped() -> None:
+    """With the reply paused until the backchannel is judged (`talk_over_after_ms` 0; talking
+    on under it: the next test)."""
     llm = FakeLlm([LONG_REPLY])
     spoken: dict[str, float] = {}
 
@@ -112,7 +115,7 @@ def test_backchannel_pauses_the_reply_and_it_goes_on_where_it_stopped() -> None:
 
     alone, _ = converse_words(undisturbed, FakeAsr(["where is my order"]), FakeLlm([LONG_REPLY]))
     asr = FakeAsr(["where is my order", "yeah"])
-    port, events = converse_words(script, asr, llm)
+    port, events = converse_words(script, asr, llm, options=PAUSING)
     (response_id,) = {a.response_id for a in port.all(ResponseAudio)}
     # the "yeah"'s capture stayed open for a voice that might continue it, and no longer:
     # padding, the "yeah", its hangover and settling, then rejoin_within_ms (a frame's slack)
@@ -132,6 +135,46 @@ def test_backchannel_pauses_the_reply_and_it_goes_on_where_it_stopped() -> None:
     # the caller heard silence from when their buffer (<= the playout lead) ran dry to the
     # resumption: the voice's end + settle_ms, at most
     assert 0 < false.silence_ms <= 400 + 90 + POLICY.settle_ms
+    assert not any(isinstance(e, Interrupted) for e in events)
+
+
+def test_the_reply_talks_on_under_a_listeners_long_okay() -> None:
+    """A 700 ms "okay" (flite kal's): the reply pauses at pause_after_ms, resumes once the voice
+    has lasted talk_over_after_ms with a listener's word heard, and plays on under it; the
+    backchannel is judged as ever, and the caller heard no silence (the client's buffer
+    outlasted the pause)."""
+    llm = FakeLlm([LONG_REPLY])
+    spoken: dict[str, float] = {}
+
+    async def script(port: MemoryPort, _: Conversation) -> None:
+        loop = asyncio.get_running_loop()
+        await port.stream(tone(600))
+        await port.stream_until(ResponseAudio)
+        await port.stream(silence(800))
+        spoken["onset_s"] = loop.time()
+        await port.stream(tone(700))  # "okay", over the reply
+        spoken["end_s"] = loop.time()
+        done = await port.stream_until(ResponseEnded)
+        assert isinstance(done.output, ResponseEnded)
+        assert done.output.status == "completed"
+
+    async def undisturbed(port: MemoryPort, _: Conversation) -> None:
+        await port.stream(tone(600))
+        await port.stream_until(ResponseEnded)
+
+    alone, _ = converse_words(undisturbed, FakeAsr(["where is my order"]), FakeLlm([LONG_REPLY]))
+    port, events = converse_words(script, FakeAsr(["where is my order", "okay"]), llm)
+    (response_id,) = {a.response_id for a in port.all(ResponseAudio)}
+    assert [a.audio for a in port.all(ResponseAudio)] == [a.audio for a in alone.all(ResponseAudio)]
+    assert len(llm.calls) == 1 and len(port.all(SpeechStarted)) == 1
+    assert port.all(ItemTruncated) == []
+    chunks = reply_audio(port, response_id)
+    talk_over_s = (POLICY.talk_over_after_ms + 40) / 1000
+    under = [at for at, _ in chunks if spoken["onset_s"] + talk_over_s < at < spoken["end_s"]]
+    assert under  # sent while the caller's "okay" still sounded
+    (false,) = [e for e in events if isinstance(e, FalseInterruption)]
+    assert (false.kind, false.transcript) == ("backchannel", "okay")
+    assert false.silence_ms == 0  # resumed before the client's buffered lead ran out
     assert not any(isinstance(e, Interrupted) for e in events)
 
 

@@ -39,8 +39,11 @@ from server.streaming.turns import (
 )
 from tests.streaming.test_turns import FRAME_MS, OPTIONS, feed, kinds
 
-POLICY = InterruptionPolicy(pause_after_ms=120, decide_within_ms=1000, settle_ms=150)
+# the rules that judge an overlap, with the reply paused until they have (talking on under a
+# listener's words has its own tests, at the end, with the default policy)
+POLICY = InterruptionPolicy(pause_after_ms=120, decide_within_ms=1000, settle_ms=150, talk_over_after_ms=0)
 WORDS = replace(OPTIONS, interruption=POLICY)
+TALKING = replace(OPTIONS, interruption=InterruptionPolicy())
 
 
 def replying(options: TurnOptions = WORDS, reply_id: int = 5) -> TurnTaker:
@@ -798,3 +801,104 @@ def test_the_echo_passing_the_gate_after_a_backchannel_does_not_make_it_a_senten
     assert PauseReply in kinds(later)  # a voice just after a backchannel pauses at once
     assert CancelReply not in kinds(later)
     assert next(a for _, a in later if isinstance(a, IgnoreOverlap)).kind is OverlapKind.BACKCHANNEL
+
+
+# -- talking on under a listener's words (`talk_over_after_ms`)
+
+
+def test_the_reply_talks_on_under_a_listeners_word_while_it_is_judged() -> None:
+    """flite kal's "okay" lasts 700 ms and is judged only once it has ended and settled: the
+    reply would stop for all of it. Once the voice has lasted talk_over_after_ms and its words
+    are a listener's, the reply resumes under it; the backchannel is then judged as ever."""
+    taker = replying(TALKING)
+    timeline = run(taker, ["S" * 10, WordsHeard("oh"), "S" * 5, WordsHeard("okay"), "S" * 20 + "." * 20])
+    assert kinds(timeline) == [BeginCapture, PauseReply, ResumeReply, IgnoreOverlap]
+    resumed_at, resumed = next((t, a) for t, a in timeline if isinstance(a, ResumeReply))
+    assert resumed == ResumeReply(5, under_voice=True)
+    assert resumed_at == 260  # the end of the first frame past talk_over_after_ms (250)
+    ignored = next(a for _, a in timeline if isinstance(a, IgnoreOverlap))
+    assert (ignored.kind, ignored.words, ignored.paused_reply) == (OverlapKind.BACKCHANNEL, "okay", 5)
+    assert taker.active_reply == 5
+
+
+def test_a_word_that_is_not_a_listeners_pauses_the_talked_over_reply_again() -> None:
+    """ "okay but where is my order" said at once: the reply talks on under "okay", pauses
+    again when the recogniser hears "but", and is cancelled once "but" is settled."""
+    taker = replying(TALKING)
+    script: list[str | WordsHeard] = [
+        "S" * 15,
+        WordsHeard("okay"),
+        "S" * 3,
+        WordsHeard("okay but"),
+        "S" * 3,
+        WordsHeard("okay but where"),
+        "S" * 10,
+    ]
+    timeline = run(taker, script)
+    assert kinds(timeline)[:6] == [
+        BeginCapture,
+        PauseReply,
+        ResumeReply,
+        PauseReply,
+        CancelReply,
+        AnnounceSpeechStarted,
+    ]
+    times = [t for t, _ in timeline]
+    assert times[2:5] == [300, 360, 420]  # resumed at "okay", paused at "but", cancelled at "where"
+
+
+def test_the_recognisers_changing_guess_resumes_and_pauses_the_reply_with_it() -> None:
+    """Espeak's "yeah" was heard as "yeah", then "you", then "yes": the reply pauses while the
+    guess is not a listener's token (a pause shorter than the client's lead is never heard)."""
+    taker = replying(TALKING)
+    script: list[str | WordsHeard] = ["S" * 15, WordsHeard("yeah"), "S" * 3, WordsHeard("you"), "S" * 3]
+    script += [WordsHeard("yes"), "S" * 2 + "." * 20]
+    timeline = run(taker, script)
+    assert kinds(timeline) == [BeginCapture, PauseReply, ResumeReply, PauseReply, ResumeReply, IgnoreOverlap]
+
+
+@pytest.mark.parametrize("words", ["i", "the", "you", "okay i", "where", ""])
+def test_a_sentences_first_words_are_not_talked_over(words: str) -> None:
+    """ "i", "the", "you" begin sentences as often as they end a listener's guess; no words
+    yet is no listener's word either."""
+    taker = replying(TALKING)
+    timeline = run(taker, ["S" * 15, WordsHeard(words), "S" * 10])
+    assert ResumeReply not in kinds(timeline)
+
+
+def test_no_talking_over_before_the_voice_has_lasted_talk_over_after_ms() -> None:
+    """A listener's word heard early ("yeah" 160 ms into the voice) waits for the voice to
+    last talk_over_after_ms: a caller who says "yeah" and goes on has, by then, often begun
+    their next word."""
+    taker = replying(TALKING)
+    timeline = run(taker, ["S" * 8, WordsHeard("yeah"), "S" * 10])
+    resumed_at = next(t for t, a in timeline if isinstance(a, ResumeReply))
+    assert resumed_at >= InterruptionPolicy().talk_over_after_ms
+    off = replying(replace(OPTIONS, interruption=InterruptionPolicy(talk_over_after_ms=0)))
+    assert ResumeReply not in kinds(run(off, ["S" * 8, WordsHeard("yeah"), "S" * 10]))
+
+
+def test_a_voice_that_continues_a_backchannel_is_not_talked_over() -> None:
+    """ "okay ... okay but": a caller who goes on after a listener's word is more likely going
+    on; the reply stays paused until the words are judged."""
+    taker = replying(TALKING)
+    run(taker, ["S" * 15, WordsHeard("okay"), "." * 20])
+    timeline = run(taker, ["." * 5 + "S" * 20, WordsHeard("okay okay"), "S" * 5], start_ms=700)
+    assert kinds(timeline)[:2] == [BeginCapture, PauseReply]
+    assert ResumeReply not in kinds(timeline)
+
+
+def test_a_caller_going_on_over_their_replys_first_words_is_not_talked_over() -> None:
+    taker = TurnTaker(TALKING)
+    run(taker, ["S" * 20 + "." * 16])  # voice end 400, committed at 700
+    taker.receive(ReplyStarted(5), 720)
+    timeline = run(taker, ["S" * 15, WordsHeard("yeah"), "S" * 5], start_ms=720)
+    assert PauseReply in kinds(timeline) and ResumeReply not in kinds(timeline)
+
+
+def test_clearing_the_input_while_talking_over_sends_no_second_resume() -> None:
+    taker = replying(TALKING)
+    run(taker, ["S" * 15, WordsHeard("okay"), "S" * 2])
+    taker.receive(InputCleared(), 340)
+    assert ResumeReply not in kinds([(340, a) for a in taker.actions()])
+    assert taker.state is UserState.LISTENING and taker.active_reply == 5
