@@ -56,6 +56,7 @@ import pocketsphinx
 import soxr
 from numpy.typing import NDArray
 
+from loadtests.bench_barge_in import voice_lag_ms
 from loadtests.corpus import (
     DEFAULT_CACHE_DIR,
     SAMPLE_RATE_HZ,
@@ -119,6 +120,43 @@ REPLY_VOICE = ("espeak", "en-us")  # the reply's voice, for its echo (`--echo-db
 CLIENT_LEAD_MS = PlayoutOptions().lead_ms  # a paused reply plays on this long (the client's buffer)
 
 
+class ClientBuffer:
+    """The reply audio the client holds unplayed, as the server's playout keeps it
+    (server/streaming/playout.py): `lead_ms` while the reply plays, `resume_lead_ms` just after a
+    resume growing back by `resume_lead_ramp` per ms, drained while the server sends nothing.
+    The caller hears silence once a pause has outlasted what the buffer held."""
+
+    def __init__(self, options: PlayoutOptions | None = None) -> None:
+        self._options = options or PlayoutOptions()
+        self._paused_at_ms: int | None = None
+        self._held_at_pause_ms = 0.0
+        self._resumed_at_ms: int | None = None
+        self._held_at_resume_ms = 0.0
+        self.silent_ms = 0.0  # silence heard so far
+
+    def held_ms(self, now_ms: int) -> float:
+        options = self._options
+        if self._paused_at_ms is not None:
+            return max(0.0, self._held_at_pause_ms - (now_ms - self._paused_at_ms))
+        if self._resumed_at_ms is None:
+            return float(options.lead_ms)
+        since = now_ms - self._resumed_at_ms
+        grown = min(float(options.lead_ms), options.resume_lead_ms + options.resume_lead_ramp * since)
+        return max(grown, self._held_at_resume_ms - since)  # the server sends only below the lead
+
+    def pause(self, now_ms: int) -> None:
+        if self._paused_at_ms is None:
+            self._held_at_pause_ms = self.held_ms(now_ms)
+            self._paused_at_ms = now_ms
+
+    def resume(self, now_ms: int) -> None:
+        if self._paused_at_ms is None:
+            return
+        self.silent_ms += max(0.0, (now_ms - self._paused_at_ms) - self._held_at_pause_ms)
+        self._held_at_resume_ms = self.held_ms(now_ms)
+        self._paused_at_ms, self._resumed_at_ms = None, now_ms
+
+
 class EchoedReply:
     """The reply as a speakerphone brings it back (`--echo-db`): the player plays the reply
     from the start of the replay, stops `CLIENT_LEAD_MS` after the server pauses it (the
@@ -172,9 +210,12 @@ class Outcome:
     kind: str  # the first decision: cancelled | resumed:<kind> | nothing (never paused, no decision)
     decided_after_ms: int | None  # from the first voiced frame of the clip
     words: str
-    paused_ms: int | None = None  # from PauseReply to the first decision
+    paused_ms: int | None = None  # from PauseReply to the first decision (or an earlier resume)
+    silent_ms: float | None = None  # resumed: the silence the caller heard (`ClientBuffer`)
     cancelled: bool = False  # the reply was cancelled at some point (after a resume, too)
     stale_ms: int | None = None  # cancelled: the reply's playing time after the first voiced frame
+    # ... and after the voice that takes the floor (a listener-led clip's: after its pause)
+    floor_stale_ms: int | None = None
     greeting_cancelled: bool = False  # `--greeting`: its own echo cancelled it (a self-interruption)
 
 
@@ -251,7 +292,11 @@ def replay(
     first_voice_ms: int | None = None
     first: tuple[str, int] | None = None
     paused_at_ms: int | None = None
+    resumed_at_ms: int | None = None  # the first resume after the first pause
+    client = ClientBuffer()
     playing, cancelled_at_ms, played_after_voice_ms = True, None, 0
+    floor_voice_ms = clip_at_ms + clip.speech_start_ms + voice_lag_ms(clip)  # (`voice_lag_ms`)
+    played_after_floor_ms = 0
     for i in range(0, len(audio) - frame + 1, frame):
         start_ms = i * 1000 // rate
         end_ms = start_ms + silero.FRAME_MS
@@ -278,6 +323,7 @@ def replay(
             first_voice_ms = start_ms
         if playing and first_voice_ms is not None and cancelled_at_ms is None:
             played_after_voice_ms += silero.FRAME_MS
+            played_after_floor_ms += silero.FRAME_MS if start_ms >= floor_voice_ms else 0
         masked = False
         if gate is not None and reference is not None:
             is_echo = gate.is_echo(PcmFrame(chunk, rate), PcmFrame(reference, rate), hold=taker.hears_voice)
@@ -324,11 +370,15 @@ def replay(
                 paused_at_ms = end_ms if paused_at_ms is None else paused_at_ms  # the first pause
                 playing = False
                 if reply is not None and reply.stops_at_ms is None:
-                    reply.stops_at_ms = end_ms + CLIENT_LEAD_MS
+                    reply.stops_at_ms = end_ms + round(client.held_ms(end_ms))
+                client.pause(end_ms)
             elif isinstance(action, ResumeReply) or (
                 isinstance(action, IgnoreOverlap) and action.paused_reply is not None
             ):
+                if not playing and paused_at_ms is not None and resumed_at_ms is None:
+                    resumed_at_ms = end_ms
                 playing = True
+                client.resume(end_ms)
                 if reply is not None:
                     reply.stops_at_ms = None
             if isinstance(action, CancelReply) and cancelled_at_ms is None:
@@ -343,12 +393,23 @@ def replay(
         canceller.close()
     base = first_voice_ms if first_voice_ms is not None else clip_at_ms
     stale_ms = played_after_voice_ms if cancelled_at_ms is not None else None
+    floor_stale_ms = played_after_floor_ms if cancelled_at_ms is not None else None
     if first is None:
         kind = "nothing" if paused_at_ms is None else "paused, undecided"
         return Outcome(
-            clip.name, group, kind, None, words, None, cancelled_at_ms is not None, stale_ms, greeting_stopped
+            clip.name,
+            group,
+            kind,
+            None,
+            words,
+            None,
+            None,
+            cancelled_at_ms is not None,
+            stale_ms,
+            greeting_stopped,
         )
-    paused_ms = None if paused_at_ms is None else first[1] - paused_at_ms
+    resumed_ms = first[1] if resumed_at_ms is None else min(first[1], resumed_at_ms)
+    paused_ms = None if paused_at_ms is None else resumed_ms - paused_at_ms
     return Outcome(
         clip.name,
         group,
@@ -356,8 +417,10 @@ def replay(
         first[1] - base,
         words,
         paused_ms,
+        client.silent_ms if paused_at_ms is not None else None,
         cancelled_at_ms is not None,
         stale_ms,
+        floor_stale_ms,
         greeting_stopped,
     )
 
@@ -419,9 +482,10 @@ def report(outcomes: Sequence[Outcome]) -> None:
     """Per group: the share with the wanted outcome (interruptions: cancelled, at once or
     after a resume; backchannels: never cancelled, and resumed or never paused, as when the
     echo gate takes a quiet one for the echo); when the first decision came (ms of voice); for
-    resumed clips, how long the reply was paused (the server's pause: the caller hears it less
-    the client's buffered lead); for cancelled ones, how much of the reply played after the
-    caller's first voiced frame (stale audio, resumed stretches included)."""
+    resumed clips, how long the reply was paused until it first resumed (the server's pause)
+    and the silence the caller heard (`ClientBuffer`: the pauses less what the client held);
+    for cancelled ones, how much of the reply played after the caller's first voiced frame
+    (stale audio, resumed stretches included)."""
     groups = sorted({o.group for o in outcomes})
     print(
         f"{'group':34} {'n':>3} {'wanted':>7}   {'decided after p50 / p90 / max':>30}"
@@ -434,9 +498,13 @@ def report(outcomes: Sequence[Outcome]) -> None:
             after = _spread([o.stale_ms for o in good if o.stale_ms is not None]) + " stale"
             late = sum(not o.kind.startswith("cancelled") for o in good)
             after += f" ({late} after a resume)" if late else ""
+            if "listener-led" in group:
+                floor = _spread([o.floor_stale_ms for o in good if o.floor_stale_ms is not None])
+                after += f"; from the voice after the pause {floor}"
         else:  # resumed, or never paused: the reply went on either way
             good = [o for o in rows if not o.cancelled and o.kind != "paused, undecided"]
-            after = _spread([o.paused_ms for o in good if o.paused_ms is not None]) + " paused"
+            after = _spread([o.paused_ms for o in good if o.paused_ms is not None]) + " paused; heard "
+            after += _spread([round(o.silent_ms) for o in good if o.silent_ms is not None])
         decided = _spread([o.decided_after_ms for o in good if o.decided_after_ms is not None])
         print(f"{group:34} {len(rows):>3} {len(good) / len(rows):>7.0%}   {decided:>30}   {after}")
 
@@ -471,6 +539,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="InterruptionPolicy.word_gap_ms (default: the server's; 0: off, a gap being at least the "
         "VAD's hangover)",
+    )
+    parser.add_argument(
+        "--talk-over-after-ms",
+        type=int,
+        default=None,
+        help="InterruptionPolicy.talk_over_after_ms (default: the server's; 0: off)",
     )
     parser.add_argument(
         "--count-voice-ms",
@@ -539,6 +613,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         policy = dataclasses.replace(policy, word_gap_ms=args.word_gap_ms)
     if args.count_voice_ms is not None:
         policy = dataclasses.replace(policy, count_voice_ms=args.count_voice_ms)
+    if args.talk_over_after_ms is not None:
+        policy = dataclasses.replace(policy, talk_over_after_ms=args.talk_over_after_ms)
     try:
         sets: list[tuple[str, list[Utterance]]] = [
             ("backchannel (bench voices)", load_backchannels(args.cache_dir)),
@@ -586,6 +662,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for o in outcomes:
             after = "" if o.decided_after_ms is None else f" after {o.decided_after_ms} ms"
             paused = "" if o.paused_ms is None else f" paused {o.paused_ms} ms"
+            paused += "" if not o.silent_ms or o.cancelled else f" (heard {o.silent_ms:.0f})"
             paused += (
                 f", cancelled later (stale {o.stale_ms} ms)" if o.cancelled and o.kind != "cancelled" else ""
             )
