@@ -34,11 +34,15 @@ With `--noises N`, the bench's synthetic noises too (door slam, cough, keyboard,
 not the server's rule: a frame the gate passes counts as the echo's when Silero finds no voice
 in WebRTC's echo canceller's output for it (BENCHMARKS.md, "A second VAD behind an echo
 canceller").
+`--asr-behind-canceller` (with `--echo-db`) is another: the recogniser hears WebRTC's echo
+canceller's output instead of the microphone (BENCHMARKS.md, "Talking on under a listener's
+word"). `--talk-over-after-ms 0` turns off talking on under a listener's word.
 
-Reported per group: backchannels resumed (wanted: all), and for interruptions: cancelled
-(wanted: all) and the voice time from the clip's first voiced frame to the cancel (the stale
-audio a caller hears is about this plus the transport). `--show` prints every clip with the
-words the rules saw.
+Reported per group: backchannels resumed (wanted: all), how long the reply was paused and the
+silence the caller heard (`ClientBuffer`); for interruptions: cancelled (wanted: all) and the
+reply's playing time from the clip's first voiced frame to the cancel (the stale audio a
+caller hears is about this plus the transport; for listener-led clips also from the voice
+after the pause). `--show` prints every clip with the words the rules saw.
 """
 
 from __future__ import annotations
@@ -235,6 +239,7 @@ def replay(
     echo: tuple[NDArray[np.int16], EchoOptions] | None = None,
     place_words: bool = True,
     residual_vad: bool = False,
+    asr_behind_canceller: bool = False,
     lead_ms: int = LEAD_MS,
     greeting: NDArray[np.int16] | None = None,
 ) -> Outcome:
@@ -252,7 +257,9 @@ def replay(
     them). `residual_vad` (with `echo`; an experiment, not the server's rule): a voiced frame the
     gate passes is still the echo's when the VAD finds no voice in WebRTC's echo canceller's
     output for it (`server.audio_processing`, AEC3), as if a second VAD listened behind a
-    canceller. `lead_ms`: how long the reply plays before the clip (its echo, before the caller's
+    canceller. `asr_behind_canceller` (with `echo`; an experiment, not the server's path): the
+    recogniser hears WebRTC's echo canceller's output instead of the microphone (the VAD and
+    the gate still judge the microphone). `lead_ms`: how long the reply plays before the clip (its echo, before the caller's
     voice, is all the gate and the rules know of the room). `greeting` (16 kHz, with `echo`):
     the session opens with this reply, which the caller lets play out; the reply the clip
     overlaps starts `GREETING_GAP_MS` after it ends."""
@@ -283,6 +290,10 @@ def replay(
         canceller = open_input_processor(ProcessingOptions(echo_cancellation=True), rate)
         residual_classifier = vad.open(0.5)
     residual = np.zeros(frame, np.int16)  # the canceller's latest frame of output
+    asr_canceller = None
+    if asr_behind_canceller and echo is not None:
+        asr_canceller = open_input_processor(ProcessingOptions(echo_cancellation=True), rate)
+    cleaned: list[NDArray[np.int16]] = []  # what the recogniser hears, frame by frame
     asr: pocketsphinx.Decoder | None = None
     # (audio ms decoded up to, the hypothesis then, its words placed on the replay's clock)
     decoded: list[tuple[int, str, tuple[WordSpan, ...]]] = []
@@ -314,8 +325,13 @@ def replay(
                 mixed = mixed + opening.echo(i, frame)
             mic[i : i + frame] = np.clip(np.round(mixed), -32768, 32767).astype(np.int16)
         chunk = mic[i : i + frame]
+        for_asr = chunk
+        if asr_canceller is not None:
+            ref = reference if reference is not None else np.zeros(frame, np.int16)
+            for_asr = asr_canceller.process(PcmFrame(chunk, rate), PcmFrame(ref, rate)).samples
+        cleaned.append(for_asr)
         if asr is not None:
-            asr.process_raw(chunk.tobytes(), False, False)
+            asr.process_raw(for_asr.tobytes(), False, False)
             decoded.append((end_ms, *_hypothesis(asr, capture_ms)))
         words, spans = next(((w, p) for at, w, p in reversed(decoded) if at <= end_ms - asr_lag_ms), ("", ()))
         probability = classifier.speech_probability(PcmFrame(chunk, rate))
@@ -345,7 +361,8 @@ def replay(
                 asr.start_utt()
                 decoded = []
                 capture_ms = max(0, action.from_ms - PREFIX_PADDING_MS)
-                asr.process_raw(mic[capture_ms * rate // 1000 : i + frame].tobytes(), False, False)
+                backlog = np.concatenate(cleaned)[capture_ms * rate // 1000 :]
+                asr.process_raw(backlog.tobytes(), False, False)
                 decoded.append((end_ms, *_hypothesis(asr, capture_ms)))
             elif isinstance(action, (IgnoreOverlap, DiscardNoise)) and not action.keeps_capture:
                 asr, decoded = None, []
@@ -391,6 +408,8 @@ def replay(
                 first = (f"resumed:{action.kind.value}", end_ms)
     if canceller is not None:
         canceller.close()
+    if asr_canceller is not None:
+        asr_canceller.close()
     base = first_voice_ms if first_voice_ms is not None else clip_at_ms
     stale_ms = played_after_voice_ms if cancelled_at_ms is not None else None
     floor_stale_ms = played_after_floor_ms if cancelled_at_ms is not None else None
@@ -594,6 +613,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="(with --echo-db) an experiment: a frame the gate passes is the echo's when the VAD hears "
         "no voice behind WebRTC's echo canceller",
     )
+    parser.add_argument(
+        "--asr-behind-canceller",
+        action="store_true",
+        help="(with --echo-db) an experiment: the recogniser hears WebRTC's echo canceller's output",
+    )
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
     args = parser.parse_args(argv)
     if args.residual_vad and args.echo_db is None:
@@ -652,6 +676,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             echo=echo,
             place_words=not args.unplaced_words,
             residual_vad=args.residual_vad,
+            asr_behind_canceller=args.asr_behind_canceller,
             lead_ms=args.lead_ms,
             greeting=greeting,
         )
