@@ -90,59 +90,12 @@ def longest_gap_ms(chunks: list[tuple[float, float]]) -> float:
     return max((b[0] - a[0]) * 1000 for a, b in zip(chunks, chunks[1:], strict=False))
 
 
-def test_backchannel_pauses_the_reply_and_it_goes_on_where_it_stopped() -> None:
-    """With the reply paused until the backchannel is judged (`talk_over_after_ms` 0; talking
-    on under it: the next test)."""
-    llm = FakeLlm([LONG_REPLY])
-    spoken: dict[str, float] = {}
-
-    async def script(port: MemoryPort, _: Conversation) -> None:
-        loop = asyncio.get_running_loop()
-        await port.stream(tone(600))
-        first = await port.stream_until(ResponseAudio)
-        assert isinstance(first.output, ResponseAudio)
-        await port.stream(silence(800))
-        spoken["onset_s"] = loop.time()
-        await port.stream(tone(400))  # "yeah", over the reply
-        spoken["end_s"] = loop.time()
-        done = await port.stream_until(ResponseEnded)
-        assert isinstance(done.output, ResponseEnded)
-        assert done.output.status == "completed"
-
-    async def undisturbed(port: MemoryPort, _: Conversation) -> None:
-        await port.stream(tone(600))
-        await port.stream_until(ResponseEnded)
-
-    alone, _ = converse_words(undisturbed, FakeAsr(["where is my order"]), FakeLlm([LONG_REPLY]))
-    asr = FakeAsr(["where is my order", "yeah"])
-    port, events = converse_words(script, asr, llm, options=PAUSING)
-    (response_id,) = {a.response_id for a in port.all(ResponseAudio)}
-    # the "yeah"'s capture stayed open for a voice that might continue it, and no longer:
-    # padding, the "yeah", its hangover and settling, then rejoin_within_ms (a frame's slack)
-    assert asr.streams[1].pushed_ms <= 300 + 400 + 90 + POLICY.settle_ms + POLICY.rejoin_within_ms + 40
-    chunks = reply_audio(port, response_id)
-    # nothing was lost or repeated: the audio sent is the whole reply, once, as without the "yeah"
-    assert [a.audio for a in port.all(ResponseAudio)] == [a.audio for a in alone.all(ResponseAudio)]
-    assert len(llm.calls) == 1  # "yeah" never reached the language model
-    assert len(port.all(SpeechStarted)) == 1  # the backchannel was never announced
-    assert port.all(ItemTruncated) == []
-    # the pause: nothing sent from pause_after_ms into the overlap until it was judged
-    paused = [at for at, _ in chunks if spoken["onset_s"] + 0.2 < at < spoken["end_s"]]
-    assert paused == []
-    assert longest_gap_ms(chunks) >= 400
-    (false,) = [e for e in events if isinstance(e, FalseInterruption)]
-    assert (false.kind, false.transcript) == ("backchannel", "yeah")
-    # the caller heard silence from when their buffer (<= the playout lead) ran dry to the
-    # resumption: the voice's end + settle_ms, at most
-    assert 0 < false.silence_ms <= 400 + 90 + POLICY.settle_ms
-    assert not any(isinstance(e, Interrupted) for e in events)
-
-
-def test_the_reply_talks_on_under_a_listeners_long_okay() -> None:
-    """A 700 ms "okay" (flite kal's): the reply pauses at pause_after_ms, resumes once the voice
-    has lasted talk_over_after_ms with a listener's word heard, and plays on under it; the
-    backchannel is judged as ever, and the caller heard no silence (the client's buffer
-    outlasted the pause)."""
+def listened_over(
+    listener_ms: int, word: str, options: ConversationOptions
+) -> tuple[MemoryPort, list[AgentEvent], FakeAsr, dict[str, float]]:
+    """A question; 800 ms into its long reply, `listener_ms` of a listener's `word`, which must
+    not stop it: checked against the same question's reply undisturbed. Returns the port, the
+    events, the recogniser and when the word began and ended (`onset_s`, `end_s`)."""
     llm = FakeLlm([LONG_REPLY])
     spoken: dict[str, float] = {}
 
@@ -152,7 +105,7 @@ def test_the_reply_talks_on_under_a_listeners_long_okay() -> None:
         await port.stream_until(ResponseAudio)
         await port.stream(silence(800))
         spoken["onset_s"] = loop.time()
-        await port.stream(tone(700))  # "okay", over the reply
+        await port.stream(tone(listener_ms))  # the word, over the reply
         spoken["end_s"] = loop.time()
         done = await port.stream_until(ResponseEnded)
         assert isinstance(done.output, ResponseEnded)
@@ -162,12 +115,45 @@ def test_the_reply_talks_on_under_a_listeners_long_okay() -> None:
         await port.stream(tone(600))
         await port.stream_until(ResponseEnded)
 
-    alone, _ = converse_words(undisturbed, FakeAsr(["where is my order"]), FakeLlm([LONG_REPLY]))
-    port, events = converse_words(script, FakeAsr(["where is my order", "okay"]), llm)
-    (response_id,) = {a.response_id for a in port.all(ResponseAudio)}
+    alone, _ = converse_words(undisturbed, FakeAsr(["where is my order"]), FakeLlm([LONG_REPLY]), options)
+    asr = FakeAsr(["where is my order", word])
+    port, events = converse_words(script, asr, llm, options)
+    # nothing was lost or repeated: the audio sent is the whole reply, once, as without the word
     assert [a.audio for a in port.all(ResponseAudio)] == [a.audio for a in alone.all(ResponseAudio)]
-    assert len(llm.calls) == 1 and len(port.all(SpeechStarted)) == 1
+    assert len(llm.calls) == 1  # the word never reached the language model
+    assert len(port.all(SpeechStarted)) == 1  # the backchannel was never announced
     assert port.all(ItemTruncated) == []
+    assert not any(isinstance(e, Interrupted) for e in events)
+    return port, events, asr, spoken
+
+
+def test_backchannel_pauses_the_reply_and_it_goes_on_where_it_stopped() -> None:
+    """With the reply paused until the backchannel is judged (`talk_over_after_ms` 0; talking
+    on under it: the next test)."""
+    port, events, asr, spoken = listened_over(400, "yeah", PAUSING)
+    (response_id,) = {a.response_id for a in port.all(ResponseAudio)}
+    # the "yeah"'s capture stayed open for a voice that might continue it, and no longer:
+    # padding, the "yeah", its hangover and settling, then rejoin_within_ms (a frame's slack)
+    assert asr.streams[1].pushed_ms <= 300 + 400 + 90 + POLICY.settle_ms + POLICY.rejoin_within_ms + 40
+    chunks = reply_audio(port, response_id)
+    # the pause: nothing sent from pause_after_ms into the overlap until it was judged
+    paused = [at for at, _ in chunks if spoken["onset_s"] + 0.2 < at < spoken["end_s"]]
+    assert paused == []
+    assert longest_gap_ms(chunks) >= 400
+    (false,) = [e for e in events if isinstance(e, FalseInterruption)]
+    assert (false.kind, false.transcript) == ("backchannel", "yeah")
+    # the caller heard silence from when their buffer (<= the playout lead) ran dry to the
+    # resumption: the voice's end + settle_ms, at most
+    assert 0 < false.silence_ms <= 400 + 90 + POLICY.settle_ms
+
+
+def test_the_reply_talks_on_under_a_listeners_long_okay() -> None:
+    """A 700 ms "okay" (flite kal's): the reply pauses at pause_after_ms, resumes once the voice
+    has lasted talk_over_after_ms with a listener's word heard, and plays on under it; the
+    backchannel is judged as ever, and the caller heard no silence (the client's buffer
+    outlasted the pause)."""
+    port, events, _, spoken = listened_over(700, "okay", WORDS)
+    (response_id,) = {a.response_id for a in port.all(ResponseAudio)}
     chunks = reply_audio(port, response_id)
     talk_over_s = (POLICY.talk_over_after_ms + 40) / 1000
     under = [at for at, _ in chunks if spoken["onset_s"] + talk_over_s < at < spoken["end_s"]]
@@ -175,7 +161,6 @@ def test_the_reply_talks_on_under_a_listeners_long_okay() -> None:
     (false,) = [e for e in events if isinstance(e, FalseInterruption)]
     assert (false.kind, false.transcript) == ("backchannel", "okay")
     assert false.silence_ms == 0  # resumed before the client's buffered lead ran out
-    assert not any(isinstance(e, Interrupted) for e in events)
 
 
 def test_a_cough_with_no_words_pauses_and_resumes_as_noise() -> None:
