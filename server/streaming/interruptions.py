@@ -12,7 +12,8 @@ pauses and the recogniser's words decide what the overlap was:
   reply is cancelled and the caller's speech is a turn. Waiting for a word to settle costs
   the caller no stale audio: the reply is paused meanwhile;
 - a **backchannel**: only listener words ("uh-huh", "yeah", "right", "okay", "mm-hmm"), or
-  a few unclear ones in a short burst: the reply resumes where it paused;
+  a few unclear ones in a short burst: the reply resumes where it paused (or has already:
+  while the words heard are a listener's tokens, it talks on under them, `talk_over_after_ms`);
 - **noise**: no words at all (a cough, a door, a keyboard): the reply resumes;
 - **echo**: words the reply itself has been saying (its own voice came back through a
   speakerphone or a phone line's echo, past the echo canceller): the reply resumes. The

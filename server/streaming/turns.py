@@ -50,6 +50,10 @@ complete, holds the judgement until the onset is made (the overlap goes on) or f
                                    CancelReply + AnnounceSpeechStarted   backchannel / noise:
                                    (then USER_SPEAKING / ENDPOINTING)    IgnoreOverlap
 
+While an overlap is undecided the paused reply talks on under a listener's word ("okay" lasts
+up to 700 ms): ResumeReply(under_voice=True) once the voice has lasted `talk_over_after_ms` and
+every word heard so far is one of `talk_over_words`, PauseReply again as soon as one is not
+(`_talk_over`); the judgement is the same either way.
 A burst too short for an overlap that holds words (or may: the recogniser has not decoded its
 end yet) is judged on them as an overlap that ended. A voice resuming in OVERLAP_ENDING goes
 back to OVERLAP. If the reply ends while the overlap is undecided (it had sent all its audio),
