@@ -622,6 +622,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.residual_vad and args.echo_db is None:
         parser.error("--residual-vad needs --echo-db: it listens behind an echo canceller")
+    if args.asr_behind_canceller and args.echo_db is None:
+        parser.error("--asr-behind-canceller needs --echo-db: it listens behind an echo canceller")
     if args.greeting and args.echo_db is None:
         parser.error("--greeting needs --echo-db: the room hears it through the echo")
     policy = InterruptionPolicy()

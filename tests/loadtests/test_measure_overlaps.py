@@ -11,6 +11,7 @@ from loadtests import measure_overlaps
 from loadtests.overlays import load_backchannels, load_interruptions, noise_clips
 from loadtests.room import EchoOptions
 from server.model.backends import pocketsphinx_asr
+from server.streaming.interruptions import InterruptionPolicy
 from server.vad import silero
 
 
@@ -88,3 +89,43 @@ def test_the_greeting_needs_an_echo(capsys: pytest.CaptureFixture[str]) -> None:
         measure_overlaps.main(["--greeting"])
     assert exited.value.code == 2
     assert "--greeting needs --echo-db" in capsys.readouterr().err
+
+
+def test_the_client_buffer_hides_a_pause_shorter_than_the_lead() -> None:
+    """The caller hears silence only once a pause outlasts what the client held: the full
+    lead (150 ms) while the reply played on, less just after a resume (40 ms, growing back)."""
+    client = measure_overlaps.ClientBuffer()
+    client.pause(1000)
+    client.resume(1120)  # 120 ms < 150 ms held: never heard
+    assert client.silent_ms == 0
+    client.pause(1140)  # 20 ms after the resume the client holds 40 + 0.25 * 20 = 45 ms or what was left
+    held = client.held_ms(1140)
+    assert 40 <= held < 150
+    client.resume(1340)
+    assert client.silent_ms == pytest.approx(200 - held)
+    assert client.held_ms(1340 + 1000) == 150  # grown back
+
+
+def test_the_canceller_experiment_needs_an_echo(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        measure_overlaps.main(["--asr-behind-canceller"])
+    assert exited.value.code == 2
+    assert "--asr-behind-canceller needs --echo-db" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_listeners_long_okay_is_talked_over_in_a_quiet_room(tmp_path: Path) -> None:
+    """flite kal's "okay" (700 ms of voice), replayed through the server's VAD and recogniser:
+    the reply talks on under it once the recogniser has heard "oh" (its start), and the caller
+    hears no gap; with talking on turned off, the reply stays paused for the whole word."""
+    okay = next(clip for clip in load_backchannels(tmp_path) if clip.name == "bc-okay-flite-kal")
+    vad, config = silero.load(), pocketsphinx_asr.decoder_settings()
+
+    def replayed(talk_over_after_ms: int) -> measure_overlaps.Outcome:
+        policy = InterruptionPolicy(talk_over_after_ms=talk_over_after_ms)
+        return measure_overlaps.replay(okay, "backchannel", vad, config, policy=policy)
+
+    talked_over, paused = replayed(250), replayed(0)
+    assert talked_over.kind == paused.kind == "resumed:backchannel"
+    assert talked_over.silent_ms is not None and talked_over.silent_ms < 100
+    assert paused.silent_ms is not None and paused.silent_ms > 400
