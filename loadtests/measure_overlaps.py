@@ -259,8 +259,8 @@ def replay(
     output for it (`server.audio_processing`, AEC3), as if a second VAD listened behind a
     canceller. `asr_behind_canceller` (with `echo`; an experiment, not the server's path): the
     recogniser hears WebRTC's echo canceller's output instead of the microphone (the VAD and
-    the gate still judge the microphone). `lead_ms`: how long the reply plays before the clip (its echo, before the caller's
-    voice, is all the gate and the rules know of the room). `greeting` (16 kHz, with `echo`):
+    the gate still judge the microphone). `lead_ms`: how long the reply plays before the clip
+    (its echo, before the caller's voice, is all the gate and the rules know of the room). `greeting` (16 kHz, with `echo`):
     the session opens with this reply, which the caller lets play out; the reply the clip
     overlaps starts `GREETING_GAP_MS` after it ends."""
     rate = silero.SAMPLE_RATE_HZ  # the VAD's and the recogniser's rate (the clips are 24 kHz)
@@ -293,7 +293,7 @@ def replay(
     asr_canceller = None
     if asr_behind_canceller and echo is not None:
         asr_canceller = open_input_processor(ProcessingOptions(echo_cancellation=True), rate)
-    cleaned: list[NDArray[np.int16]] = []  # what the recogniser hears, frame by frame
+    cleaned: list[NDArray[np.int16]] = []  # ... its output, frame by frame: what the recogniser hears
     asr: pocketsphinx.Decoder | None = None
     # (audio ms decoded up to, the hypothesis then, its words placed on the replay's clock)
     decoded: list[tuple[int, str, tuple[WordSpan, ...]]] = []
@@ -329,7 +329,7 @@ def replay(
         if asr_canceller is not None:
             ref = reference if reference is not None else np.zeros(frame, np.int16)
             for_asr = asr_canceller.process(PcmFrame(chunk, rate), PcmFrame(ref, rate)).samples
-        cleaned.append(for_asr)
+            cleaned.append(for_asr)
         if asr is not None:
             asr.process_raw(for_asr.tobytes(), False, False)
             decoded.append((end_ms, *_hypothesis(asr, capture_ms)))
@@ -361,8 +361,8 @@ def replay(
                 asr.start_utt()
                 decoded = []
                 capture_ms = max(0, action.from_ms - PREFIX_PADDING_MS)
-                backlog = np.concatenate(cleaned)[capture_ms * rate // 1000 :]
-                asr.process_raw(backlog.tobytes(), False, False)
+                audible = mic[: i + frame] if asr_canceller is None else np.concatenate(cleaned)
+                asr.process_raw(audible[capture_ms * rate // 1000 :].tobytes(), False, False)
                 decoded.append((end_ms, *_hypothesis(asr, capture_ms)))
             elif isinstance(action, (IgnoreOverlap, DiscardNoise)) and not action.keeps_capture:
                 asr, decoded = None, []
@@ -421,11 +421,10 @@ def replay(
             kind,
             None,
             words,
-            None,
-            None,
-            cancelled_at_ms is not None,
-            stale_ms,
-            greeting_stopped,
+            cancelled=cancelled_at_ms is not None,
+            stale_ms=stale_ms,
+            floor_stale_ms=floor_stale_ms,
+            greeting_cancelled=greeting_stopped,
         )
     resumed_ms = first[1] if resumed_at_ms is None else min(first[1], resumed_at_ms)
     paused_ms = None if paused_at_ms is None else resumed_ms - paused_at_ms
@@ -435,12 +434,12 @@ def replay(
         first[0],
         first[1] - base,
         words,
-        paused_ms,
-        client.silent_ms if paused_at_ms is not None else None,
-        cancelled_at_ms is not None,
-        stale_ms,
-        floor_stale_ms,
-        greeting_stopped,
+        paused_ms=paused_ms,
+        silent_ms=client.silent_ms if paused_at_ms is not None else None,
+        cancelled=cancelled_at_ms is not None,
+        stale_ms=stale_ms,
+        floor_stale_ms=floor_stale_ms,
+        greeting_cancelled=greeting_stopped,
     )
 
 

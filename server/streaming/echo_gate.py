@@ -210,9 +210,8 @@ class EchoGate:
         mics = np.log10(np.fromiter(self._mics, dtype=np.float64) + 1.0)
         first = self._frames - count  # the frame number of mics[0]
         callers = np.zeros(count, dtype=bool)
-        for frame in self._callers:
-            if frame >= first:
-                callers[frame - first] = True
+        settled = np.fromiter(self._callers, dtype=np.int64) - first
+        callers[settled[settled >= 0]] = True
         correlations: dict[int, float] = {}
         for lag in range(self._window + 1):
             n = min(count, len(refs) - lag)  # the newest frames that have a reference `lag` before
