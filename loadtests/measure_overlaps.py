@@ -36,7 +36,11 @@ in WebRTC's echo canceller's output for it (BENCHMARKS.md, "A second VAD behind 
 canceller").
 `--asr-behind-canceller` (with `--echo-db`) is another: the recogniser hears WebRTC's echo
 canceller's output instead of the microphone (BENCHMARKS.md, "Talking on under a listener's
-word"). `--talk-over-after-ms 0` turns off talking on under a listener's word.
+word"). `--talk-over-after-ms 0` turns off talking on under a listener's word. As the server
+with PocketSphinx (its `listener_model`, on by default), a second decoder with the listener's
+model (`pocketsphinx_listener`; `--listener-share` of it for the tokens) hears the same audio
+from the same capture, and its words say whether the reply talks on (`ListenerWordsHeard`);
+`--no-listener-lm` leaves it out (as the server before it, or with `listener_model` off).
 
 Reported per group: backchannels resumed (wanted: all), how long the reply was paused and the
 silence the caller heard (`ClientBuffer`); for interruptions: cancelled (wanted: all) and the
@@ -51,6 +55,7 @@ import argparse
 import dataclasses
 import statistics
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +87,7 @@ from loadtests.room import EchoOptions, room_impulse_response
 from server.audio import PcmFrame
 from server.audio_processing import ProcessingOptions, open_input_processor
 from server.model.backends import pocketsphinx_asr
+from server.model.backends.pocketsphinx_listener import ListenerModelOptions, write_listener_model
 from server.model.base import WordSpan
 from server.streaming.echo_gate import EchoGate, EchoGateOptions
 from server.streaming.interruptions import InterruptionPolicy, OverlapKind
@@ -96,6 +102,7 @@ from server.streaming.turns import (
     EndCapture,
     FrameClassified,
     IgnoreOverlap,
+    ListenerWordsHeard,
     PauseReply,
     ReplyFinished,
     ReplyStarted,
@@ -242,6 +249,7 @@ def replay(
     asr_behind_canceller: bool = False,
     lead_ms: int = LEAD_MS,
     greeting: NDArray[np.int16] | None = None,
+    listener_config: dict[str, object] | None = None,
 ) -> Outcome:
     """One clip over a reply through the VAD, the recogniser and the TurnTaker; the words of
     each point of the audio reach the rules `asr_lag_ms` later (a busy recogniser). As in the
@@ -295,6 +303,8 @@ def replay(
         asr_canceller = open_input_processor(ProcessingOptions(echo_cancellation=True), rate)
     cleaned: list[NDArray[np.int16]] = []  # ... its output, frame by frame: what the recogniser hears
     asr: pocketsphinx.Decoder | None = None
+    listener: pocketsphinx.Decoder | None = None  # `listener_config`'s, beside `asr`
+    listened: list[tuple[int, str, tuple[WordSpan, ...]]] = []  # ... as `decoded`
     # (audio ms decoded up to, the hypothesis then, its words placed on the replay's clock)
     decoded: list[tuple[int, str, tuple[WordSpan, ...]]] = []
     capture_ms = 0  # where the recogniser's audio starts
@@ -333,7 +343,13 @@ def replay(
         if asr is not None:
             asr.process_raw(for_asr.tobytes(), False, False)
             decoded.append((end_ms, *_hypothesis(asr, capture_ms)))
+        if listener is not None:
+            listener.process_raw(for_asr.tobytes(), False, False)
+            listened.append((end_ms, *_hypothesis(listener, capture_ms)))
         words, spans = next(((w, p) for at, w, p in reversed(decoded) if at <= end_ms - asr_lag_ms), ("", ()))
+        listener_heard = next(
+            (ListenerWordsHeard(w, p) for at, w, p in reversed(listened) if at <= end_ms - asr_lag_ms), None
+        )
         probability = classifier.speech_probability(PcmFrame(chunk, rate))
         if probability >= 0.5 and first_voice_ms is None and start_ms >= clip_at_ms:
             first_voice_ms = start_ms
@@ -352,6 +368,8 @@ def replay(
                 masked, probability = probability >= 0.5, 0.0
         taker.receive(FrameClassified(start_ms, silero.FRAME_MS, probability, masked), now_ms=end_ms)
         if taker.wants_words:
+            if listener_heard is not None and listener_heard.words:  # first, as the server does
+                taker.receive(listener_heard, now_ms=end_ms)
             heard = WordsHeard(words, REPLY_TEXT, end_ms - asr_lag_ms, spans if place_words else None)
             taker.receive(heard, now_ms=end_ms)
         taker.receive(Tick(), now_ms=end_ms)
@@ -364,10 +382,15 @@ def replay(
                 audible = mic[: i + frame] if asr_canceller is None else np.concatenate(cleaned)
                 asr.process_raw(audible[capture_ms * rate // 1000 :].tobytes(), False, False)
                 decoded.append((end_ms, *_hypothesis(asr, capture_ms)))
+                if listener_config is not None:
+                    listener = decoder(listener_config)
+                    listener.start_utt()
+                    listener.process_raw(audible[capture_ms * rate // 1000 :].tobytes(), False, False)
+                    listened = [(end_ms, *_hypothesis(listener, capture_ms))]
             elif isinstance(action, (IgnoreOverlap, DiscardNoise)) and not action.keeps_capture:
-                asr, decoded = None, []
+                asr, decoded, listener, listened = None, [], None, []
             elif isinstance(action, EndCapture):
-                asr, decoded = None, []
+                asr, decoded, listener, listened = None, [], None, []
             if gate is not None:  # as the conversation settles the frames the gate held
                 if isinstance(action, IgnoreOverlap):
                     gate.settle_held(echo=action.kind is OverlapKind.ECHO)
@@ -617,6 +640,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="(with --echo-db) an experiment: the recogniser hears WebRTC's echo canceller's output",
     )
+    parser.add_argument(
+        "--no-listener-lm",
+        action="store_true",
+        help="without the server's second decoder with a listener's model (pocketsphinx_listener), which "
+        "says whether the reply talks on",
+    )
+    parser.add_argument("--listener-share", type=float, default=None, help="... the tokens' share")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
     args = parser.parse_args(argv)
     if args.residual_vad and args.echo_db is None:
@@ -666,6 +696,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     greeting = in_reply_voice(GREETING_TEXT, args.cache_dir) if args.greeting else None
     vad = silero.load()
     config = pocketsphinx_asr.decoder_settings()
+    listener_config = None
+    listener_dir = tempfile.TemporaryDirectory(prefix="measure-overlaps-listener-")  # this run's own
+    if not args.no_listener_lm:
+        model_options = ListenerModelOptions()
+        if args.listener_share is not None:
+            model_options = dataclasses.replace(model_options, listener_share=args.listener_share)
+        lm, dictionary = write_listener_model(
+            Path(str(config["lm"])), Path(str(config["dict"])), Path(listener_dir.name), model_options
+        )
+        listener_config = {**config, "lm": str(lm), "dict": str(dictionary)}
     outcomes = [
         replay(
             clip,
@@ -680,6 +720,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             asr_behind_canceller=args.asr_behind_canceller,
             lead_ms=args.lead_ms,
             greeting=greeting,
+            listener_config=listener_config,
         )
         for group, clips in sets
         for clip in clips
@@ -698,6 +739,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if greeting is not None:
         stopped = sum(o.greeting_cancelled for o in outcomes)
         print(f"\ngreetings cancelled by their own echo: {stopped} of {len(outcomes)}")
+    listener_dir.cleanup()
     return 0
 
 

@@ -397,6 +397,17 @@ class AsrBackend(Protocol):
         ...
 
 
+@runtime_checkable
+class HearsListeners(Protocol):
+    """An AsrBackend that can also decode with a model that expects a listener's short words
+    ("mm-hmm", "okay"; optional): while the caller talks over a reply, its words say whether
+    the reply may talk on under the voice (server/streaming/turns.py, `ListenerWordsHeard`)."""
+
+    def open_listener_stream(self) -> AsrStream:
+        """A stream for one stretch of speech over a reply, decoded for a listener's words."""
+        ...
+
+
 class LlmBackend(Protocol):
     """`accepts_images` (optional attribute, False when absent): the backend passes user
     messages' images to a model that can see them."""
@@ -442,6 +453,24 @@ class HearsWords(Protocol):
     def word_spans_so_far(self) -> tuple[WordSpan, ...] | None:
         """The words of `words_so_far()` with their spans in the uncommitted input (ms from
         its start); None if the recogniser does not place its words (TimesWords)."""
+        ...
+
+
+@runtime_checkable
+class HearsListenerWords(Protocol):
+    """An OmniSession that can also decode the uncommitted input for a listener's short words
+    (optional; its AsrBackend HearsListeners): the conversation asks while the caller talks
+    over a reply."""
+
+    def listen_for_listener_words(self, heard: Sequence[PcmFrame]) -> bool:
+        """From now until the input is committed or cleared, also decode it for a listener's
+        words, from its start: `heard` is the uncommitted input pushed so far (the session
+        does not keep it). True if listening (already or now), False if it cannot."""
+        ...
+
+    def listener_words_so_far(self) -> tuple[str, tuple[WordSpan, ...] | None] | None:
+        """Those words so far, with their spans in the uncommitted input as
+        `word_spans_so_far()`'s (None: unplaced); None when not listening."""
         ...
 
 

@@ -46,6 +46,7 @@ from server.model.base import (
     AsrStream,
     AudioChunk,
     Capabilities,
+    HearsListeners,
     ImageInput,
     LlmBackend,
     Message,
@@ -145,6 +146,7 @@ class CascadeSession:
         self.timings = StageTimings()
         self._history: list[Message] = []
         self._asr: AsrStream | None = None
+        self._listener: AsrStream | None = None  # the same input, for a listener's words
         self._last_reply: _ReplyRecord | None = None
         self._anticipation: _LlmRun | None = None
         self._anticipated_text = ""
@@ -162,6 +164,8 @@ class CascadeSession:
         if self._asr is None:
             self._asr = self._model.asr.open_stream(self.options.transcription)
         self._asr.push_audio(frame)
+        if self._listener is not None:
+            self._listener.push_audio(frame)
         if self.options.score_turn_end and (self._prefill is None or self._prefill.done()):
             words = self._asr.hypothesis
             if words and words not in self._scores:
@@ -179,6 +183,7 @@ class CascadeSession:
         stream, self._asr = self._asr, None
         if stream is not None:
             await stream.aclose()
+        await self._drop_listener()
         await self._drop_anticipation()
         await self._drop_scores()
         await self._drop_look_ahead()
@@ -195,6 +200,7 @@ class CascadeSession:
         try:  # the stream is ours now: closed however this ends (a cancel at any await)
             if stream is not None:
                 stream.end_input()
+            await self._drop_listener()
             await self._drop_anticipation()
             await self._drop_scores()  # the reply's request goes next, not behind a prefill
             self.timings.anticipated = None
@@ -261,6 +267,32 @@ class CascadeSession:
         if self._asr is None:
             return ()
         return self._asr.word_spans if isinstance(self._asr, TimesWords) else None
+
+    # -- a listener's words (HearsListenerWords): only while the caller talks over a reply
+
+    def listen_for_listener_words(self, heard: Sequence[PcmFrame]) -> bool:
+        if self._listener is not None:
+            return True
+        asr = self._model.asr
+        if not isinstance(asr, HearsListeners):
+            return False
+        self._listener = asr.open_listener_stream()
+        for frame in heard:
+            self._listener.push_audio(frame)
+        return True
+
+    def listener_words_so_far(self) -> tuple[str, tuple[WordSpan, ...] | None] | None:
+        listener = self._listener
+        if listener is None:
+            return None
+        return listener.hypothesis, listener.word_spans if isinstance(listener, TimesWords) else None
+
+    async def _drop_listener(self) -> None:
+        """Its words are never final: closed, not ended (a stream that failed, a busy pool,
+        leaves the words empty, and the turn's recogniser's words judge alone)."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await listener.aclose()
 
     async def end_of_turn_probability(self, words: str) -> float | None:
         if not words.strip():

@@ -84,6 +84,21 @@ class FakeAsr:
 
 
 @dataclass
+class FakeListeningAsr(FakeAsr):
+    """A FakeAsr that also decodes for a listener's words (HearsListeners): each listener
+    stream hears the next of `listener_script` (the last one repeats) from its first audio."""
+
+    listener_script: list[str] = field(default_factory=lambda: ["mm-hmm"])
+    listener_streams: list[FakeAsrStream] = field(default_factory=list)
+
+    def open_listener_stream(self) -> FakeAsrStream:
+        index = min(len(self.listener_streams), len(self.listener_script) - 1)
+        stream = FakeAsrStream(self.listener_script[index], self.delay_s)
+        self.listener_streams.append(stream)
+        return stream
+
+
+@dataclass
 class FakeLlm:
     """Replies with the next of `script`, word by word, `delay_s` apart.
 

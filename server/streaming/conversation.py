@@ -40,6 +40,7 @@ from server.model.base import (
     DetectsTurns,
     HeardSpeechStart,
     HeardSpeechStop,
+    HearsListenerWords,
     HearsWords,
     ImageInput,
     KnowsVoices,
@@ -120,6 +121,7 @@ from server.streaming.turns import (
     EndCapture,
     FrameClassified,
     IgnoreOverlap,
+    ListenerWordsHeard,
     ModelSpeechStarted,
     ModelSpeechStopped,
     PauseReply,
@@ -219,6 +221,7 @@ class Conversation:
         # the words the TurnTaker last heard over a paused reply, the input they cover and
         # their spans as the recogniser placed them (put on the input's clock only when new)
         self._overlap_heard: tuple[str, int | None, tuple[WordSpan, ...] | None] | None = None
+        self._listener_heard: tuple[str, tuple[WordSpan, ...] | None] | None = None  # ... a listener's
         # the silence heard before the reply resumed under the caller's listener words, while
         # the overlap is judged (ResumeReply(under_voice=True)); reported with its IgnoreOverlap
         self._overlap_silence_ms = 0.0
@@ -620,8 +623,9 @@ class Conversation:
         TurnTaker whenever they change: they decide whether it is an interruption."""
         session = self._session
         if not self._turns.wants_words or not isinstance(session, HearsWords):
-            self._overlap_heard = None
+            self._overlap_heard = self._listener_heard = None
             return
+        await self._hear_listener_words()
         words, cover_ms = session.words_so_far(), session.words_cover_ms()
         # the input position the words reach: their judgement waits for the end of the speech
         through_ms = None if cover_ms is None else self._capture_start_ms + cover_ms
@@ -638,6 +642,27 @@ class Conversation:
             if log.isEnabledFor(logging.DEBUG):  # how far the recogniser lags
                 self._log_overlap_words(words, through_ms)
             await self._run_turn_actions()
+
+    async def _hear_listener_words(self) -> None:
+        """... and, where the session can decode the input for a listener's short words
+        (HearsListenerWords, from the overlap's first paused moment on), those words: they say
+        whether the reply talks on under the voice. Empty ones are not passed: until the
+        listener's recogniser has heard a word, the turn's recogniser's words say it."""
+        session = self._session
+        if not self._turns.wants_listener_words or not isinstance(session, HearsListenerWords):
+            return
+        if not session.listen_for_listener_words(self._captured):
+            return
+        heard = session.listener_words_so_far()
+        if heard is None or not heard[0] or heard == self._listener_heard:
+            return
+        self._listener_heard = heard
+        words, spans = heard
+        if spans is not None:  # on the input's clock, as WordsHeard's
+            start_ms = self._capture_start_ms
+            spans = tuple(WordSpan(s.word, start_ms + s.start_ms, start_ms + s.end_ms) for s in spans)
+        self._turns.receive(ListenerWordsHeard(words, spans), now_ms=self._input.input_ms)
+        await self._run_turn_actions()
 
     async def _follow_model_turns(self, session: DetectsTurns) -> None:
         """The model's speech signals drive the TurnTaker (in place of our VAD's frames); a

@@ -53,7 +53,10 @@ complete, holds the judgement until the onset is made (the overlap goes on) or f
 While an overlap is undecided the paused reply talks on under a listener's word ("okay" lasts
 up to 700 ms): ResumeReply(under_voice=True) once the voice has lasted `talk_over_after_ms` and
 every word heard so far is one of `talk_over_words`, PauseReply again as soon as one is not
-(`_talk_over`); the judgement is the same either way.
+(`_talk_over`); the judgement is the same either way. Where a second recogniser decodes the
+same speech with a model that expects a listener's short words (ListenerWordsHeard, fed when
+`wants_listener_words`), its words say it once it has heard any: the general model makes
+"bump them" of a hummed "mm-hmm", and "the auto" of "uh-huh" over the echo.
 A burst too short for an overlap that holds words (or may: the recogniser has not decoded its
 end yet) is judged on them as an overlap that ended. A voice resuming in OVERLAP_ENDING goes
 back to OVERLAP. If the reply ends while the overlap is undecided (it had sent all its audio),
@@ -221,6 +224,18 @@ class WordsHeard:
 
 
 @dataclass(frozen=True, slots=True)
+class ListenerWordsHeard:
+    """A second recogniser's words for the same speech as WordsHeard, from a model that
+    expects a listener's short words ("mm-hmm", "okay"; `pocketsphinx_listener`), changed.
+    They only say whether the paused reply may talk on under the voice (`_talk_over`); once
+    any has come in an overlap, they say it instead of the turn's recogniser's. `spans`: as
+    WordsHeard's."""
+
+    words: str
+    spans: tuple[WordSpan, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ModelSpeechStarted:
     """The model's own VAD heard the caller start at `audio_start_ms` (model_detects_turns)."""
 
@@ -242,6 +257,7 @@ TurnInput = (
     | InputCleared
     | CompletionScored
     | WordsHeard
+    | ListenerWordsHeard
     | ModelSpeechStarted
     | ModelSpeechStopped
 )
@@ -415,6 +431,8 @@ class TurnTaker:
         self._over_reply = False  # the caller's current voice began over a reply (it paused it)
         self._overlap_words = ""  # the recogniser's words for the speech over the reply
         self._overlap_spans: tuple[WordSpan, ...] | None = None  # ... placed (None: unplaced)
+        self._listener_words: str | None = None  # a listener's recogniser's (None: none yet)
+        self._listener_spans: tuple[WordSpan, ...] | None = None
         self._voices = VoiceLedger()  # the frames' voices: the caller's or the reply's echo
         self._echo_heard_for: int | None = None  # the onset of the overlap _echo_heard is for
         self._echo_heard = False  # ... the gate masked voice before it began (_room_echoes)
@@ -469,6 +487,12 @@ class TurnTaker:
     def wants_words(self) -> bool:
         """The caller is talking over a paused reply: feed WordsHeard when their words change."""
         return self._over_reply
+
+    @property
+    def wants_listener_words(self) -> bool:
+        """... and the reply may talk on under a listener's word: feed ListenerWordsHeard too."""
+        policy = self.options.interruption
+        return self._over_reply and policy is not None and policy.talk_over_after_ms > 0
 
     def configure(self, options: TurnOptions) -> None:
         """New options take effect from the next frame; the current state is kept."""
@@ -528,6 +552,11 @@ class TurnTaker:
                 self._overlap_words, self._reply_text = words, reply_text
                 self._overlap_spans = spans
                 self._words_through_ms = through_ms
+                if self.state in (UserState.OVERLAP, UserState.OVERLAP_ENDING):
+                    self._judge_overlap(now_ms, final=False)
+                    self._check_deadlines(now_ms)
+            case ListenerWordsHeard(words=words, spans=spans):
+                self._listener_words, self._listener_spans = words, spans
                 if self.state in (UserState.OVERLAP, UserState.OVERLAP_ENDING):
                     self._judge_overlap(now_ms, final=False)
                     self._check_deadlines(now_ms)
@@ -688,10 +717,14 @@ class TurnTaker:
     def _callers_words(self) -> str:
         """The words heard over the reply that the caller said: all of them, unless the
         recogniser placed them and the room echoes (then not those it made of the echo)."""
+        return self._callers_share(self._overlap_words, self._overlap_spans)
+
+    def _callers_share(self, words: str, spans: tuple[WordSpan, ...] | None) -> str:
+        """... of `words` placed as `spans` (either recogniser's)."""
         policy = self.options.interruption
-        if self._overlap_spans is None or policy is None or not self._room_echoes(policy):
-            return self._overlap_words
-        return callers_words(self._overlap_spans, self._voices, policy)
+        if spans is None or policy is None or not self._room_echoes(policy):
+            return words
+        return callers_words(spans, self._voices, policy)
 
     def _room_echoes(self, policy: InterruptionPolicy) -> bool:
         """The gate masked `echo_heard_ms` of voice before this overlap (its last
@@ -750,9 +783,13 @@ class TurnTaker:
         settled: the reply would stop for all of it. A pause or resume shorter than the
         client's buffered lead is never heard, so the recogniser's changing guesses cost
         nothing. Not for a voice that continues a backchannel or goes on over the reply's first
-        words: those callers are more likely going on."""
+        words: those callers are more likely going on. The words are the listener's
+        recogniser's once it has heard any (ListenerWordsHeard), those the caller said of them
+        (`_callers_share`: not those placed over the echo)."""
         if policy.talk_over_after_ms <= 0 or self._paused_reply is None:
             return
+        if self._listener_words is not None:
+            words = self._callers_share(self._listener_words, self._listener_spans)
         heard = words_of(words)
         listening = (
             bool(heard)
@@ -811,6 +848,7 @@ class TurnTaker:
                 self._overlap_words = self._reply_text = ""
                 self._overlap_spans = None
                 self._words_through_ms = None
+                self._listener_words, self._listener_spans = None, None
                 self._short_burst = False
                 self._finishing_word = self._finishes_word()
                 self._idle_since_ms = None

@@ -11,6 +11,7 @@ from loadtests import measure_overlaps
 from loadtests.overlays import load_backchannels, load_interruptions, noise_clips
 from loadtests.room import EchoOptions
 from server.model.backends import pocketsphinx_asr
+from server.model.backends.pocketsphinx_listener import write_listener_model
 from server.streaming.interruptions import InterruptionPolicy
 from server.vad import silero
 
@@ -116,3 +117,19 @@ def test_a_listeners_long_okay_is_talked_over_in_a_quiet_room(tmp_path: Path) ->
     assert talked_over.kind == paused.kind == "resumed:backchannel"
     assert talked_over.silent_ms is not None and talked_over.silent_ms < 100
     assert paused.silent_ms is not None and paused.silent_ms > 400
+
+
+@pytest.mark.slow
+def test_a_hum_the_general_model_mishears_is_talked_over_with_the_listeners_decoder(tmp_path: Path) -> None:
+    """flite rms's "mm-hmm" in a quiet room: the general model hears "bump them", so the reply
+    stays paused for the whole hum; a second decoder with the listener's model (as the
+    server's PocketSphinx runs one) names it, and the reply talks on under it."""
+    hum = next(clip for clip in load_backchannels(tmp_path) if clip.name == "bc-mm-hmm-flite-rms")
+    vad, config = silero.load(), pocketsphinx_asr.decoder_settings()
+    lm, dictionary = write_listener_model(Path(str(config["lm"])), Path(str(config["dict"])), tmp_path)
+    listener_config = {**config, "lm": str(lm), "dict": str(dictionary)}
+    general = measure_overlaps.replay(hum, "backchannel", vad, config)
+    listened = measure_overlaps.replay(hum, "backchannel", vad, config, listener_config=listener_config)
+    assert general.kind == listened.kind == "resumed:backchannel"
+    assert general.silent_ms is not None and general.silent_ms > 300
+    assert listened.silent_ms is not None and listened.silent_ms < general.silent_ms - 200

@@ -16,7 +16,7 @@ from server.audio import PcmFrame
 from server.errors import BackendError
 from server.events import AgentEvent, FalseInterruption, Interrupted
 from server.model.base import TranscriptionOptions
-from server.model.fakes import FakeAsr, FakeAsrStream, FakeLlm, tone
+from server.model.fakes import FakeAsr, FakeAsrStream, FakeListeningAsr, FakeLlm, tone
 from server.privacy import PrivacyOptions
 from server.streaming.conversation import Conversation
 from server.streaming.interruptions import InterruptionPolicy
@@ -91,11 +91,12 @@ def longest_gap_ms(chunks: list[tuple[float, float]]) -> float:
 
 
 def listened_over(
-    listener_ms: int, word: str, options: ConversationOptions
+    listener_ms: int, word: str, options: ConversationOptions, asr: FakeAsr | None = None
 ) -> tuple[MemoryPort, list[AgentEvent], FakeAsr, dict[str, float]]:
     """A question; 800 ms into its long reply, `listener_ms` of a listener's `word`, which must
     not stop it: checked against the same question's reply undisturbed. Returns the port, the
-    events, the recogniser and when the word began and ended (`onset_s`, `end_s`)."""
+    events, the recogniser (`asr`: one that hears "where is my order" then `word`) and when
+    the word began and ended (`onset_s`, `end_s`)."""
     llm = FakeLlm([LONG_REPLY])
     spoken: dict[str, float] = {}
 
@@ -116,7 +117,7 @@ def listened_over(
         await port.stream_until(ResponseEnded)
 
     alone, _ = converse_words(undisturbed, FakeAsr(["where is my order"]), FakeLlm([LONG_REPLY]), options)
-    asr = FakeAsr(["where is my order", word])
+    asr = asr or FakeAsr(["where is my order", word])
     port, events = converse_words(script, asr, llm, options)
     # nothing was lost or repeated: the audio sent is the whole reply, once, as without the word
     assert [a.audio for a in port.all(ResponseAudio)] == [a.audio for a in alone.all(ResponseAudio)]
@@ -161,6 +162,36 @@ def test_the_reply_talks_on_under_a_listeners_long_okay() -> None:
     (false,) = [e for e in events if isinstance(e, FalseInterruption)]
     assert (false.kind, false.transcript) == ("backchannel", "okay")
     assert false.silence_ms == 0  # resumed before the client's buffered lead ran out
+
+
+def test_the_reply_talks_on_under_a_hum_that_only_the_listeners_recogniser_names() -> None:
+    """A 550 ms "mm-hmm" the turn's (fake) recogniser hears as "bump them": a recogniser
+    that can decode for a listener's words (a fake one, HearsListeners) is asked to, from the
+    overlap's start, and its "mm-hmm" lets the reply talk on under the voice; the overlap is
+    judged a backchannel on the turn's words as ever. Without it the reply stays paused."""
+    asr = FakeListeningAsr(["where is my order", "bump them"], listener_script=["mm-hmm"])
+    port, events, _, spoken = listened_over(550, "bump them", WORDS, asr)
+    (listener,) = asr.listener_streams  # one stream, for the one overlap
+    assert listener.pushed_ms >= 300 + 550  # from the capture's start: padding, then the hum
+    (response_id,) = {a.response_id for a in port.all(ResponseAudio)}
+    talk_over_s = (POLICY.talk_over_after_ms + 40) / 1000
+    under = [
+        at
+        for at, _ in reply_audio(port, response_id)
+        if spoken["onset_s"] + talk_over_s < at < spoken["end_s"]
+    ]
+    assert under  # sent while the hum still sounded
+    (false,) = [e for e in events if isinstance(e, FalseInterruption)]
+    assert (false.kind, false.transcript) == ("backchannel", "bump them")
+
+    port, events, _, spoken = listened_over(550, "bump them", WORDS)  # no listener's recogniser
+    (response_id,) = {a.response_id for a in port.all(ResponseAudio)}
+    under = [
+        at
+        for at, _ in reply_audio(port, response_id)
+        if spoken["onset_s"] + talk_over_s < at < spoken["end_s"]
+    ]
+    assert under == []
 
 
 def test_a_cough_with_no_words_pauses_and_resumes_as_noise() -> None:

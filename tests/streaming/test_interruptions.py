@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
@@ -25,6 +26,7 @@ from server.streaming.turns import (
     FrameClassified,
     IgnoreOverlap,
     InputCleared,
+    ListenerWordsHeard,
     PauseReply,
     ReplyFinished,
     ReplyStarted,
@@ -52,12 +54,15 @@ def replying(options: TurnOptions = WORDS, reply_id: int = 5) -> TurnTaker:
     return taker
 
 
-def run(taker: TurnTaker, script: list[str | WordsHeard], start_ms: int = 0) -> list[tuple[int, TurnAction]]:
+Step = str | WordsHeard | ListenerWordsHeard  # frames (`feed` patterns) or words
+
+
+def run(taker: TurnTaker, script: Sequence[Step], start_ms: int = 0) -> list[tuple[int, TurnAction]]:
     """Frames (`feed` patterns) and words, in order; then Ticks until nothing is due."""
     out: list[tuple[int, TurnAction]] = []
     now = start_ms
     for step in script:
-        if isinstance(step, WordsHeard):
+        if isinstance(step, WordsHeard | ListenerWordsHeard):
             taker.receive(step, now)
             out += [(now, a) for a in taker.actions()]
         else:
@@ -902,3 +907,62 @@ def test_clearing_the_input_while_talking_over_sends_no_second_resume() -> None:
     taker.receive(InputCleared(), 340)
     assert ResumeReply not in kinds([(340, a) for a in taker.actions()])
     assert taker.state is UserState.LISTENING and taker.active_reply == 5
+
+
+# -- a listener's recogniser (`ListenerWordsHeard`): a model that expects "mm-hmm" and "okay"
+
+
+def test_a_listeners_recogniser_lets_the_reply_talk_on_under_a_hum_the_turns_one_misheard() -> None:
+    """flite rms's "mm-hmm": the turn's recogniser hears "bump them", the listener's model
+    "mm-hmm"; the reply talks on under it, and the overlap is judged on the turn's words as
+    ever. Without the listener's words, the reply stays paused."""
+    script: list[str | WordsHeard | ListenerWordsHeard] = [
+        "S" * 8,
+        WordsHeard("bump"),
+        ListenerWordsHeard("mm-hmm"),
+    ]
+    script += ["S" * 8, WordsHeard("bump them"), "S" * 4 + "." * 20]
+    timeline = run(replying(TALKING), script)
+    assert kinds(timeline)[:3] == [BeginCapture, PauseReply, ResumeReply]
+    resumed_at, resumed = next((t, a) for t, a in timeline if isinstance(a, ResumeReply))
+    assert resumed == ResumeReply(5, under_voice=True) and resumed_at == 260
+    alone = [step for step in script if not isinstance(step, ListenerWordsHeard)]
+    assert ResumeReply not in kinds(run(replying(TALKING), alone))
+
+
+def test_once_the_listeners_recogniser_has_spoken_its_words_decide_talking_over() -> None:
+    """The turn's recogniser guesses "oh" for what the listener's model hears as "go": the
+    model built to name a listener's words says it is none, and the reply stays paused."""
+    script: list[Step] = ["S" * 8, ListenerWordsHeard("go"), WordsHeard("oh"), "S" * 10]
+    assert ResumeReply not in kinds(run(replying(TALKING), script))
+
+
+def test_no_listeners_words_are_wanted_when_the_reply_never_talks_over() -> None:
+    talking, strict = replying(TALKING), replying(WORDS)  # WORDS: talk_over_after_ms=0
+    run(talking, ["S" * 8])
+    run(strict, ["S" * 8])
+    assert talking.wants_words and talking.wants_listener_words
+    assert strict.wants_words and not strict.wants_listener_words
+    run(talking, ["." * 30], start_ms=160)
+    assert not talking.wants_listener_words  # the overlap is over
+
+
+def test_a_listeners_words_made_of_the_echo_are_not_the_callers() -> None:
+    """Over the echo, the listener's model makes "each at" of the reply's echo the capture
+    began with, and "mm-hmm" of the caller: those it placed over frames the gate took for the
+    echo are dropped, as the turn's recogniser's are, and the reply talks on."""
+    taker = replying(TALKING)
+    feed_masked(taker, 30, 0)  # 600 ms of the reply's echo: the room echoes
+    spans = (WordSpan("each", 420, 500), WordSpan("at", 500, 590), WordSpan("mm-hmm", 620, 860))
+    script: list[Step] = [
+        "S" * 14,
+        ListenerWordsHeard("each at mm-hmm", spans),
+        WordsHeard("each at"),
+        "S" * 3,
+    ]
+    timeline = run(taker, script, start_ms=600)
+    assert ResumeReply(5, under_voice=True) in [a for _, a in timeline]
+    unplaced = replying(TALKING)
+    feed_masked(unplaced, 30, 0)
+    script[1] = ListenerWordsHeard("each at mm-hmm")
+    assert ResumeReply not in kinds(run(unplaced, script, start_ms=600))

@@ -53,16 +53,18 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from server.audio import AudioFormatError, PcmFrame
 from server.errors import BackendError, BackendUnavailable
+from server.model.backends.pocketsphinx_listener import ListenerModelOptions, write_listener_model
 from server.model.base import Transcript, TranscriptionOptions, WordSpan
 from server.model.worker_process import launch, read_exactly
 
@@ -85,6 +87,7 @@ _CMN_INIT = "52.80,6.35,-3.12,20.30,-14.18,3.96,-7.17,-6.59,1.47,-4.19,3.04,-1.8
 _RETRY_CHECKOUT_S = 0.05
 DECODER_FRAME_MS = 10  # the decoder's frames (its default frame rate, 100 a second)
 _ALTERNATE = re.compile(r"\(\d+\)$")  # "want(2)": the dictionary's second pronunciation
+_LISTENER_KEY = "voxgate_listener_model"  # in a worker's config: decode with a listener's model
 
 _T = TypeVar("_T")
 
@@ -94,17 +97,21 @@ class PocketsphinxOptions:
     """max_decoders: decoder processes at most (each ≈90 MB, one utterance at a time).
     acquire_timeout_s: how long a new utterance waits for a busy pool before failing.
     two_pass: add PocketSphinx's fwdflat and bestpath passes (slower final, see module doc).
+    listener_model: also offer streams decoded with a model that expects a listener's short
+    words (`open_listener_stream`, `pocketsphinx_listener`), from a pool of their own.
     """
 
     max_decoders: int = 4
     acquire_timeout_s: float = 5.0
     two_pass: bool = False
+    listener_model: bool = True
 
 
 def load(options: Mapping[str, object] | None = None) -> PocketsphinxAsr:
     """Check the model in the `pocketsphinx` wheel and return the shared backend.
 
-    Options: `max_decoders` (int), `acquire_timeout_s` (float), `two_pass` (bool).
+    Options: `max_decoders` (int), `acquire_timeout_s` (float), `two_pass` (bool),
+    `listener_model` (bool).
     Raises `BackendUnavailable` if the package or its model files are missing.
     """
     parsed = _parse_options(options or {})
@@ -148,20 +155,23 @@ def decoder_settings(*, two_pass: bool = False) -> dict[str, object]:
 
 
 def _parse_options(options: Mapping[str, object]) -> PocketsphinxOptions:
-    unknown = set(options) - {"max_decoders", "acquire_timeout_s", "two_pass"}
+    unknown = set(options) - {"max_decoders", "acquire_timeout_s", "two_pass", "listener_model"}
     if unknown:
         raise BackendError(f"unknown pocketsphinx options: {', '.join(sorted(unknown))}")
     defaults = PocketsphinxOptions()
     max_decoders = options.get("max_decoders", defaults.max_decoders)
     timeout_s = options.get("acquire_timeout_s", defaults.acquire_timeout_s)
     two_pass = options.get("two_pass", defaults.two_pass)
+    listener_model = options.get("listener_model", defaults.listener_model)
     if not isinstance(max_decoders, int) or isinstance(max_decoders, bool) or max_decoders < 1:
         raise BackendError("pocketsphinx option max_decoders must be an integer >= 1")
     if not isinstance(timeout_s, int | float) or isinstance(timeout_s, bool) or timeout_s < 0:
         raise BackendError("pocketsphinx option acquire_timeout_s must be a number >= 0")
     if not isinstance(two_pass, bool):
         raise BackendError("pocketsphinx option two_pass must be a boolean")
-    return PocketsphinxOptions(max_decoders, float(timeout_s), two_pass)
+    if not isinstance(listener_model, bool):
+        raise BackendError("pocketsphinx option listener_model must be a boolean")
+    return PocketsphinxOptions(max_decoders, float(timeout_s), two_pass, listener_model)
 
 
 class PocketsphinxAsr:
@@ -172,6 +182,11 @@ class PocketsphinxAsr:
     def __init__(self, decoder_config: Mapping[str, object], options: PocketsphinxOptions):
         self.options = options
         self._pool = _DecoderPool(dict(decoder_config), options.max_decoders)
+        self._listener_pool: _DecoderPool | None = None
+        if options.listener_model:  # one pass: it only has to name a listener's short words
+            listener_config = {**decoder_config, "fwdflat": False, "bestpath": False}
+            listener_config[_LISTENER_KEY] = asdict(ListenerModelOptions())
+            self._listener_pool = _DecoderPool(listener_config, options.max_decoders)
 
     languages = frozenset({"en"})  # its acoustic model and dictionary are US English
 
@@ -182,24 +197,42 @@ class PocketsphinxAsr:
             raise BackendError(f"pocketsphinx transcribes English only, not {transcription.language!r}")
         return PocketsphinxStream(self._pool, self.options.acquire_timeout_s)
 
+    def open_listener_stream(self) -> PocketsphinxStream:
+        """A stream decoded with the listener's model (HearsListeners): its words say whether
+        speech over a reply is a listener's "mm-hmm" or "okay", not what a caller said."""
+        if self._listener_pool is None:
+            raise BackendError("this pocketsphinx backend was loaded without listener_model")
+        return PocketsphinxStream(self._listener_pool, self.options.acquire_timeout_s)
+
     def warm_up(self) -> None:
-        """Start one decoder process now (blocking, ≈1 s), so the first utterance after
-        start-up does not wait for one. Called by the model catalog at load."""
-        reserved = self._pool.reserve()
-        if reserved == "spawn":
-            reserved = self._pool.spawn()
-        if isinstance(reserved, _DecoderProcess):
-            self._pool.release(reserved)
+        """Start one decoder process now (blocking, ≈1 s), and one with the listener's model
+        (≈1.5 s), so that neither the first utterance nor the first speech over a reply after
+        start-up waits for one. Called by the model catalog at load."""
+        for pool in (self._pool, self._listener_pool):
+            if pool is None:
+                continue
+            reserved = pool.reserve()
+            if reserved == "spawn":
+                reserved = pool.spawn()
+            if isinstance(reserved, _DecoderProcess):
+                pool.release(reserved)
 
     @property
     def decoder_count(self) -> int:
-        """Decoder processes alive (idle or in use)."""
+        """Decoder processes alive (idle or in use), the listener's aside."""
         return self._pool.count
+
+    @property
+    def listener_decoder_count(self) -> int:
+        """Listener's decoder processes alive (idle or in use)."""
+        return self._listener_pool.count if self._listener_pool is not None else 0
 
     def close(self) -> None:
         """Stop idle decoder processes now and busy ones when their stream lets go.
         Blocking (up to ≈0.5 s per process); call at shutdown, off the event loop if busy."""
         self._pool.close()
+        if self._listener_pool is not None:
+            self._listener_pool.close()
 
 
 def word_spans_of(segments: Iterable[Any]) -> tuple[WordSpan, ...]:
@@ -634,17 +667,33 @@ def _read_message(sock: socket.socket) -> tuple[bytes, bytes]:
     return kind, read_exactly(sock, size)
 
 
+def _decoder(config: dict[str, Any]) -> Any:
+    """The worker's Decoder. A listener's (`_LISTENER_KEY` in the config) decodes with a
+    model this process writes from the general one first (≈0.5 s, `pocketsphinx_listener`);
+    the Decoder has read its files once it exists."""
+    import pocketsphinx
+
+    config = dict(config)
+    listener = config.pop(_LISTENER_KEY, None)
+    if listener is None:
+        return pocketsphinx.Decoder(pocketsphinx.Config(**config))
+    with tempfile.TemporaryDirectory(prefix="voxgate-listener-") as out_dir:
+        lm, dictionary = write_listener_model(
+            Path(config["lm"]), Path(config["dict"]), Path(out_dir), ListenerModelOptions(**listener)
+        )
+        return pocketsphinx.Decoder(pocketsphinx.Config(**{**config, "lm": str(lm), "dict": str(dictionary)}))
+
+
 def _serve_decoder(sock: socket.socket, config: dict[str, Any]) -> None:
     """Worker process main: own one Decoder, answer each request with exactly one reply,
     exit when the parent says QUIT or goes away."""
-    import pocketsphinx
 
     def reply(kind: bytes, text: str) -> None:
         payload = text.encode("utf-8")
         sock.sendall(_HEADER.pack(kind, len(payload)) + payload)
 
     try:
-        decoder = pocketsphinx.Decoder(pocketsphinx.Config(**config))
+        decoder = _decoder(config)
     except Exception as exc:
         reply(_ERROR, f"{type(exc).__name__}: {exc}")
         return
