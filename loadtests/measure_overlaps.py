@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import statistics
 import sys
 import tempfile
@@ -99,6 +100,7 @@ from server.streaming.turns import (
     CancelReply,
     CommitTurn,
     DiscardNoise,
+    EchoReturnMeasured,
     EndCapture,
     FrameClassified,
     IgnoreOverlap,
@@ -359,6 +361,10 @@ def replay(
         masked = False
         if gate is not None and reference is not None:
             is_echo = gate.is_echo(PcmFrame(chunk, rate), PcmFrame(reference, rate), hold=taker.hears_voice)
+            learned = gate.echo_return  # told the TurnTaker as the server does, to the dB
+            taker.receive(
+                EchoReturnMeasured(None if not learned else round(10 * math.log10(learned))), end_ms
+            )
             if canceller is not None and residual_classifier is not None:  # (it holds back < 10 ms)
                 out = canceller.process(PcmFrame(chunk, rate), PcmFrame(reference, rate)).samples
                 residual = np.concatenate([residual, out])[-frame:]

@@ -118,6 +118,7 @@ from server.streaming.turns import (
     CommitTurn,
     CompletionScored,
     DiscardNoise,
+    EchoReturnMeasured,
     EndCapture,
     FrameClassified,
     IgnoreOverlap,
@@ -222,6 +223,7 @@ class Conversation:
         # their spans as the recogniser placed them (put on the input's clock only when new)
         self._overlap_heard: tuple[str, int | None, tuple[WordSpan, ...] | None] | None = None
         self._listener_heard: tuple[str, tuple[WordSpan, ...] | None] | None = None  # ... a listener's
+        self._echo_return_db: float | None = None  # the gate's, as last told the TurnTaker
         # the silence heard before the reply resumed under the caller's listener words, while
         # the overlap is judged (ResumeReply(under_voice=True)); reported with its IgnoreOverlap
         self._overlap_silence_ms = 0.0
@@ -662,6 +664,16 @@ class Conversation:
             start_ms = self._capture_start_ms
             spans = tuple(WordSpan(s.word, start_ms + s.start_ms, start_ms + s.end_ms) for s in spans)
         self._turns.receive(ListenerWordsHeard(words, spans), now_ms=self._input.input_ms)
+        if log.isEnabledFor(logging.DEBUG):
+            fields: dict[str, object] = {
+                "session_id": self.config.id,
+                "input_ms": self._input.input_ms,
+                "word_count": len(words.split()),
+            }
+            privacy = self._options.privacy
+            if privacy.log_transcripts:
+                fields["words"] = redact(words) if privacy.redact_transcripts else words
+            log.debug("listener words", extra=fields)
         await self._run_turn_actions()
 
     async def _follow_model_turns(self, session: DetectsTurns) -> None:
@@ -699,10 +711,18 @@ class Conversation:
             return False
         # while a voice is heard, the frames may be the caller's: held until it is decided
         hold = self._turns.hears_voice
-        if self._echo_gate.is_echo(vad_frame.frame, vad_frame.reference, hold=hold):
+        is_echo = self._echo_gate.is_echo(vad_frame.frame, vad_frame.reference, hold=hold)
+        self._report_echo_return(self._echo_gate.echo_return)
+        if is_echo:
             self._metrics.echo_frames.inc()
-            return True
-        return False
+        return is_echo
+
+    def _report_echo_return(self, echo_return: float | None) -> None:
+        """Tell the TurnTaker the gate's learned echo return when it has moved by a dB."""
+        return_db = None if not echo_return else round(10 * math.log10(echo_return))
+        if return_db != self._echo_return_db:
+            self._echo_return_db = return_db
+            self._turns.receive(EchoReturnMeasured(return_db), now_ms=self._input.input_ms)
 
     def _log_gate(self, start_ms: int, masked: bool) -> None:
         """A voiced frame over the reply, as the echo gate judged it (debug): its level against

@@ -155,6 +155,9 @@ class InterruptionPolicy:
     # TurnTaker._talk_over)
     talk_over_after_ms: int = 250
     talk_over_words: frozenset[str] = field(default=TALK_OVER_WORDS)
+    # ... not where the echo gate has learned an echo louder than this (dB relative to the
+    # reply; the bench's -6 dB room reads about -12, its -12 dB room -18: measure_overlaps)
+    talk_over_max_echo_return_db: float = -15.0
     echo_min_words: int = 2  # words heard before they can be judged an echo of the reply
     echo_share: float = 0.6  # ... and the share of them among the reply's latest words
     echo_window_words: int = 40  # the reply's latest words (text runs ahead of the audio)

@@ -55,8 +55,9 @@ up to 700 ms): ResumeReply(under_voice=True) once the voice has lasted `talk_ove
 every word heard so far is one of `talk_over_words`, PauseReply again as soon as one is not
 (`_talk_over`); the judgement is the same either way. Where a second recogniser decodes the
 same speech with a model that expects a listener's short words (ListenerWordsHeard, fed when
-`wants_listener_words`), its words say it once it has heard any: the general model makes
-"bump them" of a hummed "mm-hmm", and "the auto" of "uh-huh" over the echo.
+`wants_listener_words`), either's words may say it: the general model makes "bump them" of a
+hummed "mm-hmm", and "the auto" of "uh-huh" over the echo; the listener's makes "the okay" of
+flite slt's "okay", which the general model names.
 A burst too short for an overlap that holds words (or may: the recogniser has not decoded its
 end yet) is judged on them as an overlap that ended. A voice resuming in OVERLAP_ENDING goes
 back to OVERLAP. If the reply ends while the overlap is undecided (it had sent all its audio),
@@ -224,12 +225,20 @@ class WordsHeard:
 
 
 @dataclass(frozen=True, slots=True)
+class EchoReturnMeasured:
+    """The echo gate's learned echo return changed: the reply's echo in the microphone, dB
+    relative to the reply (None: not learned yet). A loud echo keeps the reply from talking on
+    under a voice (`InterruptionPolicy.talk_over_max_echo_return_db`)."""
+
+    return_db: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class ListenerWordsHeard:
     """A second recogniser's words for the same speech as WordsHeard, from a model that
     expects a listener's short words ("mm-hmm", "okay"; `pocketsphinx_listener`), changed.
-    They only say whether the paused reply may talk on under the voice (`_talk_over`); once
-    any has come in an overlap, they say it instead of the turn's recogniser's. `spans`: as
-    WordsHeard's."""
+    They only say whether the paused reply may talk on under the voice (`_talk_over`), as the
+    turn's recogniser's may. `spans`: as WordsHeard's."""
 
     words: str
     spans: tuple[WordSpan, ...] | None = None
@@ -258,6 +267,7 @@ TurnInput = (
     | CompletionScored
     | WordsHeard
     | ListenerWordsHeard
+    | EchoReturnMeasured
     | ModelSpeechStarted
     | ModelSpeechStopped
 )
@@ -433,6 +443,7 @@ class TurnTaker:
         self._overlap_spans: tuple[WordSpan, ...] | None = None  # ... placed (None: unplaced)
         self._listener_words: str | None = None  # a listener's recogniser's (None: none yet)
         self._listener_spans: tuple[WordSpan, ...] | None = None
+        self._echo_return_db: float | None = None  # the echo gate's (EchoReturnMeasured)
         self._voices = VoiceLedger()  # the frames' voices: the caller's or the reply's echo
         self._echo_heard_for: int | None = None  # the onset of the overlap _echo_heard is for
         self._echo_heard = False  # ... the gate masked voice before it began (_room_echoes)
@@ -555,6 +566,8 @@ class TurnTaker:
                 if self.state in (UserState.OVERLAP, UserState.OVERLAP_ENDING):
                     self._judge_overlap(now_ms, final=False)
                     self._check_deadlines(now_ms)
+            case EchoReturnMeasured(return_db=return_db):
+                self._echo_return_db = return_db  # weighed at the next judgement
             case ListenerWordsHeard(words=words, spans=spans):
                 self._listener_words, self._listener_spans = words, spans
                 if self.state in (UserState.OVERLAP, UserState.OVERLAP_ENDING):
@@ -783,18 +796,21 @@ class TurnTaker:
         settled: the reply would stop for all of it. A pause or resume shorter than the
         client's buffered lead is never heard, so the recogniser's changing guesses cost
         nothing. Not for a voice that continues a backchannel or goes on over the reply's first
-        words: those callers are more likely going on. The words are the listener's
-        recogniser's once it has heard any (ListenerWordsHeard), those the caller said of them
-        (`_callers_share`: not those placed over the echo)."""
+        words: those callers are more likely going on. Nor in a room whose echo is loud (the
+        gate's learned return above `talk_over_max_echo_return_db`): the reply talked on brings
+        its echo back into the capture, where the recogniser makes words of it that take the
+        floor ("come on you" of "check on your" at -6 dB). Either recogniser's words may say it:
+        the turn's, or a listener's recogniser's (ListenerWordsHeard), those the caller said of
+        them (`_callers_share`: not those placed over the echo)."""
         if policy.talk_over_after_ms <= 0 or self._paused_reply is None:
             return
+        guesses = [words_of(words)]
         if self._listener_words is not None:
-            words = self._callers_share(self._listener_words, self._listener_spans)
-        heard = words_of(words)
+            guesses.append(words_of(self._callers_share(self._listener_words, self._listener_spans)))
         listening = (
-            bool(heard)
-            and all(word in policy.talk_over_words for word in heard)
+            any(heard and all(word in policy.talk_over_words for word in heard) for heard in guesses)
             and now_ms - self._voice_onset_ms >= policy.talk_over_after_ms
+            and (self._echo_return_db is None or self._echo_return_db <= policy.talk_over_max_echo_return_db)
             and self._continuing is None
             and not self._going_on(policy)
         )

@@ -286,3 +286,33 @@ def test_words_the_recogniser_made_of_the_echo_do_not_take_the_floor(
     asr = asr_kind(["where is my order", "isa on them"])
     converse(script, asr, FakeLlm([LONG_REPLY, "Ok."]), options)
     assert statuses[0] == status
+
+
+@pytest.mark.parametrize(("level_db", "talks_over"), [(-6.0, False), (-20.0, True)])
+def test_the_reply_talks_on_under_a_listeners_okay_only_over_a_quiet_echo(
+    level_db: float, talks_over: bool
+) -> None:
+    """A 700 ms "okay" over the reply's echo: the gate tells the TurnTaker the echo's level as
+    it learns it; over a quiet echo the reply talks on under the word, over a loud one (where
+    its echo would come back into the capture) it stays paused until the word is judged."""
+    sent_under: list[bool] = []
+
+    async def script(port: MemoryPort, conversation: Conversation) -> None:
+        caller = await EchoingCaller.asking(port, delay_ms=100, level_db=level_db)
+        await caller.listen(1500)
+        before = len(port.all(ResponseAudio))
+        onset_s = asyncio.get_running_loop().time()
+        await caller.listen(300, speech=tone(700, amplitude=16000))
+        talk_over_s = onset_s + (InterruptionPolicy().talk_over_after_ms + 60) / 1000
+        await caller.listen(400, speech=tone(400, amplitude=16000))
+        sent = [s for s in port.sent if isinstance(s.output, ResponseAudio)][before:]
+        sent_under.append(any(talk_over_s < s.at_s for s in sent))
+        learned_db = conversation._turns._echo_return_db  # white box: what the gate told it
+        assert learned_db is not None and abs(learned_db - level_db) <= 3
+        while not port.all(ResponseEnded) and caller._play_end < RATE * 30:
+            await caller.listen(200)
+
+    options = replace(ConversationOptions(), echo_cancellation=False, echo_gate=True)
+    options = replace(options, turn=replace(options.turn, interruption=InterruptionPolicy()))
+    converse(script, FakeAsr(["where is my order", "okay"]), FakeLlm([LONG_REPLY]), options)
+    assert sent_under == [talks_over]

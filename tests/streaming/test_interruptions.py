@@ -22,6 +22,7 @@ from server.streaming.turns import (
     CancelReply,
     CommitTurn,
     DiscardNoise,
+    EchoReturnMeasured,
     EndCapture,
     FrameClassified,
     IgnoreOverlap,
@@ -930,10 +931,13 @@ def test_a_listeners_recogniser_lets_the_reply_talk_on_under_a_hum_the_turns_one
     assert ResumeReply not in kinds(run(replying(TALKING), alone))
 
 
-def test_once_the_listeners_recogniser_has_spoken_its_words_decide_talking_over() -> None:
-    """The turn's recogniser guesses "oh" for what the listener's model hears as "go": the
-    model built to name a listener's words says it is none, and the reply stays paused."""
-    script: list[Step] = ["S" * 8, ListenerWordsHeard("go"), WordsHeard("oh"), "S" * 10]
+def test_either_recognisers_listeners_word_lets_the_reply_talk_on() -> None:
+    """flite slt's "okay": the listener's model hears "the okay", the turn's "okay": either
+    naming nothing but a listener's word is enough. Neither naming one (a sentence's "the
+    price" and "ah the prize") keeps the reply paused."""
+    script: list[Step] = ["S" * 8, ListenerWordsHeard("the okay"), WordsHeard("okay"), "S" * 10]
+    assert ResumeReply in kinds(run(replying(TALKING), script))
+    script = ["S" * 8, ListenerWordsHeard("ah the prize"), WordsHeard("the price"), "S" * 10]
     assert ResumeReply not in kinds(run(replying(TALKING), script))
 
 
@@ -966,3 +970,16 @@ def test_a_listeners_words_made_of_the_echo_are_not_the_callers() -> None:
     feed_masked(unplaced, 30, 0)
     script[1] = ListenerWordsHeard("each at mm-hmm")
     assert ResumeReply not in kinds(run(unplaced, script, start_ms=600))
+
+
+@pytest.mark.parametrize(
+    ("return_db", "talks_over"), [(None, True), (-18.0, True), (-15.0, True), (-12.0, False)]
+)
+def test_a_loud_echo_keeps_the_reply_from_talking_on(return_db: float | None, talks_over: bool) -> None:
+    """Where the gate has learned a loud echo (-12 dB: the bench's -6 dB room), the reply
+    talked on would bring its echo back into the capture, where the recogniser makes words of
+    it that take the floor: it stays paused until the words are judged."""
+    taker = replying(TALKING)
+    taker.receive(EchoReturnMeasured(return_db), 0)
+    timeline = run(taker, ["S" * 15, WordsHeard("okay"), "S" * 5])
+    assert (ResumeReply in kinds(timeline)) is talks_over
