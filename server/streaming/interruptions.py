@@ -158,6 +158,11 @@ class InterruptionPolicy:
     # ... not where the echo gate has learned an echo louder than this (dB relative to the
     # reply; the bench's -6 dB room reads about -12, its -12 dB room -18: measure_overlaps)
     talk_over_max_echo_return_db: float = -15.0
+    # ... and in a room heard to echo, the listener's recogniser naming only these is not
+    # enough: its model makes "ah" of a sentence's first vowel and "oh" of the echo around a
+    # hum (espeak's "what do you ..." talked over for 300 ms at -9 dB; kal16's "mm-hmm" heard
+    # as "oh", talked over, then "oh how to" took the floor at -20 dB: measure_overlaps)
+    echo_unsure_listener_words: frozenset[str] = frozenset({"oh", "ah"})
     echo_min_words: int = 2  # words heard before they can be judged an echo of the reply
     echo_share: float = 0.6  # ... and the share of them among the reply's latest words
     echo_window_words: int = 40  # the reply's latest words (text runs ahead of the audio)

@@ -801,12 +801,15 @@ class TurnTaker:
         its echo back into the capture, where the recogniser makes words of it that take the
         floor ("come on you" of "check on your" at -6 dB). Either recogniser's words may say it:
         the turn's, or a listener's recogniser's (ListenerWordsHeard), those the caller said of
-        them (`_callers_share`: not those placed over the echo)."""
+        them (`_callers_share`: not those placed over the echo); in a room heard to echo, not
+        the listener's bare "oh" or "ah" (`echo_unsure_listener_words`)."""
         if policy.talk_over_after_ms <= 0 or self._paused_reply is None:
             return
         guesses = [words_of(words)]
         if self._listener_words is not None:
-            guesses.append(words_of(self._callers_share(self._listener_words, self._listener_spans)))
+            listeners = words_of(self._callers_share(self._listener_words, self._listener_spans))
+            if not (self._room_echoes(policy) and set(listeners) <= policy.echo_unsure_listener_words):
+                guesses.append(listeners)
         listening = (
             any(heard and all(word in policy.talk_over_words for word in heard) for heard in guesses)
             and now_ms - self._voice_onset_ms >= policy.talk_over_after_ms

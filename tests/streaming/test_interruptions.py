@@ -983,3 +983,22 @@ def test_a_loud_echo_keeps_the_reply_from_talking_on(return_db: float | None, ta
     taker.receive(EchoReturnMeasured(return_db), 0)
     timeline = run(taker, ["S" * 15, WordsHeard("okay"), "S" * 5])
     assert (ResumeReply in kinds(timeline)) is talks_over
+
+
+@pytest.mark.parametrize(
+    ("listener_words", "echoes", "talks_over"),
+    [("oh", True, False), ("ah", True, False), ("oh mm-hmm", True, True), ("oh", False, True)],
+)
+def test_over_an_echo_a_bare_vowel_from_the_listeners_model_is_not_enough(
+    listener_words: str, echoes: bool, talks_over: bool
+) -> None:
+    """The listener's model makes "ah" of a sentence's first vowel and "oh" of the echo around
+    a hum: in a room heard to echo, those alone do not let the reply talk on; a hum's own token
+    does, and in a quiet room so does a vowel (as the turn's recogniser's "oh" always has)."""
+    taker = replying(TALKING)
+    start_ms = 0
+    if echoes:
+        feed_masked(taker, 30, 0)  # 600 ms of the reply's echo: the room echoes
+        start_ms = 600
+    script: list[Step] = ["S" * 14, ListenerWordsHeard(listener_words), WordsHeard("the"), "S" * 3]
+    assert (ResumeReply in kinds(run(taker, script, start_ms=start_ms))) is talks_over
