@@ -669,10 +669,8 @@ class Conversation:
                 "session_id": self.config.id,
                 "input_ms": self._input.input_ms,
                 "word_count": len(words.split()),
+                **self._loggable_words(words=words),
             }
-            privacy = self._options.privacy
-            if privacy.log_transcripts:
-                fields["words"] = redact(words) if privacy.redact_transcripts else words
             log.debug("listener words", extra=fields)
         await self._run_turn_actions()
 
@@ -782,12 +780,18 @@ class Conversation:
             # ... of them, the caller's (the others were heard over the echo)
             "callers_word_count": len(callers.split()),
             "echo": self._turns.overlap_hears_echo,
+            **self._loggable_words(words=words, callers_words=callers),
         }
-        privacy = self._options.privacy
-        if privacy.log_transcripts:
-            shown = redact if privacy.redact_transcripts else str
-            fields["words"], fields["callers_words"] = shown(words), shown(callers)
         log.debug("overlap words", extra=fields)
+
+    def _loggable_words(self, **texts: str) -> dict[str, str]:
+        """The caller's words for a debug log line: only with `log_transcripts`, redacted as
+        transcripts are."""
+        privacy = self._options.privacy
+        if not privacy.log_transcripts:
+            return {}
+        shown = redact if privacy.redact_transcripts else str
+        return {name: shown(text) for name, text in texts.items()}
 
     async def _run_turn_actions(self) -> None:
         for action in self._turns.actions():
